@@ -1,0 +1,3 @@
+from smsgate_server.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""gRPC servicers and interceptors: protobuf <-> domain, nothing else."""

@@ -1,0 +1,60 @@
+"""Domain objects to protobuf messages and back."""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from smsgate.v1 import message_pb2
+
+from smsgate_server.domain.message import StoredMessage
+
+__all__ = ["message_to_proto", "ms_from_timestamp", "timestamp_from_ms"]
+
+
+def timestamp_from_ms(ms: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def ms_from_timestamp(ts: Timestamp) -> int:
+    return ts.ToMilliseconds()
+
+
+def message_to_proto(m: StoredMessage) -> message_pb2.Message:
+    """The API view of a stored message."""
+    out = message_pb2.Message(
+        id=m.id,
+        batch_id=m.batch_id,
+        phone_number=m.phone,
+        rendered_text=m.rendered,
+        segments=m.segments,
+        status=m.status.value,  # type: ignore[arg-type]
+        create_time=timestamp_from_ms(m.created_ms),
+        send_at=timestamp_from_ms(m.send_at_ms),
+        update_time=timestamp_from_ms(m.updated_ms),
+        provider=m.provider,
+        provider_message_id=m.provider_message_id,
+        attempts=m.attempts,
+        sender_id=m.sender,
+    )
+    if m.template_id:
+        out.template.template_id = m.template_id
+        if m.params_json:
+            out.template.params.update(json.loads(m.params_json))
+    else:
+        out.text = m.text
+    if m.labels_json:
+        out.labels.update(json.loads(m.labels_json))
+    if m.error_code:
+        out.error.code = m.error_code
+        out.error.reason = m.error_reason
+        out.error.retryable = m.error_retryable
+    for h in m.history:
+        out.history.add(
+            status=h.status.value,
+            time=timestamp_from_ms(h.time_ms),
+            detail=h.detail,
+        )
+    return out

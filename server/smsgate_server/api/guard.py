@@ -1,0 +1,158 @@
+"""The request guard: one server interceptor that authenticates each call and
+turns domain errors into statuses with details.
+
+Credentials travel as ``authorization: Bearer <app_key>.<app_secret>``. The
+authenticated app is put in a context variable for the servicer (``current_app``).
+Health and reflection stay open, so probes and ``buf curl`` listing need no token.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias
+
+import grpc
+from redis import exceptions as redis_errors
+
+from smsgate_server.api.errors import STATUS_DETAILS_KEY, grpc_code_of, to_rpc_status
+from smsgate_server.domain.apps import parse_token
+from smsgate_server.domain.errors import SmsgateError, Unauthenticated, Unavailable
+from smsgate_server.store.apps import App, AppStore
+
+__all__ = ["RequestGuard", "abort_with", "current_app"]
+
+log = logging.getLogger("smsgate.api")
+
+_app: contextvars.ContextVar[App] = contextvars.ContextVar("smsgate_app")
+_OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+
+def current_app() -> App:
+    """The app making the current call (set by RequestGuard)."""
+    return _app.get()
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: SmsgateError) -> None:
+    """End the call with the status and details of ``err``."""
+    status = to_rpc_status(err)
+    await context.abort(
+        grpc_code_of(err),
+        err.message,
+        trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),),
+    )
+
+
+class TokenCache:
+    """Recently verified tokens, so most calls skip the Redis look-up."""
+
+    def __init__(self, ttl: float, max_size: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_size = max_size
+        self._entries: dict[str, tuple[App, float]] = {}
+
+    def get(self, token: str) -> App | None:
+        hit = self._entries.get(token)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, token: str, app: App) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= self.max_size:
+            self._entries.clear()
+        self._entries[token] = (app, time.monotonic() + self.ttl)
+
+
+class RequestGuard(grpc.aio.ServerInterceptor):
+    """Authenticates and maps errors for every smsgate RPC."""
+
+    def __init__(self, apps: AppStore, *, cache_seconds: float = 30.0) -> None:
+        self.apps = apps
+        self.cache = TokenCache(cache_seconds)
+        self._wrapped: dict[str, Handler] = {}
+        self.closing = False
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        method: str = details.method
+        handler = await continuation(details)
+        if handler is None or method.startswith(_OPEN_PREFIXES):
+            return handler
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrap(handler)
+            self._wrapped[method] = wrapped
+        return wrapped
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> App:
+        token = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                scheme, _, token = str(value).partition(" ")
+                if scheme.lower() != "bearer":
+                    token = ""
+                break
+        if not token:
+            raise Unauthenticated(
+                "missing credentials: send metadata 'authorization: Bearer <token>'",
+                reason="MISSING_CREDENTIALS",
+            )
+        app = self.cache.get(token)
+        if app is not None:
+            return app
+        parts = parse_token(token.strip())
+        app = await self.apps.authenticate(*parts) if parts else None
+        if app is None:
+            raise Unauthenticated("invalid credentials", reason="INVALID_CREDENTIALS")
+        self.cache.put(token, app)
+        return app
+
+    def _wrap(self, handler: Handler) -> Handler:
+        if handler.unary_unary is not None:
+            inner: Any = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                try:
+                    _app.set(await self._authenticate(context))
+                    return await inner(request, context)
+                except SmsgateError as err:
+                    await abort_with(context, err)
+                except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+                    log.warning("redis unavailable", extra={"error": repr(exc)})
+                    await abort_with(context, Unavailable("storage is unavailable; retry"))
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_stream: Any = handler.unary_stream
+
+            async def stream(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                try:
+                    _app.set(await self._authenticate(context))
+                    async for item in inner_stream(request, context):
+                        yield item
+                except SmsgateError as err:
+                    await abort_with(context, err)
+                except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+                    log.warning("redis unavailable", extra={"error": repr(exc)})
+                    await abort_with(context, Unavailable("storage is unavailable; retry"))
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

@@ -1,0 +1,105 @@
+"""The ``smsgate-server`` command.
+
+smsgate-server                    run the service (same as ``serve``)
+smsgate-server apps create NAME   create an app and print its credentials
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from smsgate_server.config import Settings
+from smsgate_server.embedded_redis import EmbeddedRedis, RedisStartError, running_url
+from smsgate_server.logs import configure_logging
+from smsgate_server.runtime import StartError, redact_url, start
+from smsgate_server.store.apps import AppStore
+
+__all__ = ["main"]
+
+log = logging.getLogger("smsgate.server")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = ["smsgate-server: invalid settings:"]
+        for err in exc.errors():
+            name = "SMSGATE_" + "_".join(str(p) for p in err["loc"]).upper()
+            lines.append(f"  {name}: {err['msg']}")
+        raise SystemExit("\n".join(lines)) from None
+
+
+async def _serve(settings: Settings) -> None:
+    running = await start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await running.stop()
+
+
+async def _create_app(settings: Settings, name: str, as_json: bool) -> None:
+    embedded: EmbeddedRedis | None = None
+    url = settings.redis_url or running_url(settings.data_dir)
+    if url is None:
+        # No server is running on this data directory: open its Redis briefly.
+        embedded = EmbeddedRedis(settings.data_dir)
+        url = await asyncio.to_thread(embedded.start)
+    redis = Redis.from_url(url, socket_connect_timeout=5)
+    try:
+        try:
+            creds = await AppStore(redis).create(name)
+        except Exception as exc:
+            raise StartError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
+    finally:
+        await redis.aclose()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+    if as_json:
+        print(
+            json.dumps(
+                {"app_key": creds.app_key, "app_secret": creds.app_secret, "token": creds.token}
+            )
+        )
+    else:
+        print(f"app:        {name}")
+        print(f"app_key:    {creds.app_key}")
+        print(f"app_secret: {creds.app_secret}   (shown once; stored hashed)")
+        print(f"token:      {creds.token}")
+        print("\nSend it as gRPC metadata:  authorization: Bearer <token>")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="smsgate-server", description="smsgate gRPC SMS service")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="run the service (default)")
+    apps = sub.add_parser("apps", help="manage apps").add_subparsers(dest="apps_command")
+    create = apps.add_parser("create", help="create an app and print its credentials")
+    create.add_argument("name")
+    create.add_argument("--json", action="store_true", help="print a JSON object")
+    args = parser.parse_args(argv)
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        if args.command == "apps":
+            if args.apps_command != "create":
+                parser.error("apps: expected 'create NAME'")
+            asyncio.run(_create_app(settings, args.name, args.json))
+        else:
+            asyncio.run(_serve(settings))
+    except (StartError, RedisStartError) as exc:
+        print(f"smsgate-server: {exc}", file=sys.stderr)
+        return 1
+    return 0

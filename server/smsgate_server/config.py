@@ -1,0 +1,119 @@
+"""Settings, read from ``SMSGATE_*`` environment variables and validated at start-up."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Role", "Settings", "parse_address"]
+
+
+class Role(enum.StrEnum):
+    """What a server process does: serve the API, dispatch messages, or both."""
+
+    ALL = "all"
+    API = "api"
+    WORKER = "worker"
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[::1]:port`` for IPv6) and check the port."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{value!r} is not host:port")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"{value!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{value!r}: port {port} is out of range 0-65535")
+    return host.strip("[]"), port
+
+
+class Settings(BaseSettings):
+    """Every setting of the server; see the README's settings table."""
+
+    model_config = SettingsConfigDict(env_prefix="SMSGATE_", extra="ignore")
+
+    grpc_address: str = "127.0.0.1:50051"
+    http_address: str = "127.0.0.1:8080"
+    data_dir: Path = Path(".smsgate")
+    redis_url: str | None = None
+    role: Role = Role.ALL
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", pattern="^(json|text)$")
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=300)
+
+    # Redis layout. Changing the shard count of a store that holds data strands
+    # the messages of the removed shards; pick it once.
+    shards: int = Field(default=4, ge=1, le=256)
+    redis_pool_size: int = Field(default=64, ge=4, le=4096)
+
+    # Apps.
+    create_dev_app: bool = True
+    auth_cache_seconds: float = Field(default=30.0, ge=0, le=3600)
+
+    # Messages.
+    max_text_segments: int = Field(default=10, ge=1, le=255)
+    max_labels: int = Field(default=16, ge=0, le=64)
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=60)
+    batch_max_recipients: int = Field(default=10_000, ge=1, le=100_000)
+    schedule_max_days: int = Field(default=35, ge=1, le=366)
+    message_retention_seconds: int = Field(default=7 * 86_400, ge=60)
+
+    # Dispatch.
+    provider: str = Field(default="simulator", pattern="^(simulator)$")
+    dispatch_concurrency: int = Field(default=256, ge=1, le=10_000)
+    visibility_timeout_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1, le=50)
+    retry_base_seconds: float = Field(default=1.0, gt=0)
+    retry_max_seconds: float = Field(default=300.0, gt=0)
+    max_message_age_seconds: float = Field(default=86_400.0, gt=0)
+    receipt_timeout_seconds: float = Field(default=259_200.0, gt=0)
+    sweep_interval_seconds: float = Field(default=0.2, gt=0, le=10)
+
+    # Status events (WatchStatus).
+    event_retention_seconds: int = Field(default=86_400, ge=60)
+    watch_buffer: int = Field(default=10_000, ge=10)
+    keepalive_seconds: float = Field(default=30.0, gt=0)
+
+    # Simulator provider.
+    sim_latency_ms: float = Field(default=20.0, ge=0)
+    sim_failure_rate: float = Field(default=0.0, ge=0, le=1)
+    sim_permanent_failure_rate: float = Field(default=0.0, ge=0, le=1)
+    sim_undelivered_rate: float = Field(default=0.0, ge=0, le=1)
+    sim_receipt_delay_ms: float = Field(default=200.0, ge=0)
+    sim_seed: int | None = None
+    sim_log: Path | None = None
+
+    @field_validator("grpc_address", "http_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        parse_address(value)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return level
+
+    @property
+    def embedded_redis(self) -> bool:
+        """True when the server runs its own private redis-server."""
+        return self.redis_url is None

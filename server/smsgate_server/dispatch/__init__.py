@@ -1,0 +1,1 @@
+"""From "accepted" to "sent": queue readers, retries, scheduling, receipts."""

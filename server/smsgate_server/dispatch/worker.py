@@ -1,0 +1,260 @@
+"""The dispatcher: reads each shard's queue, hands messages to the provider and
+records the outcome.
+
+At-least-once: a queue entry is acknowledged by the same script that stores
+the outcome, and entries left pending by a dead worker are re-claimed with
+XAUTOCLAIM after the visibility timeout. Due messages (scheduled sends and
+retries) are promoted to the queue by one script per shard and tick, so with
+several replicas each is promoted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import secrets
+import socket
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from smsgate_server.dispatch.backoff import retry_delay
+from smsgate_server.domain.ids import shard_of
+from smsgate_server.providers.base import OutboundSms, Provider, SendResult
+from smsgate_server.store.messages import GROUP, Claimed, MessageStore, Receipt, SendOutcome
+
+__all__ = ["DispatchConfig", "Dispatcher"]
+
+log = logging.getLogger("smsgate.dispatch")
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchConfig:
+    """Knobs of the dispatcher (from Settings)."""
+
+    concurrency: int = 256
+    visibility_timeout: float = 30.0
+    max_attempts: int = 5
+    retry_base: float = 1.0
+    retry_max: float = 300.0
+    max_message_age: float = 86_400.0
+    sweep_interval: float = 0.2
+    read_block_ms: int = 1000
+
+
+class Dispatcher:
+    """Runs the queue readers, the re-claimer and the promoter of one process."""
+
+    def __init__(
+        self,
+        store: MessageStore,
+        provider: Provider,
+        *,
+        reader_redis: Redis,
+        config: DispatchConfig,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        # Blocking XREADGROUP gets its own client whose socket timeout exceeds
+        # the block time (redis/redis-py#3138).
+        self.reader_redis = reader_redis
+        self.config = config
+        self.rng = rng or random.Random()
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        provider.set_receipt_sink(self.on_receipt)
+
+    async def start(self) -> None:
+        await self.store.ensure_groups()
+        for shard in range(self.store.shards):
+            self._tasks.append(asyncio.create_task(self._read_loop(shard), name=f"read-{shard}"))
+        self._tasks.append(asyncio.create_task(self._reclaim_loop(), name="reclaim"))
+        self._tasks.append(asyncio.create_task(self._promote_loop(), name="promote"))
+        log.info("dispatcher started", extra={"consumer": self.consumer})
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop reading, let in-flight sends settle (up to ``grace``), then cancel."""
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._inflight:
+            _, pending = await asyncio.wait(self._inflight, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        # What was cancelled stays pending in the stream; another worker (or
+        # this one after a restart) re-claims it.
+
+    # --- reading -------------------------------------------------------
+
+    async def _read_loop(self, shard: int) -> None:
+        queue = self.store.shard_keys[shard].queue
+        while not self._stopping.is_set():
+            try:
+                await self._slots.acquire()
+                self._slots.release()
+                room = max(1, min(256, self._free_slots()))
+                reply: Any = await self.reader_redis.xreadgroup(
+                    GROUP,
+                    self.consumer,
+                    {queue: ">"},
+                    count=room,
+                    block=self.config.read_block_ms,
+                )
+                if not reply:
+                    continue
+                entries = [
+                    (entry_id.decode(), fields[b"m"].decode())
+                    for _, items in reply
+                    for entry_id, fields in items
+                ]
+                await self._take(shard, entries, reclaimed=False)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("queue read failed", extra={"shard": shard})
+                await asyncio.sleep(1.0)
+
+    def _free_slots(self) -> int:
+        return self._slots._value
+
+    async def _reclaim_loop(self) -> None:
+        interval = max(self.config.visibility_timeout / 2, 0.05)
+        min_idle = int(self.config.visibility_timeout * 1000)
+        while not self._stopping.is_set():
+            await asyncio.sleep(interval)
+            for shard, keys in enumerate(self.store.shard_keys):
+                try:
+                    start = "0-0"
+                    while True:
+                        reply: Any = await self.store.redis.xautoclaim(
+                            keys.queue, GROUP, self.consumer, min_idle, start, count=100
+                        )
+                        start = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+                        # Redis 6.2 lists deleted entries as nil.
+                        entries = [
+                            (e[0].decode(), e[1][b"m"].decode())
+                            for e in reply[1]
+                            if e and e[1] and b"m" in e[1]
+                        ]
+                        if entries:
+                            log.warning(
+                                "re-claimed entries of a dead worker",
+                                extra={"shard": shard, "count": len(entries)},
+                            )
+                            await self._take(shard, entries, reclaimed=True)
+                        if start == "0-0":
+                            break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("re-claim failed", extra={"shard": shard})
+
+    async def _promote_loop(self) -> None:
+        while not self._stopping.is_set():
+            for shard in range(self.store.shards):
+                try:
+                    while True:
+                        promoted, expired = await self.store.promote(shard)
+                        if promoted < 500 and expired < 500:
+                            break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("promote failed", extra={"shard": shard})
+            await asyncio.sleep(self.config.sweep_interval)
+
+    # --- sending -------------------------------------------------------
+
+    async def _take(
+        self, shard: int, entries: Sequence[tuple[str, str]], *, reclaimed: bool
+    ) -> None:
+        claimed = await self.store.claim(shard, entries, reclaimed=reclaimed)
+        # Same text and sender go to the provider together, up to its batch limit.
+        groups: dict[tuple[str, str], list[Claimed]] = defaultdict(list)
+        for c in claimed:
+            groups[(c.rendered, c.sender)].append(c)
+        size = max(1, self.provider.max_batch)
+        for group in groups.values():
+            for i in range(0, len(group), size):
+                chunk = group[i : i + size]
+                await self._slots.acquire()
+                task = asyncio.create_task(self._send(shard, chunk))
+                self._inflight.add(task)
+                task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._slots.release()
+
+    async def _send(self, shard: int, chunk: list[Claimed]) -> None:
+        outbound = [OutboundSms(c.id, c.phone, c.rendered, c.sender) for c in chunk]
+        try:
+            results = await self.provider.send(outbound)
+            if len(results) != len(chunk):
+                raise RuntimeError("provider returned a wrong number of results")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("provider call failed", extra={"error": repr(exc), "count": len(chunk)})
+            results = [
+                SendResult(False, "", "PROVIDER_ERROR", repr(exc)[:200], retryable=True)
+            ] * len(chunk)
+        outcomes = [self._outcome(c, r) for c, r in zip(chunk, results, strict=True)]
+        try:
+            await self.store.settle(shard, outcomes)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Unacknowledged: the entries are re-claimed after the visibility timeout.
+            log.exception("settle failed", extra={"count": len(chunk)})
+
+    def _outcome(self, c: Claimed, r: SendResult) -> SendOutcome:
+        name = self.provider.name
+        if r.ok:
+            return SendOutcome(c, "sent", name, r.provider_message_id)
+        now_ms = self.store.now_ms()
+        age = (now_ms - c.created_ms) / 1000
+        if (
+            r.retryable
+            and c.attempts < self.config.max_attempts
+            and age < self.config.max_message_age
+        ):
+            delay = retry_delay(
+                c.attempts, base=self.config.retry_base, cap=self.config.retry_max, rng=self.rng
+            )
+            return SendOutcome(
+                c, "retry", name, "", r.error_code, r.error_reason, now_ms + int(delay * 1000)
+            )
+        reason = r.error_reason
+        if r.retryable:
+            reason = f"{reason} (gave up after {c.attempts} attempts)"
+        return SendOutcome(c, "fail", name, "", r.error_code, reason)
+
+    # --- receipts ------------------------------------------------------
+
+    async def on_receipt(self, provider_id: str, delivered: bool, code: str, reason: str) -> None:
+        """Apply a provider's delivery receipt (from the simulator or a DLR callback)."""
+        # The receipt can outrun the settle of its send; look again briefly.
+        for _ in range(20):
+            member = await self.store.lookup_provider_id(self.provider.name, provider_id)
+            if member is not None:
+                app, _, message_id = member.partition(":")
+                shard = shard_of(message_id, self.store.shards)
+                if shard is not None:
+                    await self.store.apply_receipts(
+                        shard, [Receipt(app, message_id, delivered, code, reason)]
+                    )
+                return
+            await asyncio.sleep(0.05)
+        log.warning("receipt for an unknown provider id", extra={"provider_id": provider_id})

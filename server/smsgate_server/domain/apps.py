@@ -1,0 +1,50 @@
+"""App credentials: key, secret, the bearer token that joins them, and hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+__all__ = ["Credentials", "hash_secret", "new_credentials", "parse_token", "secret_matches"]
+
+_KEY = re.compile(r"^ak_[0-9a-f]{20}$")
+_SEP = "."
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A new app's key and secret; the secret is shown once and stored hashed."""
+
+    app_key: str
+    app_secret: str
+
+    @property
+    def token(self) -> str:
+        """``<app_key>.<app_secret>``: one string for ``authorization: Bearer``."""
+        return f"{self.app_key}{_SEP}{self.app_secret}"
+
+
+def new_credentials() -> Credentials:
+    """A random key (public, goes in logs) and secret (256 bits, never logged)."""
+    return Credentials("ak_" + secrets.token_hex(10), "as_" + secrets.token_urlsafe(32))
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 of the secret. Secrets are 256-bit random, so a slow hash adds nothing."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def secret_matches(secret: str, stored_hash: str) -> bool:
+    """Constant-time comparison of a presented secret with a stored hash."""
+    return hmac.compare_digest(hash_secret(secret), stored_hash)
+
+
+def parse_token(token: str) -> tuple[str, str] | None:
+    """Split a bearer token into key and secret; None when malformed."""
+    key, sep, secret = token.partition(_SEP)
+    if not sep or not secret or not _KEY.match(key):
+        return None
+    return key, secret

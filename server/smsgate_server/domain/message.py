@@ -1,0 +1,61 @@
+"""Messages as the domain sees them: what is accepted and what is stored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from smsgate_server.domain.status import Status
+
+__all__ = ["HistoryEntry", "NewMessage", "StoredMessage"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A validated message about to be accepted."""
+
+    id: str
+    phone: str
+    rendered: str
+    segments: int
+    send_at_ms: int
+    text: str = ""
+    template_id: str = ""
+    params_json: str = ""
+    sender: str = ""
+    labels_json: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One status change: the status entered, when (ms) and why."""
+
+    status: Status
+    time_ms: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message read back from the store, with its history."""
+
+    id: str
+    batch_id: str
+    phone: str
+    text: str
+    template_id: str
+    params_json: str
+    rendered: str
+    segments: int
+    status: Status
+    created_ms: int
+    send_at_ms: int
+    updated_ms: int
+    provider: str
+    provider_message_id: str
+    attempts: int
+    error_code: str
+    error_reason: str
+    error_retryable: bool
+    sender: str
+    labels_json: str
+    history: list[HistoryEntry] = field(default_factory=list)

@@ -1,0 +1,55 @@
+"""The HTTP side port: ``/healthz`` and ``/metrics`` (Prometheus).
+
+Vendor delivery-receipt callbacks will be mounted here as adapters land.
+Runs on uvicorn in the same event loop as the gRPC server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+__all__ = ["HttpSidePort", "build_app"]
+
+
+def build_app(health: Callable[[], Awaitable[bool]]) -> Starlette:
+    """The Starlette app; ``health`` says whether the server can take calls."""
+
+    async def healthz(request: Request) -> Response:
+        ok = await health()
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503
+        )
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics)])
+
+
+class _Server(uvicorn.Server):
+    # smsgate owns SIGTERM/SIGINT; uvicorn must not install its own handlers.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HttpSidePort:
+    """uvicorn serving the side-port app on an already-bound socket."""
+
+    def __init__(self, app: Starlette, host: str, port: int) -> None:
+        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        self.server = _Server(self.config)
+
+    async def serve(self, sock: object) -> None:
+        await self.server.serve(sockets=[sock])  # type: ignore[list-item]
+
+    def stop(self) -> None:
+        self.server.should_exit = True

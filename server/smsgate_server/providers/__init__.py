@@ -1,0 +1,1 @@
+"""SMS vendor adapters behind one small interface (``providers.base.Provider``)."""

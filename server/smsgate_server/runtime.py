@@ -1,0 +1,337 @@
+"""Assembles and runs one server process: Redis, stores, dispatcher, gRPC and
+the HTTP side port; and takes them down again in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from redis.asyncio import BlockingConnectionPool, Redis
+from smsgate.v1 import (
+    sms_service_pb2,
+    sms_service_pb2_grpc,
+    template_service_pb2,
+    template_service_pb2_grpc,
+    verification_service_pb2,
+    verification_service_pb2_grpc,
+)
+
+from smsgate_server.api.guard import RequestGuard
+from smsgate_server.api.sms import SmsServicer
+from smsgate_server.api.unbuilt import UnbuiltTemplateServicer, UnbuiltVerificationServicer
+from smsgate_server.config import Role, Settings, parse_address
+from smsgate_server.dispatch.worker import DispatchConfig, Dispatcher
+from smsgate_server.embedded_redis import EmbeddedRedis, running_url
+from smsgate_server.http import HttpSidePort, build_app
+from smsgate_server.providers.simulator import SimulatorProvider
+from smsgate_server.sending import SendingService, SendLimits
+from smsgate_server.store.apps import AppStore
+from smsgate_server.store.messages import MessageStore
+
+__all__ = ["Running", "StartError", "redact_url", "start"]
+
+log = logging.getLogger("smsgate.server")
+
+SERVICE_NAMES = [
+    sms_service_pb2.DESCRIPTOR.services_by_name["SmsService"].full_name,
+    verification_service_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
+    template_service_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
+]
+READ_BLOCK_MS = 1000
+
+
+class StartError(RuntimeError):
+    """The server cannot start; the message says why and what to do."""
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+@dataclass
+class Running:
+    """A started server; ``stop()`` takes it down gracefully."""
+
+    settings: Settings
+    grpc_port: int
+    http_port: int
+    server: grpc.aio.Server
+    health: health_aio.HealthServicer
+    redis: Redis
+    reader_redis: Redis
+    store: MessageStore
+    apps: AppStore
+    provider: SimulatorProvider
+    dispatcher: Dispatcher | None
+    http: HttpSidePort
+    http_task: asyncio.Task[None]
+    embedded: EmbeddedRedis | None
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def stop(self) -> None:
+        """Health NOT_SERVING, refuse new calls, let running ones finish, stop
+        workers, close Redis, stop the embedded Redis."""
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        grace = self.settings.shutdown_grace_seconds
+        log.info("shutting down", extra={"grace_seconds": grace})
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        if self.dispatcher is not None:
+            await self.dispatcher.stop(grace)
+        await self.provider.aclose()
+        self.http.stop()
+        await asyncio.wait([self.http_task], timeout=5)
+        await self.reader_redis.aclose()
+        await self.redis.aclose()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+        log.info("stopped")
+
+
+async def _connect(url: str, settings: Settings) -> tuple[Redis, Redis]:
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=settings.redis_pool_size, timeout=10, socket_connect_timeout=5
+    )
+    client = Redis(connection_pool=pool)
+    # Stream readers block for READ_BLOCK_MS; their socket timeout must exceed it.
+    reader = Redis.from_url(url, socket_timeout=READ_BLOCK_MS / 1000 + 10, socket_connect_timeout=5)
+    try:
+        await asyncio.wait_for(client.ping(), timeout=5)
+    except Exception as exc:
+        await client.aclose()
+        await reader.aclose()
+        raise StartError(
+            f"cannot reach Redis at {redact_url(url)}: {exc or type(exc).__name__}. "
+            "Check SMSGATE_REDIS_URL, or unset it to run an embedded Redis."
+        ) from None
+    return client, reader
+
+
+def load_server_secret(settings: Settings) -> bytes:
+    """The key for HMACs of verification codes: from the data directory,
+    created once (0600) on first use."""
+    path = settings.data_dir / "server-secret"
+    if path.exists():
+        return bytes.fromhex(path.read_text().strip())
+    value = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value.hex() + "\n")
+    return value
+
+
+async def _dev_app(apps: AppStore, settings: Settings, grpc_port: int) -> None:
+    """In embedded mode, make a development app on first start and say how to call."""
+    path = settings.data_dir / "dev-app.json"
+    if not path.exists():
+        if await apps.count() > 0:
+            return
+        creds = await apps.create("dev")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"app_key": creds.app_key, "token": creds.token}, f)
+    token = json.loads(path.read_text())["token"]
+    host = parse_address(settings.grpc_address)[0]
+    print(
+        "\nsmsgate is running with an embedded Redis and the simulator provider.\n"
+        f"Development app token (also in {path}):\n\n  {token}\n\n"
+        "Try:\n"
+        "  buf curl --protocol grpc --http2-prior-knowledge \\\n"
+        f"    -H 'authorization: Bearer {token}' \\\n"
+        '    -d \'{"phone_number": "+14155550123", "text": "hello"}\' \\\n'
+        f"    http://{host}:{grpc_port}/smsgate.v1.SmsService/SendSms\n",
+        flush=True,
+    )
+
+
+def _bind_http(address: str) -> socket.socket:
+    host, port = parse_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartError(f"cannot listen on SMSGATE_HTTP_ADDRESS={address}: {exc}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def start(settings: Settings) -> Running:
+    """Start everything; raise StartError with a clear message when something is wrong."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    embedded: EmbeddedRedis | None = None
+    if settings.redis_url is None:
+        if running_url(settings.data_dir) is not None:
+            raise StartError(
+                f"another smsgate-server is using the data directory {settings.data_dir}; "
+                "stop it, or set SMSGATE_DATA_DIR to another directory"
+            )
+        embedded = EmbeddedRedis(settings.data_dir)
+        url = await asyncio.to_thread(embedded.start)
+        log.info("embedded redis started", extra={"url": url, "dir": str(settings.data_dir)})
+    else:
+        url = settings.redis_url
+    try:
+        return await _start_on(settings, url, embedded)
+    except BaseException:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        raise
+
+
+async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None) -> Running:
+    redis, reader = await _connect(url, settings)
+    store = MessageStore(
+        redis,
+        shards=settings.shards,
+        event_retention_seconds=settings.event_retention_seconds,
+        message_retention_seconds=settings.message_retention_seconds,
+        idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+        receipt_timeout_seconds=settings.receipt_timeout_seconds,
+    )
+    await store.ensure_groups()
+    apps = AppStore(redis)
+    provider = SimulatorProvider(
+        latency_ms=settings.sim_latency_ms,
+        failure_rate=settings.sim_failure_rate,
+        permanent_failure_rate=settings.sim_permanent_failure_rate,
+        undelivered_rate=settings.sim_undelivered_rate,
+        receipt_delay_ms=settings.sim_receipt_delay_ms,
+        seed=settings.sim_seed,
+        log_path=settings.sim_log,
+    )
+    sending = SendingService(
+        store,
+        SendLimits(
+            max_text_segments=settings.max_text_segments,
+            max_labels=settings.max_labels,
+            schedule_max_days=settings.schedule_max_days,
+            batch_max_recipients=settings.batch_max_recipients,
+        ),
+    )
+
+    guard = RequestGuard(apps, cache_seconds=settings.auth_cache_seconds)
+    keepalive_ms = int(settings.keepalive_seconds * 1000)
+    options: list[tuple[str, Any]] = [
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+        ("grpc.so_reuseport", 1),
+    ]
+    server = grpc.aio.server(interceptors=[guard], options=options)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if settings.role is not Role.WORKER:
+        sms_service_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(sending), server)
+        verification_service_pb2_grpc.add_VerificationServiceServicer_to_server(
+            UnbuiltVerificationServicer(), server
+        )
+        template_service_pb2_grpc.add_TemplateServiceServicer_to_server(
+            UnbuiltTemplateServicer(), server
+        )
+    reflection.enable_server_reflection(
+        [
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    try:
+        grpc_port = server.add_insecure_port(settings.grpc_address)
+    except RuntimeError as exc:
+        grpc_port = 0
+        bind_error = str(exc)
+    else:
+        bind_error = "port in use or address not available"
+    if grpc_port == 0 and not settings.grpc_address.endswith(":0"):
+        await redis.aclose()
+        await reader.aclose()
+        raise StartError(
+            f"cannot listen on SMSGATE_GRPC_ADDRESS={settings.grpc_address}: {bind_error}"
+        )
+
+    http_sock = _bind_http(settings.http_address)
+    http_port = int(http_sock.getsockname()[1])
+
+    dispatcher: Dispatcher | None = None
+    if settings.role is not Role.API:
+        dispatcher = Dispatcher(
+            store,
+            provider,
+            reader_redis=reader,
+            config=DispatchConfig(
+                concurrency=settings.dispatch_concurrency,
+                visibility_timeout=settings.visibility_timeout_seconds,
+                max_attempts=settings.max_attempts,
+                retry_base=settings.retry_base_seconds,
+                retry_max=settings.retry_max_seconds,
+                max_message_age=settings.max_message_age_seconds,
+                sweep_interval=settings.sweep_interval_seconds,
+                read_block_ms=READ_BLOCK_MS,
+            ),
+        )
+        await dispatcher.start()
+
+    stopped = asyncio.Event()
+
+    async def healthy() -> bool:
+        if stopped.is_set():
+            return False
+        try:
+            return bool(await asyncio.wait_for(redis.ping(), timeout=2))
+        except Exception:
+            return False
+
+    http = HttpSidePort(build_app(healthy), *parse_address(settings.http_address))
+    http_task = asyncio.create_task(http.serve(http_sock), name="http")
+    await server.start()
+    for name in ["", *SERVICE_NAMES]:
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "smsgate serving",
+        extra={"grpc_port": grpc_port, "http_port": http_port, "role": settings.role.value},
+    )
+    if embedded is not None and settings.create_dev_app and settings.role is not Role.WORKER:
+        await _dev_app(apps, settings, grpc_port)
+    return Running(
+        settings=settings,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        server=server,
+        health=health,
+        redis=redis,
+        reader_redis=reader,
+        store=store,
+        apps=apps,
+        provider=provider,
+        dispatcher=dispatcher,
+        http=http,
+        http_task=http_task,
+        embedded=embedded,
+        stopped=stopped,
+    )

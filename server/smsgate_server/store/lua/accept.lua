@@ -1,0 +1,38 @@
+-- Accept messages of one app into this shard, atomically, with idempotency.
+-- KEYS[2] idempotency key, KEYS[3] queue stream, KEYS[4] due set,
+-- KEYS[5] app index, KEYS[6] batch list (may be unused).
+-- ARGV[5] app, ARGV[6] request hash ('' = no request id), ARGV[7] idempotency
+-- TTL (s), ARGV[8] batch id, ARGV[9] result to remember for the request id,
+-- ARGV[10] fields per message, then per message: id, phone, text, template id,
+-- params json, rendered, segments, send_at ms, sender, labels json.
+-- Returns {'new'} | {'dup', remembered result} | {'conflict'}.
+local app, rhash, ttl, batch, remember, F =
+  ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], tonumber(ARGV[10])
+if rhash ~= '' then
+  local seen = redis.call('GET', KEYS[2])
+  if seen then
+    local sep = string.find(seen, '|', 1, true)
+    if string.sub(seen, 1, sep - 1) == rhash then
+      return {'dup', string.sub(seen, sep + 1)}
+    end
+    return {'conflict'}
+  end
+  redis.call('SET', KEYS[2], rhash .. '|' .. remember, 'EX', ttl)
+end
+for i = 11, #ARGV, F do
+  local id, send_at = ARGV[i], tonumber(ARGV[i + 7])
+  redis.call('HSET', mkey(app, id), 'id', id, 'b', batch, 'p', ARGV[i + 1],
+    'tx', ARGV[i + 2], 'tp', ARGV[i + 3], 'pa', ARGV[i + 4], 'r', ARGV[i + 5],
+    'sg', ARGV[i + 6], 'ct', NOW, 'sa', send_at, 'snd', ARGV[i + 8], 'lb', ARGV[i + 9],
+    'at', 0)
+  redis.call('ZADD', KEYS[5], NOW, id)
+  if batch ~= '' then redis.call('RPUSH', KEYS[6], id) end
+  if send_at > NOW then
+    redis.call('ZADD', KEYS[4], send_at, app .. ':' .. id)
+    enter(app, id, batch, SCHEDULED, '')
+  else
+    redis.call('XADD', KEYS[3], '*', 'm', app .. ':' .. id)
+    enter(app, id, batch, QUEUED, '')
+  end
+end
+return {'new'}

@@ -1,0 +1,43 @@
+-- Shared by every message script; store/scripts.py puts it in front of each.
+--
+-- Common arguments: KEYS[1] is the shard's event stream; ARGV[1] the shard's
+-- key prefix, ARGV[2] now (ms), ARGV[3] the oldest event id to keep (MINID),
+-- ARGV[4] how long terminal messages are kept (s). Script arguments start at
+-- ARGV[5]. Message keys are built here from the prefix; they share the
+-- prefix's hash tag, so every key a script touches is in one slot.
+-- Statuses are the numbers of smsgate.v1.MessageStatus; the transitions
+-- allowed here follow domain/status.py.
+local P, NOW, MINID, RETAIN = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local EVENTS = KEYS[1]
+local SCHEDULED, QUEUED, SENDING, SENT = 1, 2, 3, 4
+local DELIVERED, UNDELIVERED, FAILED, CANCELED, EXPIRED = 5, 6, 7, 8, 9
+local TERMINAL = {[5] = true, [6] = true, [7] = true, [8] = true, [9] = true}
+
+local function mkey(app, id) return P .. 'm:' .. app .. ':' .. id end
+local function hkey(app, id) return P .. 'h:' .. app .. ':' .. id end
+
+-- Record that message app/id entered `status`: hash, history and event stream.
+local function enter(app, id, batch, status, detail, ecode, ereason)
+  local m, h = mkey(app, id), hkey(app, id)
+  redis.call('HSET', m, 'st', status, 'ut', NOW)
+  redis.call('RPUSH', h, status .. '|' .. NOW .. '|' .. detail)
+  redis.call('XADD', EVENTS, 'MINID', '~', MINID, '*', 'a', app, 'm', id, 'b', batch,
+    's', status, 't', NOW, 'd', detail, 'ec', ecode or '', 'er', ereason or '')
+  if TERMINAL[status] then
+    redis.call('EXPIRE', m, RETAIN)
+    redis.call('EXPIRE', h, RETAIN)
+  end
+end
+
+-- Current status and batch of a message, or nil when it does not exist.
+local function state(app, id)
+  local v = redis.call('HMGET', mkey(app, id), 'st', 'b')
+  if not v[1] then return nil end
+  return tonumber(v[1]), v[2] or ''
+end
+
+-- 'app:id' -> app, id (app keys never contain ':').
+local function split(member)
+  local i = string.find(member, ':', 1, true)
+  return string.sub(member, 1, i - 1), string.sub(member, i + 1)
+end

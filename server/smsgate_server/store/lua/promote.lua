@@ -1,0 +1,26 @@
+-- Move due messages (scheduled sends, retries) to the queue; also expire sent
+-- messages whose receipt never came. One script per shard and tick, so with
+-- many replicas each due message is promoted exactly once.
+-- KEYS[2] due set, KEYS[3] queue stream, KEYS[4] receipt set.
+-- ARGV[5] at most this many of each. Returns {promoted, expired}.
+local limit = tonumber(ARGV[5])
+local due = redis.call('ZRANGE', KEYS[2], '-inf', NOW, 'BYSCORE', 'LIMIT', 0, limit)
+local promoted = 0
+for _, member in ipairs(due) do
+  redis.call('ZREM', KEYS[2], member)
+  local app, id = split(member)
+  local st, batch = state(app, id)
+  if st == SCHEDULED or st == QUEUED then
+    if st == SCHEDULED then enter(app, id, batch, QUEUED, 'due') end
+    redis.call('XADD', KEYS[3], '*', 'm', member)
+    promoted = promoted + 1
+  end
+end
+local late = redis.call('ZRANGE', KEYS[4], '-inf', NOW, 'BYSCORE', 'LIMIT', 0, limit)
+for _, member in ipairs(late) do
+  redis.call('ZREM', KEYS[4], member)
+  local app, id = split(member)
+  local st, batch = state(app, id)
+  if st == SENT then enter(app, id, batch, EXPIRED, 'no delivery receipt') end
+end
+return {promoted, #late}

@@ -1,0 +1,308 @@
+"""MessageStore: messages, their history, queues and events in Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from smsgate_server.domain.message import HistoryEntry, NewMessage, StoredMessage
+from smsgate_server.domain.status import Status
+from smsgate_server.store.keys import ShardKeys
+from smsgate_server.store.scripts import Scripts
+
+__all__ = [
+    "AcceptOutcome",
+    "Claimed",
+    "MessageStore",
+    "Receipt",
+    "SendOutcome",
+]
+
+GROUP = "dispatch"
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptOutcome:
+    """``new``, ``dup`` (then ``remembered`` is the first call's result) or ``conflict``."""
+
+    kind: str
+    remembered: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A message a worker moved to SENDING and must now hand to a provider."""
+
+    entry: str
+    app: str
+    id: str
+    phone: str
+    rendered: str
+    sender: str
+    attempts: int
+    created_ms: int
+    batch_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """What to record for a claimed message: ``sent``, ``retry`` or ``fail``."""
+
+    claimed: Claimed
+    outcome: str
+    provider: str
+    provider_message_id: str = ""
+    error_code: str = ""
+    error_reason: str = ""
+    retry_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A delivery receipt for one message."""
+
+    app: str
+    id: str
+    delivered: bool
+    error_code: str = ""
+    error_reason: str = ""
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class MessageStore:
+    """Reads and writes messages; every status change goes through a Lua script."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        shards: int,
+        event_retention_seconds: int,
+        message_retention_seconds: int,
+        idempotency_ttl_seconds: int,
+        receipt_timeout_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.scripts = Scripts(redis)
+        self.shards = shards
+        self.shard_keys = [ShardKeys(i) for i in range(shards)]
+        self._event_retention_ms = event_retention_seconds * 1000
+        self._message_retention = message_retention_seconds
+        self._idempotency_ttl = idempotency_ttl_seconds
+        self._receipt_timeout_ms = int(receipt_timeout_seconds * 1000)
+        self.clock = clock
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _common(self, keys: ShardKeys, now_ms: int) -> list[Any]:
+        minid = f"{max(now_ms - self._event_retention_ms, 0)}-0"
+        return [keys.prefix, now_ms, minid, self._message_retention]
+
+    async def ensure_groups(self) -> None:
+        """Create each shard's dispatch consumer group (idempotent)."""
+        for keys in self.shard_keys:
+            try:
+                await self.redis.xgroup_create(keys.queue, GROUP, id="0", mkstream=True)
+            except Exception as exc:  # redis.ResponseError, BUSYGROUP
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def accept(
+        self,
+        app: str,
+        shard: int,
+        messages: Sequence[NewMessage],
+        *,
+        batch_id: str = "",
+        request_id: str = "",
+        request_hash: str = "",
+        remember: str = "",
+        now_ms: int | None = None,
+    ) -> AcceptOutcome:
+        """Store and queue (or schedule) ``messages`` atomically in one shard."""
+        keys = self.shard_keys[shard]
+        now = self.now_ms() if now_ms is None else now_ms
+        idem = keys.idempotency(app, request_id) if request_id else keys.prefix + "idem:-"
+        args: list[Any] = [
+            *self._common(keys, now),
+            app,
+            request_hash if request_id else "",
+            self._idempotency_ttl,
+            batch_id,
+            remember,
+            10,
+        ]
+        for m in messages:
+            args += [
+                m.id,
+                m.phone,
+                m.text,
+                m.template_id,
+                m.params_json,
+                m.rendered,
+                m.segments,
+                m.send_at_ms,
+                m.sender,
+                m.labels_json,
+            ]
+        batch_key = keys.batch(app, batch_id) if batch_id else keys.prefix + "b:-"
+        result = await self.scripts.accept(
+            keys=[keys.events, idem, keys.queue, keys.due, keys.index(app), batch_key],
+            args=args,
+        )
+        kind = _s(result[0])
+        return AcceptOutcome(kind, _s(result[1]) if len(result) > 1 else "")
+
+    async def get(self, app: str, shard: int, message_id: str) -> StoredMessage | None:
+        """One message with its history, or None (also for another app's id)."""
+        keys = self.shard_keys[shard]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.message(app, message_id))
+            pipe.lrange(keys.history(app, message_id), 0, -1)
+            fields, history = await pipe.execute()
+        if not fields:
+            return None
+        return _to_message(fields, history)
+
+    async def batch_ids(self, app: str, shard: int, batch_id: str) -> list[str]:
+        """The message ids of a batch in request order (empty when unknown)."""
+        raw = await self.redis.lrange(self.shard_keys[shard].batch(app, batch_id), 0, -1)
+        return [_s(x) for x in raw]
+
+    async def cancel(self, app: str, shard: int, ids: Sequence[str]) -> list[int]:
+        """Cancel messages: per id 1 canceled, 0 too late, -1 not found."""
+        keys = self.shard_keys[shard]
+        result = await self.scripts.cancel(
+            keys=[keys.events, keys.due], args=[*self._common(keys, self.now_ms()), app, *ids]
+        )
+        return [int(x) for x in result]
+
+    # --- dispatch side -------------------------------------------------
+
+    async def claim(
+        self, shard: int, entries: Sequence[tuple[str, str]], *, reclaimed: bool
+    ) -> list[Claimed]:
+        """Move the messages of queue entries ``(entry id, 'app:id')`` to SENDING."""
+        keys = self.shard_keys[shard]
+        args: list[Any] = [*self._common(keys, self.now_ms()), GROUP, "1" if reclaimed else "0"]
+        for entry, member in entries:
+            args += [entry, member]
+        rows = await self.scripts.claim(keys=[keys.events, keys.queue], args=args)
+        return [
+            Claimed(
+                entry=_s(r[0]),
+                app=_s(r[1]),
+                id=_s(r[2]),
+                phone=_s(r[3]),
+                rendered=_s(r[4]),
+                sender=_s(r[5]),
+                attempts=int(r[6]),
+                created_ms=int(r[7]),
+                batch_id=_s(r[8]),
+            )
+            for r in rows
+        ]
+
+    async def settle(self, shard: int, outcomes: Sequence[SendOutcome]) -> int:
+        """Store provider outcomes and acknowledge their queue entries."""
+        keys = self.shard_keys[shard]
+        now = self.now_ms()
+        args: list[Any] = [
+            *self._common(keys, now),
+            GROUP,
+            now + self._receipt_timeout_ms,
+            self._receipt_timeout_ms // 1000 + 3600,
+        ]
+        for o in outcomes:
+            c = o.claimed
+            args += [
+                c.entry,
+                c.app,
+                c.id,
+                o.outcome,
+                o.provider,
+                o.provider_message_id,
+                o.error_code,
+                o.error_reason,
+                o.retry_at_ms,
+            ]
+        return int(
+            await self.scripts.settle(
+                keys=[keys.events, keys.queue, keys.due, keys.receipts], args=args
+            )
+        )
+
+    async def apply_receipts(self, shard: int, receipts: Sequence[Receipt]) -> int:
+        """Move SENT messages to DELIVERED / UNDELIVERED; others are ignored."""
+        keys = self.shard_keys[shard]
+        args: list[Any] = self._common(keys, self.now_ms())
+        for r in receipts:
+            args += [r.app, r.id, "1" if r.delivered else "0", r.error_code, r.error_reason]
+        return int(await self.scripts.receipt(keys=[keys.events, keys.receipts], args=args))
+
+    async def promote(self, shard: int, limit: int = 500) -> tuple[int, int]:
+        """Queue due messages and expire overdue receipts: (promoted, expired)."""
+        keys = self.shard_keys[shard]
+        result = await self.scripts.promote(
+            keys=[keys.events, keys.due, keys.queue, keys.receipts],
+            args=[*self._common(keys, self.now_ms()), limit],
+        )
+        return int(result[0]), int(result[1])
+
+    async def lookup_provider_id(self, provider: str, provider_message_id: str) -> str | None:
+        """``app:id`` of a message by its provider id, searching every shard."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys in self.shard_keys:
+                pipe.get(keys.provider_id(provider, provider_message_id))
+            found = await pipe.execute()
+        for value in found:
+            if value:
+                return _s(value)
+        return None
+
+
+def _to_message(f: dict[bytes, bytes], history: list[bytes]) -> StoredMessage:
+    def g(name: str) -> str:
+        value = f.get(name.encode())
+        return value.decode() if value is not None else ""
+
+    def n(name: str) -> int:
+        value = f.get(name.encode())
+        return int(value) if value else 0
+
+    entries = []
+    for raw in history:
+        status, ts, detail = raw.decode().split("|", 2)
+        entries.append(HistoryEntry(Status(int(status)), int(ts), detail))
+    return StoredMessage(
+        id=g("id"),
+        batch_id=g("b"),
+        phone=g("p"),
+        text=g("tx"),
+        template_id=g("tp"),
+        params_json=g("pa"),
+        rendered=g("r"),
+        segments=n("sg"),
+        status=Status(n("st")),
+        created_ms=n("ct"),
+        send_at_ms=n("sa"),
+        updated_ms=n("ut"),
+        provider=g("pv"),
+        provider_message_id=g("pid"),
+        attempts=n("at"),
+        error_code=g("ec"),
+        error_reason=g("er"),
+        error_retryable=g("ery") == "1",
+        sender=g("snd"),
+        labels_json=g("lb"),
+        history=entries,
+    )

@@ -1,0 +1,53 @@
+"""Helpers for tests: credentials metadata and decoding google.rpc details."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata carrying an app token."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+@dataclass
+class Details:
+    """The google.rpc details of a failed call, unpacked."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str = ""
+    domain: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+    retry_delay: float | None = None
+    quota_subjects: list[str] = field(default_factory=list)
+
+
+def details_of(err: grpc.aio.AioRpcError) -> Details:
+    """Decode ErrorInfo, BadRequest, RetryInfo and QuotaFailure of an error."""
+    out = Details(code=err.code(), message=err.details() or "")
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    if status is None:
+        return out
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            out.reason, out.domain = info.reason, info.domain
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out.fields.update({v.field: v.description for v in bad.field_violations})
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            out.retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
+        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            quota = error_details_pb2.QuotaFailure()
+            detail.Unpack(quota)
+            out.quota_subjects += [v.subject for v in quota.violations]
+    return out

@@ -1,0 +1,61 @@
+"""Credentials: every smsgate RPC needs a valid app token; health does not."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from smsgate.v1 import sms_service_pb2 as pb
+from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
+
+from smsgate_server.runtime import Running
+from tests.support import bearer, details_of
+
+REQUEST = pb.SendSmsRequest(phone_number="+14155550123", text="x")
+
+
+async def test_call_without_credentials_is_unauthenticated(sms: SmsServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sms.SendSms(REQUEST)
+    details = details_of(caught.value)
+    assert details.code == grpc.StatusCode.UNAUTHENTICATED
+    assert details.reason == "MISSING_CREDENTIALS"
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        (("authorization", "Bearer nonsense"),),
+        (("authorization", "Basic abc"),),
+        (("authorization", "Bearer ak_00000000000000000000.as_wrong"),),
+    ],
+)
+async def test_call_with_bad_credentials_is_unauthenticated(
+    sms: SmsServiceStub, metadata: tuple[tuple[str, str], ...]
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sms.SendSms(REQUEST, metadata=metadata)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_right_key_with_wrong_secret_is_unauthenticated(
+    sms: SmsServiceStub, token: str
+) -> None:
+    key = token.split(".", 1)[0]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sms.SendSms(REQUEST, metadata=bearer(key + ".as_not-the-secret"))
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_secret_is_stored_hashed(server: Running, token: str) -> None:
+    secret = token.split(".", 1)[1]
+    async for key in server.redis.scan_iter(match="*"):
+        value = await server.redis.dump(key)
+        assert secret.encode() not in (value or b"")
+
+
+async def test_health_needs_no_credentials(channel: grpc.aio.Channel) -> None:
+    reply = await health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="smsgate.v1.SmsService")
+    )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
