@@ -11,7 +11,6 @@ import grpc
 import pytest
 import redis
 from smsgate.v1 import sms_service_pb2_grpc
-
 from smsgate_server.config import Settings
 from smsgate_server.embedded_redis import EmbeddedRedis
 from smsgate_server.runtime import Running, start

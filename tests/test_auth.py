@@ -7,8 +7,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
-
 from smsgate_server.runtime import Running
+
 from tests.support import bearer, details_of
 
 REQUEST = pb.SendSmsRequest(phone_number="+14155550123", text="x")

@@ -11,8 +11,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from smsgate.v1 import message_pb2
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
-
 from smsgate_server.runtime import Running
+
 from tests.support import bearer, details_of
 
 S = message_pb2.MessageStatus
