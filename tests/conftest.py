@@ -87,5 +87,5 @@ async def channel(server: Running) -> AsyncIterator[grpc.aio.Channel]:
 
 
 @pytest.fixture
-def sms(channel: grpc.aio.Channel) -> sms_service_pb2_grpc.SmsServiceStub:
+def sms(channel: grpc.aio.Channel) -> sms_service_pb2_grpc.SmsServiceAsyncStub:
     return sms_service_pb2_grpc.SmsServiceStub(channel)

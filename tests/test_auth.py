@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from smsgate.v1 import sms_service_pb2 as pb
-from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
+from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
 from smsgate_server.runtime import Running
 
 from tests.support import bearer, details_of
@@ -14,7 +16,7 @@ from tests.support import bearer, details_of
 REQUEST = pb.SendSmsRequest(phone_number="+14155550123", text="x")
 
 
-async def test_call_without_credentials_is_unauthenticated(sms: SmsServiceStub) -> None:
+async def test_call_without_credentials_is_unauthenticated(sms: SmsServiceAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await sms.SendSms(REQUEST)
     details = details_of(caught.value)
@@ -31,7 +33,7 @@ async def test_call_without_credentials_is_unauthenticated(sms: SmsServiceStub) 
     ],
 )
 async def test_call_with_bad_credentials_is_unauthenticated(
-    sms: SmsServiceStub, metadata: tuple[tuple[str, str], ...]
+    sms: SmsServiceAsyncStub, metadata: tuple[tuple[str, str], ...]
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await sms.SendSms(REQUEST, metadata=metadata)
@@ -39,7 +41,7 @@ async def test_call_with_bad_credentials_is_unauthenticated(
 
 
 async def test_right_key_with_wrong_secret_is_unauthenticated(
-    sms: SmsServiceStub, token: str
+    sms: SmsServiceAsyncStub, token: str
 ) -> None:
     key = token.split(".", 1)[0]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -55,7 +57,6 @@ async def test_secret_is_stored_hashed(server: Running, token: str) -> None:
 
 
 async def test_health_needs_no_credentials(channel: grpc.aio.Channel) -> None:
-    reply = await health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(service="smsgate.v1.SmsService")
-    )
+    stub: Any = health_pb2_grpc.HealthStub(channel)  # the stubs are typed for sync channels
+    reply = await stub.Check(health_pb2.HealthCheckRequest(service="smsgate.v1.SmsService"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING

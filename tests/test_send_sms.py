@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from smsgate.v1 import message_pb2
 from smsgate.v1 import sms_service_pb2 as pb
-from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
+from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
 from smsgate_server.runtime import Running
 
 from tests.support import bearer, details_of
@@ -19,7 +20,7 @@ S = message_pb2.MessageStatus
 
 
 async def wait_for_status(
-    sms: SmsServiceStub, token: str, message_id: str, status: int, timeout: float = 5.0
+    sms: SmsServiceAsyncStub, token: str, message_id: str, status: int, timeout: float = 5.0
 ) -> message_pb2.Message:
     """Poll GetMessage until the message has ``status``."""
     deadline = time.monotonic() + timeout
@@ -32,7 +33,7 @@ async def wait_for_status(
         await asyncio.sleep(0.02)
 
 
-async def test_sent_message_is_delivered_with_history(sms: SmsServiceStub, token: str) -> None:
+async def test_sent_message_is_delivered_with_history(sms: SmsServiceAsyncStub, token: str) -> None:
     reply = await sms.SendSms(
         pb.SendSmsRequest(phone_number="+14155550123", text="hello"), metadata=bearer(token)
     )
@@ -56,7 +57,7 @@ async def test_sent_message_is_delivered_with_history(sms: SmsServiceStub, token
     assert message.segments == 1
 
 
-async def test_phone_number_is_normalised_to_e164(sms: SmsServiceStub, token: str) -> None:
+async def test_phone_number_is_normalised_to_e164(sms: SmsServiceAsyncStub, token: str) -> None:
     reply = await sms.SendSms(
         pb.SendSmsRequest(phone_number="+44 20 7946 0958", text="hi"), metadata=bearer(token)
     )
@@ -64,7 +65,7 @@ async def test_phone_number_is_normalised_to_e164(sms: SmsServiceStub, token: st
 
 
 async def test_same_request_id_and_content_returns_the_same_message(
-    sms: SmsServiceStub, token: str
+    sms: SmsServiceAsyncStub, token: str
 ) -> None:
     request = pb.SendSmsRequest(phone_number="+14155550123", text="once", request_id="order-42")
     first = await sms.SendSms(request, metadata=bearer(token))
@@ -73,7 +74,7 @@ async def test_same_request_id_and_content_returns_the_same_message(
 
 
 async def test_same_request_id_with_different_content_is_rejected(
-    sms: SmsServiceStub, token: str
+    sms: SmsServiceAsyncStub, token: str
 ) -> None:
     await sms.SendSms(
         pb.SendSmsRequest(phone_number="+14155550123", text="first", request_id="r-1"),
@@ -91,7 +92,7 @@ async def test_same_request_id_with_different_content_is_rejected(
 
 
 async def test_concurrent_retries_of_one_request_id_make_one_message(
-    sms: SmsServiceStub, token: str
+    sms: SmsServiceAsyncStub, token: str
 ) -> None:
     request = pb.SendSmsRequest(phone_number="+14155550123", text="x", request_id="race")
     replies = await asyncio.gather(
@@ -124,7 +125,7 @@ async def test_concurrent_retries_of_one_request_id_make_one_message(
     ],
 )
 async def test_bad_input_is_invalid_argument_naming_the_field(
-    sms: SmsServiceStub, token: str, request_fields: dict[str, str], field: str, reason: str
+    sms: SmsServiceAsyncStub, token: str, request_fields: dict[str, Any], field: str, reason: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await sms.SendSms(pb.SendSmsRequest(**request_fields), metadata=bearer(token))
@@ -134,21 +135,21 @@ async def test_bad_input_is_invalid_argument_naming_the_field(
     assert details.reason == reason
 
 
-async def test_longest_allowed_text_is_accepted(sms: SmsServiceStub, token: str) -> None:
+async def test_longest_allowed_text_is_accepted(sms: SmsServiceAsyncStub, token: str) -> None:
     reply = await sms.SendSms(
         pb.SendSmsRequest(phone_number="+14155550123", text="a" * 1530), metadata=bearer(token)
     )
     assert reply.message.segments == 10
 
 
-async def test_bad_labels_name_the_label(sms: SmsServiceStub, token: str) -> None:
+async def test_bad_labels_name_the_label(sms: SmsServiceAsyncStub, token: str) -> None:
     request = pb.SendSmsRequest(phone_number="+14155550123", text="x", labels={"Bad Key": "v"})
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await sms.SendSms(request, metadata=bearer(token))
     assert details_of(caught.value).fields.keys() == {"labels['Bad Key']"}
 
 
-async def test_labels_and_sender_are_stored(sms: SmsServiceStub, token: str) -> None:
+async def test_labels_and_sender_are_stored(sms: SmsServiceAsyncStub, token: str) -> None:
     reply = await sms.SendSms(
         pb.SendSmsRequest(
             phone_number="+14155550123", text="x", sender_id="ACME", labels={"order_id": "7"}
@@ -162,7 +163,7 @@ async def test_labels_and_sender_are_stored(sms: SmsServiceStub, token: str) -> 
     assert dict(got.message.labels) == {"order_id": "7"}
 
 
-async def test_unknown_message_is_not_found(sms: SmsServiceStub, token: str) -> None:
+async def test_unknown_message_is_not_found(sms: SmsServiceAsyncStub, token: str) -> None:
     for message_id in ["nope", "0" * 26]:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await sms.GetMessage(
@@ -171,24 +172,29 @@ async def test_unknown_message_is_not_found(sms: SmsServiceStub, token: str) -> 
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_empty_message_id_is_invalid_argument(sms: SmsServiceStub, token: str) -> None:
+async def test_empty_message_id_is_invalid_argument(sms: SmsServiceAsyncStub, token: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await sms.GetMessage(pb.GetMessageRequest(), metadata=bearer(token))
     assert details_of(caught.value).fields.keys() == {"message_id"}
 
 
 async def test_another_apps_message_is_not_found(
-    sms: SmsServiceStub, token: str, server: Running
+    sms: SmsServiceAsyncStub, token: str, server: Running
 ) -> None:
     other = (await server.apps.create("other")).token
     reply = await sms.SendSms(
         pb.SendSmsRequest(phone_number="+14155550123", text="mine"), metadata=bearer(token)
     )
-    request = pb.GetMessageRequest(message_id=reply.message.id)
-    for call in (sms.GetMessage, sms.CancelMessage):
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call(request, metadata=bearer(other))  # type: ignore[operator]
-        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sms.GetMessage(
+            pb.GetMessageRequest(message_id=reply.message.id), metadata=bearer(other)
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sms.CancelMessage(
+            pb.CancelMessageRequest(message_id=reply.message.id), metadata=bearer(other)
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def _in(seconds: float) -> Timestamp:
@@ -197,7 +203,9 @@ def _in(seconds: float) -> Timestamp:
     return ts
 
 
-async def test_scheduled_message_waits_and_can_be_canceled(sms: SmsServiceStub, token: str) -> None:
+async def test_scheduled_message_waits_and_can_be_canceled(
+    sms: SmsServiceAsyncStub, token: str
+) -> None:
     reply = await sms.SendSms(
         pb.SendSmsRequest(phone_number="+14155550123", text="later", send_at=_in(3600)),
         metadata=bearer(token),
@@ -214,7 +222,7 @@ async def test_scheduled_message_waits_and_can_be_canceled(sms: SmsServiceStub, 
     assert details_of(caught.value).code == grpc.StatusCode.FAILED_PRECONDITION
 
 
-async def test_scheduled_message_is_sent_at_its_time(sms: SmsServiceStub, token: str) -> None:
+async def test_scheduled_message_is_sent_at_its_time(sms: SmsServiceAsyncStub, token: str) -> None:
     reply = await sms.SendSms(
         pb.SendSmsRequest(phone_number="+14155550123", text="soon", send_at=_in(0.5)),
         metadata=bearer(token),
@@ -229,7 +237,7 @@ async def test_scheduled_message_is_sent_at_its_time(sms: SmsServiceStub, token:
     ("offset", "reason"), [(-3600, "SEND_AT_IN_PAST"), (36 * 86400, "SEND_AT_TOO_FAR")]
 )
 async def test_send_at_out_of_range_is_invalid_argument(
-    sms: SmsServiceStub, token: str, offset: float, reason: str
+    sms: SmsServiceAsyncStub, token: str, offset: float, reason: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await sms.SendSms(
@@ -242,7 +250,9 @@ async def test_send_at_out_of_range_is_invalid_argument(
     assert "send_at" in details.fields
 
 
-async def test_unbuilt_capabilities_answer_unimplemented(sms: SmsServiceStub, token: str) -> None:
+async def test_unbuilt_capabilities_answer_unimplemented(
+    sms: SmsServiceAsyncStub, token: str
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await sms.SendSms(
             pb.SendSmsRequest(
