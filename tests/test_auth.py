@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from smsgate.v1 import sms_service_pb2 as pb
-from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
 from smsgate_server.runtime import Running
 
 from tests.support import bearer, details_of
+
+if TYPE_CHECKING:  # the async stub type exists only in the .pyi
+    from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
 
 REQUEST = pb.SendSmsRequest(phone_number="+14155550123", text="x")
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from smsgate.v1 import message_pb2
 from smsgate.v1 import sms_service_pb2 as pb
-from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
 from smsgate_server.runtime import Running
 
 from tests.support import bearer, details_of
+
+if TYPE_CHECKING:  # the async stub type exists only in the .pyi
+    from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
 
 S = message_pb2.MessageStatus
 
