@@ -1,35 +1,51 @@
 # smsgate — the two commands: `make serve` and `make test`.
+# Both create .venv and install the project (editable, with dev tools) on first use.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-PROTOS := $(wildcard proto/smsgate/v1/*.proto)
+PIP    := $(BIN)/python -m pip --disable-pip-version-check
+# bench/ is optional; lint and type-check it when it is there.
+PY_SRC := server tests clients/python $(wildcard bench)
 
-.PHONY: serve test lint typecheck gen check-gen bench bench-quick clean
+.PHONY: serve test lint typecheck gen check-gen format bench bench-quick clean
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11, 3), "smsgate needs Python 3.11.3+, found " + sys.version.split()[0]'
+	@$(PYTHON) -c 'import sys; sys.exit(None if sys.version_info >= (3, 11, 3) else "smsgate needs Python 3.11.3 or newer; found " + sys.version.split()[0] + " (set PYTHON=/path/to/python3.11)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[dev]'
 	touch $@
 
-## Run the service: embedded Redis, simulator provider.
+## Run the service: embedded Redis in .smsgate/, simulator provider, gRPC on 127.0.0.1:50051.
 serve: $(STAMP)
 	$(BIN)/smsgate-server
 
-## Run every check: proto lint/format, generated-code freshness, ruff, mypy, pytest.
-test: $(STAMP)
-	$(BIN)/buf lint
-	$(BIN)/buf format --diff --exit-code
-	$(BIN)/ruff check server tests bench clients/python
-	$(BIN)/ruff format --check server tests bench clients/python
-	$(BIN)/mypy server/smsgate_server clients/python/smsgate tests bench
+## Run every check: proto lint/format, ruff, mypy, pytest (stub freshness is a test).
+test: lint typecheck
 	$(BIN)/pytest -q
 
-## Regenerate the Python stubs from proto/.
+lint: $(STAMP)
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+	$(BIN)/ruff check $(PY_SRC)
+	$(BIN)/ruff format --check $(PY_SRC)
+
+typecheck: $(STAMP)
+	$(BIN)/mypy server/smsgate_server clients/python/smsgate tests $(wildcard bench)
+
+## Regenerate the Python stubs from proto/ (commit the result).
 gen: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py clients/python
+
+## Fail when the committed stubs differ from a fresh generation.
+check-gen: $(STAMP)
+	$(BIN)/pytest -q tests/test_proto.py
+
+## Format Python and protos in place.
+format: $(STAMP)
+	$(BIN)/ruff format $(PY_SRC)
+	$(BIN)/ruff check --fix $(PY_SRC)
+	$(BIN)/buf format -w
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
@@ -38,4 +54,4 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
 
 clean:
-	rm -rf $(VENV) .smsgate .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .smsgate .pytest_cache .mypy_cache .ruff_cache .hypothesis

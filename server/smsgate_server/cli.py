@@ -40,11 +40,13 @@ def _settings() -> Settings:
 
 
 async def _serve(settings: Settings) -> None:
-    running = await start(settings)
+    # Handlers first: a signal that arrives during start-up stops the server
+    # once it is up, instead of killing it half-way with Redis still running.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    running = await start(settings)
     await stop.wait()
     await running.stop()
 

