@@ -22,6 +22,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from smsgate.v1 import message_pb2, sms_service_pb2_grpc
 from smsgate.v1 import sms_service_pb2 as pb
+from smsgate_server.config import Settings
 
 from tests.support import bearer
 
@@ -441,3 +442,44 @@ def test_second_server_on_the_same_data_dir_is_refused(servers: Servers, data_di
     assert_no_errors(done.stderr)
     health = first.health()
     assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == SERVING
+
+
+# -- the README -----------------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_documents_every_setting() -> None:
+    text = README.read_text()
+    missing = [
+        f"SMSGATE_{name.upper()}"
+        for name in Settings.model_fields
+        if f"`SMSGATE_{name.upper()}`" not in text
+    ]
+    assert not missing, f"add these to the README's settings table: {missing}"
+
+
+def test_readme_buf_curl_session_works_when_pasted(servers: Servers, tmp_path: Path) -> None:
+    marker = "<!-- readme-session"
+    text = README.read_text()
+    block = text[text.index(marker) :].split("```sh\n", 1)[1].split("```", 1)[0]
+    # The session runs at the repository root beside `make serve`: give it a
+    # .venv and a .smsgate of its own, and the server's real port.
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    server = servers.start(tmp_path / ".smsgate")
+    block = block.replace("127.0.0.1:50051", f"127.0.0.1:{server.grpc_port}")
+
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "smsgate.v1.SmsService/SendSms" in done.stdout
+    assert '"status": "MESSAGE_STATUS_QUEUED"' in done.stdout
+    assert done.stdout.rstrip().endswith("}")
+    final = json.loads(done.stdout[done.stdout.rindex('{\n  "message"') :])
+    assert final["message"]["status"] == "MESSAGE_STATUS_DELIVERED"
