@@ -29,15 +29,21 @@ from smsgate.v1 import (
 
 from smsgate_server.api.guard import RequestGuard
 from smsgate_server.api.sms import SmsServicer
-from smsgate_server.api.unbuilt import UnbuiltTemplateServicer, UnbuiltVerificationServicer
+from smsgate_server.api.unbuilt import UnbuiltTemplateServicer
+from smsgate_server.api.verification import VerificationServicer
 from smsgate_server.config import Role, Settings, parse_address
 from smsgate_server.dispatch.worker import DispatchConfig, Dispatcher
+from smsgate_server.domain.codes import CodeSigner, parse_secret
 from smsgate_server.embedded_redis import EmbeddedRedis, running_url
 from smsgate_server.http import HttpSidePort, build_app
 from smsgate_server.providers.simulator import SimulatorProvider
 from smsgate_server.sending import SendingService, SendLimits
 from smsgate_server.store.apps import AppStore
+from smsgate_server.store.codes import CodeStore
+from smsgate_server.store.events import EventStore
 from smsgate_server.store.messages import MessageStore
+from smsgate_server.verification import CodePolicy, VerificationService
+from smsgate_server.watch import WatchHub
 
 __all__ = ["Running", "StartError", "redact_url", "start"]
 
@@ -79,6 +85,7 @@ class Running:
     apps: AppStore
     provider: SimulatorProvider
     dispatcher: Dispatcher | None
+    hub: WatchHub | None
     http: HttpSidePort
     http_task: asyncio.Task[None]
     embedded: EmbeddedRedis | None
@@ -93,6 +100,9 @@ class Running:
         grace = self.settings.shutdown_grace_seconds
         log.info("shutting down", extra={"grace_seconds": grace})
         await self.health.enter_graceful_shutdown()
+        if self.hub is not None:
+            # Streams end with UNAVAILABLE so clients reconnect elsewhere.
+            await self.hub.close()
         await self.server.stop(grace)
         if self.dispatcher is not None:
             await self.dispatcher.stop(grace)
@@ -126,16 +136,38 @@ async def _connect(url: str, settings: Settings) -> tuple[Redis, Redis]:
 
 
 def load_server_secret(settings: Settings) -> bytes:
-    """The key for HMACs of verification codes: from the data directory,
-    created once (0600) on first use."""
+    """The key for HMACs of verification codes: ``SMSGATE_SERVER_SECRET`` when set,
+    else from the data directory, created once (0600) on first use."""
+    if settings.server_secret is not None:
+        return parse_secret(settings.server_secret.get_secret_value())
+    if not settings.embedded_redis:
+        log.warning(
+            "SMSGATE_SERVER_SECRET is not set: using the secret in the data directory; "
+            "every replica on this Redis must use the same secret, or codes and "
+            "verification ids issued by one fail on another",
+            extra={"data_dir": str(settings.data_dir)},
+        )
     path = settings.data_dir / "server-secret"
-    if path.exists():
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
         return bytes.fromhex(path.read_text().strip())
     value = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(value.hex() + "\n")
     return value
+
+
+def code_policy(settings: Settings) -> CodePolicy:
+    """The server-wide verification policy from settings."""
+    return CodePolicy(
+        max_attempts=settings.verify_max_attempts,
+        resend_cooldown_ms=int(settings.verify_resend_cooldown_seconds * 1000),
+        per_number_hour=settings.verify_per_number_hour,
+        per_number_day=settings.verify_per_number_day,
+        per_app_minute=settings.verify_per_minute,
+        allowed_countries=settings.verify_allowed_countries,
+    )
 
 
 async def _dev_app(apps: AppStore, settings: Settings, grpc_port: int) -> None:
@@ -231,6 +263,7 @@ async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None
         ),
     )
 
+    hub: WatchHub | None = None
     guard = RequestGuard(apps, cache_seconds=settings.auth_cache_seconds)
     keepalive_ms = int(settings.keepalive_seconds * 1000)
     options: list[tuple[str, Any]] = [
@@ -242,13 +275,26 @@ async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None
         ("grpc.max_receive_message_length", 32 * 1024 * 1024),
         ("grpc.so_reuseport", 1),
     ]
-    server = grpc.aio.server(interceptors=[guard], options=options)
+    # The guard wraps handlers as they are registered: no per-call interceptor.
+    server = guard.guarding(grpc.aio.server(options=options))
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if settings.role is not Role.WORKER:
-        sms_service_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(sending), server)
+        hub = WatchHub(
+            EventStore(redis, reader, settings.shards),
+            buffer=settings.watch_buffer,
+            retention_seconds=settings.event_retention_seconds,
+        )
+        await hub.start()
+        sms_service_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(sending, hub), server)
+        verification = VerificationService(
+            CodeStore(redis),
+            sending,
+            CodeSigner(load_server_secret(settings)),
+            code_policy(settings),
+        )
         verification_service_pb2_grpc.add_VerificationServiceServicer_to_server(
-            UnbuiltVerificationServicer(), server
+            VerificationServicer(verification), server
         )
         template_service_pb2_grpc.add_TemplateServiceServicer_to_server(
             UnbuiltTemplateServicer(), server
@@ -330,6 +376,7 @@ async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None
         apps=apps,
         provider=provider,
         dispatcher=dispatcher,
+        hub=hub,
         http=http,
         http_task=http_task,
         embedded=embedded,

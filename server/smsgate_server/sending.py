@@ -7,6 +7,8 @@ errors. The verification service sends its codes through it too.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -18,8 +20,9 @@ from smsgate_server.domain.errors import (
     InvalidArgument,
     NotFound,
 )
-from smsgate_server.domain.ids import new_message_id, shard_of
+from smsgate_server.domain.ids import new_batch_id, new_message_id, shard_of
 from smsgate_server.domain.message import HistoryEntry, NewMessage, StoredMessage
+from smsgate_server.domain.phone import InvalidPhoneNumber, normalize_e164
 from smsgate_server.domain.status import Status
 from smsgate_server.domain.validation import (
     check_labels,
@@ -32,7 +35,20 @@ from smsgate_server.domain.validation import (
 from smsgate_server.store.keys import shard_for
 from smsgate_server.store.messages import MessageStore
 
-__all__ = ["SendCommand", "SendLimits", "SendingService"]
+__all__ = [
+    "BatchCommand",
+    "BatchOutcome",
+    "ListQuery",
+    "SendCommand",
+    "SendLimits",
+    "SendingService",
+]
+
+# Messages per accept script call: large enough to amortise the round trip,
+# small enough that one script does not hold Redis for long.
+ACCEPT_CHUNK = 500
+# How many index entries one ListMessages call may examine for its filters.
+LIST_SCAN_LIMIT = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +73,40 @@ class SendCommand:
     sender: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     fingerprint: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCommand:
+    """One text for many recipients (``phones`` in request order)."""
+
+    phones: list[str]
+    text: str
+    send_at_ms: int = 0
+    request_id: str = ""
+    sender: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    fingerprint: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """Per recipient, in request order: a message id or ``(reason, description)``."""
+
+    batch_id: str
+    results: list[str | tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """Filters and position of ListMessages."""
+
+    page_size: int = 50
+    page_token: str = ""
+    statuses: frozenset[Status] = frozenset()
+    phone: str = ""
+    batch_id: str = ""
+    start_ms: int = 0
+    end_ms: int = 0
 
 
 class SendingService:
@@ -164,3 +214,208 @@ class SendingService:
                 reason="NOT_CANCELABLE",
             )
         return message
+
+    # --- batches -------------------------------------------------------
+
+    def _check_recipients(self, phones: list[str]) -> list[str | tuple[str, str]]:
+        """Per recipient its E.164 form, or why it is rejected. A number seen
+        before in the request is rejected as a duplicate (one SMS per number)."""
+        if not phones:
+            raise InvalidArgument.field("recipients", "at least one recipient is required")
+        limit = self.limits.batch_max_recipients
+        if len(phones) > limit:
+            raise InvalidArgument.field(
+                "recipients",
+                f"has {len(phones)} recipients; at most {limit} are allowed per call",
+                reason="TOO_MANY_RECIPIENTS",
+            )
+        seen: set[str] = set()
+        out: list[str | tuple[str, str]] = []
+        for raw in phones:
+            try:
+                phone = normalize_e164(raw)
+            except InvalidPhoneNumber as exc:
+                out.append(("INVALID_PHONE_NUMBER", f"phone_number {exc}"))
+                continue
+            if phone in seen:
+                out.append(("DUPLICATE_RECIPIENT", f"{phone} is already a recipient of this batch"))
+                continue
+            seen.add(phone)
+            out.append(phone)
+        return out
+
+    async def send_batch(self, app: str, cmd: BatchCommand) -> BatchOutcome:
+        """Validate each recipient and accept the valid ones as one batch.
+
+        Idempotent by request id: a retry returns the first batch, and
+        completes it if the first call died part-way through accepting.
+        """
+        now = self.store.now_ms()
+        metrics = check_text(cmd.text, "text", self.limits.max_text_segments)
+        send_at = check_send_at(cmd.send_at_ms, now, self.limits.schedule_max_days)
+        request_id = check_request_id(cmd.request_id)
+        sender = check_sender(cmd.sender)
+        check_labels(cmd.labels, self.limits.max_labels)
+        checked = self._check_recipients(cmd.phones)
+        phones = [c for c in checked if isinstance(c, str)]
+
+        shard = self._shard(app, request_id)
+        batch_id = new_batch_id(now, shard)
+        labels_json = json.dumps(cmd.labels, sort_keys=True) if cmd.labels else ""
+
+        def new(phone: str) -> NewMessage:
+            return NewMessage(
+                id=new_message_id(now, shard), phone=phone, rendered=cmd.text,
+                segments=metrics.segments, send_at_ms=send_at, text=cmd.text,
+                sender=sender, labels_json=labels_json,
+            )  # fmt: skip
+
+        messages = [new(p) for p in phones]
+        request_hash = hashlib.sha256(cmd.fingerprint).hexdigest()
+        ids: list[str] = []
+        for i in range(0, max(len(messages), 1), ACCEPT_CHUNK):
+            chunk = messages[i : i + ACCEPT_CHUNK]
+            first = i == 0
+            outcome = await self.store.accept(
+                app, shard, chunk, batch_id=batch_id,
+                request_id=request_id if first else "",
+                request_hash=request_hash, remember=batch_id, now_ms=now,
+            )  # fmt: skip
+            if outcome.kind == "conflict":
+                raise AlreadyExists(
+                    f"request_id {request_id!r} was used for a different request",
+                    reason="REQUEST_ID_REUSED",
+                )
+            if outcome.kind == "dup":
+                batch_id = outcome.remembered
+                ids = await self._complete_batch(app, batch_id, messages)
+                break
+            ids += [m.id for m in chunk]
+        id_iter = iter(ids)
+        results: list[str | tuple[str, str]] = [
+            c if isinstance(c, tuple) else next(id_iter) for c in checked
+        ]
+        return BatchOutcome(batch_id, results)
+
+    async def _complete_batch(
+        self, app: str, batch_id: str, messages: list[NewMessage]
+    ) -> list[str]:
+        """The ids of a batch accepted before; accepts what a crash left out."""
+        shard = self._locate_batch(batch_id)
+        ids = await self.store.batch_ids(app, shard, batch_id)
+        missing = messages[len(ids) :]
+        for i in range(0, len(missing), ACCEPT_CHUNK):
+            chunk = [
+                dataclasses.replace(m, id=new_message_id(self.store.now_ms(), shard))
+                for m in missing[i : i + ACCEPT_CHUNK]
+            ]
+            await self.store.accept(app, shard, chunk, batch_id=batch_id)
+            ids += [m.id for m in chunk]
+        return ids
+
+    def _locate_batch(self, batch_id: str) -> int:
+        if not batch_id:
+            raise InvalidArgument.field("batch_id", "is required")
+        shard = shard_of(batch_id, self.store.shards)
+        if shard is None:
+            raise NotFound(f"batch {batch_id!r} not found", reason="BATCH_NOT_FOUND")
+        return shard
+
+    async def cancel_batch(self, app: str, batch_id: str) -> tuple[int, int]:
+        """Cancel what no provider has yet: (canceled, not canceled)."""
+        shard = self._locate_batch(batch_id)
+        ids = await self.store.batch_ids(app, shard, batch_id)
+        if not ids:
+            raise NotFound(f"batch {batch_id!r} not found", reason="BATCH_NOT_FOUND")
+        canceled = 0
+        for i in range(0, len(ids), ACCEPT_CHUNK):
+            results = await self.store.cancel(app, shard, ids[i : i + ACCEPT_CHUNK])
+            canceled += sum(1 for r in results if r == 1)
+        return canceled, len(ids) - canceled
+
+    # --- listing -------------------------------------------------------
+
+    async def list_messages(self, app: str, q: ListQuery) -> tuple[list[StoredMessage], str]:
+        """A page of the app's messages, newest first, and the next page token.
+
+        Filters on status and phone are applied while walking the id index; one
+        call examines at most LIST_SCAN_LIMIT messages, so a page can come back
+        short with a token to go on.
+        """
+        if not 0 <= q.page_size <= 500:
+            raise InvalidArgument.field("page_size", "must be between 0 and 500")
+        size = q.page_size or 50
+        phone = check_phone(q.phone, "phone_number") if q.phone else ""
+        if q.start_ms and q.end_ms and q.start_ms >= q.end_ms:
+            raise InvalidArgument.field("end_time", "must be after start_time")
+        fingerprint = _query_fingerprint(q)
+        cursor = _decode_page_token(q.page_token, fingerprint) if q.page_token else "g"
+        if q.end_ms:
+            cursor = min(cursor, f"{q.end_ms:012x}")
+        at_least = f"{q.start_ms:012x}" if q.start_ms else "0"
+        batch_shard = self._locate_batch(q.batch_id) if q.batch_id else None
+
+        page: list[StoredMessage] = []
+        examined = 0
+        while len(page) < size and examined < LIST_SCAN_LIMIT:
+            if batch_shard is not None:
+                ids = await self.store.batch_ids(app, batch_shard, q.batch_id)
+                window = sorted((i for i in ids if at_least <= i < cursor), reverse=True)
+                refs = [(batch_shard, i) for i in window[:200]]
+            else:
+                refs = await self._index_window(app, below=cursor, at_least=at_least, limit=200)
+            if not refs:
+                return page, ""
+            found = await self.store.get_many(app, refs)
+            gone = [ref for ref, m in zip(refs, found, strict=True) if m is None]
+            if gone and batch_shard is None:
+                await self.store.forget(app, gone)
+            for ref, m in zip(refs, found, strict=True):
+                examined += 1
+                cursor = ref[1]
+                if m is None or (q.statuses and m.status not in q.statuses):
+                    continue
+                if phone and m.phone != phone:
+                    continue
+                page.append(m)
+                if len(page) == size:
+                    break
+        return page, _encode_page_token(cursor, fingerprint)
+
+    async def _index_window(
+        self, app: str, *, below: str, at_least: str, limit: int
+    ) -> list[tuple[int, str]]:
+        """The newest ``limit`` ids below ``below`` across every shard."""
+        merged: list[tuple[int, str]] = []
+        for shard in range(self.store.shards):
+            ids = await self.store.index_page(
+                app, shard, below=below, at_least=at_least, limit=limit
+            )
+            merged += [(shard, i) for i in ids]
+        merged.sort(key=lambda ref: ref[1], reverse=True)
+        return merged[:limit]
+
+
+def _query_fingerprint(q: ListQuery) -> str:
+    """Ties a page token to the filters it was issued for."""
+    parts = [
+        ",".join(str(int(s)) for s in sorted(q.statuses)), q.phone, q.batch_id,
+        str(q.start_ms), str(q.end_ms),
+    ]  # fmt: skip
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _encode_page_token(cursor: str, fingerprint: str) -> str:
+    return base64.urlsafe_b64encode(f"{cursor}|{fingerprint}".encode()).decode()
+
+
+def _decode_page_token(token: str, fingerprint: str) -> str:
+    try:
+        cursor, _, issued_for = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
+    except (ValueError, UnicodeDecodeError):
+        cursor, issued_for = "", ""
+    if not cursor or issued_for != fingerprint:
+        raise InvalidArgument.field(
+            "page_token", "is not a token of an earlier call with the same filters"
+        )
+    return cursor

@@ -7,9 +7,10 @@ import json
 from google.protobuf.timestamp_pb2 import Timestamp
 from smsgate.v1 import message_pb2
 
+from smsgate_server.domain.events import StatusEvent
 from smsgate_server.domain.message import StoredMessage
 
-__all__ = ["message_to_proto", "ms_from_timestamp", "timestamp_from_ms"]
+__all__ = ["event_to_proto", "message_to_proto", "ms_from_timestamp", "timestamp_from_ms"]
 
 
 def timestamp_from_ms(ms: int) -> Timestamp:
@@ -57,4 +58,20 @@ def message_to_proto(m: StoredMessage) -> message_pb2.Message:
             time=timestamp_from_ms(h.time_ms),
             detail=h.detail,
         )
+    return out
+
+
+def event_to_proto(e: StatusEvent, resume_token: str) -> message_pb2.StatusEvent:
+    """The API view of a status event."""
+    out = message_pb2.StatusEvent(
+        message_id=e.message_id,
+        batch_id=e.batch_id,
+        status=e.status.value,  # type: ignore[arg-type]
+        time=timestamp_from_ms(e.time_ms),
+        detail=e.detail,
+        resume_token=resume_token,
+    )
+    if e.error_code:
+        out.error.code = e.error_code
+        out.error.reason = e.error_reason
     return out

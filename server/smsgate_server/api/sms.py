@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import sms_service_pb2_grpc as pb_grpc
 
-from smsgate_server.api.convert import message_to_proto
+from smsgate_server.api.convert import event_to_proto, message_to_proto
 from smsgate_server.api.guard import current_app
 from smsgate_server.domain.errors import InvalidArgument, NotImplementedYet
-from smsgate_server.sending import SendCommand, SendingService
+from smsgate_server.domain.status import Status
+from smsgate_server.sending import BatchCommand, ListQuery, SendCommand, SendingService
+from smsgate_server.watch import WatchFilter, WatchHub
 
 __all__ = ["SmsServicer"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
+MAX_WATCHED_IDS = 1000
 
 
 class SmsServicer(pb_grpc.SmsServiceServicer):
     """Translates SmsService calls to SendingService calls."""
 
-    def __init__(self, sending: SendingService) -> None:
+    def __init__(self, sending: SendingService, hub: WatchHub | None) -> None:
         self.sending = sending
+        self.hub = hub
 
     async def SendSms(self, request: pb.SendSmsRequest, context: Context) -> pb.SendSmsResponse:
         which = request.WhichOneof("content")
@@ -65,20 +69,97 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
     async def BatchSend(
         self, request: pb.BatchSendRequest, context: Context
     ) -> pb.BatchSendResponse:
-        raise NotImplementedYet("BatchSend is not built yet (delivery pipeline, issue 6)")
+        which = request.WhichOneof("content")
+        if which is None:
+            raise InvalidArgument.field(
+                "text", "one of text or template is required", reason="EMPTY_CONTENT"
+            )
+        if which == "template" or any(r.params for r in request.recipients):
+            raise NotImplementedYet(
+                "template content and per-recipient params need TemplateService, which this "
+                "server does not provide yet",
+                reason="TEMPLATES_NOT_IMPLEMENTED",
+            )
+        outcome = await self.sending.send_batch(
+            current_app().key,
+            BatchCommand(
+                phones=[r.phone_number for r in request.recipients],
+                text=request.text,
+                send_at_ms=request.send_at.ToMilliseconds() if request.HasField("send_at") else 0,
+                request_id=request.request_id,
+                sender=request.sender_id,
+                labels=dict(request.labels),
+                fingerprint=request.SerializeToString(deterministic=True),
+            ),
+        )
+        reply = pb.BatchSendResponse(batch_id=outcome.batch_id)
+        for index, (recipient, result) in enumerate(
+            zip(request.recipients, outcome.results, strict=True)
+        ):
+            item = reply.results.add(index=index, phone_number=recipient.phone_number)
+            if isinstance(result, str):
+                item.message_id = result
+                reply.accepted_count += 1
+            else:
+                item.error.reason, item.error.description = result
+                reply.rejected_count += 1
+        return reply
 
     async def ListMessages(
         self, request: pb.ListMessagesRequest, context: Context
     ) -> pb.ListMessagesResponse:
-        raise NotImplementedYet("ListMessages is not built yet (delivery pipeline, issue 6)")
+        page, token = await self.sending.list_messages(
+            current_app().key,
+            ListQuery(
+                page_size=request.page_size,
+                page_token=request.page_token,
+                statuses=_statuses(request.statuses),
+                phone=request.phone_number,
+                batch_id=request.batch_id,
+                start_ms=request.start_time.ToMilliseconds()
+                if request.HasField("start_time")
+                else 0,
+                end_ms=request.end_time.ToMilliseconds() if request.HasField("end_time") else 0,
+            ),
+        )
+        return pb.ListMessagesResponse(
+            messages=[message_to_proto(m) for m in page], next_page_token=token
+        )
 
     async def CancelBatch(
         self, request: pb.CancelBatchRequest, context: Context
     ) -> pb.CancelBatchResponse:
-        raise NotImplementedYet("CancelBatch is not built yet (delivery pipeline, issue 6)")
+        canceled, not_canceled = await self.sending.cancel_batch(
+            current_app().key, request.batch_id
+        )
+        return pb.CancelBatchResponse(canceled_count=canceled, not_canceled_count=not_canceled)
 
     async def WatchStatus(
         self, request: pb.WatchStatusRequest, context: Context
     ) -> AsyncIterator[pb.WatchStatusResponse]:
-        raise NotImplementedYet("WatchStatus is not built yet (delivery pipeline, issue 6)")
-        yield pb.WatchStatusResponse()  # pragma: no cover - makes this an async generator
+        if self.hub is None:
+            raise NotImplementedYet("this process runs without the API role")
+        if len(request.message_ids) > MAX_WATCHED_IDS:
+            raise InvalidArgument.field(
+                "message_ids", f"at most {MAX_WATCHED_IDS} message ids can be watched"
+            )
+        wanted = WatchFilter(
+            message_ids=frozenset(request.message_ids),
+            batch_id=request.batch_id,
+            statuses=_statuses(request.statuses),
+        )
+        async for event, token in self.hub.watch(current_app().key, wanted, request.resume_token):
+            yield pb.WatchStatusResponse(event=event_to_proto(event, token))
+
+
+def _statuses(values: Iterable[int]) -> frozenset[Status]:
+    """Requested statuses; UNSPECIFIED or unknown values are INVALID_ARGUMENT."""
+    out = set()
+    for value in values:
+        try:
+            out.add(Status(value))
+        except ValueError:
+            raise InvalidArgument.field(
+                "statuses", f"{value} is not a MessageStatus (UNSPECIFIED is not allowed)"
+            ) from None
+    return frozenset(out)

@@ -173,6 +173,37 @@ class MessageStore:
             return None
         return _to_message(fields, history)
 
+    async def get_many(
+        self, app: str, refs: Sequence[tuple[int, str]]
+    ) -> list[StoredMessage | None]:
+        """Messages by ``(shard, id)`` in one round trip; None where gone."""
+        if not refs:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard, message_id in refs:
+                keys = self.shard_keys[shard]
+                pipe.hgetall(keys.message(app, message_id))
+                pipe.lrange(keys.history(app, message_id), 0, -1)
+            raw = await pipe.execute()
+        return [_to_message(raw[i], raw[i + 1]) if raw[i] else None for i in range(0, len(raw), 2)]
+
+    async def index_page(
+        self, app: str, shard: int, *, below: str, at_least: str, limit: int
+    ) -> list[str]:
+        """Up to ``limit`` of the app's ids in a shard, newest first, with
+        ``at_least <= id < below`` (ids sort by creation time)."""
+        raw = await self.redis.zrevrangebylex(
+            self.shard_keys[shard].index(app), f"({below}", f"[{at_least}", start=0, num=limit
+        )
+        return [_s(x) for x in raw]
+
+    async def forget(self, app: str, refs: Sequence[tuple[int, str]]) -> None:
+        """Drop index entries of messages whose retention ran out."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard, message_id in refs:
+                pipe.zrem(self.shard_keys[shard].index(app), message_id)
+            await pipe.execute()
+
     async def batch_ids(self, app: str, shard: int, batch_id: str) -> list[str]:
         """The message ids of a batch in request order (empty when unknown)."""
         raw = await self.redis.lrange(self.shard_keys[shard].batch(app, batch_id), 0, -1)

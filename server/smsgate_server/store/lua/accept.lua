@@ -25,7 +25,7 @@ for i = 11, #ARGV, F do
     'tx', ARGV[i + 2], 'tp', ARGV[i + 3], 'pa', ARGV[i + 4], 'r', ARGV[i + 5],
     'sg', ARGV[i + 6], 'ct', NOW, 'sa', send_at, 'snd', ARGV[i + 8], 'lb', ARGV[i + 9],
     'at', 0)
-  redis.call('ZADD', KEYS[5], NOW, id)
+  redis.call('ZADD', KEYS[5], 0, id)
   if batch ~= '' then redis.call('RPUSH', KEYS[6], id) end
   if send_at > NOW then
     redis.call('ZADD', KEYS[4], send_at, app .. ':' .. id)

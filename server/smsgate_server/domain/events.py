@@ -1,0 +1,57 @@
+"""Status events and the resume tokens of WatchStatus."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+from smsgate_server.domain.status import Status
+
+__all__ = ["StatusEvent", "decode_token", "encode_token", "stream_id_key"]
+
+_TOKEN_VERSION = "v1"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusEvent:
+    """One status change, as stored in a shard's event stream (``stream_id``)."""
+
+    shard: int
+    stream_id: str
+    app: str
+    message_id: str
+    batch_id: str
+    status: Status
+    time_ms: int
+    detail: str
+    error_code: str
+    error_reason: str
+
+
+def stream_id_key(stream_id: str) -> tuple[int, int]:
+    """A Redis stream id ``ms-seq`` as a comparable tuple."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def encode_token(positions: list[str]) -> str:
+    """An opaque token: the last delivered stream id of every shard."""
+    raw = _TOKEN_VERSION + ":" + ",".join(positions)
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_token(token: str, shards: int) -> list[str]:
+    """Positions from a token; ValueError when it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("is not a resume token") from None
+    version, _, body = raw.partition(":")
+    if version != _TOKEN_VERSION:
+        raise ValueError("is not a resume token")
+    positions = body.split(",")
+    if len(positions) != shards:
+        raise ValueError("was issued by a server with a different shard count")
+    for p in positions:
+        stream_id_key(p)  # raises ValueError when malformed
+    return positions

@@ -1,0 +1,78 @@
+"""EventStore: reads the shards' status event streams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from smsgate_server.domain.events import StatusEvent
+from smsgate_server.domain.status import Status
+from smsgate_server.store.keys import ShardKeys
+
+__all__ = ["EventStore"]
+
+
+def _event(shard: int, entry_id: bytes | str, f: dict[bytes, bytes]) -> StatusEvent:
+    def g(name: bytes) -> str:
+        value = f.get(name)
+        return value.decode() if value is not None else ""
+
+    return StatusEvent(
+        shard=shard,
+        stream_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+        app=g(b"a"),
+        message_id=g(b"m"),
+        batch_id=g(b"b"),
+        status=Status(int(g(b"s"))),
+        time_ms=int(g(b"t") or 0),
+        detail=g(b"d"),
+        error_code=g(b"ec"),
+        error_reason=g(b"er"),
+    )
+
+
+class EventStore:
+    """Reads events. ``reader`` is a client whose socket timeout exceeds the
+    block time of XREAD (redis/redis-py#3138)."""
+
+    def __init__(self, redis: Redis, reader: Redis, shards: int) -> None:
+        self.redis = redis
+        self.reader = reader
+        self.keys = [ShardKeys(i) for i in range(shards)]
+
+    async def last_id(self, shard: int) -> str:
+        """Id of the newest event of a shard ("0-0" when empty)."""
+        raw: Any = await self.redis.xrevrange(self.keys[shard].events, count=1)
+        if not raw:
+            return "0-0"
+        entry_id = raw[0][0]
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def first_id(self, shard: int) -> str | None:
+        """Id of the oldest event still kept, or None when empty."""
+        raw: Any = await self.redis.xrange(self.keys[shard].events, count=1)
+        if not raw:
+            return None
+        entry_id = raw[0][0]
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def after(self, shard: int, after_id: str, count: int = 1000) -> list[StatusEvent]:
+        """Events of a shard strictly after ``after_id``, oldest first."""
+        raw: Any = await self.redis.xrange(
+            self.keys[shard].events, f"({after_id}", "+", count=count
+        )
+        return [_event(shard, entry_id, fields) for entry_id, fields in raw]
+
+    async def wait_after(
+        self, shard: int, after_id: str, *, block_ms: int, count: int = 1000
+    ) -> list[StatusEvent]:
+        """Like ``after`` but blocks up to ``block_ms`` for new events."""
+        raw: Any = await self.reader.xread(
+            {self.keys[shard].events: after_id}, count=count, block=block_ms
+        )
+        return [
+            _event(shard, entry_id, fields)
+            for _, entries in raw or ()
+            for entry_id, fields in entries
+        ]

@@ -1,0 +1,194 @@
+"""WatchHub: one reader per shard event stream fans status events out to every
+local WatchStatus subscriber.
+
+A subscriber gets a bounded queue. When it falls too far behind, its stream
+ends with RESOURCE_EXHAUSTED and the client resumes from its last token;
+the others never wait for it. A resumed subscriber first reads what it missed
+from the streams (XRANGE), then live events, skipping anything at or before
+its position, so nothing is delivered twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from smsgate_server.domain.errors import (
+    InvalidArgument,
+    OutOfRange,
+    RateLimited,
+    Unavailable,
+)
+from smsgate_server.domain.events import StatusEvent, decode_token, encode_token, stream_id_key
+from smsgate_server.domain.status import Status
+from smsgate_server.store.events import EventStore
+
+__all__ = ["WatchFilter", "WatchHub"]
+
+log = logging.getLogger("smsgate.watch")
+
+_CLOSING = "closing"
+_OVERFLOW = "overflow"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchFilter:
+    """Which events a subscriber wants; empty parts match everything."""
+
+    message_ids: frozenset[str] = frozenset()
+    batch_id: str = ""
+    statuses: frozenset[Status] = frozenset()
+
+    def matches(self, e: StatusEvent) -> bool:
+        return (
+            (not self.message_ids or e.message_id in self.message_ids)
+            and (not self.batch_id or e.batch_id == self.batch_id)
+            and (not self.statuses or e.status in self.statuses)
+        )
+
+
+@dataclass(eq=False)
+class _Subscriber:
+    app: str
+    queue: asyncio.Queue[StatusEvent | str]
+    ended: bool = False
+
+    def offer(self, event: StatusEvent) -> None:
+        if self.ended:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.end(_OVERFLOW)
+
+    def end(self, reason: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        # Make room so the end marker always fits.
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(reason)
+
+
+@dataclass
+class WatchHub:
+    """Fans events out to subscribers of this process."""
+
+    events: EventStore
+    buffer: int = 10_000
+    retention_seconds: int = 86_400
+    block_ms: int = 1000
+    clock: Callable[[], float] = time.time
+    positions: list[str] = field(default_factory=list)
+    _subscribers: dict[str, set[_Subscriber]] = field(default_factory=lambda: defaultdict(set))
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _closing: bool = False
+
+    async def start(self) -> None:
+        shards = len(self.events.keys)
+        self.positions = [await self.events.last_id(s) for s in range(shards)]
+        self._tasks = [asyncio.create_task(self._read(s), name=f"watch-{s}") for s in range(shards)]
+
+    async def close(self) -> None:
+        """End every stream with UNAVAILABLE (clients reconnect) and stop reading."""
+        self._closing = True
+        for subs in self._subscribers.values():
+            for sub in subs:
+                sub.end(_CLOSING)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+    async def _read(self, shard: int) -> None:
+        while True:
+            try:
+                batch = await self.events.wait_after(
+                    shard, self.positions[shard], block_ms=self.block_ms
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event read failed", extra={"shard": shard})
+                await asyncio.sleep(1.0)
+                continue
+            for event in batch:
+                self.positions[shard] = event.stream_id
+                for sub in self._subscribers.get(event.app, ()):
+                    sub.offer(event)
+
+    async def _start_positions(self, token: str) -> list[str]:
+        if not token:
+            return list(self.positions)
+        try:
+            positions = decode_token(token, len(self.events.keys))
+        except ValueError as exc:
+            raise InvalidArgument.field(
+                "resume_token", str(exc), reason="BAD_RESUME_TOKEN"
+            ) from None
+        horizon_ms = int(self.clock() * 1000) - self.retention_seconds * 1000
+        for shard, position in enumerate(positions):
+            first = await self.events.first_id(shard)
+            behind = first is not None and stream_id_key(position) < stream_id_key(first)
+            if behind and stream_id_key(position)[0] < horizon_ms:
+                raise OutOfRange(
+                    f"the resume token is older than the {self.retention_seconds}s retention "
+                    "window; start a new watch and reconcile with ListMessages",
+                    reason="RESUME_TOKEN_EXPIRED",
+                )
+        return positions
+
+    async def watch(
+        self, app: str, wanted: WatchFilter, token: str
+    ) -> AsyncIterator[tuple[StatusEvent, str]]:
+        """Events of ``app`` matching ``wanted``, each with its resume token."""
+        if self._closing:
+            raise Unavailable("server is shutting down; reconnect", reason="SHUTTING_DOWN")
+        positions = await self._start_positions(token)
+        sub = _Subscriber(app, asyncio.Queue(self.buffer))
+        self._subscribers[app].add(sub)
+        try:
+            # What happened since the token, straight from the streams.
+            for shard in range(len(positions)):
+                while True:
+                    batch = await self.events.after(shard, positions[shard])
+                    for event in batch:
+                        positions[shard] = event.stream_id
+                        if event.app == app and wanted.matches(event):
+                            yield event, encode_token(positions)
+                    if len(batch) < 1000:
+                        break
+            while True:
+                item = await sub.queue.get()
+                if isinstance(item, str):
+                    raise self._ending(item)
+                if stream_id_key(item.stream_id) <= stream_id_key(positions[item.shard]):
+                    continue
+                positions[item.shard] = item.stream_id
+                if wanted.matches(item):
+                    yield item, encode_token(positions)
+        finally:
+            self._subscribers[app].discard(sub)
+            if not self._subscribers[app]:
+                del self._subscribers[app]
+
+    def _ending(self, reason: str) -> Exception:
+        if reason == _OVERFLOW:
+            return RateLimited(
+                f"the subscriber fell more than {self.buffer} events behind; "
+                "resume from the last token",
+                retry_after=0.0,
+                reason="SUBSCRIBER_TOO_SLOW",
+            )
+        return Unavailable(
+            "server is shutting down; reconnect with the last resume token",
+            reason="SHUTTING_DOWN",
+        )
