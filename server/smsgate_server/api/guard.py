@@ -4,6 +4,12 @@ turns domain errors into statuses with details.
 Credentials travel as ``authorization: Bearer <app_key>.<app_secret>``. The
 authenticated app is put in a context variable for the servicer (``current_app``).
 Health and reflection stay open, so probes and ``buf curl`` listing need no token.
+
+``RequestGuard.guarding(server)`` applies the guard without a gRPC interceptor:
+it wraps each method handler once, as it is registered. A ``grpc.aio``
+interceptor costs an extra coroutine chain on every call (about 10% of a bare
+echo's throughput, bench/RESULTS.md); the wrapped handlers do the same work
+for nothing. The guard still works as an interceptor too.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeAlias
 
 import grpc
@@ -22,7 +28,7 @@ from smsgate_server.domain.apps import parse_token
 from smsgate_server.domain.errors import SmsgateError, Unauthenticated, Unavailable
 from smsgate_server.store.apps import App, AppStore
 
-__all__ = ["RequestGuard", "abort_with", "current_app"]
+__all__ = ["GuardedServer", "RequestGuard", "abort_with", "current_app"]
 
 log = logging.getLogger("smsgate.api")
 
@@ -82,9 +88,18 @@ class RequestGuard(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         details: grpc.HandlerCallDetails,
     ) -> Handler | None:
-        method: str = details.method
         handler = await continuation(details)
-        if handler is None or method.startswith(_OPEN_PREFIXES):
+        if handler is None:
+            return None
+        return self.guard_handler(details.method, handler)
+
+    def guarding(self, server: grpc.aio.Server) -> GuardedServer:
+        """``server``, with every handler registered through it guarded."""
+        return GuardedServer(server, self)
+
+    def guard_handler(self, method: str, handler: Handler) -> Handler:
+        """The guarded form of ``handler`` (open methods are returned as they are)."""
+        if method.startswith(_OPEN_PREFIXES):
             return handler
         wrapped = self._wrapped.get(method)
         if wrapped is None:
@@ -156,3 +171,56 @@ class RequestGuard(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+class _GuardedGenericHandler(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler, guard: RequestGuard) -> None:
+        self.inner = inner
+        self.guard = guard
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        handler = self.inner.service(handler_call_details)
+        if handler is None:
+            return None
+        return self.guard.guard_handler(handler_call_details.method, handler)
+
+
+class GuardedServer(grpc.aio.Server):
+    """A ``grpc.aio.Server`` whose registered handlers pass through a RequestGuard."""
+
+    def __init__(self, server: grpc.aio.Server, guard: RequestGuard) -> None:
+        self.server = server
+        self.guard = guard
+
+    def add_generic_rpc_handlers(
+        self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler]
+    ) -> None:
+        self.server.add_generic_rpc_handlers(
+            tuple(_GuardedGenericHandler(h, self.guard) for h in generic_rpc_handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: Mapping[str, Handler]
+    ) -> None:
+        self.server.add_registered_method_handlers(
+            service_name,
+            {
+                name: self.guard.guard_handler(f"/{service_name}/{name}", handler)
+                for name, handler in method_handlers.items()
+            },
+        )
+
+    def add_insecure_port(self, address: str) -> int:
+        return self.server.add_insecure_port(address)
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        return self.server.add_secure_port(address, server_credentials)
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self.server.stop(grace)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return await self.server.wait_for_termination(timeout)
