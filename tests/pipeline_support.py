@@ -30,7 +30,7 @@ async def wait_until(
     sms: SmsServiceAsyncStub,
     token: str,
     ids: list[str],
-    done: set[int],
+    done: set[message_pb2.MessageStatus.ValueType],
     timeout: float = 10.0,
 ) -> dict[str, message_pb2.Message]:
     """GetMessage each id until its status is in ``done``; returns the last seen."""

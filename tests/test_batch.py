@@ -25,9 +25,14 @@ def phones(n: int, start: int = 0) -> list[str]:
     return [f"+1415555{(start + i) % 10000:04d}" for i in range(n)]
 
 
-def batch(numbers: list[str], text: str = "hi", **kw: object) -> pb.BatchSendRequest:
+def batch(
+    numbers: list[str], text: str = "hi", *, request_id: str = "", send_at: Timestamp | None = None
+) -> pb.BatchSendRequest:
     return pb.BatchSendRequest(
-        recipients=[pb.BatchRecipient(phone_number=p) for p in numbers], text=text, **kw
+        recipients=[pb.BatchRecipient(phone_number=p) for p in numbers],
+        text=text,
+        request_id=request_id,
+        send_at=send_at,
     )
 
 
@@ -67,7 +72,7 @@ async def test_batch_over_the_limit_is_invalid_argument(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
 
-        stub: SmsServiceAsyncStub = SmsServiceStub(channel)  # type: ignore[assignment]
+        stub: SmsServiceAsyncStub = SmsServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.BatchSend(batch(phones(51)), metadata=bearer(token))
     details = details_of(caught.value)
@@ -130,7 +135,7 @@ async def test_scheduled_batch_can_be_canceled_and_never_reaches_the_provider(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
 
-        stub: SmsServiceAsyncStub = SmsServiceStub(channel)  # type: ignore[assignment]
+        stub: SmsServiceAsyncStub = SmsServiceStub(channel)
         reply = await stub.BatchSend(batch(phones(20), send_at=_in(1.0)), metadata=bearer(token))
         ids = [r.message_id for r in reply.results]
         canceled = await stub.CancelBatch(
@@ -220,8 +225,8 @@ async def test_list_shows_only_the_callers_messages(
     [
         (pb.ListMessagesRequest(page_size=501), "page_size"),
         (pb.ListMessagesRequest(page_token="garbage"), "page_token"),
-        (pb.ListMessagesRequest(statuses=[0]), "statuses"),
-        (pb.ListMessagesRequest(statuses=[42]), "statuses"),
+        (pb.ListMessagesRequest(statuses=[S.MESSAGE_STATUS_UNSPECIFIED]), "statuses"),
+        (pb.ListMessagesRequest(statuses=[S.ValueType(42)]), "statuses"),
         (pb.ListMessagesRequest(phone_number="123"), "phone_number"),
     ],
 )

@@ -27,7 +27,7 @@ from smsgate_server.domain.events import StatusEvent, decode_token, encode_token
 from smsgate_server.domain.status import Status
 from smsgate_server.store.events import EventStore
 
-__all__ = ["WatchFilter", "WatchHub"]
+__all__ = ["Watch", "WatchFilter", "WatchHub"]
 
 log = logging.getLogger("smsgate.watch")
 
@@ -111,8 +111,13 @@ class WatchHub:
     async def _read(self, shard: int) -> None:
         while True:
             try:
+                # Never more per read than half a subscriber's buffer: a batch is
+                # offered in one go, before any subscriber gets to drain.
                 batch = await self.events.wait_after(
-                    shard, self.positions[shard], block_ms=self.block_ms
+                    shard,
+                    self.positions[shard],
+                    block_ms=self.block_ms,
+                    count=max(1, min(1000, self.buffer // 2)),
                 )
             except asyncio.CancelledError:
                 raise
@@ -146,39 +151,25 @@ class WatchHub:
                 )
         return positions
 
-    async def watch(
-        self, app: str, wanted: WatchFilter, token: str
-    ) -> AsyncIterator[tuple[StatusEvent, str]]:
-        """Events of ``app`` matching ``wanted``, each with its resume token."""
+    async def open(self, app: str, wanted: WatchFilter, token: str) -> Watch:
+        """Subscribe ``app``'s events matching ``wanted`` from ``token`` (or now).
+
+        The subscription is live when this returns, so nothing that happens
+        after it is missed; close the Watch when done.
+        """
         if self._closing:
             raise Unavailable("server is shutting down; reconnect", reason="SHUTTING_DOWN")
         positions = await self._start_positions(token)
         sub = _Subscriber(app, asyncio.Queue(self.buffer))
         self._subscribers[app].add(sub)
-        try:
-            # What happened since the token, straight from the streams.
-            for shard in range(len(positions)):
-                while True:
-                    batch = await self.events.after(shard, positions[shard])
-                    for event in batch:
-                        positions[shard] = event.stream_id
-                        if event.app == app and wanted.matches(event):
-                            yield event, encode_token(positions)
-                    if len(batch) < 1000:
-                        break
-            while True:
-                item = await sub.queue.get()
-                if isinstance(item, str):
-                    raise self._ending(item)
-                if stream_id_key(item.stream_id) <= stream_id_key(positions[item.shard]):
-                    continue
-                positions[item.shard] = item.stream_id
-                if wanted.matches(item):
-                    yield item, encode_token(positions)
-        finally:
-            self._subscribers[app].discard(sub)
-            if not self._subscribers[app]:
-                del self._subscribers[app]
+        return Watch(self, sub, wanted, positions)
+
+    def _unsubscribe(self, sub: _Subscriber) -> None:
+        subs = self._subscribers.get(sub.app)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subscribers[sub.app]
 
     def _ending(self, reason: str) -> Exception:
         if reason == _OVERFLOW:
@@ -192,3 +183,40 @@ class WatchHub:
             "server is shutting down; reconnect with the last resume token",
             reason="SHUTTING_DOWN",
         )
+
+
+@dataclass(eq=False)
+class Watch:
+    """One open WatchStatus subscription."""
+
+    hub: WatchHub
+    sub: _Subscriber
+    wanted: WatchFilter
+    positions: list[str]
+
+    async def events(self) -> AsyncIterator[tuple[StatusEvent, str]]:
+        """Matching events, each with the token that resumes after it."""
+        positions, wanted, app = self.positions, self.wanted, self.sub.app
+        # First what happened since the token, straight from the streams...
+        for shard in range(len(positions)):
+            while True:
+                batch = await self.hub.events.after(shard, positions[shard])
+                for event in batch:
+                    positions[shard] = event.stream_id
+                    if event.app == app and wanted.matches(event):
+                        yield event, encode_token(positions)
+                if len(batch) < 1000:
+                    break
+        # ...then live events, skipping what the catch-up already covered.
+        while True:
+            item = await self.sub.queue.get()
+            if isinstance(item, str):
+                raise self.hub._ending(item)
+            if stream_id_key(item.stream_id) <= stream_id_key(positions[item.shard]):
+                continue
+            positions[item.shard] = item.stream_id
+            if wanted.matches(item):
+                yield item, encode_token(positions)
+
+    def close(self) -> None:
+        self.hub._unsubscribe(self.sub)

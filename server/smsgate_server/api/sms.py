@@ -148,8 +148,15 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
             batch_id=request.batch_id,
             statuses=_statuses(request.statuses),
         )
-        async for event, token in self.hub.watch(current_app().key, wanted, request.resume_token):
-            yield pb.WatchStatusResponse(event=event_to_proto(event, token))
+        watch = await self.hub.open(current_app().key, wanted, request.resume_token)
+        try:
+            # Headers go out now, so a client knows the subscription is live.
+            await context.send_initial_metadata(())
+            async for event, token in watch.events():
+                yield pb.WatchStatusResponse(event=event_to_proto(event, token))
+        finally:
+            # Also on cancellation (client gone), which must propagate.
+            watch.close()
 
 
 def _statuses(values: Iterable[int]) -> frozenset[Status]:

@@ -42,10 +42,13 @@ class EventStore:
         self.keys = [ShardKeys(i) for i in range(shards)]
 
     async def last_id(self, shard: int) -> str:
-        """Id of the newest event of a shard ("0-0" when empty)."""
+        """A position just before the next event of a shard: the newest event's
+        id, or for an empty stream an id just before Redis's clock (every new
+        event id is later; "0-0" would look like a token from the distant past)."""
         raw: Any = await self.redis.xrevrange(self.keys[shard].events, count=1)
         if not raw:
-            return "0-0"
+            seconds, micros = await self.redis.time()
+            return f"{int(seconds) * 1000 + int(micros) // 1000 - 1}-0"
         entry_id = raw[0][0]
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
