@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from smsgate_server.domain.codes import parse_secret
 
 __all__ = ["Role", "Settings", "parse_address"]
 
@@ -46,6 +49,12 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=300)
+    # Run the event loop on uvloop (where installed); grpc.aio and redis.asyncio
+    # work on it, and it measures faster (bench/RESULTS.md).
+    uvloop: bool = True
+    # Server processes sharing the gRPC port (SO_REUSEPORT), forked before any
+    # gRPC object exists. One event loop tops out at a few thousand calls/s.
+    workers: int = Field(default=1, ge=1, le=64)
 
     # Redis layout. Changing the shard count of a store that holds data strands
     # the messages of the removed shards; pick it once.
@@ -75,6 +84,20 @@ class Settings(BaseSettings):
     receipt_timeout_seconds: float = Field(default=259_200.0, gt=0)
     sweep_interval_seconds: float = Field(default=0.2, gt=0, le=10)
 
+    # Verification codes. The server secret keys the HMACs of codes and ids:
+    # hex or any string of at least 16 bytes; unset, one is generated in the data
+    # directory (replicas on one Redis must share it).
+    server_secret: SecretStr | None = None
+    verify_max_attempts: int = Field(default=5, ge=1, le=20)
+    verify_resend_cooldown_seconds: float = Field(default=60.0, ge=0, le=86_400)
+    verify_per_number_hour: int = Field(default=5, ge=1, le=10_000)
+    verify_per_number_day: int = Field(default=10, ge=1, le=100_000)
+    # Per app; an app's own value (``apps create --verify-per-minute``) wins.
+    verify_per_minute: int = Field(default=60, ge=1, le=1_000_000)
+    # Calling codes codes may be sent to ("86,1"); empty allows all. An app's own
+    # list (``apps create --allow-country``) wins.
+    verify_allowed_countries: Annotated[frozenset[int], NoDecode] = frozenset()
+
     # Status events (WatchStatus).
     event_retention_seconds: int = Field(default=86_400, ge=60)
     watch_buffer: int = Field(default=10_000, ge=10)
@@ -88,6 +111,8 @@ class Settings(BaseSettings):
     sim_receipt_delay_ms: float = Field(default=200.0, ge=0)
     sim_seed: int | None = None
     sim_log: Path | None = None
+    # Messages of the same text per provider call (Tencent takes 200 numbers).
+    sim_max_batch: int = Field(default=200, ge=1, le=1000)
 
     @field_validator("grpc_address", "http_address")
     @classmethod
@@ -104,6 +129,28 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("server_secret")
+    @classmethod
+    def _server_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if len(parse_secret(value.get_secret_value())) < 16:
+            raise ValueError("must be at least 16 bytes: 32 hex digits, or 16 characters")
+        return value
+
+    @field_validator("verify_allowed_countries", mode="before")
+    @classmethod
+    def _countries(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.replace(" ", ",").split(",") if part]
+        try:
+            codes = frozenset(int(str(v).lstrip("+")) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError("must be calling codes separated by commas, e.g. 86,1") from None
+        if any(not 1 <= c <= 999 for c in codes):
+            raise ValueError("calling codes are 1-999")
+        return codes
 
     @field_validator("log_level")
     @classmethod

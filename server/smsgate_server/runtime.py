@@ -252,6 +252,7 @@ async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None
         receipt_delay_ms=settings.sim_receipt_delay_ms,
         seed=settings.sim_seed,
         log_path=settings.sim_log,
+        max_batch=settings.sim_max_batch,
     )
     sending = SendingService(
         store,

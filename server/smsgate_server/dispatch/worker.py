@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from smsgate_server.dispatch.backoff import retry_delay
 from smsgate_server.domain.ids import shard_of
@@ -244,17 +246,33 @@ class Dispatcher:
     # --- receipts ------------------------------------------------------
 
     async def on_receipt(self, provider_id: str, delivered: bool, code: str, reason: str) -> None:
-        """Apply a provider's delivery receipt (from the simulator or a DLR callback)."""
-        # The receipt can outrun the settle of its send; look again briefly.
-        for _ in range(20):
-            member = await self.store.lookup_provider_id(self.provider.name, provider_id)
-            if member is not None:
-                app, _, message_id = member.partition(":")
-                shard = shard_of(message_id, self.store.shards)
-                if shard is not None:
-                    await self.store.apply_receipts(
-                        shard, [Receipt(app, message_id, delivered, code, reason)]
-                    )
-                return
-            await asyncio.sleep(0.05)
+        """Apply a provider's delivery receipt (from the simulator or a DLR callback).
+
+        Retried while Redis is unreachable; a receipt that never lands leaves
+        the message SENT until the receipt timeout expires it.
+        """
+        delay = 0.05
+        for _ in range(40):
+            try:
+                if await self._apply_receipt(provider_id, delivered, code, reason):
+                    return
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                log.warning("receipt not stored yet", extra={"error": repr(exc)})
+            # The receipt can outrun the settle of its send, or Redis may be down.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
         log.warning("receipt for an unknown provider id", extra={"provider_id": provider_id})
+
+    async def _apply_receipt(
+        self, provider_id: str, delivered: bool, code: str, reason: str
+    ) -> bool:
+        member = await self.store.lookup_provider_id(self.provider.name, provider_id)
+        if member is None:
+            return False
+        app, _, message_id = member.partition(":")
+        shard = shard_of(message_id, self.store.shards)
+        if shard is not None:
+            await self.store.apply_receipts(
+                shard, [Receipt(app, message_id, delivered, code, reason)]
+            )
+        return True

@@ -1,0 +1,133 @@
+"""Dispatch: retries, permanent failures, receipts, expiry, cancel races."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+from smsgate.v1 import sms_service_pb2 as pb
+from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
+from smsgate_server.runtime import Running
+
+from tests.conftest import ServerFactory
+from tests.pipeline_support import TERMINAL, S, sent_counts, wait_until
+from tests.support import bearer
+
+if TYPE_CHECKING:
+    from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
+
+
+async def send_one(server: Running, text: str = "x") -> tuple[SmsServiceAsyncStub, str, str]:
+    """Send a message through ``server``; returns (stub, token, message id)."""
+    token = (await server.apps.create("a")).token
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    stub: SmsServiceAsyncStub = SmsServiceStub(channel)
+    reply = await stub.SendSms(
+        pb.SendSmsRequest(phone_number="+14155550123", text=text), metadata=bearer(token)
+    )
+    return stub, token, reply.message.id
+
+
+async def test_retryable_errors_are_retried_then_fail_with_the_providers_code(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(
+        sim_failure_rate=1.0, max_attempts=3, retry_base_seconds=0.01, retry_max_seconds=0.05
+    )
+    stub, token, message_id = await send_one(server)
+    message = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+
+    assert message.status == S.MESSAGE_STATUS_FAILED
+    assert message.attempts == 3
+    assert message.error.code == "SIM_THROTTLED"
+    assert "gave up after 3 attempts" in message.error.reason
+    statuses = [h.status for h in message.history]
+    assert statuses == [
+        S.MESSAGE_STATUS_QUEUED,
+        S.MESSAGE_STATUS_SENDING,
+        S.MESSAGE_STATUS_QUEUED,
+        S.MESSAGE_STATUS_SENDING,
+        S.MESSAGE_STATUS_QUEUED,
+        S.MESSAGE_STATUS_SENDING,
+        S.MESSAGE_STATUS_FAILED,
+    ]
+
+
+async def test_permanent_errors_fail_at_once(make_server: ServerFactory) -> None:
+    server = await make_server(sim_permanent_failure_rate=1.0)
+    stub, token, message_id = await send_one(server)
+    message = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+    assert message.status == S.MESSAGE_STATUS_FAILED
+    assert message.attempts == 1
+    assert (message.error.code, message.error.retryable) == ("SIM_REJECTED", False)
+
+
+async def test_undelivered_receipt_ends_the_message_undelivered(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(sim_undelivered_rate=1.0)
+    stub, token, message_id = await send_one(server)
+    message = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+    assert message.status == S.MESSAGE_STATUS_UNDELIVERED
+    assert message.error.code == "SIM_UNREACHABLE"
+
+
+async def test_missing_receipt_expires_the_message(make_server: ServerFactory) -> None:
+    server = await make_server(sim_receipt_delay_ms=60_000, receipt_timeout_seconds=0.3)
+    stub, token, message_id = await send_one(server)
+    message = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+    assert message.status == S.MESSAGE_STATUS_EXPIRED
+
+
+async def test_late_and_repeated_receipts_do_not_move_a_terminal_message(
+    server: Running,
+) -> None:
+    stub, token, message_id = await send_one(server)
+    before = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+    assert before.status == S.MESSAGE_STATUS_DELIVERED
+    assert server.dispatcher is not None
+
+    await server.dispatcher.on_receipt(before.provider_message_id, False, "LATE", "late")
+    await server.dispatcher.on_receipt(before.provider_message_id, True, "", "")
+
+    after = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+    assert after.status == S.MESSAGE_STATUS_DELIVERED
+    assert list(after.history) == list(before.history)
+
+
+async def test_cancel_racing_dispatch_ends_in_exactly_one_outcome(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    log = tmp_path / "sim.log"
+    server = await make_server(sim_log=log)
+    token = (await server.apps.create("a")).token
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub: SmsServiceAsyncStub = SmsServiceStub(channel)
+
+        async def send_and_cancel(i: int) -> tuple[str, bool]:
+            reply = await stub.SendSms(
+                pb.SendSmsRequest(phone_number=f"+1415555{i:04d}", text="race"),
+                metadata=bearer(token),
+            )
+            try:
+                await stub.CancelMessage(
+                    pb.CancelMessageRequest(message_id=reply.message.id), metadata=bearer(token)
+                )
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+                return reply.message.id, False
+            return reply.message.id, True
+
+        outcomes = dict(await asyncio.gather(*(send_and_cancel(i) for i in range(200))))
+        final = await wait_until(stub, token, list(outcomes), TERMINAL)
+    await asyncio.sleep(0.3)  # let any stray dispatch reach the simulator
+    sent = sent_counts(log)
+    for message_id, canceled in outcomes.items():
+        if canceled:
+            assert final[message_id].status == S.MESSAGE_STATUS_CANCELED
+            assert sent[message_id] == 0
+        else:
+            assert final[message_id].status == S.MESSAGE_STATUS_DELIVERED
+            assert sent[message_id] == 1
