@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+import httpx
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
 from smsgate_server.runtime import Running
@@ -131,3 +132,17 @@ async def test_cancel_racing_dispatch_ends_in_exactly_one_outcome(
         else:
             assert final[message_id].status == S.MESSAGE_STATUS_DELIVERED
             assert sent[message_id] == 1
+
+
+async def test_metrics_count_provider_outcomes_and_receipts(server: Running) -> None:
+    stub, token, message_id = await send_one(server)
+    await wait_until(stub, token, [message_id], TERMINAL)
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{server.http_port}/metrics")).text
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("smsgate_")
+    }
+    assert samples['smsgate_send_outcomes_total{outcome="sent",provider="simulator"}'] >= 1
+    assert samples['smsgate_receipts_total{provider="simulator",result="delivered"}'] >= 1

@@ -16,6 +16,7 @@ import os
 import random
 import secrets
 import socket
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from smsgate_server.dispatch.backoff import retry_delay
 from smsgate_server.domain.ids import shard_of
+from smsgate_server.metrics import PROVIDER_CALLS, PROVIDER_SECONDS, RECEIPTS, SEND_OUTCOMES
 from smsgate_server.providers.base import OutboundSms, Provider, SendResult
 from smsgate_server.store.messages import GROUP, Claimed, MessageStore, Receipt, SendOutcome
 
@@ -201,18 +203,25 @@ class Dispatcher:
 
     async def _send(self, shard: int, chunk: list[Claimed]) -> None:
         outbound = [OutboundSms(c.id, c.phone, c.rendered, c.sender) for c in chunk]
+        name = self.provider.name
+        started = time.perf_counter()
         try:
             results = await self.provider.send(outbound)
             if len(results) != len(chunk):
                 raise RuntimeError("provider returned a wrong number of results")
+            PROVIDER_CALLS.labels(name, "ok").inc()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            PROVIDER_CALLS.labels(name, "error").inc()
             log.warning("provider call failed", extra={"error": repr(exc), "count": len(chunk)})
             results = [
                 SendResult(False, "", "PROVIDER_ERROR", repr(exc)[:200], retryable=True)
             ] * len(chunk)
+        PROVIDER_SECONDS.labels(name).observe(time.perf_counter() - started)
         outcomes = [self._outcome(c, r) for c, r in zip(chunk, results, strict=True)]
+        for o in outcomes:
+            SEND_OUTCOMES.labels(name, o.outcome).inc()
         try:
             await self.store.settle(shard, outcomes)
         except asyncio.CancelledError:
@@ -269,6 +278,7 @@ class Dispatcher:
         member = await self.store.lookup_provider_id(self.provider.name, provider_id)
         if member is None:
             return False
+        RECEIPTS.labels(self.provider.name, "delivered" if delivered else "undelivered").inc()
         app, _, message_id = member.partition(":")
         shard = shard_of(message_id, self.store.shards)
         if shard is not None:

@@ -1,0 +1,42 @@
+"""Prometheus metrics, defined once; served on the HTTP side port at /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+__all__ = [
+    "PROVIDER_CALLS",
+    "PROVIDER_SECONDS",
+    "RECEIPTS",
+    "RPCS",
+    "RPC_SECONDS",
+    "SEND_OUTCOMES",
+]
+
+RPCS = Counter(
+    "smsgate_rpcs_total", "gRPC calls handled, by method and status code.", ["method", "code"]
+)
+RPC_SECONDS = Histogram(
+    "smsgate_rpc_seconds",
+    "Time to handle a unary gRPC call, by method.",
+    ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+PROVIDER_CALLS = Counter(
+    "smsgate_provider_calls_total",
+    "Calls to a provider, by provider and result.",
+    ["provider", "result"],
+)
+PROVIDER_SECONDS = Histogram(
+    "smsgate_provider_seconds", "Duration of provider calls, by provider.", ["provider"]
+)
+SEND_OUTCOMES = Counter(
+    "smsgate_send_outcomes_total",
+    "Messages handed to a provider, by outcome (sent, retry, fail).",
+    ["provider", "outcome"],
+)
+RECEIPTS = Counter(
+    "smsgate_receipts_total",
+    "Delivery receipts received, by provider and result.",
+    ["provider", "result"],
+)
