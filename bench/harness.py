@@ -1,0 +1,850 @@
+"""``python -m bench``: starts Redis, the echo ceiling and smsgate as separate
+processes, drives each scenario from separate client processes, prints a
+table with every figure beside the echo ceiling, and writes JSON to
+``bench/out/results-<timestamp>.json``.
+
+Order of a run: Redis; echo server -> echo rows (one per concurrency used)
+-> echo stopped; smsgate server -> probe each RPC (UNIMPLEMENTED = skipped)
+-> scenarios -> server stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import queue
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from multiprocessing.context import SpawnContext
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from smsgate.v1 import message_pb2, sms_service_pb2, verification_service_pb2
+from smsgate.v1 import sms_service_pb2_grpc as sms_grpc
+from smsgate.v1 import verification_service_pb2_grpc as ver_grpc
+from smsgate_server.embedded_redis import EmbeddedRedis
+
+from bench.load import ClientResult, ClientSpec, run_client
+from bench.procstat import TreeSample, cpu_percent, sample_tree
+from bench.scenarios import TEXT, batch_request, phone
+
+__all__ = ["Profile", "Row", "main"]
+
+OUT_DIR = Path(__file__).parent / "out"
+DELIVERED = message_pb2.MESSAGE_STATUS_DELIVERED
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Durations and sizes of one run (full, --quick or --smoke)."""
+
+    name: str
+    warmup: float
+    duration: float
+    clients: int
+    e2e_messages: int
+    watch_subscribers: int
+    watch_rate: float
+    scenarios: tuple[str, ...]
+
+
+ALL = ("sendsms", "getmessage", "batchsend", "e2e", "verify", "watch")
+PROFILES = {
+    "full": Profile("full", 3.0, 15.0, 2, 20_000, 100, 500.0, ALL),
+    "quick": Profile("quick", 1.0, 5.0, 2, 5_000, 20, 300.0, ALL),
+    "smoke": Profile("smoke", 0.3, 1.0, 1, 200, 2, 50.0, ("sendsms",)),
+}
+CONCURRENCY = {
+    "sendsms": 64,
+    "getmessage": 64,
+    "batchsend": 4,
+    "e2e": 64,
+    "verify": 32,
+    "watch": 8,
+}
+UNITS = {
+    "echo": "req",
+    "sendsms": "req",
+    "getmessage": "req",
+    "batchsend": "recipient",
+    "e2e": "delivered",
+    "verify": "pair",
+    "watch": "event",
+}
+
+
+@dataclass(slots=True)
+class Row:
+    """One line of the results table."""
+
+    scenario: str
+    unit: str
+    concurrency: int
+    clients: int
+    rate: float = 0.0
+    requests: int = 0
+    units: int = 0
+    p50_ms: float = 0.0
+    p90_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    errors: int = 0
+    error_codes: dict[str, int] = field(default_factory=dict)
+    server_cpu_pct: float = 0.0
+    server_rss_mb: float = 0.0
+    redis_cpu_pct: float = 0.0
+    echo_rate_ratio: float | None = None
+    echo_p99_ratio: float | None = None
+    skipped: str = ""
+    note: str = ""
+
+
+# --- processes -----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_serving(target: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub: Any = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise RuntimeError(f"server at {target} did not become SERVING in {timeout}s")
+
+
+class Servers:
+    """Redis, the echo server and the smsgate server of one run."""
+
+    def __init__(self, root: Path, *, uvloop: bool, server_env: dict[str, str]) -> None:
+        self.root = root
+        self.uvloop = uvloop
+        self.server_env = server_env
+        self.redis = EmbeddedRedis(root / "redis", publish_url=False)
+        self.echo: subprocess.Popen[bytes] | None = None
+        self.smsgate: subprocess.Popen[bytes] | None = None
+        self.token = ""
+
+    def start_redis(self) -> str:
+        return self.redis.start()
+
+    @property
+    def redis_pid(self) -> int:
+        assert self.redis.process is not None
+        return self.redis.process.pid
+
+    def start_echo(self, *, via_redis: bool = False) -> tuple[str, int]:
+        port = free_port()
+        cmd = [sys.executable, "-m", "bench.echo_server", str(port)]
+        if via_redis:
+            cmd += ["--redis", self.redis.url]
+        if self.uvloop:
+            cmd.append("--uvloop")
+        self.echo = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+        assert self.echo.stdout is not None
+        if self.echo.stdout.readline().strip() != b"ready":
+            raise RuntimeError("echo server did not start")
+        return f"127.0.0.1:{port}", self.echo.pid
+
+    def stop_echo(self) -> None:
+        if self.echo is not None:
+            self.echo.terminate()
+            self.echo.wait(10)
+            self.echo = None
+
+    def _env(self, grpc_port: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "SMSGATE_REDIS_URL": self.redis.url,
+                "SMSGATE_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
+                "SMSGATE_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
+                "SMSGATE_DATA_DIR": str(self.root / "data"),
+                "SMSGATE_SIM_LATENCY_MS": "0",
+                "SMSGATE_SIM_RECEIPT_DELAY_MS": "0",
+                "SMSGATE_LOG_LEVEL": "WARNING",
+                "SMSGATE_CREATE_DEV_APP": "false",
+                "SMSGATE_UVLOOP": "true" if self.uvloop else "false",
+                # Pairs/s is the point of the verify scenario: lift the per-app limit.
+                "SMSGATE_VERIFY_PER_MINUTE": "1000000",
+            }
+        )
+        env.update(self.server_env)
+        return env
+
+    def start_smsgate(self) -> tuple[str, int]:
+        binary = shutil.which("smsgate-server", path=str(Path(sys.executable).parent))
+        if binary is None:
+            raise RuntimeError("smsgate-server is not installed in this environment")
+        port = free_port()
+        env = self._env(port)
+        created = subprocess.run(
+            [binary, "apps", "create", "bench", "--json"],
+            env=env,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        self.token = json.loads(created.stdout)["token"]
+        log = (self.root / "server.log").open("wb")
+        self.smsgate = subprocess.Popen(
+            [binary], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        target = f"127.0.0.1:{port}"
+        try:
+            _wait_serving(target, 30)
+        except RuntimeError:
+            print((self.root / "server.log").read_text()[-2000:], file=sys.stderr)
+            raise
+        return target, self.smsgate.pid
+
+    def stop_smsgate(self) -> None:
+        if self.smsgate is not None:
+            self.smsgate.terminate()
+            try:
+                self.smsgate.wait(20)
+            except subprocess.TimeoutExpired:
+                self.smsgate.kill()
+                self.smsgate.wait()
+            self.smsgate = None
+
+    def stop(self) -> None:
+        self.stop_echo()
+        self.stop_smsgate()
+        self.redis.stop()
+
+
+# --- running clients -----------------------------------------------------
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    k = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+@dataclass(slots=True)
+class Measured:
+    """Client results plus what the harness sampled meanwhile."""
+
+    results: list[ClientResult]
+    server_cpu_pct: float
+    server_rss_max: int
+    redis_cpu_pct: float
+    window: float
+
+
+def run_clients(
+    ctx: SpawnContext,
+    specs: list[ClientSpec],
+    *,
+    server_pid: int,
+    redis_pid: int | None,
+    window: tuple[float, float] | None,
+    timeout: float,
+    profile_to: Path | None = None,
+) -> Measured:
+    """Start one process per spec, start them together, sample the server during
+    the measured window (``(warmup, duration)``; None = from start to finish)."""
+    ready: Any = ctx.Queue()
+    results: Any = ctx.Queue()
+    go = ctx.Event()
+    start = ctx.Value("d", 0.0)
+    procs = [
+        ctx.Process(target=run_client, args=(s, ready, go, start, results), daemon=True)
+        for s in specs
+    ]
+    for p in procs:
+        p.start()
+    try:
+        for _ in specs:
+            try:
+                index, problem = ready.get(timeout=60)
+            except queue.Empty:
+                raise RuntimeError("a client did not get ready in 60s") from None
+            if problem:
+                failure = results.get(timeout=30).failure
+                raise RuntimeError(f"client {index} failed to set up: {problem}\n{failure}")
+        begin = time.monotonic() + 0.2
+        start.value = begin
+        go.set()
+        open_at, close_at = (
+            (begin + window[0], begin + window[0] + window[1]) if window else (begin, 0.0)
+        )
+        time.sleep(max(open_at - time.monotonic(), 0))
+        s0 = sample_tree(server_pid)
+        r0 = sample_tree(redis_pid) if redis_pid else None
+        spy = _py_spy(server_pid, window[1], profile_to) if profile_to and window else None
+        t0 = time.monotonic()
+        rss_max = s0.rss_bytes
+        collected: list[ClientResult] = []
+        deadline = time.monotonic() + timeout
+        s1: TreeSample | None = None
+        r1: TreeSample | None = None
+        t1 = 0.0
+        while len(collected) < len(specs):
+            if time.monotonic() > deadline:
+                raise RuntimeError("clients did not finish in time")
+            with contextlib.suppress(queue.Empty):
+                collected.append(results.get(timeout=0.25))
+            now = time.monotonic()
+            if s1 is None and (window is None or now < close_at):
+                rss_max = max(rss_max, sample_tree(server_pid).rss_bytes)
+            if s1 is None and window is not None and now >= close_at:
+                s1, t1 = sample_tree(server_pid), now
+                r1 = sample_tree(redis_pid) if redis_pid else None
+        if s1 is None:
+            s1, t1 = sample_tree(server_pid), time.monotonic()
+            r1 = sample_tree(redis_pid) if redis_pid else None
+        rss_max = max(rss_max, s1.rss_bytes)
+        if spy is not None:
+            spy.wait(30)
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+    failures = [r.failure for r in collected if r.failure]
+    if failures:
+        raise RuntimeError("a client process failed:\n" + failures[0])
+    elapsed = t1 - t0
+    return Measured(
+        results=collected,
+        server_cpu_pct=cpu_percent(s0, s1, elapsed),
+        server_rss_max=rss_max,
+        redis_cpu_pct=cpu_percent(r0, r1, elapsed) if r0 and r1 else 0.0,
+        window=elapsed,
+    )
+
+
+def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    """Sample the server with py-spy (if installed) into a collapsed-stack file."""
+    binary = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if binary is None:
+        print("py-spy not found; --py-spy ignored", file=sys.stderr)
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [binary, "record", "--pid", str(pid), "--duration", str(max(int(seconds), 1))]
+    cmd += ["--rate", "250", "--format", "raw", "--nonblocking", "--subprocesses", "-o", str(out)]
+    cmd += shlex.split(os.environ.get("BENCH_PY_SPY_ARGS", ""))
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _fill(row: Row, m: Measured, latencies: list[float], units: int, seconds: float) -> Row:
+    latencies.sort()
+    errors: dict[str, int] = {}
+    for r in m.results:
+        for code, n in r.errors.items():
+            errors[code] = errors.get(code, 0) + n
+    row.requests = len(latencies)
+    row.units = units
+    row.rate = units / seconds if seconds > 0 else 0.0
+    row.p50_ms = _percentile(latencies, 0.50) * 1000
+    row.p90_ms = _percentile(latencies, 0.90) * 1000
+    row.p99_ms = _percentile(latencies, 0.99) * 1000
+    row.max_ms = (latencies[-1] if latencies else 0.0) * 1000
+    row.errors = sum(errors.values())
+    row.error_codes = errors
+    row.server_cpu_pct = m.server_cpu_pct
+    row.server_rss_mb = m.server_rss_max / 2**20
+    row.redis_cpu_pct = m.redis_cpu_pct
+    return row
+
+
+@dataclass(slots=True)
+class Run:
+    """Shared state of one benchmark run."""
+
+    ctx: SpawnContext
+    profile: Profile
+    clients: int
+    target: str = ""
+    token: str = ""
+    server_pid: int = 0
+    redis_pid: int | None = None
+    py_spy_dir: Path | None = None
+
+    def specs(self, scenario: str, concurrency: int, **kw: Any) -> list[ClientSpec]:
+        n = min(self.clients, concurrency)
+        return [
+            ClientSpec(
+                scenario=scenario,
+                target=self.target,
+                token=self.token,
+                index=i,
+                concurrency=c,
+                warmup=self.profile.warmup,
+                duration=self.profile.duration,
+                **kw,
+            )
+            for i, c in enumerate(_split(concurrency, n))
+        ]
+
+    def timed(self, scenario: str, concurrency: int, name: str | None = None) -> Row:
+        specs = self.specs(scenario, concurrency)
+        m = run_clients(
+            self.ctx,
+            specs,
+            server_pid=self.server_pid,
+            redis_pid=self.redis_pid,
+            window=(self.profile.warmup, self.profile.duration),
+            timeout=self.profile.warmup + self.profile.duration + 120,
+            profile_to=(
+                self.py_spy_dir / f"{name or scenario}.txt"
+                if self.py_spy_dir and scenario != "echo"
+                else None
+            ),
+        )
+        lat = [x for r in m.results for x in r.latencies]
+        units = sum(r.units for r in m.results)
+        row = Row(name or scenario, UNITS[scenario], concurrency, len(specs))
+        return _fill(row, m, lat, units, self.profile.duration)
+
+
+def settle(server_pid: int, max_wait: float) -> float:
+    """Wait until the server is idle (dispatch drained the previous scenario's
+    backlog): CPU under 15% over half a second. Returns the seconds waited."""
+    began = time.monotonic()
+    while time.monotonic() - began < max_wait:
+        before = sample_tree(server_pid)
+        time.sleep(0.5)
+        if cpu_percent(before, sample_tree(server_pid), 0.5) < 15:
+            break
+    return time.monotonic() - began
+
+
+# --- probes ----------------------------------------------------------------
+
+
+async def _probe_async(target: str, token: str) -> dict[str, str]:
+    """Call each RPC once: '' = built, else why the scenario is skipped."""
+    md = (("authorization", f"Bearer {token}"),)
+    out: dict[str, str] = {}
+    async with grpc.aio.insecure_channel(target) as ch:
+        sms: Any = sms_grpc.SmsServiceStub(ch)
+        ver: Any = ver_grpc.VerificationServiceStub(ch)
+
+        async def check(name: str, call: Callable[[], Any]) -> None:
+            try:
+                await asyncio.wait_for(call(), timeout=10)
+                out[name] = ""
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    out[name] = f"UNIMPLEMENTED: {exc.details()}"
+                elif exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE):
+                    out[name] = f"{exc.code().name}: {exc.details()}"
+                else:
+                    out[name] = ""  # the RPC exists; it just disliked the probe
+
+        async def first_event() -> None:
+            call = sms.WatchStatus(sms_service_pb2.WatchStatusRequest(), metadata=md)
+            try:
+                await asyncio.wait_for(call.read(), timeout=1.0)
+            except TimeoutError:
+                pass  # open and quiet: built
+            finally:
+                call.cancel()
+
+        await check(
+            "sendsms",
+            lambda: sms.SendSms(
+                sms_service_pb2.SendSmsRequest(phone_number=phone(99, 1), text=TEXT), metadata=md
+            ),
+        )
+        await check(
+            "getmessage",
+            lambda: sms.GetMessage(
+                sms_service_pb2.GetMessageRequest(message_id="0" * 26), metadata=md
+            ),
+        )
+        await check("batchsend", lambda: sms.BatchSend(batch_request(99, 999, 1), metadata=md))
+        await check("watch", first_event)
+        await check(
+            "verify",
+            lambda: ver.GenerateCode(
+                verification_service_pb2.GenerateCodeRequest(
+                    phone_number=phone(99, 1, "136"),
+                    scope="probe",
+                    delivery=verification_service_pb2.CODE_DELIVERY_CALLER,
+                ),
+                metadata=md,
+            ),
+        )
+    out["e2e"] = out["sendsms"] or out["getmessage"]
+    return out
+
+
+# --- the composite scenarios ---------------------------------------------
+
+
+async def _poll_delivered(target: str, token: str, ids: list[str], timeout: float) -> float:
+    """Wait until every id is DELIVERED (tail first, then a sweep); the time seen."""
+    md = (("authorization", f"Bearer {token}"),)
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(target) as ch:
+        sms: Any = sms_grpc.SmsServiceStub(ch)
+        sem = asyncio.Semaphore(16)
+
+        async def done(mid: str) -> bool:
+            async with sem:
+                reply = await sms.GetMessage(
+                    sms_service_pb2.GetMessageRequest(message_id=mid), metadata=md
+                )
+            return bool(reply.message.status == DELIVERED)
+
+        remaining = ids[-64:]
+        seen_at = time.monotonic()
+        checked_all = False
+        while time.monotonic() < deadline:
+            flags = await asyncio.gather(*(done(m) for m in remaining))
+            remaining = [m for m, ok in zip(remaining, flags, strict=True) if not ok]
+            seen_at = time.monotonic()
+            if not remaining:
+                if checked_all:
+                    return seen_at
+                remaining, checked_all = list(ids), True
+                continue
+            await asyncio.sleep(0.02)
+    raise RuntimeError(f"{len(remaining)} messages not DELIVERED after {timeout}s")
+
+
+def run_e2e(run: Run, watch_built: bool, batch: int) -> Row:
+    """Accept N messages (by BatchSend when built, so accepting is not what
+    limits), and time until every one is DELIVERED."""
+    specs = run.specs("e2e", CONCURRENCY["e2e"], mode="count", batch=batch)
+    unit = batch or 1
+    counts = [k * unit for k in _split(run.profile.e2e_messages // unit, len(specs))]
+    n = sum(counts)
+    for i, c in enumerate(counts):
+        specs[i] = replace(specs[i], count=c)
+    if watch_built:
+        watcher = ClientSpec(
+            scenario="watch",
+            target=run.target,
+            token=run.token,
+            index=len(specs),
+            concurrency=1,
+            warmup=0,
+            duration=120,
+            mode="watch-count",
+            count=n,
+            statuses=(DELIVERED,),
+        )
+        specs.append(watcher)
+    m = run_clients(
+        run.ctx, specs, server_pid=run.server_pid, redis_pid=run.redis_pid, window=None, timeout=300
+    )
+    senders = [r for r in m.results if r.index < len(specs) - (1 if watch_built else 0)]
+    begin = min(r.first_start for r in senders)
+    accepted_at = max(r.last_end for r in senders)
+    ids = [i for r in senders for i in r.ids]
+    watched = next((r for r in m.results if r.index == len(specs) - 1), None)
+    if watch_built and watched is not None and watched.units >= len(ids):
+        done_at = watched.last_end
+        how = "WatchStatus"
+    else:
+        if watched is not None:
+            # The watcher fell behind or was cut off: it does not decide.
+            m.results.remove(watched)
+            how_note = f"; watcher saw {watched.units}, ended by {watched.errors or 'nothing'}"
+        else:
+            how_note = ""
+        done_at = asyncio.run(_poll_delivered(run.target, run.token, ids, 120))
+        how = "GetMessage polling" + how_note
+    lat = [x for r in senders for x in r.latencies]
+    row = Row("e2e", UNITS["e2e"], CONCURRENCY["e2e"], len(senders))
+    _fill(row, m, lat, len(ids), done_at - begin)
+    row.note = (
+        f"{len(ids)} msgs; accepted at {len(ids) / (accepted_at - begin):.0f}/s; "
+        f"all delivered after {done_at - begin:.2f}s ({how}); "
+        f"latency = {'BatchSend of ' + str(batch) if batch else 'SendSms'}"
+    )
+    return row
+
+
+def run_watch(run: Run) -> Row:
+    p = run.profile
+    subs = p.watch_subscribers
+    watchers = run.specs("watch", subs, mode="watch", statuses=(DELIVERED,))
+    sender = ClientSpec(
+        scenario="sendsms",
+        target=run.target,
+        token=run.token,
+        index=len(watchers),
+        concurrency=CONCURRENCY["watch"],
+        warmup=p.warmup,
+        duration=p.duration,
+        rate=p.watch_rate,
+    )
+    m = run_clients(
+        run.ctx,
+        [*watchers, sender],
+        server_pid=run.server_pid,
+        redis_pid=run.redis_pid,
+        window=(p.warmup, p.duration),
+        timeout=p.warmup + p.duration + 120,
+    )
+    got = [r for r in m.results if r.index < len(watchers)]
+    sent = next(r for r in m.results if r.index == len(watchers))
+    lat = [x for r in got for x in r.latencies]
+    row = Row("watch", UNITS["watch"], subs, len(watchers))
+    _fill(row, m, lat, sum(r.units for r in got), p.duration)
+    row.note = (
+        f"{subs} subscribers (DELIVERED only), {sent.units / p.duration:.0f} msg/s sent; "
+        "latency = event lag (receive - event time)"
+    )
+    return row
+
+
+# --- output ----------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        model = next(
+            (ln.split(":", 1)[1].strip() for ln in out.splitlines() if "Model name" in ln), ""
+        )
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _ratio(value: float, base: float) -> float | None:
+    return value / base if base > 0 else None
+
+
+def goals(rows: list[Row]) -> list[tuple[str, str, bool]]:
+    """The issue's goals: (goal, measured, met) for each scenario that ran."""
+    by = {r.scenario: r for r in rows if not r.skipped}
+    out: list[tuple[str, str, bool]] = []
+    r = by.get("sendsms")
+    if r and r.echo_rate_ratio is not None:
+        out.append(("SendSms >= 0.6x echo", f"{r.echo_rate_ratio:.2f}x", r.echo_rate_ratio >= 0.6))
+    if r := by.get("batchsend"):
+        out.append(("BatchSend >= 20,000 recipients/s", f"{r.rate:,.0f}", r.rate >= 20_000))
+    if r := by.get("e2e"):
+        out.append(("end-to-end >= 2,000 delivered/s", f"{r.rate:,.0f}", r.rate >= 2_000))
+    r = by.get("verify")
+    if r and r.echo_p99_ratio is not None:
+        out.append(
+            ("code pair p99 <= 2.5x echo p99", f"{r.echo_p99_ratio:.2f}x", r.echo_p99_ratio <= 2.5)
+        )
+    smsgate = [x for x in rows if not x.skipped and not x.scenario.startswith("echo")]
+    if smsgate:
+        rss = max(x.server_rss_mb for x in smsgate)
+        out.append(("server RSS <= 150 MB under load", f"{rss:.0f} MB", rss <= 150))
+    return out
+
+
+def print_table(rows: list[Row]) -> None:
+    head = (
+        f"{'scenario':<12}{'conc':>5} {'rate/s':>10} {'unit':<10}{'x echo':>7}"
+        f"{'p50ms':>8}{'p90ms':>8}{'p99ms':>8}{'maxms':>8}{'p99 x':>7}"
+        f"{'errors':>7}{'srvCPU%':>8}{'RSS MB':>8}{'redis%':>7}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if r.skipped:
+            print(f"{r.scenario:<12}skipped: {r.skipped}")
+            continue
+
+        def fmt(x: float | None) -> str:
+            return "" if x is None else f"{x:.2f}"
+
+        print(
+            f"{r.scenario:<12}{r.concurrency:>5} {r.rate:>10.0f} {r.unit:<10}"
+            f"{fmt(r.echo_rate_ratio):>7}{r.p50_ms:>8.2f}{r.p90_ms:>8.2f}{r.p99_ms:>8.2f}"
+            f"{r.max_ms:>8.1f}{fmt(r.echo_p99_ratio):>7}{r.errors:>7}"
+            f"{r.server_cpu_pct:>8.0f}{r.server_rss_mb:>8.1f}{r.redis_cpu_pct:>7.0f}"
+        )
+        if r.note:
+            print(f"{'':<12}  {r.note}")
+        if r.error_codes:
+            print(f"{'':<12}  errors: {r.error_codes}")
+
+
+# --- main --------------------------------------------------------------------
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="short run (< 2 minutes)")
+    mode.add_argument("--smoke", action="store_true", help="seconds-long run for tests")
+    p.add_argument("--duration", type=float, help="measured seconds per scenario")
+    p.add_argument("--warmup", type=float, help="warm-up seconds per scenario")
+    p.add_argument("--clients", type=int, help="load client processes")
+    p.add_argument("--concurrency", type=int, help="override every scenario's concurrency")
+    p.add_argument("--scenarios", help=f"comma-separated subset of {','.join(ALL)}")
+    p.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="event loop of the echo and smsgate servers (sets SMSGATE_UVLOOP)",
+    )
+    p.add_argument("--workers", type=int, help="smsgate server processes (SMSGATE_WORKERS)")
+    p.add_argument(
+        "--server-env", action="append", default=[], metavar="KEY=VALUE", help="extra server env"
+    )
+    p.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="record a py-spy profile of the server per scenario into DIR (collapsed stacks)",
+    )
+    p.add_argument("--label", default="", help="free text stored in the JSON")
+    p.add_argument("--out", type=Path, help="JSON path (default bench/out/results-<ts>.json)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    profile = PROFILES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    if args.duration is not None:
+        profile = replace(profile, duration=args.duration)
+    if args.warmup is not None:
+        profile = replace(profile, warmup=args.warmup)
+    if args.scenarios:
+        wanted = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+        unknown = set(wanted) - set(ALL)
+        if unknown:
+            raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
+        profile = replace(profile, scenarios=wanted)
+    concurrency = dict(CONCURRENCY)
+    if args.smoke:
+        concurrency = {k: min(v, 8) for k, v in concurrency.items()}
+    if args.concurrency:
+        concurrency = {k: args.concurrency for k in concurrency}
+    server_env = dict(kv.split("=", 1) for kv in args.server_env)
+    if args.workers:
+        server_env["SMSGATE_WORKERS"] = str(args.workers)
+
+    run = Run(mp.get_context("spawn"), profile, args.clients or profile.clients)
+    run.py_spy_dir = args.py_spy
+    rows: list[Row] = []
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="smsgate-bench-") as tmp:
+        servers = Servers(Path(tmp), uvloop=args.loop == "uvloop", server_env=server_env)
+        try:
+            servers.start_redis()
+            run.redis_pid = None
+            # 1. The ceiling, at every concurrency a scenario uses.
+            levels = sorted(
+                {concurrency[s] for s in profile.scenarios if s not in ("batchsend", "watch")},
+                reverse=True,
+            ) or [concurrency["sendsms"]]
+            run.target, run.server_pid = servers.start_echo()
+            echo: dict[int, Row] = {}
+            for c in levels:
+                echo[c] = run.timed("echo", c, name=f"echo@{c}")
+                rows.append(echo[c])
+                print(f"measured echo@{c}: {echo[c].rate:.0f} req/s", flush=True)
+            servers.stop_echo()
+            if not args.smoke:
+                # The floor of an RPC that makes one Redis round trip.
+                run.target, run.server_pid = servers.start_echo(via_redis=True)
+                run.redis_pid = servers.redis_pid
+                row = run.timed("echo", levels[0], name=f"echo+redis@{levels[0]}")
+                row.echo_rate_ratio = _ratio(row.rate, echo[levels[0]].rate)
+                row.echo_p99_ratio = _ratio(row.p99_ms, echo[levels[0]].p99_ms)
+                rows.append(row)
+                print(f"measured {row.scenario}: {row.rate:.0f} req/s", flush=True)
+                servers.stop_echo()
+
+            # 2. smsgate.
+            run.target, run.server_pid = servers.start_smsgate()
+            run.token = servers.token
+            run.redis_pid = servers.redis_pid
+            built = asyncio.run(_probe_async(run.target, run.token))
+            for name in profile.scenarios:
+                c = concurrency[name]
+                if built.get(name):
+                    rows.append(Row(name, UNITS[name], c, 0, skipped=built[name]))
+                    print(f"skipped {name}: {built[name]}", flush=True)
+                    continue
+                waited = settle(run.server_pid, 2 * profile.duration + 5)
+                if waited > 1:
+                    print(f"  (waited {waited:.1f}s for the server to go idle)", flush=True)
+                if name == "e2e":
+                    batch = 0 if built.get("batchsend") else (1000 if not args.smoke else 50)
+                    row = run_e2e(run, watch_built=not built.get("watch"), batch=batch)
+                elif name == "watch":
+                    row = run_watch(run)
+                else:
+                    row = run.timed(name, c)
+                base = echo.get(c) or echo[levels[0]]
+                if name != "watch":  # event lag is not comparable with a call
+                    row.echo_rate_ratio = _ratio(row.rate, base.rate)
+                    row.echo_p99_ratio = _ratio(row.p99_ms, base.p99_ms)
+                if c not in echo and name != "watch":
+                    row.note = (row.note + "; " if row.note else "") + f"ratios vs echo@{levels[0]}"
+                rows.append(row)
+                print(f"measured {name}: {row.rate:.0f} {row.unit}/s", flush=True)
+        finally:
+            servers.stop()
+
+    print()
+    print_table(rows)
+    met = goals(rows)
+    if met:
+        print()
+        for goal, value, ok in met:
+            print(f"  {'met    ' if ok else 'NOT MET'}  {goal:<36} {value}")
+    result = {
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "label": args.label,
+        "profile": asdict(profile),
+        "clients": run.clients,
+        "loop": args.loop,
+        "server_env": server_env,
+        "machine": machine(),
+        "rows": [asdict(r) for r in rows],
+        "goals": [{"goal": g, "measured": v, "met": ok} for g, v, ok in met],
+    }
+    out = (
+        args.out
+        or OUT_DIR / f"results-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0

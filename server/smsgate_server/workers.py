@@ -1,0 +1,98 @@
+"""Several server processes on one gRPC port (``SMSGATE_WORKERS``).
+
+One ``grpc.aio`` event loop tops out at a few thousand unary calls/s, so more
+cores need more processes. The parent starts the embedded Redis (if any) and
+creates shared files, then forks the workers *before any gRPC object exists*
+(grpc/grpc examples/python/multiprocessing); each worker binds the same port
+with ``SO_REUSEPORT`` and the kernel spreads connections over them. Worker 0
+keeps the HTTP side port; the others take a free one. SIGTERM/SIGINT to the
+parent stop every worker gracefully; a worker that dies takes the rest down.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+
+from smsgate_server.config import Settings, parse_address
+from smsgate_server.embedded_redis import EmbeddedRedis, running_url
+from smsgate_server.runtime import StartError, load_server_secret
+
+__all__ = ["serve_workers"]
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def serve_workers(settings: Settings, run_one: Callable[[Settings], None]) -> int:
+    """Fork ``settings.workers`` processes that each call ``run_one``; wait for them."""
+    port = parse_address(settings.grpc_address)[1]
+    if port == 0:
+        raise StartError("SMSGATE_WORKERS > 1 needs a fixed port in SMSGATE_GRPC_ADDRESS")
+    embedded: EmbeddedRedis | None = None
+    url = settings.redis_url
+    if url is None:
+        if running_url(settings.data_dir) is not None:
+            raise StartError(
+                f"another smsgate-server is using the data directory {settings.data_dir}; "
+                "stop it, or set SMSGATE_DATA_DIR to another directory"
+            )
+        embedded = EmbeddedRedis(settings.data_dir)
+        url = embedded.start()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    load_server_secret(settings)  # created once here, not raced by the workers
+    http_host = parse_address(settings.http_address)[0]
+    alive: set[int] = set()
+    stopping = False
+
+    def stop_all(signum: int = signal.SIGTERM, frame: FrameType | None = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(alive):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                alive.discard(pid)
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for i in range(settings.workers):
+        update: dict[str, object] = {"redis_url": url, "workers": 1}
+        if i > 0:
+            update["http_address"] = f"[{http_host}]:0" if ":" in http_host else f"{http_host}:0"
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _die_with_parent()
+                run_one(settings.model_copy(update=update))
+                code = 0
+            except StartError as exc:
+                print(f"smsgate-server worker {i}: {exc}", file=sys.stderr)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        alive.add(pid)
+
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    status = 0
+    try:
+        while alive:
+            pid, wait_status = os.wait()
+            alive.discard(pid)
+            if os.waitstatus_to_exitcode(wait_status) != 0 or not stopping:
+                status = 1
+                stop_all()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return status
