@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import httpx
+import pytest
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
 from smsgate_server.runtime import Running
@@ -134,9 +135,11 @@ async def test_cancel_racing_dispatch_ends_in_exactly_one_outcome(
             assert sent[message_id] == 1
 
 
-async def test_metrics_count_provider_outcomes_and_receipts(server: Running) -> None:
+async def test_metrics_count_rpcs_provider_outcomes_and_receipts(server: Running) -> None:
     stub, token, message_id = await send_one(server)
     await wait_until(stub, token, [message_id], TERMINAL)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.GetMessage(pb.GetMessageRequest(message_id="0" * 26), metadata=bearer(token))
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"http://127.0.0.1:{server.http_port}/metrics")).text
     samples = {
@@ -146,3 +149,5 @@ async def test_metrics_count_provider_outcomes_and_receipts(server: Running) -> 
     }
     assert samples['smsgate_send_outcomes_total{outcome="sent",provider="simulator"}'] >= 1
     assert samples['smsgate_receipts_total{provider="simulator",result="delivered"}'] >= 1
+    assert samples['smsgate_rpcs_total{code="OK",method="SendSms"}'] >= 1
+    assert samples['smsgate_rpcs_total{code="NOT_FOUND",method="GetMessage"}'] >= 1

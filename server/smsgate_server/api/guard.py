@@ -14,6 +14,7 @@ for nothing. The guard still works as an interceptor too.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import time
@@ -26,6 +27,7 @@ from redis import exceptions as redis_errors
 from smsgate_server.api.errors import STATUS_DETAILS_KEY, grpc_code_of, to_rpc_status
 from smsgate_server.domain.apps import parse_token
 from smsgate_server.domain.errors import SmsgateError, Unauthenticated, Unavailable
+from smsgate_server.metrics import RPC_SECONDS, RPCS
 from smsgate_server.store.apps import App, AppStore
 
 __all__ = ["GuardedServer", "RequestGuard", "abort_with", "current_app"]
@@ -103,7 +105,7 @@ class RequestGuard(grpc.aio.ServerInterceptor):
             return handler
         wrapped = self._wrapped.get(method)
         if wrapped is None:
-            wrapped = self._wrap(handler)
+            wrapped = self._wrap(method, handler)
             self._wrapped[method] = wrapped
         return wrapped
 
@@ -130,19 +132,28 @@ class RequestGuard(grpc.aio.ServerInterceptor):
         self.cache.put(token, app)
         return app
 
-    def _wrap(self, handler: Handler) -> Handler:
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        name = method.rsplit("/", 1)[-1]
+        seconds = RPC_SECONDS.labels(name)
         if handler.unary_unary is not None:
             inner: Any = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                started = time.perf_counter()
+                code = "OK"
                 try:
                     _app.set(await self._authenticate(context))
                     return await inner(request, context)
                 except SmsgateError as err:
+                    code = grpc_code_of(err).name
                     await abort_with(context, err)
                 except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+                    code = "UNAVAILABLE"
                     log.warning("redis unavailable", extra={"error": repr(exc)})
                     await abort_with(context, Unavailable("storage is unavailable; retry"))
+                finally:
+                    seconds.observe(time.perf_counter() - started)
+                    RPCS.labels(name, code).inc()
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
@@ -155,15 +166,23 @@ class RequestGuard(grpc.aio.ServerInterceptor):
             async def stream(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
+                code = "OK"
                 try:
                     _app.set(await self._authenticate(context))
                     async for item in inner_stream(request, context):
                         yield item
                 except SmsgateError as err:
+                    code = grpc_code_of(err).name
                     await abort_with(context, err)
                 except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+                    code = "UNAVAILABLE"
                     log.warning("redis unavailable", extra={"error": repr(exc)})
                     await abort_with(context, Unavailable("storage is unavailable; retry"))
+                except asyncio.CancelledError:
+                    code = "CANCELLED"
+                    raise
+                finally:
+                    RPCS.labels(name, code).inc()
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,
