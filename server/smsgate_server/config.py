@@ -6,7 +6,7 @@ import enum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from smsgate_server.domain.codes import parse_secret
@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=300)
+    # TLS on the gRPC listener (PEM files); with a client CA, clients must
+    # present a certificate it signed (mTLS). Unset: plaintext (loopback/dev).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
     # Run the event loop on uvloop (where installed); grpc.aio and redis.asyncio
     # work on it, and it measures faster (bench/RESULTS.md).
     uvloop: bool = True
@@ -159,6 +164,17 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return level
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("SMSGATE_TLS_CERT_FILE and SMSGATE_TLS_KEY_FILE go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("SMSGATE_TLS_CLIENT_CA_FILE needs SMSGATE_TLS_CERT_FILE")
+        for path in (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        return self
 
     @property
     def embedded_redis(self) -> bool:

@@ -194,6 +194,19 @@ async def _dev_app(apps: AppStore, settings: Settings, grpc_port: int) -> None:
     )
 
 
+def _listen(server: grpc.aio.Server, settings: Settings) -> int:
+    """Bind the gRPC address, with TLS (and mTLS) when configured."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return server.add_insecure_port(settings.grpc_address)
+    client_ca = settings.tls_client_ca_file
+    credentials = grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=client_ca.read_bytes() if client_ca else None,
+        require_client_auth=client_ca is not None,
+    )
+    return server.add_secure_port(settings.grpc_address, credentials)
+
+
 def _bind_http(address: str) -> socket.socket:
     host, port = parse_address(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -309,7 +322,7 @@ async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None
         server,
     )
     try:
-        grpc_port = server.add_insecure_port(settings.grpc_address)
+        grpc_port = _listen(server, settings)
     except RuntimeError as exc:
         grpc_port = 0
         bind_error = str(exc)
