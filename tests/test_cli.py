@@ -91,6 +91,15 @@ class ServerProcess:
     def stderr(self) -> str:
         return self.stderr_path.read_text()
 
+    def printed(self, text: str, timeout: float = 5.0) -> bool:
+        """Whether ``text`` appears on stdout within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while text not in self.stdout:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def events(self) -> list[dict[str, object]]:
         """The JSON log lines written to stderr so far."""
         out = []
@@ -214,7 +223,16 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 def dev_token(data_dir: Path) -> str:
-    return str(json.loads((data_dir / "dev-app.json").read_text())["token"])
+    """The dev app's token; the server writes it just after it starts serving."""
+    path = data_dir / "dev-app.json"
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            return str(json.loads(path.read_text())["token"])
+        except (FileNotFoundError, json.JSONDecodeError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def wait_delivered(
@@ -267,7 +285,7 @@ def test_server_answers_healthz_on_the_http_port(servers: Servers, data_dir: Pat
 def test_first_start_prints_a_working_dev_app_token(servers: Servers, data_dir: Path) -> None:
     server = servers.start(data_dir)
     token = dev_token(data_dir)
-    assert token in server.stdout
+    assert server.printed(token)
     assert (data_dir / "dev-app.json").stat().st_mode & 0o077 == 0
     reply = server.sms().SendSms(
         pb.SendSmsRequest(phone_number="+14155550123", text="hi"),
@@ -333,7 +351,7 @@ def test_restart_reloads_accepted_messages_from_the_aof(servers: Servers, data_d
 
     second = servers.start(data_dir)
 
-    assert token in second.stdout
+    assert second.printed(token)
     sms = second.sms()
     got = sms.GetMessage(
         pb.GetMessageRequest(message_id=sent.message.id), metadata=bearer(token), timeout=5

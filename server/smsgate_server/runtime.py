@@ -321,6 +321,14 @@ async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None
         ],
         server,
     )
+
+    async def release() -> None:
+        """Undo what has started when a listener cannot bind."""
+        if hub is not None:
+            await hub.close()
+        await redis.aclose()
+        await reader.aclose()
+
     try:
         grpc_port = _listen(server, settings)
     except RuntimeError as exc:
@@ -329,13 +337,16 @@ async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None
     else:
         bind_error = "port in use or address not available"
     if grpc_port == 0 and not settings.grpc_address.endswith(":0"):
-        await redis.aclose()
-        await reader.aclose()
+        await release()
         raise StartError(
             f"cannot listen on SMSGATE_GRPC_ADDRESS={settings.grpc_address}: {bind_error}"
         )
 
-    http_sock = _bind_http(settings.http_address)
+    try:
+        http_sock = _bind_http(settings.http_address)
+    except StartError:
+        await release()
+        raise
     http_port = int(http_sock.getsockname()[1])
 
     dispatcher: Dispatcher | None = None
