@@ -2,6 +2,8 @@
 
 smsgate-server                    run the service (same as ``serve``)
 smsgate-server apps create NAME   create an app and print its credentials
+    [--allow-country CC]...       countries its verification codes may go to
+    [--verify-per-minute N]       its verification codes per minute
 """
 
 from __future__ import annotations
@@ -51,7 +53,14 @@ async def _serve(settings: Settings) -> None:
     await running.stop()
 
 
-async def _create_app(settings: Settings, name: str, as_json: bool) -> None:
+async def _create_app(
+    settings: Settings,
+    name: str,
+    as_json: bool,
+    *,
+    allowed_countries: Sequence[int] = (),
+    verify_per_minute: int | None = None,
+) -> None:
     embedded: EmbeddedRedis | None = None
     url = settings.redis_url or running_url(settings.data_dir)
     if url is None:
@@ -61,7 +70,9 @@ async def _create_app(settings: Settings, name: str, as_json: bool) -> None:
     redis = Redis.from_url(url, socket_connect_timeout=5)
     try:
         try:
-            creds = await AppStore(redis).create(name)
+            creds = await AppStore(redis).create(
+                name, allowed_countries=allowed_countries, verify_per_minute=verify_per_minute
+            )
         except Exception as exc:
             raise StartError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
     finally:
@@ -82,6 +93,26 @@ async def _create_app(settings: Settings, name: str, as_json: bool) -> None:
         print("\nSend it as gRPC metadata:  authorization: Bearer <token>")
 
 
+def _calling_code(text: str) -> int:
+    try:
+        code = int(text.lstrip("+"))
+    except ValueError:
+        code = 0
+    if not 1 <= code <= 999:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a country calling code (1-999)")
+    return code
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smsgate-server", description="smsgate gRPC SMS service")
     sub = parser.add_subparsers(dest="command")
@@ -90,6 +121,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     create = apps.add_parser("create", help="create an app and print its credentials")
     create.add_argument("name")
     create.add_argument("--json", action="store_true", help="print a JSON object")
+    create.add_argument(
+        "--allow-country",
+        type=_calling_code,
+        action="append",
+        default=[],
+        metavar="CC",
+        help="country calling code (86, 1, ...) verification codes may be sent to; repeatable; "
+        "default: SMSGATE_VERIFY_ALLOWED_COUNTRIES",
+    )
+    create.add_argument(
+        "--verify-per-minute",
+        type=_positive,
+        metavar="N",
+        help="verification codes the app may issue per minute; default: SMSGATE_VERIFY_PER_MINUTE",
+    )
     args = parser.parse_args(argv)
 
     settings = _settings()
@@ -98,7 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "apps":
             if args.apps_command != "create":
                 parser.error("apps: expected 'create NAME'")
-            asyncio.run(_create_app(settings, args.name, args.json))
+            asyncio.run(
+                _create_app(
+                    settings,
+                    args.name,
+                    args.json,
+                    allowed_countries=args.allow_country,
+                    verify_per_minute=args.verify_per_minute,
+                )
+            )
         else:
             asyncio.run(_serve(settings))
     except (StartError, RedisStartError) as exc:

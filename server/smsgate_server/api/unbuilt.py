@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from smsgate.v1 import template_service_pb2_grpc, verification_service_pb2_grpc
+from smsgate.v1 import template_service_pb2_grpc
 
 from smsgate_server.domain.errors import NotImplementedYet
 
-__all__ = ["UnbuiltTemplateServicer", "UnbuiltVerificationServicer"]
+__all__ = ["UnbuiltTemplateServicer"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -20,13 +20,6 @@ def _unbuilt(capability: str) -> Any:
         raise NotImplementedYet(f"{capability} is not built yet", reason="NOT_IMPLEMENTED")
 
     return rpc
-
-
-class UnbuiltVerificationServicer(verification_service_pb2_grpc.VerificationServiceServicer):
-    """VerificationService before verification codes exist."""
-
-    GenerateCode = _unbuilt("VerificationService (verification codes)")
-    VerifyCode = _unbuilt("VerificationService (verification codes)")
 
 
 class UnbuiltTemplateServicer(template_service_pb2_grpc.TemplateServiceServicer):

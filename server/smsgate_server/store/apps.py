@@ -1,11 +1,13 @@
-"""AppStore: app records (name, hashed secret) in Redis."""
+"""AppStore: app records (name, hashed secret, verification policy) in Redis."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from smsgate_server.domain.apps import Credentials, hash_secret, new_credentials, secret_matches
 from smsgate_server.store.keys import app_key, apps_index
@@ -19,10 +21,14 @@ def _text(value: bytes | str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class App:
-    """An authenticated app."""
+    """An authenticated app, with its own verification policy where it has one
+    (None: the server-wide setting applies)."""
 
     key: str
     name: str
+    # Calling codes (86, 1, ...) that verification codes may be sent to.
+    allowed_countries: frozenset[int] | None = None
+    verify_per_minute: int | None = None
 
 
 class AppStore:
@@ -31,28 +37,48 @@ class AppStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    async def create(self, name: str) -> Credentials:
-        """A new app; the returned secret is not stored anywhere in plain."""
+    async def create(
+        self,
+        name: str,
+        *,
+        allowed_countries: Iterable[int] = (),
+        verify_per_minute: int | None = None,
+    ) -> Credentials:
+        """A new app; the returned secret is not stored anywhere in plain.
+        ``allowed_countries`` (empty: the server default) and ``verify_per_minute``
+        (None: the server default) set its verification policy."""
         creds = new_credentials()
+        record: dict[FieldT, EncodableT] = {
+            "name": name,
+            "secret_sha256": hash_secret(creds.app_secret),
+            "created_ms": int(time.time() * 1000),
+        }
+        countries = sorted(set(allowed_countries))
+        if countries:
+            record["verify_countries"] = ",".join(map(str, countries))
+        if verify_per_minute is not None:
+            record["verify_per_minute"] = verify_per_minute
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(
-                app_key(creds.app_key),
-                mapping={
-                    "name": name,
-                    "secret_sha256": hash_secret(creds.app_secret),
-                    "created_ms": int(time.time() * 1000),
-                },
-            )
+            pipe.hset(app_key(creds.app_key), mapping=record)
             pipe.sadd(apps_index(), creds.app_key)
             await pipe.execute()
         return creds
 
     async def authenticate(self, key: str, secret: str) -> App | None:
         """The app when ``secret`` is its secret, else None."""
-        name, stored = await self.redis.hmget(app_key(key), ["name", "secret_sha256"])
+        name, stored, countries, per_minute = await self.redis.hmget(
+            app_key(key), ["name", "secret_sha256", "verify_countries", "verify_per_minute"]
+        )
         if stored is None or not secret_matches(secret, _text(stored)):
             return None
-        return App(key=key, name=_text(name) if name else "")
+        return App(
+            key=key,
+            name=_text(name) if name else "",
+            allowed_countries=(
+                frozenset(int(c) for c in _text(countries).split(",")) if countries else None
+            ),
+            verify_per_minute=int(per_minute) if per_minute is not None else None,
+        )
 
     async def count(self) -> int:
         return int(await self.redis.scard(apps_index()))

@@ -1,8 +1,9 @@
 """Lua scripts: loaded once from ``store/lua``, called by SHA.
 
 Each message script gets ``lib.lua`` in front of it, so the status bookkeeping
-(hash, history, event) is written once. redis-py's ``Script`` falls back to
-EVAL when the server has lost its script cache (after a Redis restart).
+(hash, history, event) is written once; the verification-code scripts stand
+alone. redis-py's ``Script`` falls back to EVAL when the server has lost its
+script cache (after a Redis restart).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from importlib import resources
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-__all__ = ["Scripts"]
+__all__ = ["CodeScripts", "Scripts"]
 
 
 def _source(name: str) -> str:
@@ -34,3 +35,12 @@ class Scripts:
         self.receipt = message_script("receipt")
         self.promote = message_script("promote")
         self.cancel = message_script("cancel")
+
+
+class CodeScripts:
+    """The verification-code scripts of one Redis client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.issue = redis.register_script(_source("code_issue"))
+        self.verify = redis.register_script(_source("code_verify"))
+        self.rate_window = redis.register_script(_source("rate_window"))

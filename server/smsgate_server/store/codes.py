@@ -1,0 +1,138 @@
+"""CodeStore: verification codes (as keyed hashes), resend cooldowns, per-number
+send logs and per-app rate windows in Redis.
+
+Every read-modify-write is one Lua script over the keys of one phone number
+(``store.keys.CodeKeys``), so it is atomic and runs unchanged on Redis Cluster.
+Plain codes never reach this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from smsgate_server.store.keys import CodeKeys, verify_rate_key
+from smsgate_server.store.scripts import CodeScripts
+
+__all__ = ["CodeStore", "IssueOutcome", "NewCode", "VerifyOutcome"]
+
+WINDOW_MS = 60_000
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class NewCode:
+    """A code to store: where, its hash, and the policy it is issued under."""
+
+    keys: CodeKeys
+    scope: str
+    nonce: str
+    code_hash: str
+    attempts: int
+    validity_ms: int
+    cooldown_ms: int
+    per_hour: int
+    per_day: int
+
+
+@dataclass(frozen=True, slots=True)
+class IssueOutcome:
+    """``ok``; ``cooldown`` (wait ``cooldown_ms``); or ``caps`` (``hour_ms`` /
+    ``day_ms`` until that cap allows another code, 0 when it is not reached)."""
+
+    kind: str
+    cooldown_ms: int = 0
+    hour_ms: int = 0
+    day_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyOutcome:
+    """``verified``, ``incorrect``, ``gone`` (expired, consumed, replaced or never
+    there) or ``dead`` (no attempts left), with the attempts left."""
+
+    kind: str
+    attempts_left: int
+
+
+class CodeStore:
+    """Stores code hashes and applies the resend policy, atomically per phone number."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.scripts = CodeScripts(redis)
+
+    async def issue(self, new: NewCode, now_ms: int) -> IssueOutcome:
+        """Store ``new`` as the live code of its scope, replacing the previous one,
+        unless the cooldown or a per-number cap forbids it."""
+        k = new.keys
+        reply = await self.scripts.issue(
+            keys=[k.code(new.scope), k.cooldown(new.scope), k.sends, k.by_id(new.nonce)],
+            args=[
+                k.prefix,
+                now_ms,
+                new.nonce,
+                new.code_hash,
+                new.attempts,
+                new.validity_ms,
+                new.cooldown_ms,
+                new.per_hour,
+                new.per_day,
+                new.scope,
+            ],
+        )
+        kind = _s(reply[0])
+        if kind == "cooldown":
+            return IssueOutcome(kind, cooldown_ms=int(reply[1]))
+        if kind == "caps":
+            return IssueOutcome(kind, hour_ms=int(reply[1]), day_ms=int(reply[2]))
+        return IssueOutcome(kind)
+
+    async def verify_by_id(
+        self, keys: CodeKeys, nonce: str, code_hash: str, now_ms: int, *, scope: str = ""
+    ) -> VerifyOutcome:
+        """Check ``code_hash`` against the code with ``nonce``; ``scope``, when
+        given, must be that code's scope."""
+        return await self._verify(keys.by_id(nonce), "id", keys, code_hash, now_ms, nonce, scope)
+
+    async def verify_by_scope(
+        self, keys: CodeKeys, scope: str, code_hash: str, now_ms: int
+    ) -> VerifyOutcome:
+        """Check ``code_hash`` against the live code of ``scope``."""
+        return await self._verify(keys.code(scope), "scope", keys, code_hash, now_ms, "", "")
+
+    async def _verify(
+        self,
+        key: str,
+        mode: str,
+        keys: CodeKeys,
+        code_hash: str,
+        now_ms: int,
+        nonce: str,
+        scope: str,
+    ) -> VerifyOutcome:
+        reply = await self.scripts.verify(
+            keys=[key], args=[mode, keys.prefix, code_hash, now_ms, nonce, scope]
+        )
+        return VerifyOutcome(_s(reply[0]), int(reply[1]))
+
+    async def take_app_slot(self, app: str, limit: int, now_ms: int) -> int:
+        """Count one code against the app's per-minute limit: 0 when counted,
+        else the ms until the current minute ends."""
+        window = now_ms // WINDOW_MS
+        taken = await self.scripts.rate_window(
+            keys=[verify_rate_key(app, window)], args=["take", limit, 2 * WINDOW_MS]
+        )
+        return 0 if int(taken) else (window + 1) * WINDOW_MS - now_ms
+
+    async def give_back_app_slot(self, app: str, now_ms: int) -> None:
+        """Undo ``take_app_slot`` for a code that was then refused."""
+        window = now_ms // WINDOW_MS
+        await self.scripts.rate_window(
+            keys=[verify_rate_key(app, window)], args=["give", 0, 2 * WINDOW_MS]
+        )
