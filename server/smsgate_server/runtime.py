@@ -148,14 +148,22 @@ def load_server_secret(settings: Settings) -> bytes:
             extra={"data_dir": str(settings.data_dir)},
         )
     path = settings.data_dir / "server-secret"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return bytes.fromhex(path.read_text().strip())
-    value = secrets.token_bytes(32)
-    with os.fdopen(fd, "w") as f:
-        f.write(value.hex() + "\n")
-    return value
+    if not path.exists():
+        # Written whole under a private name, then linked into place: processes
+        # starting together (SMSGATE_WORKERS) never read a half-written file,
+        # and the first link wins.
+        value = secrets.token_bytes(32)
+        tmp = path.with_name(f".server-secret.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value.hex() + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return bytes.fromhex(path.read_text().strip())
 
 
 def code_policy(settings: Settings) -> CodePolicy:
