@@ -109,7 +109,9 @@ class WatchHub:
         return sum(len(s) for s in self._subscribers.values())
 
     async def _read(self, shard: int) -> None:
-        while True:
+        # Checked each turn as well as cancelled: a cancellation that lands
+        # inside redis-py can surface as a connection error instead.
+        while not self._closing:
             try:
                 # Never more per read than half a subscriber's buffer: a batch is
                 # offered in one go, before any subscriber gets to drain.
