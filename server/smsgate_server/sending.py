@@ -73,6 +73,8 @@ class SendCommand:
     sender: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     fingerprint: bytes = b""
+    # The text carries a secret (verification code): see NewMessage.sensitive.
+    sensitive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,7 @@ class SendingService:
             text=cmd.text,
             sender=sender,
             labels_json=json.dumps(cmd.labels, sort_keys=True) if cmd.labels else "",
+            sensitive=cmd.sensitive,
         )
         outcome = await self.store.accept(
             app,
@@ -182,6 +185,7 @@ class SendingService:
             sender=sender,
             labels_json=message.labels_json,
             history=[HistoryEntry(status, now, "")],
+            sensitive=cmd.sensitive,
         )
 
     def _locate(self, message_id: str) -> int:

@@ -268,7 +268,12 @@ class VerificationService:
         else:
             message = await self.sending.send(
                 app.key,
-                SendCommand(phone=phone, text=default_sms_text(code, validity_ms), sender=sender),
+                SendCommand(
+                    phone=phone,
+                    text=default_sms_text(code, validity_ms),
+                    sender=sender,
+                    sensitive=True,
+                ),
             )
             issued = replace(issued, message_id=message.id)
         log.info(

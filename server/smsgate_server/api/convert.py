@@ -13,6 +13,10 @@ from smsgate_server.domain.message import StoredMessage
 __all__ = ["event_to_proto", "message_to_proto", "ms_from_timestamp", "timestamp_from_ms"]
 
 
+# Shown instead of the text of a message that carries a verification code.
+REDACTED = "[redacted: verification code]"
+
+
 def timestamp_from_ms(ms: int) -> Timestamp:
     ts = Timestamp()
     ts.FromMilliseconds(ms)
@@ -29,7 +33,7 @@ def message_to_proto(m: StoredMessage) -> message_pb2.Message:
         id=m.id,
         batch_id=m.batch_id,
         phone_number=m.phone,
-        rendered_text=m.rendered,
+        rendered_text=REDACTED if m.sensitive else m.rendered,
         segments=m.segments,
         status=m.status.value,  # type: ignore[arg-type]
         create_time=timestamp_from_ms(m.created_ms),
@@ -45,7 +49,7 @@ def message_to_proto(m: StoredMessage) -> message_pb2.Message:
         if m.params_json:
             out.template.params.update(json.loads(m.params_json))
     else:
-        out.text = m.text
+        out.text = REDACTED if m.sensitive else m.text
     if m.labels_json:
         out.labels.update(json.loads(m.labels_json))
     if m.error_code:

@@ -23,6 +23,9 @@ class NewMessage:
     params_json: str = ""
     sender: str = ""
     labels_json: str = ""
+    # The text carries a secret (a verification code): hidden from the API and
+    # wiped from Redis once a provider has it.
+    sensitive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +62,4 @@ class StoredMessage:
     sender: str
     labels_json: str
     history: list[HistoryEntry] = field(default_factory=list)
+    sensitive: bool = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,6 +48,9 @@ class SimulatorProvider:
         self._sink: ReceiptSink | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self.sent = 0
+        # The last messages it took, as a handset would see them (for tests
+        # and demos; bounded so a long run does not grow).
+        self.outbox: deque[OutboundSms] = deque(maxlen=1000)
 
     def set_receipt_sink(self, sink: ReceiptSink) -> None:
         self._sink = sink
@@ -67,6 +71,7 @@ class SimulatorProvider:
                 continue
             pid = "sim-" + secrets.token_hex(8)
             self.sent += 1
+            self.outbox.append(sms)
             if self._log is not None:
                 self._log.write(f"{sms.reference} {pid}\n")
             results.append(SendResult(True, pid))

@@ -139,7 +139,7 @@ class MessageStore:
             self._idempotency_ttl,
             batch_id,
             remember,
-            10,
+            11,
         ]
         for m in messages:
             args += [
@@ -153,6 +153,7 @@ class MessageStore:
                 m.send_at_ms,
                 m.sender,
                 m.labels_json,
+                "1" if m.sensitive else "",
             ]
         batch_key = keys.batch(app, batch_id) if batch_id else keys.prefix + "b:-"
         result = await self.scripts.accept(
@@ -336,4 +337,5 @@ def _to_message(f: dict[bytes, bytes], history: list[bytes]) -> StoredMessage:
         sender=g("snd"),
         labels_json=g("lb"),
         history=entries,
+        sensitive=g("sen") == "1",
     )

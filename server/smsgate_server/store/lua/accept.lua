@@ -4,7 +4,8 @@
 -- ARGV[5] app, ARGV[6] request hash ('' = no request id), ARGV[7] idempotency
 -- TTL (s), ARGV[8] batch id, ARGV[9] result to remember for the request id,
 -- ARGV[10] fields per message, then per message: id, phone, text, template id,
--- params json, rendered, segments, send_at ms, sender, labels json.
+-- params json, rendered, segments, send_at ms, sender, labels json, sensitive
+-- ('1' or '').
 -- Returns {'new'} | {'dup', remembered result} | {'conflict'}.
 local app, rhash, ttl, batch, remember, F =
   ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], tonumber(ARGV[10])
@@ -24,7 +25,7 @@ for i = 11, #ARGV, F do
   redis.call('HSET', mkey(app, id), 'id', id, 'b', batch, 'p', ARGV[i + 1],
     'tx', ARGV[i + 2], 'tp', ARGV[i + 3], 'pa', ARGV[i + 4], 'r', ARGV[i + 5],
     'sg', ARGV[i + 6], 'ct', NOW, 'sa', send_at, 'snd', ARGV[i + 8], 'lb', ARGV[i + 9],
-    'at', 0)
+    'at', 0, 'sen', ARGV[i + 10])
   redis.call('ZADD', KEYS[5], 0, id)
   if batch ~= '' then redis.call('RPUSH', KEYS[6], id) end
   if send_at > NOW then

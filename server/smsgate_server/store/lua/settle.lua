@@ -14,6 +14,10 @@ for i = 8, #ARGV, 9 do
   local st, batch = state(app, id)
   if st == SENDING then
     local m = mkey(app, id)
+    if outcome ~= 'retry' and redis.call('HGET', m, 'sen') == '1' then
+      -- A provider has the secret now (or never will): keep no copy.
+      redis.call('HSET', m, 'tx', '', 'r', '')
+    end
     if outcome == 'sent' then
       redis.call('HSET', m, 'pv', provider, 'pid', pid)
       redis.call('ZADD', KEYS[4], deadline, app .. ':' .. id)
