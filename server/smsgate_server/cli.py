@@ -14,7 +14,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -24,6 +24,7 @@ from smsgate_server.embedded_redis import EmbeddedRedis, RedisStartError, runnin
 from smsgate_server.logs import configure_logging
 from smsgate_server.runtime import StartError, redact_url, start
 from smsgate_server.store.apps import AppStore
+from smsgate_server.workers import serve_workers
 
 __all__ = ["main"]
 
@@ -39,6 +40,23 @@ def _settings() -> Settings:
             name = "SMSGATE_" + "_".join(str(p) for p in err["loc"]).upper()
             lines.append(f"  {name}: {err['msg']}")
         raise SystemExit("\n".join(lines)) from None
+
+
+def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when enabled and installed, else asyncio's default."""
+    if not settings.uvloop:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _run(settings: Settings) -> None:
+    """Run one server process until SIGTERM/SIGINT."""
+    with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
+        runner.run(_serve(settings))
 
 
 async def _serve(settings: Settings) -> None:
@@ -153,8 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     verify_per_minute=args.verify_per_minute,
                 )
             )
+        elif settings.workers > 1:
+            return serve_workers(settings, _run)
         else:
-            asyncio.run(_serve(settings))
+            _run(settings)
     except (StartError, RedisStartError) as exc:
         print(f"smsgate-server: {exc}", file=sys.stderr)
         return 1
