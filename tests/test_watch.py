@@ -220,3 +220,26 @@ async def test_shutdown_ends_streams_with_unavailable(make_server: ServerFactory
             await collect(call, until=1)
         await stopping
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_streams_are_read_only_while_someone_watches(
+    sms: SmsServiceAsyncStub, token: str, server: Running
+) -> None:
+    assert server.hub is not None
+    assert not server.hub.reading
+    call = await started(sms.WatchStatus(pb.WatchStatusRequest(), metadata=bearer(token)))
+    assert server.hub.reading
+    await send(sms, token, 1)
+    assert len(await collect(call, until=4)) == 4
+    call.cancel()
+    for _ in range(100):  # a reader notices within one blocking read (1 s)
+        if not server.hub.reading:
+            break
+        await asyncio.sleep(0.05)
+    assert not server.hub.reading
+    # Watching again starts from now: nothing from before is replayed.
+    again = await started(sms.WatchStatus(pb.WatchStatusRequest(), metadata=bearer(token)))
+    fresh = await send(sms, token, 1)
+    events = await collect(again, until=4)
+    again.cancel()
+    assert {e.message_id for e in events} == set(fresh)

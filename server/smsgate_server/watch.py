@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -54,11 +53,13 @@ class WatchFilter:
 @dataclass(eq=False)
 class _Subscriber:
     app: str
+    wanted: WatchFilter
     queue: asyncio.Queue[StatusEvent | str]
     ended: bool = False
 
     def offer(self, event: StatusEvent) -> None:
-        if self.ended:
+        # Filtered here, so events a subscriber does not want never fill its buffer.
+        if self.ended or not self.wanted.matches(event):
             return
         try:
             self.queue.put_nowait(event)
@@ -85,11 +86,20 @@ class WatchHub:
     block_ms: int = 1000
     clock: Callable[[], float] = time.time
     positions: list[str] = field(default_factory=list)
-    _subscribers: dict[str, set[_Subscriber]] = field(default_factory=lambda: defaultdict(set))
+    _subscribers: dict[str, set[_Subscriber]] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _closing: bool = False
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def start(self) -> None:
+        """Nothing to do until someone subscribes: the streams are read only
+        while there are subscribers (see ``_ensure_reading``)."""
+
+    async def _ensure_reading(self) -> None:
+        """Start the shard readers if they stopped for lack of subscribers,
+        from the streams' current ends."""
+        if self.reading:
+            return
         shards = len(self.events.keys)
         self.positions = [await self.events.last_id(s) for s in range(shards)]
         self._tasks = [asyncio.create_task(self._read(s), name=f"watch-{s}") for s in range(shards)]
@@ -105,13 +115,20 @@ class WatchHub:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     @property
+    def reading(self) -> bool:
+        """Whether the shard readers are running (only while someone watches)."""
+        return bool(self._tasks) and not any(t.done() for t in self._tasks)
+
+    @property
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subscribers.values())
 
     async def _read(self, shard: int) -> None:
         # Checked each turn as well as cancelled: a cancellation that lands
-        # inside redis-py can surface as a connection error instead.
-        while not self._closing:
+        # inside redis-py can surface as a connection error instead. With no
+        # subscriber left the reader stops (no await between the check and
+        # the return, so a new subscriber either sees it running or done).
+        while not self._closing and self._subscribers:
             try:
                 # Never more per read than half a subscriber's buffer: a batch is
                 # offered in one go, before any subscriber gets to drain.
@@ -161,17 +178,29 @@ class WatchHub:
         """
         if self._closing:
             raise Unavailable("server is shutting down; reconnect", reason="SHUTTING_DOWN")
-        positions = await self._start_positions(token)
-        sub = _Subscriber(app, asyncio.Queue(self.buffer))
-        self._subscribers[app].add(sub)
+        async with self._lock:
+            # Registering the app first keeps the readers from stopping while
+            # they are started (or found running) for this watch.
+            self._subscribers.setdefault(app, set())
+            try:
+                await self._ensure_reading()
+                positions = await self._start_positions(token)
+            except BaseException:
+                self._forget_app(app)
+                raise
+            sub = _Subscriber(app, wanted, asyncio.Queue(self.buffer))
+            self._subscribers[app].add(sub)
         return Watch(self, sub, wanted, positions)
+
+    def _forget_app(self, app: str) -> None:
+        if not self._subscribers.get(app):
+            self._subscribers.pop(app, None)
 
     def _unsubscribe(self, sub: _Subscriber) -> None:
         subs = self._subscribers.get(sub.app)
         if subs is not None:
             subs.discard(sub)
-            if not subs:
-                del self._subscribers[sub.app]
+        self._forget_app(sub.app)
 
     def _ending(self, reason: str) -> Exception:
         if reason == _OVERFLOW:

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from smsgate_server.dispatch.backoff import retry_delay
 from smsgate_server.domain.ids import shard_of
@@ -35,6 +33,10 @@ from smsgate_server.store.messages import GROUP, Claimed, MessageStore, Receipt,
 __all__ = ["DispatchConfig", "Dispatcher"]
 
 log = logging.getLogger("smsgate.dispatch")
+
+# Receipts stored per script call, and look-ups before a receipt is dropped.
+RECEIPT_BATCH = 500
+RECEIPT_TRIES = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,7 @@ class Dispatcher:
         self._inflight: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._receipts: asyncio.Queue[_PendingReceipt] = asyncio.Queue()
         provider.set_receipt_sink(self.on_receipt)
 
     async def start(self) -> None:
@@ -83,6 +86,7 @@ class Dispatcher:
             self._tasks.append(asyncio.create_task(self._read_loop(shard), name=f"read-{shard}"))
         self._tasks.append(asyncio.create_task(self._reclaim_loop(), name="reclaim"))
         self._tasks.append(asyncio.create_task(self._promote_loop(), name="promote"))
+        self._tasks.append(asyncio.create_task(self._receipt_loop(), name="receipts"))
         log.info("dispatcher started", extra={"consumer": self.consumer})
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -202,7 +206,7 @@ class Dispatcher:
         self._slots.release()
 
     async def _send(self, shard: int, chunk: list[Claimed]) -> None:
-        outbound = [OutboundSms(c.id, c.phone, c.rendered, c.sender) for c in chunk]
+        outbound = [OutboundSms(c.id, c.phone, c.rendered, c.sender, c.app) for c in chunk]
         name = self.provider.name
         started = time.perf_counter()
         try:
@@ -254,35 +258,88 @@ class Dispatcher:
 
     # --- receipts ------------------------------------------------------
 
-    async def on_receipt(self, provider_id: str, delivered: bool, code: str, reason: str) -> None:
-        """Apply a provider's delivery receipt (from the simulator or a DLR callback).
+    async def on_receipt(
+        self, provider_id: str, delivered: bool, code: str, reason: str, member: str = ""
+    ) -> None:
+        """Apply a provider's delivery receipt (from the simulator or a DLR
+        callback); returns once it is stored, or given up on.
 
-        Retried while Redis is unreachable; a receipt that never lands leaves
-        the message SENT until the receipt timeout expires it.
+        Receipts are stored in batches, one script per shard, by the receipt
+        loop. ``member`` (``app:id``) spares the look-up by provider id when the
+        vendor echoed our reference.
         """
-        delay = 0.05
-        for _ in range(40):
-            try:
-                if await self._apply_receipt(provider_id, delivered, code, reason):
-                    return
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                log.warning("receipt not stored yet", extra={"error": repr(exc)})
-            # The receipt can outrun the settle of its send, or Redis may be down.
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-        log.warning("receipt for an unknown provider id", extra={"provider_id": provider_id})
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._receipts.put_nowait(
+            _PendingReceipt(provider_id, delivered, code, reason, member, done)
+        )
+        await done
 
-    async def _apply_receipt(
-        self, provider_id: str, delivered: bool, code: str, reason: str
-    ) -> bool:
-        member = await self.store.lookup_provider_id(self.provider.name, provider_id)
-        if member is None:
-            return False
-        RECEIPTS.labels(self.provider.name, "delivered" if delivered else "undelivered").inc()
-        app, _, message_id = member.partition(":")
-        shard = shard_of(message_id, self.store.shards)
-        if shard is not None:
+    async def _receipt_loop(self) -> None:
+        while True:
+            batch = [await self._receipts.get()]
+            while len(batch) < RECEIPT_BATCH and not self._receipts.empty():
+                batch.append(self._receipts.get_nowait())
+            try:
+                await self._store_receipts(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Redis away: keep them and try again shortly.
+                log.warning(
+                    "receipts not stored yet", extra={"error": repr(exc), "count": len(batch)}
+                )
+                for item in batch:
+                    self._retry_receipt(item)
+
+    def _retry_receipt(self, item: _PendingReceipt) -> None:
+        item.tries += 1
+        if item.tries > RECEIPT_TRIES:
+            log.warning("receipt given up", extra={"provider_id": item.provider_id})
+            if not item.done.done():
+                item.done.set_result(None)
+            return
+        delay = min(0.05 * 2 ** min(item.tries, 6), 2.0)
+        asyncio.get_running_loop().call_later(delay, self._receipts.put_nowait, item)
+
+    async def _store_receipts(self, batch: list[_PendingReceipt]) -> None:
+        unknown = [r for r in batch if not r.member]
+        found = await self.store.lookup_provider_ids(
+            self.provider.name, [r.provider_id for r in unknown]
+        )
+        for item, member in zip(unknown, found, strict=True):
+            item.member = member or ""
+        by_shard: dict[int, list[_PendingReceipt]] = defaultdict(list)
+        for item in batch:
+            app, _, message_id = item.member.partition(":")
+            shard = shard_of(message_id, self.store.shards) if app else None
+            if shard is None:
+                # The receipt can outrun the settle of its send: look again.
+                self._retry_receipt(item)
+                continue
+            by_shard[shard].append(item)
+        for shard, items in by_shard.items():
             await self.store.apply_receipts(
-                shard, [Receipt(app, message_id, delivered, code, reason)]
+                shard,
+                [
+                    Receipt(app, message_id, r.delivered, r.code, r.reason)
+                    for r in items
+                    for app, _, message_id in [r.member.partition(":")]
+                ],
             )
-        return True
+            for r in items:
+                RECEIPTS.labels(
+                    self.provider.name, "delivered" if r.delivered else "undelivered"
+                ).inc()
+                if not r.done.done():
+                    r.done.set_result(None)
+
+
+@dataclass(eq=False, slots=True)
+class _PendingReceipt:
+    provider_id: str
+    delivered: bool
+    code: str
+    reason: str
+    member: str
+    done: asyncio.Future[None]
+    tries: int = 0

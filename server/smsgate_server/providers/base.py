@@ -18,6 +18,7 @@ class OutboundSms:
     phone: str
     text: str
     sender: str = ""
+    app: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +37,9 @@ class SendResult:
     retryable: bool = False
 
 
-# Called with (provider message id, delivered, error code, error reason).
-ReceiptSink = Callable[[str, bool, str, str], Awaitable[None]]
+# Called with (provider message id, delivered, error code, error reason, and
+# ``app:reference`` when the vendor echoes what we sent, else "").
+ReceiptSink = Callable[[str, bool, str, str, str], Awaitable[None]]
 
 
 class Provider(Protocol):

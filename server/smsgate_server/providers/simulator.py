@@ -76,24 +76,25 @@ class SimulatorProvider:
                 self._log.write(f"{sms.reference} {pid}\n")
             results.append(SendResult(True, pid))
             delivered = self._random.random() >= self.undelivered_rate
-            self._schedule_receipt(pid, delivered)
+            self._schedule_receipt(pid, delivered, f"{sms.app}:{sms.reference}")
         return results
 
-    def _schedule_receipt(self, pid: str, delivered: bool) -> None:
+    def _schedule_receipt(self, pid: str, delivered: bool, member: str) -> None:
         if self._sink is None:
             return
-        task = asyncio.create_task(self._receipt(pid, delivered))
+        task = asyncio.create_task(self._receipt(pid, delivered, member))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _receipt(self, pid: str, delivered: bool) -> None:
+    async def _receipt(self, pid: str, delivered: bool, member: str) -> None:
+        # Like a vendor's callback, it carries our reference back.
         if self.receipt_delay:
             await asyncio.sleep(self.receipt_delay)
         assert self._sink is not None
         if delivered:
-            await self._sink(pid, True, "", "")
+            await self._sink(pid, True, "", "", member)
         else:
-            await self._sink(pid, False, "SIM_UNREACHABLE", "handset unreachable")
+            await self._sink(pid, False, "SIM_UNREACHABLE", "handset unreachable", member)
 
     async def aclose(self) -> None:
         # Pending receipts are dropped; the messages expire if none comes.

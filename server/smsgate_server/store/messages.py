@@ -290,16 +290,22 @@ class MessageStore:
         )
         return int(result[0]), int(result[1])
 
-    async def lookup_provider_id(self, provider: str, provider_message_id: str) -> str | None:
-        """``app:id`` of a message by its provider id, searching every shard."""
+    async def lookup_provider_ids(
+        self, provider: str, provider_message_ids: Sequence[str]
+    ) -> list[str | None]:
+        """``app:id`` of messages by their provider ids (one round trip)."""
+        if not provider_message_ids:
+            return []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for keys in self.shard_keys:
-                pipe.get(keys.provider_id(provider, provider_message_id))
+            for pid in provider_message_ids:
+                for keys in self.shard_keys:
+                    pipe.get(keys.provider_id(provider, pid))
             found = await pipe.execute()
-        for value in found:
-            if value:
-                return _s(value)
-        return None
+        n = self.shards
+        return [
+            next((_s(v) for v in found[i * n : (i + 1) * n] if v), None)
+            for i in range(len(provider_message_ids))
+        ]
 
 
 def _to_message(f: dict[bytes, bytes], history: list[bytes]) -> StoredMessage:
