@@ -254,3 +254,27 @@ async def test_page_token_is_tied_to_its_filters(sms: SmsServiceAsyncStub, token
             metadata=bearer(token),
         )
     assert "page_token" in details_of(caught.value).fields
+
+
+async def test_racing_retries_of_a_large_batch_accept_each_recipient_once(
+    sms: SmsServiceAsyncStub, token: str
+) -> None:
+    request = batch(phones(1700), request_id="big-campaign")
+    replies = await asyncio.gather(
+        *(sms.BatchSend(request, metadata=bearer(token)) for _ in range(4))
+    )
+    assert all(r == replies[0] for r in replies)
+    listed: list[str] = []
+    page_token = ""
+    while True:
+        page = await sms.ListMessages(
+            pb.ListMessagesRequest(
+                batch_id=replies[0].batch_id, page_size=500, page_token=page_token
+            ),
+            metadata=bearer(token),
+        )
+        listed += [m.id for m in page.messages]
+        page_token = page.next_page_token
+        if not page_token:
+            break
+    assert sorted(listed) == sorted(r.message_id for r in replies[0].results)

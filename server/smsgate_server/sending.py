@@ -8,7 +8,6 @@ errors. The verification service sends its codes through it too.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import json
 import secrets
@@ -252,7 +251,7 @@ class SendingService:
         """Validate each recipient and accept the valid ones as one batch.
 
         Idempotent by request id: a retry returns the first batch, and
-        completes it if the first call died part-way through accepting.
+        accepts what the first call did not reach if it died part-way.
         """
         now = self.store.now_ms()
         metrics = check_text(cmd.text, "text", self.limits.max_text_segments)
@@ -277,13 +276,19 @@ class SendingService:
         messages = [new(p) for p in phones]
         request_hash = hashlib.sha256(cmd.fingerprint).hexdigest()
         ids: list[str] = []
-        for i in range(0, max(len(messages), 1), ACCEPT_CHUNK):
+        # Every chunk has its own idempotency record (the request id, then
+        # "#1", "#2", ...) remembering the batch id and its message ids: a retry,
+        # even one racing the first call, replays stored chunks and accepts
+        # only those the first call never reached. Nothing is accepted twice.
+        for k, i in enumerate(range(0, max(len(messages), 1), ACCEPT_CHUNK)):
             chunk = messages[i : i + ACCEPT_CHUNK]
-            first = i == 0
+            chunk_ids = [m.id for m in chunk]
             outcome = await self.store.accept(
                 app, shard, chunk, batch_id=batch_id,
-                request_id=request_id if first else "",
-                request_hash=request_hash, remember=batch_id, now_ms=now,
+                request_id=f"{request_id}#{k}" if request_id and k else request_id,
+                request_hash=request_hash,
+                remember=batch_id + ";" + ",".join(chunk_ids),
+                now_ms=now,
             )  # fmt: skip
             if outcome.kind == "conflict":
                 raise AlreadyExists(
@@ -291,31 +296,14 @@ class SendingService:
                     reason="REQUEST_ID_REUSED",
                 )
             if outcome.kind == "dup":
-                batch_id = outcome.remembered
-                ids = await self._complete_batch(app, batch_id, messages)
-                break
-            ids += [m.id for m in chunk]
+                batch_id, _, stored = outcome.remembered.partition(";")
+                chunk_ids = stored.split(",") if stored else []
+            ids += chunk_ids
         id_iter = iter(ids)
         results: list[str | tuple[str, str]] = [
             c if isinstance(c, tuple) else next(id_iter) for c in checked
         ]
         return BatchOutcome(batch_id, results)
-
-    async def _complete_batch(
-        self, app: str, batch_id: str, messages: list[NewMessage]
-    ) -> list[str]:
-        """The ids of a batch accepted before; accepts what a crash left out."""
-        shard = self._locate_batch(batch_id)
-        ids = await self.store.batch_ids(app, shard, batch_id)
-        missing = messages[len(ids) :]
-        for i in range(0, len(missing), ACCEPT_CHUNK):
-            chunk = [
-                dataclasses.replace(m, id=new_message_id(self.store.now_ms(), shard))
-                for m in missing[i : i + ACCEPT_CHUNK]
-            ]
-            await self.store.accept(app, shard, chunk, batch_id=batch_id)
-            ids += [m.id for m in chunk]
-        return ids
 
     def _locate_batch(self, batch_id: str) -> int:
         if not batch_id:
