@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import httpx
@@ -151,3 +151,63 @@ async def test_metrics_count_rpcs_provider_outcomes_and_receipts(server: Running
     assert samples['smsgate_receipts_total{provider="simulator",result="delivered"}'] >= 1
     assert samples['smsgate_rpcs_total{code="OK",method="SendSms"}'] >= 1
     assert samples['smsgate_rpcs_total{code="NOT_FOUND",method="GetMessage"}'] >= 1
+
+
+async def test_a_provider_call_past_its_timeout_is_retried_then_fails(
+    make_server: ServerFactory,
+) -> None:
+    # Provider timeout is 0.8 x the visibility timeout: 0.4 s < 1 s latency.
+    server = await make_server(
+        sim_latency_ms=1000, visibility_timeout_seconds=0.5, max_attempts=2,
+        retry_base_seconds=0.01, retry_max_seconds=0.02,
+    )  # fmt: skip
+    stub, token, message_id = await send_one(server)
+    message = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+    assert message.status == S.MESSAGE_STATUS_FAILED
+    assert message.error.code == "PROVIDER_TIMEOUT"
+    assert message.attempts == 2
+
+
+async def test_a_worker_never_reclaims_what_it_is_still_sending(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    # One send at a time, each 150 ms: entries wait longer than the 0.25 s
+    # visibility timeout between being read and being settled.
+    log = tmp_path / "sim.log"
+    server = await make_server(
+        sim_latency_ms=150, visibility_timeout_seconds=0.25, dispatch_concurrency=1,
+        sim_log=log,
+    )  # fmt: skip
+    token = (await server.apps.create("a")).token
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub: SmsServiceAsyncStub = SmsServiceStub(channel)
+        ids = [
+            (
+                await stub.SendSms(
+                    pb.SendSmsRequest(phone_number=f"+1415555{i:04d}", text=f"t{i}"),
+                    metadata=bearer(token),
+                )
+            ).message.id
+            for i in range(8)
+        ]
+        final = await wait_until(stub, token, ids, TERMINAL, timeout=20)
+    assert {m.status for m in final.values()} == {S.MESSAGE_STATUS_DELIVERED}
+    assert {m.attempts for m in final.values()} == {1}
+    assert set(sent_counts(log).values()) == {1}
+
+
+async def test_a_reclaimed_message_out_of_attempts_fails(make_server: ServerFactory) -> None:
+    api = await make_server(role="api")
+    stub, token, message_id = await send_one(api)
+    # A worker that died mid-send: it took the entry and moved the message on.
+    shard = int(message_id[12:14], 16)
+    queue = api.store.shard_keys[shard].queue
+    await api.store.ensure_groups()
+    reply: Any = await api.redis.xreadgroup("dispatch", "dead-worker", {queue: ">"}, count=10)
+    entries = [(e.decode(), f[b"m"].decode()) for _, items in reply for e, f in items]
+    assert await api.store.claim(shard, entries, reclaimed=False)
+
+    await make_server(role="worker", max_attempts=1, visibility_timeout_seconds=0.3)
+    message = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+    assert message.status == S.MESSAGE_STATUS_FAILED
+    assert message.error.code == "NO_OUTCOME"

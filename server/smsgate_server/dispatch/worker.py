@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from smsgate_server.dispatch.backoff import retry_delay
 from smsgate_server.domain.ids import shard_of
@@ -52,6 +53,11 @@ class DispatchConfig:
     sweep_interval: float = 0.2
     read_block_ms: int = 1000
 
+    @property
+    def provider_timeout(self) -> float:
+        """A provider call must end well before its entry could be re-claimed."""
+        return self.visibility_timeout * 0.8
+
 
 class Dispatcher:
     """Runs the queue readers, the re-claimer and the promoter of one process."""
@@ -78,6 +84,8 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._receipts: asyncio.Queue[_PendingReceipt] = asyncio.Queue()
+        # Queue entries this process is sending now: never re-claimed by itself.
+        self._held: set[str] = set()
         provider.set_receipt_sink(self.on_receipt)
 
     async def start(self) -> None:
@@ -129,6 +137,12 @@ class Dispatcher:
                 await self._take(shard, entries, reclaimed=False)
             except asyncio.CancelledError:
                 raise
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis lost the group (flushed, or restarted without its data).
+                log.warning("dispatch group missing; creating it", extra={"shard": shard})
+                await self.store.ensure_groups()
             except Exception:
                 log.exception("queue read failed", extra={"shard": shard})
                 await asyncio.sleep(1.0)
@@ -153,7 +167,7 @@ class Dispatcher:
                         entries = [
                             (e[0].decode(), e[1][b"m"].decode())
                             for e in reply[1]
-                            if e and e[1] and b"m" in e[1]
+                            if e and e[1] and b"m" in e[1] and e[0].decode() not in self._held
                         ]
                         if entries:
                             log.warning(
@@ -187,7 +201,10 @@ class Dispatcher:
     async def _take(
         self, shard: int, entries: Sequence[tuple[str, str]], *, reclaimed: bool
     ) -> None:
-        claimed = await self.store.claim(shard, entries, reclaimed=reclaimed)
+        claimed = await self.store.claim(
+            shard, entries, reclaimed=reclaimed, max_attempts=self.config.max_attempts
+        )
+        self._held.update(c.entry for c in claimed)
         # Same text and sender go to the provider together, up to its batch limit.
         groups: dict[tuple[str, str], list[Claimed]] = defaultdict(list)
         for c in claimed:
@@ -210,7 +227,8 @@ class Dispatcher:
         name = self.provider.name
         started = time.perf_counter()
         try:
-            results = await self.provider.send(outbound)
+            async with asyncio.timeout(self.config.provider_timeout):
+                results = await self.provider.send(outbound)
             if len(results) != len(chunk):
                 raise RuntimeError("provider returned a wrong number of results")
             PROVIDER_CALLS.labels(name, "ok").inc()
@@ -219,27 +237,43 @@ class Dispatcher:
         except Exception as exc:
             PROVIDER_CALLS.labels(name, "error").inc()
             log.warning("provider call failed", extra={"error": repr(exc), "count": len(chunk)})
-            results = [
-                SendResult(False, "", "PROVIDER_ERROR", repr(exc)[:200], retryable=True)
-            ] * len(chunk)
+            code = "PROVIDER_TIMEOUT" if isinstance(exc, TimeoutError) else "PROVIDER_ERROR"
+            results = [SendResult(False, "", code, repr(exc)[:200], retryable=True)] * len(chunk)
         PROVIDER_SECONDS.labels(name).observe(time.perf_counter() - started)
         outcomes = [self._outcome(c, r) for c, r in zip(chunk, results, strict=True)]
         for o in outcomes:
             SEND_OUTCOMES.labels(name, o.outcome).inc()
         try:
-            await self.store.settle(shard, outcomes)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # Unacknowledged: the entries are re-claimed after the visibility timeout.
-            log.exception("settle failed", extra={"count": len(chunk)})
+            await self._settle(shard, outcomes)
+        finally:
+            self._held.difference_update(c.entry for c in chunk)
+
+    async def _settle(self, shard: int, outcomes: list[SendOutcome]) -> None:
+        """Store outcomes, retrying a Redis blip for up to half the visibility
+        timeout: giving up means the entries are re-claimed and sent again."""
+        deadline = time.monotonic() + self.config.visibility_timeout / 2
+        delay = 0.05
+        while True:
+            try:
+                await self.store.settle(shard, outcomes)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if time.monotonic() + delay > deadline:
+                    # Unacknowledged: re-claimed after the visibility timeout.
+                    log.exception("settle failed", extra={"count": len(outcomes)})
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     def _outcome(self, c: Claimed, r: SendResult) -> SendOutcome:
         name = self.provider.name
         if r.ok:
             return SendOutcome(c, "sent", name, r.provider_message_id)
         now_ms = self.store.now_ms()
-        age = (now_ms - c.created_ms) / 1000
+        # A scheduled message's life starts at its send time, not at acceptance.
+        age = (now_ms - max(c.created_ms, c.send_at_ms)) / 1000
         if (
             r.retryable
             and c.attempts < self.config.max_attempts

@@ -46,6 +46,7 @@ class Claimed:
     attempts: int
     created_ms: int
     batch_id: str
+    send_at_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,11 +222,21 @@ class MessageStore:
     # --- dispatch side -------------------------------------------------
 
     async def claim(
-        self, shard: int, entries: Sequence[tuple[str, str]], *, reclaimed: bool
+        self,
+        shard: int,
+        entries: Sequence[tuple[str, str]],
+        *,
+        reclaimed: bool,
+        max_attempts: int = 5,
     ) -> list[Claimed]:
         """Move the messages of queue entries ``(entry id, 'app:id')`` to SENDING."""
         keys = self.shard_keys[shard]
-        args: list[Any] = [*self._common(keys, self.now_ms()), GROUP, "1" if reclaimed else "0"]
+        args: list[Any] = [
+            *self._common(keys, self.now_ms()),
+            GROUP,
+            "1" if reclaimed else "0",
+            max_attempts,
+        ]
         for entry, member in entries:
             args += [entry, member]
         rows = await self.scripts.claim(keys=[keys.events, keys.queue], args=args)
@@ -240,6 +251,7 @@ class MessageStore:
                 attempts=int(r[6]),
                 created_ms=int(r[7]),
                 batch_id=_s(r[8]),
+                send_at_ms=int(r[9] or 0),
             )
             for r in rows
         ]

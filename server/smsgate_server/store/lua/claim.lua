@@ -1,20 +1,29 @@
 -- A worker took queue entries: move each live message to SENDING.
 -- KEYS[2] queue stream. ARGV[5] consumer group, ARGV[6] 1 when the entries were
--- re-claimed from a dead worker (then SENDING -> SENDING is allowed), then
--- pairs: entry id, 'app:id'.
+-- re-claimed from a dead worker (then SENDING -> SENDING is allowed), ARGV[7]
+-- the most attempts, then pairs: entry id, 'app:id'.
 -- Returns, per message to send: {entry, app, id, phone, rendered, sender,
--- attempts, created ms, batch}. Entries of gone, canceled or finished
--- messages are acknowledged and dropped here.
-local group, reclaimed = ARGV[5], ARGV[6] == '1'
+-- attempts, created ms, batch, send_at ms}. Entries of gone, canceled or
+-- finished messages are acknowledged and dropped here; a re-claimed message
+-- out of attempts fails.
+local group, reclaimed, max_attempts = ARGV[5], ARGV[6] == '1', tonumber(ARGV[7])
 local out = {}
-for i = 7, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   local entry, app, id = ARGV[i], split(ARGV[i + 1])
-  local st = state(app, id)
-  if st == QUEUED or (reclaimed and st == SENDING) then
+  local st, batch = state(app, id)
+  local spent = st == SENDING and reclaimed
+    and tonumber(redis.call('HGET', mkey(app, id), 'at') or 0) >= max_attempts
+  if spent then
+    local reason = 'no outcome after ' .. max_attempts .. ' attempts'
+    redis.call('HSET', mkey(app, id), 'ec', 'NO_OUTCOME', 'er', reason, 'ery', 0)
+    enter(app, id, batch, FAILED, 'NO_OUTCOME', 'NO_OUTCOME', reason)
+    redis.call('XACK', KEYS[2], group, entry)
+    redis.call('XDEL', KEYS[2], entry)
+  elseif st == QUEUED or (reclaimed and st == SENDING) then
     local attempts = redis.call('HINCRBY', mkey(app, id), 'at', 1)
-    local v = redis.call('HMGET', mkey(app, id), 'p', 'r', 'snd', 'ct', 'b')
+    local v = redis.call('HMGET', mkey(app, id), 'p', 'r', 'snd', 'ct', 'b', 'sa')
     enter(app, id, v[5], SENDING, 'attempt ' .. attempts)
-    out[#out + 1] = {entry, app, id, v[1], v[2], v[3], attempts, v[4], v[5]}
+    out[#out + 1] = {entry, app, id, v[1], v[2], v[3], attempts, v[4], v[5], v[6]}
   else
     redis.call('XACK', KEYS[2], group, entry)
     redis.call('XDEL', KEYS[2], entry)

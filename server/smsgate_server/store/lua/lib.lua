@@ -24,6 +24,10 @@ local function enter(app, id, batch, status, detail, ecode, ereason)
   redis.call('XADD', EVENTS, 'MINID', '~', MINID, '*', 'a', app, 'm', id, 'b', batch,
     's', status, 't', NOW, 'd', detail, 'ec', ecode or '', 'er', ereason or '')
   if TERMINAL[status] then
+    if redis.call('HGET', m, 'sen') == '1' then
+      -- A verification code: no copy outlives the message's active life.
+      redis.call('HSET', m, 'tx', '', 'r', '')
+    end
     redis.call('EXPIRE', m, RETAIN)
     redis.call('EXPIRE', h, RETAIN)
   end

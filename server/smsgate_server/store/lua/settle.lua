@@ -21,7 +21,9 @@ for i = 8, #ARGV, 9 do
     if outcome == 'sent' then
       redis.call('HSET', m, 'pv', provider, 'pid', pid)
       redis.call('ZADD', KEYS[4], deadline, app .. ':' .. id)
-      redis.call('SET', P .. 'pm:' .. provider .. ':' .. pid, app .. ':' .. id, 'EX', pmttl)
+      if pid ~= '' then
+        redis.call('SET', P .. 'pm:' .. provider .. ':' .. pid, app .. ':' .. id, 'EX', pmttl)
+      end
       enter(app, id, batch, SENT, provider .. ' ' .. pid)
     elseif outcome == 'retry' then
       local at = tonumber(ARGV[i + 8])
