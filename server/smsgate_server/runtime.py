@@ -294,7 +294,8 @@ async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+        # 10,000 recipients fit many times over; far larger is not a request.
+        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
         ("grpc.so_reuseport", 1),
     ]
     # The guard wraps handlers as they are registered: no per-call interceptor.

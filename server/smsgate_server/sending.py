@@ -192,7 +192,8 @@ class SendingService:
             raise InvalidArgument.field("message_id", "is required")
         shard = shard_of(message_id, self.store.shards)
         if shard is None:
-            raise NotFound(f"message {message_id!r} not found", reason="MESSAGE_NOT_FOUND")
+            # Not echoed: a malformed id may be anything, of any size.
+            raise NotFound("message not found", reason="MESSAGE_NOT_FOUND")
         return shard
 
     async def get(self, app: str, message_id: str) -> StoredMessage:
@@ -310,7 +311,7 @@ class SendingService:
             raise InvalidArgument.field("batch_id", "is required")
         shard = shard_of(batch_id, self.store.shards)
         if shard is None:
-            raise NotFound(f"batch {batch_id!r} not found", reason="BATCH_NOT_FOUND")
+            raise NotFound("batch not found", reason="BATCH_NOT_FOUND")
         return shard
 
     async def cancel_batch(self, app: str, batch_id: str) -> tuple[int, int]:

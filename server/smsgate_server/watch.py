@@ -112,7 +112,9 @@ class WatchHub:
                 sub.end(_CLOSING)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            # Bounded: a reader also ends on the closing flag after its read.
+            await asyncio.wait(self._tasks, timeout=self.block_ms / 1000 + 2)
 
     @property
     def reading(self) -> bool:

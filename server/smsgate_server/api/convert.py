@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from smsgate.v1 import message_pb2
 
+from smsgate_server.domain.errors import InvalidArgument
 from smsgate_server.domain.events import StatusEvent
 from smsgate_server.domain.message import StoredMessage
 
@@ -23,8 +25,16 @@ def timestamp_from_ms(ms: int) -> Timestamp:
     return ts
 
 
-def ms_from_timestamp(ts: Timestamp) -> int:
-    return ts.ToMilliseconds()
+def ms_from_timestamp(message: Message, field: str) -> int:
+    """``message.field`` in ms; 0 when unset. A Timestamp outside what
+    protobuf allows (nanos past 1e9, years past 9999) is INVALID_ARGUMENT."""
+    if not message.HasField(field):
+        return 0
+    ts = getattr(message, field)
+    try:
+        return int(ts.ToMilliseconds())
+    except (ValueError, OverflowError):
+        raise InvalidArgument.field(field, "is not a valid timestamp") from None
 
 
 def message_to_proto(m: StoredMessage) -> message_pb2.Message:

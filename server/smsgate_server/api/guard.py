@@ -54,6 +54,12 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: SmsgateEr
     )
 
 
+async def _internal(context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+    """A bug, not bad input: log it with its traceback, answer INTERNAL."""
+    log.exception("unexpected error", extra={"method": method})
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
+
+
 class TokenCache:
     """Recently verified tokens, so most calls skip the Redis look-up."""
 
@@ -151,6 +157,11 @@ class RequestGuard(grpc.aio.ServerInterceptor):
                     code = "UNAVAILABLE"
                     log.warning("redis unavailable", extra={"error": repr(exc)})
                     await abort_with(context, Unavailable("storage is unavailable; retry"))
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:
+                    code = "INTERNAL"
+                    await _internal(context, name)
                 finally:
                     seconds.observe(time.perf_counter() - started)
                     RPCS.labels(name, code).inc()
@@ -181,6 +192,11 @@ class RequestGuard(grpc.aio.ServerInterceptor):
                 except asyncio.CancelledError:
                     code = "CANCELLED"
                     raise
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:
+                    code = "INTERNAL"
+                    await _internal(context, name)
                 finally:
                     RPCS.labels(name, code).inc()
 

@@ -9,7 +9,7 @@ import grpc
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import sms_service_pb2_grpc as pb_grpc
 
-from smsgate_server.api.convert import event_to_proto, message_to_proto
+from smsgate_server.api.convert import event_to_proto, message_to_proto, ms_from_timestamp
 from smsgate_server.api.guard import current_app
 from smsgate_server.domain.errors import InvalidArgument, NotImplementedYet
 from smsgate_server.domain.status import Status
@@ -45,7 +45,7 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
             SendCommand(
                 phone=request.phone_number,
                 text=request.text,
-                send_at_ms=request.send_at.ToMilliseconds() if request.HasField("send_at") else 0,
+                send_at_ms=ms_from_timestamp(request, "send_at"),
                 request_id=request.request_id,
                 sender=request.sender_id,
                 labels=dict(request.labels),
@@ -85,7 +85,7 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
             BatchCommand(
                 phones=[r.phone_number for r in request.recipients],
                 text=request.text,
-                send_at_ms=request.send_at.ToMilliseconds() if request.HasField("send_at") else 0,
+                send_at_ms=ms_from_timestamp(request, "send_at"),
                 request_id=request.request_id,
                 sender=request.sender_id,
                 labels=dict(request.labels),
@@ -116,10 +116,8 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
                 statuses=_statuses(request.statuses),
                 phone=request.phone_number,
                 batch_id=request.batch_id,
-                start_ms=request.start_time.ToMilliseconds()
-                if request.HasField("start_time")
-                else 0,
-                end_ms=request.end_time.ToMilliseconds() if request.HasField("end_time") else 0,
+                start_ms=ms_from_timestamp(request, "start_time"),
+                end_ms=ms_from_timestamp(request, "end_time"),
             ),
         )
         return pb.ListMessagesResponse(

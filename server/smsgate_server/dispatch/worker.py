@@ -102,7 +102,8 @@ class Dispatcher:
         self._stopping.set()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded: each loop also ends on the stop flag within about a second.
+        await asyncio.wait(self._tasks, timeout=max(grace, 2.0))
         if self._inflight:
             _, pending = await asyncio.wait(self._inflight, timeout=grace)
             for task in pending:
@@ -309,8 +310,14 @@ class Dispatcher:
         await done
 
     async def _receipt_loop(self) -> None:
-        while True:
-            batch = [await self._receipts.get()]
+        # Like the other loops it checks the stop flag: a cancellation that
+        # lands inside redis-py can come out as a Redis error and be retried.
+        while not self._stopping.is_set():
+            try:
+                async with asyncio.timeout(0.5):
+                    batch = [await self._receipts.get()]
+            except TimeoutError:
+                continue
             while len(batch) < RECEIPT_BATCH and not self._receipts.empty():
                 batch.append(self._receipts.get_nowait())
             try:

@@ -28,10 +28,19 @@ class StatusEvent:
     error_reason: str
 
 
+_U64 = 2**64
+
+
 def stream_id_key(stream_id: str) -> tuple[int, int]:
-    """A Redis stream id ``ms-seq`` as a comparable tuple."""
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
+    """A Redis stream id ``ms-seq`` as a comparable tuple; ValueError when it
+    is not one (Redis ids are two unsigned 64-bit numbers)."""
+    ms, sep, seq = stream_id.partition("-")
+    if not (ms.isascii() and ms.isdigit() and (not sep or (seq.isascii() and seq.isdigit()))):
+        raise ValueError("is not a resume token")
+    key = int(ms), int(seq or 0)
+    if key[0] >= _U64 or key[1] >= _U64:
+        raise ValueError("is not a resume token")
+    return key
 
 
 def encode_token(positions: list[str]) -> str:

@@ -37,6 +37,13 @@ def check_text(value: str, field: str, max_segments: int) -> TextMetrics:
         raise InvalidArgument.field(
             field, "is required and must not be blank", reason="EMPTY_CONTENT"
         )
+    if len(value) > max_segments * 160:
+        # Too long in any encoding; measuring megabytes would stall the loop.
+        raise InvalidArgument.field(
+            field,
+            f"has {len(value)} characters; at most {max_segments} SMS segments are allowed",
+            reason="CONTENT_TOO_LONG",
+        )
     metrics = measure(value)
     if metrics.segments > max_segments:
         raise InvalidArgument.field(
@@ -82,11 +89,11 @@ def check_labels(labels: dict[str, str], max_labels: int, field: str = "labels")
     if len(labels) > max_labels:
         raise InvalidArgument.field(field, f"at most {max_labels} labels are allowed")
     bad = [
-        FieldViolation(f"{field}[{key!r}]", "key must match [a-z][a-z0-9_.-]{0,62}")
+        FieldViolation(f"{field}[{key[:64]!r}]", "key must match [a-z][a-z0-9_.-]{0,62}")
         for key in labels
         if not _LABEL_KEY.match(key)
     ] + [
-        FieldViolation(f"{field}[{key!r}]", "value must be at most 256 characters")
+        FieldViolation(f"{field}[{key[:64]!r}]", "value must be at most 256 characters")
         for key, value in labels.items()
         if len(value) > 256
     ]

@@ -1,0 +1,89 @@
+"""Odd and hostile input gets a clear status, never UNKNOWN, INTERNAL or a
+transport error."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from smsgate.v1 import sms_service_pb2 as pb
+from smsgate_server.domain.events import encode_token
+
+from tests.support import bearer, details_of
+
+if TYPE_CHECKING:
+    from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
+
+PHONE = "+14155550123"
+BAD_TIMESTAMPS = [Timestamp(seconds=1, nanos=2_000_000_000), Timestamp(seconds=10**12)]
+
+
+@pytest.mark.parametrize("when", BAD_TIMESTAMPS)
+async def test_invalid_timestamps_are_invalid_argument(
+    sms: SmsServiceAsyncStub, token: str, when: Timestamp
+) -> None:
+    md = bearer(token)
+    calls: list[tuple[str, Any]] = [
+        ("send_at", sms.SendSms(pb.SendSmsRequest(phone_number=PHONE, text="x", send_at=when),
+                                metadata=md)),
+        ("start_time", sms.ListMessages(pb.ListMessagesRequest(start_time=when), metadata=md)),
+        ("end_time", sms.ListMessages(pb.ListMessagesRequest(end_time=when), metadata=md)),
+    ]  # fmt: skip
+    for field, call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        details = details_of(caught.value)
+        assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in details.fields
+
+
+@pytest.mark.parametrize(
+    "positions", [["99999999999999999999999-0"] * 4, ["1--1"] * 4, ["-1-0"] * 4, ["\uff11-0"] * 4]
+)
+async def test_resume_tokens_with_impossible_positions_are_invalid_argument(
+    sms: SmsServiceAsyncStub, token: str, positions: list[str]
+) -> None:
+    call = sms.WatchStatus(
+        pb.WatchStatusRequest(resume_token=encode_token(positions)), metadata=bearer(token)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in call:
+            pass
+    assert details_of(caught.value).fields.keys() == {"resume_token"}
+
+
+async def test_huge_ids_are_not_found_without_echo(sms: SmsServiceAsyncStub, token: str) -> None:
+    huge = "x" * 100_000
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sms.GetMessage(pb.GetMessageRequest(message_id=huge), metadata=bearer(token))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sms.CancelBatch(pb.CancelBatchRequest(batch_id=huge), metadata=bearer(token))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_megabytes_of_text_are_too_long(sms: SmsServiceAsyncStub, token: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sms.SendSms(
+            pb.SendSmsRequest(phone_number=PHONE, text="€" * 2_000_000), metadata=bearer(token)
+        )
+    assert details_of(caught.value).reason == "CONTENT_TOO_LONG"
+
+
+async def test_a_huge_label_key_is_invalid_argument(sms: SmsServiceAsyncStub, token: str) -> None:
+    request = pb.SendSmsRequest(phone_number=PHONE, text="x", labels={"k" * 50_000: "v"})
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sms.SendSms(request, metadata=bearer(token))
+    assert details_of(caught.value).code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("text", ["\x00", "a\x00b", "😀" * 10, "\u202e"])
+async def test_unusual_text_is_accepted_and_measured(
+    sms: SmsServiceAsyncStub, token: str, text: str
+) -> None:
+    reply = await sms.SendSms(
+        pb.SendSmsRequest(phone_number=PHONE, text=text), metadata=bearer(token)
+    )
+    assert reply.message.segments >= 1
