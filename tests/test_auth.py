@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate_server.runtime import Running
 
+from tests.conftest import ServerFactory
 from tests.support import bearer, details_of
 
 if TYPE_CHECKING:  # the async stub type exists only in the .pyi
@@ -62,3 +63,14 @@ async def test_health_needs_no_credentials(channel: grpc.aio.Channel) -> None:
     stub: Any = health_pb2_grpc.HealthStub(channel)  # the stubs are typed for sync channels
     reply = await stub.Check(health_pb2.HealthCheckRequest(service="smsgate.v1.SmsService"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_worker_only_process_reports_no_api_service(make_server: ServerFactory) -> None:
+    worker = await make_server(role="worker")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.grpc_port}") as channel:
+        stub: Any = health_pb2_grpc.HealthStub(channel)
+        overall = await stub.Check(health_pb2.HealthCheckRequest(service=""))
+        assert overall.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Check(health_pb2.HealthCheckRequest(service="smsgate.v1.SmsService"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND

@@ -390,7 +390,9 @@ async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None
     http = HttpSidePort(build_app(healthy), *parse_address(settings.http_address))
     http_task = asyncio.create_task(http.serve(http_sock), name="http")
     await server.start()
-    for name in ["", *SERVICE_NAMES]:
+    # A worker-only process serves no smsgate service: only the overall status.
+    served = SERVICE_NAMES if settings.role is not Role.WORKER else []
+    for name in ["", *served]:
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "smsgate serving",

@@ -38,6 +38,7 @@ log = logging.getLogger("smsgate.dispatch")
 # Receipts stored per script call, and look-ups before a receipt is dropped.
 RECEIPT_BATCH = 500
 RECEIPT_TRIES = 20
+DEAD_CONSUMER_MS = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,10 +179,20 @@ class Dispatcher:
                             await self._take(shard, entries, reclaimed=True)
                         if start == "0-0":
                             break
+                    await self._forget_dead_consumers(keys.queue)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("re-claim failed", extra={"shard": shard})
+
+    async def _forget_dead_consumers(self, queue: str) -> None:
+        """Drop consumers (one per process start) idle for an hour with nothing
+        pending; their entries were re-claimed long ago."""
+        consumers: Any = await self.store.redis.xinfo_consumers(queue, GROUP)
+        for c in consumers:
+            name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+            if name != self.consumer and c["pending"] == 0 and c["idle"] > DEAD_CONSUMER_MS:
+                await self.store.redis.xgroup_delconsumer(queue, GROUP, name)
 
     async def _promote_loop(self) -> None:
         while not self._stopping.is_set():

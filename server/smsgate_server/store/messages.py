@@ -99,6 +99,11 @@ class MessageStore:
         self._message_retention = message_retention_seconds
         self._idempotency_ttl = idempotency_ttl_seconds
         self._receipt_timeout_ms = int(receipt_timeout_seconds * 1000)
+        # How long after creation a message can still exist: scheduling window,
+        # a day of retries, receipt wait, then retention.
+        self._horizon_ms = (
+            (36 + 1) * 86_400_000 + self._receipt_timeout_ms + message_retention_seconds * 1000
+        )
         self.clock = clock
 
     def now_ms(self) -> int:
@@ -141,6 +146,7 @@ class MessageStore:
             batch_id,
             remember,
             11,
+            self._horizon_ms,
         ]
         for m in messages:
             args += [

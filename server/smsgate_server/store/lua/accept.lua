@@ -3,12 +3,14 @@
 -- KEYS[5] app index, KEYS[6] batch list (may be unused).
 -- ARGV[5] app, ARGV[6] request hash ('' = no request id), ARGV[7] idempotency
 -- TTL (s), ARGV[8] batch id, ARGV[9] result to remember for the request id,
--- ARGV[10] fields per message, then per message: id, phone, text, template id,
+-- ARGV[10] fields per message, ARGV[11] how long (ms) index and batch entries
+-- can matter (retention + scheduling + lifetime), then per message: id, phone,
+-- text, template id,
 -- params json, rendered, segments, send_at ms, sender, labels json, sensitive
 -- ('1' or '').
 -- Returns {'new'} | {'dup', remembered result} | {'conflict'}.
-local app, rhash, ttl, batch, remember, F =
-  ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], tonumber(ARGV[10])
+local app, rhash, ttl, batch, remember, F, horizon =
+  ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
 if rhash ~= '' then
   local seen = redis.call('GET', KEYS[2])
   if seen then
@@ -20,7 +22,10 @@ if rhash ~= '' then
   end
   redis.call('SET', KEYS[2], rhash .. '|' .. remember, 'EX', ttl)
 end
-for i = 11, #ARGV, F do
+-- Ids start with their creation time in hex: index entries older than the
+-- horizon belong to messages long gone.
+redis.call('ZREMRANGEBYLEX', KEYS[5], '-', '(' .. string.format('%012x', math.max(NOW - horizon, 0)))
+for i = 12, #ARGV, F do
   local id, send_at = ARGV[i], tonumber(ARGV[i + 7])
   redis.call('HSET', mkey(app, id), 'id', id, 'b', batch, 'p', ARGV[i + 1],
     'tx', ARGV[i + 2], 'tp', ARGV[i + 3], 'pa', ARGV[i + 4], 'r', ARGV[i + 5],
@@ -36,4 +41,5 @@ for i = 11, #ARGV, F do
     enter(app, id, batch, QUEUED, '')
   end
 end
+if batch ~= '' then redis.call('PEXPIRE', KEYS[6], horizon) end
 return {'new'}
