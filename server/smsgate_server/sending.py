@@ -150,7 +150,7 @@ class SendingService:
             shard,
             [message],
             request_id=request_id,
-            request_hash=hashlib.sha256(cmd.fingerprint).hexdigest(),
+            request_hash=hashlib.sha256(cmd.fingerprint).hexdigest() if request_id else "",
             remember=message.id,
             now_ms=now,
         )

@@ -49,7 +49,7 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
                 request_id=request.request_id,
                 sender=request.sender_id,
                 labels=dict(request.labels),
-                fingerprint=request.SerializeToString(deterministic=True),
+                fingerprint=_fingerprint(request),
             ),
         )
         return pb.SendSmsResponse(message=message_to_proto(message))
@@ -89,7 +89,7 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
                 request_id=request.request_id,
                 sender=request.sender_id,
                 labels=dict(request.labels),
-                fingerprint=request.SerializeToString(deterministic=True),
+                fingerprint=_fingerprint(request),
             ),
         )
         reply = pb.BatchSendResponse(batch_id=outcome.batch_id)
@@ -168,3 +168,8 @@ def _statuses(values: Iterable[int]) -> frozenset[Status]:
                 "statuses", f"{value} is not a MessageStatus (UNSPECIFIED is not allowed)"
             ) from None
     return frozenset(out)
+
+
+def _fingerprint(request: pb.SendSmsRequest | pb.BatchSendRequest) -> bytes:
+    """What identifies a request for idempotency; only needed with a request id."""
+    return request.SerializeToString(deterministic=True) if request.request_id else b""
