@@ -13,6 +13,8 @@ local SCHEDULED, QUEUED, SENDING, SENT = 1, 2, 3, 4
 local DELIVERED, UNDELIVERED, FAILED, CANCELED, EXPIRED = 5, 6, 7, 8, 9
 local TERMINAL = {[5] = true, [6] = true, [7] = true, [8] = true, [9] = true}
 
+local trimmed = false
+
 local function mkey(app, id) return P .. 'm:' .. app .. ':' .. id end
 local function hkey(app, id) return P .. 'h:' .. app .. ':' .. id end
 
@@ -21,8 +23,15 @@ local function enter(app, id, batch, status, detail, ecode, ereason)
   local m, h = mkey(app, id), hkey(app, id)
   redis.call('HSET', m, 'st', status, 'ut', NOW)
   redis.call('RPUSH', h, status .. '|' .. NOW .. '|' .. detail)
-  redis.call('XADD', EVENTS, 'MINID', '~', MINID, '*', 'a', app, 'm', id, 'b', batch,
-    's', status, 't', NOW, 'd', detail, 'ec', ecode or '', 'er', ereason or '')
+  if trimmed then
+    redis.call('XADD', EVENTS, '*', 'a', app, 'm', id, 'b', batch,
+      's', status, 't', NOW, 'd', detail, 'ec', ecode or '', 'er', ereason or '')
+  else
+    -- Trimming once per script is enough: it only drops what aged out.
+    redis.call('XADD', EVENTS, 'MINID', '~', MINID, '*', 'a', app, 'm', id, 'b', batch,
+      's', status, 't', NOW, 'd', detail, 'ec', ecode or '', 'er', ereason or '')
+    trimmed = true
+  end
   if TERMINAL[status] then
     if redis.call('HGET', m, 'sen') == '1' then
       -- A verification code: no copy outlives the message's active life.
