@@ -286,3 +286,25 @@ async def test_a_refused_code_does_not_count_against_the_apps_minute(
     assert caught.value.retry_after == pytest.approx(20.0)
     clock.now += 20
     await svc.generate(APP, caller(phone="+14155550125"))
+
+
+async def test_a_code_refused_for_the_apps_minute_leaves_the_number_untouched(
+    redis_client: aioredis.Redis, clock: Clock
+) -> None:
+    # Why GenerateCode asks the app's counter before issuing, in a round trip of
+    # its own: sending both at once would replace the live code, start a
+    # cooldown and count a send even when the app's minute then refuses.
+    clock.now = 60 * 28_333_334 + 1.0
+    policy = CodePolicy(per_app_minute=1, resend_cooldown_ms=0, per_number_hour=2)
+    svc = service(redis_client, clock, policy)
+    live = await svc.generate(APP, caller())
+    with pytest.raises(RateLimited) as caught:
+        await svc.generate(APP, caller())
+    assert caught.value.reason == "APP_VERIFY_RATE_LIMITED"
+    by_scope = await svc.verify(APP, VerifyCommand(code=live.code, phone=PHONE, scope="login"))
+    assert by_scope.verdict is Verdict.VERIFIED
+    clock.now += MINUTE
+    await svc.generate(APP, caller())  # the refused code was not counted: 2 of 2
+    clock.now += MINUTE
+    with pytest.raises(QuotaExceeded):
+        await svc.generate(APP, caller())

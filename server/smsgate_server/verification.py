@@ -17,7 +17,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from smsgate_server.domain.codes import (
     MAX_CODE_INPUT,
@@ -258,13 +258,9 @@ class VerificationService:
                 reason="PHONE_CODE_CAP",
             )
 
-        issued = IssuedCode(
-            verification_id=verification_id,
-            expire_ms=now + validity_ms,
-            resend_ms=now + self.policy.resend_cooldown_ms,
-        )
+        expire_ms, resend_ms = now + validity_ms, now + self.policy.resend_cooldown_ms
         if cmd.delivery is Delivery.CALLER:
-            issued = replace(issued, code=code)
+            issued = IssuedCode(verification_id, expire_ms, resend_ms, code=code)
         else:
             message = await self.sending.send(
                 app.key,
@@ -275,18 +271,21 @@ class VerificationService:
                     sensitive=True,
                 ),
             )
-            issued = replace(issued, message_id=message.id)
-        log.info(
-            "verification code issued",
-            extra={
-                "app": app.key,
-                "phone": mask_phone(phone),
-                "scope": scope,
-                "delivery": cmd.delivery.value,
-                "verification_id": verification_id,
-                "message_id": issued.message_id,
-            },
-        )
+            issued = IssuedCode(verification_id, expire_ms, resend_ms, message_id=message.id)
+        # Guarded: the masked number and the fields cost work on every call even
+        # when INFO records are dropped (the usual production level is WARNING).
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "verification code issued",
+                extra={
+                    "app": app.key,
+                    "phone": mask_phone(phone),
+                    "scope": scope,
+                    "delivery": cmd.delivery.value,
+                    "verification_id": verification_id,
+                    "message_id": issued.message_id,
+                },
+            )
         return issued
 
     async def verify(self, app: App, cmd: VerifyCommand) -> VerifyResult:
@@ -329,13 +328,14 @@ class VerificationService:
                 reason="VERIFICATION_UNNAMED",
             )
         result = VerifyResult(Verdict(outcome.kind), outcome.attempts_left)
-        log.info(
-            "verification checked",
-            extra={
-                "app": app.key,
-                "verification_id": cmd.verification_id,
-                "result": result.verdict.name,
-                "attempts_left": result.attempts_left,
-            },
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "verification checked",
+                extra={
+                    "app": app.key,
+                    "verification_id": cmd.verification_id,
+                    "result": result.verdict.name,
+                    "attempts_left": result.attempts_left,
+                },
+            )
         return result

@@ -123,7 +123,13 @@ class CodeStore:
 
     async def take_app_slot(self, app: str, limit: int, now_ms: int) -> int:
         """Count one code against the app's per-minute limit: 0 when counted,
-        else the ms until the current minute ends."""
+        else the ms until the current minute ends.
+
+        A round trip of its own, before ``issue``: the counter is in the app's
+        slot and the code in the phone's, so no one script (Redis Cluster) can
+        do both, and ``issue`` cannot be sent alongside it because a code issued
+        and then refused here would already have replaced the live code,
+        started the cooldown and counted against the number's caps."""
         window = now_ms // WINDOW_MS
         taken = await self.scripts.rate_window(
             keys=[verify_rate_key(app, window)], args=["take", limit, 2 * WINDOW_MS]
