@@ -12,6 +12,7 @@ import pytest
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
 from smsgate_server.runtime import Running
+from smsgate_server.store.messages import SendOutcome
 
 from tests.conftest import ServerFactory
 from tests.pipeline_support import TERMINAL, S, sent_counts, wait_until
@@ -211,3 +212,29 @@ async def test_a_reclaimed_message_out_of_attempts_fails(make_server: ServerFact
     message = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
     assert message.status == S.MESSAGE_STATUS_FAILED
     assert message.error.code == "NO_OUTCOME"
+
+
+async def test_a_receipt_that_outruns_its_send_outcome_waits_for_it(
+    make_server: ServerFactory,
+) -> None:
+    api = await make_server(role="api")
+    stub, token, message_id = await send_one(api)
+    app = token.split(".", 1)[0]
+    shard = int(message_id[12:14], 16)
+    queue = api.store.shard_keys[shard].queue
+    reply: Any = await api.redis.xreadgroup("dispatch", "w1", {queue: ">"}, count=10)
+    entries = [(e.decode(), f[b"m"].decode()) for _, items in reply for e, f in items]
+    (claimed,) = await api.store.claim(shard, entries, reclaimed=False)
+
+    worker = await make_server(role="worker")
+    assert worker.dispatcher is not None
+    receipt = asyncio.create_task(
+        worker.dispatcher.on_receipt("pid-1", True, "", "", f"{app}:{message_id}")
+    )
+    await asyncio.sleep(0.3)
+    assert not receipt.done()  # held back: the message is still SENDING
+
+    await api.store.settle(shard, [SendOutcome(claimed, "sent", "simulator", "pid-1")])
+    await asyncio.wait_for(receipt, 10)
+    message = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+    assert message.status == S.MESSAGE_STATUS_DELIVERED

@@ -370,7 +370,7 @@ class Dispatcher:
                 continue
             by_shard[shard].append(item)
         for shard, items in by_shard.items():
-            await self.store.apply_receipts(
+            results = await self.store.apply_receipts(
                 shard,
                 [
                     Receipt(app, message_id, r.delivered, r.code, r.reason)
@@ -378,7 +378,11 @@ class Dispatcher:
                     for app, _, message_id in [r.member.partition(":")]
                 ],
             )
-            for r in items:
+            for r, result in zip(items, results, strict=True):
+                if result < 0:
+                    # Its send outcome is not stored yet: try again shortly.
+                    self._retry_receipt(r)
+                    continue
                 RECEIPTS.labels(
                     self.provider.name, "delivered" if r.delivered else "undelivered"
                 ).inc()

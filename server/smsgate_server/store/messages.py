@@ -291,13 +291,15 @@ class MessageStore:
             )
         )
 
-    async def apply_receipts(self, shard: int, receipts: Sequence[Receipt]) -> int:
-        """Move SENT messages to DELIVERED / UNDELIVERED; others are ignored."""
+    async def apply_receipts(self, shard: int, receipts: Sequence[Receipt]) -> list[int]:
+        """Move SENT messages to DELIVERED / UNDELIVERED. Per receipt: 1 applied,
+        0 ignored (ended already, or gone), -1 too early (still SENDING)."""
         keys = self.shard_keys[shard]
         args: list[Any] = self._common(keys, self.now_ms())
         for r in receipts:
             args += [r.app, r.id, "1" if r.delivered else "0", r.error_code, r.error_reason]
-        return int(await self.scripts.receipt(keys=[keys.events, keys.receipts], args=args))
+        result = await self.scripts.receipt(keys=[keys.events, keys.receipts], args=args)
+        return [int(x) for x in result]
 
     async def promote(self, shard: int, limit: int = 500) -> tuple[int, int]:
         """Queue due messages and expire overdue receipts: (promoted, expired)."""

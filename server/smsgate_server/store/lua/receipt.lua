@@ -1,8 +1,10 @@
 -- Apply delivery receipts to SENT messages; late or repeated receipts of a
 -- message that already ended are ignored.
 -- KEYS[2] receipt set. ARGV[5..] per receipt 5 fields: app, id, delivered
--- ('1' | '0'), error code, error reason. Returns how many applied.
-local applied = 0
+-- ('1' | '0'), error code, error reason. Returns per receipt: 1 applied,
+-- 0 ignored (the message ended already, or is gone), -1 too early (the
+-- message is still SENDING: its send outcome is not stored yet).
+local out = {}
 for i = 5, #ARGV, 5 do
   local app, id = ARGV[i], ARGV[i + 1]
   local st, batch = state(app, id)
@@ -14,7 +16,11 @@ for i = 5, #ARGV, 5 do
       redis.call('HSET', mkey(app, id), 'ec', ARGV[i + 3], 'er', ARGV[i + 4], 'ery', 0)
       enter(app, id, batch, UNDELIVERED, ARGV[i + 3], ARGV[i + 3], ARGV[i + 4])
     end
-    applied = applied + 1
+    out[#out + 1] = 1
+  elseif st == SENDING then
+    out[#out + 1] = -1
+  else
+    out[#out + 1] = 0
   end
 end
-return applied
+return out
