@@ -87,7 +87,7 @@ class Dispatcher:
         self._receipts: asyncio.Queue[_PendingReceipt] = asyncio.Queue()
         # Queue entries this process is sending now: never re-claimed by itself.
         self._held: set[str] = set()
-        provider.set_receipt_sink(self.on_receipt)
+        provider.set_receipt_sink(self.receive_receipt)
 
     async def start(self) -> None:
         await self.store.ensure_groups()
@@ -105,6 +105,10 @@ class Dispatcher:
             task.cancel()
         # Bounded: each loop also ends on the stop flag within about a second.
         await asyncio.wait(self._tasks, timeout=max(grace, 2.0))
+        # Receipts not stored by now are dropped (their messages expire);
+        # release anyone waiting on one.
+        while not self._receipts.empty():
+            self._receipts.get_nowait().settle()
         if self._inflight:
             _, pending = await asyncio.wait(self._inflight, timeout=grace)
             for task in pending:
@@ -304,16 +308,23 @@ class Dispatcher:
 
     # --- receipts ------------------------------------------------------
 
-    async def on_receipt(
+    def receive_receipt(
         self, provider_id: str, delivered: bool, code: str, reason: str, member: str = ""
     ) -> None:
-        """Apply a provider's delivery receipt (from the simulator or a DLR
-        callback); returns once it is stored, or given up on.
+        """Hand over a provider's delivery receipt (the provider's ReceiptSink).
 
         Receipts are stored in batches, one script per shard, by the receipt
         loop. ``member`` (``app:id``) spares the look-up by provider id when the
         vendor echoed our reference.
         """
+        self._receipts.put_nowait(_PendingReceipt(provider_id, delivered, code, reason, member))
+
+    async def on_receipt(
+        self, provider_id: str, delivered: bool, code: str, reason: str, member: str = ""
+    ) -> None:
+        """Like ``receive_receipt``, but returns once the receipt is stored or
+        given up on (for callers that must not acknowledge before, such as a
+        vendor's HTTP callback)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._receipts.put_nowait(
             _PendingReceipt(provider_id, delivered, code, reason, member, done)
@@ -347,8 +358,7 @@ class Dispatcher:
         item.tries += 1
         if item.tries > RECEIPT_TRIES:
             log.warning("receipt given up", extra={"provider_id": item.provider_id})
-            if not item.done.done():
-                item.done.set_result(None)
+            item.settle()
             return
         delay = min(0.05 * 2 ** min(item.tries, 6), 2.0)
         asyncio.get_running_loop().call_later(delay, self._receipts.put_nowait, item)
@@ -386,8 +396,7 @@ class Dispatcher:
                 RECEIPTS.labels(
                     self.provider.name, "delivered" if r.delivered else "undelivered"
                 ).inc()
-                if not r.done.done():
-                    r.done.set_result(None)
+                r.settle()
 
 
 @dataclass(eq=False, slots=True)
@@ -397,5 +406,9 @@ class _PendingReceipt:
     code: str
     reason: str
     member: str
-    done: asyncio.Future[None]
+    done: asyncio.Future[None] | None = None
     tries: int = 0
+
+    def settle(self) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,8 +38,10 @@ class SendResult:
 
 
 # Called with (provider message id, delivered, error code, error reason, and
-# ``app:reference`` when the vendor echoes what we sent, else "").
-ReceiptSink = Callable[[str, bool, str, str, str], Awaitable[None]]
+# ``app:reference`` when the vendor echoes what we sent, else ""). It only hands
+# the receipt over (the dispatcher stores receipts in batches), so it is cheap
+# enough to call from a timer for every message.
+ReceiptSink = Callable[[str, bool, str, str, str], None]
 
 
 class Provider(Protocol):

@@ -46,7 +46,7 @@ class SimulatorProvider:
         self._random = random.Random(seed)
         self._log = log_path.open("a", buffering=1) if log_path else None
         self._sink: ReceiptSink | None = None
-        self._pending: set[asyncio.Task[None]] = set()
+        self._closed = False
         self.sent = 0
         # The last messages it took, as a handset would see them (for tests
         # and demos; bounded so a long run does not grow).
@@ -80,26 +80,22 @@ class SimulatorProvider:
         return results
 
     def _schedule_receipt(self, pid: str, delivered: bool, member: str) -> None:
+        # A timer, not a task per message: thousands in flight cost little.
         if self._sink is None:
             return
-        task = asyncio.create_task(self._receipt(pid, delivered, member))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _receipt(self, pid: str, delivered: bool, member: str) -> None:
-        # Like a vendor's callback, it carries our reference back.
-        if self.receipt_delay:
-            await asyncio.sleep(self.receipt_delay)
-        assert self._sink is not None
         if delivered:
-            await self._sink(pid, True, "", "", member)
+            args = (pid, True, "", "", member)
         else:
-            await self._sink(pid, False, "SIM_UNREACHABLE", "handset unreachable", member)
+            args = (pid, False, "SIM_UNREACHABLE", "handset unreachable", member)
+        asyncio.get_running_loop().call_later(self.receipt_delay, self._fire, args)
+
+    def _fire(self, args: tuple[str, bool, str, str, str]) -> None:
+        # Like a vendor's callback, it carries our reference back.
+        if self._sink is not None and not self._closed:
+            self._sink(*args)
 
     async def aclose(self) -> None:
         # Pending receipts are dropped; the messages expire if none comes.
-        for task in list(self._pending):
-            task.cancel()
-        await asyncio.gather(*self._pending, return_exceptions=True)
+        self._closed = True
         if self._log is not None:
             self._log.close()
