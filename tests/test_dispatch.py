@@ -12,6 +12,7 @@ import pytest
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
 from smsgate_server.runtime import Running
+from smsgate_server.sending import SendCommand, SendingService, SendLimits
 from smsgate_server.store.messages import SendOutcome
 
 from tests.conftest import ServerFactory
@@ -238,3 +239,26 @@ async def test_a_receipt_that_outruns_its_send_outcome_waits_for_it(
     await asyncio.wait_for(receipt, 10)
     message = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
     assert message.status == S.MESSAGE_STATUS_DELIVERED
+
+
+async def test_a_message_past_its_use_is_expired_not_sent(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    # Accepted while no worker runs (an outage), e.g. a verification code's SMS.
+    api = await make_server(role="api")
+    token = (await api.apps.create("a")).token
+    app = token.split(".", 1)[0]
+    sending = SendingService(api.store, SendLimits())
+    soon = api.store.now_ms() + 300
+    message = await sending.send(
+        app, SendCommand(phone="+14155550123", text="code 123456", expire_at_ms=soon)
+    )
+    await asyncio.sleep(0.5)
+
+    log = tmp_path / "worker-sim.log"
+    await make_server(role="worker", sim_log=log)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{api.grpc_port}") as channel:
+        stub: SmsServiceAsyncStub = SmsServiceStub(channel)
+        final = (await wait_until(stub, token, [message.id], TERMINAL))[message.id]
+    assert final.status == S.MESSAGE_STATUS_EXPIRED
+    assert sent_counts(log)[message.id] == 0

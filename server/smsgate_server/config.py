@@ -82,7 +82,8 @@ class Settings(BaseSettings):
     provider: str = Field(default="simulator", pattern="^(simulator)$")
     dispatch_concurrency: int = Field(default=256, ge=1, le=10_000)
     visibility_timeout_seconds: float = Field(default=30.0, gt=0)
-    max_attempts: int = Field(default=5, ge=1, le=50)
+    # With base 1 s and full jitter, 10 attempts span minutes of vendor outage.
+    max_attempts: int = Field(default=10, ge=1, le=50)
     retry_base_seconds: float = Field(default=1.0, gt=0)
     retry_max_seconds: float = Field(default=300.0, gt=0)
     max_message_age_seconds: float = Field(default=86_400.0, gt=0)

@@ -74,6 +74,8 @@ class SendCommand:
     fingerprint: bytes = b""
     # The text carries a secret (verification code): see NewMessage.sensitive.
     sensitive: bool = False
+    # See NewMessage.expire_at_ms.
+    expire_at_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,7 @@ class SendingService:
             sender=sender,
             labels_json=json.dumps(cmd.labels, sort_keys=True) if cmd.labels else "",
             sensitive=cmd.sensitive,
+            expire_at_ms=cmd.expire_at_ms,
         )
         outcome = await self.store.accept(
             app,

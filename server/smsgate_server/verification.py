@@ -269,6 +269,7 @@ class VerificationService:
                     text=default_sms_text(code, validity_ms),
                     sender=sender,
                     sensitive=True,
+                    expire_at_ms=expire_ms,
                 ),
             )
             issued = IssuedCode(verification_id, expire_ms, resend_ms, message_id=message.id)

@@ -47,7 +47,7 @@ class DispatchConfig:
 
     concurrency: int = 256
     visibility_timeout: float = 30.0
-    max_attempts: int = 5
+    max_attempts: int = 10
     retry_base: float = 1.0
     retry_max: float = 300.0
     max_message_age: float = 86_400.0

@@ -26,6 +26,9 @@ class NewMessage:
     # The text carries a secret (a verification code): hidden from the API and
     # wiped from Redis once a provider has it.
     sensitive: bool = False
+    # When it is no use sending any more (a verification code that expired):
+    # a message not yet with a provider then ends EXPIRED. 0: never.
+    expire_at_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

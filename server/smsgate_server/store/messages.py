@@ -145,7 +145,7 @@ class MessageStore:
             self._idempotency_ttl,
             batch_id,
             remember,
-            11,
+            12,
             self._horizon_ms,
         ]
         for m in messages:
@@ -161,6 +161,7 @@ class MessageStore:
                 m.sender,
                 m.labels_json,
                 "1" if m.sensitive else "",
+                m.expire_at_ms,
             ]
         batch_key = keys.batch(app, batch_id) if batch_id else keys.prefix + "b:-"
         result = await self.scripts.accept(

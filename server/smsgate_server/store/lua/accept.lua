@@ -7,7 +7,7 @@
 -- can matter (retention + scheduling + lifetime), then per message: id, phone,
 -- text, template id,
 -- params json, rendered, segments, send_at ms, sender, labels json, sensitive
--- ('1' or '').
+-- ('1' or ''), expire-at ms (0: never).
 -- Returns {'new'} | {'dup', remembered result} | {'conflict'}.
 local app, rhash, ttl, batch, remember, F, horizon =
   ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
@@ -30,7 +30,7 @@ for i = 12, #ARGV, F do
   redis.call('HSET', mkey(app, id), 'id', id, 'b', batch, 'p', ARGV[i + 1],
     'tx', ARGV[i + 2], 'tp', ARGV[i + 3], 'pa', ARGV[i + 4], 'r', ARGV[i + 5],
     'sg', ARGV[i + 6], 'ct', NOW, 'sa', send_at, 'snd', ARGV[i + 8], 'lb', ARGV[i + 9],
-    'at', 0, 'sen', ARGV[i + 10])
+    'at', 0, 'sen', ARGV[i + 10], 'ex', ARGV[i + 11])
   redis.call('ZADD', KEYS[5], 0, id)
   if batch ~= '' then redis.call('RPUSH', KEYS[6], id) end
   if send_at > NOW then

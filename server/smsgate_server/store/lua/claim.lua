@@ -13,7 +13,13 @@ for i = 8, #ARGV, 2 do
   local st, batch = state(app, id)
   local spent = st == SENDING and reclaimed
     and tonumber(redis.call('HGET', mkey(app, id), 'at') or 0) >= max_attempts
-  if spent then
+  local ex = tonumber(redis.call('HGET', mkey(app, id), 'ex') or 0) or 0
+  if st == QUEUED and ex > 0 and NOW >= ex then
+    -- Too late to be of use (an expired verification code): never sent.
+    enter(app, id, batch, EXPIRED, 'expired before sending')
+    redis.call('XACK', KEYS[2], group, entry)
+    redis.call('XDEL', KEYS[2], entry)
+  elseif spent then
     local reason = 'no outcome after ' .. max_attempts .. ' attempts'
     redis.call('HSET', mkey(app, id), 'ec', 'NO_OUTCOME', 'er', reason, 'ery', 0)
     enter(app, id, batch, FAILED, 'NO_OUTCOME', 'NO_OUTCOME', reason)
