@@ -190,13 +190,14 @@ class SendingService:
             sensitive=cmd.sensitive,
         )
 
-    def _locate(self, message_id: str) -> int:
-        if not message_id:
-            raise InvalidArgument.field("message_id", "is required")
-        shard = shard_of(message_id, self.store.shards)
+    def _locate(self, any_id: str, kind: str = "message") -> int:
+        """The shard of a message or batch id; NOT_FOUND for an id we never made."""
+        if not any_id:
+            raise InvalidArgument.field(f"{kind}_id", "is required")
+        shard = shard_of(any_id, self.store.shards)
         if shard is None:
             # Not echoed: a malformed id may be anything, of any size.
-            raise NotFound("message not found", reason="MESSAGE_NOT_FOUND")
+            raise NotFound(f"{kind} not found", reason=f"{kind.upper()}_NOT_FOUND")
         return shard
 
     async def get(self, app: str, message_id: str) -> StoredMessage:
@@ -309,17 +310,9 @@ class SendingService:
         ]
         return BatchOutcome(batch_id, results)
 
-    def _locate_batch(self, batch_id: str) -> int:
-        if not batch_id:
-            raise InvalidArgument.field("batch_id", "is required")
-        shard = shard_of(batch_id, self.store.shards)
-        if shard is None:
-            raise NotFound("batch not found", reason="BATCH_NOT_FOUND")
-        return shard
-
     async def cancel_batch(self, app: str, batch_id: str) -> tuple[int, int]:
         """Cancel what no provider has yet: (canceled, not canceled)."""
-        shard = self._locate_batch(batch_id)
+        shard = self._locate(batch_id, "batch")
         ids = await self.store.batch_ids(app, shard, batch_id)
         if not ids:
             raise NotFound(f"batch {batch_id!r} not found", reason="BATCH_NOT_FOUND")
@@ -349,7 +342,7 @@ class SendingService:
         if q.end_ms:
             cursor = min(cursor, f"{q.end_ms:012x}")
         at_least = f"{q.start_ms:012x}" if q.start_ms else "0"
-        batch_shard = self._locate_batch(q.batch_id) if q.batch_id else None
+        batch_shard = self._locate(q.batch_id, "batch") if q.batch_id else None
 
         page: list[StoredMessage] = []
         examined = 0
