@@ -54,10 +54,17 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: SmsgateEr
     )
 
 
-async def _internal(context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
-    """A bug, not bad input: log it with its traceback, answer INTERNAL."""
-    log.exception("unexpected error", extra={"method": method})
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
+def _as_error(exc: Exception, method: str) -> SmsgateError:
+    """What to answer for ``exc``: a domain error as it is, Redis trouble as
+    UNAVAILABLE, anything else (a bug) as INTERNAL, logged with its traceback."""
+    if isinstance(exc, SmsgateError):
+        return exc
+    if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
+        log.warning("redis unavailable", extra={"error": repr(exc)})
+        return Unavailable("storage is unavailable; retry")
+    log.error("unexpected error", exc_info=exc, extra={"method": method})
+    # A plain SmsgateError maps to INTERNAL.
+    return SmsgateError("internal error (logged on the server)", reason="INTERNAL")
 
 
 class TokenCache:
@@ -150,18 +157,12 @@ class RequestGuard(grpc.aio.ServerInterceptor):
                 try:
                     _app.set(await self._authenticate(context))
                     return await inner(request, context)
-                except SmsgateError as err:
-                    code = grpc_code_of(err).name
-                    await abort_with(context, err)
-                except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
-                    code = "UNAVAILABLE"
-                    log.warning("redis unavailable", extra={"error": repr(exc)})
-                    await abort_with(context, Unavailable("storage is unavailable; retry"))
                 except grpc.aio.AbortError:
                     raise
-                except Exception:
-                    code = "INTERNAL"
-                    await _internal(context, name)
+                except Exception as exc:
+                    err = _as_error(exc, name)
+                    code = grpc_code_of(err).name
+                    await abort_with(context, err)
                 finally:
                     seconds.observe(time.perf_counter() - started)
                     RPCS.labels(name, code).inc()
@@ -182,21 +183,15 @@ class RequestGuard(grpc.aio.ServerInterceptor):
                     _app.set(await self._authenticate(context))
                     async for item in inner_stream(request, context):
                         yield item
-                except SmsgateError as err:
-                    code = grpc_code_of(err).name
-                    await abort_with(context, err)
-                except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
-                    code = "UNAVAILABLE"
-                    log.warning("redis unavailable", extra={"error": repr(exc)})
-                    await abort_with(context, Unavailable("storage is unavailable; retry"))
                 except asyncio.CancelledError:
                     code = "CANCELLED"
                     raise
                 except grpc.aio.AbortError:
                     raise
-                except Exception:
-                    code = "INTERNAL"
-                    await _internal(context, name)
+                except Exception as exc:
+                    err = _as_error(exc, name)
+                    code = grpc_code_of(err).name
+                    await abort_with(context, err)
                 finally:
                     RPCS.labels(name, code).inc()
 
