@@ -194,7 +194,9 @@ async def test_a_worker_never_reclaims_what_it_is_still_sending(
         ]
         final = await wait_until(stub, token, ids, TERMINAL, timeout=20)
     assert {m.status for m in final.values()} == {S.MESSAGE_STATUS_DELIVERED}
-    assert {m.attempts for m in final.values()} == {1}
+    # Handed to the provider once each. (Attempts may exceed 1 on a loaded
+    # machine: a call past the provider timeout is retried, but a timed-out
+    # simulator call never delivers, so it is not counted as sent.)
     assert set(sent_counts(log).values()) == {1}
 
 
