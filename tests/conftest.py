@@ -15,6 +15,8 @@ from smsgate_server.config import Settings
 from smsgate_server.embedded_redis import EmbeddedRedis
 from smsgate_server.runtime import Running, start
 
+from tests.processes import servers  # noqa: F401 - the process fixture, for every test module
+
 ServerFactory = Callable[..., Awaitable[Running]]
 
 

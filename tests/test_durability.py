@@ -18,10 +18,8 @@ from smsgate_server.domain.status import Status
 from smsgate_server.embedded_redis import EmbeddedRedis
 
 from tests.pipeline_support import TERMINAL, S, sent_counts
+from tests.processes import Servers
 from tests.support import bearer
-from tests.test_cli import Servers, servers
-
-__all__ = ["servers"]  # the process fixture, shared with test_cli
 
 # A slow simulator, one message per provider call, so a kill lands mid-dispatch.
 SLOW = {
