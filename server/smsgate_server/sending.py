@@ -8,6 +8,7 @@ errors. The verification service sends its codes through it too.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -129,22 +130,13 @@ class SendingService:
         """Validate and accept one message; return it as stored."""
         now = self.store.now_ms()
         phone = check_phone(cmd.phone, "phone_number")
-        metrics = check_text(cmd.text, "text", self.limits.max_text_segments)
-        send_at = check_send_at(cmd.send_at_ms, now, self.limits.schedule_max_days)
+        prototype = self._prototype(cmd, now)
         request_id = check_request_id(cmd.request_id)
-        sender = check_sender(cmd.sender)
-        check_labels(cmd.labels, self.limits.max_labels)
-
         shard = self._shard(app, request_id)
-        message = NewMessage(
+        message = dataclasses.replace(
+            prototype,
             id=new_message_id(now, shard),
             phone=phone,
-            rendered=cmd.text,
-            segments=metrics.segments,
-            send_at_ms=send_at,
-            text=cmd.text,
-            sender=sender,
-            labels_json=json.dumps(cmd.labels, sort_keys=True) if cmd.labels else "",
             sensitive=cmd.sensitive,
             expire_at_ms=cmd.expire_at_ms,
         )
@@ -153,30 +145,27 @@ class SendingService:
             shard,
             [message],
             request_id=request_id,
-            request_hash=hashlib.sha256(cmd.fingerprint).hexdigest() if request_id else "",
+            request_hash=_request_hash(cmd.fingerprint, request_id),
             remember=message.id,
             now_ms=now,
         )
         if outcome.kind == "conflict":
-            raise AlreadyExists(
-                f"request_id {request_id!r} was used for a different request",
-                reason="REQUEST_ID_REUSED",
-            )
+            raise _request_id_reused(request_id)
         if outcome.kind == "dup":
             return await self.get(app, outcome.remembered)
-        status = Status.SCHEDULED if send_at > now else Status.QUEUED
+        status = Status.SCHEDULED if message.send_at_ms > now else Status.QUEUED
         return StoredMessage(
             id=message.id,
             batch_id="",
             phone=phone,
-            text=cmd.text,
+            text=message.text,
             template_id="",
             params_json="",
-            rendered=cmd.text,
-            segments=metrics.segments,
+            rendered=message.rendered,
+            segments=message.segments,
             status=status,
             created_ms=now,
-            send_at_ms=send_at,
+            send_at_ms=message.send_at_ms,
             updated_ms=now,
             provider="",
             provider_message_id="",
@@ -184,10 +173,28 @@ class SendingService:
             error_code="",
             error_reason="",
             error_retryable=False,
-            sender=sender,
+            sender=message.sender,
             labels_json=message.labels_json,
             history=[HistoryEntry(status, now, "")],
             sensitive=cmd.sensitive,
+        )
+
+    def _prototype(self, cmd: SendCommand | BatchCommand, now_ms: int) -> NewMessage:
+        """Checks what a single send and a batch share (text, send time, sender,
+        labels); returns the message every recipient gets, id and phone unset."""
+        metrics = check_text(cmd.text, "text", self.limits.max_text_segments)
+        send_at = check_send_at(cmd.send_at_ms, now_ms, self.limits.schedule_max_days)
+        sender = check_sender(cmd.sender)
+        check_labels(cmd.labels, self.limits.max_labels)
+        return NewMessage(
+            id="",
+            phone="",
+            rendered=cmd.text,
+            segments=metrics.segments,
+            send_at_ms=send_at,
+            text=cmd.text,
+            sender=sender,
+            labels_json=json.dumps(cmd.labels, sort_keys=True) if cmd.labels else "",
         )
 
     def _locate(self, any_id: str, kind: str = "message") -> int:
@@ -259,27 +266,18 @@ class SendingService:
         accepts what the first call did not reach if it died part-way.
         """
         now = self.store.now_ms()
-        metrics = check_text(cmd.text, "text", self.limits.max_text_segments)
-        send_at = check_send_at(cmd.send_at_ms, now, self.limits.schedule_max_days)
+        prototype = self._prototype(cmd, now)
         request_id = check_request_id(cmd.request_id)
-        sender = check_sender(cmd.sender)
-        check_labels(cmd.labels, self.limits.max_labels)
         checked = self._check_recipients(cmd.phones)
-        phones = [c for c in checked if isinstance(c, str)]
 
         shard = self._shard(app, request_id)
         batch_id = new_batch_id(now, shard)
-        labels_json = json.dumps(cmd.labels, sort_keys=True) if cmd.labels else ""
-
-        def new(phone: str) -> NewMessage:
-            return NewMessage(
-                id=new_message_id(now, shard), phone=phone, rendered=cmd.text,
-                segments=metrics.segments, send_at_ms=send_at, text=cmd.text,
-                sender=sender, labels_json=labels_json,
-            )  # fmt: skip
-
-        messages = [new(p) for p in phones]
-        request_hash = hashlib.sha256(cmd.fingerprint).hexdigest()
+        messages = [
+            dataclasses.replace(prototype, id=new_message_id(now, shard), phone=phone)
+            for phone in checked
+            if isinstance(phone, str)
+        ]
+        request_hash = _request_hash(cmd.fingerprint, request_id)
         ids: list[str] = []
         # Every chunk has its own idempotency record (the request id, then
         # "#1", "#2", ...) remembering the batch id and its message ids: a retry,
@@ -296,10 +294,7 @@ class SendingService:
                 now_ms=now,
             )  # fmt: skip
             if outcome.kind == "conflict":
-                raise AlreadyExists(
-                    f"request_id {request_id!r} was used for a different request",
-                    reason="REQUEST_ID_REUSED",
-                )
+                raise _request_id_reused(request_id)
             if outcome.kind == "dup":
                 batch_id, _, stored = outcome.remembered.partition(";")
                 chunk_ids = stored.split(",") if stored else []
@@ -383,6 +378,18 @@ class SendingService:
             merged += [(shard, i) for i in ids]
         merged.sort(key=lambda ref: ref[1], reverse=True)
         return merged[:limit]
+
+
+def _request_hash(fingerprint: bytes, request_id: str) -> str:
+    """What a request id is bound to; nothing without one."""
+    return hashlib.sha256(fingerprint).hexdigest() if request_id else ""
+
+
+def _request_id_reused(request_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"request_id {request_id!r} was used for a different request",
+        reason="REQUEST_ID_REUSED",
+    )
 
 
 def _query_fingerprint(q: ListQuery) -> str:
