@@ -30,16 +30,7 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
         self.hub = hub
 
     async def SendSms(self, request: pb.SendSmsRequest, context: Context) -> pb.SendSmsResponse:
-        which = request.WhichOneof("content")
-        if which is None:
-            raise InvalidArgument.field(
-                "text", "one of text or template is required", reason="EMPTY_CONTENT"
-            )
-        if which == "template":
-            raise NotImplementedYet(
-                "template content needs TemplateService, which this server does not provide yet",
-                reason="TEMPLATES_NOT_IMPLEMENTED",
-            )
+        _require_text(request)
         message = await self.sending.send(
             current_app().key,
             SendCommand(
@@ -69,17 +60,7 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
     async def BatchSend(
         self, request: pb.BatchSendRequest, context: Context
     ) -> pb.BatchSendResponse:
-        which = request.WhichOneof("content")
-        if which is None:
-            raise InvalidArgument.field(
-                "text", "one of text or template is required", reason="EMPTY_CONTENT"
-            )
-        if which == "template" or any(r.params for r in request.recipients):
-            raise NotImplementedYet(
-                "template content and per-recipient params need TemplateService, which this "
-                "server does not provide yet",
-                reason="TEMPLATES_NOT_IMPLEMENTED",
-            )
+        _require_text(request, params=any(r.params for r in request.recipients))
         outcome = await self.sending.send_batch(
             current_app().key,
             BatchCommand(
@@ -168,6 +149,24 @@ def _statuses(values: Iterable[int]) -> frozenset[Status]:
                 "statuses", f"{value} is not a MessageStatus (UNSPECIFIED is not allowed)"
             ) from None
     return frozenset(out)
+
+
+def _require_text(
+    request: pb.SendSmsRequest | pb.BatchSendRequest, *, params: bool = False
+) -> None:
+    """Free text is all this server sends: no content is EMPTY_CONTENT, template
+    content (or per-recipient params) is UNIMPLEMENTED until TemplateService exists."""
+    which = request.WhichOneof("content")
+    if which is None:
+        raise InvalidArgument.field(
+            "text", "one of text or template is required", reason="EMPTY_CONTENT"
+        )
+    if which == "template" or params:
+        raise NotImplementedYet(
+            "template content and per-recipient params need TemplateService, which this "
+            "server does not provide yet",
+            reason="TEMPLATES_NOT_IMPLEMENTED",
+        )
 
 
 def _fingerprint(request: pb.SendSmsRequest | pb.BatchSendRequest) -> bytes:
