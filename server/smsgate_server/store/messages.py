@@ -173,14 +173,8 @@ class MessageStore:
 
     async def get(self, app: str, shard: int, message_id: str) -> StoredMessage | None:
         """One message with its history, or None (also for another app's id)."""
-        keys = self.shard_keys[shard]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.message(app, message_id))
-            pipe.lrange(keys.history(app, message_id), 0, -1)
-            fields, history = await pipe.execute()
-        if not fields:
-            return None
-        return _to_message(fields, history)
+        (found,) = await self.get_many(app, [(shard, message_id)])
+        return found
 
     async def get_many(
         self, app: str, refs: Sequence[tuple[int, str]]
