@@ -721,7 +721,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default="uvloop",
         help="event loop of the echo and smsgate servers (sets SMSGATE_UVLOOP)",
     )
-    p.add_argument("--workers", type=int, help="smsgate server processes (SMSGATE_WORKERS)")
+    p.add_argument("--processes", type=int, help="smsgate server processes (SMSGATE_PROCESSES)")
     p.add_argument(
         "--server-env", action="append", default=[], metavar="KEY=VALUE", help="extra server env"
     )
@@ -755,8 +755,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.concurrency:
         concurrency = {k: args.concurrency for k in concurrency}
     server_env = dict(kv.split("=", 1) for kv in args.server_env)
-    if args.workers:
-        server_env["SMSGATE_WORKERS"] = str(args.workers)
+    if args.processes:
+        server_env["SMSGATE_PROCESSES"] = str(args.processes)
 
     run = Run(mp.get_context("spawn"), profile, args.clients or profile.clients)
     run.py_spy_dir = args.py_spy

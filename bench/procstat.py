@@ -2,7 +2,7 @@
 
 No psutil: ``/proc/<pid>/stat`` has utime/stime in clock ticks and
 ``/proc/<pid>/status`` has VmRSS in kB. The tree matters because the server
-may fork worker processes (``SMSGATE_WORKERS``).
+may fork worker processes (``SMSGATE_PROCESSES``).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
+from smsgate_server.domain.apps import App
 from smsgate_server.domain.codes import (
     LOOK_ALIKES,
     MAX_LENGTH,
@@ -26,11 +27,8 @@ from smsgate_server.domain.codes import (
     parse_secret,
 )
 from smsgate_server.domain.errors import InvalidArgument, QuotaExceeded, RateLimited
-from smsgate_server.sending import SendingService, SendLimits
-from smsgate_server.store.apps import App
-from smsgate_server.store.codes import CodeStore
-from smsgate_server.store.messages import MessageStore
-from smsgate_server.verification import (
+from smsgate_server.services.sending import SendingService, SendLimits
+from smsgate_server.services.verification import (
     CodePolicy,
     Delivery,
     GenerateCommand,
@@ -38,6 +36,8 @@ from smsgate_server.verification import (
     VerificationService,
     VerifyCommand,
 )
+from smsgate_server.store.codes import CodeStore
+from smsgate_server.store.messages import MessageStore
 
 SIGNER = CodeSigner(b"k" * 32)
 APP = App(key="ak_00000000000000000001", name="a")

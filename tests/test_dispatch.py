@@ -12,7 +12,7 @@ import pytest
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
 from smsgate_server.runtime import Running
-from smsgate_server.sending import SendCommand, SendingService, SendLimits
+from smsgate_server.services.sending import SendCommand, SendingService, SendLimits
 from smsgate_server.store.messages import SendOutcome
 
 from tests.conftest import ServerFactory

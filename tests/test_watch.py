@@ -15,7 +15,7 @@ from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
 from smsgate_server.domain.errors import RateLimited
 from smsgate_server.domain.events import encode_token
 from smsgate_server.runtime import Running
-from smsgate_server.watch import WatchFilter
+from smsgate_server.services.watch import WatchFilter
 
 from tests.conftest import ServerFactory
 from tests.pipeline_support import S, wait_until

@@ -22,9 +22,9 @@ from redis.asyncio import Redis
 from smsgate_server.config import Settings
 from smsgate_server.embedded_redis import EmbeddedRedis, RedisStartError, running_url
 from smsgate_server.logs import configure_logging
+from smsgate_server.processes import serve_processes
 from smsgate_server.runtime import StartError, redact_url, start
 from smsgate_server.store.apps import AppStore
-from smsgate_server.workers import serve_workers
 
 __all__ = ["main"]
 
@@ -171,8 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     verify_per_minute=args.verify_per_minute,
                 )
             )
-        elif settings.workers > 1:
-            return serve_workers(settings, _run)
+        elif settings.processes > 1:
+            return serve_processes(settings, _run)
         else:
             _run(settings)
     except (StartError, RedisStartError) as exc:

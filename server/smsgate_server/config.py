@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     uvloop: bool = True
     # Server processes sharing the gRPC port (SO_REUSEPORT), forked before any
     # gRPC object exists. One event loop tops out at a few thousand calls/s.
-    workers: int = Field(default=1, ge=1, le=64)
+    processes: int = Field(default=1, ge=1, le=64)
 
     # Redis layout. Changing the shard count of a store that holds data strands
     # the messages of the removed shards; pick it once.

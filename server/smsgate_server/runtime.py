@@ -32,18 +32,18 @@ from smsgate_server.api.sms import SmsServicer
 from smsgate_server.api.unbuilt import UnbuiltTemplateServicer
 from smsgate_server.api.verification import VerificationServicer
 from smsgate_server.config import Role, Settings, parse_address
-from smsgate_server.dispatch.worker import DispatchConfig, Dispatcher
+from smsgate_server.dispatch.dispatcher import DispatchConfig, Dispatcher
 from smsgate_server.domain.codes import CodeSigner, parse_secret
 from smsgate_server.embedded_redis import EmbeddedRedis, running_url
 from smsgate_server.http import HttpSidePort, build_app
 from smsgate_server.providers.simulator import SimulatorProvider
-from smsgate_server.sending import SendingService, SendLimits
+from smsgate_server.services.sending import SendingService, SendLimits
+from smsgate_server.services.verification import CodePolicy, VerificationService
+from smsgate_server.services.watch import WatchHub
 from smsgate_server.store.apps import AppStore
 from smsgate_server.store.codes import CodeStore
 from smsgate_server.store.events import EventStore
 from smsgate_server.store.messages import MessageStore
-from smsgate_server.verification import CodePolicy, VerificationService
-from smsgate_server.watch import WatchHub
 
 __all__ = ["Running", "StartError", "redact_url", "start"]
 
@@ -93,7 +93,7 @@ class Running:
 
     async def stop(self) -> None:
         """Health NOT_SERVING, refuse new calls, let running ones finish, stop
-        workers, close Redis, stop the embedded Redis."""
+        the dispatcher, close Redis, stop the embedded Redis."""
         if self.stopped.is_set():
             return
         self.stopped.set()
@@ -150,7 +150,7 @@ def load_server_secret(settings: Settings) -> bytes:
     path = settings.data_dir / "server-secret"
     if not path.exists():
         # Written whole under a private name, then linked into place: processes
-        # starting together (SMSGATE_WORKERS) never read a half-written file,
+        # starting together (SMSGATE_PROCESSES) never read a half-written file,
         # and the first link wins.
         value = secrets.token_bytes(32)
         tmp = path.with_name(f".server-secret.{os.getpid()}")

@@ -25,10 +25,10 @@ import grpc
 from redis import exceptions as redis_errors
 
 from smsgate_server.api.errors import STATUS_DETAILS_KEY, grpc_code_of, to_rpc_status
-from smsgate_server.domain.apps import parse_token
+from smsgate_server.domain.apps import App, parse_token
 from smsgate_server.domain.errors import SmsgateError, Unauthenticated, Unavailable
 from smsgate_server.metrics import RPC_SECONDS, RPCS
-from smsgate_server.store.apps import App, AppStore
+from smsgate_server.store.apps import AppStore
 
 __all__ = ["GuardedServer", "RequestGuard", "abort_with", "current_app"]
 

@@ -13,8 +13,8 @@ from smsgate_server.api.convert import event_to_proto, message_to_proto, ms_from
 from smsgate_server.api.guard import current_app
 from smsgate_server.domain.errors import InvalidArgument, NotImplementedYet
 from smsgate_server.domain.status import Status
-from smsgate_server.sending import BatchCommand, ListQuery, SendCommand, SendingService
-from smsgate_server.watch import WatchFilter, WatchHub
+from smsgate_server.services.sending import BatchCommand, ListQuery, SendCommand, SendingService
+from smsgate_server.services.watch import WatchFilter, WatchHub
 
 __all__ = ["SmsServicer"]
 

@@ -12,7 +12,7 @@ from smsgate_server.api.convert import timestamp_from_ms
 from smsgate_server.api.guard import current_app
 from smsgate_server.domain.codes import Alphabet
 from smsgate_server.domain.errors import InvalidArgument
-from smsgate_server.verification import (
+from smsgate_server.services.verification import (
     Delivery,
     GenerateCommand,
     Verdict,

@@ -8,10 +8,22 @@ import re
 import secrets
 from dataclasses import dataclass
 
-__all__ = ["Credentials", "hash_secret", "new_credentials", "parse_token", "secret_matches"]
+__all__ = ["App", "Credentials", "hash_secret", "new_credentials", "parse_token", "secret_matches"]
 
 _KEY = re.compile(r"^ak_[0-9a-f]{20}$")
 _SEP = "."
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    """An authenticated app, with its own verification policy where it has one
+    (None: the server-wide setting applies)."""
+
+    key: str
+    name: str
+    # Calling codes (86, 1, ...) that verification codes may be sent to.
+    allowed_countries: frozenset[int] | None = None
+    verify_per_minute: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

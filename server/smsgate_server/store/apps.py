@@ -4,31 +4,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
-from smsgate_server.domain.apps import Credentials, hash_secret, new_credentials, secret_matches
+from smsgate_server.domain.apps import (
+    App,
+    Credentials,
+    hash_secret,
+    new_credentials,
+    secret_matches,
+)
 from smsgate_server.store.keys import app_key, apps_index
 
-__all__ = ["App", "AppStore"]
+__all__ = ["AppStore"]
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-@dataclass(frozen=True, slots=True)
-class App:
-    """An authenticated app, with its own verification policy where it has one
-    (None: the server-wide setting applies)."""
-
-    key: str
-    name: str
-    # Calling codes (86, 1, ...) that verification codes may be sent to.
-    allowed_countries: frozenset[int] | None = None
-    verify_per_minute: int | None = None
 
 
 class AppStore:

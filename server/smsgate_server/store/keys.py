@@ -24,7 +24,6 @@ __all__ = [
     "ShardKeys",
     "app_key",
     "apps_index",
-    "shard_for",
     "verify_rate_key",
 ]
 
@@ -39,15 +38,6 @@ def app_key(app: str) -> str:
 def apps_index() -> str:
     """Set of every app key (for admin listing)."""
     return f"{PREFIX}:apps"
-
-
-def shard_for(value: str, shards: int) -> int:
-    """A stable shard for a string (used for request ids so retries meet)."""
-    # FNV-1a: stable across processes, unlike hash().
-    h = 0x811C9DC5
-    for byte in value.encode():
-        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
-    return h % shards
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from smsgate_server.dispatch.backoff import retry_delay
-from smsgate_server.domain.ids import shard_of
+from smsgate_server.domain.ids import shard_of_id
 from smsgate_server.metrics import PROVIDER_CALLS, PROVIDER_SECONDS, RECEIPTS, SEND_OUTCOMES
 from smsgate_server.providers.base import OutboundSms, Provider, SendResult
 from smsgate_server.store.messages import GROUP, Claimed, MessageStore, Receipt, SendOutcome
@@ -373,7 +373,7 @@ class Dispatcher:
         by_shard: dict[int, list[_PendingReceipt]] = defaultdict(list)
         for item in batch:
             app, _, message_id = item.member.partition(":")
-            shard = shard_of(message_id, self.store.shards) if app else None
+            shard = shard_of_id(message_id, self.store.shards) if app else None
             if shard is None:
                 # The receipt can outrun the settle of its send: look again.
                 self._retry_receipt(item)

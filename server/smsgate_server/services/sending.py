@@ -20,7 +20,7 @@ from smsgate_server.domain.errors import (
     InvalidArgument,
     NotFound,
 )
-from smsgate_server.domain.ids import new_batch_id, new_message_id, shard_of
+from smsgate_server.domain.ids import new_batch_id, new_message_id, shard_for_key, shard_of_id
 from smsgate_server.domain.message import HistoryEntry, NewMessage, StoredMessage
 from smsgate_server.domain.phone import InvalidPhoneNumber, normalize_e164
 from smsgate_server.domain.status import Status
@@ -32,7 +32,6 @@ from smsgate_server.domain.validation import (
     check_sender,
     check_text,
 )
-from smsgate_server.store.keys import shard_for
 from smsgate_server.store.messages import MessageStore
 
 __all__ = [
@@ -123,7 +122,7 @@ class SendingService:
     def _shard(self, app: str, request_id: str) -> int:
         if request_id:
             # Retries of one request id must meet the same idempotency key.
-            return shard_for(f"{app}:{request_id}", self.store.shards)
+            return shard_for_key(f"{app}:{request_id}", self.store.shards)
         return secrets.randbelow(self.store.shards)
 
     async def send(self, app: str, cmd: SendCommand) -> StoredMessage:
@@ -201,7 +200,7 @@ class SendingService:
         """The shard of a message or batch id; NOT_FOUND for an id we never made."""
         if not any_id:
             raise InvalidArgument.field(f"{kind}_id", "is required")
-        shard = shard_of(any_id, self.store.shards)
+        shard = shard_of_id(any_id, self.store.shards)
         if shard is None:
             # Not echoed: a malformed id may be anything, of any size.
             raise NotFound(f"{kind} not found", reason=f"{kind.upper()}_NOT_FOUND")

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from smsgate_server.domain.apps import App
 from smsgate_server.domain.codes import (
     MAX_CODE_INPUT,
     Alphabet,
@@ -41,8 +42,7 @@ from smsgate_server.domain.errors import (
 from smsgate_server.domain.phone import country_code
 from smsgate_server.domain.validation import check_phone, check_sender
 from smsgate_server.logs import mask_phone
-from smsgate_server.sending import SendCommand, SendingService
-from smsgate_server.store.apps import App
+from smsgate_server.services.sending import SendCommand, SendingService
 from smsgate_server.store.codes import CodeStore, NewCode
 from smsgate_server.store.codes import VerifyOutcome as StoreOutcome
 from smsgate_server.store.keys import CodeKeys

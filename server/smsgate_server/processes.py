@@ -1,12 +1,12 @@
-"""Several server processes on one gRPC port (``SMSGATE_WORKERS``).
+"""Several server processes on one gRPC port (``SMSGATE_PROCESSES``).
 
 One ``grpc.aio`` event loop tops out at a few thousand unary calls/s, so more
 cores need more processes. The parent starts the embedded Redis (if any) and
-creates shared files, then forks the workers *before any gRPC object exists*
-(grpc/grpc examples/python/multiprocessing); each worker binds the same port
-with ``SO_REUSEPORT`` and the kernel spreads connections over them. Worker 0
+creates shared files, then forks the processes *before any gRPC object exists*
+(grpc/grpc examples/python/multiprocessing); each process binds the same port
+with ``SO_REUSEPORT`` and the kernel spreads connections over them. Process 0
 keeps the HTTP side port; the others take a free one. SIGTERM/SIGINT to the
-parent stop every worker gracefully; a worker that dies takes the rest down.
+parent stop every process gracefully; one that dies takes the rest down.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from smsgate_server.config import Settings, parse_address
 from smsgate_server.embedded_redis import EmbeddedRedis, running_url
 from smsgate_server.runtime import StartError, load_server_secret
 
-__all__ = ["serve_workers"]
+__all__ = ["serve_processes"]
 
 
 def _die_with_parent() -> None:
@@ -31,11 +31,11 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def serve_workers(settings: Settings, run_one: Callable[[Settings], None]) -> int:
-    """Fork ``settings.workers`` processes that each call ``run_one``; wait for them."""
+def serve_processes(settings: Settings, run_one: Callable[[Settings], None]) -> int:
+    """Fork ``settings.processes`` processes that each call ``run_one``; wait for them."""
     port = parse_address(settings.grpc_address)[1]
     if port == 0:
-        raise StartError("SMSGATE_WORKERS > 1 needs a fixed port in SMSGATE_GRPC_ADDRESS")
+        raise StartError("SMSGATE_PROCESSES > 1 needs a fixed port in SMSGATE_GRPC_ADDRESS")
     embedded: EmbeddedRedis | None = None
     url = settings.redis_url
     if url is None:
@@ -47,7 +47,7 @@ def serve_workers(settings: Settings, run_one: Callable[[Settings], None]) -> in
         embedded = EmbeddedRedis(settings.data_dir)
         url = embedded.start()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    load_server_secret(settings)  # created once here, not raced by the workers
+    load_server_secret(settings)  # created once here, not raced by the processes
     http_host = parse_address(settings.http_address)[0]
     alive: set[int] = set()
     stopping = False
@@ -63,8 +63,8 @@ def serve_workers(settings: Settings, run_one: Callable[[Settings], None]) -> in
 
     sys.stdout.flush()
     sys.stderr.flush()
-    for i in range(settings.workers):
-        update: dict[str, object] = {"redis_url": url, "workers": 1}
+    for i in range(settings.processes):
+        update: dict[str, object] = {"redis_url": url, "processes": 1}
         if i > 0:
             update["http_address"] = f"[{http_host}]:0" if ":" in http_host else f"{http_host}:0"
         pid = os.fork()
@@ -75,7 +75,7 @@ def serve_workers(settings: Settings, run_one: Callable[[Settings], None]) -> in
                 run_one(settings.model_copy(update=update))
                 code = 0
             except StartError as exc:
-                print(f"smsgate-server worker {i}: {exc}", file=sys.stderr)
+                print(f"smsgate-server process {i}: {exc}", file=sys.stderr)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
