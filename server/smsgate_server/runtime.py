@@ -308,7 +308,6 @@ async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None
             buffer=settings.watch_buffer,
             retention_seconds=settings.event_retention_seconds,
         )
-        await hub.start()
         sms_service_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(sending, hub), server)
         verification = VerificationService(
             CodeStore(redis),

@@ -1,1 +1,1 @@
-"""gRPC servicers and interceptors: protobuf <-> domain, nothing else."""
+"""gRPC servicers and the request guard: protobuf <-> domain, nothing else."""

@@ -1,5 +1,5 @@
-"""The request guard: one server interceptor that authenticates each call and
-turns domain errors into statuses with details.
+"""The request guard: authenticates each call and turns domain errors into
+statuses with details.
 
 Credentials travel as ``authorization: Bearer <app_key>.<app_secret>``. The
 authenticated app is put in a context variable for the servicer (``current_app``).
@@ -9,7 +9,7 @@ Health and reflection stay open, so probes and ``buf curl`` listing need no toke
 it wraps each method handler once, as it is registered. A ``grpc.aio``
 interceptor costs an extra coroutine chain on every call (about 10% of a bare
 echo's throughput, bench/RESULTS.md); the wrapped handlers do the same work
-for nothing. The guard still works as an interceptor too.
+for nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, TypeAlias
 
 import grpc
@@ -89,24 +89,13 @@ class TokenCache:
         self._entries[token] = (app, time.monotonic() + self.ttl)
 
 
-class RequestGuard(grpc.aio.ServerInterceptor):
+class RequestGuard:
     """Authenticates and maps errors for every smsgate RPC."""
 
     def __init__(self, apps: AppStore, *, cache_seconds: float = 30.0) -> None:
         self.apps = apps
         self.cache = TokenCache(cache_seconds)
         self._wrapped: dict[str, Handler] = {}
-        self.closing = False
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        return self.guard_handler(details.method, handler)
 
     def guarding(self, server: grpc.aio.Server) -> GuardedServer:
         """``server``, with every handler registered through it guarded."""

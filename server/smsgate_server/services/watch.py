@@ -91,10 +91,6 @@ class WatchHub:
     _closing: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def start(self) -> None:
-        """Nothing to do until someone subscribes: the streams are read only
-        while there are subscribers (see ``_ensure_reading``)."""
-
     async def _ensure_reading(self) -> None:
         """Start the shard readers if they stopped for lack of subscribers,
         from the streams' current ends."""
