@@ -26,7 +26,7 @@ async def test_invalid_timestamps_are_invalid_argument(
 ) -> None:
     md = bearer(token)
     calls: list[tuple[str, Any]] = [
-        ("send_at", sms.SendSms(pb.SendSmsRequest(phone_number=PHONE, text="x", send_at=when),
+        ("send_time", sms.SendSms(pb.SendSmsRequest(phone_number=PHONE, text="x", send_time=when),
                                 metadata=md)),
         ("start_time", sms.ListMessages(pb.ListMessagesRequest(start_time=when), metadata=md)),
         ("end_time", sms.ListMessages(pb.ListMessagesRequest(end_time=when), metadata=md)),

@@ -26,13 +26,17 @@ def phones(n: int, start: int = 0) -> list[str]:
 
 
 def batch(
-    numbers: list[str], text: str = "hi", *, request_id: str = "", send_at: Timestamp | None = None
+    numbers: list[str],
+    text: str = "hi",
+    *,
+    request_id: str = "",
+    send_time: Timestamp | None = None,
 ) -> pb.BatchSendRequest:
     return pb.BatchSendRequest(
         recipients=[pb.BatchRecipient(phone_number=p) for p in numbers],
         text=text,
         request_id=request_id,
-        send_at=send_at,
+        send_time=send_time,
     )
 
 
@@ -92,7 +96,7 @@ async def test_default_limit_is_ten_thousand(sms: SmsServiceAsyncStub, token: st
     [
         (pb.BatchSendRequest(text="x"), "recipients"),
         (batch(["+14155550100"], text=""), "text"),
-        (batch(["+14155550100"], send_at=_in(-3600)), "send_at"),
+        (batch(["+14155550100"], send_time=_in(-3600)), "send_time"),
     ],
 )
 async def test_bad_batch_is_invalid_argument(
@@ -136,7 +140,7 @@ async def test_scheduled_batch_can_be_canceled_and_never_reaches_the_provider(
         from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
 
         stub: SmsServiceAsyncStub = SmsServiceStub(channel)
-        reply = await stub.BatchSend(batch(phones(20), send_at=_in(1.0)), metadata=bearer(token))
+        reply = await stub.BatchSend(batch(phones(20), send_time=_in(1.0)), metadata=bearer(token))
         ids = [r.message_id for r in reply.results]
         canceled = await stub.CancelBatch(
             pb.CancelBatchRequest(batch_id=reply.batch_id), metadata=bearer(token)
@@ -184,7 +188,7 @@ async def test_list_filters_by_phone_status_and_time(sms: SmsServiceAsyncStub, t
         pb.SendSmsRequest(phone_number="+14155550100", text="a"), metadata=bearer(token)
     )
     later = await sms.SendSms(
-        pb.SendSmsRequest(phone_number="+14155550101", text="b", send_at=_in(3600)),
+        pb.SendSmsRequest(phone_number="+14155550101", text="b", send_time=_in(3600)),
         metadata=bearer(token),
     )
     await wait_until(sms, token, [a.message.id], {S.MESSAGE_STATUS_DELIVERED})

@@ -156,7 +156,7 @@ def test_restart_reloads_accepted_messages_from_the_aof(servers: Servers, data_d
     )
     wait_delivered(sms, token, sent.message.id)
     later = pb.SendSmsRequest(phone_number="+14155550123", text="later")
-    later.send_at.FromSeconds(int(time.time()) + 3600)
+    later.send_time.FromSeconds(int(time.time()) + 3600)
     scheduled = sms.SendSms(later, metadata=bearer(token), timeout=5)
     first.signal(signal.SIGTERM)
     assert first.wait_exit() == 0

@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
 from smsgate_server.domain.status import Status
-from smsgate_server.embedded_redis import EmbeddedRedis
+from smsgate_server.store.embedded_redis import EmbeddedRedis
 
 from tests.pipeline_support import TERMINAL, S, sent_counts
 from tests.processes import Servers
@@ -166,7 +166,7 @@ def test_two_servers_on_one_redis_dispatch_and_promote_each_message_once(
     with grpc.insecure_channel(f"127.0.0.1:{a.grpc_port}") as channel:
         stub = SmsServiceStub(channel)
         now_ids = send_batch(stub, token, 500)
-        later_ids = send_batch(stub, token, 300, send_at=soon)
+        later_ids = send_batch(stub, token, 300, send_time=soon)
         final = wait_terminal(stub, token, now_ids + later_ids, timeout=60)
 
     assert Counter(final.values()) == {S.MESSAGE_STATUS_DELIVERED: 800}

@@ -209,7 +209,7 @@ async def test_scheduled_message_waits_and_can_be_canceled(
     sms: SmsServiceAsyncStub, token: str
 ) -> None:
     reply = await sms.SendSms(
-        pb.SendSmsRequest(phone_number="+14155550123", text="later", send_at=_in(3600)),
+        pb.SendSmsRequest(phone_number="+14155550123", text="later", send_time=_in(3600)),
         metadata=bearer(token),
     )
     assert reply.message.status == S.MESSAGE_STATUS_SCHEDULED
@@ -226,30 +226,30 @@ async def test_scheduled_message_waits_and_can_be_canceled(
 
 async def test_scheduled_message_is_sent_at_its_time(sms: SmsServiceAsyncStub, token: str) -> None:
     reply = await sms.SendSms(
-        pb.SendSmsRequest(phone_number="+14155550123", text="soon", send_at=_in(0.5)),
+        pb.SendSmsRequest(phone_number="+14155550123", text="soon", send_time=_in(0.5)),
         metadata=bearer(token),
     )
     assert reply.message.status == S.MESSAGE_STATUS_SCHEDULED
     message = await wait_for_status(sms, token, reply.message.id, S.MESSAGE_STATUS_DELIVERED)
     sent = next(h for h in message.history if h.status == S.MESSAGE_STATUS_SENDING)
-    assert sent.time.ToMilliseconds() >= reply.message.send_at.ToMilliseconds()
+    assert sent.time.ToMilliseconds() >= reply.message.send_time.ToMilliseconds()
 
 
 @pytest.mark.parametrize(
-    ("offset", "reason"), [(-3600, "SEND_AT_IN_PAST"), (36 * 86400, "SEND_AT_TOO_FAR")]
+    ("offset", "reason"), [(-3600, "SEND_TIME_IN_PAST"), (36 * 86400, "SEND_TIME_TOO_FAR")]
 )
-async def test_send_at_out_of_range_is_invalid_argument(
+async def test_send_time_out_of_range_is_invalid_argument(
     sms: SmsServiceAsyncStub, token: str, offset: float, reason: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await sms.SendSms(
-            pb.SendSmsRequest(phone_number="+14155550123", text="x", send_at=_in(offset)),
+            pb.SendSmsRequest(phone_number="+14155550123", text="x", send_time=_in(offset)),
             metadata=bearer(token),
         )
     details = details_of(caught.value)
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.reason == reason
-    assert "send_at" in details.fields
+    assert "send_time" in details.fields
 
 
 async def test_unbuilt_capabilities_answer_unimplemented(

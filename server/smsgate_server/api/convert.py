@@ -47,7 +47,7 @@ def message_to_proto(m: StoredMessage) -> message_pb2.Message:
         segments=m.segments,
         status=m.status.value,  # type: ignore[arg-type]
         create_time=timestamp_from_ms(m.created_ms),
-        send_at=timestamp_from_ms(m.send_at_ms),
+        send_time=timestamp_from_ms(m.send_at_ms),
         update_time=timestamp_from_ms(m.updated_ms),
         provider=m.provider,
         provider_message_id=m.provider_message_id,

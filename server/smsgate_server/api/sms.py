@@ -36,7 +36,7 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
             SendCommand(
                 phone=request.phone_number,
                 text=request.text,
-                send_at_ms=ms_from_timestamp(request, "send_at"),
+                send_at_ms=ms_from_timestamp(request, "send_time"),
                 request_id=request.request_id,
                 sender=request.sender_id,
                 labels=dict(request.labels),
@@ -66,7 +66,7 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
             BatchCommand(
                 phones=[r.phone_number for r in request.recipients],
                 text=request.text,
-                send_at_ms=ms_from_timestamp(request, "send_at"),
+                send_at_ms=ms_from_timestamp(request, "send_time"),
                 request_id=request.request_id,
                 sender=request.sender_id,
                 labels=dict(request.labels),

@@ -55,15 +55,15 @@ def check_text(value: str, field: str, max_segments: int) -> TextMetrics:
     return metrics
 
 
-def check_send_at(send_at_ms: int, now_ms: int, max_days: int, field: str = "send_at") -> int:
-    """``send_at`` (0 = now) as ms; past or further than ``max_days`` is rejected."""
+def check_send_at(send_at_ms: int, now_ms: int, max_days: int, field: str = "send_time") -> int:
+    """``send_time`` (0 = now) as ms; past or further than ``max_days`` is rejected."""
     if send_at_ms == 0:
         return now_ms
     if send_at_ms < now_ms - SEND_AT_GRACE_MS:
-        raise InvalidArgument.field(field, "is in the past", reason="SEND_AT_IN_PAST")
+        raise InvalidArgument.field(field, "is in the past", reason="SEND_TIME_IN_PAST")
     if send_at_ms > now_ms + max_days * 86_400_000:
         raise InvalidArgument.field(
-            field, f"is more than {max_days} days ahead", reason="SEND_AT_TOO_FAR"
+            field, f"is more than {max_days} days ahead", reason="SEND_TIME_TOO_FAR"
         )
     return max(send_at_ms, now_ms)
 

@@ -29,7 +29,7 @@ class _MessageStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Message
     MESSAGE_STATUS_UNSPECIFIED: _MessageStatus.ValueType  # 0
     """Never a real state. Rejected wherever a request names a status."""
     MESSAGE_STATUS_SCHEDULED: _MessageStatus.ValueType  # 1
-    """Accepted with a future `send_at`; waits until that time."""
+    """Accepted with a future `send_time`; waits until that time."""
     MESSAGE_STATUS_QUEUED: _MessageStatus.ValueType  # 2
     """Accepted and waiting in the dispatch queue (also while waiting to retry)."""
     MESSAGE_STATUS_SENDING: _MessageStatus.ValueType  # 3
@@ -59,7 +59,7 @@ class MessageStatus(_MessageStatus, metaclass=_MessageStatusEnumTypeWrapper):
 MESSAGE_STATUS_UNSPECIFIED: MessageStatus.ValueType  # 0
 """Never a real state. Rejected wherever a request names a status."""
 MESSAGE_STATUS_SCHEDULED: MessageStatus.ValueType  # 1
-"""Accepted with a future `send_at`; waits until that time."""
+"""Accepted with a future `send_time`; waits until that time."""
 MESSAGE_STATUS_QUEUED: MessageStatus.ValueType  # 2
 """Accepted and waiting in the dispatch queue (also while waiting to retry)."""
 MESSAGE_STATUS_SENDING: MessageStatus.ValueType  # 3
@@ -224,7 +224,7 @@ class Message(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
-    SEND_AT_FIELD_NUMBER: _builtins.int
+    SEND_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     PROVIDER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
@@ -267,7 +267,7 @@ class Message(_message.Message):
         """Output only. When the message was accepted."""
 
     @_builtins.property
-    def send_at(self) -> _timestamp_pb2.Timestamp:
+    def send_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the message is (or was) due to be sent."""
 
     @_builtins.property
@@ -295,7 +295,7 @@ class Message(_message.Message):
         status: Global___MessageStatus.ValueType = ...,
         history: _abc.Iterable[Global___StatusChange] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
-        send_at: _timestamp_pb2.Timestamp | None = ...,
+        send_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         provider: _builtins.str = ...,
         provider_message_id: _builtins.str = ...,
@@ -304,9 +304,9 @@ class Message(_message.Message):
         sender_id: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "create_time", b"create_time", "error", b"error", "send_at", b"send_at", "template", b"template", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "create_time", b"create_time", "error", b"error", "send_time", b"send_time", "template", b"template", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "batch_id", b"batch_id", "content", b"content", "create_time", b"create_time", "error", b"error", "history", b"history", "id", b"id", "labels", b"labels", "phone_number", b"phone_number", "provider", b"provider", "provider_message_id", b"provider_message_id", "rendered_text", b"rendered_text", "segments", b"segments", "send_at", b"send_at", "sender_id", b"sender_id", "status", b"status", "template", b"template", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "batch_id", b"batch_id", "content", b"content", "create_time", b"create_time", "error", b"error", "history", b"history", "id", b"id", "labels", b"labels", "phone_number", b"phone_number", "provider", b"provider", "provider_message_id", b"provider_message_id", "rendered_text", b"rendered_text", "segments", b"segments", "send_time", b"send_time", "sender_id", b"sender_id", "status", b"status", "template", b"template", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["text", "template"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015

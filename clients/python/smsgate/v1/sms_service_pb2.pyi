@@ -49,7 +49,7 @@ class SendSmsRequest(_message.Message):
     PHONE_NUMBER_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     TEMPLATE_FIELD_NUMBER: _builtins.int
-    SEND_AT_FIELD_NUMBER: _builtins.int
+    SEND_TIME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SENDER_ID_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
@@ -71,7 +71,7 @@ class SendSmsRequest(_message.Message):
         """A template of the app, rendered with the given parameters."""
 
     @_builtins.property
-    def send_at(self) -> _timestamp_pb2.Timestamp:
+    def send_time(self) -> _timestamp_pb2.Timestamp:
         """Optional. When to send; unset or past-now means now. At most 35 days ahead."""
 
     @_builtins.property
@@ -84,14 +84,14 @@ class SendSmsRequest(_message.Message):
         phone_number: _builtins.str = ...,
         text: _builtins.str = ...,
         template: _message_pb2.TemplateContent | None = ...,
-        send_at: _timestamp_pb2.Timestamp | None = ...,
+        send_time: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
         sender_id: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "send_at", b"send_at", "template", b"template", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "send_time", b"send_time", "template", b"template", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "labels", b"labels", "phone_number", b"phone_number", "request_id", b"request_id", "send_at", b"send_at", "sender_id", b"sender_id", "template", b"template", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "labels", b"labels", "phone_number", b"phone_number", "request_id", b"request_id", "send_time", b"send_time", "sender_id", b"sender_id", "template", b"template", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["text", "template"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
@@ -202,7 +202,7 @@ class BatchSendRequest(_message.Message):
     RECIPIENTS_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     TEMPLATE_FIELD_NUMBER: _builtins.int
-    SEND_AT_FIELD_NUMBER: _builtins.int
+    SEND_TIME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SENDER_ID_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
@@ -223,7 +223,7 @@ class BatchSendRequest(_message.Message):
         """A template of the app; `params` here are shared by every recipient."""
 
     @_builtins.property
-    def send_at(self) -> _timestamp_pb2.Timestamp:
+    def send_time(self) -> _timestamp_pb2.Timestamp:
         """Optional. When to send the whole batch. At most 35 days ahead."""
 
     @_builtins.property
@@ -236,14 +236,14 @@ class BatchSendRequest(_message.Message):
         recipients: _abc.Iterable[Global___BatchRecipient] | None = ...,
         text: _builtins.str = ...,
         template: _message_pb2.TemplateContent | None = ...,
-        send_at: _timestamp_pb2.Timestamp | None = ...,
+        send_time: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
         sender_id: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "send_at", b"send_at", "template", b"template", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "send_time", b"send_time", "template", b"template", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "labels", b"labels", "recipients", b"recipients", "request_id", b"request_id", "send_at", b"send_at", "sender_id", b"sender_id", "template", b"template", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "labels", b"labels", "recipients", b"recipients", "request_id", b"request_id", "send_time", b"send_time", "sender_id", b"sender_id", "template", b"template", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["text", "template"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015

@@ -85,11 +85,11 @@ class SmsServiceServicer:
     """
 
     def SendSms(self, request, context):
-        """Accepts one message for one recipient, now or at `send_at`.
+        """Accepts one message for one recipient, now or at `send_time`.
 
         Returns once the message is durably stored and queued; from then on it
         reaches a terminal status. Errors: INVALID_ARGUMENT (bad phone number,
-        empty or oversized content, `send_at` out of range), ALREADY_EXISTS
+        empty or oversized content, `send_time` out of range), ALREADY_EXISTS
         (`request_id` reused with different content), NOT_FOUND (unknown
         template), FAILED_PRECONDITION (destination not allowed for the app),
         RESOURCE_EXHAUSTED (rate limit), UNAUTHENTICATED, UNAVAILABLE.

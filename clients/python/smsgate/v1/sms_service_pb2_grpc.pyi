@@ -39,11 +39,11 @@ class SmsServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SmsServiceAsyncStub: ...
     SendSms: _grpc.UnaryUnaryMultiCallable[_sms_service_pb2.SendSmsRequest, _sms_service_pb2.SendSmsResponse]
-    """Accepts one message for one recipient, now or at `send_at`.
+    """Accepts one message for one recipient, now or at `send_time`.
 
     Returns once the message is durably stored and queued; from then on it
     reaches a terminal status. Errors: INVALID_ARGUMENT (bad phone number,
-    empty or oversized content, `send_at` out of range), ALREADY_EXISTS
+    empty or oversized content, `send_time` out of range), ALREADY_EXISTS
     (`request_id` reused with different content), NOT_FOUND (unknown
     template), FAILED_PRECONDITION (destination not allowed for the app),
     RESOURCE_EXHAUSTED (rate limit), UNAUTHENTICATED, UNAVAILABLE.
@@ -101,11 +101,11 @@ class SmsServiceAsyncStub(SmsServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SendSms: _aio.UnaryUnaryMultiCallable[_sms_service_pb2.SendSmsRequest, _sms_service_pb2.SendSmsResponse]  # type: ignore[assignment]
-    """Accepts one message for one recipient, now or at `send_at`.
+    """Accepts one message for one recipient, now or at `send_time`.
 
     Returns once the message is durably stored and queued; from then on it
     reaches a terminal status. Errors: INVALID_ARGUMENT (bad phone number,
-    empty or oversized content, `send_at` out of range), ALREADY_EXISTS
+    empty or oversized content, `send_time` out of range), ALREADY_EXISTS
     (`request_id` reused with different content), NOT_FOUND (unknown
     template), FAILED_PRECONDITION (destination not allowed for the app),
     RESOURCE_EXHAUSTED (rate limit), UNAUTHENTICATED, UNAVAILABLE.
@@ -166,11 +166,11 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _sms_service_pb2.SendSmsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_sms_service_pb2.SendSmsResponse, _abc.Awaitable[_sms_service_pb2.SendSmsResponse]]:
-        """Accepts one message for one recipient, now or at `send_at`.
+        """Accepts one message for one recipient, now or at `send_time`.
 
         Returns once the message is durably stored and queued; from then on it
         reaches a terminal status. Errors: INVALID_ARGUMENT (bad phone number,
-        empty or oversized content, `send_at` out of range), ALREADY_EXISTS
+        empty or oversized content, `send_time` out of range), ALREADY_EXISTS
         (`request_id` reused with different content), NOT_FOUND (unknown
         template), FAILED_PRECONDITION (destination not allowed for the app),
         RESOURCE_EXHAUSTED (rate limit), UNAUTHENTICATED, UNAVAILABLE.
