@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from smsgate_server.config import Settings
+from smsgate_server.domain.phone import parse_calling_code
 from smsgate_server.embedded_redis import EmbeddedRedis, RedisStartError, running_url
 from smsgate_server.logs import configure_logging
 from smsgate_server.processes import serve_processes
@@ -113,12 +114,9 @@ async def _create_app(
 
 def _calling_code(text: str) -> int:
     try:
-        code = int(text.lstrip("+"))
-    except ValueError:
-        code = 0
-    if not 1 <= code <= 999:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a country calling code (1-999)")
-    return code
+        return parse_calling_code(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive(text: str) -> int:

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from smsgate_server.domain.codes import parse_secret
+from smsgate_server.domain.phone import parse_calling_code
 
 __all__ = ["Role", "Settings", "parse_address"]
 
@@ -150,13 +151,9 @@ class Settings(BaseSettings):
     def _countries(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = [part for part in value.replace(" ", ",").split(",") if part]
-        try:
-            codes = frozenset(int(str(v).lstrip("+")) for v in value)
-        except (TypeError, ValueError):
-            raise ValueError("must be calling codes separated by commas, e.g. 86,1") from None
-        if any(not 1 <= c <= 999 for c in codes):
-            raise ValueError("calling codes are 1-999")
-        return codes
+        elif not isinstance(value, list | tuple | set | frozenset):
+            value = [value]
+        return frozenset(parse_calling_code(str(v)) for v in value)
 
     @field_validator("log_level")
     @classmethod

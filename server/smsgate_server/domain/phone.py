@@ -6,7 +6,7 @@ from functools import lru_cache
 
 import phonenumbers
 
-__all__ = ["InvalidPhoneNumber", "country_code", "normalize_e164"]
+__all__ = ["InvalidPhoneNumber", "country_code", "normalize_e164", "parse_calling_code"]
 
 
 class InvalidPhoneNumber(ValueError):
@@ -44,3 +44,16 @@ def country_code(e164: str) -> int:
     if isinstance(parsed, str):
         raise InvalidPhoneNumber(parsed)
     return parsed[1]
+
+
+def parse_calling_code(text: str) -> int:
+    """The country calling code written as ``86`` or ``+86``; ValueError when no
+    country (or non-geographic service) has it."""
+    try:
+        code = int(text.strip().removeprefix("+"))
+    except ValueError:
+        code = 0
+    # A code no number can have would silently refuse every destination.
+    if code not in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+        raise ValueError(f"{text!r} is not a country calling code (86, 1, 44, ...)")
+    return code
