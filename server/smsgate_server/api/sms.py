@@ -25,7 +25,7 @@ MAX_WATCHED_IDS = 1000
 class SmsServicer(pb_grpc.SmsServiceServicer):
     """Translates SmsService calls to SendingService calls."""
 
-    def __init__(self, sending: SendingService, hub: WatchHub | None) -> None:
+    def __init__(self, sending: SendingService, hub: WatchHub) -> None:
         self.sending = sending
         self.hub = hub
 
@@ -116,8 +116,6 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
     async def WatchStatus(
         self, request: pb.WatchStatusRequest, context: Context
     ) -> AsyncIterator[pb.WatchStatusResponse]:
-        if self.hub is None:
-            raise NotImplementedYet("this process runs without the API role")
         if len(request.message_ids) > MAX_WATCHED_IDS:
             raise InvalidArgument.field(
                 "message_ids", f"at most {MAX_WATCHED_IDS} message ids can be watched"
