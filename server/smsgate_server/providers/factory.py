@@ -1,0 +1,81 @@
+"""The provider named by ``SMSGATE_PROVIDER``, built from a registry of adapters.
+
+A vendor adapter plugs in with one entry in ``PROVIDERS``: its name and a
+builder that takes the settings and, when it talks HTTP, the shared
+``httpx.AsyncClient`` (created on first request, closed after the provider).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Protocol
+
+import httpx
+
+from smsgate_server.config import Settings
+from smsgate_server.providers.base import Provider
+from smsgate_server.providers.simulator import SimulatorProvider
+
+__all__ = ["PROVIDERS", "HttpClient", "ProviderBuilder", "UnknownProviderError", "open_provider"]
+
+# Per request; a vendor may pass its own. The dispatcher bounds a whole call.
+HTTP_TIMEOUT_SECONDS = 10.0
+
+# Gives the shared HTTP client, creating it on the first call.
+HttpClient = Callable[[], httpx.AsyncClient]
+
+
+class ProviderBuilder(Protocol):
+    """Makes a provider from the settings; calls ``http()`` only if it needs HTTP."""
+
+    def __call__(self, settings: Settings, http: HttpClient) -> Provider: ...
+
+
+class UnknownProviderError(LookupError):
+    """``SMSGATE_PROVIDER`` names no registered provider."""
+
+
+def _simulator(settings: Settings, http: HttpClient) -> Provider:
+    return SimulatorProvider(
+        latency_ms=settings.sim_latency_ms,
+        failure_rate=settings.sim_failure_rate,
+        permanent_failure_rate=settings.sim_permanent_failure_rate,
+        undelivered_rate=settings.sim_undelivered_rate,
+        receipt_delay_ms=settings.sim_receipt_delay_ms,
+        seed=settings.sim_seed,
+        log_path=settings.sim_log,
+        max_batch=settings.sim_max_batch,
+    )
+
+
+PROVIDERS: Mapping[str, ProviderBuilder] = {
+    "simulator": _simulator,
+}
+
+
+@asynccontextmanager
+async def open_provider(
+    settings: Settings, *, builders: Mapping[str, ProviderBuilder] = PROVIDERS
+) -> AsyncIterator[Provider]:
+    """The provider ``settings.provider`` names; on exit it is closed, then its HTTP client."""
+    try:
+        build = builders[settings.provider]
+    except KeyError:
+        raise UnknownProviderError(
+            f"SMSGATE_PROVIDER={settings.provider!r} is not a known provider; "
+            f"known: {', '.join(sorted(builders))}"
+        ) from None
+    async with AsyncExitStack() as stack:
+        client: httpx.AsyncClient | None = None
+
+        def http() -> httpx.AsyncClient:
+            nonlocal client
+            if client is None:
+                client = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS)
+                stack.push_async_callback(client.aclose)
+            return client
+
+        provider = build(settings, http)
+        stack.push_async_callback(provider.aclose)
+        yield provider

@@ -1,0 +1,70 @@
+"""The provider registry behind SMSGATE_PROVIDER."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import pytest
+from smsgate_server.config import Settings
+from smsgate_server.providers.base import OutboundSms, ReceiptSink, SendResult
+from smsgate_server.providers.factory import (
+    PROVIDERS,
+    HttpClient,
+    UnknownProviderError,
+    open_provider,
+)
+from smsgate_server.providers.simulator import SimulatorProvider
+
+
+class HttpVendor:
+    """A provider that talks HTTP, recording whether its client was open when it closed."""
+
+    name = "http-vendor"
+    max_batch = 1
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.client_open_at_close: bool | None = None
+
+    async def send(self, messages: Sequence[OutboundSms]) -> list[SendResult]:
+        return [SendResult(True, m.reference) for m in messages]
+
+    def set_receipt_sink(self, sink: ReceiptSink) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        self.client_open_at_close = not self.client.is_closed
+
+
+def http_vendor(settings: Settings, http: HttpClient) -> HttpVendor:
+    # Asked twice: the shared client is made once.
+    assert http() is http()
+    return HttpVendor(http())
+
+
+def settings_for(provider: str, tmp_path: Path) -> Settings:
+    return Settings(provider=provider, data_dir=tmp_path)
+
+
+async def test_the_default_provider_is_the_simulator(tmp_path: Path) -> None:
+    async with open_provider(Settings(data_dir=tmp_path)) as provider:
+        assert isinstance(provider, SimulatorProvider)
+
+
+async def test_a_provider_closes_before_the_http_client_it_was_given(tmp_path: Path) -> None:
+    builders = {**PROVIDERS, "http-vendor": http_vendor}
+    async with open_provider(settings_for("http-vendor", tmp_path), builders=builders) as p:
+        assert isinstance(p, HttpVendor)
+        assert not p.client.is_closed
+    assert p.client_open_at_close is True
+    assert p.client.is_closed
+
+
+async def test_an_unknown_provider_names_the_variable_and_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(UnknownProviderError) as raised:
+        async with open_provider(settings_for("smoke-signals", tmp_path)):
+            pass
+    assert "SMSGATE_PROVIDER='smoke-signals'" in str(raised.value)
+    assert "known: simulator" in str(raised.value)
