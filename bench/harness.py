@@ -37,7 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from smsgate.v1 import message_pb2, sms_service_pb2, verification_service_pb2
 from smsgate.v1 import sms_service_pb2_grpc as sms_grpc
 from smsgate.v1 import verification_service_pb2_grpc as ver_grpc
-from smsgate_server.embedded_redis import EmbeddedRedis
+from smsgate_server.store.embedded_redis import EmbeddedRedis
 
 from bench.load import ClientResult, ClientSpec, run_client
 from bench.procstat import TreeSample, cpu_percent, sample_tree

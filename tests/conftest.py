@@ -12,8 +12,8 @@ import pytest
 import redis
 from smsgate.v1 import sms_service_pb2_grpc
 from smsgate_server.config import Settings
-from smsgate_server.embedded_redis import EmbeddedRedis
 from smsgate_server.runtime import Running, start
+from smsgate_server.store.embedded_redis import EmbeddedRedis
 
 from tests.processes import servers  # noqa: F401 - the process fixture, for every test module
 

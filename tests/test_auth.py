@@ -54,8 +54,8 @@ async def test_right_key_with_wrong_secret_is_unauthenticated(
 
 async def test_secret_is_stored_hashed(server: Running, token: str) -> None:
     secret = token.split(".", 1)[1]
-    async for key in server.redis.scan_iter(match="*"):
-        value = await server.redis.dump(key)
+    async for key in server.redis.client.scan_iter(match="*"):
+        value = await server.redis.client.dump(key)
         assert secret.encode() not in (value or b"")
 
 

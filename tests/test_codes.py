@@ -194,6 +194,8 @@ def service(
         message_retention_seconds=3600,
         idempotency_ttl_seconds=3600,
         receipt_timeout_seconds=3600,
+        schedule_max_days=35,
+        max_message_age_seconds=86_400,
         clock=clock,
     )
     return VerificationService(

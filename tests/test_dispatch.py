@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 import httpx
@@ -14,6 +14,7 @@ from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
 from smsgate_server.runtime import Running
 from smsgate_server.services.sending import SendCommand, SendingService, SendLimits
 from smsgate_server.store.messages import SendOutcome
+from smsgate_server.store.queue import DispatchQueue
 
 from tests.conftest import ServerFactory
 from tests.pipeline_support import TERMINAL, S, sent_counts, wait_until
@@ -205,10 +206,9 @@ async def test_a_reclaimed_message_out_of_attempts_fails(make_server: ServerFact
     stub, token, message_id = await send_one(api)
     # A worker that died mid-send: it took the entry and moved the message on.
     shard = int(message_id[12:14], 16)
-    queue = api.store.shard_keys[shard].queue
-    await api.store.ensure_groups()
-    reply: Any = await api.redis.xreadgroup("dispatch", "dead-worker", {queue: ">"}, count=10)
-    entries = [(e.decode(), f[b"m"].decode()) for _, items in reply for e, f in items]
+    queue = DispatchQueue(api.redis, shards=api.settings.shards)
+    await queue.ensure_groups()
+    entries = await queue.read(shard, "dead-worker", 10)
     assert await api.store.claim(shard, entries, reclaimed=False)
 
     await make_server(role="worker", max_attempts=1, visibility_timeout_seconds=0.3)
@@ -224,9 +224,9 @@ async def test_a_receipt_that_outruns_its_send_outcome_waits_for_it(
     stub, token, message_id = await send_one(api)
     app = token.split(".", 1)[0]
     shard = int(message_id[12:14], 16)
-    queue = api.store.shard_keys[shard].queue
-    reply: Any = await api.redis.xreadgroup("dispatch", "w1", {queue: ">"}, count=10)
-    entries = [(e.decode(), f[b"m"].decode()) for _, items in reply for e, f in items]
+    queue = DispatchQueue(api.redis, shards=api.settings.shards)
+    await queue.ensure_groups()
+    entries = await queue.read(shard, "w1", 10)
     (claimed,) = await api.store.claim(shard, entries, reclaimed=False)
 
     worker = await make_server(role="worker")

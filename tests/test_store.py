@@ -39,7 +39,8 @@ async def test_index_and_batch_entries_do_not_outlive_their_messages(redis: Redi
     clock = Clock(1_700_000_000_000)
     store = MessageStore(
         redis, shards=1, event_retention_seconds=3600, message_retention_seconds=86_400,
-        idempotency_ttl_seconds=3600, receipt_timeout_seconds=3600, clock=clock,
+        idempotency_ttl_seconds=3600, receipt_timeout_seconds=3600, schedule_max_days=35,
+        max_message_age_seconds=86_400, clock=clock,
     )  # fmt: skip
     old = message(clock.ms)
     await store.accept("ak", 0, [old], batch_id="b1", now_ms=clock.ms)

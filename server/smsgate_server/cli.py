@@ -17,15 +17,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
 from smsgate_server.config import Settings
+from smsgate_server.domain.errors import Unavailable
 from smsgate_server.domain.phone import parse_calling_code
-from smsgate_server.embedded_redis import EmbeddedRedis, RedisStartError, running_url
 from smsgate_server.logs import configure_logging
 from smsgate_server.processes import serve_processes
-from smsgate_server.runtime import StartError, redact_url, start
+from smsgate_server.runtime import StartError, start
 from smsgate_server.store.apps import AppStore
+from smsgate_server.store.connection import connect
+from smsgate_server.store.embedded_redis import EmbeddedRedis, RedisStartError, running_url
 
 __all__ = ["main"]
 
@@ -86,16 +87,17 @@ async def _create_app(
         # No server is running on this data directory: open its Redis briefly.
         embedded = EmbeddedRedis(settings.data_dir)
         url = await asyncio.to_thread(embedded.start)
-    redis = Redis.from_url(url, socket_connect_timeout=5)
     try:
+        redis = await connect(url, pool_size=2)
         try:
-            creds = await AppStore(redis).create(
+            creds = await AppStore(redis.client).create(
                 name, allowed_countries=allowed_countries, verify_per_minute=verify_per_minute
             )
-        except Exception as exc:
-            raise StartError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
+        finally:
+            await redis.aclose()
+    except Unavailable as exc:
+        raise StartError(str(exc)) from None
     finally:
-        await redis.aclose()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
     if as_json:

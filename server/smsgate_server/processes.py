@@ -19,8 +19,8 @@ from collections.abc import Callable
 from types import FrameType
 
 from smsgate_server.config import Settings, parse_address
-from smsgate_server.embedded_redis import EmbeddedRedis, running_url
 from smsgate_server.runtime import StartError, load_server_secret
+from smsgate_server.store.embedded_redis import EmbeddedRedis, running_url
 
 __all__ = ["serve_processes"]
 

@@ -11,13 +11,11 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from redis.asyncio import BlockingConnectionPool, Redis
 from smsgate.v1 import (
     sms_service_pb2,
     sms_service_pb2_grpc,
@@ -34,7 +32,7 @@ from smsgate_server.api.verification import VerificationServicer
 from smsgate_server.config import Role, Settings, parse_address
 from smsgate_server.dispatch.dispatcher import DispatchConfig, Dispatcher
 from smsgate_server.domain.codes import CodeSigner, parse_secret
-from smsgate_server.embedded_redis import EmbeddedRedis, running_url
+from smsgate_server.domain.errors import Unavailable
 from smsgate_server.http import HttpSidePort, build_app
 from smsgate_server.providers.simulator import SimulatorProvider
 from smsgate_server.services.sending import SendingService, SendLimits
@@ -42,10 +40,13 @@ from smsgate_server.services.verification import CodePolicy, VerificationService
 from smsgate_server.services.watch import WatchHub
 from smsgate_server.store.apps import AppStore
 from smsgate_server.store.codes import CodeStore
+from smsgate_server.store.connection import RedisConnection, connect
+from smsgate_server.store.embedded_redis import EmbeddedRedis, running_url
 from smsgate_server.store.events import EventStore
 from smsgate_server.store.messages import MessageStore
+from smsgate_server.store.queue import DispatchQueue
 
-__all__ = ["Running", "StartError", "redact_url", "start"]
+__all__ = ["Running", "StartError", "start"]
 
 log = logging.getLogger("smsgate.server")
 
@@ -54,20 +55,10 @@ SERVICE_NAMES = [
     verification_service_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
     template_service_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
 ]
-READ_BLOCK_MS = 1000
 
 
 class StartError(RuntimeError):
     """The server cannot start; the message says why and what to do."""
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 @dataclass
@@ -79,8 +70,7 @@ class Running:
     http_port: int
     server: grpc.aio.Server
     health: health_aio.HealthServicer
-    redis: Redis
-    reader_redis: Redis
+    redis: RedisConnection
     store: MessageStore
     apps: AppStore
     provider: SimulatorProvider
@@ -109,30 +99,10 @@ class Running:
         await self.provider.aclose()
         self.http.stop()
         await asyncio.wait([self.http_task], timeout=5)
-        await self.reader_redis.aclose()
         await self.redis.aclose()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
         log.info("stopped")
-
-
-async def _connect(url: str, settings: Settings) -> tuple[Redis, Redis]:
-    pool = BlockingConnectionPool.from_url(
-        url, max_connections=settings.redis_pool_size, timeout=10, socket_connect_timeout=5
-    )
-    client = Redis(connection_pool=pool)
-    # Stream readers block for READ_BLOCK_MS; their socket timeout must exceed it.
-    reader = Redis.from_url(url, socket_timeout=READ_BLOCK_MS / 1000 + 10, socket_connect_timeout=5)
-    try:
-        await asyncio.wait_for(client.ping(), timeout=5)
-    except Exception as exc:
-        await client.aclose()
-        await reader.aclose()
-        raise StartError(
-            f"cannot reach Redis at {redact_url(url)}: {exc or type(exc).__name__}. "
-            "Check SMSGATE_REDIS_URL, or unset it to run an embedded Redis."
-        ) from None
-    return client, reader
 
 
 def load_server_secret(settings: Settings) -> bytes:
@@ -254,17 +224,23 @@ async def start(settings: Settings) -> Running:
 
 
 async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None) -> Running:
-    redis, reader = await _connect(url, settings)
+    try:
+        redis = await connect(url, pool_size=settings.redis_pool_size)
+    except Unavailable as exc:
+        raise StartError(
+            f"{exc}. Check SMSGATE_REDIS_URL, or unset it to run an embedded Redis."
+        ) from None
     store = MessageStore(
-        redis,
+        redis.client,
         shards=settings.shards,
         event_retention_seconds=settings.event_retention_seconds,
         message_retention_seconds=settings.message_retention_seconds,
         idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
         receipt_timeout_seconds=settings.receipt_timeout_seconds,
+        schedule_max_days=settings.schedule_max_days,
+        max_message_age_seconds=settings.max_message_age_seconds,
     )
-    await store.ensure_groups()
-    apps = AppStore(redis)
+    apps = AppStore(redis.client)
     provider = SimulatorProvider(
         latency_ms=settings.sim_latency_ms,
         failure_rate=settings.sim_failure_rate,
@@ -304,13 +280,13 @@ async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if settings.role is not Role.WORKER:
         hub = WatchHub(
-            EventStore(redis, reader, settings.shards),
+            EventStore(redis.client, redis.reader, settings.shards),
             buffer=settings.watch_buffer,
             retention_seconds=settings.event_retention_seconds,
         )
         sms_service_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(sending, hub), server)
         verification = VerificationService(
-            CodeStore(redis),
+            CodeStore(redis.client),
             sending,
             CodeSigner(load_server_secret(settings)),
             code_policy(settings),
@@ -335,7 +311,6 @@ async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None
         if hub is not None:
             await hub.close()
         await redis.aclose()
-        await reader.aclose()
 
     try:
         grpc_port = _listen(server, settings)
@@ -361,18 +336,9 @@ async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None
     if settings.role is not Role.API:
         dispatcher = Dispatcher(
             store,
+            DispatchQueue(redis, shards=settings.shards),
             provider,
-            reader_redis=reader,
-            config=DispatchConfig(
-                concurrency=settings.dispatch_concurrency,
-                visibility_timeout=settings.visibility_timeout_seconds,
-                max_attempts=settings.max_attempts,
-                retry_base=settings.retry_base_seconds,
-                retry_max=settings.retry_max_seconds,
-                max_message_age=settings.max_message_age_seconds,
-                sweep_interval=settings.sweep_interval_seconds,
-                read_block_ms=READ_BLOCK_MS,
-            ),
+            config=DispatchConfig.from_settings(settings),
         )
         await dispatcher.start()
 
@@ -381,10 +347,7 @@ async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None
     async def healthy() -> bool:
         if stopped.is_set():
             return False
-        try:
-            return bool(await asyncio.wait_for(redis.ping(), timeout=2))
-        except Exception:
-            return False
+        return await redis.healthy()
 
     http = HttpSidePort(build_app(healthy), *parse_address(settings.http_address))
     http_task = asyncio.create_task(http.serve(http_sock), name="http")
@@ -406,7 +369,6 @@ async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None
         server=server,
         health=health,
         redis=redis,
-        reader_redis=reader,
         store=store,
         apps=apps,
         provider=provider,

@@ -22,11 +22,10 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, TypeAlias
 
 import grpc
-from redis import exceptions as redis_errors
 
 from smsgate_server.api.errors import STATUS_DETAILS_KEY, grpc_code_of, to_rpc_status
 from smsgate_server.domain.apps import App, parse_token
-from smsgate_server.domain.errors import SmsgateError, Unauthenticated, Unavailable
+from smsgate_server.domain.errors import SmsgateError, Unauthenticated
 from smsgate_server.metrics import RPC_SECONDS, RPCS
 from smsgate_server.store.apps import AppStore
 
@@ -55,13 +54,11 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: SmsgateEr
 
 
 def _as_error(exc: Exception, method: str) -> SmsgateError:
-    """What to answer for ``exc``: a domain error as it is, Redis trouble as
-    UNAVAILABLE, anything else (a bug) as INTERNAL, logged with its traceback."""
+    """What to answer for ``exc``: a domain error (Redis trouble is ``Unavailable``,
+    mapped in ``store.errors``) as it is, anything else (a bug) as INTERNAL,
+    logged with its traceback."""
     if isinstance(exc, SmsgateError):
         return exc
-    if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
-        log.warning("redis unavailable", extra={"error": repr(exc)})
-        return Unavailable("storage is unavailable; retry")
     log.error("unexpected error", exc_info=exc, extra={"method": method})
     # A plain SmsgateError maps to INTERNAL.
     return SmsgateError("internal error (logged on the server)", reason="INTERNAL")

@@ -20,16 +20,14 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import ResponseError
-
+from smsgate_server.config import Settings
 from smsgate_server.dispatch.backoff import retry_delay
 from smsgate_server.domain.ids import shard_of_id
 from smsgate_server.metrics import PROVIDER_CALLS, PROVIDER_SECONDS, RECEIPTS, SEND_OUTCOMES
 from smsgate_server.providers.base import OutboundSms, Provider, SendResult
-from smsgate_server.store.messages import GROUP, Claimed, MessageStore, Receipt, SendOutcome
+from smsgate_server.store.messages import Claimed, MessageStore, Receipt, SendOutcome
+from smsgate_server.store.queue import DispatchQueue, QueueEntry
 
 __all__ = ["DispatchConfig", "Dispatcher"]
 
@@ -43,16 +41,27 @@ DEAD_CONSUMER_MS = 3_600_000
 
 @dataclass(frozen=True, slots=True)
 class DispatchConfig:
-    """Knobs of the dispatcher (from Settings)."""
+    """Knobs of the dispatcher; ``from_settings`` fills them (defaults live in Settings)."""
 
-    concurrency: int = 256
-    visibility_timeout: float = 30.0
-    max_attempts: int = 10
-    retry_base: float = 1.0
-    retry_max: float = 300.0
-    max_message_age: float = 86_400.0
-    sweep_interval: float = 0.2
-    read_block_ms: int = 1000
+    concurrency: int
+    visibility_timeout: float
+    max_attempts: int
+    retry_base: float
+    retry_max: float
+    max_message_age: float
+    sweep_interval: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DispatchConfig:
+        return cls(
+            concurrency=settings.dispatch_concurrency,
+            visibility_timeout=settings.visibility_timeout_seconds,
+            max_attempts=settings.max_attempts,
+            retry_base=settings.retry_base_seconds,
+            retry_max=settings.retry_max_seconds,
+            max_message_age=settings.max_message_age_seconds,
+            sweep_interval=settings.sweep_interval_seconds,
+        )
 
     @property
     def provider_timeout(self) -> float:
@@ -66,17 +75,15 @@ class Dispatcher:
     def __init__(
         self,
         store: MessageStore,
+        queue: DispatchQueue,
         provider: Provider,
         *,
-        reader_redis: Redis,
         config: DispatchConfig,
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
+        self.queue = queue
         self.provider = provider
-        # Blocking XREADGROUP gets its own client whose socket timeout exceeds
-        # the block time (redis/redis-py#3138).
-        self.reader_redis = reader_redis
         self.config = config
         self.rng = rng or random.Random()
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -90,7 +97,7 @@ class Dispatcher:
         provider.set_receipt_sink(self.receive_receipt)
 
     async def start(self) -> None:
-        await self.store.ensure_groups()
+        await self.queue.ensure_groups()
         for shard in range(self.store.shards):
             self._tasks.append(asyncio.create_task(self._read_loop(shard), name=f"read-{shard}"))
         self._tasks.append(asyncio.create_task(self._reclaim_loop(), name="reclaim"))
@@ -120,35 +127,16 @@ class Dispatcher:
     # --- reading -------------------------------------------------------
 
     async def _read_loop(self, shard: int) -> None:
-        queue = self.store.shard_keys[shard].queue
         while not self._stopping.is_set():
             try:
                 await self._slots.acquire()
                 self._slots.release()
                 room = max(1, min(256, self._free_slots()))
-                reply: Any = await self.reader_redis.xreadgroup(
-                    GROUP,
-                    self.consumer,
-                    {queue: ">"},
-                    count=room,
-                    block=self.config.read_block_ms,
-                )
-                if not reply:
-                    continue
-                entries = [
-                    (entry_id.decode(), fields[b"m"].decode())
-                    for _, items in reply
-                    for entry_id, fields in items
-                ]
-                await self._take(shard, entries, reclaimed=False)
+                entries = await self.queue.read(shard, self.consumer, room)
+                if entries:
+                    await self._take(shard, entries, reclaimed=False)
             except asyncio.CancelledError:
                 raise
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                # Redis lost the group (flushed, or restarted without its data).
-                log.warning("dispatch group missing; creating it", extra={"shard": shard})
-                await self.store.ensure_groups()
             except Exception:
                 log.exception("queue read failed", extra={"shard": shard})
                 await asyncio.sleep(1.0)
@@ -161,20 +149,14 @@ class Dispatcher:
         min_idle = int(self.config.visibility_timeout * 1000)
         while not self._stopping.is_set():
             await asyncio.sleep(interval)
-            for shard, keys in enumerate(self.store.shard_keys):
+            for shard in range(self.store.shards):
                 try:
                     start = "0-0"
                     while True:
-                        reply: Any = await self.store.redis.xautoclaim(
-                            keys.queue, GROUP, self.consumer, min_idle, start, count=100
+                        start, entries = await self.queue.reclaim(
+                            shard, self.consumer, min_idle_ms=min_idle, start=start
                         )
-                        start = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
-                        # Redis 6.2 lists deleted entries as nil.
-                        entries = [
-                            (e[0].decode(), e[1][b"m"].decode())
-                            for e in reply[1]
-                            if e and e[1] and b"m" in e[1] and e[0].decode() not in self._held
-                        ]
+                        entries = [e for e in entries if e[0] not in self._held]
                         if entries:
                             log.warning(
                                 "re-claimed entries of a dead worker",
@@ -183,20 +165,13 @@ class Dispatcher:
                             await self._take(shard, entries, reclaimed=True)
                         if start == "0-0":
                             break
-                    await self._forget_dead_consumers(keys.queue)
+                    await self.queue.forget_consumers(
+                        shard, keep=self.consumer, idle_ms=DEAD_CONSUMER_MS
+                    )
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("re-claim failed", extra={"shard": shard})
-
-    async def _forget_dead_consumers(self, queue: str) -> None:
-        """Drop consumers (one per process start) idle for an hour with nothing
-        pending; their entries were re-claimed long ago."""
-        consumers: Any = await self.store.redis.xinfo_consumers(queue, GROUP)
-        for c in consumers:
-            name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
-            if name != self.consumer and c["pending"] == 0 and c["idle"] > DEAD_CONSUMER_MS:
-                await self.store.redis.xgroup_delconsumer(queue, GROUP, name)
 
     async def _promote_loop(self) -> None:
         while not self._stopping.is_set():
@@ -214,9 +189,7 @@ class Dispatcher:
 
     # --- sending -------------------------------------------------------
 
-    async def _take(
-        self, shard: int, entries: Sequence[tuple[str, str]], *, reclaimed: bool
-    ) -> None:
+    async def _take(self, shard: int, entries: Sequence[QueueEntry], *, reclaimed: bool) -> None:
         claimed = await self.store.claim(
             shard, entries, reclaimed=reclaimed, max_attempts=self.config.max_attempts
         )

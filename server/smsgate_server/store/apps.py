@@ -15,6 +15,7 @@ from smsgate_server.domain.apps import (
     new_credentials,
     secret_matches,
 )
+from smsgate_server.store.errors import redis_edge
 from smsgate_server.store.keys import app_key, apps_index
 
 __all__ = ["AppStore"]
@@ -30,6 +31,7 @@ class AppStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
+    @redis_edge
     async def create(
         self,
         name: str,
@@ -57,6 +59,7 @@ class AppStore:
             await pipe.execute()
         return creds
 
+    @redis_edge
     async def authenticate(self, key: str, secret: str) -> App | None:
         """The app when ``secret`` is its secret, else None."""
         name, stored, countries, per_minute = await self.redis.hmget(
@@ -73,5 +76,6 @@ class AppStore:
             verify_per_minute=int(per_minute) if per_minute is not None else None,
         )
 
+    @redis_edge
     async def count(self) -> int:
         return int(await self.redis.scard(apps_index()))

@@ -13,6 +13,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from smsgate_server.store.errors import redis_edge
 from smsgate_server.store.keys import CodeKeys, verify_rate_key
 from smsgate_server.store.scripts import CodeScripts
 
@@ -67,6 +68,7 @@ class CodeStore:
         self.redis = redis
         self.scripts = CodeScripts(redis)
 
+    @redis_edge
     async def issue(self, new: NewCode, now_ms: int) -> IssueOutcome:
         """Store ``new`` as the live code of its scope, replacing the previous one,
         unless the cooldown or a per-number cap forbids it."""
@@ -93,6 +95,7 @@ class CodeStore:
             return IssueOutcome(kind, hour_ms=int(reply[1]), day_ms=int(reply[2]))
         return IssueOutcome(kind)
 
+    @redis_edge
     async def verify_by_id(
         self, keys: CodeKeys, nonce: str, code_hash: str, now_ms: int, *, scope: str = ""
     ) -> VerifyOutcome:
@@ -100,6 +103,7 @@ class CodeStore:
         given, must be that code's scope."""
         return await self._verify(keys.by_id(nonce), "id", keys, code_hash, now_ms, nonce, scope)
 
+    @redis_edge
     async def verify_by_scope(
         self, keys: CodeKeys, scope: str, code_hash: str, now_ms: int
     ) -> VerifyOutcome:
@@ -121,6 +125,7 @@ class CodeStore:
         )
         return VerifyOutcome(_s(reply[0]), int(reply[1]))
 
+    @redis_edge
     async def take_app_slot(self, app: str, limit: int, now_ms: int) -> int:
         """Count one code against the app's per-minute limit: 0 when counted,
         else the ms until the current minute ends.
@@ -136,6 +141,7 @@ class CodeStore:
         )
         return 0 if int(taken) else (window + 1) * WINDOW_MS - now_ms
 
+    @redis_edge
     async def give_back_app_slot(self, app: str, now_ms: int) -> None:
         """Undo ``take_app_slot`` for a code that was then refused."""
         window = now_ms // WINDOW_MS

@@ -8,6 +8,7 @@ from redis.asyncio import Redis
 
 from smsgate_server.domain.events import StatusEvent
 from smsgate_server.domain.status import Status
+from smsgate_server.store.errors import redis_edge
 from smsgate_server.store.keys import ShardKeys
 
 __all__ = ["EventStore"]
@@ -41,6 +42,7 @@ class EventStore:
         self.reader = reader
         self.keys = [ShardKeys(i) for i in range(shards)]
 
+    @redis_edge
     async def last_id(self, shard: int) -> str:
         """A position just before the next event of a shard: the newest event's
         id, or for an empty stream an id just before Redis's clock (every new
@@ -52,6 +54,7 @@ class EventStore:
         entry_id = raw[0][0]
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
+    @redis_edge
     async def first_id(self, shard: int) -> str | None:
         """Id of the oldest event still kept, or None when empty."""
         raw: Any = await self.redis.xrange(self.keys[shard].events, count=1)
@@ -60,6 +63,7 @@ class EventStore:
         entry_id = raw[0][0]
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
+    @redis_edge
     async def after(self, shard: int, after_id: str, count: int = 1000) -> list[StatusEvent]:
         """Events of a shard strictly after ``after_id``, oldest first."""
         raw: Any = await self.redis.xrange(
@@ -67,6 +71,7 @@ class EventStore:
         )
         return [_event(shard, entry_id, fields) for entry_id, fields in raw]
 
+    @redis_edge
     async def wait_after(
         self, shard: int, after_id: str, *, block_ms: int, count: int = 1000
     ) -> list[StatusEvent]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "GROUP",
     "PREFIX",
     "CodeKeys",
     "ShardKeys",
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 PREFIX = "sg"
+# The consumer group of every shard's queue stream, shared by all dispatchers.
+GROUP = "dispatch"
 
 
 def app_key(app: str) -> str:

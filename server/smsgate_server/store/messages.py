@@ -11,7 +11,8 @@ from redis.asyncio import Redis
 
 from smsgate_server.domain.message import HistoryEntry, NewMessage, StoredMessage
 from smsgate_server.domain.status import Status
-from smsgate_server.store.keys import ShardKeys
+from smsgate_server.store.errors import redis_edge
+from smsgate_server.store.keys import GROUP, ShardKeys
 from smsgate_server.store.scripts import Scripts
 
 __all__ = [
@@ -22,7 +23,7 @@ __all__ = [
     "SendOutcome",
 ]
 
-GROUP = "dispatch"
+DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,8 @@ class MessageStore:
         message_retention_seconds: int,
         idempotency_ttl_seconds: int,
         receipt_timeout_seconds: float,
+        schedule_max_days: int,
+        max_message_age_seconds: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
@@ -99,10 +102,17 @@ class MessageStore:
         self._message_retention = message_retention_seconds
         self._idempotency_ttl = idempotency_ttl_seconds
         self._receipt_timeout_ms = int(receipt_timeout_seconds * 1000)
-        # How long after creation a message can still exist: scheduling window,
-        # a day of retries, receipt wait, then retention.
-        self._horizon_ms = (
-            (36 + 1) * 86_400_000 + self._receipt_timeout_ms + message_retention_seconds * 1000
+        # How long after creation a message can still exist, so how long its
+        # app-index and batch-list entries must last: scheduled up to the limit,
+        # retried while younger than the maximum age, waiting for its receipt,
+        # then kept for retention. The day covers the last retry's delay,
+        # re-claims and clock skew between replicas.
+        self.horizon_ms = (
+            schedule_max_days * DAY_MS
+            + int(max_message_age_seconds * 1000)
+            + self._receipt_timeout_ms
+            + message_retention_seconds * 1000
+            + DAY_MS
         )
         self.clock = clock
 
@@ -113,15 +123,7 @@ class MessageStore:
         minid = f"{max(now_ms - self._event_retention_ms, 0)}-0"
         return [keys.prefix, now_ms, minid, self._message_retention]
 
-    async def ensure_groups(self) -> None:
-        """Create each shard's dispatch consumer group (idempotent)."""
-        for keys in self.shard_keys:
-            try:
-                await self.redis.xgroup_create(keys.queue, GROUP, id="0", mkstream=True)
-            except Exception as exc:  # redis.ResponseError, BUSYGROUP
-                if "BUSYGROUP" not in str(exc):
-                    raise
-
+    @redis_edge
     async def accept(
         self,
         app: str,
@@ -146,7 +148,7 @@ class MessageStore:
             batch_id,
             remember,
             12,
-            self._horizon_ms,
+            self.horizon_ms,
         ]
         for m in messages:
             args += [
@@ -171,11 +173,13 @@ class MessageStore:
         kind = _s(result[0])
         return AcceptOutcome(kind, _s(result[1]) if len(result) > 1 else "")
 
+    @redis_edge
     async def get(self, app: str, shard: int, message_id: str) -> StoredMessage | None:
         """One message with its history, or None (also for another app's id)."""
         (found,) = await self.get_many(app, [(shard, message_id)])
         return found
 
+    @redis_edge
     async def get_many(
         self, app: str, refs: Sequence[tuple[int, str]]
     ) -> list[StoredMessage | None]:
@@ -190,6 +194,7 @@ class MessageStore:
             raw = await pipe.execute()
         return [_to_message(raw[i], raw[i + 1]) if raw[i] else None for i in range(0, len(raw), 2)]
 
+    @redis_edge
     async def index_page(
         self, app: str, shard: int, *, below: str, at_least: str, limit: int
     ) -> list[str]:
@@ -200,6 +205,7 @@ class MessageStore:
         )
         return [_s(x) for x in raw]
 
+    @redis_edge
     async def forget(self, app: str, refs: Sequence[tuple[int, str]]) -> None:
         """Drop index entries of messages whose retention ran out."""
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -207,11 +213,13 @@ class MessageStore:
                 pipe.zrem(self.shard_keys[shard].index(app), message_id)
             await pipe.execute()
 
+    @redis_edge
     async def batch_ids(self, app: str, shard: int, batch_id: str) -> list[str]:
         """The message ids of a batch in request order (empty when unknown)."""
         raw = await self.redis.lrange(self.shard_keys[shard].batch(app, batch_id), 0, -1)
         return [_s(x) for x in raw]
 
+    @redis_edge
     async def cancel(self, app: str, shard: int, ids: Sequence[str]) -> list[int]:
         """Cancel messages: per id 1 canceled, 0 too late, -1 not found."""
         keys = self.shard_keys[shard]
@@ -222,6 +230,7 @@ class MessageStore:
 
     # --- dispatch side -------------------------------------------------
 
+    @redis_edge
     async def claim(
         self,
         shard: int,
@@ -257,6 +266,7 @@ class MessageStore:
             for r in rows
         ]
 
+    @redis_edge
     async def settle(self, shard: int, outcomes: Sequence[SendOutcome]) -> int:
         """Store provider outcomes and acknowledge their queue entries."""
         keys = self.shard_keys[shard]
@@ -286,6 +296,7 @@ class MessageStore:
             )
         )
 
+    @redis_edge
     async def apply_receipts(self, shard: int, receipts: Sequence[Receipt]) -> list[int]:
         """Move SENT messages to DELIVERED / UNDELIVERED. Per receipt: 1 applied,
         0 ignored (ended already, or gone), -1 too early (still SENDING)."""
@@ -296,6 +307,7 @@ class MessageStore:
         result = await self.scripts.receipt(keys=[keys.events, keys.receipts], args=args)
         return [int(x) for x in result]
 
+    @redis_edge
     async def promote(self, shard: int, limit: int = 500) -> tuple[int, int]:
         """Queue due messages and expire overdue receipts: (promoted, expired)."""
         keys = self.shard_keys[shard]
@@ -305,6 +317,7 @@ class MessageStore:
         )
         return int(result[0]), int(result[1])
 
+    @redis_edge
     async def lookup_provider_ids(
         self, provider: str, provider_message_ids: Sequence[str]
     ) -> list[str | None]:

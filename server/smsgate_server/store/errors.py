@@ -1,0 +1,54 @@
+"""Redis errors become domain errors here, at the store's edge, and nowhere else.
+
+Like httpx's ``map_httpcore_exceptions``: callers of the store see
+``Unavailable`` when Redis cannot be reached or answered too late, never a
+``redis`` exception.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
+
+from redis import exceptions as redis_errors
+
+from smsgate_server.domain.errors import Unavailable
+
+__all__ = ["map_redis_errors", "redis_edge"]
+
+log = logging.getLogger("smsgate.store")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Redis is down, unreachable, slow, loading its data or a read-only replica
+# after a failover: all pass, so the caller should retry.
+_UNAVAILABLE = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,
+)
+
+
+@contextmanager
+def map_redis_errors() -> Iterator[None]:
+    """Raise ``Unavailable`` for Redis trouble that passes; anything else is a bug."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        log.warning("redis unavailable", extra={"error": repr(exc)})
+        raise Unavailable("storage is unavailable; retry") from exc
+
+
+def redis_edge(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """A store coroutine whose Redis errors are mapped by ``map_redis_errors``."""
+
+    @functools.wraps(method)
+    async def mapped(*args: P.args, **kwargs: P.kwargs) -> T:
+        with map_redis_errors():
+            return await method(*args, **kwargs)
+
+    return mapped

@@ -1,0 +1,90 @@
+"""DispatchQueue: each shard's stream of messages ready to send, read by the
+dispatchers of every process through one consumer group."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from smsgate_server.store.connection import READ_BLOCK_MS, RedisConnection
+from smsgate_server.store.errors import redis_edge
+from smsgate_server.store.keys import GROUP, ShardKeys
+
+__all__ = ["DispatchQueue", "QueueEntry"]
+
+log = logging.getLogger("smsgate.store")
+
+QueueEntry = tuple[str, str]
+"""A queue entry: its stream id and the ``app:id`` of its message."""
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class DispatchQueue:
+    """Reads, re-claims and acknowledges nothing itself: entries are
+    acknowledged by the script that stores their outcome (``MessageStore.settle``)."""
+
+    def __init__(self, redis: RedisConnection, *, shards: int) -> None:
+        self.redis = redis
+        self.keys = [ShardKeys(i) for i in range(shards)]
+
+    @redis_edge
+    async def ensure_groups(self) -> None:
+        """Create each shard's consumer group (idempotent)."""
+        for keys in self.keys:
+            try:
+                await self.redis.client.xgroup_create(keys.queue, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    @redis_edge
+    async def read(self, shard: int, consumer: str, count: int) -> list[QueueEntry]:
+        """New entries for ``consumer``, waiting up to ``READ_BLOCK_MS`` for some."""
+        try:
+            reply: Any = await self.redis.reader.xreadgroup(
+                GROUP, consumer, {self.keys[shard].queue: ">"}, count=count, block=READ_BLOCK_MS
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis lost the group (flushed, or restarted without its data).
+            log.warning("dispatch group missing; creating it", extra={"shard": shard})
+            await self.ensure_groups()
+            return []
+        return [
+            (_s(entry_id), _s(fields[b"m"]))
+            for _, items in reply or ()
+            for entry_id, fields in items
+        ]
+
+    @redis_edge
+    async def reclaim(
+        self, shard: int, consumer: str, *, min_idle_ms: int, start: str, count: int = 100
+    ) -> tuple[str, list[QueueEntry]]:
+        """Entries idle for ``min_idle_ms`` (their consumer died), now ``consumer``'s,
+        from ``start``: (where to go on, "0-0" at the end; the entries)."""
+        reply: Any = await self.redis.client.xautoclaim(
+            self.keys[shard].queue, GROUP, consumer, min_idle_ms, start, count=count
+        )
+        # Redis 6.2 lists deleted entries as nil.
+        entries = [(_s(e[0]), _s(e[1][b"m"])) for e in reply[1] if e and e[1] and b"m" in e[1]]
+        return _s(reply[0]), entries
+
+    @redis_edge
+    async def forget_consumers(self, shard: int, *, keep: str, idle_ms: int) -> int:
+        """Drop consumers (one per process start) idle for ``idle_ms`` with nothing
+        pending, except ``keep``; returns how many were dropped."""
+        queue = self.keys[shard].queue
+        consumers: Any = await self.redis.client.xinfo_consumers(queue, GROUP)
+        dropped = 0
+        for c in consumers:
+            name = _s(c["name"])
+            if name != keep and c["pending"] == 0 and c["idle"] > idle_ms:
+                await self.redis.client.xgroup_delconsumer(queue, GROUP, name)
+                dropped += 1
+        return dropped
