@@ -20,15 +20,17 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/smsgate-server
 
-## Run every check: proto lint/format, ruff, mypy, pytest (stub freshness is a test).
+## Run every check: proto lint/format, ruff, layer contracts, mypy, pytest (stub freshness is a test).
 test: lint typecheck
 	$(BIN)/pytest -q
 
+# lint-imports checks the layer contracts in pyproject.toml; it is fast enough to skip its cache.
 lint: $(STAMP)
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
 	$(BIN)/ruff check $(PY_SRC)
 	$(BIN)/ruff format --check $(PY_SRC)
+	$(BIN)/lint-imports --no-cache --no-logo
 
 typecheck: $(STAMP)
 	$(BIN)/mypy server/smsgate_server clients/python/smsgate tests $(wildcard bench)
