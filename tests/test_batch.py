@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from smsgate.v1 import sms_service_pb2 as pb
 
 from tests.conftest import ServerFactory
-from tests.pipeline_support import TERMINAL, S, sent_counts, wait_until
+from tests.pipeline_support import TERMINAL, S, sent_counts, wait_for_statuses
 from tests.support import bearer, details_of
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ async def test_batch_accepts_valid_recipients_and_names_each_rejection(
     assert reply.results[3].error.reason == "DUPLICATE_RECIPIENT"
 
     ids = [r.message_id for r in reply.results if r.message_id]
-    seen = await wait_until(sms, token, ids, {S.MESSAGE_STATUS_DELIVERED})
+    seen = await wait_for_statuses(sms, token, ids, {S.MESSAGE_STATUS_DELIVERED})
     assert {m.status for m in seen.values()} == {S.MESSAGE_STATUS_DELIVERED}
     assert {m.batch_id for m in seen.values()} == {reply.batch_id}
 
@@ -146,9 +146,9 @@ async def test_scheduled_batch_can_be_canceled_and_never_reaches_the_provider(
             pb.CancelBatchRequest(batch_id=reply.batch_id), metadata=bearer(token)
         )
         assert (canceled.canceled_count, canceled.not_canceled_count) == (20, 0)
-        seen = await wait_until(stub, token, ids, TERMINAL)
+        seen = await wait_for_statuses(stub, token, ids, TERMINAL)
         await asyncio.sleep(1.5)  # past the scheduled time: nothing may be sent now
-        after = await wait_until(stub, token, ids, TERMINAL)
+        after = await wait_for_statuses(stub, token, ids, TERMINAL)
     assert {m.status for m in seen.values()} == {S.MESSAGE_STATUS_CANCELED}
     assert {m.status for m in after.values()} == {S.MESSAGE_STATUS_CANCELED}
     assert not set(ids) & set(sent_counts(log))
@@ -191,7 +191,7 @@ async def test_list_filters_by_phone_status_and_time(sms: SmsServiceAsyncStub, t
         pb.SendSmsRequest(phone_number="+14155550101", text="b", send_time=_in(3600)),
         metadata=bearer(token),
     )
-    await wait_until(sms, token, [a.message.id], {S.MESSAGE_STATUS_DELIVERED})
+    await wait_for_statuses(sms, token, [a.message.id], {S.MESSAGE_STATUS_DELIVERED})
 
     by_phone = await sms.ListMessages(
         pb.ListMessagesRequest(phone_number="+14155550100"), metadata=bearer(token)

@@ -17,7 +17,7 @@ from smsgate_server.store.messages import SendOutcome
 from smsgate_server.store.queue import DispatchQueue
 
 from tests.conftest import ServerFactory
-from tests.pipeline_support import TERMINAL, S, sent_counts, wait_until
+from tests.pipeline_support import TERMINAL, S, sent_counts, wait_for_statuses
 from tests.support import bearer
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ async def test_retryable_errors_are_retried_then_fail_with_the_providers_code(
         sim_failure_rate=1.0, max_attempts=3, retry_base_seconds=0.01, retry_max_seconds=0.05
     )
     stub, token, message_id = await send_one(server)
-    message = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+    message = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
 
     assert message.status == S.MESSAGE_STATUS_FAILED
     assert message.attempts == 3
@@ -63,7 +63,7 @@ async def test_retryable_errors_are_retried_then_fail_with_the_providers_code(
 async def test_permanent_errors_fail_at_once(make_server: ServerFactory) -> None:
     server = await make_server(sim_permanent_failure_rate=1.0)
     stub, token, message_id = await send_one(server)
-    message = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+    message = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
     assert message.status == S.MESSAGE_STATUS_FAILED
     assert message.attempts == 1
     assert (message.error.code, message.error.retryable) == ("SIM_REJECTED", False)
@@ -74,7 +74,7 @@ async def test_undelivered_receipt_ends_the_message_undelivered(
 ) -> None:
     server = await make_server(sim_undelivered_rate=1.0)
     stub, token, message_id = await send_one(server)
-    message = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+    message = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
     assert message.status == S.MESSAGE_STATUS_UNDELIVERED
     assert message.error.code == "SIM_UNREACHABLE"
 
@@ -82,7 +82,7 @@ async def test_undelivered_receipt_ends_the_message_undelivered(
 async def test_missing_receipt_expires_the_message(make_server: ServerFactory) -> None:
     server = await make_server(sim_receipt_delay_ms=60_000, receipt_timeout_seconds=0.3)
     stub, token, message_id = await send_one(server)
-    message = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+    message = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
     assert message.status == S.MESSAGE_STATUS_EXPIRED
 
 
@@ -90,14 +90,14 @@ async def test_late_and_repeated_receipts_do_not_move_a_terminal_message(
     server: Running,
 ) -> None:
     stub, token, message_id = await send_one(server)
-    before = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+    before = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
     assert before.status == S.MESSAGE_STATUS_DELIVERED
     assert server.dispatcher is not None
 
     await server.dispatcher.on_receipt(before.provider_message_id, False, "LATE", "late")
     await server.dispatcher.on_receipt(before.provider_message_id, True, "", "")
 
-    after = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+    after = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
     assert after.status == S.MESSAGE_STATUS_DELIVERED
     assert list(after.history) == list(before.history)
 
@@ -126,7 +126,7 @@ async def test_cancel_racing_dispatch_ends_in_exactly_one_outcome(
             return reply.message.id, True
 
         outcomes = dict(await asyncio.gather(*(send_and_cancel(i) for i in range(200))))
-        final = await wait_until(stub, token, list(outcomes), TERMINAL)
+        final = await wait_for_statuses(stub, token, list(outcomes), TERMINAL)
     await asyncio.sleep(0.3)  # let any stray dispatch reach the simulator
     sent = sent_counts(log)
     for message_id, canceled in outcomes.items():
@@ -140,7 +140,7 @@ async def test_cancel_racing_dispatch_ends_in_exactly_one_outcome(
 
 async def test_metrics_count_rpcs_provider_outcomes_and_receipts(server: Running) -> None:
     stub, token, message_id = await send_one(server)
-    await wait_until(stub, token, [message_id], TERMINAL)
+    await wait_for_statuses(stub, token, [message_id], TERMINAL)
     with pytest.raises(grpc.aio.AioRpcError):
         await stub.GetMessage(pb.GetMessageRequest(message_id="0" * 26), metadata=bearer(token))
     async with httpx.AsyncClient() as client:
@@ -165,7 +165,7 @@ async def test_a_provider_call_past_its_timeout_is_retried_then_fails(
         retry_base_seconds=0.01, retry_max_seconds=0.02,
     )  # fmt: skip
     stub, token, message_id = await send_one(server)
-    message = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+    message = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
     assert message.status == S.MESSAGE_STATUS_FAILED
     assert message.error.code == "PROVIDER_TIMEOUT"
     assert message.attempts == 2
@@ -193,7 +193,7 @@ async def test_a_worker_never_reclaims_what_it_is_still_sending(
             ).message.id
             for i in range(8)
         ]
-        final = await wait_until(stub, token, ids, TERMINAL, timeout=20)
+        final = await wait_for_statuses(stub, token, ids, TERMINAL, timeout=20)
     assert {m.status for m in final.values()} == {S.MESSAGE_STATUS_DELIVERED}
     # Handed to the provider once each. (Attempts may exceed 1 on a loaded
     # machine: a call past the provider timeout is retried, but a timed-out
@@ -212,7 +212,7 @@ async def test_a_reclaimed_message_out_of_attempts_fails(make_server: ServerFact
     assert await api.store.claim(shard, entries, reclaimed=False)
 
     await make_server(role="worker", max_attempts=1, visibility_timeout_seconds=0.3)
-    message = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+    message = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
     assert message.status == S.MESSAGE_STATUS_FAILED
     assert message.error.code == "NO_OUTCOME"
 
@@ -239,7 +239,7 @@ async def test_a_receipt_that_outruns_its_send_outcome_waits_for_it(
 
     await api.store.settle(shard, [SendOutcome(claimed, "sent", "simulator", "pid-1")])
     await asyncio.wait_for(receipt, 10)
-    message = (await wait_until(stub, token, [message_id], TERMINAL))[message_id]
+    message = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
     assert message.status == S.MESSAGE_STATUS_DELIVERED
 
 
@@ -261,6 +261,6 @@ async def test_a_message_past_its_use_is_expired_not_sent(
     await make_server(role="worker", sim_log=log)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{api.grpc_port}") as channel:
         stub: SmsServiceAsyncStub = SmsServiceStub(channel)
-        final = (await wait_until(stub, token, [message.id], TERMINAL))[message.id]
+        final = (await wait_for_statuses(stub, token, [message.id], TERMINAL))[message.id]
     assert final.status == S.MESSAGE_STATUS_EXPIRED
     assert sent_counts(log)[message.id] == 0

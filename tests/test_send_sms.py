@@ -13,26 +13,13 @@ from smsgate.v1 import message_pb2
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate_server.runtime import Running
 
+from tests.pipeline_support import wait_for_statuses
 from tests.support import bearer, details_of
 
 if TYPE_CHECKING:  # the async stub type exists only in the .pyi
     from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
 
 S = message_pb2.MessageStatus
-
-
-async def wait_for_status(
-    sms: SmsServiceAsyncStub, token: str, message_id: str, status: int, timeout: float = 5.0
-) -> message_pb2.Message:
-    """Poll GetMessage until the message has ``status``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        reply = await sms.GetMessage(
-            pb.GetMessageRequest(message_id=message_id), metadata=bearer(token)
-        )
-        if reply.message.status == status or time.monotonic() > deadline:
-            return reply.message
-        await asyncio.sleep(0.02)
 
 
 async def test_sent_message_is_delivered_with_history(sms: SmsServiceAsyncStub, token: str) -> None:
@@ -42,7 +29,9 @@ async def test_sent_message_is_delivered_with_history(sms: SmsServiceAsyncStub, 
     assert reply.message.status == S.MESSAGE_STATUS_QUEUED
     assert reply.message.phone_number == "+14155550123"
 
-    message = await wait_for_status(sms, token, reply.message.id, S.MESSAGE_STATUS_DELIVERED)
+    message = (
+        await wait_for_statuses(sms, token, [reply.message.id], {S.MESSAGE_STATUS_DELIVERED})
+    )[reply.message.id]
 
     assert message.status == S.MESSAGE_STATUS_DELIVERED
     assert [h.status for h in message.history] == [
@@ -230,7 +219,9 @@ async def test_scheduled_message_is_sent_at_its_time(sms: SmsServiceAsyncStub, t
         metadata=bearer(token),
     )
     assert reply.message.status == S.MESSAGE_STATUS_SCHEDULED
-    message = await wait_for_status(sms, token, reply.message.id, S.MESSAGE_STATUS_DELIVERED)
+    message = (
+        await wait_for_statuses(sms, token, [reply.message.id], {S.MESSAGE_STATUS_DELIVERED})
+    )[reply.message.id]
     sent = next(h for h in message.history if h.status == S.MESSAGE_STATUS_SENDING)
     assert sent.time.ToMilliseconds() >= reply.message.send_time.ToMilliseconds()
 

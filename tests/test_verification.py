@@ -22,8 +22,9 @@ from smsgate.v1 import verification_service_pb2_grpc as pb_grpc
 from smsgate_server.runtime import Running, start
 
 from tests.conftest import ServerFactory, server_settings
-from tests.pipeline_support import TERMINAL, wait_until
+from tests.pipeline_support import TERMINAL, wait_for_statuses
 from tests.support import bearer, details_of
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:  # the async stub types exist only in the .pyi
     from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
@@ -110,12 +111,16 @@ async def test_a_code_verifies_by_phone_number_and_scope(
 
 async def handset_text(server: Running, message_id: str) -> str:
     """The text the simulator provider was handed for a message."""
-    for _ in range(200):
-        for sms in server.provider.outbox:
-            if sms.reference == message_id:
-                return sms.text
-        await asyncio.sleep(0.02)
-    raise AssertionError("the message never reached the provider")
+
+    async def handed() -> list[str]:
+        return [sms.text for sms in server.provider.outbox if sms.reference == message_id]
+
+    texts = await wait_until(
+        handed,
+        what=f"message {message_id} to reach the provider",
+        describe=lambda _: f"{len(server.provider.outbox)} other message(s) in the outbox",
+    )
+    return texts[0]
 
 
 async def test_an_sms_delivered_code_is_sent_and_never_returned(
@@ -334,7 +339,7 @@ async def test_an_sms_code_leaves_redis_once_a_provider_has_it(
     )
     found = re.search(r"code is ([A-Z0-9]{10})\.", await handset_text(server, issued.message_id))
     assert found is not None
-    await wait_until(sms, token, [issued.message_id], TERMINAL)
+    await wait_for_statuses(sms, token, [issued.message_id], TERMINAL)
     holders = [v for v in await every_redis_value(redis_client) if found.group(1).encode() in v]
     assert holders == []
 

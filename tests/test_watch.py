@@ -18,8 +18,9 @@ from smsgate_server.runtime import Running
 from smsgate_server.services.watch import WatchFilter
 
 from tests.conftest import ServerFactory
-from tests.pipeline_support import S, wait_until
+from tests.pipeline_support import S, wait_for_statuses
 from tests.support import bearer, details_of
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:
     from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
@@ -96,7 +97,7 @@ async def test_stream_has_every_status_change_of_the_apps_messages(
 
 async def test_filters_narrow_the_stream(sms: SmsServiceAsyncStub, token: str) -> None:
     earlier = await send(sms, token, 1)
-    await wait_until(sms, token, earlier, {S.MESSAGE_STATUS_DELIVERED})
+    await wait_for_statuses(sms, token, earlier, {S.MESSAGE_STATUS_DELIVERED})
     call = await started(
         sms.WatchStatus(
             pb.WatchStatusRequest(statuses=[S.MESSAGE_STATUS_DELIVERED]), metadata=bearer(token)
@@ -232,11 +233,13 @@ async def test_streams_are_read_only_while_someone_watches(
     await send(sms, token, 1)
     assert len(await collect(call, until=4)) == 4
     call.cancel()
-    for _ in range(100):  # a reader notices within one blocking read (1 s)
-        if not server.hub.reading:
-            break
-        await asyncio.sleep(0.05)
-    assert not server.hub.reading
+    hub = server.hub
+
+    async def reading() -> bool:
+        return hub.reading
+
+    # A reader notices within one blocking read (1 s).
+    await wait_until(reading, lambda still: not still, what="the shard readers to stop")
     # Watching again starts from now: nothing from before is replayed.
     again = await started(sms.WatchStatus(pb.WatchStatusRequest(), metadata=bearer(token)))
     fresh = await send(sms, token, 1)
