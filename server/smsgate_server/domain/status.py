@@ -1,10 +1,14 @@
-"""The message state machine."""
+"""The message state machine: the one table of allowed transitions.
+
+The Lua scripts get these statuses and this table from ``store.scripts``, and
+refuse any transition it does not allow.
+"""
 
 from __future__ import annotations
 
 import enum
 
-__all__ = ["ALLOWED_FROM", "TERMINAL", "Status", "can_move"]
+__all__ = ["ALLOWED_FROM", "INITIAL", "TERMINAL", "Status", "can_enter"]
 
 
 class Status(enum.IntEnum):
@@ -30,21 +34,29 @@ TERMINAL = frozenset(
     {Status.DELIVERED, Status.UNDELIVERED, Status.FAILED, Status.CANCELED, Status.EXPIRED}
 )
 
-# For each status, the statuses a message may enter it from. SENDING -> SENDING
-# is a re-claim after a worker died mid-send; SENDING -> QUEUED is a retry.
+# A message is accepted either to wait for its send time or to be sent now.
+INITIAL = frozenset({Status.SCHEDULED, Status.QUEUED})
+
+# For each status, the statuses a message may enter it from.
 ALLOWED_FROM: dict[Status, frozenset[Status]] = {
     Status.SCHEDULED: frozenset(),
+    # Due (SCHEDULED), or a retry after a provider error (SENDING).
     Status.QUEUED: frozenset({Status.SCHEDULED, Status.SENDING}),
+    # SENDING -> SENDING is a re-claim after a worker died mid-send.
     Status.SENDING: frozenset({Status.QUEUED, Status.SENDING}),
     Status.SENT: frozenset({Status.SENDING}),
     Status.DELIVERED: frozenset({Status.SENT}),
     Status.UNDELIVERED: frozenset({Status.SENT}),
-    Status.FAILED: frozenset({Status.QUEUED, Status.SENDING}),
+    # The provider refused it, gave up retrying, or its attempts ran out.
+    Status.FAILED: frozenset({Status.SENDING}),
     Status.CANCELED: frozenset({Status.SCHEDULED, Status.QUEUED}),
-    Status.EXPIRED: frozenset({Status.SENT, Status.QUEUED, Status.SCHEDULED}),
+    # No receipt came (SENT), or it outlived its use before sending (QUEUED).
+    Status.EXPIRED: frozenset({Status.SENT, Status.QUEUED}),
 }
 
 
-def can_move(current: Status, new: Status) -> bool:
-    """Whether a message in ``current`` may enter ``new``."""
+def can_enter(new: Status, current: Status | None) -> bool:
+    """Whether a message in ``current`` (None: being accepted) may enter ``new``."""
+    if current is None:
+        return new in INITIAL
     return current in ALLOWED_FROM[new]

@@ -16,7 +16,7 @@ from smsgate_server.domain.apps import (
     secret_matches,
 )
 from smsgate_server.store.errors import redis_edge
-from smsgate_server.store.keys import app_key, apps_index
+from smsgate_server.store.keys import AppField, app_key, apps_index
 
 __all__ = ["AppStore"]
 
@@ -44,15 +44,15 @@ class AppStore:
         (None: the server default) set its verification policy."""
         creds = new_credentials()
         record: dict[FieldT, EncodableT] = {
-            "name": name,
-            "secret_sha256": hash_secret(creds.app_secret),
-            "created_ms": int(time.time() * 1000),
+            AppField.NAME: name,
+            AppField.SECRET_SHA256: hash_secret(creds.app_secret),
+            AppField.CREATED: int(time.time() * 1000),
         }
         countries = sorted(set(allowed_countries))
         if countries:
-            record["verify_countries"] = ",".join(map(str, countries))
+            record[AppField.VERIFY_COUNTRIES] = ",".join(map(str, countries))
         if verify_per_minute is not None:
-            record["verify_per_minute"] = verify_per_minute
+            record[AppField.VERIFY_PER_MINUTE] = verify_per_minute
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(app_key(creds.app_key), mapping=record)
             pipe.sadd(apps_index(), creds.app_key)
@@ -63,7 +63,13 @@ class AppStore:
     async def authenticate(self, key: str, secret: str) -> App | None:
         """The app when ``secret`` is its secret, else None."""
         name, stored, countries, per_minute = await self.redis.hmget(
-            app_key(key), ["name", "secret_sha256", "verify_countries", "verify_per_minute"]
+            app_key(key),
+            [
+                AppField.NAME,
+                AppField.SECRET_SHA256,
+                AppField.VERIFY_COUNTRIES,
+                AppField.VERIFY_PER_MINUTE,
+            ],
         )
         if stored is None or not secret_matches(secret, _text(stored)):
             return None

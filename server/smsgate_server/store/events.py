@@ -9,27 +9,29 @@ from redis.asyncio import Redis
 from smsgate_server.domain.events import StatusEvent
 from smsgate_server.domain.status import Status
 from smsgate_server.store.errors import redis_edge
-from smsgate_server.store.keys import ShardKeys
+from smsgate_server.store.keys import EventField, ShardKeys
 
 __all__ = ["EventStore"]
 
 
 def _event(shard: int, entry_id: bytes | str, f: dict[bytes, bytes]) -> StatusEvent:
-    def g(name: bytes) -> str:
-        value = f.get(name)
+    def g(name: EventField) -> str:
+        value = f.get(name.encode())
         return value.decode() if value is not None else ""
+
+    F = EventField
 
     return StatusEvent(
         shard=shard,
         stream_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
-        app=g(b"a"),
-        message_id=g(b"m"),
-        batch_id=g(b"b"),
-        status=Status(int(g(b"s"))),
-        time_ms=int(g(b"t") or 0),
-        detail=g(b"d"),
-        error_code=g(b"ec"),
-        error_reason=g(b"er"),
+        app=g(F.APP),
+        message_id=g(F.MESSAGE),
+        batch_id=g(F.BATCH),
+        status=Status(int(g(F.STATUS))),
+        time_ms=int(g(F.TIME) or 0),
+        detail=g(F.DETAIL),
+        error_code=g(F.ERROR_CODE),
+        error_reason=g(F.ERROR_REASON),
     )
 
 

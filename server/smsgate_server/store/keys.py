@@ -7,22 +7,39 @@ Redis Cluster. Message ids carry their shard (``domain.ids``).
 
 App records live in their own slot per app (``{app:<key>}``).
 
+Hash and stream field names are the enums below, one line each. Message and
+event fields are one or two letters: they are repeated in every message hash
+and event, and short names keep those in Redis's compact listpack encoding.
+The Lua scripts spell the same names as literals (tests/test_lua.py checks
+they use no others).
+
 Verification codes of one phone number of one app share a slot
 (``{v:<app>:<phone tag>}``): the code of each scope, its id index, resend
 cooldowns and the send log the per-number caps count. The phone tag is a keyed
 hash (``domain.codes``), so no phone number appears in a key name. The app's
 per-minute verification counter has a slot of its own (``{vr:<app>}``).
+
+The templates of one app share a slot (``{tpl:<app>}``): the id index, each
+template's head (latest version, etag) and every version, so creating, updating
+and deleting a template are each one script in one slot.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 __all__ = [
     "GROUP",
     "PREFIX",
+    "AppField",
+    "CodeField",
     "CodeKeys",
+    "EventField",
+    "MessageField",
+    "QueueField",
     "ShardKeys",
+    "TemplateKeys",
     "app_key",
     "apps_index",
     "verify_rate_key",
@@ -31,6 +48,71 @@ __all__ = [
 PREFIX = "sg"
 # The consumer group of every shard's queue stream, shared by all dispatchers.
 GROUP = "dispatch"
+
+
+class MessageField(enum.StrEnum):
+    """Fields of a message hash (``m:<app>:<id>``)."""
+
+    ID = "id"  # the message id
+    BATCH = "b"  # its batch id ('' when sent alone)
+    PHONE = "p"  # the recipient, E.164
+    TEXT = "tx"  # the free text as requested
+    TEMPLATE = "tp"  # the template id ('' for free text)
+    PARAMS = "pa"  # the template parameters, JSON
+    RENDERED = "r"  # the text handed to the provider
+    SEGMENTS = "sg"  # SMS segments of the rendered text
+    CREATED = "ct"  # acceptance time, ms
+    SEND_AT = "sa"  # requested send time, ms (at or before CREATED: send now)
+    SENDER = "snd"  # the sender id ('' for the vendor's default)
+    LABELS = "lb"  # the caller's labels, JSON
+    ATTEMPTS = "at"  # provider attempts so far
+    SENSITIVE = "sen"  # '1' for a verification code: texts wiped once handed over
+    EXPIRE_AT = "ex"  # when it is of no use any more, ms (0: never); never sent after
+    STATUS = "st"  # the current Status number
+    UPDATED = "ut"  # time of the last status change, ms
+    PROVIDER = "pv"  # the provider that took (or refused) it
+    PROVIDER_ID = "pid"  # the provider's id for it (delivery receipts name it)
+    ERROR_CODE = "ec"  # the last error's code
+    ERROR_REASON = "er"  # the last error, in words
+    ERROR_RETRYABLE = "ery"  # '1' when the last error was retried
+
+
+class EventField(enum.StrEnum):
+    """Fields of a status event in a shard's event stream."""
+
+    APP = "a"  # the app's key
+    MESSAGE = "m"  # the message id
+    BATCH = "b"  # the batch id ('' when sent alone)
+    STATUS = "s"  # the Status number entered
+    TIME = "t"  # when, ms
+    DETAIL = "d"  # why, in words (also the history entry's detail)
+    ERROR_CODE = "ec"  # the error's code, for FAILED and UNDELIVERED
+    ERROR_REASON = "er"  # the error, in words
+
+
+class QueueField(enum.StrEnum):
+    """Fields of an entry of a shard's dispatch queue stream."""
+
+    MEMBER = "m"  # ``app:id`` of the message to send
+
+
+class CodeField(enum.StrEnum):
+    """Fields of a verification code hash (``c:<scope>``)."""
+
+    NONCE = "n"  # the code's nonce (its id names it)
+    HASH = "h"  # keyed hash of the code
+    LEFT = "left"  # wrong attempts left
+    EXPIRES = "exp"  # expiry, ms
+
+
+class AppField(enum.StrEnum):
+    """Fields of an app hash."""
+
+    NAME = "name"  # the app's name
+    SECRET_SHA256 = "secret_sha256"  # hash of its secret
+    CREATED = "created_ms"  # creation time, ms
+    VERIFY_COUNTRIES = "verify_countries"  # calling codes its codes may go to, comma-separated
+    VERIFY_PER_MINUTE = "verify_per_minute"  # its own verification codes per minute
 
 
 def app_key(app: str) -> str:
@@ -129,3 +211,32 @@ class CodeKeys:
     def sends(self) -> str:
         """Sorted set of the codes issued in the last day, scored by ms (the caps)."""
         return f"{self.prefix}n"
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateKeys:
+    """Keys of the templates of one app. Template ids hold no ``:``, so a
+    head key never reads as a version key."""
+
+    app: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{PREFIX}:{{tpl:{self.app}}}:"
+
+    @property
+    def index(self) -> str:
+        """Sorted set of the app's template ids, all scored 0 so they page by id."""
+        return self.prefix + "ids"
+
+    def head(self, template_id: str) -> str:
+        """Hash of a template's latest version number and etag."""
+        return f"{self.prefix}t:{template_id}"
+
+    def version(self, template_id: str, version: int) -> str:
+        """Hash of one version: kind, body, names, sign, vendor ids, times, etag."""
+        return f"{self.prefix}t:{template_id}:{version}"
+
+    def idempotency(self, request_id: str) -> str:
+        """The create call a ``request_id`` made: request fingerprint and template id."""
+        return f"{self.prefix}idem:{request_id}"

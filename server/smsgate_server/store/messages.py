@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from smsgate_server.domain.message import HistoryEntry, NewMessage, StoredMessage
 from smsgate_server.domain.status import Status
 from smsgate_server.store.errors import redis_edge
-from smsgate_server.store.keys import GROUP, ShardKeys
+from smsgate_server.store.keys import GROUP, MessageField, ShardKeys
 from smsgate_server.store.scripts import Scripts
 
 __all__ = [
@@ -337,39 +337,41 @@ class MessageStore:
 
 
 def _to_message(f: dict[bytes, bytes], history: list[bytes]) -> StoredMessage:
-    def g(name: str) -> str:
+    def g(name: MessageField) -> str:
         value = f.get(name.encode())
         return value.decode() if value is not None else ""
 
-    def n(name: str) -> int:
+    def n(name: MessageField) -> int:
         value = f.get(name.encode())
         return int(value) if value else 0
+
+    F = MessageField
 
     entries = []
     for raw in history:
         status, ts, detail = raw.decode().split("|", 2)
         entries.append(HistoryEntry(Status(int(status)), int(ts), detail))
     return StoredMessage(
-        id=g("id"),
-        batch_id=g("b"),
-        phone=g("p"),
-        text=g("tx"),
-        template_id=g("tp"),
-        params_json=g("pa"),
-        rendered=g("r"),
-        segments=n("sg"),
-        status=Status(n("st")),
-        created_ms=n("ct"),
-        send_at_ms=n("sa"),
-        updated_ms=n("ut"),
-        provider=g("pv"),
-        provider_message_id=g("pid"),
-        attempts=n("at"),
-        error_code=g("ec"),
-        error_reason=g("er"),
-        error_retryable=g("ery") == "1",
-        sender=g("snd"),
-        labels_json=g("lb"),
+        id=g(F.ID),
+        batch_id=g(F.BATCH),
+        phone=g(F.PHONE),
+        text=g(F.TEXT),
+        template_id=g(F.TEMPLATE),
+        params_json=g(F.PARAMS),
+        rendered=g(F.RENDERED),
+        segments=n(F.SEGMENTS),
+        status=Status(n(F.STATUS)),
+        created_ms=n(F.CREATED),
+        send_at_ms=n(F.SEND_AT),
+        updated_ms=n(F.UPDATED),
+        provider=g(F.PROVIDER),
+        provider_message_id=g(F.PROVIDER_ID),
+        attempts=n(F.ATTEMPTS),
+        error_code=g(F.ERROR_CODE),
+        error_reason=g(F.ERROR_REASON),
+        error_retryable=g(F.ERROR_RETRYABLE) == "1",
+        sender=g(F.SENDER),
+        labels_json=g(F.LABELS),
         history=entries,
-        sensitive=g("sen") == "1",
+        sensitive=g(F.SENSITIVE) == "1",
     )

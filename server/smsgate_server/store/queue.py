@@ -10,7 +10,7 @@ from redis.exceptions import ResponseError
 
 from smsgate_server.store.connection import READ_BLOCK_MS, RedisConnection
 from smsgate_server.store.errors import redis_edge
-from smsgate_server.store.keys import GROUP, ShardKeys
+from smsgate_server.store.keys import GROUP, QueueField, ShardKeys
 
 __all__ = ["DispatchQueue", "QueueEntry"]
 
@@ -22,6 +22,9 @@ QueueEntry = tuple[str, str]
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+_MEMBER = QueueField.MEMBER.encode()
 
 
 class DispatchQueue:
@@ -57,7 +60,7 @@ class DispatchQueue:
             await self.ensure_groups()
             return []
         return [
-            (_s(entry_id), _s(fields[b"m"]))
+            (_s(entry_id), _s(fields[_MEMBER]))
             for _, items in reply or ()
             for entry_id, fields in items
         ]
@@ -72,7 +75,9 @@ class DispatchQueue:
             self.keys[shard].queue, GROUP, consumer, min_idle_ms, start, count=count
         )
         # Redis 6.2 lists deleted entries as nil.
-        entries = [(_s(e[0]), _s(e[1][b"m"])) for e in reply[1] if e and e[1] and b"m" in e[1]]
+        entries = [
+            (_s(e[0]), _s(e[1][_MEMBER])) for e in reply[1] if e and e[1] and _MEMBER in e[1]
+        ]
         return _s(reply[0]), entries
 
     @redis_edge

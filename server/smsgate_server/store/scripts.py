@@ -1,9 +1,11 @@
 """Lua scripts: loaded once from ``store/lua``, called by SHA.
 
-Each message script gets ``lib.lua`` in front of it, so the status bookkeeping
-(hash, history, event) is written once; the verification-code scripts stand
-alone. redis-py's ``Script`` falls back to EVAL when the server has lost its
-script cache (after a Redis restart).
+Each message script gets the statuses and allowed transitions of
+``domain.status`` (generated here, so Python and Lua share one table) and
+``lib.lua`` in front of it, so the status bookkeeping (hash, history, event)
+is written once; the verification-code scripts stand alone. redis-py's
+``Script`` falls back to EVAL when the server has lost its script cache (after
+a Redis restart).
 """
 
 from __future__ import annotations
@@ -13,18 +15,45 @@ from importlib import resources
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-__all__ = ["CodeScripts", "Scripts"]
+from smsgate_server.domain.status import ALLOWED_FROM, INITIAL, TERMINAL, Status
+
+__all__ = ["CodeScripts", "Scripts", "TemplateScripts", "status_prelude"]
+
+# The "from" status of a message being accepted, in the Lua table.
+_NEW = 0
 
 
 def _source(name: str) -> str:
     return (resources.files("smsgate_server.store") / "lua" / f"{name}.lua").read_text()
 
 
+def _lua_set(values: list[int]) -> str:
+    return "{" + ", ".join(f"[{v}] = true" for v in sorted(values)) + "}"
+
+
+def status_prelude() -> str:
+    """Lua locals for every ``Status``, the terminal set and ``ALLOWED[to][from]``
+    (``from`` 0: being accepted), from ``domain.status``."""
+    names = ", ".join(s.name for s in Status)
+    values = ", ".join(str(s.value) for s in Status)
+    allowed = ", ".join(
+        f"[{to.value}] = " + _lua_set([f.value for f in froms] + ([_NEW] if to in INITIAL else []))
+        for to, froms in ALLOWED_FROM.items()
+    )
+    return (
+        "-- Generated from domain/status.py by store/scripts.py.\n"
+        f"local {names} = {values}\n"
+        f"local NEW = {_NEW}\n"
+        f"local TERMINAL = {_lua_set([s.value for s in TERMINAL])}\n"
+        f"local ALLOWED = {{{allowed}}}\n"
+    )
+
+
 class Scripts:
     """The registered scripts of one Redis client."""
 
     def __init__(self, redis: Redis) -> None:
-        lib = _source("lib")
+        lib = status_prelude() + _source("lib")
 
         def message_script(name: str) -> AsyncScript:
             return redis.register_script(lib + "\n" + _source(name))
@@ -44,3 +73,12 @@ class CodeScripts:
         self.issue = redis.register_script(_source("code_issue"))
         self.verify = redis.register_script(_source("code_verify"))
         self.rate_window = redis.register_script(_source("rate_window"))
+
+
+class TemplateScripts:
+    """The template scripts of one Redis client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.create = redis.register_script(_source("template_create"))
+        self.update = redis.register_script(_source("template_update"))
+        self.delete = redis.register_script(_source("template_delete"))

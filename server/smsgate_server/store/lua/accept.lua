@@ -35,10 +35,10 @@ for i = 12, #ARGV, F do
   if batch ~= '' then redis.call('RPUSH', KEYS[6], id) end
   if send_at > NOW then
     redis.call('ZADD', KEYS[4], send_at, app .. ':' .. id)
-    enter(app, id, batch, SCHEDULED, '')
+    enter(app, id, batch, NEW, SCHEDULED, '')
   else
     redis.call('XADD', KEYS[3], '*', 'm', app .. ':' .. id)
-    enter(app, id, batch, QUEUED, '')
+    enter(app, id, batch, NEW, QUEUED, '')
   end
 end
 if batch ~= '' then redis.call('PEXPIRE', KEYS[6], horizon) end

@@ -10,7 +10,7 @@ for i = 6, #ARGV do
     out[#out + 1] = -1
   elseif st == SCHEDULED or st == QUEUED then
     redis.call('ZREM', KEYS[2], app .. ':' .. id)
-    enter(app, id, batch, CANCELED, 'canceled by app')
+    enter(app, id, batch, st, CANCELED, 'canceled by app')
     out[#out + 1] = 1
   else
     out[#out + 1] = 0

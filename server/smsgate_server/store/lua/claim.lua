@@ -16,19 +16,19 @@ for i = 8, #ARGV, 2 do
   local ex = tonumber(redis.call('HGET', mkey(app, id), 'ex') or 0) or 0
   if st == QUEUED and ex > 0 and NOW >= ex then
     -- Too late to be of use (an expired verification code): never sent.
-    enter(app, id, batch, EXPIRED, 'expired before sending')
+    enter(app, id, batch, st, EXPIRED, 'expired before sending')
     redis.call('XACK', KEYS[2], group, entry)
     redis.call('XDEL', KEYS[2], entry)
   elseif spent then
     local reason = 'no outcome after ' .. max_attempts .. ' attempts'
     redis.call('HSET', mkey(app, id), 'ec', 'NO_OUTCOME', 'er', reason, 'ery', 0)
-    enter(app, id, batch, FAILED, 'NO_OUTCOME', 'NO_OUTCOME', reason)
+    enter(app, id, batch, st, FAILED, 'NO_OUTCOME', 'NO_OUTCOME', reason)
     redis.call('XACK', KEYS[2], group, entry)
     redis.call('XDEL', KEYS[2], entry)
   elseif st == QUEUED or (reclaimed and st == SENDING) then
     local attempts = redis.call('HINCRBY', mkey(app, id), 'at', 1)
     local v = redis.call('HMGET', mkey(app, id), 'p', 'r', 'snd', 'ct', 'b', 'sa')
-    enter(app, id, v[5], SENDING, 'attempt ' .. attempts)
+    enter(app, id, v[5], st, SENDING, 'attempt ' .. attempts)
     out[#out + 1] = {entry, app, id, v[1], v[2], v[3], attempts, v[4], v[5], v[6]}
   else
     redis.call('XACK', KEYS[2], group, entry)

@@ -1,25 +1,26 @@
--- Shared by every message script; store/scripts.py puts it in front of each.
+-- Shared by every message script; store/scripts.py puts it in front of each,
+-- after the statuses, TERMINAL and ALLOWED it generates from domain/status.py.
 --
 -- Common arguments: KEYS[1] is the shard's event stream; ARGV[1] the shard's
 -- key prefix, ARGV[2] now (ms), ARGV[3] the oldest event id to keep (MINID),
 -- ARGV[4] how long terminal messages are kept (s). Script arguments start at
 -- ARGV[5]. Message keys are built here from the prefix; they share the
 -- prefix's hash tag, so every key a script touches is in one slot.
--- Statuses are the numbers of smsgate.v1.MessageStatus; the transitions
--- allowed here follow domain/status.py.
 local P, NOW, MINID, RETAIN = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local EVENTS = KEYS[1]
-local SCHEDULED, QUEUED, SENDING, SENT = 1, 2, 3, 4
-local DELIVERED, UNDELIVERED, FAILED, CANCELED, EXPIRED = 5, 6, 7, 8, 9
-local TERMINAL = {[5] = true, [6] = true, [7] = true, [8] = true, [9] = true}
 
 local trimmed = false
 
 local function mkey(app, id) return P .. 'm:' .. app .. ':' .. id end
 local function hkey(app, id) return P .. 'h:' .. app .. ':' .. id end
 
--- Record that message app/id entered `status`: hash, history and event stream.
-local function enter(app, id, batch, status, detail, ecode, ereason)
+-- Record that message app/id moved from `from` (NEW when being accepted) to
+-- `status`: hash, history and event stream. A move domain/status.py does not
+-- allow is a bug: the script stops with an error.
+local function enter(app, id, batch, from, status, detail, ecode, ereason)
+  if not ALLOWED[status][from] then
+    error('illegal transition ' .. from .. ' -> ' .. status .. ' of ' .. id)
+  end
   local m, h = mkey(app, id), hkey(app, id)
   redis.call('HSET', m, 'st', status, 'ut', NOW)
   redis.call('RPUSH', h, status .. '|' .. NOW .. '|' .. detail)

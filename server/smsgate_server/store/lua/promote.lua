@@ -11,7 +11,7 @@ for _, member in ipairs(due) do
   local app, id = split(member)
   local st, batch = state(app, id)
   if st == SCHEDULED or st == QUEUED then
-    if st == SCHEDULED then enter(app, id, batch, QUEUED, 'due') end
+    if st == SCHEDULED then enter(app, id, batch, st, QUEUED, 'due') end
     redis.call('XADD', KEYS[3], '*', 'm', member)
     promoted = promoted + 1
   end
@@ -21,6 +21,6 @@ for _, member in ipairs(late) do
   redis.call('ZREM', KEYS[4], member)
   local app, id = split(member)
   local st, batch = state(app, id)
-  if st == SENT then enter(app, id, batch, EXPIRED, 'no delivery receipt') end
+  if st == SENT then enter(app, id, batch, st, EXPIRED, 'no delivery receipt') end
 end
 return {promoted, #late}

@@ -11,10 +11,10 @@ for i = 5, #ARGV, 5 do
   if st == SENT then
     redis.call('ZREM', KEYS[2], app .. ':' .. id)
     if ARGV[i + 2] == '1' then
-      enter(app, id, batch, DELIVERED, '')
+      enter(app, id, batch, st, DELIVERED, '')
     else
       redis.call('HSET', mkey(app, id), 'ec', ARGV[i + 3], 'er', ARGV[i + 4], 'ery', 0)
-      enter(app, id, batch, UNDELIVERED, ARGV[i + 3], ARGV[i + 3], ARGV[i + 4])
+      enter(app, id, batch, st, UNDELIVERED, ARGV[i + 3], ARGV[i + 3], ARGV[i + 4])
     end
     out[#out + 1] = 1
   elseif st == SENDING then

@@ -24,15 +24,15 @@ for i = 8, #ARGV, 9 do
       if pid ~= '' then
         redis.call('SET', P .. 'pm:' .. provider .. ':' .. pid, app .. ':' .. id, 'EX', pmttl)
       end
-      enter(app, id, batch, SENT, provider .. ' ' .. pid)
+      enter(app, id, batch, st, SENT, provider .. ' ' .. pid)
     elseif outcome == 'retry' then
       local at = tonumber(ARGV[i + 8])
       redis.call('HSET', m, 'ec', ecode, 'er', ereason, 'ery', 1)
       redis.call('ZADD', KEYS[3], at, app .. ':' .. id)
-      enter(app, id, batch, QUEUED, 'retry at ' .. at .. ' after ' .. ecode)
+      enter(app, id, batch, st, QUEUED, 'retry at ' .. at .. ' after ' .. ecode)
     else
       redis.call('HSET', m, 'pv', provider, 'ec', ecode, 'er', ereason, 'ery', 0)
-      enter(app, id, batch, FAILED, ecode, ecode, ereason)
+      enter(app, id, batch, st, FAILED, ecode, ecode, ereason)
     end
     changed = changed + 1
   end
