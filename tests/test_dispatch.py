@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,19 +25,32 @@ if TYPE_CHECKING:
     from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
 
 
-async def send_one(server: Running, text: str = "x") -> tuple[SmsServiceAsyncStub, str, str]:
-    """Send a message through ``server``; returns (stub, token, message id)."""
-    token = (await server.apps.create("a")).token
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-    stub: SmsServiceAsyncStub = SmsServiceStub(channel)
-    reply = await stub.SendSms(
-        pb.SendSmsRequest(phone_number="+14155550123", text=text), metadata=bearer(token)
-    )
-    return stub, token, reply.message.id
+SendOne = Callable[..., Awaitable[tuple["SmsServiceAsyncStub", str, str]]]
+
+
+@pytest.fixture
+async def send_one() -> AsyncIterator[SendOne]:
+    """Sends a message through a server; returns (stub, token, message id).
+    The channels it opens are closed after the test."""
+    channels: list[grpc.aio.Channel] = []
+
+    async def send(server: Running, text: str = "x") -> tuple[SmsServiceAsyncStub, str, str]:
+        token = (await server.apps.create("a")).token
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        channels.append(channel)
+        stub: SmsServiceAsyncStub = SmsServiceStub(channel)
+        reply = await stub.SendSms(
+            pb.SendSmsRequest(phone_number="+14155550123", text=text), metadata=bearer(token)
+        )
+        return stub, token, reply.message.id
+
+    yield send
+    for channel in channels:
+        await channel.close()
 
 
 async def test_retryable_errors_are_retried_then_fail_with_the_providers_code(
-    make_server: ServerFactory,
+    make_server: ServerFactory, send_one: SendOne
 ) -> None:
     server = await make_server(
         sim_failure_rate=1.0, max_attempts=3, retry_base_seconds=0.01, retry_max_seconds=0.05
@@ -60,7 +74,7 @@ async def test_retryable_errors_are_retried_then_fail_with_the_providers_code(
     ]
 
 
-async def test_permanent_errors_fail_at_once(make_server: ServerFactory) -> None:
+async def test_permanent_errors_fail_at_once(make_server: ServerFactory, send_one: SendOne) -> None:
     server = await make_server(sim_permanent_failure_rate=1.0)
     stub, token, message_id = await send_one(server)
     message = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
@@ -70,7 +84,7 @@ async def test_permanent_errors_fail_at_once(make_server: ServerFactory) -> None
 
 
 async def test_undelivered_receipt_ends_the_message_undelivered(
-    make_server: ServerFactory,
+    make_server: ServerFactory, send_one: SendOne
 ) -> None:
     server = await make_server(sim_undelivered_rate=1.0)
     stub, token, message_id = await send_one(server)
@@ -79,7 +93,9 @@ async def test_undelivered_receipt_ends_the_message_undelivered(
     assert message.error.code == "SIM_UNREACHABLE"
 
 
-async def test_missing_receipt_expires_the_message(make_server: ServerFactory) -> None:
+async def test_missing_receipt_expires_the_message(
+    make_server: ServerFactory, send_one: SendOne
+) -> None:
     server = await make_server(sim_receipt_delay_ms=60_000, receipt_timeout_seconds=0.3)
     stub, token, message_id = await send_one(server)
     message = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
@@ -87,7 +103,7 @@ async def test_missing_receipt_expires_the_message(make_server: ServerFactory) -
 
 
 async def test_late_and_repeated_receipts_do_not_move_a_terminal_message(
-    server: Running,
+    server: Running, send_one: SendOne
 ) -> None:
     stub, token, message_id = await send_one(server)
     before = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
@@ -138,7 +154,9 @@ async def test_cancel_racing_dispatch_ends_in_exactly_one_outcome(
             assert sent[message_id] == 1
 
 
-async def test_metrics_count_rpcs_provider_outcomes_and_receipts(server: Running) -> None:
+async def test_metrics_count_rpcs_provider_outcomes_and_receipts(
+    server: Running, send_one: SendOne
+) -> None:
     stub, token, message_id = await send_one(server)
     await wait_for_statuses(stub, token, [message_id], TERMINAL)
     with pytest.raises(grpc.aio.AioRpcError):
@@ -157,7 +175,7 @@ async def test_metrics_count_rpcs_provider_outcomes_and_receipts(server: Running
 
 
 async def test_a_provider_call_past_its_timeout_is_retried_then_fails(
-    make_server: ServerFactory,
+    make_server: ServerFactory, send_one: SendOne
 ) -> None:
     # Provider timeout is 0.8 x the visibility timeout: 0.4 s < 1 s latency.
     server = await make_server(
@@ -201,7 +219,9 @@ async def test_a_worker_never_reclaims_what_it_is_still_sending(
     assert set(sent_counts(log).values()) == {1}
 
 
-async def test_a_reclaimed_message_out_of_attempts_fails(make_server: ServerFactory) -> None:
+async def test_a_reclaimed_message_out_of_attempts_fails(
+    make_server: ServerFactory, send_one: SendOne
+) -> None:
     api = await make_server(role="api")
     stub, token, message_id = await send_one(api)
     # A worker that died mid-send: it took the entry and moved the message on.
@@ -218,7 +238,7 @@ async def test_a_reclaimed_message_out_of_attempts_fails(make_server: ServerFact
 
 
 async def test_a_receipt_that_outruns_its_send_outcome_waits_for_it(
-    make_server: ServerFactory,
+    make_server: ServerFactory, send_one: SendOne
 ) -> None:
     api = await make_server(role="api")
     stub, token, message_id = await send_one(api)
