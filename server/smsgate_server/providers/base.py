@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
-__all__ = ["OutboundSms", "Provider", "ReceiptSink", "SendResult"]
+__all__ = [
+    "BatchProvider",
+    "Capabilities",
+    "ContentKind",
+    "OutboundBatch",
+    "OutboundSms",
+    "OutcomeClass",
+    "Provider",
+    "ReceiptSink",
+    "Recipient",
+    "RecipientResult",
+    "SendResult",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,4 +73,96 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Release connections and pending work."""
+        ...
+
+
+class OutcomeClass(StrEnum):
+    """What a vendor did with one recipient of a call."""
+
+    # It took the message; ``vendor_id`` names it in receipts.
+    ACCEPTED = "accepted"
+    # Refused before sending (vendor fault, connection never made): try again.
+    RETRYABLE = "retryable"
+    # Refused for rate or quota: try later, or another vendor.
+    THROTTLED = "throttled"
+    # Refused for good by this vendor (bad number, opt-out, bad credentials).
+    PERMANENT = "permanent"
+    # The request may have been delivered: never blindly re-sent.
+    UNKNOWN = "unknown"
+
+
+class ContentKind(StrEnum):
+    """What a vendor sends: its own approved templates, or any text."""
+
+    TEMPLATE = "template"
+    TEXT = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What one vendor call can carry.
+
+    ``max_recipients`` share one parameter set; ``max_personalized`` may each
+    have their own (1 when the vendor cannot). ``regions`` are ISO 3166 codes
+    of the countries served, or None for everywhere.
+    """
+
+    max_recipients: int
+    max_personalized: int
+    content: ContentKind
+    regions: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One message of a batch: our id (sent where the vendor allows), the E.164
+    number, its rendered text and its ordered template parameters."""
+
+    reference: str
+    phone: str
+    text: str
+    params: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundBatch:
+    """Recipients of one template (or text) from one app, with what each vendor
+    needs to send it: sign name, sender id, the vendor's template id by provider."""
+
+    app: str
+    recipients: tuple[Recipient, ...]
+    sign_name: str = ""
+    sender: str = ""
+    template_ids: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    """A vendor's answer for one recipient.
+
+    ``retry_after`` (seconds, 0 for the usual backoff) comes with THROTTLED;
+    ``opted_out`` says the vendor refused because the number unsubscribed.
+    """
+
+    outcome: OutcomeClass
+    vendor_id: str = ""
+    code: str = ""
+    reason: str = ""
+    retry_after: float = 0.0
+    opted_out: bool = False
+
+
+class BatchProvider(Protocol):
+    """An SMS vendor behind one method: send a batch, one result per recipient."""
+
+    name: str
+    capabilities: Capabilities
+
+    async def send_batch(self, batch: OutboundBatch) -> list[RecipientResult]:
+        """Send to every recipient (in as many calls as the vendor needs);
+        results in recipient order. Never raises for a vendor or network fault."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the provider holds (not the injected HTTP client)."""
         ...
