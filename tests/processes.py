@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from smsgate.v1 import message_pb2, sms_service_pb2_grpc
+
+from tests.waiting import wait_until_blocking
 
 SERVER = Path(sys.executable).parent / "smsgate-server"
 START_TIMEOUT = 20.0
@@ -86,12 +87,14 @@ class ServerProcess:
         return self.stderr_path.read_text()
 
     def printed(self, text: str, timeout: float = 5.0) -> bool:
-        """Whether ``text`` appears on stdout within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while text not in self.stdout:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
+        """True once ``text`` is on stdout; fails showing stdout after ``timeout`` seconds."""
+        wait_until_blocking(
+            lambda: self.stdout,
+            lambda out: text in out,
+            what=f"{text!r} on stdout",
+            timeout=timeout,
+            interval=0.02,
+        )
         return True
 
     def events(self) -> list[dict[str, object]]:
@@ -103,18 +106,25 @@ class ServerProcess:
         return out
 
     def wait_serving(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            for event in self.events():
-                if event.get("event") == "smsgate serving":
-                    self.grpc_port = int(str(event["grpc_port"]))
-                    self.http_port = int(str(event["http_port"]))
-                    return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.process.kill()
-        raise AssertionError(f"server did not start:\n{self.stdout}\n{self.stderr}")
+        """Wait for the "smsgate serving" log event and take the ports from it."""
+
+        def serving() -> dict[str, object] | None:
+            return next((e for e in self.events() if e.get("event") == "smsgate serving"), None)
+
+        event = wait_until_blocking(
+            serving,
+            lambda event: event is not None or self.process.poll() is not None,
+            what="the server to log 'smsgate serving'",
+            timeout=START_TIMEOUT,
+            describe=lambda _: f"no such event; stdout:\n{self.stdout}\nstderr:\n{self.stderr}",
+        )
+        if event is None:
+            raise AssertionError(
+                f"server exited ({self.process.returncode}) before serving:\n"
+                f"{self.stdout}\n{self.stderr}"
+            )
+        self.grpc_port = int(str(event["grpc_port"]))
+        self.http_port = int(str(event["http_port"]))
 
     def channel(self) -> grpc.Channel:
         ch = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")

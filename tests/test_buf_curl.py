@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from smsgate_server.runtime import Running
+
+from tests.waiting import wait_until
 
 BUF = Path(sys.executable).parent / "buf"
 
@@ -67,14 +68,12 @@ async def test_send_sms_then_get_message_until_delivered(server: Running, token:
     assert sent["message"]["status"] == "MESSAGE_STATUS_QUEUED"
     message_id = sent["message"]["id"]
 
-    deadline = time.monotonic() + 10
-    while True:
-        got = await call(server, "GetMessage", token, {"message_id": message_id})
-        if got["message"]["status"] == "MESSAGE_STATUS_DELIVERED" or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.05)
-
-    assert got["message"]["status"] == "MESSAGE_STATUS_DELIVERED"
+    got = await wait_until(
+        lambda: call(server, "GetMessage", token, {"message_id": message_id}),
+        lambda got: got["message"]["status"] == "MESSAGE_STATUS_DELIVERED",
+        what=f"message {message_id} to be delivered",
+        describe=lambda got: str(got["message"]["status"]),
+    )
     assert got["message"]["phoneNumber"] == "+14155550123"
 
 

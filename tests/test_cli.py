@@ -27,6 +27,7 @@ from tests.processes import (
     redis_server_pids,
 )
 from tests.support import bearer
+from tests.waiting import wait_until_blocking
 
 
 @pytest.fixture
@@ -37,27 +38,30 @@ def data_dir(tmp_path: Path) -> Path:
 def dev_token(data_dir: Path) -> str:
     """The dev app's token; the server writes it just after it starts serving."""
     path = data_dir / "dev-app.json"
-    deadline = time.monotonic() + 5
-    while True:
+
+    def token() -> str:
         try:
             return str(json.loads(path.read_text())["token"])
         except (FileNotFoundError, json.JSONDecodeError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+            return ""
+
+    return wait_until_blocking(token, what=f"a token in {path}", timeout=5, interval=0.02)
 
 
 def wait_delivered(
     sms: sms_service_pb2_grpc.SmsServiceStub, token: str, message_id: str
 ) -> message_pb2.Message:
-    deadline = time.monotonic() + 10
-    while True:
-        reply = sms.GetMessage(
+    def message() -> message_pb2.Message:
+        return sms.GetMessage(
             pb.GetMessageRequest(message_id=message_id), metadata=bearer(token), timeout=5
-        )
-        if reply.message.status == DELIVERED or time.monotonic() > deadline:
-            return reply.message
-        time.sleep(0.05)
+        ).message
+
+    return wait_until_blocking(
+        message,
+        lambda m: m.status == DELIVERED,
+        what=f"message {message_id} to be delivered",
+        describe=lambda m: message_pb2.MessageStatus.Name(m.status),
+    )
 
 
 def assert_no_errors(output: str) -> None:
@@ -69,10 +73,13 @@ def assert_no_errors(output: str) -> None:
 
 
 def assert_no_redis_left(data_dir: Path) -> None:
-    deadline = time.monotonic() + 5
-    while redis_server_pids(data_dir) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert redis_server_pids(data_dir) == []
+    wait_until_blocking(
+        lambda: redis_server_pids(data_dir),
+        lambda pids: not pids,
+        what=f"the redis-server of {data_dir} to exit",
+        timeout=5,
+        describe=lambda pids: f"pids {pids}",
+    )
     assert not (data_dir / "redis.url").exists()
 
 

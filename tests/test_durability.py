@@ -12,14 +12,16 @@ from pathlib import Path
 import grpc
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp
+from smsgate.v1 import message_pb2
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
 from smsgate_server.domain.status import Status
 from smsgate_server.store.embedded_redis import EmbeddedRedis
 
-from tests.pipeline_support import TERMINAL, S, sent_counts
+from tests.pipeline_support import TERMINAL, S, describe_statuses, sent_counts
 from tests.processes import Servers
 from tests.support import bearer
+from tests.waiting import wait_until_blocking
 
 # A slow simulator, one message per provider call, so a kill lands mid-dispatch.
 SLOW = {
@@ -66,31 +68,35 @@ def statuses(redis_url: str) -> Counter[Status]:
 
 def wait_terminal(
     stub: SmsServiceStub, token: str, ids: list[str], timeout: float
-) -> dict[str, int]:
+) -> dict[str, message_pb2.MessageStatus.ValueType]:
     """Poll until every id is terminal; returns id -> status."""
-    deadline = time.monotonic() + timeout
-    final: dict[str, int] = {}
-    pending = list(ids)
-    while pending and time.monotonic() < deadline:
-        still = []
-        for message_id in pending:
-            m = stub.GetMessage(
+    final: dict[str, message_pb2.MessageStatus.ValueType] = {}
+
+    def observe() -> dict[str, message_pb2.MessageStatus.ValueType]:
+        for message_id in [i for i in ids if final.get(i) not in TERMINAL]:
+            final[message_id] = stub.GetMessage(
                 pb.GetMessageRequest(message_id=message_id), metadata=bearer(token), timeout=10
-            ).message
-            final[message_id] = m.status
-            if m.status not in TERMINAL:
-                still.append(message_id)
-        pending = still
-        if pending:
-            time.sleep(0.2)
-    return final
+            ).message.status
+        return final
+
+    return wait_until_blocking(
+        observe,
+        lambda seen: all(seen[i] in TERMINAL for i in ids),
+        what=f"{len(ids)} messages to end",
+        timeout=timeout,
+        interval=0.2,
+        describe=describe_statuses,
+    )
 
 
 def wait_for_lines(log: Path, n: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while sum(sent_counts(log).values()) < n:
-        assert time.monotonic() < deadline, "the simulator was not reached"
-        time.sleep(0.02)
+    wait_until_blocking(
+        lambda: sum(sent_counts(log).values()),
+        lambda lines: lines >= n,
+        what=f"the simulator to be handed {n} messages",
+        timeout=timeout,
+        interval=0.02,
+    )
 
 
 def test_kill_9_mid_dispatch_loses_nothing(

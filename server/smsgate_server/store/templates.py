@@ -17,7 +17,6 @@ from redis.asyncio import Redis
 
 from smsgate_server.domain.templates import Template, TemplateKind
 from smsgate_server.store.errors import redis_edge
-from smsgate_server.store.keys import TemplateField as F
 from smsgate_server.store.keys import TemplateKeys
 from smsgate_server.store.scripts import TemplateScripts
 
@@ -49,9 +48,9 @@ def _s(value: Any) -> str:
 def _fields(t: Template) -> list[str | int]:
     """A version's hash as field, value pairs (the scripts' ARGV tail)."""
     return [
-        F.KIND, int(t.kind), F.BODY, t.body, F.NAME, t.display_name, F.SIGN, t.sign_name,
-        F.PROVIDER_IDS, json.dumps(dict(t.provider_template_ids), sort_keys=True),
-        F.CREATED, t.create_time_ms, F.UPDATED, t.update_time_ms, F.ETAG, t.etag,
+        "kind", int(t.kind), "body", t.body, "name", t.display_name, "sign", t.sign_name,
+        "pids", json.dumps(dict(t.provider_template_ids), sort_keys=True),
+        "ctime", t.create_time_ms, "mtime", t.update_time_ms, "etag", t.etag,
     ]  # fmt: skip
 
 
@@ -60,14 +59,14 @@ def _template(template_id: str, version: int, h: dict[Any, Any]) -> Template:
     return Template(
         id=template_id,
         version=version,
-        kind=TemplateKind(int(f[F.KIND])),
-        body=f[F.BODY],
-        display_name=f[F.NAME],
-        sign_name=f[F.SIGN],
-        provider_template_ids=json.loads(f[F.PROVIDER_IDS]),
-        create_time_ms=int(f[F.CREATED]),
-        update_time_ms=int(f[F.UPDATED]),
-        etag=f[F.ETAG],
+        kind=TemplateKind(int(f["kind"])),
+        body=f["body"],
+        display_name=f["name"],
+        sign_name=f["sign"],
+        provider_template_ids=json.loads(f["pids"]),
+        create_time_ms=int(f["ctime"]),
+        update_time_ms=int(f["mtime"]),
+        etag=f["etag"],
     )
 
 
@@ -108,7 +107,7 @@ class TemplateStore:
         """Version ``version`` of a template (0: the latest), or None."""
         k = TemplateKeys(app)
         if version == 0:
-            latest = await self.redis.hget(k.head(template_id), F.VERSION)
+            latest = await self.redis.hget(k.head(template_id), "v")
             if latest is None:
                 return None
             version = int(latest)
@@ -128,7 +127,7 @@ class TemplateStore:
         k = TemplateKeys(app)
         async with self.redis.pipeline(transaction=False) as pipe:
             for template_id in ids:
-                pipe.hget(k.head(template_id), F.VERSION)
+                pipe.hget(k.head(template_id), "v")
             versions = await pipe.execute()
         found = [(i, int(v)) for i, v in zip(ids, versions, strict=True) if v is not None]
         async with self.redis.pipeline(transaction=False) as pipe:
