@@ -11,12 +11,19 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from smsgate_server.domain.status import INITIAL, Status, can_enter
-from smsgate_server.store.keys import CodeField, EventField, MessageField, QueueField
+from smsgate_server.store.keys import (
+    CodeField,
+    EventField,
+    MessageField,
+    QueueField,
+    TemplateField,
+)
 from smsgate_server.store.scripts import status_prelude
 
 LUA = resources.files("smsgate_server.store") / "lua"
 MESSAGE_SCRIPTS = ["accept", "cancel", "claim", "lib", "promote", "receipt", "settle"]
 CODE_SCRIPTS = ["code_issue", "code_verify"]
+TEMPLATE_SCRIPTS = ["template_create", "template_delete", "template_update"]
 
 
 def calls(source: str, command: str) -> list[list[str]]:
@@ -66,6 +73,12 @@ def test_code_scripts_use_only_the_fields_listed_in_keys() -> None:
     for name in CODE_SCRIPTS:
         used = literal_fields((LUA / f"{name}.lua").read_text())
         assert used <= set(CodeField), f"{name}.lua uses unlisted fields {used - set(CodeField)}"
+
+
+def test_template_scripts_use_only_the_fields_listed_in_keys() -> None:
+    for name in TEMPLATE_SCRIPTS:
+        used = literal_fields((LUA / f"{name}.lua").read_text())
+        assert used <= set(TemplateField), f"{name}.lua: unlisted {used - set(TemplateField)}"
 
 
 def test_the_field_check_sees_the_fields_of_a_script() -> None:

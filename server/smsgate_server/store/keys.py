@@ -39,6 +39,7 @@ __all__ = [
     "MessageField",
     "QueueField",
     "ShardKeys",
+    "TemplateField",
     "TemplateKeys",
     "app_key",
     "apps_index",
@@ -113,6 +114,20 @@ class AppField(enum.StrEnum):
     CREATED = "created_ms"  # creation time, ms
     VERIFY_COUNTRIES = "verify_countries"  # calling codes its codes may go to, comma-separated
     VERIFY_PER_MINUTE = "verify_per_minute"  # its own verification codes per minute
+
+
+class TemplateField(enum.StrEnum):
+    """Fields of a template head (``t:<id>``) and of its versions (``t:<id>:<n>``)."""
+
+    VERSION = "v"  # head: the latest version number
+    ETAG = "etag"  # head and version: the version's etag
+    CREATED = "ctime"  # head and version: when the template was created, ms
+    UPDATED = "mtime"  # version: when it was made, ms
+    KIND = "kind"  # version: TemplateKind number
+    BODY = "body"  # version: the body
+    NAME = "name"  # version: the display name
+    SIGN = "sign"  # version: the default sign name
+    PROVIDER_IDS = "pids"  # version: vendor template id per provider, JSON
 
 
 def app_key(app: str) -> str:

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from smsgate_server.domain.templates import Template, TemplateKind
 from smsgate_server.store.errors import redis_edge
+from smsgate_server.store.keys import TemplateField as F
 from smsgate_server.store.keys import TemplateKeys
 from smsgate_server.store.scripts import TemplateScripts
 
@@ -48,9 +49,9 @@ def _s(value: Any) -> str:
 def _fields(t: Template) -> list[str | int]:
     """A version's hash as field, value pairs (the scripts' ARGV tail)."""
     return [
-        "kind", int(t.kind), "body", t.body, "name", t.display_name, "sign", t.sign_name,
-        "pids", json.dumps(dict(t.provider_template_ids), sort_keys=True),
-        "ctime", t.create_time_ms, "mtime", t.update_time_ms, "etag", t.etag,
+        F.KIND, int(t.kind), F.BODY, t.body, F.NAME, t.display_name, F.SIGN, t.sign_name,
+        F.PROVIDER_IDS, json.dumps(dict(t.provider_template_ids), sort_keys=True),
+        F.CREATED, t.create_time_ms, F.UPDATED, t.update_time_ms, F.ETAG, t.etag,
     ]  # fmt: skip
 
 
@@ -59,14 +60,14 @@ def _template(template_id: str, version: int, h: dict[Any, Any]) -> Template:
     return Template(
         id=template_id,
         version=version,
-        kind=TemplateKind(int(f["kind"])),
-        body=f["body"],
-        display_name=f["name"],
-        sign_name=f["sign"],
-        provider_template_ids=json.loads(f["pids"]),
-        create_time_ms=int(f["ctime"]),
-        update_time_ms=int(f["mtime"]),
-        etag=f["etag"],
+        kind=TemplateKind(int(f[F.KIND])),
+        body=f[F.BODY],
+        display_name=f[F.NAME],
+        sign_name=f[F.SIGN],
+        provider_template_ids=json.loads(f[F.PROVIDER_IDS]),
+        create_time_ms=int(f[F.CREATED]),
+        update_time_ms=int(f[F.UPDATED]),
+        etag=f[F.ETAG],
     )
 
 
@@ -107,7 +108,7 @@ class TemplateStore:
         """Version ``version`` of a template (0: the latest), or None."""
         k = TemplateKeys(app)
         if version == 0:
-            latest = await self.redis.hget(k.head(template_id), "v")
+            latest = await self.redis.hget(k.head(template_id), F.VERSION)
             if latest is None:
                 return None
             version = int(latest)
@@ -127,7 +128,7 @@ class TemplateStore:
         k = TemplateKeys(app)
         async with self.redis.pipeline(transaction=False) as pipe:
             for template_id in ids:
-                pipe.hget(k.head(template_id), "v")
+                pipe.hget(k.head(template_id), F.VERSION)
             versions = await pipe.execute()
         found = [(i, int(v)) for i, v in zip(ids, versions, strict=True) if v is not None]
         async with self.redis.pipeline(transaction=False) as pipe:

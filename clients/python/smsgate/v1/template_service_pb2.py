@@ -26,7 +26,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!smsgate/v1/template_service.proto\x12\nsmsgate.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\x02\n\x08Template\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.smsgate.v1.TemplateKind\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x11\n\tvariables\x18\x05 \x03(\t\x12L\n\x15provider_template_ids\x18\x06 \x03(\x0b\x32-.smsgate.v1.Template.ProviderTemplateIdsEntry\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\t \x01(\t\x1a:\n\x18ProviderTemplateIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"?\n\x15\x43reateTemplateRequest\x12&\n\x08template\x18\x01 \x01(\x0b\x32\x14.smsgate.v1.Template\"@\n\x16\x43reateTemplateResponse\x12&\n\x08template\x18\x01 \x01(\x0b\x32\x14.smsgate.v1.Template\")\n\x12GetTemplateRequest\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\"=\n\x13GetTemplateResponse\x12&\n\x08template\x18\x01 \x01(\x0b\x32\x14.smsgate.v1.Template\"=\n\x14ListTemplatesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x15ListTemplatesResponse\x12\'\n\ttemplates\x18\x01 \x03(\x0b\x32\x14.smsgate.v1.Template\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"p\n\x15UpdateTemplateRequest\x12&\n\x08template\x18\x01 \x01(\x0b\x32\x14.smsgate.v1.Template\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"@\n\x16UpdateTemplateResponse\x12&\n\x08template\x18\x01 \x01(\x0b\x32\x14.smsgate.v1.Template\",\n\x15\x44\x65leteTemplateRequest\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteTemplateResponse\"\xb6\x01\n\x15RenderTemplateRequest\x12\x15\n\x0btemplate_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x62ody\x18\x02 \x01(\tH\x00\x12=\n\x06params\x18\x03 \x03(\x0b\x32-.smsgate.v1.RenderTemplateRequest.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06source\"x\n\x16RenderTemplateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12*\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x18.smsgate.v1.TextEncoding\x12\x12\n\ncharacters\x18\x03 \x01(\x05\x12\x10\n\x08segments\x18\x04 \x01(\x05*\x8a\x01\n\x0cTemplateKind\x12\x1d\n\x19TEMPLATE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aTEMPLATE_KIND_VERIFICATION\x10\x01\x12\x1e\n\x1aTEMPLATE_KIND_NOTIFICATION\x10\x02\x12\x1b\n\x17TEMPLATE_KIND_MARKETING\x10\x03*]\n\x0cTextEncoding\x12\x1d\n\x19TEXT_ENCODING_UNSPECIFIED\x10\x00\x12\x16\n\x12TEXT_ENCODING_GSM7\x10\x01\x12\x16\n\x12TEXT_ENCODING_UCS2\x10\x02\x32\x9b\x04\n\x0fTemplateService\x12W\n\x0e\x43reateTemplate\x12!.smsgate.v1.CreateTemplateRequest\x1a\".smsgate.v1.CreateTemplateResponse\x12N\n\x0bGetTemplate\x12\x1e.smsgate.v1.GetTemplateRequest\x1a\x1f.smsgate.v1.GetTemplateResponse\x12T\n\rListTemplates\x12 .smsgate.v1.ListTemplatesRequest\x1a!.smsgate.v1.ListTemplatesResponse\x12W\n\x0eUpdateTemplate\x12!.smsgate.v1.UpdateTemplateRequest\x1a\".smsgate.v1.UpdateTemplateResponse\x12W\n\x0e\x44\x65leteTemplate\x12!.smsgate.v1.DeleteTemplateRequest\x1a\".smsgate.v1.DeleteTemplateResponse\x12W\n\x0eRenderTemplate\x12!.smsgate.v1.RenderTemplateRequest\x1a\".smsgate.v1.RenderTemplateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!smsgate/v1/template_service.proto\x12\nsmsgate.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x03\n\x08Template\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.smsgate.v1.TemplateKind\x12\x0c\n\x04\x62ody\x18\x04 \x01(\t\x12\x11\n\tvariables\x18\x05 \x03(\t\x12L\n\x15provider_template_ids\x18\x06 \x03(\x0b\x32-.smsgate.v1.Template.ProviderTemplateIdsEntry\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\t \x01(\t\x12\x0f\n\x07version\x18\n \x01(\x05\x12\x11\n\tsign_name\x18\x0b \x01(\t\x1a:\n\x18ProviderTemplateIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x15\x43reateTemplateRequest\x12&\n\x08template\x18\x01 \x01(\x0b\x32\x14.smsgate.v1.Template\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"@\n\x16\x43reateTemplateResponse\x12&\n\x08template\x18\x01 \x01(\x0b\x32\x14.smsgate.v1.Template\":\n\x12GetTemplateRequest\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"=\n\x13GetTemplateResponse\x12&\n\x08template\x18\x01 \x01(\x0b\x32\x14.smsgate.v1.Template\"=\n\x14ListTemplatesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x15ListTemplatesResponse\x12\'\n\ttemplates\x18\x01 \x03(\x0b\x32\x14.smsgate.v1.Template\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"p\n\x15UpdateTemplateRequest\x12&\n\x08template\x18\x01 \x01(\x0b\x32\x14.smsgate.v1.Template\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"@\n\x16UpdateTemplateResponse\x12&\n\x08template\x18\x01 \x01(\x0b\x32\x14.smsgate.v1.Template\":\n\x15\x44\x65leteTemplateRequest\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x18\n\x16\x44\x65leteTemplateResponse\"\xc9\x02\n\x15RenderTemplateRequest\x12\x15\n\x0btemplate_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x62ody\x18\x02 \x01(\tH\x00\x12=\n\x06params\x18\x03 \x03(\x0b\x32-.smsgate.v1.RenderTemplateRequest.ParamsEntry\x12\x18\n\x10template_version\x18\x04 \x01(\x05\x12&\n\x04kind\x18\x05 \x01(\x0e\x32\x18.smsgate.v1.TemplateKind\x12\x11\n\tsign_name\x18\x06 \x01(\t\x12\x16\n\x0cphone_number\x18\x07 \x01(\tH\x01\x12\x15\n\x0bregion_code\x18\x08 \x01(\tH\x01\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06sourceB\r\n\x0b\x64\x65stination\"\xbc\x01\n\x16RenderTemplateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12*\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x18.smsgate.v1.TextEncoding\x12\x12\n\ncharacters\x18\x03 \x01(\x05\x12\x10\n\x08segments\x18\x04 \x01(\x05\x12\x15\n\rsegment_texts\x18\x05 \x03(\t\x12\x11\n\tsender_id\x18\x06 \x01(\t\x12\x18\n\x10template_version\x18\x07 \x01(\x05*\x8a\x01\n\x0cTemplateKind\x12\x1d\n\x19TEMPLATE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aTEMPLATE_KIND_VERIFICATION\x10\x01\x12\x1e\n\x1aTEMPLATE_KIND_NOTIFICATION\x10\x02\x12\x1b\n\x17TEMPLATE_KIND_MARKETING\x10\x03*]\n\x0cTextEncoding\x12\x1d\n\x19TEXT_ENCODING_UNSPECIFIED\x10\x00\x12\x16\n\x12TEXT_ENCODING_GSM7\x10\x01\x12\x16\n\x12TEXT_ENCODING_UCS2\x10\x02\x32\x9b\x04\n\x0fTemplateService\x12W\n\x0e\x43reateTemplate\x12!.smsgate.v1.CreateTemplateRequest\x1a\".smsgate.v1.CreateTemplateResponse\x12N\n\x0bGetTemplate\x12\x1e.smsgate.v1.GetTemplateRequest\x1a\x1f.smsgate.v1.GetTemplateResponse\x12T\n\rListTemplates\x12 .smsgate.v1.ListTemplatesRequest\x1a!.smsgate.v1.ListTemplatesResponse\x12W\n\x0eUpdateTemplate\x12!.smsgate.v1.UpdateTemplateRequest\x1a\".smsgate.v1.UpdateTemplateResponse\x12W\n\x0e\x44\x65leteTemplate\x12!.smsgate.v1.DeleteTemplateRequest\x1a\".smsgate.v1.DeleteTemplateResponse\x12W\n\x0eRenderTemplate\x12!.smsgate.v1.RenderTemplateRequest\x1a\".smsgate.v1.RenderTemplateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,40 +37,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TEMPLATE_PROVIDERTEMPLATEIDSENTRY']._serialized_options = b'8\001'
   _globals['_RENDERTEMPLATEREQUEST_PARAMSENTRY']._loaded_options = None
   _globals['_RENDERTEMPLATEREQUEST_PARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_TEMPLATEKIND']._serialized_start=1437
-  _globals['_TEMPLATEKIND']._serialized_end=1575
-  _globals['_TEXTENCODING']._serialized_start=1577
-  _globals['_TEXTENCODING']._serialized_end=1670
+  _globals['_TEMPLATEKIND']._serialized_start=1740
+  _globals['_TEMPLATEKIND']._serialized_end=1878
+  _globals['_TEXTENCODING']._serialized_start=1880
+  _globals['_TEXTENCODING']._serialized_end=1973
   _globals['_TEMPLATE']._serialized_start=117
-  _globals['_TEMPLATE']._serialized_end=484
-  _globals['_TEMPLATE_PROVIDERTEMPLATEIDSENTRY']._serialized_start=426
-  _globals['_TEMPLATE_PROVIDERTEMPLATEIDSENTRY']._serialized_end=484
-  _globals['_CREATETEMPLATEREQUEST']._serialized_start=486
-  _globals['_CREATETEMPLATEREQUEST']._serialized_end=549
-  _globals['_CREATETEMPLATERESPONSE']._serialized_start=551
-  _globals['_CREATETEMPLATERESPONSE']._serialized_end=615
-  _globals['_GETTEMPLATEREQUEST']._serialized_start=617
-  _globals['_GETTEMPLATEREQUEST']._serialized_end=658
-  _globals['_GETTEMPLATERESPONSE']._serialized_start=660
-  _globals['_GETTEMPLATERESPONSE']._serialized_end=721
-  _globals['_LISTTEMPLATESREQUEST']._serialized_start=723
-  _globals['_LISTTEMPLATESREQUEST']._serialized_end=784
-  _globals['_LISTTEMPLATESRESPONSE']._serialized_start=786
-  _globals['_LISTTEMPLATESRESPONSE']._serialized_end=875
-  _globals['_UPDATETEMPLATEREQUEST']._serialized_start=877
-  _globals['_UPDATETEMPLATEREQUEST']._serialized_end=989
-  _globals['_UPDATETEMPLATERESPONSE']._serialized_start=991
-  _globals['_UPDATETEMPLATERESPONSE']._serialized_end=1055
-  _globals['_DELETETEMPLATEREQUEST']._serialized_start=1057
-  _globals['_DELETETEMPLATEREQUEST']._serialized_end=1101
-  _globals['_DELETETEMPLATERESPONSE']._serialized_start=1103
-  _globals['_DELETETEMPLATERESPONSE']._serialized_end=1127
-  _globals['_RENDERTEMPLATEREQUEST']._serialized_start=1130
-  _globals['_RENDERTEMPLATEREQUEST']._serialized_end=1312
-  _globals['_RENDERTEMPLATEREQUEST_PARAMSENTRY']._serialized_start=1257
-  _globals['_RENDERTEMPLATEREQUEST_PARAMSENTRY']._serialized_end=1302
-  _globals['_RENDERTEMPLATERESPONSE']._serialized_start=1314
-  _globals['_RENDERTEMPLATERESPONSE']._serialized_end=1434
-  _globals['_TEMPLATESERVICE']._serialized_start=1673
-  _globals['_TEMPLATESERVICE']._serialized_end=2212
+  _globals['_TEMPLATE']._serialized_end=520
+  _globals['_TEMPLATE_PROVIDERTEMPLATEIDSENTRY']._serialized_start=462
+  _globals['_TEMPLATE_PROVIDERTEMPLATEIDSENTRY']._serialized_end=520
+  _globals['_CREATETEMPLATEREQUEST']._serialized_start=522
+  _globals['_CREATETEMPLATEREQUEST']._serialized_end=605
+  _globals['_CREATETEMPLATERESPONSE']._serialized_start=607
+  _globals['_CREATETEMPLATERESPONSE']._serialized_end=671
+  _globals['_GETTEMPLATEREQUEST']._serialized_start=673
+  _globals['_GETTEMPLATEREQUEST']._serialized_end=731
+  _globals['_GETTEMPLATERESPONSE']._serialized_start=733
+  _globals['_GETTEMPLATERESPONSE']._serialized_end=794
+  _globals['_LISTTEMPLATESREQUEST']._serialized_start=796
+  _globals['_LISTTEMPLATESREQUEST']._serialized_end=857
+  _globals['_LISTTEMPLATESRESPONSE']._serialized_start=859
+  _globals['_LISTTEMPLATESRESPONSE']._serialized_end=948
+  _globals['_UPDATETEMPLATEREQUEST']._serialized_start=950
+  _globals['_UPDATETEMPLATEREQUEST']._serialized_end=1062
+  _globals['_UPDATETEMPLATERESPONSE']._serialized_start=1064
+  _globals['_UPDATETEMPLATERESPONSE']._serialized_end=1128
+  _globals['_DELETETEMPLATEREQUEST']._serialized_start=1130
+  _globals['_DELETETEMPLATEREQUEST']._serialized_end=1188
+  _globals['_DELETETEMPLATERESPONSE']._serialized_start=1190
+  _globals['_DELETETEMPLATERESPONSE']._serialized_end=1214
+  _globals['_RENDERTEMPLATEREQUEST']._serialized_start=1217
+  _globals['_RENDERTEMPLATEREQUEST']._serialized_end=1546
+  _globals['_RENDERTEMPLATEREQUEST_PARAMSENTRY']._serialized_start=1476
+  _globals['_RENDERTEMPLATEREQUEST_PARAMSENTRY']._serialized_end=1521
+  _globals['_RENDERTEMPLATERESPONSE']._serialized_start=1549
+  _globals['_RENDERTEMPLATERESPONSE']._serialized_end=1737
+  _globals['_TEMPLATESERVICE']._serialized_start=1976
+  _globals['_TEMPLATESERVICE']._serialized_end=2515
 # @@protoc_insertion_point(module_scope)

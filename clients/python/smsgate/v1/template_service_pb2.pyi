@@ -30,7 +30,7 @@ class _TemplateKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Template
     TEMPLATE_KIND_UNSPECIFIED: _TemplateKind.ValueType  # 0
     """Never a real kind; rejected in requests."""
     TEMPLATE_KIND_VERIFICATION: _TemplateKind.ValueType  # 1
-    """Verification codes."""
+    """Verification codes; the body must hold a `{code}` placeholder."""
     TEMPLATE_KIND_NOTIFICATION: _TemplateKind.ValueType  # 2
     """Transactional notifications (order status, reminders)."""
     TEMPLATE_KIND_MARKETING: _TemplateKind.ValueType  # 3
@@ -42,7 +42,7 @@ class TemplateKind(_TemplateKind, metaclass=_TemplateKindEnumTypeWrapper):
 TEMPLATE_KIND_UNSPECIFIED: TemplateKind.ValueType  # 0
 """Never a real kind; rejected in requests."""
 TEMPLATE_KIND_VERIFICATION: TemplateKind.ValueType  # 1
-"""Verification codes."""
+"""Verification codes; the body must hold a `{code}` placeholder."""
 TEMPLATE_KIND_NOTIFICATION: TemplateKind.ValueType  # 2
 """Transactional notifications (order status, reminders)."""
 TEMPLATE_KIND_MARKETING: TemplateKind.ValueType  # 3
@@ -58,9 +58,14 @@ class _TextEncodingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TextEnco
     TEXT_ENCODING_UNSPECIFIED: _TextEncoding.ValueType  # 0
     """Never a real encoding."""
     TEXT_ENCODING_GSM7: _TextEncoding.ValueType  # 1
-    """GSM 03.38 7-bit: 160 characters in one segment, 153 per segment after."""
+    """GSM 03.38 7-bit: 160 septets in one segment, 153 per segment of several.
+    An extension character (`^{}\\[~]|€` and form feed) takes two septets.
+    """
     TEXT_ENCODING_UCS2: _TextEncoding.ValueType  # 2
-    """UCS-2: 70 characters in one segment, 67 per segment after."""
+    """UCS-2 (UTF-16): 70 units in one segment, 67 per segment of several. Used
+    when any character is outside GSM-7; a character outside the Basic
+    Multilingual Plane (an emoji) takes two units.
+    """
 
 class TextEncoding(_TextEncoding, metaclass=_TextEncodingEnumTypeWrapper):
     """How the text is encoded on the air."""
@@ -68,14 +73,19 @@ class TextEncoding(_TextEncoding, metaclass=_TextEncodingEnumTypeWrapper):
 TEXT_ENCODING_UNSPECIFIED: TextEncoding.ValueType  # 0
 """Never a real encoding."""
 TEXT_ENCODING_GSM7: TextEncoding.ValueType  # 1
-"""GSM 03.38 7-bit: 160 characters in one segment, 153 per segment after."""
+"""GSM 03.38 7-bit: 160 septets in one segment, 153 per segment of several.
+An extension character (`^{}\\[~]|€` and form feed) takes two septets.
+"""
 TEXT_ENCODING_UCS2: TextEncoding.ValueType  # 2
-"""UCS-2: 70 characters in one segment, 67 per segment after."""
+"""UCS-2 (UTF-16): 70 units in one segment, 67 per segment of several. Used
+when any character is outside GSM-7; a character outside the Basic
+Multilingual Plane (an emoji) takes two units.
+"""
 Global___TextEncoding: _TypeAlias = TextEncoding  # noqa: Y015
 
 @_typing.final
 class Template(_message.Message):
-    """A message template of an app."""
+    """A message template of an app, in one of its versions."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -108,18 +118,29 @@ class Template(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SIGN_NAME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Output only on create when left empty (then generated); otherwise
-    Required. Letters, digits, `_` and `-`, at most 64 characters.
+    """Optional on create (generated when empty); otherwise Required. 1-64
+    letters, digits, `_` and `-`; never changes.
     """
     display_name: _builtins.str
-    """Optional. A human-readable name."""
+    """Optional. A human-readable name, at most 128 characters."""
     kind: Global___TemplateKind.ValueType
     """Required. The template kind."""
     body: _builtins.str
-    """Required. The text with `{name}` placeholders."""
+    """Required. The text with `{name}` placeholders (see TemplateService)."""
     etag: _builtins.str
-    """Output only. Changes on every update; pass it back to update safely."""
+    """Output only on reads; Optional on update and delete: when set, the call
+    succeeds only if it is the latest version's etag (else ABORTED).
+    """
+    version: _builtins.int
+    """Output only. The version: 1 on create, one more on every update."""
+    sign_name: _builtins.str
+    """Optional. The sign name used when a send names none: 2-16 characters,
+    without `【】`, braces or control characters. In China the text reads
+    `【sign】body`; elsewhere the sign is the sender id.
+    """
     @_builtins.property
     def variables(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Output only. The placeholder names found in `body`, in order of first use."""
@@ -127,16 +148,18 @@ class Template(_message.Message):
     @_builtins.property
     def provider_template_ids(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional. The vendor's template id per provider name (for example
-        "tencent" -> "1234567"), for vendors that send only reviewed templates.
+        "tencent" -> "1234567"), for vendors that send only templates they have
+        reviewed. At most 16; names are 1-32 lowercase letters, digits and `_`,
+        ids 1-64 printable characters.
         """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only. When the template was created."""
+        """Output only. When the template was created (its version 1)."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only. When the template last changed."""
+        """Output only. When this version was made."""
 
     def __init__(
         self,
@@ -150,10 +173,12 @@ class Template(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        version: _builtins.int = ...,
+        sign_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "id", b"id", "kind", b"kind", "provider_template_ids", b"provider_template_ids", "update_time", b"update_time", "variables", b"variables"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "id", b"id", "kind", b"kind", "provider_template_ids", b"provider_template_ids", "sign_name", b"sign_name", "update_time", b"update_time", "variables", b"variables", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -166,6 +191,12 @@ class CreateTemplateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional. An idempotency key (AIP-155): a retry with the same id returns
+    the template first created; the same id with a different template is
+    ALREADY_EXISTS. 1-128 characters of letters, digits and `._:/=+-`.
+    """
     @_builtins.property
     def template(self) -> Global___Template:
         """Required. The template to create."""
@@ -174,10 +205,11 @@ class CreateTemplateRequest(_message.Message):
         self,
         *,
         template: Global___Template | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -214,16 +246,20 @@ class GetTemplateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
     """Required. The template id."""
+    version: _builtins.int
+    """Optional. The version to read; 0 reads the latest."""
     def __init__(
         self,
         *,
         template_id: _builtins.str = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["template_id", b"template_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["template_id", b"template_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -238,7 +274,7 @@ class GetTemplateResponse(_message.Message):
     TEMPLATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def template(self) -> Global___Template:
-        """The template."""
+        """The template in the version asked for."""
 
     def __init__(
         self,
@@ -291,7 +327,7 @@ class ListTemplatesResponse(_message.Message):
     """Pass as `page_token` for the next page; empty on the last page."""
     @_builtins.property
     def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Template]:
-        """The templates, ordered by id."""
+        """The templates (latest versions), ordered by id."""
 
     def __init__(
         self,
@@ -317,11 +353,13 @@ class UpdateTemplateRequest(_message.Message):
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def template(self) -> Global___Template:
-        """Required. The template with its id and the new field values."""
+        """Required. The template with its id, the new field values and, optionally,
+        the etag of the version the change is based on.
+        """
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Required. The fields to change: display_name, kind, body,
+        """Required. The fields to change: display_name, kind, body, sign_name,
         provider_template_ids.
         """
 
@@ -348,7 +386,7 @@ class UpdateTemplateResponse(_message.Message):
     TEMPLATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def template(self) -> Global___Template:
-        """The updated template."""
+        """The new version of the template."""
 
     def __init__(
         self,
@@ -370,16 +408,20 @@ class DeleteTemplateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
     """Required. The template id."""
+    etag: _builtins.str
+    """Optional. When set, delete only if it is the latest version's etag."""
     def __init__(
         self,
         *,
         template_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["template_id", b"template_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "template_id", b"template_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -431,13 +473,33 @@ class RenderTemplateRequest(_message.Message):
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
+    TEMPLATE_VERSION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SIGN_NAME_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_FIELD_NUMBER: _builtins.int
+    REGION_CODE_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
     """The id of a stored template."""
     body: _builtins.str
-    """A template body given inline."""
+    """A template body given inline, checked as a template of `kind`."""
+    template_version: _builtins.int
+    """Optional. With `template_id`: the version to render; 0 renders the latest."""
+    kind: Global___TemplateKind.ValueType
+    """Optional. With `body`: the kind to check it as (a verification body needs
+    `{code}`); unspecified checks no kind rule.
+    """
+    sign_name: _builtins.str
+    """Optional. The sign name; empty uses the template's default sign name."""
+    phone_number: _builtins.str
+    """A phone number in E.164 form; its country decides."""
+    region_code: _builtins.str
+    """An ISO 3166-1 alpha-2 region code, for example "CN" or "US"."""
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Optional. Values for the placeholders."""
+        """Optional. Values for the placeholders: every placeholder needs one, and
+        there may be no others. A value has at most 35 characters and may not
+        contain `{`, `}`, `【` or `】`.
+        """
 
     def __init__(
         self,
@@ -445,13 +507,23 @@ class RenderTemplateRequest(_message.Message):
         template_id: _builtins.str = ...,
         body: _builtins.str = ...,
         params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        template_version: _builtins.int = ...,
+        kind: Global___TemplateKind.ValueType = ...,
+        sign_name: _builtins.str = ...,
+        phone_number: _builtins.str = ...,
+        region_code: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "source", b"source", "template_id", b"template_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "destination", b"destination", "phone_number", b"phone_number", "region_code", b"region_code", "source", b"source", "template_id", b"template_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "params", b"params", "source", b"source", "template_id", b"template_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "destination", b"destination", "kind", b"kind", "params", b"params", "phone_number", b"phone_number", "region_code", b"region_code", "sign_name", b"sign_name", "source", b"source", "template_id", b"template_id", "template_version", b"template_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_destination: _TypeAlias = _typing.Literal["phone_number", "region_code"]  # noqa: Y015
+    _WhichOneofArgType_destination: _TypeAlias = _typing.Literal["destination", b"destination"]  # noqa: Y015
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["template_id", "body"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_destination) -> _WhichOneofReturnType_destination | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
 Global___RenderTemplateRequest: _TypeAlias = RenderTemplateRequest  # noqa: Y015
@@ -466,14 +538,34 @@ class RenderTemplateResponse(_message.Message):
     ENCODING_FIELD_NUMBER: _builtins.int
     CHARACTERS_FIELD_NUMBER: _builtins.int
     SEGMENTS_FIELD_NUMBER: _builtins.int
+    SEGMENT_TEXTS_FIELD_NUMBER: _builtins.int
+    SENDER_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATE_VERSION_FIELD_NUMBER: _builtins.int
     text: _builtins.str
-    """Output only. The rendered text."""
+    """Output only. The text the handset will show, with `【sign】` in front for
+    China.
+    """
     encoding: Global___TextEncoding.ValueType
     """Output only. The encoding the text needs."""
     characters: _builtins.int
-    """Output only. Length in characters of that encoding (GSM-7 escapes count 2)."""
+    """Output only. The length in units of that encoding: GSM-7 septets (an
+    extension character counts 2) or UCS-2 units (a character outside the
+    BMP counts 2). Vendors bill by these.
+    """
     segments: _builtins.int
     """Output only. The number of SMS segments."""
+    sender_id: _builtins.str
+    """Output only. The sign sent as the sender id (outside China); empty when
+    the sign is part of `text` or there is none.
+    """
+    template_version: _builtins.int
+    """Output only. The version of the stored template rendered; 0 for a body."""
+    @_builtins.property
+    def segment_texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only. The text of each segment, in order, as the network will
+        split it; they join to `text`.
+        """
+
     def __init__(
         self,
         *,
@@ -481,10 +573,13 @@ class RenderTemplateResponse(_message.Message):
         encoding: Global___TextEncoding.ValueType = ...,
         characters: _builtins.int = ...,
         segments: _builtins.int = ...,
+        segment_texts: _abc.Iterable[_builtins.str] | None = ...,
+        sender_id: _builtins.str = ...,
+        template_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["characters", b"characters", "encoding", b"encoding", "segments", b"segments", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["characters", b"characters", "encoding", b"encoding", "segment_texts", b"segment_texts", "segments", b"segments", "sender_id", b"sender_id", "template_version", b"template_version", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

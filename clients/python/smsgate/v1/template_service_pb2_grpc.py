@@ -28,8 +28,13 @@ if _version_not_supported:
 class TemplateServiceStub:
     """Manages an app's message templates and previews them.
 
-    A template body holds `{name}` placeholders; names are letters, digits and
-    underscores. `{{` and `}}` stand for literal braces.
+    A template body holds `{name}` placeholders; names are 1-64 letters,
+    digits and underscores, so the vendors' numbered style `{1}`, `{2}` is
+    accepted too. `{{` and `}}` stand for literal braces; any other brace is
+    INVALID_ARGUMENT. A body has at most 1,000 characters and 32 placeholders.
+
+    Every update makes a new version of the template; earlier versions stay
+    readable (GetTemplate with a `version`) until the template is deleted.
     """
 
     def __init__(self, channel):
@@ -73,63 +78,76 @@ class TemplateServiceStub:
 class TemplateServiceServicer:
     """Manages an app's message templates and previews them.
 
-    A template body holds `{name}` placeholders; names are letters, digits and
-    underscores. `{{` and `}}` stand for literal braces.
+    A template body holds `{name}` placeholders; names are 1-64 letters,
+    digits and underscores, so the vendors' numbered style `{1}`, `{2}` is
+    accepted too. `{{` and `}}` stand for literal braces; any other brace is
+    INVALID_ARGUMENT. A body has at most 1,000 characters and 32 placeholders.
+
+    Every update makes a new version of the template; earlier versions stay
+    readable (GetTemplate with a `version`) until the template is deleted.
     """
 
     def CreateTemplate(self, request, context):
-        """Creates a template.
+        """Creates a template (version 1).
 
-        Errors: INVALID_ARGUMENT (bad body or name), ALREADY_EXISTS (the id is
-        taken), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (bad id, kind, body, sign name or provider
+        template ids; the field is named in BadRequest), ALREADY_EXISTS (the id is
+        taken, or `request_id` reused for a different template), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetTemplate(self, request, context):
-        """Returns one template.
+        """Returns the latest version of a template, or the version asked for.
 
-        Errors: INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (bad id or negative version), NOT_FOUND (no such
+        template or version), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTemplates(self, request, context):
-        """Lists the app's templates, ordered by id.
+        """Lists the latest version of each of the app's templates, ordered by id.
 
-        Errors: INVALID_ARGUMENT (bad page token), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (bad page size or page token), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateTemplate(self, request, context):
-        """Changes the fields of a template named in `update_mask`.
+        """Changes the fields of a template named in `update_mask`, making a new
+        version.
 
-        Errors: INVALID_ARGUMENT, NOT_FOUND, ABORTED (etag mismatch),
-        UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (empty or unknown mask path, bad field value),
+        NOT_FOUND, ABORTED (`etag` is not the latest version's: read the template
+        again and retry), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTemplate(self, request, context):
-        """Deletes a template. Messages already accepted keep their rendered text.
+        """Deletes a template and all its versions. Messages already accepted keep
+        their rendered text.
 
-        Errors: INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT, NOT_FOUND, ABORTED (`etag` given and not the
+        latest version's), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RenderTemplate(self, request, context):
-        """Renders a template (stored, or given inline) with parameters, without
-        sending anything.
+        """Renders a template (stored, or given inline) with parameters and a sign,
+        without sending anything: the text as it will be sent, its encoding and
+        each of its segments.
 
-        Errors: INVALID_ARGUMENT (missing or unknown parameters, bad body),
-        NOT_FOUND, UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (missing, unknown or bad parameters, bad body,
+        sign name or destination; each named in BadRequest), NOT_FOUND (no such
+        template or version), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -179,8 +197,13 @@ def add_TemplateServiceServicer_to_server(servicer, server):
 class TemplateService:
     """Manages an app's message templates and previews them.
 
-    A template body holds `{name}` placeholders; names are letters, digits and
-    underscores. `{{` and `}}` stand for literal braces.
+    A template body holds `{name}` placeholders; names are 1-64 letters,
+    digits and underscores, so the vendors' numbered style `{1}`, `{2}` is
+    accepted too. `{{` and `}}` stand for literal braces; any other brace is
+    INVALID_ARGUMENT. A body has at most 1,000 characters and 32 placeholders.
+
+    Every update makes a new version of the template; earlier versions stay
+    readable (GetTemplate with a `version`) until the template is deleted.
     """
 
     @staticmethod

@@ -29,8 +29,13 @@ GRPC_VERSION: str
 class TemplateServiceStub:
     """Manages an app's message templates and previews them.
 
-    A template body holds `{name}` placeholders; names are letters, digits and
-    underscores. `{{` and `}}` stand for literal braces.
+    A template body holds `{name}` placeholders; names are 1-64 letters,
+    digits and underscores, so the vendors' numbered style `{1}`, `{2}` is
+    accepted too. `{{` and `}}` stand for literal braces; any other brace is
+    INVALID_ARGUMENT. A body has at most 1,000 characters and 32 placeholders.
+
+    Every update makes a new version of the template; earlier versions stay
+    readable (GetTemplate with a `version`) until the template is deleted.
     """
 
     @_typing.overload
@@ -38,89 +43,115 @@ class TemplateServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TemplateServiceAsyncStub: ...
     CreateTemplate: _grpc.UnaryUnaryMultiCallable[_template_service_pb2.CreateTemplateRequest, _template_service_pb2.CreateTemplateResponse]
-    """Creates a template.
+    """Creates a template (version 1).
 
-    Errors: INVALID_ARGUMENT (bad body or name), ALREADY_EXISTS (the id is
-    taken), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (bad id, kind, body, sign name or provider
+    template ids; the field is named in BadRequest), ALREADY_EXISTS (the id is
+    taken, or `request_id` reused for a different template), UNAUTHENTICATED.
     """
     GetTemplate: _grpc.UnaryUnaryMultiCallable[_template_service_pb2.GetTemplateRequest, _template_service_pb2.GetTemplateResponse]
-    """Returns one template.
+    """Returns the latest version of a template, or the version asked for.
 
-    Errors: INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (bad id or negative version), NOT_FOUND (no such
+    template or version), UNAUTHENTICATED.
     """
     ListTemplates: _grpc.UnaryUnaryMultiCallable[_template_service_pb2.ListTemplatesRequest, _template_service_pb2.ListTemplatesResponse]
-    """Lists the app's templates, ordered by id.
+    """Lists the latest version of each of the app's templates, ordered by id.
 
-    Errors: INVALID_ARGUMENT (bad page token), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (bad page size or page token), UNAUTHENTICATED.
     """
     UpdateTemplate: _grpc.UnaryUnaryMultiCallable[_template_service_pb2.UpdateTemplateRequest, _template_service_pb2.UpdateTemplateResponse]
-    """Changes the fields of a template named in `update_mask`.
+    """Changes the fields of a template named in `update_mask`, making a new
+    version.
 
-    Errors: INVALID_ARGUMENT, NOT_FOUND, ABORTED (etag mismatch),
-    UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (empty or unknown mask path, bad field value),
+    NOT_FOUND, ABORTED (`etag` is not the latest version's: read the template
+    again and retry), UNAUTHENTICATED.
     """
     DeleteTemplate: _grpc.UnaryUnaryMultiCallable[_template_service_pb2.DeleteTemplateRequest, _template_service_pb2.DeleteTemplateResponse]
-    """Deletes a template. Messages already accepted keep their rendered text.
+    """Deletes a template and all its versions. Messages already accepted keep
+    their rendered text.
 
-    Errors: INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT, NOT_FOUND, ABORTED (`etag` given and not the
+    latest version's), UNAUTHENTICATED.
     """
     RenderTemplate: _grpc.UnaryUnaryMultiCallable[_template_service_pb2.RenderTemplateRequest, _template_service_pb2.RenderTemplateResponse]
-    """Renders a template (stored, or given inline) with parameters, without
-    sending anything.
+    """Renders a template (stored, or given inline) with parameters and a sign,
+    without sending anything: the text as it will be sent, its encoding and
+    each of its segments.
 
-    Errors: INVALID_ARGUMENT (missing or unknown parameters, bad body),
-    NOT_FOUND, UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (missing, unknown or bad parameters, bad body,
+    sign name or destination; each named in BadRequest), NOT_FOUND (no such
+    template or version), UNAUTHENTICATED.
     """
 
 @_typing.type_check_only
 class TemplateServiceAsyncStub(TemplateServiceStub):
     """Manages an app's message templates and previews them.
 
-    A template body holds `{name}` placeholders; names are letters, digits and
-    underscores. `{{` and `}}` stand for literal braces.
+    A template body holds `{name}` placeholders; names are 1-64 letters,
+    digits and underscores, so the vendors' numbered style `{1}`, `{2}` is
+    accepted too. `{{` and `}}` stand for literal braces; any other brace is
+    INVALID_ARGUMENT. A body has at most 1,000 characters and 32 placeholders.
+
+    Every update makes a new version of the template; earlier versions stay
+    readable (GetTemplate with a `version`) until the template is deleted.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateTemplate: _aio.UnaryUnaryMultiCallable[_template_service_pb2.CreateTemplateRequest, _template_service_pb2.CreateTemplateResponse]  # type: ignore[assignment]
-    """Creates a template.
+    """Creates a template (version 1).
 
-    Errors: INVALID_ARGUMENT (bad body or name), ALREADY_EXISTS (the id is
-    taken), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (bad id, kind, body, sign name or provider
+    template ids; the field is named in BadRequest), ALREADY_EXISTS (the id is
+    taken, or `request_id` reused for a different template), UNAUTHENTICATED.
     """
     GetTemplate: _aio.UnaryUnaryMultiCallable[_template_service_pb2.GetTemplateRequest, _template_service_pb2.GetTemplateResponse]  # type: ignore[assignment]
-    """Returns one template.
+    """Returns the latest version of a template, or the version asked for.
 
-    Errors: INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (bad id or negative version), NOT_FOUND (no such
+    template or version), UNAUTHENTICATED.
     """
     ListTemplates: _aio.UnaryUnaryMultiCallable[_template_service_pb2.ListTemplatesRequest, _template_service_pb2.ListTemplatesResponse]  # type: ignore[assignment]
-    """Lists the app's templates, ordered by id.
+    """Lists the latest version of each of the app's templates, ordered by id.
 
-    Errors: INVALID_ARGUMENT (bad page token), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (bad page size or page token), UNAUTHENTICATED.
     """
     UpdateTemplate: _aio.UnaryUnaryMultiCallable[_template_service_pb2.UpdateTemplateRequest, _template_service_pb2.UpdateTemplateResponse]  # type: ignore[assignment]
-    """Changes the fields of a template named in `update_mask`.
+    """Changes the fields of a template named in `update_mask`, making a new
+    version.
 
-    Errors: INVALID_ARGUMENT, NOT_FOUND, ABORTED (etag mismatch),
-    UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (empty or unknown mask path, bad field value),
+    NOT_FOUND, ABORTED (`etag` is not the latest version's: read the template
+    again and retry), UNAUTHENTICATED.
     """
     DeleteTemplate: _aio.UnaryUnaryMultiCallable[_template_service_pb2.DeleteTemplateRequest, _template_service_pb2.DeleteTemplateResponse]  # type: ignore[assignment]
-    """Deletes a template. Messages already accepted keep their rendered text.
+    """Deletes a template and all its versions. Messages already accepted keep
+    their rendered text.
 
-    Errors: INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT, NOT_FOUND, ABORTED (`etag` given and not the
+    latest version's), UNAUTHENTICATED.
     """
     RenderTemplate: _aio.UnaryUnaryMultiCallable[_template_service_pb2.RenderTemplateRequest, _template_service_pb2.RenderTemplateResponse]  # type: ignore[assignment]
-    """Renders a template (stored, or given inline) with parameters, without
-    sending anything.
+    """Renders a template (stored, or given inline) with parameters and a sign,
+    without sending anything: the text as it will be sent, its encoding and
+    each of its segments.
 
-    Errors: INVALID_ARGUMENT (missing or unknown parameters, bad body),
-    NOT_FOUND, UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (missing, unknown or bad parameters, bad body,
+    sign name or destination; each named in BadRequest), NOT_FOUND (no such
+    template or version), UNAUTHENTICATED.
     """
 
 class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages an app's message templates and previews them.
 
-    A template body holds `{name}` placeholders; names are letters, digits and
-    underscores. `{{` and `}}` stand for literal braces.
+    A template body holds `{name}` placeholders; names are 1-64 letters,
+    digits and underscores, so the vendors' numbered style `{1}`, `{2}` is
+    accepted too. `{{` and `}}` stand for literal braces; any other brace is
+    INVALID_ARGUMENT. A body has at most 1,000 characters and 32 placeholders.
+
+    Every update makes a new version of the template; earlier versions stay
+    readable (GetTemplate with a `version`) until the template is deleted.
     """
 
     @_abc_1.abstractmethod
@@ -129,10 +160,11 @@ class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _template_service_pb2.CreateTemplateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_template_service_pb2.CreateTemplateResponse, _abc.Awaitable[_template_service_pb2.CreateTemplateResponse]]:
-        """Creates a template.
+        """Creates a template (version 1).
 
-        Errors: INVALID_ARGUMENT (bad body or name), ALREADY_EXISTS (the id is
-        taken), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (bad id, kind, body, sign name or provider
+        template ids; the field is named in BadRequest), ALREADY_EXISTS (the id is
+        taken, or `request_id` reused for a different template), UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod
@@ -141,9 +173,10 @@ class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _template_service_pb2.GetTemplateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_template_service_pb2.GetTemplateResponse, _abc.Awaitable[_template_service_pb2.GetTemplateResponse]]:
-        """Returns one template.
+        """Returns the latest version of a template, or the version asked for.
 
-        Errors: INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (bad id or negative version), NOT_FOUND (no such
+        template or version), UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod
@@ -152,9 +185,9 @@ class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _template_service_pb2.ListTemplatesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_template_service_pb2.ListTemplatesResponse, _abc.Awaitable[_template_service_pb2.ListTemplatesResponse]]:
-        """Lists the app's templates, ordered by id.
+        """Lists the latest version of each of the app's templates, ordered by id.
 
-        Errors: INVALID_ARGUMENT (bad page token), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (bad page size or page token), UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod
@@ -163,10 +196,12 @@ class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _template_service_pb2.UpdateTemplateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_template_service_pb2.UpdateTemplateResponse, _abc.Awaitable[_template_service_pb2.UpdateTemplateResponse]]:
-        """Changes the fields of a template named in `update_mask`.
+        """Changes the fields of a template named in `update_mask`, making a new
+        version.
 
-        Errors: INVALID_ARGUMENT, NOT_FOUND, ABORTED (etag mismatch),
-        UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (empty or unknown mask path, bad field value),
+        NOT_FOUND, ABORTED (`etag` is not the latest version's: read the template
+        again and retry), UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod
@@ -175,9 +210,11 @@ class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _template_service_pb2.DeleteTemplateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_template_service_pb2.DeleteTemplateResponse, _abc.Awaitable[_template_service_pb2.DeleteTemplateResponse]]:
-        """Deletes a template. Messages already accepted keep their rendered text.
+        """Deletes a template and all its versions. Messages already accepted keep
+        their rendered text.
 
-        Errors: INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT, NOT_FOUND, ABORTED (`etag` given and not the
+        latest version's), UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod
@@ -186,11 +223,13 @@ class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _template_service_pb2.RenderTemplateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_template_service_pb2.RenderTemplateResponse, _abc.Awaitable[_template_service_pb2.RenderTemplateResponse]]:
-        """Renders a template (stored, or given inline) with parameters, without
-        sending anything.
+        """Renders a template (stored, or given inline) with parameters and a sign,
+        without sending anything: the text as it will be sent, its encoding and
+        each of its segments.
 
-        Errors: INVALID_ARGUMENT (missing or unknown parameters, bad body),
-        NOT_FOUND, UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (missing, unknown or bad parameters, bad body,
+        sign name or destination; each named in BadRequest), NOT_FOUND (no such
+        template or version), UNAUTHENTICATED.
         """
 
 def add_TemplateServiceServicer_to_server(servicer: TemplateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
