@@ -1,0 +1,132 @@
+"""Twilio's ``POST /2010-04-01/Accounts/{Sid}/Messages.json`` as the vendor
+answers it: HTTP basic auth (account SID and token, or an API key), 201 with
+the Message resource, or a 4xx/5xx with Twilio's error object."""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.vendor_fakes.common import FakeControls
+
+__all__ = ["TwilioFake"]
+
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+@dataclass
+class TwilioFake:
+    """One Twilio account with one number and one messaging service.
+
+    ``opted_out`` numbers answered STOP (21610); ``throttled`` answers that
+    many next messages with 429 / 20429.
+    """
+
+    account_sid: str = "AC" + "f" * 32
+    auth_token: str = "fake-twilio-auth-token"
+    api_keys: dict[str, str] = field(default_factory=lambda: {"SK" + "e" * 32: "key-secret"})
+    numbers: set[str] = field(default_factory=lambda: {"+15005550006"})
+    messaging_services: set[str] = field(default_factory=lambda: {"MG" + "d" * 32})
+    opted_out: set[str] = field(default_factory=set)
+    throttled: int = 0
+    controls: FakeControls = field(default_factory=FakeControls)
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/2010-04-01/Accounts/{sid}/Messages.json", self._create, methods=["POST"])
+            ]
+        )
+
+    async def _create(self, request: Request) -> Response:
+        form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+        status = self.controls.next_server_error()
+        if status is not None:
+            return self._error(20500, "Internal Server Error", status)
+        if not self._authenticated(request):
+            return self._error(20003, "Authenticate", 401)
+        if request.path_params["sid"] != self.account_sid:
+            return self._error(20404, "The requested resource was not found", 404)
+        self.messages.append(form)
+        await self.controls.maybe_stall()
+        if self.throttled:
+            self.throttled -= 1
+            return self._error(20429, "Too Many Requests", 429)
+        to = form.get("To", "")
+        if not _E164.match(to):
+            return self._error(21211, f"The 'To' number {to} is not a valid phone number.", 400)
+        if to in self.opted_out:
+            return self._error(21610, "Attempt to send to unsubscribed recipient", 400)
+        sender, service = form.get("From", ""), form.get("MessagingServiceSid", "")
+        if service and service not in self.messaging_services:
+            return self._error(21703, "The Messaging Service Sid is invalid", 400)
+        if not service and sender not in self.numbers:
+            return self._error(
+                21606, f"The From phone number {sender} is not a valid, SMS-capable number", 400
+            )
+        if not form.get("Body"):
+            return self._error(21602, "Message body is required.", 400)
+        return JSONResponse(self._resource(form), status_code=201)
+
+    def _authenticated(self, request: Request) -> bool:
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        user, _, password = base64.b64decode(credentials).decode().partition(":")
+        if user == self.account_sid:
+            return secrets.compare_digest(password, self.auth_token)
+        return user in self.api_keys and secrets.compare_digest(password, self.api_keys[user])
+
+    def _resource(self, form: dict[str, str]) -> dict[str, Any]:
+        sid = "SM" + secrets.token_hex(16)
+        now = format_datetime(datetime.now(UTC), usegmt=True)
+        service = form.get("MessagingServiceSid")
+        return {
+            "account_sid": self.account_sid,
+            "api_version": "2010-04-01",
+            "body": form["Body"],
+            "date_created": now,
+            "date_sent": None,
+            "date_updated": now,
+            "direction": "outbound-api",
+            "error_code": None,
+            "error_message": None,
+            "from": form.get("From"),
+            "messaging_service_sid": service,
+            "num_media": "0",
+            "num_segments": "1",
+            "price": None,
+            "price_unit": "USD",
+            "sid": sid,
+            "status": "accepted" if service else "queued",
+            "subresource_uris": {
+                "media": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}/Media.json"
+            },
+            "to": form["To"],
+            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
+        }
+
+    @staticmethod
+    def _error(code: int, message: str, status: int) -> Response:
+        return JSONResponse(
+            {
+                "code": code,
+                "message": message,
+                "more_info": f"https://www.twilio.com/docs/errors/{code}",
+                "status": status,
+            },
+            status_code=status,
+        )
