@@ -10,22 +10,30 @@ from typing import TYPE_CHECKING
 import grpc
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
 from smsgate_server.runtime import Running
 from smsgate_server.services.sending import SendCommand, SendingService, SendLimits
-from smsgate_server.store.messages import SendOutcome
+from smsgate_server.store.messages import Outcome, SendOutcome
 from smsgate_server.store.queue import DispatchQueue
 
 from tests.conftest import ServerFactory
 from tests.pipeline_support import TERMINAL, S, sent_counts, wait_for_statuses
 from tests.support import bearer
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:
     from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
 
 
 SendOne = Callable[..., Awaitable[tuple["SmsServiceAsyncStub", str, str]]]
+
+
+async def receipts_counted(result: str) -> float:
+    """This process's count of simulator receipts with ``result`` (metrics)."""
+    labels = {"provider": "simulator", "result": result}
+    return REGISTRY.get_sample_value("smsgate_receipts_total", labels) or 0.0
 
 
 @pytest.fixture
@@ -109,9 +117,14 @@ async def test_late_and_repeated_receipts_do_not_move_a_terminal_message(
     before = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
     assert before.status == S.MESSAGE_STATUS_DELIVERED
     assert server.dispatcher is not None
+    ignored = await receipts_counted("ignored")
 
-    await server.dispatcher.on_receipt(before.provider_message_id, False, "LATE", "late")
-    await server.dispatcher.on_receipt(before.provider_message_id, True, "", "")
+    # The simulator's receipt sink, as a vendor's late and repeated receipts.
+    server.dispatcher.receipts.receive(before.provider_message_id, False, "LATE", "late")
+    server.dispatcher.receipts.receive(before.provider_message_id, True, "", "")
+    await wait_until(
+        lambda: receipts_counted("ignored"), lambda n: n == ignored + 2, what="2 receipts ignored"
+    )
 
     after = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
     assert after.status == S.MESSAGE_STATUS_DELIVERED
@@ -229,7 +242,9 @@ async def test_a_reclaimed_message_out_of_attempts_fails(
     queue = DispatchQueue(api.redis, shards=api.settings.shards)
     await queue.ensure_groups()
     entries = await queue.read(shard, "dead-worker", 10)
-    assert await api.store.claim(shard, entries, reclaimed=False)
+    assert await api.store.claim(
+        shard, entries, reclaimed=False, max_attempts=api.settings.max_attempts
+    )
 
     await make_server(role="worker", max_attempts=1, visibility_timeout_seconds=0.3)
     message = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
@@ -247,18 +262,21 @@ async def test_a_receipt_that_outruns_its_send_outcome_waits_for_it(
     queue = DispatchQueue(api.redis, shards=api.settings.shards)
     await queue.ensure_groups()
     entries = await queue.read(shard, "w1", 10)
-    (claimed,) = await api.store.claim(shard, entries, reclaimed=False)
+    (claimed,) = await api.store.claim(
+        shard, entries, reclaimed=False, max_attempts=api.settings.max_attempts
+    )
 
     worker = await make_server(role="worker")
     assert worker.dispatcher is not None
-    receipt = asyncio.create_task(
-        worker.dispatcher.on_receipt("pid-1", True, "", "", f"{app}:{message_id}")
+    early = await receipts_counted("early")
+    worker.dispatcher.receipts.receive("pid-1", True, "", "", f"{app}:{message_id}")
+    await wait_until(
+        lambda: receipts_counted("early"), lambda n: n > early, what="the receipt held back"
     )
-    await asyncio.sleep(0.3)
-    assert not receipt.done()  # held back: the message is still SENDING
+    # Held back, not applied: the message is still SENDING.
+    await wait_for_statuses(stub, token, [message_id], {S.MESSAGE_STATUS_SENDING})
 
-    await api.store.settle(shard, [SendOutcome(claimed, "sent", "simulator", "pid-1")])
-    await asyncio.wait_for(receipt, 10)
+    await api.store.settle(shard, [SendOutcome(claimed, Outcome.SENT, "simulator", "pid-1")])
     message = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
     assert message.status == S.MESSAGE_STATUS_DELIVERED
 

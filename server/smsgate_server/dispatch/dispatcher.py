@@ -21,22 +21,24 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from smsgate_server.aio import cancel_and_wait
 from smsgate_server.config import Settings
 from smsgate_server.dispatch.backoff import retry_delay
-from smsgate_server.domain.ids import shard_of_id
-from smsgate_server.metrics import PROVIDER_CALLS, PROVIDER_SECONDS, RECEIPTS, SEND_OUTCOMES
+from smsgate_server.dispatch.receipts import ReceiptQueue
+from smsgate_server.metrics import PROVIDER_CALLS, PROVIDER_SECONDS, SEND_OUTCOMES
 from smsgate_server.providers.base import OutboundSms, Provider, SendResult
-from smsgate_server.store.messages import Claimed, MessageStore, Receipt, SendOutcome
+from smsgate_server.store.messages import Claimed, MessageStore, Outcome, SendOutcome
 from smsgate_server.store.queue import DispatchQueue, QueueEntry
 
 __all__ = ["DispatchConfig", "Dispatcher"]
 
 log = logging.getLogger("smsgate.dispatch")
 
-# Receipts stored per script call, and look-ups before a receipt is dropped.
-RECEIPT_BATCH = 500
-RECEIPT_TRIES = 20
+# Consumers (one per process start) idle this long with nothing pending are dropped.
 DEAD_CONSUMER_MS = 3_600_000
+# A blip while storing outcomes is retried with this backoff (seconds).
+SETTLE_RETRY_BASE = 0.05
+SETTLE_RETRY_MAX = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,8 @@ class DispatchConfig:
 
 
 class Dispatcher:
-    """Runs the queue readers, the re-claimer and the promoter of one process."""
+    """Runs the queue readers, the re-claimer, the promoter and the receipt
+    writer of one process."""
 
     def __init__(
         self,
@@ -91,10 +94,10 @@ class Dispatcher:
         self._inflight: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
-        self._receipts: asyncio.Queue[_PendingReceipt] = asyncio.Queue()
+        self.receipts = ReceiptQueue(store, provider.name, rng=self.rng)
         # Queue entries this process is sending now: never re-claimed by itself.
         self._held: set[str] = set()
-        provider.set_receipt_sink(self.receive_receipt)
+        provider.set_receipt_sink(self.receipts.receive)
 
     async def start(self) -> None:
         await self.queue.ensure_groups()
@@ -102,25 +105,17 @@ class Dispatcher:
             self._tasks.append(asyncio.create_task(self._read_loop(shard), name=f"read-{shard}"))
         self._tasks.append(asyncio.create_task(self._reclaim_loop(), name="reclaim"))
         self._tasks.append(asyncio.create_task(self._promote_loop(), name="promote"))
-        self._tasks.append(asyncio.create_task(self._receipt_loop(), name="receipts"))
+        self._tasks.append(asyncio.create_task(self.receipts.run(self._stopping), name="receipts"))
         log.info("dispatcher started", extra={"consumer": self.consumer})
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop reading, let in-flight sends settle (up to ``grace``), then cancel."""
         self._stopping.set()
-        for task in self._tasks:
-            task.cancel()
         # Bounded: each loop also ends on the stop flag within about a second.
-        await asyncio.wait(self._tasks, timeout=max(grace, 2.0))
-        # Receipts not stored by now are dropped (their messages expire);
-        # release anyone waiting on one.
-        while not self._receipts.empty():
-            self._receipts.get_nowait().settle()
+        await cancel_and_wait(self._tasks, timeout=max(grace, 2.0))
         if self._inflight:
-            _, pending = await asyncio.wait(self._inflight, timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.wait(self._inflight, timeout=grace)
+            await cancel_and_wait(self._inflight, timeout=2.0)
         # What was cancelled stays pending in the stream; another worker (or
         # this one after a restart) re-claims it.
 
@@ -129,9 +124,10 @@ class Dispatcher:
     async def _read_loop(self, shard: int) -> None:
         while not self._stopping.is_set():
             try:
+                # Wait for a free slot, then read as many as are free.
                 await self._slots.acquire()
                 self._slots.release()
-                room = max(1, min(256, self._free_slots()))
+                room = max(1, min(256, self.config.concurrency - len(self._inflight)))
                 entries = await self.queue.read(shard, self.consumer, room)
                 if entries:
                     await self._take(shard, entries, reclaimed=False)
@@ -140,9 +136,6 @@ class Dispatcher:
             except Exception:
                 log.exception("queue read failed", extra={"shard": shard})
                 await asyncio.sleep(1.0)
-
-    def _free_slots(self) -> int:
-        return self._slots._value
 
     async def _reclaim_loop(self) -> None:
         interval = max(self.config.visibility_timeout / 2, 0.05)
@@ -241,7 +234,7 @@ class Dispatcher:
         """Store outcomes, retrying a Redis blip for up to half the visibility
         timeout: giving up means the entries are re-claimed and sent again."""
         deadline = time.monotonic() + self.config.visibility_timeout / 2
-        delay = 0.05
+        attempt = 0
         while True:
             try:
                 await self.store.settle(shard, outcomes)
@@ -249,17 +242,20 @@ class Dispatcher:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                attempt += 1
+                delay = retry_delay(
+                    attempt, base=SETTLE_RETRY_BASE, cap=SETTLE_RETRY_MAX, rng=self.rng
+                )
                 if time.monotonic() + delay > deadline:
                     # Unacknowledged: re-claimed after the visibility timeout.
                     log.exception("settle failed", extra={"count": len(outcomes)})
                     return
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
 
     def _outcome(self, c: Claimed, r: SendResult) -> SendOutcome:
         name = self.provider.name
         if r.ok:
-            return SendOutcome(c, "sent", name, r.provider_message_id)
+            return SendOutcome(c, Outcome.SENT, name, r.provider_message_id)
         now_ms = self.store.now_ms()
         # A scheduled message's life starts at its send time, not at acceptance.
         age = (now_ms - max(c.created_ms, c.send_at_ms)) / 1000
@@ -272,116 +268,9 @@ class Dispatcher:
                 c.attempts, base=self.config.retry_base, cap=self.config.retry_max, rng=self.rng
             )
             return SendOutcome(
-                c, "retry", name, "", r.error_code, r.error_reason, now_ms + int(delay * 1000)
+                c, Outcome.RETRY, name, "", r.error_code, r.error_reason, now_ms + int(delay * 1000)
             )
         reason = r.error_reason
         if r.retryable:
             reason = f"{reason} (gave up after {c.attempts} attempts)"
-        return SendOutcome(c, "fail", name, "", r.error_code, reason)
-
-    # --- receipts ------------------------------------------------------
-
-    def receive_receipt(
-        self, provider_id: str, delivered: bool, code: str, reason: str, member: str = ""
-    ) -> None:
-        """Hand over a provider's delivery receipt (the provider's ReceiptSink).
-
-        Receipts are stored in batches, one script per shard, by the receipt
-        loop. ``member`` (``app:id``) spares the look-up by provider id when the
-        vendor echoed our reference.
-        """
-        self._receipts.put_nowait(_PendingReceipt(provider_id, delivered, code, reason, member))
-
-    async def on_receipt(
-        self, provider_id: str, delivered: bool, code: str, reason: str, member: str = ""
-    ) -> None:
-        """Like ``receive_receipt``, but returns once the receipt is stored or
-        given up on (for callers that must not acknowledge before, such as a
-        vendor's HTTP callback)."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._receipts.put_nowait(
-            _PendingReceipt(provider_id, delivered, code, reason, member, done)
-        )
-        await done
-
-    async def _receipt_loop(self) -> None:
-        # Like the other loops it checks the stop flag: a cancellation that
-        # lands inside redis-py can come out as a Redis error and be retried.
-        while not self._stopping.is_set():
-            try:
-                async with asyncio.timeout(0.5):
-                    batch = [await self._receipts.get()]
-            except TimeoutError:
-                continue
-            while len(batch) < RECEIPT_BATCH and not self._receipts.empty():
-                batch.append(self._receipts.get_nowait())
-            try:
-                await self._store_receipts(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Redis away: keep them and try again shortly.
-                log.warning(
-                    "receipts not stored yet", extra={"error": repr(exc), "count": len(batch)}
-                )
-                for item in batch:
-                    self._retry_receipt(item)
-
-    def _retry_receipt(self, item: _PendingReceipt) -> None:
-        item.tries += 1
-        if item.tries > RECEIPT_TRIES:
-            log.warning("receipt given up", extra={"provider_id": item.provider_id})
-            item.settle()
-            return
-        delay = min(0.05 * 2 ** min(item.tries, 6), 2.0)
-        asyncio.get_running_loop().call_later(delay, self._receipts.put_nowait, item)
-
-    async def _store_receipts(self, batch: list[_PendingReceipt]) -> None:
-        unknown = [r for r in batch if not r.member]
-        found = await self.store.lookup_provider_ids(
-            self.provider.name, [r.provider_id for r in unknown]
-        )
-        for item, member in zip(unknown, found, strict=True):
-            item.member = member or ""
-        by_shard: dict[int, list[_PendingReceipt]] = defaultdict(list)
-        for item in batch:
-            app, _, message_id = item.member.partition(":")
-            shard = shard_of_id(message_id, self.store.shards) if app else None
-            if shard is None:
-                # The receipt can outrun the settle of its send: look again.
-                self._retry_receipt(item)
-                continue
-            by_shard[shard].append(item)
-        for shard, items in by_shard.items():
-            results = await self.store.apply_receipts(
-                shard,
-                [
-                    Receipt(app, message_id, r.delivered, r.code, r.reason)
-                    for r in items
-                    for app, _, message_id in [r.member.partition(":")]
-                ],
-            )
-            for r, result in zip(items, results, strict=True):
-                if result < 0:
-                    # Its send outcome is not stored yet: try again shortly.
-                    self._retry_receipt(r)
-                    continue
-                RECEIPTS.labels(
-                    self.provider.name, "delivered" if r.delivered else "undelivered"
-                ).inc()
-                r.settle()
-
-
-@dataclass(eq=False, slots=True)
-class _PendingReceipt:
-    provider_id: str
-    delivered: bool
-    code: str
-    reason: str
-    member: str
-    done: asyncio.Future[None] | None = None
-    tries: int = 0
-
-    def settle(self) -> None:
-        if self.done is not None and not self.done.done():
-            self.done.set_result(None)
+        return SendOutcome(c, Outcome.FAIL, name, "", r.error_code, reason)

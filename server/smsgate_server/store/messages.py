@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,20 +18,47 @@ from smsgate_server.store.scripts import Scripts
 
 __all__ = [
     "AcceptOutcome",
+    "Accepted",
     "Claimed",
     "MessageStore",
+    "Outcome",
     "Receipt",
+    "ReceiptResult",
     "SendOutcome",
 ]
 
 DAY_MS = 86_400_000
 
 
+class Accepted(enum.StrEnum):
+    """What became of messages to accept (the replies of accept.lua)."""
+
+    NEW = "new"  # stored and queued or scheduled
+    DUPLICATE = "dup"  # a retry of an accepted request: nothing stored again
+    CONFLICT = "conflict"  # the request id was used for a different request
+
+
+class Outcome(enum.StrEnum):
+    """What to record for a message a provider was given (settle.lua's outcomes)."""
+
+    SENT = "sent"  # the provider took it: wait for its receipt
+    RETRY = "retry"  # not taken, may be tried again: queue it for ``retry_at_ms``
+    FAIL = "fail"  # not taken, and never will be: FAILED
+
+
+class ReceiptResult(enum.IntEnum):
+    """What became of a delivery receipt (the replies of receipt.lua)."""
+
+    APPLIED = 1  # the SENT message is DELIVERED or UNDELIVERED now
+    IGNORED = 0  # the message ended already, or is gone
+    EARLY = -1  # the message is still SENDING: its send outcome is not stored yet
+
+
 @dataclass(frozen=True, slots=True)
 class AcceptOutcome:
-    """``new``, ``dup`` (then ``remembered`` is the first call's result) or ``conflict``."""
+    """``kind``; for a DUPLICATE, ``remembered`` is the first call's result."""
 
-    kind: str
+    kind: Accepted
     remembered: str = ""
 
 
@@ -52,10 +80,10 @@ class Claimed:
 
 @dataclass(frozen=True, slots=True)
 class SendOutcome:
-    """What to record for a claimed message: ``sent``, ``retry`` or ``fail``."""
+    """What to record for a claimed message."""
 
     claimed: Claimed
-    outcome: str
+    outcome: Outcome
     provider: str
     provider_message_id: str = ""
     error_code: str = ""
@@ -170,7 +198,7 @@ class MessageStore:
             keys=[keys.events, idem, keys.queue, keys.due, keys.index(app), batch_key],
             args=args,
         )
-        kind = _s(result[0])
+        kind = Accepted(_s(result[0]))
         return AcceptOutcome(kind, _s(result[1]) if len(result) > 1 else "")
 
     @redis_edge
@@ -237,7 +265,7 @@ class MessageStore:
         entries: Sequence[tuple[str, str]],
         *,
         reclaimed: bool,
-        max_attempts: int = 5,
+        max_attempts: int,
     ) -> list[Claimed]:
         """Move the messages of queue entries ``(entry id, 'app:id')`` to SENDING."""
         keys = self.shard_keys[shard]
@@ -297,15 +325,14 @@ class MessageStore:
         )
 
     @redis_edge
-    async def apply_receipts(self, shard: int, receipts: Sequence[Receipt]) -> list[int]:
-        """Move SENT messages to DELIVERED / UNDELIVERED. Per receipt: 1 applied,
-        0 ignored (ended already, or gone), -1 too early (still SENDING)."""
+    async def apply_receipts(self, shard: int, receipts: Sequence[Receipt]) -> list[ReceiptResult]:
+        """Move SENT messages to DELIVERED / UNDELIVERED; what became of each receipt."""
         keys = self.shard_keys[shard]
         args: list[Any] = self._common(keys, self.now_ms())
         for r in receipts:
             args += [r.app, r.id, "1" if r.delivered else "0", r.error_code, r.error_reason]
         result = await self.scripts.receipt(keys=[keys.events, keys.receipts], args=args)
-        return [int(x) for x in result]
+        return [ReceiptResult(int(x)) for x in result]
 
     @redis_edge
     async def promote(self, shard: int, limit: int = 500) -> tuple[int, int]:
