@@ -31,9 +31,11 @@ class _MessageStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Message
     MESSAGE_STATUS_SCHEDULED: _MessageStatus.ValueType  # 1
     """Accepted with a future `send_time`; waits until that time."""
     MESSAGE_STATUS_QUEUED: _MessageStatus.ValueType  # 2
-    """Accepted and waiting in the dispatch queue (also while waiting to retry)."""
+    """Accepted and waiting in the dispatch queue; also back here from SENDING
+    while waiting to retry after a provider error.
+    """
     MESSAGE_STATUS_SENDING: _MessageStatus.ValueType  # 3
-    """Taken by a dispatch worker and being handed to a provider."""
+    """Taken by a dispatcher and being handed to a provider."""
     MESSAGE_STATUS_SENT: _MessageStatus.ValueType  # 4
     """The provider accepted the message; a delivery receipt is awaited."""
     MESSAGE_STATUS_DELIVERED: _MessageStatus.ValueType  # 5
@@ -41,19 +43,26 @@ class _MessageStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Message
     MESSAGE_STATUS_UNDELIVERED: _MessageStatus.ValueType  # 6
     """Terminal. The provider reported that the handset could not be reached."""
     MESSAGE_STATUS_FAILED: _MessageStatus.ValueType  # 7
-    """Terminal. The provider refused the message, or retries ran out."""
+    """Terminal. The provider refused the message, or its attempts ran out."""
     MESSAGE_STATUS_CANCELED: _MessageStatus.ValueType  # 8
-    """Terminal. Canceled by the app before it reached a provider."""
+    """Terminal. Canceled by the app (CancelMessage, CancelBatch) while
+    SCHEDULED or QUEUED.
+    """
     MESSAGE_STATUS_EXPIRED: _MessageStatus.ValueType  # 9
-    """Terminal. No delivery receipt arrived within the receipt window."""
+    """Terminal. Either no delivery receipt arrived within the receipt window
+    after SENT, or the message outlived its use before it was sent (the SMS of
+    a verification code that expired while it waited in the queue).
+    """
 
 class MessageStatus(_MessageStatus, metaclass=_MessageStatusEnumTypeWrapper):
     """The lifecycle state of one SMS message.
 
-    A message moves forward only: SCHEDULED -> QUEUED -> SENDING -> SENT ->
-    DELIVERED or UNDELIVERED. FAILED, CANCELED and EXPIRED end it early.
-    DELIVERED, UNDELIVERED, FAILED, CANCELED and EXPIRED are terminal: once a
-    message is in one of them it never changes again.
+    The usual path is SCHEDULED (only with a future `send_time`) -> QUEUED ->
+    SENDING -> SENT -> DELIVERED or UNDELIVERED. A provider error worth retrying
+    takes a message from SENDING back to QUEUED until its attempts run out;
+    FAILED, CANCELED and EXPIRED end it early. DELIVERED, UNDELIVERED, FAILED,
+    CANCELED and EXPIRED are terminal: once a message is in one of them it never
+    changes again, and every message reaches exactly one of them.
     """
 
 MESSAGE_STATUS_UNSPECIFIED: MessageStatus.ValueType  # 0
@@ -61,9 +70,11 @@ MESSAGE_STATUS_UNSPECIFIED: MessageStatus.ValueType  # 0
 MESSAGE_STATUS_SCHEDULED: MessageStatus.ValueType  # 1
 """Accepted with a future `send_time`; waits until that time."""
 MESSAGE_STATUS_QUEUED: MessageStatus.ValueType  # 2
-"""Accepted and waiting in the dispatch queue (also while waiting to retry)."""
+"""Accepted and waiting in the dispatch queue; also back here from SENDING
+while waiting to retry after a provider error.
+"""
 MESSAGE_STATUS_SENDING: MessageStatus.ValueType  # 3
-"""Taken by a dispatch worker and being handed to a provider."""
+"""Taken by a dispatcher and being handed to a provider."""
 MESSAGE_STATUS_SENT: MessageStatus.ValueType  # 4
 """The provider accepted the message; a delivery receipt is awaited."""
 MESSAGE_STATUS_DELIVERED: MessageStatus.ValueType  # 5
@@ -71,11 +82,16 @@ MESSAGE_STATUS_DELIVERED: MessageStatus.ValueType  # 5
 MESSAGE_STATUS_UNDELIVERED: MessageStatus.ValueType  # 6
 """Terminal. The provider reported that the handset could not be reached."""
 MESSAGE_STATUS_FAILED: MessageStatus.ValueType  # 7
-"""Terminal. The provider refused the message, or retries ran out."""
+"""Terminal. The provider refused the message, or its attempts ran out."""
 MESSAGE_STATUS_CANCELED: MessageStatus.ValueType  # 8
-"""Terminal. Canceled by the app before it reached a provider."""
+"""Terminal. Canceled by the app (CancelMessage, CancelBatch) while
+SCHEDULED or QUEUED.
+"""
 MESSAGE_STATUS_EXPIRED: MessageStatus.ValueType  # 9
-"""Terminal. No delivery receipt arrived within the receipt window."""
+"""Terminal. Either no delivery receipt arrived within the receipt window
+after SENT, or the message outlived its use before it was sent (the SMS of
+a verification code that expired while it waited in the queue).
+"""
 Global___MessageStatus: _TypeAlias = MessageStatus  # noqa: Y015
 
 @_typing.final
@@ -276,7 +292,10 @@ class Message(_message.Message):
 
     @_builtins.property
     def error(self) -> Global___DeliveryError:
-        """Output only. Set when the message ended FAILED or UNDELIVERED."""
+        """Output only. The last error: set when the message ended FAILED or
+        UNDELIVERED, and while it waits to retry after a provider error
+        (`retryable`).
+        """
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:

@@ -64,7 +64,8 @@ class SendSmsRequest(_message.Message):
     """
     sender_id: _builtins.str
     """Optional. The sender id: a signature (Chinese vendors) or an originating
-    number or alphanumeric sender (others). Empty uses the app's default.
+    number or alphanumeric sender (others), at most 32 characters. Empty
+    leaves it to the provider's account default.
     """
     @_builtins.property
     def template(self) -> _message_pb2.TemplateContent:
@@ -72,11 +73,17 @@ class SendSmsRequest(_message.Message):
 
     @_builtins.property
     def send_time(self) -> _timestamp_pb2.Timestamp:
-        """Optional. When to send; unset or past-now means now. At most 35 days ahead."""
+        """Optional. When to send; unset means now. At most a minute in the past
+        (sent now) and at most 35 days ahead (a server setting); beyond either
+        INVALID_ARGUMENT.
+        """
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Optional. Up to 16 key/value labels stored with the message."""
+        """Optional. Up to 16 key/value labels stored with the message (a server
+        setting): keys match [a-z][a-z0-9_.-]{0,62}, values are at most 256
+        characters.
+        """
 
     def __init__(
         self,
@@ -224,7 +231,7 @@ class BatchSendRequest(_message.Message):
 
     @_builtins.property
     def send_time(self) -> _timestamp_pb2.Timestamp:
-        """Optional. When to send the whole batch. At most 35 days ahead."""
+        """Optional. When to send the whole batch, as in SendSmsRequest."""
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -260,7 +267,9 @@ class RecipientError(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
-    """Output only. UPPER_SNAKE reason, for example "INVALID_PHONE_NUMBER"."""
+    """Output only. An ErrorReason without its prefix: "INVALID_PHONE_NUMBER" or
+    "DUPLICATE_RECIPIENT".
+    """
     description: _builtins.str
     """Output only. A human-readable explanation."""
     def __init__(
@@ -411,9 +420,14 @@ class ListMessagesRequest(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Optional. At most this many messages (default 50, at most 500)."""
+    """Optional. At most this many messages; 0 means 50, and more than 500 is
+    lowered to 500. Negative is INVALID_ARGUMENT. A page may hold fewer
+    (even none) and still have a next page.
+    """
     page_token: _builtins.str
-    """Optional. A `next_page_token` from an earlier call with the same filters."""
+    """Optional. A `next_page_token` from an earlier call of the same app with the
+    same filters; any other token is INVALID_ARGUMENT.
+    """
     phone_number: _builtins.str
     """Optional. Only messages to this E.164 number."""
     batch_id: _builtins.str
@@ -584,8 +598,8 @@ class WatchStatusRequest(_message.Message):
     batch_id: _builtins.str
     """Optional. Only events of this batch."""
     resume_token: _builtins.str
-    """Optional. Resume after the event that carried this token. Empty starts
-    with events from now on.
+    """Optional. Resume after the event that carried this token (issued to the
+    same app; filters may differ). Empty starts with events from now on.
     """
     @_builtins.property
     def message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -30,7 +30,8 @@ class SmsServiceStub:
 
     Every call is made by an app: send `authorization: Bearer <token>` in the
     request metadata. An app sees only its own messages; another app's ids are
-    NOT_FOUND.
+    NOT_FOUND. Every error carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason; bad input also a BadRequest naming the fields.
     """
 
     def __init__(self, channel):
@@ -81,7 +82,8 @@ class SmsServiceServicer:
 
     Every call is made by an app: send `authorization: Bearer <token>` in the
     request metadata. An app sees only its own messages; another app's ids are
-    NOT_FOUND.
+    NOT_FOUND. Every error carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason; bad input also a BadRequest naming the fields.
     """
 
     def SendSms(self, request, context):
@@ -89,10 +91,11 @@ class SmsServiceServicer:
 
         Returns once the message is durably stored and queued; from then on it
         reaches a terminal status. Errors: INVALID_ARGUMENT (bad phone number,
-        empty or oversized content, `send_time` out of range), ALREADY_EXISTS
-        (`request_id` reused with different content), NOT_FOUND (unknown
-        template), FAILED_PRECONDITION (destination not allowed for the app),
-        RESOURCE_EXHAUSTED (rate limit), UNAUTHENTICATED, UNAVAILABLE.
+        empty or oversized text, `send_time` out of range, bad `request_id`,
+        `sender_id` or labels), ALREADY_EXISTS (`request_id` reused with different
+        content), UNIMPLEMENTED (template content: TemplateService is not built
+        yet), UNAUTHENTICATED, UNAVAILABLE (storage unreachable or shutting down;
+        retry, with the same `request_id`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,8 +107,11 @@ class SmsServiceServicer:
 
         Each recipient is validated on its own: the response gives each one a
         message id or its own error. Errors for the whole call: INVALID_ARGUMENT
-        (no recipients, too many, bad content), ALREADY_EXISTS, UNAUTHENTICATED,
-        RESOURCE_EXHAUSTED, UNAVAILABLE.
+        (no recipients, too many, bad text, `send_time`, `request_id`, `sender_id`
+        or labels), ALREADY_EXISTS (`request_id` reused with different content),
+        UNIMPLEMENTED (template content or per-recipient params: TemplateService
+        is not built yet), UNAUTHENTICATED, UNAVAILABLE (retry, with the same
+        `request_id`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,7 +120,8 @@ class SmsServiceServicer:
     def GetMessage(self, request, context):
         """Returns one message with its status history.
 
-        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, UNAUTHENTICATED,
+        UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,7 +130,9 @@ class SmsServiceServicer:
     def ListMessages(self, request, context):
         """Lists the app's messages, newest first, with filters.
 
-        Errors: INVALID_ARGUMENT (bad filter or page token), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (negative `page_size`, bad filter, a page token
+        not issued to the app for the same filters), NOT_FOUND (a `batch_id` that
+        is no batch id), UNAUTHENTICATED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,8 +141,8 @@ class SmsServiceServicer:
     def CancelMessage(self, request, context):
         """Cancels a message that has not yet been handed to a provider.
 
-        Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (already with a
-        provider or terminal), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, FAILED_PRECONDITION
+        (already with a provider or terminal), UNAUTHENTICATED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,7 +152,8 @@ class SmsServiceServicer:
         """Cancels every message of a batch that has not yet been handed to a
         provider.
 
-        Errors: INVALID_ARGUMENT, NOT_FOUND (unknown batch), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND (unknown batch),
+        UNAUTHENTICATED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,10 +164,11 @@ class SmsServiceServicer:
 
         Filters narrow the stream. Each event carries a resume token; a client
         that reconnects with its last token receives every later event exactly
-        once. Errors: INVALID_ARGUMENT (bad filter or token), OUT_OF_RANGE (token
-        older than the retention window), RESOURCE_EXHAUSTED (the client fell too
-        far behind; resume from the last token), UNAVAILABLE (server shutting
-        down; reconnect), UNAUTHENTICATED.
+        once. Errors: INVALID_ARGUMENT (bad filter, a token not issued to the
+        app), OUT_OF_RANGE (token older than the retention window),
+        RESOURCE_EXHAUSTED (the client fell too far behind; resume from the last
+        token), UNAVAILABLE (server shutting down or storage unreachable;
+        reconnect with the last token), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -214,7 +225,8 @@ class SmsService:
 
     Every call is made by an app: send `authorization: Bearer <token>` in the
     request metadata. An app sees only its own messages; another app's ids are
-    NOT_FOUND.
+    NOT_FOUND. Every error carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason; bad input also a BadRequest naming the fields.
     """
 
     @staticmethod

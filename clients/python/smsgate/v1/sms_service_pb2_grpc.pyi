@@ -31,7 +31,8 @@ class SmsServiceStub:
 
     Every call is made by an app: send `authorization: Bearer <token>` in the
     request metadata. An app sees only its own messages; another app's ids are
-    NOT_FOUND.
+    NOT_FOUND. Every error carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason; bad input also a BadRequest naming the fields.
     """
 
     @_typing.overload
@@ -43,10 +44,11 @@ class SmsServiceStub:
 
     Returns once the message is durably stored and queued; from then on it
     reaches a terminal status. Errors: INVALID_ARGUMENT (bad phone number,
-    empty or oversized content, `send_time` out of range), ALREADY_EXISTS
-    (`request_id` reused with different content), NOT_FOUND (unknown
-    template), FAILED_PRECONDITION (destination not allowed for the app),
-    RESOURCE_EXHAUSTED (rate limit), UNAUTHENTICATED, UNAVAILABLE.
+    empty or oversized text, `send_time` out of range, bad `request_id`,
+    `sender_id` or labels), ALREADY_EXISTS (`request_id` reused with different
+    content), UNIMPLEMENTED (template content: TemplateService is not built
+    yet), UNAUTHENTICATED, UNAVAILABLE (storage unreachable or shutting down;
+    retry, with the same `request_id`).
     """
     BatchSend: _grpc.UnaryUnaryMultiCallable[_sms_service_pb2.BatchSendRequest, _sms_service_pb2.BatchSendResponse]
     """Accepts one content for many recipients, with shared or per-recipient
@@ -54,40 +56,48 @@ class SmsServiceStub:
 
     Each recipient is validated on its own: the response gives each one a
     message id or its own error. Errors for the whole call: INVALID_ARGUMENT
-    (no recipients, too many, bad content), ALREADY_EXISTS, UNAUTHENTICATED,
-    RESOURCE_EXHAUSTED, UNAVAILABLE.
+    (no recipients, too many, bad text, `send_time`, `request_id`, `sender_id`
+    or labels), ALREADY_EXISTS (`request_id` reused with different content),
+    UNIMPLEMENTED (template content or per-recipient params: TemplateService
+    is not built yet), UNAUTHENTICATED, UNAVAILABLE (retry, with the same
+    `request_id`).
     """
     GetMessage: _grpc.UnaryUnaryMultiCallable[_sms_service_pb2.GetMessageRequest, _sms_service_pb2.GetMessageResponse]
     """Returns one message with its status history.
 
-    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, UNAUTHENTICATED,
+    UNAVAILABLE.
     """
     ListMessages: _grpc.UnaryUnaryMultiCallable[_sms_service_pb2.ListMessagesRequest, _sms_service_pb2.ListMessagesResponse]
     """Lists the app's messages, newest first, with filters.
 
-    Errors: INVALID_ARGUMENT (bad filter or page token), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (negative `page_size`, bad filter, a page token
+    not issued to the app for the same filters), NOT_FOUND (a `batch_id` that
+    is no batch id), UNAUTHENTICATED, UNAVAILABLE.
     """
     CancelMessage: _grpc.UnaryUnaryMultiCallable[_sms_service_pb2.CancelMessageRequest, _sms_service_pb2.CancelMessageResponse]
     """Cancels a message that has not yet been handed to a provider.
 
-    Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (already with a
-    provider or terminal), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, FAILED_PRECONDITION
+    (already with a provider or terminal), UNAUTHENTICATED, UNAVAILABLE.
     """
     CancelBatch: _grpc.UnaryUnaryMultiCallable[_sms_service_pb2.CancelBatchRequest, _sms_service_pb2.CancelBatchResponse]
     """Cancels every message of a batch that has not yet been handed to a
     provider.
 
-    Errors: INVALID_ARGUMENT, NOT_FOUND (unknown batch), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND (unknown batch),
+    UNAUTHENTICATED, UNAVAILABLE.
     """
     WatchStatus: _grpc.UnaryStreamMultiCallable[_sms_service_pb2.WatchStatusRequest, _sms_service_pb2.WatchStatusResponse]
     """Streams every status change of the app's messages, as it happens.
 
     Filters narrow the stream. Each event carries a resume token; a client
     that reconnects with its last token receives every later event exactly
-    once. Errors: INVALID_ARGUMENT (bad filter or token), OUT_OF_RANGE (token
-    older than the retention window), RESOURCE_EXHAUSTED (the client fell too
-    far behind; resume from the last token), UNAVAILABLE (server shutting
-    down; reconnect), UNAUTHENTICATED.
+    once. Errors: INVALID_ARGUMENT (bad filter, a token not issued to the
+    app), OUT_OF_RANGE (token older than the retention window),
+    RESOURCE_EXHAUSTED (the client fell too far behind; resume from the last
+    token), UNAVAILABLE (server shutting down or storage unreachable;
+    reconnect with the last token), UNAUTHENTICATED.
     """
 
 @_typing.type_check_only
@@ -96,7 +106,8 @@ class SmsServiceAsyncStub(SmsServiceStub):
 
     Every call is made by an app: send `authorization: Bearer <token>` in the
     request metadata. An app sees only its own messages; another app's ids are
-    NOT_FOUND.
+    NOT_FOUND. Every error carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason; bad input also a BadRequest naming the fields.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -105,10 +116,11 @@ class SmsServiceAsyncStub(SmsServiceStub):
 
     Returns once the message is durably stored and queued; from then on it
     reaches a terminal status. Errors: INVALID_ARGUMENT (bad phone number,
-    empty or oversized content, `send_time` out of range), ALREADY_EXISTS
-    (`request_id` reused with different content), NOT_FOUND (unknown
-    template), FAILED_PRECONDITION (destination not allowed for the app),
-    RESOURCE_EXHAUSTED (rate limit), UNAUTHENTICATED, UNAVAILABLE.
+    empty or oversized text, `send_time` out of range, bad `request_id`,
+    `sender_id` or labels), ALREADY_EXISTS (`request_id` reused with different
+    content), UNIMPLEMENTED (template content: TemplateService is not built
+    yet), UNAUTHENTICATED, UNAVAILABLE (storage unreachable or shutting down;
+    retry, with the same `request_id`).
     """
     BatchSend: _aio.UnaryUnaryMultiCallable[_sms_service_pb2.BatchSendRequest, _sms_service_pb2.BatchSendResponse]  # type: ignore[assignment]
     """Accepts one content for many recipients, with shared or per-recipient
@@ -116,40 +128,48 @@ class SmsServiceAsyncStub(SmsServiceStub):
 
     Each recipient is validated on its own: the response gives each one a
     message id or its own error. Errors for the whole call: INVALID_ARGUMENT
-    (no recipients, too many, bad content), ALREADY_EXISTS, UNAUTHENTICATED,
-    RESOURCE_EXHAUSTED, UNAVAILABLE.
+    (no recipients, too many, bad text, `send_time`, `request_id`, `sender_id`
+    or labels), ALREADY_EXISTS (`request_id` reused with different content),
+    UNIMPLEMENTED (template content or per-recipient params: TemplateService
+    is not built yet), UNAUTHENTICATED, UNAVAILABLE (retry, with the same
+    `request_id`).
     """
     GetMessage: _aio.UnaryUnaryMultiCallable[_sms_service_pb2.GetMessageRequest, _sms_service_pb2.GetMessageResponse]  # type: ignore[assignment]
     """Returns one message with its status history.
 
-    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, UNAUTHENTICATED,
+    UNAVAILABLE.
     """
     ListMessages: _aio.UnaryUnaryMultiCallable[_sms_service_pb2.ListMessagesRequest, _sms_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """Lists the app's messages, newest first, with filters.
 
-    Errors: INVALID_ARGUMENT (bad filter or page token), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (negative `page_size`, bad filter, a page token
+    not issued to the app for the same filters), NOT_FOUND (a `batch_id` that
+    is no batch id), UNAUTHENTICATED, UNAVAILABLE.
     """
     CancelMessage: _aio.UnaryUnaryMultiCallable[_sms_service_pb2.CancelMessageRequest, _sms_service_pb2.CancelMessageResponse]  # type: ignore[assignment]
     """Cancels a message that has not yet been handed to a provider.
 
-    Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (already with a
-    provider or terminal), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, FAILED_PRECONDITION
+    (already with a provider or terminal), UNAUTHENTICATED, UNAVAILABLE.
     """
     CancelBatch: _aio.UnaryUnaryMultiCallable[_sms_service_pb2.CancelBatchRequest, _sms_service_pb2.CancelBatchResponse]  # type: ignore[assignment]
     """Cancels every message of a batch that has not yet been handed to a
     provider.
 
-    Errors: INVALID_ARGUMENT, NOT_FOUND (unknown batch), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND (unknown batch),
+    UNAUTHENTICATED, UNAVAILABLE.
     """
     WatchStatus: _aio.UnaryStreamMultiCallable[_sms_service_pb2.WatchStatusRequest, _sms_service_pb2.WatchStatusResponse]  # type: ignore[assignment]
     """Streams every status change of the app's messages, as it happens.
 
     Filters narrow the stream. Each event carries a resume token; a client
     that reconnects with its last token receives every later event exactly
-    once. Errors: INVALID_ARGUMENT (bad filter or token), OUT_OF_RANGE (token
-    older than the retention window), RESOURCE_EXHAUSTED (the client fell too
-    far behind; resume from the last token), UNAVAILABLE (server shutting
-    down; reconnect), UNAUTHENTICATED.
+    once. Errors: INVALID_ARGUMENT (bad filter, a token not issued to the
+    app), OUT_OF_RANGE (token older than the retention window),
+    RESOURCE_EXHAUSTED (the client fell too far behind; resume from the last
+    token), UNAVAILABLE (server shutting down or storage unreachable;
+    reconnect with the last token), UNAUTHENTICATED.
     """
 
 class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -157,7 +177,8 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every call is made by an app: send `authorization: Bearer <token>` in the
     request metadata. An app sees only its own messages; another app's ids are
-    NOT_FOUND.
+    NOT_FOUND. Every error carries a google.rpc.ErrorInfo whose reason is an
+    ErrorReason; bad input also a BadRequest naming the fields.
     """
 
     @_abc_1.abstractmethod
@@ -170,10 +191,11 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Returns once the message is durably stored and queued; from then on it
         reaches a terminal status. Errors: INVALID_ARGUMENT (bad phone number,
-        empty or oversized content, `send_time` out of range), ALREADY_EXISTS
-        (`request_id` reused with different content), NOT_FOUND (unknown
-        template), FAILED_PRECONDITION (destination not allowed for the app),
-        RESOURCE_EXHAUSTED (rate limit), UNAUTHENTICATED, UNAVAILABLE.
+        empty or oversized text, `send_time` out of range, bad `request_id`,
+        `sender_id` or labels), ALREADY_EXISTS (`request_id` reused with different
+        content), UNIMPLEMENTED (template content: TemplateService is not built
+        yet), UNAUTHENTICATED, UNAVAILABLE (storage unreachable or shutting down;
+        retry, with the same `request_id`).
         """
 
     @_abc_1.abstractmethod
@@ -187,8 +209,11 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Each recipient is validated on its own: the response gives each one a
         message id or its own error. Errors for the whole call: INVALID_ARGUMENT
-        (no recipients, too many, bad content), ALREADY_EXISTS, UNAUTHENTICATED,
-        RESOURCE_EXHAUSTED, UNAVAILABLE.
+        (no recipients, too many, bad text, `send_time`, `request_id`, `sender_id`
+        or labels), ALREADY_EXISTS (`request_id` reused with different content),
+        UNIMPLEMENTED (template content or per-recipient params: TemplateService
+        is not built yet), UNAUTHENTICATED, UNAVAILABLE (retry, with the same
+        `request_id`).
         """
 
     @_abc_1.abstractmethod
@@ -199,7 +224,8 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_sms_service_pb2.GetMessageResponse, _abc.Awaitable[_sms_service_pb2.GetMessageResponse]]:
         """Returns one message with its status history.
 
-        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, UNAUTHENTICATED,
+        UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
@@ -210,7 +236,9 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_sms_service_pb2.ListMessagesResponse, _abc.Awaitable[_sms_service_pb2.ListMessagesResponse]]:
         """Lists the app's messages, newest first, with filters.
 
-        Errors: INVALID_ARGUMENT (bad filter or page token), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (negative `page_size`, bad filter, a page token
+        not issued to the app for the same filters), NOT_FOUND (a `batch_id` that
+        is no batch id), UNAUTHENTICATED, UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
@@ -221,8 +249,8 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_sms_service_pb2.CancelMessageResponse, _abc.Awaitable[_sms_service_pb2.CancelMessageResponse]]:
         """Cancels a message that has not yet been handed to a provider.
 
-        Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (already with a
-        provider or terminal), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, FAILED_PRECONDITION
+        (already with a provider or terminal), UNAUTHENTICATED, UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
@@ -234,7 +262,8 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
         """Cancels every message of a batch that has not yet been handed to a
         provider.
 
-        Errors: INVALID_ARGUMENT, NOT_FOUND (unknown batch), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND (unknown batch),
+        UNAUTHENTICATED, UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
@@ -247,10 +276,11 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Filters narrow the stream. Each event carries a resume token; a client
         that reconnects with its last token receives every later event exactly
-        once. Errors: INVALID_ARGUMENT (bad filter or token), OUT_OF_RANGE (token
-        older than the retention window), RESOURCE_EXHAUSTED (the client fell too
-        far behind; resume from the last token), UNAVAILABLE (server shutting
-        down; reconnect), UNAUTHENTICATED.
+        once. Errors: INVALID_ARGUMENT (bad filter, a token not issued to the
+        app), OUT_OF_RANGE (token older than the retention window),
+        RESOURCE_EXHAUSTED (the client fell too far behind; resume from the last
+        token), UNAVAILABLE (server shutting down or storage unreachable;
+        reconnect with the last token), UNAUTHENTICATED.
         """
 
 def add_SmsServiceServicer_to_server(servicer: SmsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

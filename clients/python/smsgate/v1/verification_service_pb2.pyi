@@ -136,8 +136,8 @@ class GenerateCodeRequest(_message.Message):
     """Optional. Default CODE_DELIVERY_SMS."""
     template_id: _builtins.str
     """Optional. With SMS delivery: a template of the app with `{code}` (and
-    optionally `{minutes}`) placeholders. Empty uses the app's verification
-    template, else a built-in text.
+    optionally `{minutes}`) placeholders. Empty sends a built-in text. Until
+    TemplateService is built, any template id is UNIMPLEMENTED.
     """
     sender_id: _builtins.str
     """Optional. With SMS delivery: the sender id, as in SendSmsRequest."""

@@ -61,10 +61,13 @@ class VerificationServiceServicer:
         """Creates a code for a phone number and a scope, and sends it by SMS or
         returns it to the caller.
 
-        Errors: INVALID_ARGUMENT (bad phone, scope, length, alphabet, validity),
-        NOT_FOUND (unknown template), FAILED_PRECONDITION (destination country not
-        allowed for the app), RESOURCE_EXHAUSTED (resend cooldown with RetryInfo,
-        per-number caps with QuotaFailure), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (bad phone, scope, length, alphabet, validity,
+        delivery, `sender_id`; `template_id` or `sender_id` with caller
+        delivery), UNIMPLEMENTED (`template_id`: TemplateService is not built
+        yet), FAILED_PRECONDITION (destination country not allowed for the app),
+        RESOURCE_EXHAUSTED (the app's codes per minute or the resend cooldown,
+        with RetryInfo; per-number hourly or daily caps, with QuotaFailure),
+        UNAUTHENTICATED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,8 +78,8 @@ class VerificationServiceServicer:
 
         Errors: INVALID_ARGUMENT (empty code, neither id nor phone and scope),
         NOT_FOUND (a verification id this server never issued to the app),
-        UNAUTHENTICATED. Wrong, expired and exhausted codes are results, not
-        errors.
+        UNAUTHENTICATED, UNAVAILABLE. Wrong, expired and exhausted codes are
+        results, not errors.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -41,18 +41,21 @@ class VerificationServiceStub:
     """Creates a code for a phone number and a scope, and sends it by SMS or
     returns it to the caller.
 
-    Errors: INVALID_ARGUMENT (bad phone, scope, length, alphabet, validity),
-    NOT_FOUND (unknown template), FAILED_PRECONDITION (destination country not
-    allowed for the app), RESOURCE_EXHAUSTED (resend cooldown with RetryInfo,
-    per-number caps with QuotaFailure), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (bad phone, scope, length, alphabet, validity,
+    delivery, `sender_id`; `template_id` or `sender_id` with caller
+    delivery), UNIMPLEMENTED (`template_id`: TemplateService is not built
+    yet), FAILED_PRECONDITION (destination country not allowed for the app),
+    RESOURCE_EXHAUSTED (the app's codes per minute or the resend cooldown,
+    with RetryInfo; per-number hourly or daily caps, with QuotaFailure),
+    UNAUTHENTICATED, UNAVAILABLE.
     """
     VerifyCode: _grpc.UnaryUnaryMultiCallable[_verification_service_pb2.VerifyCodeRequest, _verification_service_pb2.VerifyCodeResponse]
     """Checks a code. A correct code verifies exactly once.
 
     Errors: INVALID_ARGUMENT (empty code, neither id nor phone and scope),
     NOT_FOUND (a verification id this server never issued to the app),
-    UNAUTHENTICATED. Wrong, expired and exhausted codes are results, not
-    errors.
+    UNAUTHENTICATED, UNAVAILABLE. Wrong, expired and exhausted codes are
+    results, not errors.
     """
 
 @_typing.type_check_only
@@ -68,18 +71,21 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     """Creates a code for a phone number and a scope, and sends it by SMS or
     returns it to the caller.
 
-    Errors: INVALID_ARGUMENT (bad phone, scope, length, alphabet, validity),
-    NOT_FOUND (unknown template), FAILED_PRECONDITION (destination country not
-    allowed for the app), RESOURCE_EXHAUSTED (resend cooldown with RetryInfo,
-    per-number caps with QuotaFailure), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (bad phone, scope, length, alphabet, validity,
+    delivery, `sender_id`; `template_id` or `sender_id` with caller
+    delivery), UNIMPLEMENTED (`template_id`: TemplateService is not built
+    yet), FAILED_PRECONDITION (destination country not allowed for the app),
+    RESOURCE_EXHAUSTED (the app's codes per minute or the resend cooldown,
+    with RetryInfo; per-number hourly or daily caps, with QuotaFailure),
+    UNAUTHENTICATED, UNAVAILABLE.
     """
     VerifyCode: _aio.UnaryUnaryMultiCallable[_verification_service_pb2.VerifyCodeRequest, _verification_service_pb2.VerifyCodeResponse]  # type: ignore[assignment]
     """Checks a code. A correct code verifies exactly once.
 
     Errors: INVALID_ARGUMENT (empty code, neither id nor phone and scope),
     NOT_FOUND (a verification id this server never issued to the app),
-    UNAUTHENTICATED. Wrong, expired and exhausted codes are results, not
-    errors.
+    UNAUTHENTICATED, UNAVAILABLE. Wrong, expired and exhausted codes are
+    results, not errors.
     """
 
 class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -98,10 +104,13 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Creates a code for a phone number and a scope, and sends it by SMS or
         returns it to the caller.
 
-        Errors: INVALID_ARGUMENT (bad phone, scope, length, alphabet, validity),
-        NOT_FOUND (unknown template), FAILED_PRECONDITION (destination country not
-        allowed for the app), RESOURCE_EXHAUSTED (resend cooldown with RetryInfo,
-        per-number caps with QuotaFailure), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (bad phone, scope, length, alphabet, validity,
+        delivery, `sender_id`; `template_id` or `sender_id` with caller
+        delivery), UNIMPLEMENTED (`template_id`: TemplateService is not built
+        yet), FAILED_PRECONDITION (destination country not allowed for the app),
+        RESOURCE_EXHAUSTED (the app's codes per minute or the resend cooldown,
+        with RetryInfo; per-number hourly or daily caps, with QuotaFailure),
+        UNAUTHENTICATED, UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
@@ -114,8 +123,8 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: INVALID_ARGUMENT (empty code, neither id nor phone and scope),
         NOT_FOUND (a verification id this server never issued to the app),
-        UNAUTHENTICATED. Wrong, expired and exhausted codes are results, not
-        errors.
+        UNAUTHENTICATED, UNAVAILABLE. Wrong, expired and exhausted codes are
+        results, not errors.
         """
 
 def add_VerificationServiceServicer_to_server(servicer: VerificationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
