@@ -87,8 +87,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=10, ge=1, le=50)
     retry_base_seconds: float = Field(default=1.0, gt=0)
     retry_max_seconds: float = Field(default=300.0, gt=0)
-    max_message_age_seconds: float = Field(default=86_400.0, gt=0)
-    receipt_timeout_seconds: float = Field(default=259_200.0, gt=0)
+    # Both bound how long a message can live, so how long its index entries
+    # must last: a week of retries or of waiting for a receipt is past any use.
+    max_message_age_seconds: float = Field(default=86_400.0, gt=0, le=7 * 86_400)
+    receipt_timeout_seconds: float = Field(default=259_200.0, gt=0, le=7 * 86_400)
     sweep_interval_seconds: float = Field(default=0.2, gt=0, le=10)
 
     # Verification codes. The server secret keys the HMACs of codes and ids:
