@@ -1,0 +1,206 @@
+"""The providers file (``SMSGATE_PROVIDERS_FILE``): vendor accounts by name.
+
+TOML, one table per provider under ``[providers.NAME]`` with its ``type``
+(tencent, aliyun, twilio) and that vendor's settings. Any setting ``KEY`` may
+instead be given as ``KEY_env = "VARIABLE"``, read from that environment
+variable, which is how credentials stay out of the file. A wrong file stops
+the server with a message naming the key at fault, never a secret's value.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import httpx
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from smsgate_server.providers.aliyun import AliyunConfig, AliyunProvider
+from smsgate_server.providers.base import BatchProvider
+from smsgate_server.providers.tencent import TencentConfig, TencentProvider
+from smsgate_server.providers.twilio import TwilioConfig, TwilioProvider
+
+__all__ = ["ProviderEntry", "ProvidersFileError", "build_vendor", "load_providers_file"]
+
+ENV_SUFFIX = "_env"
+
+
+class ProvidersFileError(ValueError):
+    """The providers file cannot be used; the message names the file and key."""
+
+
+_Text = Annotated[str, Field(min_length=1)]
+_Region = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Calls in flight to this vendor at once, and how long one may take.
+    concurrency: int = Field(default=16, ge=1, le=1024)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # ISO 3166 codes of the countries it serves; absent: everywhere.
+    regions: frozenset[_Region] | None = None
+
+
+class TencentEntry(_Entry):
+    """``type = "tencent"``: a Tencent Cloud SMS application."""
+
+    type: Literal["tencent"]
+    secret_id: _Text
+    secret_key: SecretStr
+    sdk_app_id: _Text
+    region: _Text = "ap-guangzhou"
+    endpoint: _Text = "https://sms.tencentcloudapi.com"
+
+
+class AliyunEntry(_Entry):
+    """``type = "aliyun"``: an Alibaba Cloud AccessKey for Dysmsapi."""
+
+    type: Literal["aliyun"]
+    access_key_id: _Text
+    access_key_secret: SecretStr
+    endpoint: _Text = "https://dysmsapi.aliyuncs.com"
+
+
+class TwilioEntry(_Entry):
+    """``type = "twilio"``: a Twilio account and its sender."""
+
+    type: Literal["twilio"]
+    account_sid: Annotated[str, Field(pattern=r"^AC[0-9a-fA-F]{32}$")]
+    # The account's auth token, or the API key's secret with api_key_sid.
+    auth_token: SecretStr
+    api_key_sid: str = ""
+    from_number: str = ""
+    messaging_service_sid: str = ""
+    status_callback: str = ""
+    base_url: _Text = "https://api.twilio.com"
+
+    @model_validator(mode="after")
+    def _one_sender(self) -> TwilioEntry:
+        if bool(self.from_number) == bool(self.messaging_service_sid):
+            raise ValueError("set exactly one of from_number and messaging_service_sid")
+        return self
+
+
+ProviderEntry = Annotated[TencentEntry | AliyunEntry | TwilioEntry, Field(discriminator="type")]
+_ENTRY: TypeAdapter[TencentEntry | AliyunEntry | TwilioEntry] = TypeAdapter(ProviderEntry)
+
+
+def load_providers_file(
+    path: Path, environ: Mapping[str, str] | None = None
+) -> dict[str, TencentEntry | AliyunEntry | TwilioEntry]:
+    """The providers the file declares, by name; ``ProvidersFileError`` if it is wrong."""
+    env = os.environ if environ is None else environ
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ProvidersFileError(
+            f"providers file {path}: cannot read it ({exc.strerror})"
+        ) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ProvidersFileError(f"providers file {path}: not valid TOML ({exc})") from None
+    unknown = sorted(set(document) - {"providers"})
+    if unknown:
+        raise ProvidersFileError(f"providers file {path}: unknown key {unknown[0]!r}")
+    tables = document.get("providers")
+    if not isinstance(tables, dict) or not tables:
+        raise ProvidersFileError(f"providers file {path}: no [providers.NAME] table")
+    entries = {}
+    for name, table in tables.items():
+        where = f"providers file {path}: providers.{name}"
+        if name == "simulator":
+            raise ProvidersFileError(f"{where}: the name 'simulator' is built in")
+        if not isinstance(table, dict):
+            raise ProvidersFileError(f"{where}: must be a table")
+        try:
+            entries[name] = _ENTRY.validate_python(_resolve_env(table, env, where))
+        except ValidationError as exc:
+            key, message = _first_error(exc)
+            raise ProvidersFileError(f"{where}{'.' + key if key else ''}: {message}") from None
+    return entries
+
+
+def _resolve_env(table: dict[str, Any], env: Mapping[str, str], where: str) -> dict[str, Any]:
+    """Replace each ``KEY_env = "VAR"`` with ``KEY`` = the variable's value."""
+    resolved = dict(table)
+    for key, variable in table.items():
+        if not key.endswith(ENV_SUFFIX):
+            continue
+        target = key.removesuffix(ENV_SUFFIX)
+        if target in table:
+            raise ProvidersFileError(f"{where}.{key}: give {target} or {key}, not both")
+        if not isinstance(variable, str) or not variable:
+            raise ProvidersFileError(f"{where}.{key}: must name an environment variable")
+        if variable not in env:
+            raise ProvidersFileError(f"{where}.{key}: environment variable {variable} is not set")
+        del resolved[key]
+        resolved[target] = env[variable]
+    return resolved
+
+
+def _first_error(exc: ValidationError) -> tuple[str, str]:
+    # Location and message only: pydantic's own text would quote the value,
+    # which may be a secret.
+    error = exc.errors(include_input=False, include_url=False)[0]
+    # The first location item is the union's tag (the entry type).
+    parts = [str(p) for p in error["loc"][1:]] if len(error["loc"]) > 1 else []
+    key = ".".join(parts) if parts else "type" if error["type"].startswith("union") else ""
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "not a setting of this provider type"
+    elif error["type"] == "missing":
+        message = f"required (or {key}{ENV_SUFFIX} naming an environment variable)"
+    elif error["type"] == "value_error":
+        message = str(error["ctx"]["error"])
+    return key, message
+
+
+def build_vendor(
+    name: str, entry: TencentEntry | AliyunEntry | TwilioEntry, http: httpx.AsyncClient
+) -> BatchProvider:
+    """The adapter an entry describes, sending on ``http``."""
+    common: dict[str, Any] = {
+        "http": http,
+        "name": name,
+        "concurrency": entry.concurrency,
+        "timeout": entry.timeout_seconds,
+        "regions": entry.regions,
+    }
+    if isinstance(entry, TencentEntry):
+        tencent = TencentConfig(
+            secret_id=entry.secret_id,
+            secret_key=entry.secret_key.get_secret_value(),
+            sdk_app_id=entry.sdk_app_id,
+            region=entry.region,
+            endpoint=entry.endpoint,
+        )
+        return TencentProvider(tencent, **common)
+    if isinstance(entry, AliyunEntry):
+        aliyun = AliyunConfig(
+            access_key_id=entry.access_key_id,
+            access_key_secret=entry.access_key_secret.get_secret_value(),
+            endpoint=entry.endpoint,
+        )
+        return AliyunProvider(aliyun, **common)
+    twilio = TwilioConfig(
+        account_sid=entry.account_sid,
+        password=entry.auth_token.get_secret_value(),
+        username=entry.api_key_sid,
+        from_number=entry.from_number,
+        messaging_service_sid=entry.messaging_service_sid,
+        status_callback=entry.status_callback,
+        base_url=entry.base_url,
+    )
+    return TwilioProvider(twilio, **common)
