@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check
 # bench/ is optional; lint and type-check it when it is there.
 PY_SRC := server tests clients/python $(wildcard bench)
 
-.PHONY: serve test lint typecheck gen check-gen format bench bench-quick clean
+.PHONY: serve test lint typecheck gen check-gen format bench bench-quick chaos clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(None if sys.version_info >= (3, 11, 3) else "smsgate needs Python 3.11.3 or newer; found " + sys.version.split()[0] + " (set PYTHON=/path/to/python3.11)")'
@@ -54,6 +54,12 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
+
+## The fault suite (README "Fault suite"): 100,000 messages through three server kills
+## and a Redis kill, then a longer fuzz of every RPC. Bounded; a few minutes on 2 cores.
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos
+	CHAOS_FUZZ_EXAMPLES=300 $(BIN)/pytest -q tests/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) .smsgate .pytest_cache .mypy_cache .ruff_cache .hypothesis

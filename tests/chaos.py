@@ -1,0 +1,506 @@
+"""The fault suite: many messages accepted by a real ``smsgate-server`` while
+the server is killed (SIGKILL, restarted on the same Redis) and Redis is
+killed (SIGKILL, restarted from its AOF); then every accepted message must
+reach a terminal status, none lost, and the provider may have seen a message
+twice only if it was in flight at a kill.
+
+``python -m tests.chaos`` (``make chaos``) runs the full plan and exits
+non-zero on any loss; ``tests/test_chaos.py`` runs a short one. Client
+processes (``python -m tests.chaos client ...``) send with BatchSend and
+SendSms and retry UNAVAILABLE with the same ``request_id``, so a message is
+accepted exactly when some attempt answered OK: they record those ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+import redis
+from smsgate.v1 import message_pb2
+from smsgate.v1 import sms_service_pb2 as pb
+from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
+from smsgate_server.store.embedded_redis import EmbeddedRedis
+
+from tests.pipeline_support import sent_counts
+from tests.processes import ServerProcess, Servers
+
+if TYPE_CHECKING:
+    from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
+
+ROOT = Path(__file__).resolve().parents[1]
+S = message_pb2.MessageStatus
+TERMINAL = {
+    S.MESSAGE_STATUS_DELIVERED,
+    S.MESSAGE_STATUS_UNDELIVERED,
+    S.MESSAGE_STATUS_FAILED,
+    S.MESSAGE_STATUS_CANCELED,
+    S.MESSAGE_STATUS_EXPIRED,
+}
+# Answers after which the same request is sent again: the server or Redis is
+# down, or the call outlived its deadline while they were.
+RETRY = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+# Reconnect quickly after a kill (gRPC's default backoff grows to two minutes).
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+SERVER_SETTINGS = {
+    "sim_latency_ms": "20",
+    "sim_receipt_delay_ms": "100",
+    "visibility_timeout_seconds": "5",
+    # The simulator's receipts die with its process: what a kill leaves SENT expires.
+    "receipt_timeout_seconds": "10",
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run sends and breaks."""
+
+    messages: int = 100_000
+    clients: int = 4
+    batch_size: int = 500
+    # Every this-many-th message of a client goes through SendSms.
+    single_every: int = 20
+    calls_in_flight: int = 4
+    server_kills: int = 3
+    redis_kills: int = 1
+    # Bounds: how long a client keeps retrying one call, how long terminal may take.
+    give_up_seconds: float = 120.0
+    settle_seconds: float = 180.0
+
+    def kills(self) -> list[str]:
+        """The kinds of kill in order; Redis kills between server kills."""
+        kinds = ["server"] * self.server_kills
+        for r in range(self.redis_kills):
+            kinds.insert(min(1 + 2 * r, len(kinds)), "redis")
+        return kinds
+
+
+@dataclass
+class Report:
+    """The figures of one run."""
+
+    planned: int
+    accepted: int = 0
+    stored: int = 0
+    terminal: Counter[str] = field(default_factory=Counter)
+    lost: list[str] = field(default_factory=list)
+    sent: int = 0
+    duplicates: int = 0
+    in_flight_at_kills: int = 0
+    sent_not_accepted: int = 0
+    kills: list[str] = field(default_factory=list)
+    answers: Counter[str] = field(default_factory=Counter)
+    given_up: int = 0
+    wall_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.accepted == self.planned
+            and not self.lost
+            and self.duplicates <= self.in_flight_at_kills
+        )
+
+    def lines(self) -> list[str]:
+        terminal = ", ".join(f"{k} {v}" for k, v in sorted(self.terminal.items()))
+        answers = ", ".join(f"{k} {v}" for k, v in sorted(self.answers.items()))
+        return [
+            f"accepted      {self.accepted} of {self.planned} planned; "
+            f"{self.stored} messages in Redis",
+            f"terminal      {sum(self.terminal.values())} ({terminal})",
+            f"lost          {len(self.lost)} {self.lost[:5] if self.lost else ''}".rstrip(),
+            f"provider      {self.sent} sends, {self.duplicates} duplicates, "
+            f"{self.in_flight_at_kills} in flight at the kills",
+            f"not accepted  {self.sent_not_accepted} sent to the provider, "
+            f"{self.given_up} calls given up",
+            f"kills         {', '.join(self.kills)}",
+            f"answers       {answers}",
+            f"wall time     {self.wall_seconds:.0f} s",
+            "PASS" if self.ok else "FAIL",
+        ]
+
+
+# --- the clients -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request of a client: a batch or a single send."""
+
+    request_id: str
+    phones: list[str]
+
+    @property
+    def single(self) -> bool:
+        return len(self.phones) == 1
+
+
+def client_calls(plan: Plan, run: str, client: int) -> list[Call]:
+    """Client ``client``'s share of the plan, singles spread among the batches."""
+    share = plan.messages // plan.clients + (client < plan.messages % plan.clients)
+    singles = share // plan.single_every
+    calls = [Call(f"{run}-{client}-s{i}", [f"+1415555{i % 10_000:04d}"]) for i in range(singles)]
+    batched = share - singles
+    batches = [
+        Call(
+            f"{run}-{client}-b{j}",
+            [f"+1415555{i:04d}" for i in range(min(plan.batch_size, batched - start))],
+        )
+        for j, start in enumerate(range(0, batched, plan.batch_size))
+    ]
+    step = max(1, len(calls) // max(1, len(batches)))
+    out: list[Call] = []
+    for j, batch in enumerate(batches):
+        out += [*calls[j * step : (j + 1) * step], batch]
+    return out + calls[len(batches) * step :]
+
+
+async def send_call(
+    stub: SmsServiceAsyncStub, token: str, call: Call, give_up: float, answers: Counter[str]
+) -> list[str] | None:
+    """Send ``call`` until an attempt answers OK (its accepted ids) or it gives up."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    text = f"chaos {call.request_id}"
+    deadline = time.monotonic() + give_up
+    delay = 0.05
+    while True:
+        try:
+            if call.single:
+                reply = await stub.SendSms(
+                    pb.SendSmsRequest(
+                        phone_number=call.phones[0], text=text, request_id=call.request_id
+                    ),
+                    metadata=metadata,
+                    timeout=10,
+                )
+                answers["OK"] += 1
+                return [reply.message.id]
+            batch = await stub.BatchSend(
+                pb.BatchSendRequest(
+                    recipients=[pb.BatchRecipient(phone_number=p) for p in call.phones],
+                    text=text,
+                    request_id=call.request_id,
+                ),
+                metadata=metadata,
+                timeout=30,
+            )
+            answers["OK"] += 1
+            if batch.rejected_count:
+                answers["recipient rejected"] += batch.rejected_count
+            return [r.message_id for r in batch.results if r.WhichOneof("result") == "message_id"]
+        except grpc.aio.AioRpcError as err:
+            answers[err.code().name] += 1
+            if err.code() not in RETRY or time.monotonic() + delay > deadline:
+                return None
+        await asyncio.sleep(delay)
+        delay = min(1.0, delay * 2)
+
+
+async def run_client(address: str, token: str, calls: list[Call], plan: Plan, out: Path) -> None:
+    """Send ``calls`` with ``plan.calls_in_flight`` at a time, appending accepted
+    ids to ``out``; print the answers seen as JSON."""
+    answers: Counter[str] = Counter()
+    queue: asyncio.Queue[Call] = asyncio.Queue()
+    for call in calls:
+        queue.put_nowait(call)
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        stub = SmsServiceStub(channel)
+        with out.open("a") as accepted:
+
+            async def worker() -> None:
+                while not queue.empty():
+                    ids = await send_call(
+                        stub, token, queue.get_nowait(), plan.give_up_seconds, answers
+                    )
+                    if ids is None:
+                        answers["given up"] += 1
+                    else:
+                        accepted.write("".join(f"{i}\n" for i in ids))
+                        accepted.flush()
+
+            await asyncio.gather(*(worker() for _ in range(plan.calls_in_flight)))
+    print(json.dumps(answers))
+
+
+# --- the conductor -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def statuses(url: str) -> Counter[int]:
+    """Status of every message hash in Redis (``store/keys.py``: ``m:`` keys, ``st``)."""
+    client = redis.Redis.from_url(url)
+    counts: Counter[int] = Counter()
+    try:
+        keys = list(client.scan_iter(match="sg:{sg*}:m:*", count=5000))
+        for start in range(0, len(keys), 5000):
+            pipe = client.pipeline(transaction=False)
+            for key in keys[start : start + 5000]:
+                pipe.hget(key, "st")
+            counts.update(int(st or 0) for st in pipe.execute())
+    finally:
+        client.close()
+    return counts
+
+
+class AcceptedLog:
+    """Reads the ids the clients append, as they come."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self.offsets = [0] * len(paths)
+        self.ids: list[str] = []
+
+    def read(self) -> int:
+        for n, path in enumerate(self.paths):
+            if not path.exists():
+                continue
+            with path.open() as f:
+                f.seek(self.offsets[n])
+                chunk = f.read()
+            complete = chunk[: chunk.rfind("\n") + 1]
+            self.offsets[n] += len(complete)
+            self.ids += complete.split()
+        return len(self.ids)
+
+
+@dataclass
+class Stage:
+    """The processes of a run: Redis, the current server, the clients."""
+
+    workdir: Path
+    servers: Servers
+    redis: EmbeddedRedis
+    address: str
+    sim_log: Path
+    server: ServerProcess | None = None
+
+    def start_server(self) -> ServerProcess:
+        self.server = self.servers.start(
+            self.workdir / "server",
+            redis_url=self.redis.url,
+            grpc_address=self.address,
+            sim_log=str(self.sim_log),
+            **SERVER_SETTINGS,
+        )
+        return self.server
+
+    def kill_server(self) -> int:
+        """SIGKILL the server and restart it; returns the messages it left in flight."""
+        assert self.server is not None
+        self.server.signal(signal.SIGKILL, group=True)
+        self.server.wait_exit()
+        in_flight = statuses(self.redis.url)[S.MESSAGE_STATUS_SENDING]
+        self.start_server()
+        return in_flight
+
+    def kill_redis(self) -> int:
+        """SIGKILL Redis and restart it from its AOF; returns the messages in flight."""
+        assert self.redis.process is not None
+        self.redis.process.kill()
+        self.redis.process.wait()
+        time.sleep(1.0)  # an outage the server notices, not a blip
+        self.redis = EmbeddedRedis(self.redis.data_dir, port=self.redis.port, publish_url=False)
+        self.redis.start()
+        return statuses(self.redis.url)[S.MESSAGE_STATUS_SENDING]
+
+
+def spawn_clients(plan: Plan, stage: Stage, token: str, run: str) -> list[subprocess.Popen[str]]:
+    clients = []
+    for k in range(plan.clients):
+        clients.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.chaos",
+                    "client",
+                    "--address",
+                    stage.address,
+                    "--token",
+                    token,
+                    "--run",
+                    run,
+                    "--index",
+                    str(k),
+                    "--plan",
+                    json.dumps(asdict(plan)),
+                    "--out",
+                    str(stage.workdir / f"accepted-{k}.txt"),
+                ],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+    return clients
+
+
+def wait_settled(url: str, timeout: float) -> Counter[int]:
+    """Poll Redis until no message is short of a terminal status; the last counts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = statuses(url)
+        if all(status in TERMINAL for status in counts) or time.monotonic() > deadline:
+            return counts
+        time.sleep(1.0)
+
+
+async def final_statuses(address: str, token: str, ids: list[str]) -> dict[str, int]:
+    """Each accepted id's status through GetMessage (0 when not found)."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    out: dict[str, int] = {}
+    limit = asyncio.Semaphore(64)
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        stub = SmsServiceStub(channel)
+
+        async def one(message_id: str) -> None:
+            async with limit:
+                try:
+                    reply = await stub.GetMessage(
+                        pb.GetMessageRequest(message_id=message_id), metadata=metadata, timeout=30
+                    )
+                    out[message_id] = reply.message.status
+                except grpc.aio.AioRpcError as err:
+                    if err.code() != grpc.StatusCode.NOT_FOUND:
+                        raise
+                    out[message_id] = 0
+
+        await asyncio.gather(*(one(i) for i in ids))
+    return out
+
+
+@dataclass
+class Conductor:
+    """Runs one plan in ``workdir`` and reports."""
+
+    plan: Plan
+    workdir: Path
+    say: bool = True
+    report: Report = field(init=False)
+
+    def log(self, text: str) -> None:
+        if self.say:
+            print(f"[chaos {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    def run(self) -> Report:
+        self.report = Report(planned=self.plan.messages)
+        started = time.monotonic()
+        servers = Servers(self.workdir)
+        store = EmbeddedRedis(self.workdir / "redis", publish_url=False)
+        store.start()
+        stage = Stage(
+            self.workdir, servers, store, f"127.0.0.1:{free_port()}", self.workdir / "sim.log"
+        )
+        try:
+            self._run(stage)
+        finally:
+            servers.close()
+            stage.redis.stop()
+        self.report.wall_seconds = time.monotonic() - started
+        return self.report
+
+    def _run(self, stage: Stage) -> None:
+        plan, report = self.plan, self.report
+        stage.start_server()
+        made = stage.servers.run(
+            stage.workdir / "server", "apps", "create", "chaos", "--json", redis_url=stage.redis.url
+        )
+        assert made.returncode == 0, made.stderr
+        token = str(json.loads(made.stdout)["token"])
+        run = secrets.token_hex(4)
+        self.log(f"{plan.messages} messages from {plan.clients} clients, kills: {plan.kills()}")
+        clients = spawn_clients(plan, stage, token, run)
+        accepted = AcceptedLog([stage.workdir / f"accepted-{k}.txt" for k in range(plan.clients)])
+        kinds = plan.kills()
+        for n, kind in enumerate(kinds):
+            mark = plan.messages * (n + 1) // (len(kinds) + 1)
+            while accepted.read() < mark and any(c.poll() is None for c in clients):
+                time.sleep(0.05)
+            in_flight = stage.kill_server() if kind == "server" else stage.kill_redis()
+            report.in_flight_at_kills += in_flight
+            report.kills.append(f"{kind} at {len(accepted.ids)} accepted ({in_flight} in flight)")
+            self.log(report.kills[-1])
+        for client in clients:
+            out, _ = client.communicate(timeout=plan.give_up_seconds * 10)
+            report.answers.update(json.loads(out.strip().splitlines()[-1]))
+        report.given_up = report.answers.pop("given up", 0)
+        report.accepted = accepted.read()
+        self.log(f"{report.accepted} accepted; waiting for terminal statuses")
+        last = wait_settled(stage.redis.url, plan.settle_seconds)
+        report.stored = sum(last.values())
+        self.log(f"Redis holds {dict(last)}; checking each accepted id")
+        final = asyncio.run(final_statuses(stage.address, token, accepted.ids))
+        report.terminal = Counter(
+            S.Name(S.ValueType(s)) if s else "NOT_FOUND" for s in final.values()
+        )
+        report.lost = [i for i, s in final.items() if s not in TERMINAL]
+        sent = sent_counts(stage.sim_log)
+        report.sent = sum(sent.values())
+        report.duplicates = sum(count - 1 for count in sent.values())
+        report.sent_not_accepted = len(set(sent) - set(final))
+
+
+# --- command line ------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    client = sub.add_parser("client", help="one client process (started by the conductor)")
+    for name in ("address", "token", "run", "index", "plan", "out"):
+        client.add_argument(f"--{name}", required=True)
+    parser.add_argument("--messages", type=int, default=Plan.messages)
+    parser.add_argument("--clients", type=int, default=Plan.clients)
+    parser.add_argument("--server-kills", type=int, default=Plan.server_kills)
+    parser.add_argument("--redis-kills", type=int, default=Plan.redis_kills)
+    parser.add_argument("--workdir", type=Path, help="keep processes' files here")
+    args = parser.parse_args(argv)
+    if args.command == "client":
+        plan = Plan(**json.loads(args.plan))
+        calls = client_calls(plan, args.run, int(args.index))
+        asyncio.run(run_client(args.address, args.token, calls, plan, Path(args.out)))
+        return 0
+    plan = Plan(
+        messages=args.messages,
+        clients=args.clients,
+        server_kills=args.server_kills,
+        redis_kills=args.redis_kills,
+    )
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        report = Conductor(plan, args.workdir).run()
+    else:
+        with tempfile.TemporaryDirectory(prefix="smsgate-chaos-") as tmp:
+            report = Conductor(plan, Path(tmp)).run()
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
