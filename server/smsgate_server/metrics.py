@@ -37,6 +37,7 @@ SEND_OUTCOMES = Counter(
 )
 RECEIPTS = Counter(
     "smsgate_receipts_total",
-    "Delivery receipts received, by provider and result.",
+    "Delivery receipts, by provider and result: delivered, undelivered, ignored (the"
+    " message had ended), early (held back until its send outcome is stored), dropped.",
     ["provider", "result"],
 )

@@ -3,11 +3,11 @@
 -- KEYS[5] app index, KEYS[6] batch list (may be unused).
 -- ARGV[5] app, ARGV[6] request hash ('' = no request id), ARGV[7] idempotency
 -- TTL (s), ARGV[8] batch id, ARGV[9] result to remember for the request id,
--- ARGV[10] fields per message, ARGV[11] how long (ms) index and batch entries
--- can matter (retention + scheduling + lifetime), then per message: id, phone,
--- text, template id,
--- params json, rendered, segments, send_at ms, sender, labels json, sensitive
--- ('1' or ''), expire-at ms (0: never).
+-- ARGV[10] fields per message, ARGV[11] how long (ms) after creation a message
+-- can still exist, so its index and batch entries matter (MessageStore.horizon_ms),
+-- then per message: id, phone, text, template id, params json, rendered,
+-- segments, send_at ms, sender, labels json, sensitive ('1' or ''), expire-at
+-- ms (0: never).
 -- Returns {'new'} | {'dup', remembered result} | {'conflict'}.
 local app, rhash, ttl, batch, remember, F, horizon =
   ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
