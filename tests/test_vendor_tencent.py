@@ -87,6 +87,14 @@ async def test_one_refused_number_leaves_the_others_accepted(vendor: Vendor) -> 
     ]
 
 
+async def test_a_number_on_the_do_not_disturb_list_is_an_opt_out(vendor: Vendor) -> None:
+    vendor.fake.number_codes[cn(1)] = "FailedOperation.PhoneNumberInBlacklist"
+
+    [result] = await vendor.provider.send_batch(batch(cn(1)))
+
+    assert (result.outcome, result.opted_out) == (OutcomeClass.PERMANENT, True)
+
+
 async def test_the_same_number_twice_in_a_call_maps_to_both_statuses(vendor: Vendor) -> None:
     results = await vendor.provider.send_batch(batch(cn(1), cn(1)))
 
@@ -215,3 +223,13 @@ async def test_a_template_without_a_tencent_id_is_refused_without_a_call(vendor:
 
     assert (result.outcome, result.code) == (OutcomeClass.PERMANENT, "NO_VENDOR_TEMPLATE")
     assert vendor.fake.calls == []
+
+
+async def test_a_sender_id_goes_only_with_international_numbers(vendor: Vendor) -> None:
+    recipients = batch(cn(1), "+14155550123").recipients
+    sms = OutboundBatch("app1", recipients, "腾讯云", "ACME", {"tencent": "1110001"})
+
+    await vendor.provider.send_batch(sms)
+
+    sender_ids = {c["PhoneNumberSet"][0]: c.get("SenderId") for c in vendor.fake.calls[1:]}
+    assert sender_ids == {cn(1): None, "+14155550123": "ACME"}

@@ -35,6 +35,8 @@ CONTENT_TYPE = "application/json; charset=utf-8"
 MAX_NUMBERS = 200
 SESSION_CONTEXT_LIMIT = 512
 MIXED_NUMBERS = "UnsupportedOperation.ContainDomesticAndInternationalPhoneNumber"
+# The number is on the vendor's do-not-disturb list (its owner unsubscribed).
+OPTED_OUT = "FailedOperation.PhoneNumberInBlacklist"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,13 +161,10 @@ class TencentProvider:
             if code == MIXED_NUMBERS and split:
                 return await self._send_split(batch, template_id, params, recipients)
             outcome, retry_after = classify_tencent(code)
-            return refuse_all(
-                len(recipients),
-                outcome,
-                code,
-                str(error.get("Message", ""))[:200],
-                retry_after=retry_after,
-            )
+            reason = str(error.get("Message", ""))[:200]
+            return [
+                RecipientResult(outcome, "", code, reason, retry_after, code == OPTED_OUT)
+            ] * len(recipients)
         return _per_number(recipients, answer.get("SendStatusSet"))
 
     async def _send_split(
@@ -209,7 +208,8 @@ class TencentProvider:
         }
         if batch.sign_name:
             request["SignName"] = batch.sign_name
-        if batch.sender:
+        # A sender id exists only for international SMS; mainland China has none.
+        if batch.sender and not any(r.phone.startswith("+86") for r in recipients):
             request["SenderId"] = batch.sender
         payload = json.dumps(request, ensure_ascii=False).encode()
         timestamp = int(self._clock())
@@ -270,5 +270,5 @@ def _per_number(recipients: Sequence[Recipient], statuses: object) -> list[Recip
             continue
         outcome, retry_after = classify_tencent(code)
         reason = str(status.get("Message", ""))[:200]
-        results.append(RecipientResult(outcome, "", code, reason, retry_after))
+        results.append(RecipientResult(outcome, "", code, reason, retry_after, code == OPTED_OUT))
     return results
