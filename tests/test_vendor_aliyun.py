@@ -200,3 +200,11 @@ async def test_every_call_has_a_fresh_nonce(vendor: Vendor) -> None:
     for _ in range(3):
         [result] = await vendor.provider.send_batch(batch(cn(1)))
         assert result.outcome is OutcomeClass.ACCEPTED
+
+
+async def test_a_thousand_numbers_share_one_send_sms_call(vendor: Vendor) -> None:
+    results = await vendor.provider.send_batch(batch(*(cn(i) for i in range(1001))))
+
+    assert [r.outcome for r in results] == [OutcomeClass.ACCEPTED] * 1001
+    sizes = sorted(len(f["PhoneNumbers"].split(",")) for _, f in vendor.fake.calls)
+    assert sizes == [1, 1000]
