@@ -93,7 +93,7 @@ async def test_a_message_scheduled_at_the_limit_is_listed_until_its_retention_en
     await store.accept("ak", 0, [scheduled], batch_id="b1")
 
     async def send(outcome: Outcome, retry_at_ms: int = 0) -> None:
-        await store.promote(0)
+        await store.promote(0, 100)
         entries = await queue.read(0, "w1", 10)
         (claimed,) = await store.claim(
             0, entries, reclaimed=False, max_attempts=settings.max_attempts
@@ -108,7 +108,7 @@ async def test_a_message_scheduled_at_the_limit_is_listed_until_its_retention_en
     clock.ms = retry_at
     await send(Outcome.SENT)
     clock.ms += int(settings.receipt_timeout_seconds * 1000)
-    await store.promote(0)
+    await store.promote(0, 100)
     (ended,) = await store.get_many("ak", [(0, scheduled.id)])
     assert ended is not None and ended.status is Status.EXPIRED
     retention_ends = clock.ms + settings.message_retention_seconds * 1000

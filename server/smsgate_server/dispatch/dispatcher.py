@@ -36,6 +36,8 @@ log = logging.getLogger("smsgate.dispatch")
 
 # Consumers (one per process start) idle this long with nothing pending are dropped.
 DEAD_CONSUMER_MS = 3_600_000
+# Due messages queued (and overdue receipts expired) per script call.
+PROMOTE_BATCH = 500
 # A blip while storing outcomes is retried with this backoff (seconds).
 SETTLE_RETRY_BASE = 0.05
 SETTLE_RETRY_MAX = 1.0
@@ -171,8 +173,9 @@ class Dispatcher:
             for shard in range(self.store.shards):
                 try:
                     while True:
-                        promoted, expired = await self.store.promote(shard)
-                        if promoted < 500 and expired < 500:
+                        promoted, expired = await self.store.promote(shard, PROMOTE_BATCH)
+                        # A full batch of either: more may be due right now.
+                        if promoted < PROMOTE_BATCH and expired < PROMOTE_BATCH:
                             break
                 except asyncio.CancelledError:
                     raise

@@ -335,8 +335,9 @@ class MessageStore:
         return [ReceiptResult(int(x)) for x in result]
 
     @redis_edge
-    async def promote(self, shard: int, limit: int = 500) -> tuple[int, int]:
-        """Queue due messages and expire overdue receipts: (promoted, expired)."""
+    async def promote(self, shard: int, limit: int) -> tuple[int, int]:
+        """Queue up to ``limit`` due messages and expire up to ``limit`` overdue
+        receipts: (promoted, expired)."""
         keys = self.shard_keys[shard]
         result = await self.scripts.promote(
             keys=[keys.events, keys.due, keys.queue, keys.receipts],
