@@ -16,7 +16,7 @@ from smsgate_server.providers.providers_file import (
 )
 
 GOOD = """
-[providers.tencent-cn]
+[providers.tencent_cn]
 type = "tencent"
 secret_id = "AKIDexample"
 secret_key_env = "TENCENT_SECRET_KEY"
@@ -53,8 +53,8 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_a_good_file_declares_each_provider_by_name(tmp_path: Path) -> None:
     entries = load_providers_file(write(tmp_path, GOOD), ENV)
 
-    assert sorted(entries) == ["aliyun", "tencent-cn", "twilio"]
-    tencent = entries["tencent-cn"]
+    assert sorted(entries) == ["aliyun", "tencent_cn", "twilio"]
+    tencent = entries["tencent_cn"]
     assert isinstance(tencent, TencentEntry)
     assert tencent.secret_key.get_secret_value() == "tencent-s3cret"
     assert tencent.regions == frozenset({"CN"})
@@ -68,8 +68,8 @@ async def test_each_entry_builds_its_adapter(tmp_path: Path) -> None:
         built = {name: build_vendor(name, entry, http) for name, entry in entries.items()}
 
     assert {name: p.name for name, p in built.items()} == {n: n for n in entries}
-    assert built["tencent-cn"].capabilities.max_recipients == 200
-    assert built["tencent-cn"].capabilities.regions == frozenset({"CN"})
+    assert built["tencent_cn"].capabilities.max_recipients == 200
+    assert built["tencent_cn"].capabilities.regions == frozenset({"CN"})
     assert built["aliyun"].capabilities.max_personalized == 100
     assert built["twilio"].capabilities.content is ContentKind.TEXT
 
@@ -113,6 +113,7 @@ async def test_each_entry_builds_its_adapter(tmp_path: Path) -> None:
             "auth_token = 't'\n",
             "providers.w: set exactly one of from_number and messaging_service_sid",
         ),
+        ("[providers.Tencent-CN]\ntype = 'tencent'\n", "providers.Tencent-CN: a name must match"),
         ("[providers.simulator]\ntype = 'tencent'\n", "providers.simulator: the name"),
         ("[providers]\n", "no [providers.NAME] table"),
         ("[vendors.x]\ntype = 'tencent'\n", "unknown key 'vendors'"),

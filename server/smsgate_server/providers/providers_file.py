@@ -10,6 +10,7 @@ the server with a message naming the key at fault, never a secret's value.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +35,8 @@ from smsgate_server.providers.twilio import TwilioConfig, TwilioProvider
 __all__ = ["ProviderEntry", "ProvidersFileError", "build_vendor", "load_providers_file"]
 
 ENV_SUFFIX = "_env"
+# The names templates key their vendor template ids by (domain/templates.py).
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 class ProvidersFileError(ValueError):
@@ -120,6 +123,8 @@ def load_providers_file(
     entries = {}
     for name, table in tables.items():
         where = f"providers file {path}: providers.{name}"
+        if not _NAME.match(name):
+            raise ProvidersFileError(f"{where}: a name must match [a-z][a-z0-9_]{{0,31}}")
         if name == "simulator":
             raise ProvidersFileError(f"{where}: the name 'simulator' is built in")
         if not isinstance(table, dict):
