@@ -15,7 +15,7 @@ from importlib import resources
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from smsgate_server.domain.status import ALLOWED_FROM, INITIAL, TERMINAL, Status
+from smsgate_server.domain.status import TERMINAL, Status, can_enter
 
 __all__ = ["CodeScripts", "Scripts", "TemplateScripts", "status_prelude"]
 
@@ -37,8 +37,9 @@ def status_prelude() -> str:
     names = ", ".join(s.name for s in Status)
     values = ", ".join(str(s.value) for s in Status)
     allowed = ", ".join(
-        f"[{to.value}] = " + _lua_set([f.value for f in froms] + ([_NEW] if to in INITIAL else []))
-        for to, froms in ALLOWED_FROM.items()
+        f"[{to.value}] = "
+        + _lua_set([_NEW if f is None else f.value for f in [None, *Status] if can_enter(to, f)])
+        for to in Status
     )
     return (
         "-- Generated from domain/status.py by store/scripts.py.\n"
