@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,13 @@ from google.protobuf import descriptor, message_factory
 from google.protobuf.message import DecodeError, Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from smsgate.v1 import sms_service_pb2, template_service_pb2, verification_service_pb2
+from smsgate.v1 import (
+    sms_service_pb2,
+    sms_service_pb2_grpc,
+    template_service_pb2,
+    verification_service_pb2,
+    verification_service_pb2_grpc,
+)
 
 from tests.processes import ServerProcess, Servers
 
@@ -34,6 +43,7 @@ RSS_GROWTH_LIMIT = 50 * 1024 * 1024
 HUGE_INPUTS = 100
 NOT_AN_ANSWER = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 
+PHONES = ["+14155550123", "+14155550124"]
 FD = descriptor.FieldDescriptor
 SERVICES = [
     sms_service_pb2.DESCRIPTOR.services_by_name["SmsService"],
@@ -42,6 +52,7 @@ SERVICES = [
 ]
 METHODS = [method for service in SERVICES for method in service.methods]
 METHOD_IDS = [f"{m.containing_service.name}.{m.name}" for m in METHODS]
+METHOD = {m.name: m for m in METHODS}
 
 UNDECODABLE_FINDING = (
     "finding: a body that does not decode answers UNKNOWN with the parser's exception "
@@ -238,11 +249,19 @@ class Target:
         self.start_rss = rss_bytes(server.process.pid)
 
     def call(
-        self, method: descriptor.MethodDescriptor, body: bytes, *, auth: bool
+        self,
+        method: descriptor.MethodDescriptor,
+        body: bytes,
+        *,
+        auth: bool,
+        authorization: str | None = None,
     ) -> grpc.StatusCode:
-        """Send ``body`` as it is to ``method``; the status it ends with."""
+        """Send ``body`` as it is to ``method`` (with the app's token, or the
+        given ``authorization`` value); the status it ends with."""
         path = f"/{method.containing_service.full_name}/{method.name}"
-        metadata = (("authorization", f"Bearer {self.token}"),) if auth else ()
+        if authorization is None:
+            authorization = f"Bearer {self.token}"
+        metadata = (("authorization", authorization),) if auth else ()
         identity: Callable[[bytes], bytes] = bytes
         try:
             if method.server_streaming:
@@ -269,6 +288,123 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         yield Target(server, str(token))
     finally:
         group.close()
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Real ids and tokens the server issued, to mutate."""
+
+    message_id: str
+    batch_id: str
+    page_token: str
+    resume_token: str
+    verification_id: str
+
+    def uses(self) -> list[tuple[str, Callable[[str], Message], str]]:
+        """(RPC, request built around a value, the real value it expects)."""
+        sms, verification = sms_service_pb2, verification_service_pb2
+        return [
+            ("GetMessage", lambda v: sms.GetMessageRequest(message_id=v), self.message_id),
+            ("CancelMessage", lambda v: sms.CancelMessageRequest(message_id=v), self.message_id),
+            ("CancelBatch", lambda v: sms.CancelBatchRequest(batch_id=v), self.batch_id),
+            ("ListMessages", lambda v: sms.ListMessagesRequest(batch_id=v), self.batch_id),
+            ("ListMessages", lambda v: sms.ListMessagesRequest(page_token=v), self.page_token),
+            ("WatchStatus", lambda v: sms.WatchStatusRequest(message_ids=[v]), self.message_id),
+            ("WatchStatus", lambda v: sms.WatchStatusRequest(batch_id=v), self.batch_id),
+            ("WatchStatus", lambda v: sms.WatchStatusRequest(resume_token=v), self.resume_token),
+            (
+                "VerifyCode",
+                lambda v: verification.VerifyCodeRequest(verification_id=v, code="123456"),
+                self.verification_id,
+            ),
+        ]
+
+
+@pytest.fixture(scope="module")
+def samples(target: Target) -> Samples:
+    metadata = (("authorization", f"Bearer {target.token}"),)
+    sms = sms_service_pb2_grpc.SmsServiceStub(target.channel)
+    batch = sms.BatchSend(
+        sms_service_pb2.BatchSendRequest(
+            recipients=[sms_service_pb2.BatchRecipient(phone_number=PHONES[i]) for i in range(2)],
+            text="samples",
+        ),
+        metadata=metadata,
+    )
+    page = sms.ListMessages(sms_service_pb2.ListMessagesRequest(page_size=1), metadata=metadata)
+    code = verification_service_pb2_grpc.VerificationServiceStub(target.channel).GenerateCode(
+        verification_service_pb2.GenerateCodeRequest(
+            phone_number=PHONES[0],
+            scope="login",
+            delivery=verification_service_pb2.CODE_DELIVERY_CALLER,
+        ),
+        metadata=metadata,
+    )
+    return Samples(
+        message_id=batch.results[0].message_id,
+        batch_id=batch.batch_id,
+        page_token=page.next_page_token,
+        resume_token=first_resume_token(sms, metadata),
+        verification_id=code.verification_id,
+    )
+
+
+def first_resume_token(sms: Any, metadata: tuple[tuple[str, str], ...]) -> str:
+    """The token of the first event a fresh WatchStatus sees; messages are sent
+    until one arrives, as the subscription may start after the first sends."""
+    stream = sms.WatchStatus(sms_service_pb2.WatchStatusRequest(), metadata=metadata, timeout=30)
+    seen = threading.Event()
+
+    def send() -> None:
+        for _ in range(100):
+            if seen.is_set():
+                return
+            sms.SendSms(
+                sms_service_pb2.SendSmsRequest(phone_number=PHONES[1], text="token"),
+                metadata=metadata,
+            )
+            time.sleep(0.1)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        token = str(next(iter(stream)).event.resume_token)
+    finally:
+        seen.set()
+        stream.cancel()
+        sender.join()
+    return token
+
+
+@st.composite
+def mutations(draw: st.DrawFn, value: str) -> str:
+    """``value`` with a few edits: characters replaced, cut, doubled or added."""
+    out = value
+    for _ in range(draw(st.integers(1, 3))):
+        edit = draw(st.sampled_from(["replace", "cut", "double", "append", "case"]))
+        i = draw(st.integers(0, max(0, len(out) - 1)))
+        if edit == "replace":
+            out = out[:i] + draw(st.characters(codec="ascii") | CHARACTERS) + out[i + 1 :]
+        elif edit == "cut":
+            out = out[:i]
+        elif edit == "double":
+            out = out + out
+        elif edit == "append":
+            out = out + draw(texts())
+        else:
+            out = out.swapcase()
+    return out
+
+
+def credential_values() -> st.SearchStrategy[str]:
+    """Authorization values of every shape gRPC lets through (printable ASCII)."""
+    printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80)
+    prefixes = st.sampled_from(["", "Bearer ", "bearer ", "Bearer  ", " Bearer ", "Basic "])
+    return st.one_of(
+        st.builds(lambda p, t: p + t, prefixes, printable),
+        st.builds(lambda p, n: p + "a." * n, prefixes, st.sampled_from([1, 100, 3_000])),
+        st.builds(lambda p: p + "ak_" + "0" * 20 + "." + "f" * 64, prefixes),
+    )
 
 
 def assert_answered(
@@ -314,6 +450,27 @@ def test_wire_valid_garbage_gets_a_real_answer(
     except DecodeError:
         return  # a string field that is not UTF-8: an undecodable body, the finding below
     assert_answered(target.call(method, body, auth=auth), method, body)
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_ids_and_tokens_get_a_real_answer(
+    target: Target, samples: Samples, data: st.DataObject
+) -> None:
+    rpc, build, sample = data.draw(st.sampled_from(samples.uses()), label="use")
+    value = data.draw(mutations(sample), label="value")
+    request = build(value)
+    body = request.SerializeToString()
+    assert_answered(target.call(METHOD[rpc], body, auth=True), METHOD[rpc], body)
+
+
+@FUZZ
+@given(credentials=credential_values())
+def test_fuzzed_credentials_get_a_real_answer(target: Target, credentials: str) -> None:
+    method = METHOD["GetMessage"]
+    body = sms_service_pb2.GetMessageRequest(message_id="x").SerializeToString()
+    code = target.call(method, body, auth=True, authorization=credentials)
+    assert code not in NOT_AN_ANSWER, f"{code.name} for authorization {credentials[:120]!r}"
 
 
 @pytest.mark.xfail(strict=True, reason=UNDECODABLE_FINDING)
