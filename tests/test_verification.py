@@ -19,6 +19,7 @@ from google.protobuf.duration_pb2 import Duration
 from smsgate.v1 import sms_service_pb2 as sms_pb
 from smsgate.v1 import verification_service_pb2 as pb
 from smsgate.v1 import verification_service_pb2_grpc as pb_grpc
+from smsgate_server.providers.simulator import SimulatorProvider
 from smsgate_server.runtime import Running, start
 
 from tests.conftest import ServerFactory, server_settings
@@ -111,14 +112,16 @@ async def test_a_code_verifies_by_phone_number_and_scope(
 
 async def handset_text(server: Running, message_id: str) -> str:
     """The text the simulator provider was handed for a message."""
+    provider = server.provider
+    assert isinstance(provider, SimulatorProvider)
 
     async def handed() -> list[str]:
-        return [sms.text for sms in server.provider.outbox if sms.reference == message_id]
+        return [sms.text for sms in provider.outbox if sms.reference == message_id]
 
     texts = await wait_until(
         handed,
         what=f"message {message_id} to reach the provider",
-        describe=lambda _: f"{len(server.provider.outbox)} other message(s) in the outbox",
+        describe=lambda _: f"{len(provider.outbox)} other message(s) in the outbox",
     )
     return texts[0]
 

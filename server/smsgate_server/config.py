@@ -80,7 +80,8 @@ class Settings(BaseSettings):
     message_retention_seconds: int = Field(default=7 * 86_400, ge=60)
 
     # Dispatch.
-    provider: str = Field(default="simulator", pattern="^(simulator)$")
+    # A name in providers/factory.py's registry, checked when the server starts.
+    provider: str = "simulator"
     dispatch_concurrency: int = Field(default=256, ge=1, le=10_000)
     visibility_timeout_seconds: float = Field(default=30.0, gt=0)
     # With base 1 s and full jitter, 10 attempts span minutes of vendor outage.

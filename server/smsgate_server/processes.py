@@ -19,8 +19,8 @@ from collections.abc import Callable
 from types import FrameType
 
 from smsgate_server.config import Settings, parse_address
-from smsgate_server.runtime import StartError, load_server_secret
-from smsgate_server.store.embedded_redis import EmbeddedRedis, running_url
+from smsgate_server.runtime import StartError, check_data_dir_free, load_server_secret
+from smsgate_server.store.embedded_redis import EmbeddedRedis
 
 __all__ = ["serve_processes"]
 
@@ -39,11 +39,7 @@ def serve_processes(settings: Settings, run_one: Callable[[Settings], None]) -> 
     embedded: EmbeddedRedis | None = None
     url = settings.redis_url
     if url is None:
-        if running_url(settings.data_dir) is not None:
-            raise StartError(
-                f"another smsgate-server is using the data directory {settings.data_dir}; "
-                "stop it, or set SMSGATE_DATA_DIR to another directory"
-            )
+        check_data_dir_free(settings.data_dir)
         embedded = EmbeddedRedis(settings.data_dir)
         url = embedded.start()
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,26 @@
 """Assembles and runs one server process: Redis, stores, dispatcher, gRPC and
-the HTTP side port; and takes them down again in order."""
+the HTTP side port; and takes them down again in order.
+
+Every resource goes into one ``AsyncExitStack`` as it is acquired, so a
+failure at any step of start-up releases what the steps before acquired, and
+shutdown is start-up in reverse: health NOT_SERVING, watch streams end, the
+gRPC server stops (running calls get the grace period), then the dispatcher,
+the provider, the HTTP side port, Redis and the embedded Redis.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import os
 import secrets
 import socket
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,6 +36,7 @@ from smsgate.v1 import (
     verification_service_pb2_grpc,
 )
 
+from smsgate_server.aio import cancel_and_wait
 from smsgate_server.api.guard import RequestGuard
 from smsgate_server.api.sms import SmsServicer
 from smsgate_server.api.unbuilt import UnbuiltTemplateServicer
@@ -34,7 +46,8 @@ from smsgate_server.dispatch.dispatcher import DispatchConfig, Dispatcher
 from smsgate_server.domain.codes import CodeSigner, parse_secret
 from smsgate_server.domain.errors import Unavailable
 from smsgate_server.http import HttpSidePort, build_app
-from smsgate_server.providers.simulator import SimulatorProvider
+from smsgate_server.providers.base import Provider
+from smsgate_server.providers.factory import UnknownProviderError, open_provider
 from smsgate_server.services.sending import SendingService, SendLimits
 from smsgate_server.services.verification import CodePolicy, VerificationService
 from smsgate_server.services.watch import WatchHub
@@ -46,7 +59,14 @@ from smsgate_server.store.events import EventStore
 from smsgate_server.store.messages import MessageStore
 from smsgate_server.store.queue import DispatchQueue
 
-__all__ = ["Running", "StartError", "start"]
+__all__ = [
+    "Running",
+    "StartError",
+    "StartStep",
+    "check_data_dir_free",
+    "load_server_secret",
+    "start",
+]
 
 log = logging.getLogger("smsgate.server")
 
@@ -55,10 +75,28 @@ SERVICE_NAMES = [
     verification_service_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
     template_service_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
 ]
+# How long uvicorn may take to finish its requests once told to exit.
+HTTP_STOP_SECONDS = 5.0
 
 
 class StartError(RuntimeError):
     """The server cannot start; the message says why and what to do."""
+
+
+class StartStep(enum.StrEnum):
+    """The steps of start-up, in order; shutdown undoes them in reverse."""
+
+    EMBEDDED_REDIS = "embedded_redis"  # the private redis-server (no SMSGATE_REDIS_URL)
+    REDIS = "redis"  # the Redis clients, checked with a PING
+    HTTP = "http"  # the HTTP side port, bound and serving (/healthz unhealthy until SERVING)
+    PROVIDER = "provider"  # the SMS provider named by SMSGATE_PROVIDER, with its HTTP client
+    DISPATCHER = "dispatcher"  # queue readers and promoter (roles worker and all)
+    GRPC = "grpc"  # the gRPC server with its services, bound
+    SERVING = "serving"  # the gRPC server started, health SERVING; the dev app on first start
+
+
+# Called after each step (a seam for tests: raising there is a failure at that step).
+StepHook = Callable[[StartStep], Awaitable[None]]
 
 
 @dataclass
@@ -73,36 +111,29 @@ class Running:
     redis: RedisConnection
     store: MessageStore
     apps: AppStore
-    provider: SimulatorProvider
+    provider: Provider
     dispatcher: Dispatcher | None
     hub: WatchHub | None
-    http: HttpSidePort
-    http_task: asyncio.Task[None]
-    embedded: EmbeddedRedis | None
-    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    resources: AsyncExitStack
+    stopped: bool = field(default=False)
 
     async def stop(self) -> None:
-        """Health NOT_SERVING, refuse new calls, let running ones finish, stop
-        the dispatcher, close Redis, stop the embedded Redis."""
-        if self.stopped.is_set():
+        """Release what start-up acquired, in reverse (see the module docstring)."""
+        if self.stopped:
             return
-        self.stopped.set()
-        grace = self.settings.shutdown_grace_seconds
-        log.info("shutting down", extra={"grace_seconds": grace})
-        await self.health.enter_graceful_shutdown()
-        if self.hub is not None:
-            # Streams end with UNAVAILABLE so clients reconnect elsewhere.
-            await self.hub.close()
-        await self.server.stop(grace)
-        if self.dispatcher is not None:
-            await self.dispatcher.stop(grace)
-        await self.provider.aclose()
-        self.http.stop()
-        await asyncio.wait([self.http_task], timeout=5)
-        await self.redis.aclose()
-        if self.embedded is not None:
-            await asyncio.to_thread(self.embedded.stop)
+        self.stopped = True
+        log.info("shutting down", extra={"grace_seconds": self.settings.shutdown_grace_seconds})
+        await self.resources.aclose()
         log.info("stopped")
+
+
+def check_data_dir_free(data_dir: Path) -> None:
+    """Raise StartError when another smsgate-server's embedded Redis serves ``data_dir``."""
+    if running_url(data_dir) is not None:
+        raise StartError(
+            f"another smsgate-server is using the data directory {data_dir}; "
+            "stop it, or set SMSGATE_DATA_DIR to another directory"
+        )
 
 
 def load_server_secret(settings: Settings) -> bytes:
@@ -161,7 +192,7 @@ async def _dev_app(apps: AppStore, settings: Settings, grpc_port: int) -> None:
     token = json.loads(path.read_text())["token"]
     host = parse_address(settings.grpc_address)[0]
     print(
-        "\nsmsgate is running with an embedded Redis and the simulator provider.\n"
+        f"\nsmsgate is running with an embedded Redis and the {settings.provider} provider.\n"
         f"Development app token (also in {path}):\n\n  {token}\n\n"
         "Try:\n"
         "  buf curl --protocol grpc --http2-prior-knowledge \\\n"
@@ -172,17 +203,258 @@ async def _dev_app(apps: AppStore, settings: Settings, grpc_port: int) -> None:
     )
 
 
-def _listen(server: grpc.aio.Server, settings: Settings) -> int:
-    """Bind the gRPC address, with TLS (and mTLS) when configured."""
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
-        return server.add_insecure_port(settings.grpc_address)
-    client_ca = settings.tls_client_ca_file
-    credentials = grpc.ssl_server_credentials(
-        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
-        root_certificates=client_ca.read_bytes() if client_ca else None,
-        require_client_auth=client_ca is not None,
+async def start(settings: Settings, *, after_step: StepHook | None = None) -> Running:
+    """Start everything; raise StartError with a clear message when something is
+    wrong, having released whatever was acquired."""
+    stack = AsyncExitStack()
+    try:
+        # Once started, the stack is Running.stop()'s to close.
+        return await _start(settings, stack, after_step)
+    except BaseException:
+        await stack.aclose()
+        raise
+
+
+async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook | None) -> Running:
+    async def reached(step: StartStep) -> None:
+        if after_step is not None:
+            await after_step(step)
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.redis_url
+    if url is None:
+        url = await _embedded_redis(settings.data_dir, stack)
+        await reached(StartStep.EMBEDDED_REDIS)
+    redis = await _redis(url, settings, stack)
+    await reached(StartStep.REDIS)
+
+    # /healthz answers ok only between SERVING and the start of shutdown.
+    serving = asyncio.Event()
+
+    async def healthy() -> bool:
+        return serving.is_set() and await redis.healthy()
+
+    http_port = await _http_side_port(settings.http_address, healthy, stack)
+    await reached(StartStep.HTTP)
+    provider = await _provider(settings, stack)
+    await reached(StartStep.PROVIDER)
+
+    store = MessageStore(
+        redis.client,
+        shards=settings.shards,
+        event_retention_seconds=settings.event_retention_seconds,
+        message_retention_seconds=settings.message_retention_seconds,
+        idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+        receipt_timeout_seconds=settings.receipt_timeout_seconds,
+        schedule_max_days=settings.schedule_max_days,
+        max_message_age_seconds=settings.max_message_age_seconds,
     )
-    return server.add_secure_port(settings.grpc_address, credentials)
+    apps = AppStore(redis.client)
+    grace = settings.shutdown_grace_seconds
+
+    dispatcher: Dispatcher | None = None
+    if settings.role is not Role.API:
+        dispatcher = Dispatcher(
+            store,
+            DispatchQueue(redis, shards=settings.shards),
+            provider,
+            config=DispatchConfig.from_settings(settings),
+        )
+        # Registered first: stop() also releases a start that failed half-way.
+        stack.push_async_callback(dispatcher.stop, grace)
+        await dispatcher.start()
+        await reached(StartStep.DISPATCHER)
+
+    guard = RequestGuard(apps, cache_seconds=settings.auth_cache_seconds)
+    # The guard wraps handlers as they are registered: no per-call interceptor.
+    server = guard.guarding(grpc.aio.server(options=_grpc_options(settings)))
+    ran = False
+
+    async def stop_server() -> None:
+        # A bound server that never started keeps its listening socket, even
+        # after stop() and garbage collection, until it has run once.
+        if not ran:
+            await server.start()
+        await server.stop(grace)
+
+    stack.push_async_callback(stop_server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    hub: WatchHub | None = None
+    if settings.role is not Role.WORKER:
+        hub = WatchHub(
+            EventStore(redis.client, redis.reader, settings.shards),
+            buffer=settings.watch_buffer,
+            retention_seconds=settings.event_retention_seconds,
+        )
+        # Before server.stop(): open streams end with UNAVAILABLE, so their
+        # clients reconnect elsewhere instead of holding the grace period.
+        stack.push_async_callback(hub.close)
+        _add_services(server, settings, store, redis, hub)
+    _add_reflection(server)
+    grpc_port = _listen(server, settings)
+    await reached(StartStep.GRPC)
+
+    await server.start()
+    ran = True
+    stack.push_async_callback(_not_serving, health, serving)
+    # A worker-only process serves no smsgate service: only the overall status.
+    served = SERVICE_NAMES if settings.role is not Role.WORKER else []
+    for name in ["", *served]:
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    serving.set()
+    log.info(
+        "smsgate serving",
+        extra={"grpc_port": grpc_port, "http_port": http_port, "role": settings.role.value},
+    )
+    if settings.embedded_redis and settings.create_dev_app and settings.role is not Role.WORKER:
+        await _dev_app(apps, settings, grpc_port)
+    await reached(StartStep.SERVING)
+    return Running(
+        settings=settings,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        server=server,
+        health=health,
+        redis=redis,
+        store=store,
+        apps=apps,
+        provider=provider,
+        dispatcher=dispatcher,
+        hub=hub,
+        resources=stack,
+    )
+
+
+async def _embedded_redis(data_dir: Path, stack: AsyncExitStack) -> str:
+    """Start the data directory's redis-server; its URL."""
+    check_data_dir_free(data_dir)
+    embedded = EmbeddedRedis(data_dir)
+    # start() stops its own child when it fails.
+    url = await asyncio.to_thread(embedded.start)
+    stack.push_async_callback(asyncio.to_thread, embedded.stop)
+    log.info("embedded redis started", extra={"url": url, "dir": str(data_dir)})
+    return url
+
+
+async def _redis(url: str, settings: Settings, stack: AsyncExitStack) -> RedisConnection:
+    try:
+        redis = await connect(url, pool_size=settings.redis_pool_size)
+    except Unavailable as exc:
+        raise StartError(
+            f"{exc}. Check SMSGATE_REDIS_URL, or unset it to run an embedded Redis."
+        ) from None
+    stack.push_async_callback(redis.aclose)
+    return redis
+
+
+async def _http_side_port(
+    address: str, healthy: Callable[[], Awaitable[bool]], stack: AsyncExitStack
+) -> int:
+    """Bind and serve the side port; its port number."""
+    sock = _bind_http(address)
+    stack.callback(sock.close)
+    http = HttpSidePort(build_app(healthy), *parse_address(address))
+    task = asyncio.create_task(http.serve(sock), name="http")
+    stack.push_async_callback(_stop_http, http, task)
+    return int(sock.getsockname()[1])
+
+
+async def _stop_http(http: HttpSidePort, task: asyncio.Task[None]) -> None:
+    http.stop()
+    await asyncio.wait([task], timeout=HTTP_STOP_SECONDS)
+    await cancel_and_wait([task], timeout=1.0)
+
+
+async def _provider(settings: Settings, stack: AsyncExitStack) -> Provider:
+    try:
+        return await stack.enter_async_context(open_provider(settings))
+    except UnknownProviderError as exc:
+        raise StartError(str(exc)) from None
+
+
+async def _not_serving(health: health_aio.HealthServicer, serving: asyncio.Event) -> None:
+    serving.clear()
+    await health.enter_graceful_shutdown()
+
+
+def _grpc_options(settings: Settings) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        # 10,000 recipients fit many times over; far larger is not a request.
+        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+        ("grpc.so_reuseport", 1),
+    ]
+
+
+def _add_services(
+    server: grpc.aio.Server,
+    settings: Settings,
+    store: MessageStore,
+    redis: RedisConnection,
+    hub: WatchHub,
+) -> None:
+    """Register the smsgate servicers (processes whose role serves the API)."""
+    sending = SendingService(
+        store,
+        SendLimits(
+            max_text_segments=settings.max_text_segments,
+            max_labels=settings.max_labels,
+            schedule_max_days=settings.schedule_max_days,
+            batch_max_recipients=settings.batch_max_recipients,
+        ),
+    )
+    sms_service_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(sending, hub), server)
+    verification = VerificationService(
+        CodeStore(redis.client),
+        sending,
+        CodeSigner(load_server_secret(settings)),
+        code_policy(settings),
+    )
+    verification_service_pb2_grpc.add_VerificationServiceServicer_to_server(
+        VerificationServicer(verification), server
+    )
+    template_service_pb2_grpc.add_TemplateServiceServicer_to_server(
+        UnbuiltTemplateServicer(), server
+    )
+
+
+def _add_reflection(server: grpc.aio.Server) -> None:
+    reflection.enable_server_reflection(
+        [
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+
+
+def _listen(server: grpc.aio.Server, settings: Settings) -> int:
+    """Bind the gRPC address, with TLS (and mTLS) when configured; the port."""
+    address = settings.grpc_address
+    try:
+        if settings.tls_cert_file is None or settings.tls_key_file is None:
+            port = server.add_insecure_port(address)
+        else:
+            client_ca = settings.tls_client_ca_file
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+                root_certificates=client_ca.read_bytes() if client_ca else None,
+                require_client_auth=client_ca is not None,
+            )
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise StartError(f"cannot listen on SMSGATE_GRPC_ADDRESS={address}: {exc}") from None
+    if port == 0:
+        raise StartError(
+            f"cannot listen on SMSGATE_GRPC_ADDRESS={address}: port in use or address not available"
+        )
+    return port
 
 
 def _bind_http(address: str) -> socket.socket:
@@ -198,184 +470,3 @@ def _bind_http(address: str) -> socket.socket:
     sock.listen(128)
     sock.setblocking(False)
     return sock
-
-
-async def start(settings: Settings) -> Running:
-    """Start everything; raise StartError with a clear message when something is wrong."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    embedded: EmbeddedRedis | None = None
-    if settings.redis_url is None:
-        if running_url(settings.data_dir) is not None:
-            raise StartError(
-                f"another smsgate-server is using the data directory {settings.data_dir}; "
-                "stop it, or set SMSGATE_DATA_DIR to another directory"
-            )
-        embedded = EmbeddedRedis(settings.data_dir)
-        url = await asyncio.to_thread(embedded.start)
-        log.info("embedded redis started", extra={"url": url, "dir": str(settings.data_dir)})
-    else:
-        url = settings.redis_url
-    try:
-        return await _start_on(settings, url, embedded)
-    except BaseException:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
-        raise
-
-
-async def _start_on(settings: Settings, url: str, embedded: EmbeddedRedis | None) -> Running:
-    try:
-        redis = await connect(url, pool_size=settings.redis_pool_size)
-    except Unavailable as exc:
-        raise StartError(
-            f"{exc}. Check SMSGATE_REDIS_URL, or unset it to run an embedded Redis."
-        ) from None
-    store = MessageStore(
-        redis.client,
-        shards=settings.shards,
-        event_retention_seconds=settings.event_retention_seconds,
-        message_retention_seconds=settings.message_retention_seconds,
-        idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
-        receipt_timeout_seconds=settings.receipt_timeout_seconds,
-        schedule_max_days=settings.schedule_max_days,
-        max_message_age_seconds=settings.max_message_age_seconds,
-    )
-    apps = AppStore(redis.client)
-    provider = SimulatorProvider(
-        latency_ms=settings.sim_latency_ms,
-        failure_rate=settings.sim_failure_rate,
-        permanent_failure_rate=settings.sim_permanent_failure_rate,
-        undelivered_rate=settings.sim_undelivered_rate,
-        receipt_delay_ms=settings.sim_receipt_delay_ms,
-        seed=settings.sim_seed,
-        log_path=settings.sim_log,
-        max_batch=settings.sim_max_batch,
-    )
-    sending = SendingService(
-        store,
-        SendLimits(
-            max_text_segments=settings.max_text_segments,
-            max_labels=settings.max_labels,
-            schedule_max_days=settings.schedule_max_days,
-            batch_max_recipients=settings.batch_max_recipients,
-        ),
-    )
-
-    hub: WatchHub | None = None
-    guard = RequestGuard(apps, cache_seconds=settings.auth_cache_seconds)
-    keepalive_ms = int(settings.keepalive_seconds * 1000)
-    options: list[tuple[str, Any]] = [
-        ("grpc.keepalive_time_ms", keepalive_ms),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_pings_without_data", 0),
-        # 10,000 recipients fit many times over; far larger is not a request.
-        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-        ("grpc.so_reuseport", 1),
-    ]
-    # The guard wraps handlers as they are registered: no per-call interceptor.
-    server = guard.guarding(grpc.aio.server(options=options))
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    if settings.role is not Role.WORKER:
-        hub = WatchHub(
-            EventStore(redis.client, redis.reader, settings.shards),
-            buffer=settings.watch_buffer,
-            retention_seconds=settings.event_retention_seconds,
-        )
-        sms_service_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(sending, hub), server)
-        verification = VerificationService(
-            CodeStore(redis.client),
-            sending,
-            CodeSigner(load_server_secret(settings)),
-            code_policy(settings),
-        )
-        verification_service_pb2_grpc.add_VerificationServiceServicer_to_server(
-            VerificationServicer(verification), server
-        )
-        template_service_pb2_grpc.add_TemplateServiceServicer_to_server(
-            UnbuiltTemplateServicer(), server
-        )
-    reflection.enable_server_reflection(
-        [
-            *SERVICE_NAMES,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
-
-    async def release() -> None:
-        """Undo what has started when a listener cannot bind."""
-        if hub is not None:
-            await hub.close()
-        await redis.aclose()
-
-    try:
-        grpc_port = _listen(server, settings)
-    except RuntimeError as exc:
-        grpc_port = 0
-        bind_error = str(exc)
-    else:
-        bind_error = "port in use or address not available"
-    if grpc_port == 0 and not settings.grpc_address.endswith(":0"):
-        await release()
-        raise StartError(
-            f"cannot listen on SMSGATE_GRPC_ADDRESS={settings.grpc_address}: {bind_error}"
-        )
-
-    try:
-        http_sock = _bind_http(settings.http_address)
-    except StartError:
-        await release()
-        raise
-    http_port = int(http_sock.getsockname()[1])
-
-    dispatcher: Dispatcher | None = None
-    if settings.role is not Role.API:
-        dispatcher = Dispatcher(
-            store,
-            DispatchQueue(redis, shards=settings.shards),
-            provider,
-            config=DispatchConfig.from_settings(settings),
-        )
-        await dispatcher.start()
-
-    stopped = asyncio.Event()
-
-    async def healthy() -> bool:
-        if stopped.is_set():
-            return False
-        return await redis.healthy()
-
-    http = HttpSidePort(build_app(healthy), *parse_address(settings.http_address))
-    http_task = asyncio.create_task(http.serve(http_sock), name="http")
-    await server.start()
-    # A worker-only process serves no smsgate service: only the overall status.
-    served = SERVICE_NAMES if settings.role is not Role.WORKER else []
-    for name in ["", *served]:
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info(
-        "smsgate serving",
-        extra={"grpc_port": grpc_port, "http_port": http_port, "role": settings.role.value},
-    )
-    if embedded is not None and settings.create_dev_app and settings.role is not Role.WORKER:
-        await _dev_app(apps, settings, grpc_port)
-    return Running(
-        settings=settings,
-        grpc_port=grpc_port,
-        http_port=http_port,
-        server=server,
-        health=health,
-        redis=redis,
-        store=store,
-        apps=apps,
-        provider=provider,
-        dispatcher=dispatcher,
-        hub=hub,
-        http=http,
-        http_task=http_task,
-        embedded=embedded,
-        stopped=stopped,
-    )

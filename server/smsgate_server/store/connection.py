@@ -56,7 +56,8 @@ async def connect(url: str, *, pool_size: int) -> RedisConnection:
         url, max_connections=pool_size, timeout=10, socket_connect_timeout=5
     )
     connection = RedisConnection(
-        client=Redis(connection_pool=pool),
+        # from_pool: the client owns the pool, so aclose() disconnects its connections.
+        client=Redis.from_pool(pool),
         reader=Redis.from_url(
             url, socket_timeout=READ_BLOCK_MS / 1000 + 10, socket_connect_timeout=5
         ),
