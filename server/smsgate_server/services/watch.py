@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from smsgate_server.aio import cancel_and_wait
 from smsgate_server.domain.errors import (
     InvalidArgument,
     OutOfRange,
@@ -106,11 +107,8 @@ class WatchHub:
         for subs in self._subscribers.values():
             for sub in subs:
                 sub.end(_CLOSING)
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            # Bounded: a reader also ends on the closing flag after its read.
-            await asyncio.wait(self._tasks, timeout=self.block_ms / 1000 + 2)
+        # Bounded: a reader also ends on the closing flag after its read.
+        await cancel_and_wait(self._tasks, timeout=self.block_ms / 1000 + 2)
 
     @property
     def reading(self) -> bool:
