@@ -25,6 +25,7 @@ from smsgate_server.aio import cancel_and_wait
 from smsgate_server.config import Settings
 from smsgate_server.dispatch.backoff import retry_delay
 from smsgate_server.dispatch.receipts import ReceiptQueue
+from smsgate_server.domain.errors import Unavailable
 from smsgate_server.metrics import PROVIDER_CALLS, PROVIDER_SECONDS, SEND_OUTCOMES
 from smsgate_server.providers.base import OutboundSms, Provider, SendResult
 from smsgate_server.store.messages import Claimed, MessageStore, Outcome, SendOutcome
@@ -135,6 +136,9 @@ class Dispatcher:
                     await self._take(shard, entries, reclaimed=False)
             except asyncio.CancelledError:
                 raise
+            except Unavailable:
+                # Logged, with a count, where the store mapped it.
+                await asyncio.sleep(1.0)
             except Exception:
                 log.exception("queue read failed", extra={"shard": shard})
                 await asyncio.sleep(1.0)
@@ -165,6 +169,8 @@ class Dispatcher:
                     )
                 except asyncio.CancelledError:
                     raise
+                except Unavailable:
+                    break  # the next round tries again
                 except Exception:
                     log.exception("re-claim failed", extra={"shard": shard})
 
@@ -179,6 +185,8 @@ class Dispatcher:
                             break
                 except asyncio.CancelledError:
                     raise
+                except Unavailable:
+                    break  # the next tick tries again
                 except Exception:
                     log.exception("promote failed", extra={"shard": shard})
             await asyncio.sleep(self.config.sweep_interval)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
@@ -33,13 +34,33 @@ _UNAVAILABLE = (
 )
 
 
+class _FailureLog:
+    """Logs a failure that repeats once per ``every`` seconds, with a count."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.count = 0
+        self.next_log = 0.0
+
+    def failed(self, exc: Exception) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now >= self.next_log:
+            log.warning("redis unavailable", extra={"error": repr(exc), "count": self.count})
+            self.count = 0
+            self.next_log = now + self.every
+
+
+_failures = _FailureLog(every=5.0)
+
+
 @contextmanager
 def map_redis_errors() -> Iterator[None]:
     """Raise ``Unavailable`` for Redis trouble that passes; anything else is a bug."""
     try:
         yield
     except _UNAVAILABLE as exc:
-        log.warning("redis unavailable", extra={"error": repr(exc)})
+        _failures.failed(exc)
         raise Unavailable("storage is unavailable; retry") from exc
 
 
