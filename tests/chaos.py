@@ -112,6 +112,8 @@ class Report:
     kills: list[str] = field(default_factory=list)
     answers: Counter[str] = field(default_factory=Counter)
     given_up: int = 0
+    log_bytes: int = 0
+    log_errors: int = 0
     wall_seconds: float = 0.0
 
     @property
@@ -136,6 +138,7 @@ class Report:
             f"{self.given_up} calls given up",
             f"kills         {', '.join(self.kills)}",
             f"answers       {answers}",
+            f"server logs   {self.log_bytes / 1024:.0f} KiB, {self.log_errors} error events",
             f"wall time     {self.wall_seconds:.0f} s",
             "PASS" if self.ok else "FAIL",
         ]
@@ -464,6 +467,9 @@ class Conductor:
         report.sent = sum(sent.values())
         report.duplicates = sum(count - 1 for count in sent.values())
         report.sent_not_accepted = len(set(sent) - set(final))
+        for server in stage.servers.started:
+            report.log_bytes += len(server.stderr)
+            report.log_errors += sum(e.get("level") == "error" for e in server.events())
 
 
 # --- command line ------------------------------------------------------------------
