@@ -10,6 +10,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate_server.domain.events import encode_token
+from smsgate_server.runtime import Running
 
 from tests.support import bearer, details_of
 
@@ -43,11 +44,12 @@ async def test_invalid_timestamps_are_invalid_argument(
     "positions", [["99999999999999999999999-0"] * 4, ["1--1"] * 4, ["-1-0"] * 4, ["\uff11-0"] * 4]
 )
 async def test_resume_tokens_with_impossible_positions_are_invalid_argument(
-    sms: SmsServiceAsyncStub, token: str, positions: list[str]
+    sms: SmsServiceAsyncStub, token: str, server: Running, positions: list[str]
 ) -> None:
-    call = sms.WatchStatus(
-        pb.WatchStatusRequest(resume_token=encode_token(positions)), metadata=bearer(token)
-    )
+    # Signed by the server, so only the positions are wrong.
+    assert server.hub is not None
+    resume_token = encode_token(server.hub.tokens, token.split(".", 1)[0], positions)
+    call = sms.WatchStatus(pb.WatchStatusRequest(resume_token=resume_token), metadata=bearer(token))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in call:
             pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from smsgate.v1 import sms_service_pb2 as pb
+from smsgate_server.runtime import Running
 
 from tests.conftest import ServerFactory
 from tests.pipeline_support import TERMINAL, S, sent_counts, wait_for_statuses
@@ -227,7 +229,7 @@ async def test_list_shows_only_the_callers_messages(
 @pytest.mark.parametrize(
     ("request_", "field"),
     [
-        (pb.ListMessagesRequest(page_size=501), "page_size"),
+        (pb.ListMessagesRequest(page_size=-1), "page_size"),
         (pb.ListMessagesRequest(page_token="garbage"), "page_token"),
         (pb.ListMessagesRequest(statuses=[S.MESSAGE_STATUS_UNSPECIFIED]), "statuses"),
         (pb.ListMessagesRequest(statuses=[S.ValueType(42)]), "statuses"),
@@ -258,6 +260,63 @@ async def test_page_token_is_tied_to_its_filters(sms: SmsServiceAsyncStub, token
             metadata=bearer(token),
         )
     assert "page_token" in details_of(caught.value).fields
+
+
+async def test_a_page_size_above_the_maximum_is_lowered_to_it(
+    sms: SmsServiceAsyncStub, token: str
+) -> None:
+    reply = await sms.BatchSend(batch(phones(501)), metadata=bearer(token))
+    listed = await sms.ListMessages(
+        pb.ListMessagesRequest(batch_id=reply.batch_id, page_size=10_000), metadata=bearer(token)
+    )
+    assert len(listed.messages) == 500
+    assert listed.next_page_token
+
+
+async def test_an_edited_page_token_is_invalid_argument(
+    sms: SmsServiceAsyncStub, token: str
+) -> None:
+    for i in range(3):
+        await sms.SendSms(
+            pb.SendSmsRequest(phone_number=phones(1, i)[0], text="x"), metadata=bearer(token)
+        )
+    issued = (
+        await sms.ListMessages(pb.ListMessagesRequest(page_size=1), metadata=bearer(token))
+    ).next_page_token
+    # The unsigned form tokens had before, and the issued token with one character changed.
+    forged = [
+        base64.urlsafe_b64encode(b"g|0000000000000000").decode(),
+        issued[:5] + ("A" if issued[5] != "A" else "B") + issued[6:],
+    ]
+    for page_token in forged:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await sms.ListMessages(
+                pb.ListMessagesRequest(page_size=1, page_token=page_token), metadata=bearer(token)
+            )
+        details = details_of(caught.value)
+        assert (details.code, details.reason) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_PAGE_TOKEN",
+        )
+        assert details.fields.keys() == {"page_token"}
+
+
+async def test_a_page_token_of_another_app_is_invalid_argument(
+    sms: SmsServiceAsyncStub, token: str, server: Running
+) -> None:
+    other = (await server.apps.create("other")).token
+    for i in range(2):
+        await sms.SendSms(
+            pb.SendSmsRequest(phone_number=phones(1, i)[0], text="x"), metadata=bearer(other)
+        )
+    theirs = await sms.ListMessages(pb.ListMessagesRequest(page_size=1), metadata=bearer(other))
+    assert theirs.next_page_token
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sms.ListMessages(
+            pb.ListMessagesRequest(page_size=1, page_token=theirs.next_page_token),
+            metadata=bearer(token),
+        )
+    assert details_of(caught.value).reason == "INVALID_PAGE_TOKEN"
 
 
 async def test_racing_retries_of_a_large_batch_accept_each_recipient_once(

@@ -27,6 +27,7 @@ from smsgate_server.domain.codes import (
     parse_secret,
 )
 from smsgate_server.domain.errors import InvalidArgument, QuotaExceeded, RateLimited
+from smsgate_server.domain.tokens import TokenSealer
 from smsgate_server.services.sending import SendingService, SendLimits
 from smsgate_server.services.verification import (
     CodePolicy,
@@ -200,7 +201,7 @@ def service(
     )
     return VerificationService(
         CodeStore(redis_client),
-        SendingService(store, SendLimits()),
+        SendingService(store, SendLimits(), TokenSealer(b"k" * 32)),
         SIGNER,
         policy or CodePolicy(),
         clock=clock,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -142,10 +143,18 @@ async def test_resumed_subscriber_gets_every_event_exactly_once_in_order(
         assert statuses == FULL_LIFE
 
 
+def sealed(server: Running, token: str, positions: list[str]) -> str:
+    """A resume token signed by ``server`` for the app of ``token``."""
+    assert server.hub is not None
+    return encode_token(server.hub.tokens, token.split(".", 1)[0], positions)
+
+
 async def test_malformed_resume_tokens_are_invalid_argument(
-    sms: SmsServiceAsyncStub, token: str
+    sms: SmsServiceAsyncStub, token: str, server: Running
 ) -> None:
-    for bad in ["not-a-token", encode_token(["1-0"]), encode_token(["x", "y", "z", "w"])]:
+    wrong_shard_count = sealed(server, token, ["1-0"])
+    not_positions = sealed(server, token, ["x", "y", "z", "w"])
+    for bad in ["not-a-token", wrong_shard_count, not_positions]:
         call = sms.WatchStatus(pb.WatchStatusRequest(resume_token=bad), metadata=bearer(token))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await collect(call, until=1)
@@ -154,11 +163,54 @@ async def test_malformed_resume_tokens_are_invalid_argument(
         assert "resume_token" in details.fields
 
 
+async def test_an_edited_resume_token_is_invalid_argument(
+    sms: SmsServiceAsyncStub, token: str
+) -> None:
+    call = await started(sms.WatchStatus(pb.WatchStatusRequest(), metadata=bearer(token)))
+    await send(sms, token, 1)
+    (event,) = await collect(call, until=1)
+    call.cancel()
+    issued = event.resume_token
+    # The unsigned form tokens had before, and the issued token with one character changed.
+    forged = [
+        base64.urlsafe_b64encode(b"v1:0-0,0-0,0-0,0-0").decode().rstrip("="),
+        issued[:5] + ("A" if issued[5] != "A" else "B") + issued[6:],
+    ]
+    for resume_token in forged:
+        resumed = sms.WatchStatus(
+            pb.WatchStatusRequest(resume_token=resume_token), metadata=bearer(token)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await collect(resumed, until=1)
+        details = details_of(caught.value)
+        assert (details.code, details.reason) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_RESUME_TOKEN",
+        )
+        assert details.fields.keys() == {"resume_token"}
+
+
+async def test_a_resume_token_of_another_app_is_invalid_argument(
+    sms: SmsServiceAsyncStub, token: str, server: Running
+) -> None:
+    other = (await server.apps.create("other")).token
+    call = await started(sms.WatchStatus(pb.WatchStatusRequest(), metadata=bearer(other)))
+    await send(sms, other, 1)
+    (event,) = await collect(call, until=1)
+    call.cancel()
+    resumed = sms.WatchStatus(
+        pb.WatchStatusRequest(resume_token=event.resume_token), metadata=bearer(token)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await collect(resumed, until=1)
+    assert details_of(caught.value).reason == "INVALID_RESUME_TOKEN"
+
+
 async def test_token_older_than_retention_is_out_of_range(
     sms: SmsServiceAsyncStub, token: str, server: Running
 ) -> None:
     await send(sms, token, 4)  # every shard stream now starts after "1-0"
-    ancient = encode_token(["1-0"] * server.settings.shards)
+    ancient = sealed(server, token, ["1-0"] * server.settings.shards)
     call = sms.WatchStatus(pb.WatchStatusRequest(resume_token=ancient), metadata=bearer(token))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await collect(call, until=1)

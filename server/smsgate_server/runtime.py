@@ -45,6 +45,7 @@ from smsgate_server.config import Role, Settings, parse_address
 from smsgate_server.dispatch.dispatcher import DispatchConfig, Dispatcher
 from smsgate_server.domain.codes import CodeSigner, parse_secret
 from smsgate_server.domain.errors import Unavailable
+from smsgate_server.domain.tokens import TokenSealer
 from smsgate_server.http import HttpSidePort, build_app
 from smsgate_server.providers.base import Provider
 from smsgate_server.providers.factory import UnknownProviderError, open_provider
@@ -284,6 +285,7 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
     if settings.role is not Role.WORKER:
         hub = WatchHub(
             EventStore(redis.client, redis.reader, settings.shards),
+            TokenSealer(load_server_secret(settings)),
             buffer=settings.watch_buffer,
             retention_seconds=settings.event_retention_seconds,
         )
@@ -407,6 +409,7 @@ def _add_services(
             schedule_max_days=settings.schedule_max_days,
             batch_max_recipients=settings.batch_max_recipients,
         ),
+        hub.tokens,
     )
     sms_service_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(sending, hub), server)
     verification = VerificationService(

@@ -25,7 +25,7 @@ import grpc
 
 from smsgate_server.api.errors import STATUS_DETAILS_KEY, grpc_code_of, to_rpc_status
 from smsgate_server.domain.apps import App, parse_token
-from smsgate_server.domain.errors import SmsgateError, Unauthenticated
+from smsgate_server.domain.errors import Reason, SmsgateError, Unauthenticated
 from smsgate_server.metrics import RPC_SECONDS, RPCS
 from smsgate_server.store.apps import AppStore
 
@@ -61,7 +61,7 @@ def _as_error(exc: Exception, method: str) -> SmsgateError:
         return exc
     log.error("unexpected error", exc_info=exc, extra={"method": method})
     # A plain SmsgateError maps to INTERNAL.
-    return SmsgateError("internal error (logged on the server)", reason="INTERNAL")
+    return SmsgateError("internal error (logged on the server)", reason=Reason.INTERNAL)
 
 
 class TokenCache:
@@ -119,7 +119,7 @@ class RequestGuard:
         if not token:
             raise Unauthenticated(
                 "missing credentials: send metadata 'authorization: Bearer <token>'",
-                reason="MISSING_CREDENTIALS",
+                reason=Reason.MISSING_CREDENTIALS,
             )
         app = self.cache.get(token)
         if app is not None:
@@ -127,7 +127,7 @@ class RequestGuard:
         parts = parse_token(token.strip())
         app = await self.apps.authenticate(*parts) if parts else None
         if app is None:
-            raise Unauthenticated("invalid credentials", reason="INVALID_CREDENTIALS")
+            raise Unauthenticated("invalid credentials", reason=Reason.INVALID_CREDENTIALS)
         self.cache.put(token, app)
         return app
 

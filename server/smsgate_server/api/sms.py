@@ -11,7 +11,7 @@ from smsgate.v1 import sms_service_pb2_grpc as pb_grpc
 
 from smsgate_server.api.convert import event_to_proto, message_to_proto, ms_from_timestamp
 from smsgate_server.api.guard import current_app
-from smsgate_server.domain.errors import InvalidArgument, NotImplementedYet
+from smsgate_server.domain.errors import InvalidArgument, NotImplementedYet, Reason
 from smsgate_server.domain.status import Status
 from smsgate_server.services.sending import BatchCommand, ListQuery, SendCommand, SendingService
 from smsgate_server.services.watch import WatchFilter, WatchHub
@@ -157,13 +157,13 @@ def _require_text(
     which = request.WhichOneof("content")
     if which is None:
         raise InvalidArgument.field(
-            "text", "one of text or template is required", reason="EMPTY_CONTENT"
+            "text", "one of text or template is required", reason=Reason.EMPTY_CONTENT
         )
     if which == "template" or params:
         raise NotImplementedYet(
             "template content and per-recipient params need TemplateService, which this "
             "server does not provide yet",
-            reason="TEMPLATES_NOT_IMPLEMENTED",
+            reason=Reason.TEMPLATES_NOT_IMPLEMENTED,
         )
 
 

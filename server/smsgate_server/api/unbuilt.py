@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 from smsgate.v1 import template_service_pb2_grpc
 
-from smsgate_server.domain.errors import NotImplementedYet
+from smsgate_server.domain.errors import NotImplementedYet, Reason
 
 __all__ = ["UnbuiltTemplateServicer"]
 
@@ -17,7 +17,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 def _unbuilt(capability: str) -> Any:
     async def rpc(self: Any, request: Any, context: Context) -> Any:
-        raise NotImplementedYet(f"{capability} is not built yet", reason="NOT_IMPLEMENTED")
+        raise NotImplementedYet(f"{capability} is not built yet", reason=Reason.NOT_IMPLEMENTED)
 
     return rpc
 

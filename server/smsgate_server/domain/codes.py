@@ -23,7 +23,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from smsgate_server.domain.errors import InvalidArgument
+from smsgate_server.domain.errors import InvalidArgument, Reason
 
 __all__ = [
     "DEFAULT_LENGTH",
@@ -82,7 +82,9 @@ def check_scope(value: str, field: str = "scope") -> str:
     """1-64 characters of ``[a-z0-9_.-]``."""
     if not _SCOPE.fullmatch(value):
         raise InvalidArgument.field(
-            field, "is required: 1-64 characters of a-z, 0-9, '_', '.', '-'", reason="INVALID_SCOPE"
+            field,
+            "is required: 1-64 characters of a-z, 0-9, '_', '.', '-'",
+            reason=Reason.INVALID_SCOPE,
         )
     return value
 

@@ -15,12 +15,14 @@
     ├── Unavailable            UNAVAILABLE
     └── NotImplementedYet      UNIMPLEMENTED
 
-Every error carries an UPPER_SNAKE ``reason`` that reaches clients in
-``google.rpc.ErrorInfo`` (domain ``smsgate.v1``).
+Every error carries a ``Reason`` that reaches clients in
+``google.rpc.ErrorInfo`` (domain ``smsgate.v1``); the proto enum
+``smsgate.v1.ErrorReason`` lists the same reasons, and a test keeps them equal.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 __all__ = [
@@ -35,21 +37,71 @@ __all__ = [
     "QuotaExceeded",
     "QuotaViolation",
     "RateLimited",
+    "Reason",
     "SmsgateError",
     "Unauthenticated",
     "Unavailable",
 ]
 
 
+class Reason(enum.StrEnum):
+    """Every ``ErrorInfo.reason`` (and batch ``RecipientError.reason``) the server
+    returns: ``smsgate.v1.ErrorReason`` without its ``ERROR_REASON_`` prefix."""
+
+    # INVALID_ARGUMENT
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    INVALID_PHONE_NUMBER = "INVALID_PHONE_NUMBER"
+    EMPTY_CONTENT = "EMPTY_CONTENT"
+    CONTENT_TOO_LONG = "CONTENT_TOO_LONG"
+    SEND_TIME_IN_PAST = "SEND_TIME_IN_PAST"
+    SEND_TIME_TOO_FAR = "SEND_TIME_TOO_FAR"
+    TOO_MANY_RECIPIENTS = "TOO_MANY_RECIPIENTS"
+    DUPLICATE_RECIPIENT = "DUPLICATE_RECIPIENT"
+    INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"
+    INVALID_RESUME_TOKEN = "INVALID_RESUME_TOKEN"
+    INVALID_SCOPE = "INVALID_SCOPE"
+    EMPTY_CODE = "EMPTY_CODE"
+    VERIFICATION_UNNAMED = "VERIFICATION_UNNAMED"
+    INVALID_TEMPLATE_BODY = "INVALID_TEMPLATE_BODY"
+    INVALID_TEMPLATE_KIND = "INVALID_TEMPLATE_KIND"
+    INVALID_TEMPLATE_PARAMS = "INVALID_TEMPLATE_PARAMS"
+    INVALID_SIGN_NAME = "INVALID_SIGN_NAME"
+    # NOT_FOUND
+    MESSAGE_NOT_FOUND = "MESSAGE_NOT_FOUND"
+    BATCH_NOT_FOUND = "BATCH_NOT_FOUND"
+    VERIFICATION_NOT_FOUND = "VERIFICATION_NOT_FOUND"
+    # ALREADY_EXISTS
+    REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
+    # FAILED_PRECONDITION
+    NOT_CANCELABLE = "NOT_CANCELABLE"
+    COUNTRY_NOT_ALLOWED = "COUNTRY_NOT_ALLOWED"
+    # UNAUTHENTICATED
+    MISSING_CREDENTIALS = "MISSING_CREDENTIALS"
+    INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
+    # RESOURCE_EXHAUSTED
+    APP_VERIFY_RATE_LIMITED = "APP_VERIFY_RATE_LIMITED"
+    RESEND_COOLDOWN = "RESEND_COOLDOWN"
+    PHONE_CODE_CAP = "PHONE_CODE_CAP"
+    SUBSCRIBER_TOO_SLOW = "SUBSCRIBER_TOO_SLOW"
+    # OUT_OF_RANGE
+    RESUME_TOKEN_EXPIRED = "RESUME_TOKEN_EXPIRED"
+    # UNAVAILABLE
+    UNAVAILABLE = "UNAVAILABLE"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    # UNIMPLEMENTED
+    NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
+    TEMPLATES_NOT_IMPLEMENTED = "TEMPLATES_NOT_IMPLEMENTED"
+    # INTERNAL
+    INTERNAL = "INTERNAL"
+
+
 class SmsgateError(Exception):
     """Base of every error a client may see."""
 
-    default_reason = "ERROR"
-
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: Reason) -> None:
         super().__init__(message)
         self.message = message
-        self.reason = reason or self.default_reason
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,20 +115,20 @@ class FieldViolation:
 class InvalidArgument(SmsgateError):
     """The request is malformed; ``violations`` name the fields."""
 
-    default_reason = "INVALID_ARGUMENT"
-
     def __init__(
         self,
         violations: list[FieldViolation] | FieldViolation,
         *,
-        reason: str | None = None,
+        reason: Reason = Reason.INVALID_ARGUMENT,
     ) -> None:
         self.violations = violations if isinstance(violations, list) else [violations]
         text = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
         super().__init__(text, reason=reason)
 
     @classmethod
-    def field(cls, field: str, description: str, *, reason: str | None = None) -> InvalidArgument:
+    def field(
+        cls, field: str, description: str, *, reason: Reason = Reason.INVALID_ARGUMENT
+    ) -> InvalidArgument:
         """One violation of one field."""
         return cls(FieldViolation(field, description), reason=reason)
 
@@ -84,33 +136,23 @@ class InvalidArgument(SmsgateError):
 class NotFound(SmsgateError):
     """The named resource does not exist for the calling app."""
 
-    default_reason = "NOT_FOUND"
-
 
 class AlreadyExists(SmsgateError):
     """The resource exists, or a request id was reused with a different request."""
-
-    default_reason = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(SmsgateError):
     """The request is valid but the system is not in a state that allows it."""
 
-    default_reason = "FAILED_PRECONDITION"
-
 
 class Unauthenticated(SmsgateError):
     """No credentials, or credentials that do not match an app."""
-
-    default_reason = "UNAUTHENTICATED"
 
 
 class RateLimited(SmsgateError):
     """Too soon: retry after ``retry_after`` seconds."""
 
-    default_reason = "RATE_LIMITED"
-
-    def __init__(self, message: str, *, retry_after: float, reason: str | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float, reason: Reason) -> None:
         super().__init__(message, reason=reason)
         self.retry_after = retry_after
 
@@ -126,9 +168,7 @@ class QuotaViolation:
 class QuotaExceeded(SmsgateError):
     """A quota is used up."""
 
-    default_reason = "QUOTA_EXCEEDED"
-
-    def __init__(self, violations: list[QuotaViolation], *, reason: str | None = None) -> None:
+    def __init__(self, violations: list[QuotaViolation], *, reason: Reason) -> None:
         self.violations = violations
         super().__init__("; ".join(v.description for v in violations), reason=reason)
 
@@ -136,22 +176,17 @@ class QuotaExceeded(SmsgateError):
 class OutOfRange(SmsgateError):
     """A position (such as a resume token) is outside what is kept."""
 
-    default_reason = "OUT_OF_RANGE"
-
 
 class Aborted(SmsgateError):
     """A concurrency conflict (etag mismatch); read again and retry."""
-
-    default_reason = "ABORTED"
 
 
 class Unavailable(SmsgateError):
     """The service cannot answer now (shutting down, Redis unreachable); retry."""
 
-    default_reason = "UNAVAILABLE"
+    def __init__(self, message: str, *, reason: Reason = Reason.UNAVAILABLE) -> None:
+        super().__init__(message, reason=reason)
 
 
 class NotImplementedYet(SmsgateError):
     """A capability of the API that this server does not provide yet."""
-
-    default_reason = "NOT_IMPLEMENTED"

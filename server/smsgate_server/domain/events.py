@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 
 from smsgate_server.domain.status import Status
+from smsgate_server.domain.tokens import InvalidToken, TokenKind, TokenSealer
 
 __all__ = ["StatusEvent", "decode_token", "encode_token", "stream_id_key"]
-
-_TOKEN_VERSION = "v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,24 +41,16 @@ def stream_id_key(stream_id: str) -> tuple[int, int]:
     return key
 
 
-def encode_token(positions: list[str]) -> str:
-    """An opaque token: the last delivered stream id of every shard."""
-    raw = _TOKEN_VERSION + ":" + ",".join(positions)
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+def encode_token(sealer: TokenSealer, app: str, positions: list[str]) -> str:
+    """A resume token of ``app``: the last delivered stream id of every shard."""
+    return sealer.seal(TokenKind.RESUME, app, ",".join(positions).encode())
 
 
-def decode_token(token: str, shards: int) -> list[str]:
-    """Positions from a token; ValueError when it is not one of ours."""
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError("is not a resume token") from None
-    version, _, body = raw.partition(":")
-    if version != _TOKEN_VERSION:
-        raise ValueError("is not a resume token")
-    positions = body.split(",")
+def decode_token(sealer: TokenSealer, app: str, token: str, shards: int) -> list[str]:
+    """Positions from a resume token issued to ``app``; ValueError for any other."""
+    positions = sealer.open(TokenKind.RESUME, app, token).decode().split(",")
     if len(positions) != shards:
-        raise ValueError("was issued by a server with a different shard count")
+        raise InvalidToken("was issued by a server with a different shard count")
     for p in positions:
         stream_id_key(p)  # raises ValueError when malformed
     return positions

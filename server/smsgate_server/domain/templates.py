@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from smsgate_server.domain.errors import FieldViolation, InvalidArgument
+from smsgate_server.domain.errors import FieldViolation, InvalidArgument, Reason
 
 __all__ = [
     "MAX_BODY_LENGTH",
@@ -27,7 +27,9 @@ __all__ = [
     "Placeholder",
     "Template",
     "TemplateKind",
+    "check_display_name",
     "check_kind",
+    "check_provider_template_ids",
     "check_sign_name",
     "check_template_id",
     "parse_body",
@@ -43,6 +45,8 @@ MAX_VARIABLES = 32
 # Aliyun's limit for one template variable; vendors reject longer values at send time.
 MAX_PARAM_LENGTH = 35
 MAX_SIGN_LENGTH = 16
+MAX_DISPLAY_NAME_LENGTH = 128
+MAX_PROVIDER_IDS = 16
 VERIFICATION_CODE = "code"
 
 _TOKENS = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]|[^{}]+")
@@ -50,6 +54,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _TEMPLATE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Characters a value may not carry: braces (placeholders) and sign brackets.
 _FORBIDDEN_IN_VALUE = re.compile("[{}【】]")
+_PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_VENDOR_TEMPLATE_ID = re.compile(r"^[\x21-\x7e]{1,64}$")
 _SIGN_BRACKETS = re.compile("[【】{}\\x00-\\x1f]")
 
 
@@ -101,13 +107,13 @@ def parse_body(body: str, field: str = "body") -> Body:
     """The parts of ``body``; InvalidArgument naming ``field`` when it is malformed."""
     if not body.strip():
         raise InvalidArgument.field(
-            field, "is required and must not be blank", reason="EMPTY_CONTENT"
+            field, "is required and must not be blank", reason=Reason.EMPTY_CONTENT
         )
     if len(body) > MAX_BODY_LENGTH:
         raise InvalidArgument.field(
             field,
             f"has {len(body)} characters; at most {MAX_BODY_LENGTH} are allowed",
-            reason="CONTENT_TOO_LONG",
+            reason=Reason.CONTENT_TOO_LONG,
         )
     parts: list[str | Placeholder] = []
     names: dict[str, None] = {}
@@ -120,7 +126,7 @@ def parse_body(body: str, field: str = "body") -> Body:
                 field,
                 f"has an unbalanced {token!r} at position {match.start()}; "
                 "write {{ or }} for a literal brace",
-                reason="INVALID_TEMPLATE_BODY",
+                reason=Reason.INVALID_TEMPLATE_BODY,
             )
         elif token[0] == "{":
             name = match.group(1)
@@ -129,7 +135,7 @@ def parse_body(body: str, field: str = "body") -> Body:
                     field,
                     f"placeholder {token!r} at position {match.start()} must be a name of "
                     "1-64 letters, digits and _",
-                    reason="INVALID_TEMPLATE_BODY",
+                    reason=Reason.INVALID_TEMPLATE_BODY,
                 )
             names[name] = None
             parts.append(Placeholder(name))
@@ -139,7 +145,7 @@ def parse_body(body: str, field: str = "body") -> Body:
         raise InvalidArgument.field(
             field,
             f"has {len(names)} placeholders; at most {MAX_VARIABLES} are allowed",
-            reason="INVALID_TEMPLATE_BODY",
+            reason=Reason.INVALID_TEMPLATE_BODY,
         )
     return Body(tuple(_joined(parts)), tuple(names))
 
@@ -165,13 +171,13 @@ def check_kind(
         raise InvalidArgument.field(
             kind_field,
             "must be TEMPLATE_KIND_VERIFICATION, _NOTIFICATION or _MARKETING",
-            reason="INVALID_TEMPLATE_KIND",
+            reason=Reason.INVALID_TEMPLATE_KIND,
         ) from None
     if checked is TemplateKind.VERIFICATION and VERIFICATION_CODE not in body.variables:
         raise InvalidArgument.field(
             body_field,
             "a verification template must hold the {code} placeholder",
-            reason="INVALID_TEMPLATE_BODY",
+            reason=Reason.INVALID_TEMPLATE_BODY,
         )
     return checked
 
@@ -192,9 +198,37 @@ def check_sign_name(value: str, field: str = "sign_name") -> str:
         raise InvalidArgument.field(
             field,
             f"must be 2-{MAX_SIGN_LENGTH} characters without 【】, braces or control characters",
-            reason="INVALID_SIGN_NAME",
+            reason=Reason.INVALID_SIGN_NAME,
         )
     return value
+
+
+def check_display_name(value: str, field: str = "display_name") -> str:
+    """At most 128 characters."""
+    if len(value) > MAX_DISPLAY_NAME_LENGTH:
+        raise InvalidArgument.field(field, f"must be at most {MAX_DISPLAY_NAME_LENGTH} characters")
+    return value
+
+
+def check_provider_template_ids(
+    ids: Mapping[str, str], field: str = "provider_template_ids"
+) -> dict[str, str]:
+    """At most 16 provider names (``tencent``) each with a vendor id of 1-64
+    printable ASCII characters."""
+    if len(ids) > MAX_PROVIDER_IDS:
+        raise InvalidArgument.field(field, f"at most {MAX_PROVIDER_IDS} providers are allowed")
+    bad = [
+        FieldViolation(f"{field}[{name[:32]}]", "provider name must match [a-z][a-z0-9_]{0,31}")
+        for name in ids
+        if not _PROVIDER_NAME.match(name)
+    ] + [
+        FieldViolation(f"{field}[{name[:32]}]", "must be 1-64 printable ASCII characters")
+        for name, vendor_id in ids.items()
+        if not _VENDOR_TEMPLATE_ID.match(vendor_id)
+    ]
+    if bad:
+        raise InvalidArgument(bad)
+    return dict(ids)
 
 
 def render(body: Body, params: Mapping[str, str], field: str = "params") -> str:
@@ -219,7 +253,7 @@ def render(body: Body, params: Mapping[str, str], field: str = "params") -> str:
         elif _FORBIDDEN_IN_VALUE.search(value):
             bad.append(FieldViolation(where, "must not contain { } 【 or 】"))
     if bad:
-        raise InvalidArgument(bad, reason="INVALID_TEMPLATE_PARAMS")
+        raise InvalidArgument(bad, reason=Reason.INVALID_TEMPLATE_PARAMS)
     return "".join(p if isinstance(p, str) else params[p.name] for p in body.parts)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from smsgate_server.domain.encoding import TextMetrics, measure
-from smsgate_server.domain.errors import FieldViolation, InvalidArgument
+from smsgate_server.domain.errors import FieldViolation, InvalidArgument, Reason
 from smsgate_server.domain.phone import InvalidPhoneNumber, normalize_e164
 
 __all__ = [
@@ -28,21 +28,21 @@ def check_phone(value: str, field: str) -> str:
     try:
         return normalize_e164(value)
     except InvalidPhoneNumber as exc:
-        raise InvalidArgument.field(field, str(exc), reason="INVALID_PHONE_NUMBER") from None
+        raise InvalidArgument.field(field, str(exc), reason=Reason.INVALID_PHONE_NUMBER) from None
 
 
 def check_text(value: str, field: str, max_segments: int) -> TextMetrics:
     """Encoding and segments of free text; empty or over ``max_segments`` is rejected."""
     if not value.strip():
         raise InvalidArgument.field(
-            field, "is required and must not be blank", reason="EMPTY_CONTENT"
+            field, "is required and must not be blank", reason=Reason.EMPTY_CONTENT
         )
     if len(value) > max_segments * 160:
         # Too long in any encoding; measuring megabytes would stall the loop.
         raise InvalidArgument.field(
             field,
             f"has {len(value)} characters; at most {max_segments} SMS segments are allowed",
-            reason="CONTENT_TOO_LONG",
+            reason=Reason.CONTENT_TOO_LONG,
         )
     metrics = measure(value)
     if metrics.segments > max_segments:
@@ -50,7 +50,7 @@ def check_text(value: str, field: str, max_segments: int) -> TextMetrics:
             field,
             f"needs {metrics.segments} SMS segments ({metrics.characters} "
             f"{metrics.encoding.name} characters); at most {max_segments} are allowed",
-            reason="CONTENT_TOO_LONG",
+            reason=Reason.CONTENT_TOO_LONG,
         )
     return metrics
 
@@ -60,10 +60,10 @@ def check_send_at(send_at_ms: int, now_ms: int, max_days: int, field: str = "sen
     if send_at_ms == 0:
         return now_ms
     if send_at_ms < now_ms - SEND_AT_GRACE_MS:
-        raise InvalidArgument.field(field, "is in the past", reason="SEND_TIME_IN_PAST")
+        raise InvalidArgument.field(field, "is in the past", reason=Reason.SEND_TIME_IN_PAST)
     if send_at_ms > now_ms + max_days * 86_400_000:
         raise InvalidArgument.field(
-            field, f"is more than {max_days} days ahead", reason="SEND_TIME_TOO_FAR"
+            field, f"is more than {max_days} days ahead", reason=Reason.SEND_TIME_TOO_FAR
         )
     return max(send_at_ms, now_ms)
 

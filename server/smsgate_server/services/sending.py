@@ -7,7 +7,6 @@ errors. The verification service sends its codes through it too.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import json
@@ -19,11 +18,13 @@ from smsgate_server.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Reason,
 )
 from smsgate_server.domain.ids import new_batch_id, new_message_id, shard_for_key, shard_of_id
 from smsgate_server.domain.message import HistoryEntry, NewMessage, StoredMessage
 from smsgate_server.domain.phone import InvalidPhoneNumber, normalize_e164
 from smsgate_server.domain.status import Status
+from smsgate_server.domain.tokens import InvalidToken, TokenKind, TokenSealer
 from smsgate_server.domain.validation import (
     check_labels,
     check_phone,
@@ -48,6 +49,8 @@ __all__ = [
 ACCEPT_CHUNK = 500
 # How many index entries one ListMessages call may examine for its filters.
 LIST_SCAN_LIMIT = 5_000
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +99,14 @@ class BatchOutcome:
     """Per recipient, in request order: a message id or ``(reason, description)``."""
 
     batch_id: str
-    results: list[str | tuple[str, str]]
+    results: list[str | tuple[Reason, str]]
 
 
 @dataclass(frozen=True, slots=True)
 class ListQuery:
     """Filters and position of ListMessages."""
 
-    page_size: int = 50
+    page_size: int = DEFAULT_PAGE_SIZE
     page_token: str = ""
     statuses: frozenset[Status] = frozenset()
     phone: str = ""
@@ -115,9 +118,10 @@ class ListQuery:
 class SendingService:
     """Accepts, reads and cancels messages of one app at a time."""
 
-    def __init__(self, store: MessageStore, limits: SendLimits) -> None:
+    def __init__(self, store: MessageStore, limits: SendLimits, tokens: TokenSealer) -> None:
         self.store = store
         self.limits = limits
+        self.tokens = tokens
 
     def _shard(self, app: str, request_id: str) -> int:
         if request_id:
@@ -203,7 +207,8 @@ class SendingService:
         shard = shard_of_id(any_id, self.store.shards)
         if shard is None:
             # Not echoed: a malformed id may be anything, of any size.
-            raise NotFound(f"{kind} not found", reason=f"{kind.upper()}_NOT_FOUND")
+            reason = Reason.BATCH_NOT_FOUND if kind == "batch" else Reason.MESSAGE_NOT_FOUND
+            raise NotFound(f"{kind} not found", reason=reason)
         return shard
 
     async def get(self, app: str, message_id: str) -> StoredMessage:
@@ -211,7 +216,7 @@ class SendingService:
         shard = self._locate(message_id)
         found = await self.store.get(app, shard, message_id)
         if found is None:
-            raise NotFound(f"message {message_id!r} not found", reason="MESSAGE_NOT_FOUND")
+            raise NotFound(f"message {message_id!r} not found", reason=Reason.MESSAGE_NOT_FOUND)
         return found
 
     async def cancel(self, app: str, message_id: str) -> StoredMessage:
@@ -219,19 +224,19 @@ class SendingService:
         shard = self._locate(message_id)
         (result,) = await self.store.cancel(app, shard, [message_id])
         if result == -1:
-            raise NotFound(f"message {message_id!r} not found", reason="MESSAGE_NOT_FOUND")
+            raise NotFound(f"message {message_id!r} not found", reason=Reason.MESSAGE_NOT_FOUND)
         message = await self.get(app, message_id)
         if result == 0:
             raise FailedPrecondition(
                 f"message is {message.status.name}; only SCHEDULED or QUEUED messages can be "
                 "canceled",
-                reason="NOT_CANCELABLE",
+                reason=Reason.NOT_CANCELABLE,
             )
         return message
 
     # --- batches -------------------------------------------------------
 
-    def _check_recipients(self, phones: list[str]) -> list[str | tuple[str, str]]:
+    def _check_recipients(self, phones: list[str]) -> list[str | tuple[Reason, str]]:
         """Per recipient its E.164 form, or why it is rejected. A number seen
         before in the request is rejected as a duplicate (one SMS per number)."""
         if not phones:
@@ -241,18 +246,20 @@ class SendingService:
             raise InvalidArgument.field(
                 "recipients",
                 f"has {len(phones)} recipients; at most {limit} are allowed per call",
-                reason="TOO_MANY_RECIPIENTS",
+                reason=Reason.TOO_MANY_RECIPIENTS,
             )
         seen: set[str] = set()
-        out: list[str | tuple[str, str]] = []
+        out: list[str | tuple[Reason, str]] = []
         for raw in phones:
             try:
                 phone = normalize_e164(raw)
             except InvalidPhoneNumber as exc:
-                out.append(("INVALID_PHONE_NUMBER", f"phone_number {exc}"))
+                out.append((Reason.INVALID_PHONE_NUMBER, f"phone_number {exc}"))
                 continue
             if phone in seen:
-                out.append(("DUPLICATE_RECIPIENT", f"{phone} is already a recipient of this batch"))
+                out.append(
+                    (Reason.DUPLICATE_RECIPIENT, f"{phone} is already a recipient of this batch")
+                )
                 continue
             seen.add(phone)
             out.append(phone)
@@ -299,7 +306,7 @@ class SendingService:
                 chunk_ids = stored.split(",") if stored else []
             ids += chunk_ids
         id_iter = iter(ids)
-        results: list[str | tuple[str, str]] = [
+        results: list[str | tuple[Reason, str]] = [
             c if isinstance(c, tuple) else next(id_iter) for c in checked
         ]
         return BatchOutcome(batch_id, results)
@@ -309,7 +316,7 @@ class SendingService:
         shard = self._locate(batch_id, "batch")
         ids = await self.store.batch_ids(app, shard, batch_id)
         if not ids:
-            raise NotFound(f"batch {batch_id!r} not found", reason="BATCH_NOT_FOUND")
+            raise NotFound(f"batch {batch_id!r} not found", reason=Reason.BATCH_NOT_FOUND)
         canceled = 0
         for i in range(0, len(ids), ACCEPT_CHUNK):
             results = await self.store.cancel(app, shard, ids[i : i + ACCEPT_CHUNK])
@@ -323,16 +330,17 @@ class SendingService:
 
         Filters on status and phone are applied while walking the id index; one
         call examines at most LIST_SCAN_LIMIT messages, so a page can come back
-        short with a token to go on.
+        short with a token to go on. A page size above MAX_PAGE_SIZE is lowered
+        to it (AIP-158).
         """
-        if not 0 <= q.page_size <= 500:
-            raise InvalidArgument.field("page_size", "must be between 0 and 500")
-        size = q.page_size or 50
+        if q.page_size < 0:
+            raise InvalidArgument.field("page_size", "must not be negative")
+        size = min(q.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         phone = check_phone(q.phone, "phone_number") if q.phone else ""
         if q.start_ms and q.end_ms and q.start_ms >= q.end_ms:
             raise InvalidArgument.field("end_time", "must be after start_time")
-        fingerprint = _query_fingerprint(q)
-        cursor = _decode_page_token(q.page_token, fingerprint) if q.page_token else "g"
+        filters = _query_filters(q)
+        cursor = self._open_page_token(app, q.page_token, filters) if q.page_token else "g"
         if q.end_ms:
             cursor = min(cursor, f"{q.end_ms:012x}")
         at_least = f"{q.start_ms:012x}" if q.start_ms else "0"
@@ -363,7 +371,19 @@ class SendingService:
                 page.append(m)
                 if len(page) == size:
                     break
-        return page, _encode_page_token(cursor, fingerprint)
+        return page, self.tokens.seal(TokenKind.PAGE, app, cursor.encode(), context=filters)
+
+    def _open_page_token(self, app: str, token: str, filters: bytes) -> str:
+        """The index position a page token of ``app`` issued for ``filters`` holds."""
+        try:
+            return self.tokens.open(TokenKind.PAGE, app, token, context=filters).decode()
+        except InvalidToken:
+            # Not echoed: a forged token may be anything, of any size.
+            raise InvalidArgument.field(
+                "page_token",
+                "is not a token of an earlier call with the same filters",
+                reason=Reason.INVALID_PAGE_TOKEN,
+            ) from None
 
     async def _index_window(
         self, app: str, *, below: str, at_least: str, limit: int
@@ -387,30 +407,11 @@ def _request_hash(fingerprint: bytes, request_id: str) -> str:
 def _request_id_reused(request_id: str) -> AlreadyExists:
     return AlreadyExists(
         f"request_id {request_id!r} was used for a different request",
-        reason="REQUEST_ID_REUSED",
+        reason=Reason.REQUEST_ID_REUSED,
     )
 
 
-def _query_fingerprint(q: ListQuery) -> str:
-    """Ties a page token to the filters it was issued for."""
-    parts = [
-        ",".join(str(int(s)) for s in sorted(q.statuses)), q.phone, q.batch_id,
-        str(q.start_ms), str(q.end_ms),
-    ]  # fmt: skip
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def _encode_page_token(cursor: str, fingerprint: str) -> str:
-    return base64.urlsafe_b64encode(f"{cursor}|{fingerprint}".encode()).decode()
-
-
-def _decode_page_token(token: str, fingerprint: str) -> str:
-    try:
-        cursor, _, issued_for = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
-    except (ValueError, UnicodeDecodeError):
-        cursor, issued_for = "", ""
-    if not cursor or issued_for != fingerprint:
-        raise InvalidArgument.field(
-            "page_token", "is not a token of an earlier call with the same filters"
-        )
-    return cursor
+def _query_filters(q: ListQuery) -> bytes:
+    """The filters a page token is bound to."""
+    parts = [sorted(int(s) for s in q.statuses), q.phone, q.batch_id, q.start_ms, q.end_ms]
+    return json.dumps(parts).encode()

@@ -38,6 +38,7 @@ from smsgate_server.domain.errors import (
     QuotaExceeded,
     QuotaViolation,
     RateLimited,
+    Reason,
 )
 from smsgate_server.domain.phone import country_code
 from smsgate_server.domain.validation import check_phone, check_sender
@@ -186,7 +187,7 @@ class VerificationService:
                 raise NotImplementedYet(
                     "template_id needs TemplateService (templates), which this server does not "
                     "provide yet; leave it empty for the built-in text",
-                    reason="TEMPLATES_NOT_IMPLEMENTED",
+                    reason=Reason.TEMPLATES_NOT_IMPLEMENTED,
                 )
         else:
             for name, value in (("template_id", cmd.template_id), ("sender_id", cmd.sender)):
@@ -202,7 +203,7 @@ class VerificationService:
             raise FailedPrecondition(
                 f"the app may not send verification codes to country calling code "
                 f"+{calling_code}; allowed: {', '.join(f'+{c}' for c in sorted(allowed))}",
-                reason="COUNTRY_NOT_ALLOWED",
+                reason=Reason.COUNTRY_NOT_ALLOWED,
             )
 
         now = self._now_ms()
@@ -212,7 +213,7 @@ class VerificationService:
             raise RateLimited(
                 f"the app has issued {per_minute} verification codes this minute",
                 retry_after=wait_ms / 1000,
-                reason="APP_VERIFY_RATE_LIMITED",
+                reason=Reason.APP_VERIFY_RATE_LIMITED,
             )
 
         tag = self.signer.phone_tag(app.key, phone)
@@ -240,7 +241,7 @@ class VerificationService:
                     f"a code for this number and scope was issued recently; retry in "
                     f"{outcome.cooldown_ms / 1000:.1f} s",
                     retry_after=outcome.cooldown_ms / 1000,
-                    reason="RESEND_COOLDOWN",
+                    reason=Reason.RESEND_COOLDOWN,
                 )
             raise QuotaExceeded(
                 [
@@ -255,7 +256,7 @@ class VerificationService:
                     )
                     if wait > 0
                 ],
-                reason="PHONE_CODE_CAP",
+                reason=Reason.PHONE_CODE_CAP,
             )
 
         expire_ms, resend_ms = now + validity_ms, now + self.policy.resend_cooldown_ms
@@ -293,7 +294,7 @@ class VerificationService:
         """Check a code; a correct one verifies once and is consumed."""
         code = normalize_code(cmd.code)
         if not code:
-            raise InvalidArgument.field("code", "is required", reason="EMPTY_CODE")
+            raise InvalidArgument.field("code", "is required", reason=Reason.EMPTY_CODE)
         if len(code) > MAX_CODE_INPUT:
             raise InvalidArgument.field("code", f"must be at most {MAX_CODE_INPUT} characters")
         phone = check_phone(cmd.phone, "phone_number") if cmd.phone else ""
@@ -306,7 +307,7 @@ class VerificationService:
                 # The id is not echoed: it is caller input of any length.
                 raise NotFound(
                     "verification_id: no such verification was issued to this app",
-                    reason="VERIFICATION_NOT_FOUND",
+                    reason=Reason.VERIFICATION_NOT_FOUND,
                 )
             keys = CodeKeys(app.key, parts.tag)
             code_hash = self.signer.code_hash(app.key, parts.tag, code)
@@ -326,7 +327,7 @@ class VerificationService:
             raise InvalidArgument.field(
                 "verification_id",
                 "either verification_id, or both phone_number and scope, is required",
-                reason="VERIFICATION_UNNAMED",
+                reason=Reason.VERIFICATION_UNNAMED,
             )
         result = VerifyResult(Verdict(outcome.kind), outcome.attempts_left)
         if log.isEnabledFor(logging.INFO):

@@ -21,10 +21,12 @@ from smsgate_server.domain.errors import (
     InvalidArgument,
     OutOfRange,
     RateLimited,
+    Reason,
     Unavailable,
 )
 from smsgate_server.domain.events import StatusEvent, decode_token, encode_token, stream_id_key
 from smsgate_server.domain.status import Status
+from smsgate_server.domain.tokens import TokenSealer
 from smsgate_server.store.events import EventStore
 
 __all__ = ["Watch", "WatchFilter", "WatchHub"]
@@ -82,6 +84,7 @@ class WatchHub:
     """Fans events out to subscribers of this process."""
 
     events: EventStore
+    tokens: TokenSealer
     buffer: int = 10_000
     retention_seconds: int = 86_400
     block_ms: int = 1000
@@ -145,14 +148,14 @@ class WatchHub:
                 for sub in self._subscribers.get(event.app, ()):
                     sub.offer(event)
 
-    async def _start_positions(self, token: str) -> list[str]:
+    async def _start_positions(self, app: str, token: str) -> list[str]:
         if not token:
             return list(self.positions)
         try:
-            positions = decode_token(token, len(self.events.keys))
+            positions = decode_token(self.tokens, app, token, len(self.events.keys))
         except ValueError as exc:
             raise InvalidArgument.field(
-                "resume_token", str(exc), reason="BAD_RESUME_TOKEN"
+                "resume_token", str(exc), reason=Reason.INVALID_RESUME_TOKEN
             ) from None
         horizon_ms = int(self.clock() * 1000) - self.retention_seconds * 1000
         for shard, position in enumerate(positions):
@@ -162,7 +165,7 @@ class WatchHub:
                 raise OutOfRange(
                     f"the resume token is older than the {self.retention_seconds}s retention "
                     "window; start a new watch and reconcile with ListMessages",
-                    reason="RESUME_TOKEN_EXPIRED",
+                    reason=Reason.RESUME_TOKEN_EXPIRED,
                 )
         return positions
 
@@ -173,14 +176,14 @@ class WatchHub:
         after it is missed; close the Watch when done.
         """
         if self._closing:
-            raise Unavailable("server is shutting down; reconnect", reason="SHUTTING_DOWN")
+            raise Unavailable("server is shutting down; reconnect", reason=Reason.SHUTTING_DOWN)
         async with self._lock:
             # Registering the app first keeps the readers from stopping while
             # they are started (or found running) for this watch.
             self._subscribers.setdefault(app, set())
             try:
                 await self._ensure_reading()
-                positions = await self._start_positions(token)
+                positions = await self._start_positions(app, token)
             except BaseException:
                 self._forget_app(app)
                 raise
@@ -204,11 +207,11 @@ class WatchHub:
                 f"the subscriber fell more than {self.buffer} events behind; "
                 "resume from the last token",
                 retry_after=0.0,
-                reason="SUBSCRIBER_TOO_SLOW",
+                reason=Reason.SUBSCRIBER_TOO_SLOW,
             )
         return Unavailable(
             "server is shutting down; reconnect with the last resume token",
-            reason="SHUTTING_DOWN",
+            reason=Reason.SHUTTING_DOWN,
         )
 
 
@@ -224,6 +227,7 @@ class Watch:
     async def events(self) -> AsyncIterator[tuple[StatusEvent, str]]:
         """Matching events, each with the token that resumes after it."""
         positions, wanted, app = self.positions, self.wanted, self.sub.app
+        tokens = self.hub.tokens
         # First what happened since the token, straight from the streams...
         for shard in range(len(positions)):
             while True:
@@ -231,7 +235,7 @@ class Watch:
                 for event in batch:
                     positions[shard] = event.stream_id
                     if event.app == app and wanted.matches(event):
-                        yield event, encode_token(positions)
+                        yield event, encode_token(tokens, app, positions)
                 if len(batch) < 1000:
                     break
         # ...then live events, skipping what the catch-up already covered.
@@ -243,7 +247,7 @@ class Watch:
                 continue
             positions[item.shard] = item.stream_id
             if wanted.matches(item):
-                yield item, encode_token(positions)
+                yield item, encode_token(tokens, app, positions)
 
     def close(self) -> None:
         self.hub._unsubscribe(self.sub)

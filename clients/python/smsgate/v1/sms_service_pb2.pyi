@@ -60,7 +60,8 @@ class SendSmsRequest(_message.Message):
     request_id: _builtins.str
     """Optional. Idempotency key (AIP-155): a retry with the same id and the same
     request returns the first message; with a different request it fails with
-    ALREADY_EXISTS. Kept for 24 hours. At most 128 characters.
+    ALREADY_EXISTS. Kept for 24 hours (a server setting). 1-128 characters of
+    letters, digits and ._:/=+- (UUIDs fit); others are INVALID_ARGUMENT.
     """
     sender_id: _builtins.str
     """Optional. The sender id: a signature (Chinese vendors) or an originating
@@ -603,7 +604,9 @@ class WatchStatusRequest(_message.Message):
     """
     @_builtins.property
     def message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Optional. Only events of these messages."""
+        """Optional. Only events of these messages; at most 1,000 ids, more is
+        INVALID_ARGUMENT.
+        """
 
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_message_pb2.MessageStatus.ValueType]:
