@@ -56,7 +56,9 @@ class SendSmsRequest(_message.Message):
     phone_number: _builtins.str
     """Required. The recipient in E.164 form, for example "+8613800138000"."""
     text: _builtins.str
-    """Free text, at most 10 segments once encoded."""
+    """Free text, at most 10 SMS segments once encoded (a server setting);
+    blank or longer is INVALID_ARGUMENT.
+    """
     request_id: _builtins.str
     """Optional. Idempotency key (AIP-155): a retry with the same id and the same
     request returns the first message; with a different request it fails with
@@ -215,7 +217,7 @@ class BatchSendRequest(_message.Message):
     SENDER_ID_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
-    """Free text, the same for every recipient."""
+    """Free text, the same for every recipient, as in SendSmsRequest."""
     request_id: _builtins.str
     """Optional. Idempotency key, as in SendSmsRequest."""
     sender_id: _builtins.str
