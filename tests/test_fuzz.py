@@ -99,6 +99,10 @@ INT_RANGES = {
     FD.TYPE_UINT64: (0, 2**64 - 1),
     FD.TYPE_FIXED64: (0, 2**64 - 1),
 }
+# Repeat counts of a list's value: mostly none, sometimes past the limits of
+# message ids (1,000) and recipients (10,000), as long as the body stays small.
+REPEATS = (1,) * 8 + (1_001, 10_001)
+LONG_LIST_BYTES = 2 * 2**20
 # Protobuf strings are UTF-8: lone surrogates cannot be encoded by the client.
 CHARACTERS = st.characters(exclude_categories=["Cs"])
 
@@ -139,6 +143,13 @@ def scalar(field: descriptor.FieldDescriptor, depth: int) -> st.SearchStrategy[A
     return integers(low, high)
 
 
+def encoded_size(value: object) -> int:
+    """Roughly how many bytes ``value`` takes on the wire."""
+    if isinstance(value, Message):
+        return value.ByteSize()
+    return len(value.encode()) if isinstance(value, str) else 8
+
+
 @st.composite
 def messages(draw: st.DrawFn, desc: descriptor.Descriptor, depth: int = 0) -> Message:
     """A message of type ``desc`` with a random subset of its fields set."""
@@ -158,6 +169,10 @@ def messages(draw: st.DrawFn, desc: descriptor.Descriptor, depth: int = 0) -> Me
                     target[k] = v
         elif field.is_repeated:
             values = draw(st.lists(scalar(field, depth), max_size=20))
+            # Now and then one value many times, past the documented list limits.
+            repeat = draw(st.sampled_from(REPEATS))
+            if values and repeat > 1 and encoded_size(values[0]) * repeat < LONG_LIST_BYTES:
+                values = values[:1] * repeat
             if field.type == FD.TYPE_MESSAGE:
                 for v in values:
                     target.add().CopyFrom(v)
