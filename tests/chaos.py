@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import redis
+from google.protobuf.timestamp_pb2 import Timestamp
 from smsgate.v1 import message_pb2
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
@@ -57,6 +58,7 @@ RETRY = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+SCHEDULE_SECONDS = 3.0
 # Reconnect quickly after a kill (gRPC's default backoff grows to two minutes).
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -81,6 +83,8 @@ class Plan:
     batch_size: int = 500
     # Every this-many-th message of a client goes through SendSms.
     single_every: int = 20
+    # Every this-many-th batch of a client is scheduled a little ahead.
+    scheduled_every: int = 10
     calls_in_flight: int = 4
     server_kills: int = 3
     redis_kills: int = 1
@@ -153,6 +157,8 @@ class Call:
 
     request_id: str
     phones: list[str]
+    # Seconds ahead to schedule the messages; 0 sends now.
+    schedule: float = 0.0
 
     @property
     def single(self) -> bool:
@@ -169,6 +175,7 @@ def client_calls(plan: Plan, run: str, client: int) -> list[Call]:
         Call(
             f"{run}-{client}-b{j}",
             [f"+1415555{i:04d}" for i in range(min(plan.batch_size, batched - start))],
+            schedule=SCHEDULE_SECONDS if j % plan.scheduled_every == 0 else 0.0,
         )
         for j, start in enumerate(range(0, batched, plan.batch_size))
     ]
@@ -185,6 +192,11 @@ async def send_call(
     """Send ``call`` until an attempt answers OK (its accepted ids) or it gives up."""
     metadata = (("authorization", f"Bearer {token}"),)
     text = f"chaos {call.request_id}"
+    # Set once: a retry must be the same request, or it is ALREADY_EXISTS.
+    send_time = None
+    if call.schedule:
+        send_time = Timestamp()
+        send_time.FromMilliseconds(int((time.time() + call.schedule) * 1000))
     deadline = time.monotonic() + give_up
     delay = 0.05
     while True:
@@ -204,6 +216,7 @@ async def send_call(
                     recipients=[pb.BatchRecipient(phone_number=p) for p in call.phones],
                     text=text,
                     request_id=call.request_id,
+                    send_time=send_time,
                 ),
                 metadata=metadata,
                 timeout=30,
