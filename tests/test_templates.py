@@ -80,6 +80,12 @@ def test_every_missing_unknown_and_bad_param_is_named() -> None:
     assert "not a placeholder" in found["params[e]"]
 
 
+def test_thousands_of_params_are_one_violation() -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        render(parse_body("{a}"), {f"p{i}": "x" for i in range(10_000)})
+    assert list(violations(exc)) == ["params"]
+
+
 @pytest.mark.parametrize("value", ["", "bad id", "x" * 65, "a/b"])
 def test_bad_template_ids_are_rejected(value: str) -> None:
     with pytest.raises(InvalidArgument):

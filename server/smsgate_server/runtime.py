@@ -39,7 +39,7 @@ from smsgate.v1 import (
 from smsgate_server.aio import cancel_and_wait
 from smsgate_server.api.guard import RequestGuard
 from smsgate_server.api.sms import SmsServicer
-from smsgate_server.api.unbuilt import UnbuiltTemplateServicer
+from smsgate_server.api.templates import TemplateServicer
 from smsgate_server.api.verification import VerificationServicer
 from smsgate_server.config import Role, Settings, parse_address
 from smsgate_server.dispatch.dispatcher import DispatchConfig, Dispatcher
@@ -50,6 +50,7 @@ from smsgate_server.http import HttpSidePort, build_app
 from smsgate_server.providers.base import Provider
 from smsgate_server.providers.factory import UnknownProviderError, open_provider
 from smsgate_server.services.sending import SendingService, SendLimits
+from smsgate_server.services.templates import TemplateService
 from smsgate_server.services.verification import CodePolicy, VerificationService
 from smsgate_server.services.watch import WatchHub
 from smsgate_server.store.apps import AppStore
@@ -59,6 +60,7 @@ from smsgate_server.store.embedded_redis import EmbeddedRedis, running_url
 from smsgate_server.store.events import EventStore
 from smsgate_server.store.messages import MessageStore
 from smsgate_server.store.queue import DispatchQueue
+from smsgate_server.store.templates import TemplateStore
 
 __all__ = [
     "Running",
@@ -422,7 +424,15 @@ def _add_services(
         VerificationServicer(verification), server
     )
     template_service_pb2_grpc.add_TemplateServiceServicer_to_server(
-        UnbuiltTemplateServicer(), server
+        TemplateServicer(
+            TemplateService(
+                TemplateStore(
+                    redis.client, idempotency_ttl_seconds=settings.idempotency_ttl_seconds
+                ),
+                hub.tokens,
+            )
+        ),
+        server,
     )
 
 

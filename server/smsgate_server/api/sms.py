@@ -153,7 +153,7 @@ def _require_text(
     request: pb.SendSmsRequest | pb.BatchSendRequest, *, params: bool = False
 ) -> None:
     """Free text is all this server sends: no content is EMPTY_CONTENT, template
-    content (or per-recipient params) is UNIMPLEMENTED until TemplateService exists."""
+    content (or per-recipient params) is UNIMPLEMENTED until sending by template is built."""
     which = request.WhichOneof("content")
     if which is None:
         raise InvalidArgument.field(
@@ -161,8 +161,7 @@ def _require_text(
         )
     if which == "template" or params:
         raise NotImplementedYet(
-            "template content and per-recipient params need TemplateService, which this "
-            "server does not provide yet",
+            "sending template content and per-recipient params is not built yet",
             reason=Reason.TEMPLATES_NOT_IMPLEMENTED,
         )
 

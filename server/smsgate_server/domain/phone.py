@@ -6,7 +6,14 @@ from functools import lru_cache
 
 import phonenumbers
 
-__all__ = ["InvalidPhoneNumber", "country_code", "normalize_e164", "parse_calling_code"]
+__all__ = [
+    "InvalidPhoneNumber",
+    "country_code",
+    "is_region",
+    "normalize_e164",
+    "parse_calling_code",
+    "region_of",
+]
 
 
 class InvalidPhoneNumber(ValueError):
@@ -57,3 +64,13 @@ def parse_calling_code(text: str) -> int:
     if code not in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
         raise ValueError(f"{text!r} is not a country calling code (86, 1, 44, ...)")
     return code
+
+
+def region_of(e164: str) -> str:
+    """The ISO 3166-1 region (``CN``, ``US``, ...) of a number already normalised."""
+    return phonenumbers.region_code_for_number(phonenumbers.parse(e164, None)) or ""
+
+
+def is_region(code: str) -> bool:
+    """Whether ``code`` is a region ``phonenumbers`` knows (``CN``, ``GB``, ...)."""
+    return code in phonenumbers.SUPPORTED_REGIONS

@@ -236,6 +236,13 @@ def render(body: Body, params: Mapping[str, str], field: str = "params") -> str:
 
     Missing, unknown, over-long values and values holding ``{`` ``}`` ``【`` ``】``
     are InvalidArgument, one violation per parameter (``params[name]``)."""
+    if len(params) > MAX_VARIABLES:
+        # One violation, not one per name: thousands would not fit in the trailers.
+        raise InvalidArgument.field(
+            field,
+            f"has {len(params)} values; a template has at most {MAX_VARIABLES} placeholders",
+            reason=Reason.INVALID_TEMPLATE_PARAMS,
+        )
     bad: list[FieldViolation] = []
     for name in body.variables:
         if name not in params:

@@ -185,8 +185,8 @@ class VerificationService:
             sender = check_sender(cmd.sender)
             if cmd.template_id:
                 raise NotImplementedYet(
-                    "template_id needs TemplateService (templates), which this server does not "
-                    "provide yet; leave it empty for the built-in text",
+                    "sending codes by template_id is not built yet; leave it empty for the "
+                    "built-in text",
                     reason=Reason.TEMPLATES_NOT_IMPLEMENTED,
                 )
         else:

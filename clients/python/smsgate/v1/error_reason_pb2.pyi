@@ -56,9 +56,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     phone number an earlier recipient of the same request already has.
     """
     ERROR_REASON_INVALID_PAGE_TOKEN: _ErrorReason.ValueType  # 9
-    """INVALID_ARGUMENT. A ListMessages `page_token` that this server did not
-    issue to the calling app for the same filters (edited, forged, another
-    app's, or issued under another server secret).
+    """INVALID_ARGUMENT. A ListMessages or ListTemplates `page_token` that this
+    server did not issue to the calling app for the same call and filters
+    (edited, forged, another app's, or issued under another server secret).
     """
     ERROR_REASON_INVALID_RESUME_TOKEN: _ErrorReason.ValueType  # 10
     """INVALID_ARGUMENT. A WatchStatus `resume_token` that this server did not
@@ -96,8 +96,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """NOT_FOUND. The batch id is not one of the calling app's batches."""
     ERROR_REASON_VERIFICATION_NOT_FOUND: _ErrorReason.ValueType  # 22
     """NOT_FOUND. The verification id was never issued to the calling app."""
+    ERROR_REASON_TEMPLATE_NOT_FOUND: _ErrorReason.ValueType  # 23
+    """NOT_FOUND. The template id is not one of the calling app's templates, or
+    the template has no such version.
+    """
     ERROR_REASON_REQUEST_ID_REUSED: _ErrorReason.ValueType  # 30
     """ALREADY_EXISTS. The `request_id` was used before with a different request."""
+    ERROR_REASON_TEMPLATE_ALREADY_EXISTS: _ErrorReason.ValueType  # 31
+    """ALREADY_EXISTS. The app has a template with this id."""
     ERROR_REASON_NOT_CANCELABLE: _ErrorReason.ValueType  # 40
     """FAILED_PRECONDITION. The message is already with a provider or terminal,
     so it can no longer be canceled.
@@ -105,6 +111,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_COUNTRY_NOT_ALLOWED: _ErrorReason.ValueType  # 41
     """FAILED_PRECONDITION. The app may not send verification codes to the phone
     number's country.
+    """
+    ERROR_REASON_ETAG_MISMATCH: _ErrorReason.ValueType  # 45
+    """ABORTED. The `etag` of an update or delete is not the template's latest
+    version's: read the template again and retry.
+    """
+    ERROR_REASON_CONCURRENT_UPDATE: _ErrorReason.ValueType  # 46
+    """ABORTED. Other updates of the template kept landing while this one was
+    made; retry.
     """
     ERROR_REASON_MISSING_CREDENTIALS: _ErrorReason.ValueType  # 50
     """UNAUTHENTICATED. The call has no `authorization: Bearer <token>` metadata."""
@@ -136,14 +150,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE. The server is shutting down; reconnect (to another replica),
     WatchStatus with the last resume token.
     """
-    ERROR_REASON_NOT_IMPLEMENTED: _ErrorReason.ValueType  # 90
-    """UNIMPLEMENTED. The RPC belongs to a service this server does not provide
-    yet.
-    """
     ERROR_REASON_TEMPLATES_NOT_IMPLEMENTED: _ErrorReason.ValueType  # 91
     """UNIMPLEMENTED. Template content, per-recipient parameters or a
-    verification `template_id` need TemplateService, which this server does
-    not provide yet.
+    verification `template_id`: sending by template is not built yet.
     """
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 100
     """INTERNAL. An unexpected error; the server logged it. Never the answer to
@@ -195,9 +204,9 @@ ERROR_REASON_DUPLICATE_RECIPIENT: ErrorReason.ValueType  # 8
 phone number an earlier recipient of the same request already has.
 """
 ERROR_REASON_INVALID_PAGE_TOKEN: ErrorReason.ValueType  # 9
-"""INVALID_ARGUMENT. A ListMessages `page_token` that this server did not
-issue to the calling app for the same filters (edited, forged, another
-app's, or issued under another server secret).
+"""INVALID_ARGUMENT. A ListMessages or ListTemplates `page_token` that this
+server did not issue to the calling app for the same call and filters
+(edited, forged, another app's, or issued under another server secret).
 """
 ERROR_REASON_INVALID_RESUME_TOKEN: ErrorReason.ValueType  # 10
 """INVALID_ARGUMENT. A WatchStatus `resume_token` that this server did not
@@ -235,8 +244,14 @@ ERROR_REASON_BATCH_NOT_FOUND: ErrorReason.ValueType  # 21
 """NOT_FOUND. The batch id is not one of the calling app's batches."""
 ERROR_REASON_VERIFICATION_NOT_FOUND: ErrorReason.ValueType  # 22
 """NOT_FOUND. The verification id was never issued to the calling app."""
+ERROR_REASON_TEMPLATE_NOT_FOUND: ErrorReason.ValueType  # 23
+"""NOT_FOUND. The template id is not one of the calling app's templates, or
+the template has no such version.
+"""
 ERROR_REASON_REQUEST_ID_REUSED: ErrorReason.ValueType  # 30
 """ALREADY_EXISTS. The `request_id` was used before with a different request."""
+ERROR_REASON_TEMPLATE_ALREADY_EXISTS: ErrorReason.ValueType  # 31
+"""ALREADY_EXISTS. The app has a template with this id."""
 ERROR_REASON_NOT_CANCELABLE: ErrorReason.ValueType  # 40
 """FAILED_PRECONDITION. The message is already with a provider or terminal,
 so it can no longer be canceled.
@@ -244,6 +259,14 @@ so it can no longer be canceled.
 ERROR_REASON_COUNTRY_NOT_ALLOWED: ErrorReason.ValueType  # 41
 """FAILED_PRECONDITION. The app may not send verification codes to the phone
 number's country.
+"""
+ERROR_REASON_ETAG_MISMATCH: ErrorReason.ValueType  # 45
+"""ABORTED. The `etag` of an update or delete is not the template's latest
+version's: read the template again and retry.
+"""
+ERROR_REASON_CONCURRENT_UPDATE: ErrorReason.ValueType  # 46
+"""ABORTED. Other updates of the template kept landing while this one was
+made; retry.
 """
 ERROR_REASON_MISSING_CREDENTIALS: ErrorReason.ValueType  # 50
 """UNAUTHENTICATED. The call has no `authorization: Bearer <token>` metadata."""
@@ -275,14 +298,9 @@ ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 81
 """UNAVAILABLE. The server is shutting down; reconnect (to another replica),
 WatchStatus with the last resume token.
 """
-ERROR_REASON_NOT_IMPLEMENTED: ErrorReason.ValueType  # 90
-"""UNIMPLEMENTED. The RPC belongs to a service this server does not provide
-yet.
-"""
 ERROR_REASON_TEMPLATES_NOT_IMPLEMENTED: ErrorReason.ValueType  # 91
 """UNIMPLEMENTED. Template content, per-recipient parameters or a
-verification `template_id` need TemplateService, which this server does
-not provide yet.
+verification `template_id`: sending by template is not built yet.
 """
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 100
 """INTERNAL. An unexpected error; the server logged it. Never the answer to

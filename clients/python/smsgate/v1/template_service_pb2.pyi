@@ -298,9 +298,13 @@ class ListTemplatesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Optional. At most this many templates (default 50, at most 500)."""
+    """Optional. At most this many templates; 0 means 50, and more than 500 is
+    lowered to 500. Negative is INVALID_ARGUMENT.
+    """
     page_token: _builtins.str
-    """Optional. A `next_page_token` from an earlier call."""
+    """Optional. A `next_page_token` from an earlier ListTemplates call of the
+    same app; any other token is INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,

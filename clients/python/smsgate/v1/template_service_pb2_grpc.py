@@ -111,7 +111,8 @@ class TemplateServiceServicer:
     def ListTemplates(self, request, context):
         """Lists the latest version of each of the app's templates, ordered by id.
 
-        Errors: INVALID_ARGUMENT (bad page size or page token), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (negative page size, bad page token),
+        UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

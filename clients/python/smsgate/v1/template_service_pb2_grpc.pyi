@@ -58,7 +58,8 @@ class TemplateServiceStub:
     ListTemplates: _grpc.UnaryUnaryMultiCallable[_template_service_pb2.ListTemplatesRequest, _template_service_pb2.ListTemplatesResponse]
     """Lists the latest version of each of the app's templates, ordered by id.
 
-    Errors: INVALID_ARGUMENT (bad page size or page token), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (negative page size, bad page token),
+    UNAUTHENTICATED.
     """
     UpdateTemplate: _grpc.UnaryUnaryMultiCallable[_template_service_pb2.UpdateTemplateRequest, _template_service_pb2.UpdateTemplateResponse]
     """Changes the fields of a template named in `update_mask`, making a new
@@ -115,7 +116,8 @@ class TemplateServiceAsyncStub(TemplateServiceStub):
     ListTemplates: _aio.UnaryUnaryMultiCallable[_template_service_pb2.ListTemplatesRequest, _template_service_pb2.ListTemplatesResponse]  # type: ignore[assignment]
     """Lists the latest version of each of the app's templates, ordered by id.
 
-    Errors: INVALID_ARGUMENT (bad page size or page token), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT (negative page size, bad page token),
+    UNAUTHENTICATED.
     """
     UpdateTemplate: _aio.UnaryUnaryMultiCallable[_template_service_pb2.UpdateTemplateRequest, _template_service_pb2.UpdateTemplateResponse]  # type: ignore[assignment]
     """Changes the fields of a template named in `update_mask`, making a new
@@ -187,7 +189,8 @@ class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_template_service_pb2.ListTemplatesResponse, _abc.Awaitable[_template_service_pb2.ListTemplatesResponse]]:
         """Lists the latest version of each of the app's templates, ordered by id.
 
-        Errors: INVALID_ARGUMENT (bad page size or page token), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (negative page size, bad page token),
+        UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod
