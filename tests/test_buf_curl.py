@@ -1,10 +1,12 @@
 """``buf curl`` against a live server, the way the README shows it: reflection
-lists the services, SendSms with a bearer token, GetMessage until DELIVERED."""
+lists the services, SendSms with a bearer token, GetMessage until DELIVERED,
+and the README's template session (create, then preview)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -87,3 +89,26 @@ async def test_missing_token_is_unauthenticated_with_error_info(server: Running)
     error = json.loads(err)
     assert error["code"] == "unauthenticated"
     assert "google.rpc.ErrorInfo" in [d["type"] for d in error["details"]]
+
+
+async def test_readme_template_session_works_when_pasted(server: Running, token: str) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    marker = "<!-- readme-session: templates"
+    block = readme[readme.index(marker) :].split("```sh\n", 1)[1].split("```", 1)[0]
+    preview = readme[readme.index(marker) :].split("```json\n", 1)[1].split("```", 1)[0]
+    # The block continues the first session, which set BUF, ADDR and TOKEN.
+    env = {
+        "PATH": os.environ["PATH"],
+        "BUF": str(BUF),
+        "ADDR": f"http://127.0.0.1:{server.grpc_port}",
+        "TOKEN": token,
+    }
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-euo", "pipefail", "-c", block, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, out.decode() + err.decode()
+    created, rendered = json.loads("[" + out.decode().replace("}\n{", "},\n{") + "]")
+    assert created["template"]["variables"] == ["order"]
+    assert rendered == json.loads(preview)
