@@ -3,6 +3,7 @@ etags, pagination, previews, and the status of every bad input."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -173,6 +174,15 @@ async def test_an_update_with_a_stale_etag_is_aborted(calls: Calls) -> None:
     assert (await calls.get("promo")).display_name == "v2"
 
 
+async def test_concurrent_updates_without_etag_all_land_as_versions(calls: Calls) -> None:
+    await calls.create(id="busy", body="v1 {x}")
+    updates = [calls.update(["body"], id="busy", body=f"v{n} {{x}}") for n in range(2, 7)]
+    made = await asyncio.gather(*updates)
+    assert sorted(t.version for t in made) == [2, 3, 4, 5, 6]
+    bodies = {(await calls.get("busy", v)).body for v in range(2, 7)}
+    assert bodies == {f"v{n} {{x}}" for n in range(2, 7)}
+
+
 async def test_an_update_checks_the_template_it_makes(calls: Calls) -> None:
     await calls.create(id="notice", body="Hi {name}")
     request = pb.UpdateTemplateRequest(
@@ -230,6 +240,14 @@ async def test_list_pages_through_templates_by_id(calls: Calls) -> None:
         if not token:
             break
     assert seen == ["a", "b", "c", "d", "e"]
+
+
+async def test_a_negative_page_size_is_invalid_argument(calls: Calls) -> None:
+    details = await calls.fails("ListTemplates", pb.ListTemplatesRequest(page_size=-1))
+    assert (details.code, list(details.fields)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["page_size"],
+    )
 
 
 async def test_a_bad_page_token_is_invalid_argument(calls: Calls) -> None:

@@ -12,7 +12,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from smsgate_server.domain.encoding import Split, split
 from smsgate_server.domain.errors import (
@@ -204,12 +204,7 @@ class TemplateService:
             current = await self.store.get(app, draft.id)
             if current is None:
                 raise _not_found(draft.id)
-            merged = TemplateDraft(
-                **{
-                    name: getattr(draft if name in paths else current, name)
-                    for name in UPDATABLE_FIELDS
-                }
-            )
+            merged = replace(_draft_of(current), **{name: getattr(draft, name) for name in paths})
             template = _checked(
                 merged,
                 draft.id,
@@ -273,6 +268,17 @@ def _region(command: RenderCommand) -> str:
             )
         return region
     return ""
+
+
+def _draft_of(t: Template) -> TemplateDraft:
+    return TemplateDraft(
+        id=t.id,
+        display_name=t.display_name,
+        kind=t.kind,
+        body=t.body,
+        sign_name=t.sign_name,
+        provider_template_ids=t.provider_template_ids,
+    )
 
 
 def _checked_mask(mask: list[str]) -> set[str]:
