@@ -44,7 +44,7 @@ from smsgate_server.domain.phone import country_code
 from smsgate_server.domain.validation import check_phone, check_sender
 from smsgate_server.logs import mask_phone
 from smsgate_server.services.sending import SendCommand, SendingService
-from smsgate_server.store.codes import CodeStore, NewCode
+from smsgate_server.store.codes import CodeCheck, CodeStore, IssueKind, NewCode
 from smsgate_server.store.codes import VerifyOutcome as StoreOutcome
 from smsgate_server.store.keys import CodeKeys
 
@@ -233,10 +233,10 @@ class VerificationService:
             ),
             now,
         )
-        if outcome.kind != "ok":
+        if outcome.kind is not IssueKind.OK:
             # No code was issued, so it does not count against the app's minute.
             await self.codes.give_back_app_slot(app.key, now)
-            if outcome.kind == "cooldown":
+            if outcome.kind is IssueKind.COOLDOWN:
                 raise RateLimited(
                     f"a code for this number and scope was issued recently; retry in "
                     f"{outcome.cooldown_ms / 1000:.1f} s",
@@ -312,7 +312,7 @@ class VerificationService:
             keys = CodeKeys(app.key, parts.tag)
             code_hash = self.signer.code_hash(app.key, parts.tag, code)
             if phone and self.signer.phone_tag(app.key, phone) != parts.tag:
-                outcome = StoreOutcome("gone", 0)  # the id belongs to another number
+                outcome = StoreOutcome(CodeCheck.GONE, 0)  # the id belongs to another number
             else:
                 outcome = await self.codes.verify_by_id(
                     keys, parts.nonce, code_hash, now, scope=scope

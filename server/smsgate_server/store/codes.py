@@ -8,6 +8,7 @@ Plain codes never reach this module.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from smsgate_server.store.errors import redis_edge
 from smsgate_server.store.keys import CodeKeys, verify_rate_key
 from smsgate_server.store.scripts import CodeScripts
 
-__all__ = ["CodeStore", "IssueOutcome", "NewCode", "VerifyOutcome"]
+__all__ = ["CodeCheck", "CodeStore", "IssueKind", "IssueOutcome", "NewCode", "VerifyOutcome"]
 
 WINDOW_MS = 60_000
 
@@ -41,12 +42,29 @@ class NewCode:
     per_day: int
 
 
+class IssueKind(enum.StrEnum):
+    """What became of a code to issue (the replies of code_issue.lua)."""
+
+    OK = "ok"  # stored; the code it replaces is dead
+    COOLDOWN = "cooldown"  # refused: the last code of this scope is too recent
+    CAPS = "caps"  # refused: the number's hourly or daily cap is reached
+
+
+class CodeCheck(enum.StrEnum):
+    """What a presented code turned out to be (the replies of code_verify.lua)."""
+
+    VERIFIED = "verified"  # right, and now consumed
+    INCORRECT = "incorrect"  # wrong; attempts remain
+    GONE = "gone"  # expired, consumed, replaced or never there
+    DEAD = "dead"  # no attempts left
+
+
 @dataclass(frozen=True, slots=True)
 class IssueOutcome:
-    """``ok``; ``cooldown`` (wait ``cooldown_ms``); or ``caps`` (``hour_ms`` /
-    ``day_ms`` until that cap allows another code, 0 when it is not reached)."""
+    """``kind``, with ``cooldown_ms`` to wait for COOLDOWN, or for CAPS ``hour_ms`` /
+    ``day_ms`` until that cap allows another code (0 when it is not reached)."""
 
-    kind: str
+    kind: IssueKind
     cooldown_ms: int = 0
     hour_ms: int = 0
     day_ms: int = 0
@@ -54,10 +72,9 @@ class IssueOutcome:
 
 @dataclass(frozen=True, slots=True)
 class VerifyOutcome:
-    """``verified``, ``incorrect``, ``gone`` (expired, consumed, replaced or never
-    there) or ``dead`` (no attempts left), with the attempts left."""
+    """What the presented code was, with the attempts left."""
 
-    kind: str
+    kind: CodeCheck
     attempts_left: int
 
 
@@ -88,10 +105,10 @@ class CodeStore:
                 new.scope,
             ],
         )
-        kind = _s(reply[0])
-        if kind == "cooldown":
+        kind = IssueKind(_s(reply[0]))
+        if kind is IssueKind.COOLDOWN:
             return IssueOutcome(kind, cooldown_ms=int(reply[1]))
-        if kind == "caps":
+        if kind is IssueKind.CAPS:
             return IssueOutcome(kind, hour_ms=int(reply[1]), day_ms=int(reply[2]))
         return IssueOutcome(kind)
 
@@ -123,7 +140,7 @@ class CodeStore:
         reply = await self.scripts.verify(
             keys=[key], args=[mode, keys.prefix, code_hash, now_ms, nonce, scope]
         )
-        return VerifyOutcome(_s(reply[0]), int(reply[1]))
+        return VerifyOutcome(CodeCheck(_s(reply[0])), int(reply[1]))
 
     @redis_edge
     async def take_app_slot(self, app: str, limit: int, now_ms: int) -> int:
