@@ -71,6 +71,13 @@ SERVER_SETTINGS = {
     "visibility_timeout_seconds": "5",
     # The simulator's receipts die with its process: what a kill leaves SENT expires.
     "receipt_timeout_seconds": "10",
+    # Some sends fail for a while, some for good, some are not delivered: the
+    # retry, failure and undelivered paths run through the kills as well.
+    "sim_failure_rate": "0.02",
+    "sim_permanent_failure_rate": "0.005",
+    "sim_undelivered_rate": "0.005",
+    "retry_base_seconds": "0.2",
+    "retry_max_seconds": "2",
 }
 
 
