@@ -120,6 +120,11 @@ BAD_TEMPLATES = {
         "template.body",
         BODY,
     ),
+    "huge placeholder": (
+        {"kind": NOTIFY, "body": "{" + "中" * 998 + "}"},
+        "template.body",
+        "INVALID_TEMPLATE_BODY",
+    ),
     "unspecified kind": ({"body": "Hi"}, "template.kind", "INVALID_TEMPLATE_KIND"),
     "unknown kind": ({"kind": 99, "body": "Hi"}, "template.kind", "INVALID_TEMPLATE_KIND"),
     "bad id": ({"id": "a b", "kind": NOTIFY, "body": "Hi"}, "template.id", "INVALID_ARGUMENT"),

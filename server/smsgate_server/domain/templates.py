@@ -133,7 +133,7 @@ def parse_body(body: str, field: str = "body") -> Body:
             if not _NAME.match(name):
                 raise InvalidArgument.field(
                     field,
-                    f"placeholder {token!r} at position {match.start()} must be a name of "
+                    f"placeholder {_excerpt(token)} at position {match.start()} must be a name of "
                     "1-64 letters, digits and _",
                     reason=Reason.INVALID_TEMPLATE_BODY,
                 )
@@ -148,6 +148,11 @@ def parse_body(body: str, field: str = "body") -> Body:
             reason=Reason.INVALID_TEMPLATE_BODY,
         )
     return Body(tuple(_joined(parts)), tuple(names))
+
+
+def _excerpt(token: str) -> str:
+    # Echoed in the status message, whose trailer must stay small (8 KiB by default).
+    return repr(token) if len(token) <= 40 else repr(token[:20] + "…" + token[-1])
 
 
 def _joined(parts: list[str | Placeholder]) -> list[str | Placeholder]:
