@@ -125,6 +125,11 @@ BAD_TEMPLATES = {
         "template.body",
         "INVALID_TEMPLATE_BODY",
     ),
+    "sign bracket in the body": (
+        {"kind": NOTIFY, "body": "【Acme】Hi {name}"},
+        "template.body",
+        "INVALID_TEMPLATE_BODY",
+    ),
     "unspecified kind": ({"body": "Hi"}, "template.kind", "INVALID_TEMPLATE_KIND"),
     "unknown kind": ({"kind": 99, "body": "Hi"}, "template.kind", "INVALID_TEMPLATE_KIND"),
     "bad id": ({"id": "a b", "kind": NOTIFY, "body": "Hi"}, "template.id", "INVALID_ARGUMENT"),

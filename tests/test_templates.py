@@ -46,6 +46,7 @@ def test_double_braces_are_literal_braces() -> None:
         ("Your code is {code", "unbalanced '{' at position 13"),
         ("Your code is code}", "unbalanced '}' at position 17"),
         ("Hi {} there", "placeholder '{}'"),
+        ("【Acme】Your code is {code}", "sign bracket at position 0"),
         ("Hi {first name}", "placeholder '{first name}'"),
         ("x" * (MAX_BODY_LENGTH + 1), f"at most {MAX_BODY_LENGTH}"),
         ("".join(f"{{v{i}}}" for i in range(33)), "at most 32"),

@@ -2,7 +2,8 @@
 
 A body is literal text and placeholders. ``{name}`` names a parameter
 (letters, digits, ``_``); the vendors' numbered style ``{1}``, ``{2}`` is a
-name too. ``{{`` and ``}}`` are literal braces; any other brace is an error.
+name too. ``{{`` and ``}}`` are literal braces; any other brace is an error,
+and so is a sign bracket (``【`` ``】``): the sign is added at send time.
 
 Rendering is one pass over the parsed body: a parameter value is inserted as
 text and never parsed again. Values holding a brace or a sign bracket
@@ -54,9 +55,10 @@ _NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _TEMPLATE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Characters a value may not carry: braces (placeholders) and sign brackets.
 _FORBIDDEN_IN_VALUE = re.compile("[{}【】]")
+_SIGN_BRACKET = re.compile("[【】]")
 _PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _VENDOR_TEMPLATE_ID = re.compile(r"^[\x21-\x7e]{1,64}$")
-_SIGN_BRACKETS = re.compile("[【】{}\\x00-\\x1f]")
+_NOT_IN_SIGN = re.compile("[【】{}\\x00-\\x1f]")
 
 
 class TemplateKind(enum.IntEnum):
@@ -114,6 +116,15 @@ def parse_body(body: str, field: str = "body") -> Body:
             field,
             f"has {len(body)} characters; at most {MAX_BODY_LENGTH} are allowed",
             reason=Reason.CONTENT_TOO_LONG,
+        )
+    bracket = _SIGN_BRACKET.search(body)
+    if bracket is not None:
+        # The sign goes in front of the text at send time; one in the body would be a second.
+        raise InvalidArgument.field(
+            field,
+            f"has a sign bracket at position {bracket.start()}; the sign name is added "
+            "when the message is sent (sign_name)",
+            reason=Reason.INVALID_TEMPLATE_BODY,
         )
     parts: list[str | Placeholder] = []
     names: dict[str, None] = {}
@@ -197,9 +208,7 @@ def check_template_id(value: str, field: str = "template_id") -> str:
 
 def check_sign_name(value: str, field: str = "sign_name") -> str:
     """Empty, or 2-16 characters without brackets, braces or control characters."""
-    if value and (
-        not 2 <= len(value) <= MAX_SIGN_LENGTH or _SIGN_BRACKETS.search(value) is not None
-    ):
+    if value and (not 2 <= len(value) <= MAX_SIGN_LENGTH or _NOT_IN_SIGN.search(value) is not None):
         raise InvalidArgument.field(
             field,
             f"must be 2-{MAX_SIGN_LENGTH} characters without 【】, braces or control characters",

@@ -31,7 +31,9 @@ class TemplateServiceStub:
     A template body holds `{name}` placeholders; names are 1-64 letters,
     digits and underscores, so the vendors' numbered style `{1}`, `{2}` is
     accepted too. `{{` and `}}` stand for literal braces; any other brace is
-    INVALID_ARGUMENT. A body has at most 1,000 characters and 32 placeholders.
+    INVALID_ARGUMENT, and so is a sign bracket (`【` or `】`): the sign is added
+    when a message is sent. A body has at most 1,000 characters and 32
+    placeholders.
 
     Every update makes a new version of the template; earlier versions stay
     readable (GetTemplate with a `version`) until the template is deleted.
@@ -81,7 +83,9 @@ class TemplateServiceServicer:
     A template body holds `{name}` placeholders; names are 1-64 letters,
     digits and underscores, so the vendors' numbered style `{1}`, `{2}` is
     accepted too. `{{` and `}}` stand for literal braces; any other brace is
-    INVALID_ARGUMENT. A body has at most 1,000 characters and 32 placeholders.
+    INVALID_ARGUMENT, and so is a sign bracket (`【` or `】`): the sign is added
+    when a message is sent. A body has at most 1,000 characters and 32
+    placeholders.
 
     Every update makes a new version of the template; earlier versions stay
     readable (GetTemplate with a `version`) until the template is deleted.
@@ -201,7 +205,9 @@ class TemplateService:
     A template body holds `{name}` placeholders; names are 1-64 letters,
     digits and underscores, so the vendors' numbered style `{1}`, `{2}` is
     accepted too. `{{` and `}}` stand for literal braces; any other brace is
-    INVALID_ARGUMENT. A body has at most 1,000 characters and 32 placeholders.
+    INVALID_ARGUMENT, and so is a sign bracket (`【` or `】`): the sign is added
+    when a message is sent. A body has at most 1,000 characters and 32
+    placeholders.
 
     Every update makes a new version of the template; earlier versions stay
     readable (GetTemplate with a `version`) until the template is deleted.
