@@ -8,7 +8,6 @@ import asyncio
 import functools
 import os
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +16,8 @@ import pytest
 import redis
 from smsgate_server.config import Settings
 from smsgate_server.runtime import StartError, StartStep, start
+
+from tests.waiting import wait_until
 
 T = TypeVar("T")
 
@@ -72,11 +73,11 @@ def redis_client_count(url: str) -> int:
 
 async def until(read: Callable[[], T], want: T, what: str) -> None:
     """Wait for ``read()`` to return ``want``; fail with what it last returned."""
-    deadline = time.monotonic() + 10
-    while (seen := read()) != want:
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: still {seen!r} after 10 s, expected {want!r}")
-        await asyncio.sleep(0.02)
+
+    async def observe() -> T:
+        return read()
+
+    await wait_until(observe, lambda seen: seen == want, what=f"{what}: {want!r}", interval=0.02)
 
 
 def fail_at(step: StartStep) -> Callable[[StartStep], Any]:
