@@ -8,6 +8,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from smsgate.v1 import sms_service_pb2 as pb
+from smsgate_server.api.guard import GuardedServer
 from smsgate_server.runtime import Running
 
 from tests.conftest import ServerFactory
@@ -74,3 +75,64 @@ async def test_a_worker_only_process_reports_no_api_service(make_server: ServerF
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.Check(health_pb2.HealthCheckRequest(service="smsgate.v1.SmsService"))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "Bearer  {token}",
+        " Bearer {token}",
+        "Bearer {token} ",
+        "Bearer{token}",
+        "{token}",
+        "Bearer {token}.",
+        "Bearer {token}x",
+        "Bearer .{token}",
+        "Token {token}",
+    ],
+)
+async def test_only_bearer_one_space_and_the_token_is_accepted(
+    sms: SmsServiceAsyncStub, token: str, spelling: str
+) -> None:
+    metadata = (("authorization", spelling.format(token=token)),)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sms.SendSms(REQUEST, metadata=metadata)
+    details = details_of(caught.value)
+    assert details.code == grpc.StatusCode.UNAUTHENTICATED
+    assert details.reason == "INVALID_CREDENTIALS"
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "bEaReR"])
+async def test_the_bearer_scheme_is_case_insensitive(
+    sms: SmsServiceAsyncStub, token: str, scheme: str
+) -> None:
+    reply = await sms.SendSms(REQUEST, metadata=(("authorization", f"{scheme} {token}"),))
+    assert reply.message.id
+
+
+async def test_two_authorization_values_are_unauthenticated(
+    sms: SmsServiceAsyncStub, token: str
+) -> None:
+    metadata = (("authorization", f"Bearer {token}"),) * 2
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sms.SendSms(REQUEST, metadata=metadata)
+    assert details_of(caught.value).reason == "INVALID_CREDENTIALS"
+
+
+async def test_a_cached_app_key_with_another_secret_is_unauthenticated(
+    sms: SmsServiceAsyncStub, token: str
+) -> None:
+    await sms.SendSms(REQUEST, metadata=bearer(token))  # the key is cached now
+    forged = token.split(".", 1)[0] + ".as_" + "A" * 43
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await sms.SendSms(REQUEST, metadata=bearer(forged))
+    assert details_of(caught.value).reason == "INVALID_CREDENTIALS"
+
+
+async def test_spellings_of_one_token_share_one_cache_entry(
+    server: Running, sms: SmsServiceAsyncStub, token: str
+) -> None:
+    assert isinstance(server.server, GuardedServer)
+    for scheme in ("Bearer", "bearer", "BEARER", "beareR"):
+        await sms.SendSms(REQUEST, metadata=(("authorization", f"{scheme} {token}"),))
+    assert len(server.server.guard.cache) == 1

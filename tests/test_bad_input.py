@@ -89,3 +89,44 @@ async def test_unusual_text_is_accepted_and_measured(
         pb.SendSmsRequest(phone_number=PHONE, text=text), metadata=bearer(token)
     )
     assert reply.message.segments >= 1
+
+
+TRUNCATED_VARINT = b"\x08\xff\xff\xff"
+
+
+async def test_an_undecodable_body_is_malformed_request_without_parser_text(
+    channel: grpc.aio.Channel, token: str
+) -> None:
+    send: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+        "/smsgate.v1.SmsService/SendSms"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await send(TRUNCATED_VARINT, metadata=bearer(token))
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
+    assert details.fields.keys() == {""}
+    assert "DecodeError" not in details.message and "Wire format" not in details.message
+
+
+async def test_an_undecodable_stream_request_is_malformed_request(
+    channel: grpc.aio.Channel, token: str
+) -> None:
+    watch: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+        "/smsgate.v1.SmsService/WatchStatus"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in watch(TRUNCATED_VARINT, metadata=bearer(token)):
+            pass
+    assert details_of(caught.value).reason == "MALFORMED_REQUEST"
+
+
+async def test_an_undecodable_body_without_credentials_is_unauthenticated(
+    channel: grpc.aio.Channel,
+) -> None:
+    # Authentication comes first: a caller without a token learns nothing of the body.
+    send: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+        "/smsgate.v1.SmsService/SendSms"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await send(TRUNCATED_VARINT)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -1,7 +1,9 @@
 """Structured logging: one JSON object per line, phone numbers masked.
 
 Codes and secrets are never passed to a logger. As a second line of defence,
-anything that looks like an E.164 number in a log line is masked too.
+anything that looks like an E.164 number in a log line is masked too. A
+failure that repeats is logged once per interval with a count
+(``RepeatedLog``), not once per occurrence.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["configure_logging", "mask_phone"]
+__all__ = ["RepeatedLog", "configure_logging", "mask_phone"]
 
 _PHONE = re.compile(r"\+\d{7,15}")
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -62,6 +65,49 @@ class TextFormatter(logging.Formatter):
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return _scrub(line.rstrip())
+
+
+class RepeatedLog:
+    """Logs one event that may repeat (Redis down, a bad request body, a bug hit
+    by every call) at most once per ``every`` seconds for each kind, with how
+    many occurrences the line stands for; the traceback of an exception goes
+    with the first of each interval only."""
+
+    # Kinds are chosen by code (method names, exception types), but a bound
+    # keeps a bug from turning this into a leak.
+    MAX_KINDS = 1024
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        event: str,
+        *,
+        every: float,
+        level: int = logging.WARNING,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.event = event
+        self.every = every
+        self.level = level
+        self.clock = clock
+        # kind -> (occurrences not yet logged, monotonic time of the next line)
+        self._kinds: dict[str, tuple[int, float]] = {}
+
+    def occurred(
+        self, kind: str = "", *, exc: BaseException | None = None, **fields: object
+    ) -> None:
+        """Count one occurrence of ``kind``; log it when its interval has passed."""
+        now = self.clock()
+        count, next_line = self._kinds.get(kind, (0, 0.0))
+        count += 1
+        if now < next_line:
+            self._kinds[kind] = (count, next_line)
+            return
+        if len(self._kinds) >= self.MAX_KINDS and kind not in self._kinds:
+            self._kinds.clear()
+        self._kinds[kind] = (0, now + self.every)
+        self.logger.log(self.level, self.event, exc_info=exc, extra={**fields, "count": count})
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:

@@ -5,6 +5,18 @@ Credentials travel as ``authorization: Bearer <app_key>.<app_secret>``. The
 authenticated app is put in a context variable for the servicer (``current_app``).
 Health and reflection stay open, so probes and ``buf curl`` listing need no token.
 
+The header is parsed strictly: ``Bearer`` (any case, RFC 6750 / RFC 9110
+schemes are case-insensitive), one space, and a token of exactly the shape
+the server issues; anything else is UNAUTHENTICATED without a Redis look-up.
+Verified tokens are cached by app key, with the secret's hash to compare, so
+spellings of a header cannot multiply the entries.
+
+A request body that is not protobuf never reaches ``grpc.aio``'s own error
+path (UNKNOWN, the parser's text, a traceback per call): the guarded
+deserializer hands the handler a marker instead, and the handler answers
+INVALID_ARGUMENT (MALFORMED_REQUEST) once the caller is authenticated, so a
+caller without credentials learns nothing about the body.
+
 ``RequestGuard.guarding(server)`` applies the guard without a gRPC interceptor:
 it wraps each method handler once, as it is registered. A ``grpc.aio``
 interceptor costs an extra coroutine chain on every call (about 10% of a bare
@@ -18,24 +30,76 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from smsgate_server.api.errors import STATUS_DETAILS_KEY, grpc_code_of, to_rpc_status
-from smsgate_server.domain.apps import App, parse_token
-from smsgate_server.domain.errors import Reason, SmsgateError, Unauthenticated
+from smsgate_server.domain.apps import App, hash_secret, parse_token, secret_matches
+from smsgate_server.domain.errors import (
+    FieldViolation,
+    InvalidArgument,
+    Reason,
+    SmsgateError,
+    Unauthenticated,
+)
+from smsgate_server.logs import RepeatedLog
 from smsgate_server.metrics import RPC_SECONDS, RPCS
 from smsgate_server.store.apps import AppStore
 
-__all__ = ["GuardedServer", "RequestGuard", "abort_with", "current_app"]
+__all__ = [
+    "GuardedServer",
+    "RequestGuard",
+    "TokenCache",
+    "abort_with",
+    "current_app",
+    "parse_authorization",
+]
 
 log = logging.getLogger("smsgate.api")
 
 _app: contextvars.ContextVar[App] = contextvars.ContextVar("smsgate_app")
 _OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+# Seconds between two log lines of one repeated failure.
+LOG_EVERY = 5.0
+_bugs = RepeatedLog(log, "unexpected error", every=LOG_EVERY, level=logging.ERROR)
+_undecodable = RepeatedLog(log, "request bodies that do not decode", every=LOG_EVERY)
+
+
+class _Undecodable:
+    """What a guarded deserializer returns for bytes that are not the request."""
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer``, returning _UNDECODABLE where it would raise: grpc.aio
+    runs it before any handler, and answers what it raises with UNKNOWN."""
+    if deserializer is None:
+        return None
+    parse = deserializer
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except DecodeError:
+            return _UNDECODABLE
+
+    return deserialize
+
+
+def _check_decoded(request: Any, method: str) -> None:
+    """MALFORMED_REQUEST for a body the guarded deserializer could not read."""
+    if request is _UNDECODABLE:
+        _undecodable.occurred(method, method=method)
+        raise InvalidArgument(
+            FieldViolation("", "the request body is not a valid protobuf request message"),
+            reason=Reason.MALFORMED_REQUEST,
+        )
 
 
 def current_app() -> App:
@@ -48,7 +112,7 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: SmsgateEr
     status = to_rpc_status(err)
     await context.abort(
         grpc_code_of(err),
-        err.message,
+        status.message,
         trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),),
     )
 
@@ -59,31 +123,42 @@ def _as_error(exc: Exception, method: str) -> SmsgateError:
     logged with its traceback."""
     if isinstance(exc, SmsgateError):
         return exc
-    log.error("unexpected error", exc_info=exc, extra={"method": method})
+    # One traceback per interval for each bug and method, then a count.
+    _bugs.occurred(f"{method}:{type(exc).__qualname__}", exc=exc, method=method)
     # A plain SmsgateError maps to INTERNAL.
     return SmsgateError("internal error (logged on the server)", reason=Reason.INTERNAL)
 
 
 class TokenCache:
-    """Recently verified tokens, so most calls skip the Redis look-up."""
+    """Recently verified tokens by app key, so most calls skip the Redis look-up.
+
+    Keyed by the parsed key only (a valid key is 23 characters) and filled only
+    after Redis verified the secret, so it holds at most ``max_size`` real apps;
+    the oldest entry makes room for a new one."""
 
     def __init__(self, ttl: float, max_size: int = 10_000) -> None:
         self.ttl = ttl
         self.max_size = max_size
-        self._entries: dict[str, tuple[App, float]] = {}
+        # app key -> (app, hash of its secret, monotonic expiry)
+        self._entries: dict[str, tuple[App, str, float]] = {}
 
-    def get(self, token: str) -> App | None:
-        hit = self._entries.get(token)
-        if hit is None or hit[1] < time.monotonic():
+    def get(self, key: str, secret: str) -> App | None:
+        """The app of ``key`` if it was verified with ``secret`` within the ttl."""
+        hit = self._entries.get(key)
+        if hit is None or hit[2] < time.monotonic() or not secret_matches(secret, hit[1]):
             return None
         return hit[0]
 
-    def put(self, token: str, app: App) -> None:
+    def put(self, key: str, secret: str, app: App) -> None:
         if self.ttl <= 0:
             return
+        self._entries.pop(key, None)
         if len(self._entries) >= self.max_size:
-            self._entries.clear()
-        self._entries[token] = (app, time.monotonic() + self.ttl)
+            del self._entries[next(iter(self._entries))]
+        self._entries[key] = (app, hash_secret(secret), time.monotonic() + self.ttl)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class RequestGuard:
@@ -109,26 +184,26 @@ class RequestGuard:
         return wrapped
 
     async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> App:
-        token = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                scheme, _, token = str(value).partition(" ")
-                if scheme.lower() != "bearer":
-                    token = ""
-                break
-        if not token:
+        # Binary (-bin) metadata is bytes; "authorization" is text.
+        values = [str(v) for k, v in context.invocation_metadata() or () if k == "authorization"]
+        if not values:
             raise Unauthenticated(
                 "missing credentials: send metadata 'authorization: Bearer <token>'",
                 reason=Reason.MISSING_CREDENTIALS,
             )
-        app = self.cache.get(token)
+        parts = parse_authorization(values)
+        if parts is None:
+            raise Unauthenticated(
+                "invalid credentials: send exactly one 'authorization: Bearer <token>'",
+                reason=Reason.INVALID_CREDENTIALS,
+            )
+        app = self.cache.get(*parts)
         if app is not None:
             return app
-        parts = parse_token(token.strip())
-        app = await self.apps.authenticate(*parts) if parts else None
+        app = await self.apps.authenticate(*parts)
         if app is None:
             raise Unauthenticated("invalid credentials", reason=Reason.INVALID_CREDENTIALS)
-        self.cache.put(token, app)
+        self.cache.put(*parts, app)
         return app
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
@@ -142,6 +217,7 @@ class RequestGuard:
                 code = "OK"
                 try:
                     _app.set(await self._authenticate(context))
+                    _check_decoded(request, name)
                     return await inner(request, context)
                 except grpc.aio.AbortError:
                     raise
@@ -155,7 +231,7 @@ class RequestGuard:
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -167,6 +243,7 @@ class RequestGuard:
                 code = "OK"
                 try:
                     _app.set(await self._authenticate(context))
+                    _check_decoded(request, name)
                     async for item in inner_stream(request, context):
                         yield item
                 except asyncio.CancelledError:
@@ -183,10 +260,21 @@ class RequestGuard:
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+def parse_authorization(values: list[str]) -> tuple[str, str] | None:
+    """(app key, secret) from the ``authorization`` metadata values: exactly one,
+    ``Bearer`` in any case, one space, a well-formed token; None otherwise."""
+    if len(values) != 1:
+        return None
+    scheme, space, token = values[0].partition(" ")
+    if not space or scheme.lower() != "bearer":
+        return None
+    return parse_token(token)
 
 
 class _GuardedGenericHandler(grpc.GenericRpcHandler):

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 __all__ = ["App", "Credentials", "hash_secret", "new_credentials", "parse_token", "secret_matches"]
 
-_KEY = re.compile(r"^ak_[0-9a-f]{20}$")
 _SEP = "."
+# Exactly what new_credentials makes: 20 hex digits of key, 43 base64url
+# characters of secret. Nothing else is looked up or cached.
+_TOKEN = re.compile(r"(ak_[0-9a-f]{20})\.(as_[A-Za-z0-9_-]{43})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +57,7 @@ def secret_matches(secret: str, stored_hash: str) -> bool:
 
 
 def parse_token(token: str) -> tuple[str, str] | None:
-    """Split a bearer token into key and secret; None when malformed."""
-    key, sep, secret = token.partition(_SEP)
-    if not sep or not secret or not _KEY.match(key):
-        return None
-    return key, secret
+    """Split a bearer token into key and secret; None unless it has exactly the
+    shape of a token ``new_credentials`` makes."""
+    match = _TOKEN.fullmatch(token)
+    return (match[1], match[2]) if match else None

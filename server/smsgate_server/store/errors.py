@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
@@ -17,6 +16,7 @@ from typing import ParamSpec, TypeVar
 from redis import exceptions as redis_errors
 
 from smsgate_server.domain.errors import Unavailable
+from smsgate_server.logs import RepeatedLog
 
 __all__ = ["map_redis_errors", "redis_edge"]
 
@@ -32,26 +32,7 @@ _UNAVAILABLE = (
     redis_errors.TimeoutError,
     redis_errors.ReadOnlyError,
 )
-
-
-class _FailureLog:
-    """Logs a failure that repeats once per ``every`` seconds, with a count."""
-
-    def __init__(self, every: float) -> None:
-        self.every = every
-        self.count = 0
-        self.next_log = 0.0
-
-    def failed(self, exc: Exception) -> None:
-        self.count += 1
-        now = time.monotonic()
-        if now >= self.next_log:
-            log.warning("redis unavailable", extra={"error": repr(exc), "count": self.count})
-            self.count = 0
-            self.next_log = now + self.every
-
-
-_failures = _FailureLog(every=5.0)
+_failures = RepeatedLog(log, "redis unavailable", every=5.0)
 
 
 @contextmanager
@@ -60,7 +41,7 @@ def map_redis_errors() -> Iterator[None]:
     try:
         yield
     except _UNAVAILABLE as exc:
-        _failures.failed(exc)
+        _failures.occurred(error=repr(exc))
         raise Unavailable("storage is unavailable; retry") from exc
 
 

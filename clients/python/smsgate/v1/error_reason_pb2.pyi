@@ -90,6 +90,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT. A template sign name is too short, too long, or holds
     brackets, braces or control characters.
     """
+    ERROR_REASON_MALFORMED_REQUEST: _ErrorReason.ValueType  # 18
+    """INVALID_ARGUMENT. The request body is not the protobuf encoding of the
+    RPC's request message (truncated, a wrong wire type, a string that is not
+    UTF-8, ...). Answered after authentication, with a BadRequest whose one
+    field violation has an empty field (the whole request).
+    """
     ERROR_REASON_MESSAGE_NOT_FOUND: _ErrorReason.ValueType  # 20
     """NOT_FOUND. The message id is not one of the calling app's messages."""
     ERROR_REASON_BATCH_NOT_FOUND: _ErrorReason.ValueType  # 21
@@ -237,6 +243,12 @@ template, too long, or hold { } 【 】.
 ERROR_REASON_INVALID_SIGN_NAME: ErrorReason.ValueType  # 17
 """INVALID_ARGUMENT. A template sign name is too short, too long, or holds
 brackets, braces or control characters.
+"""
+ERROR_REASON_MALFORMED_REQUEST: ErrorReason.ValueType  # 18
+"""INVALID_ARGUMENT. The request body is not the protobuf encoding of the
+RPC's request message (truncated, a wrong wire type, a string that is not
+UTF-8, ...). Answered after authentication, with a BadRequest whose one
+field violation has an empty field (the whole request).
 """
 ERROR_REASON_MESSAGE_NOT_FOUND: ErrorReason.ValueType  # 20
 """NOT_FOUND. The message id is not one of the calling app's messages."""
