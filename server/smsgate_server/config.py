@@ -58,8 +58,9 @@ class Settings(BaseSettings):
     # Run the event loop on uvloop (where installed); grpc.aio and redis.asyncio
     # work on it, and it measures faster (bench/RESULTS.md).
     uvloop: bool = True
-    # Server processes sharing the gRPC port (SO_REUSEPORT), forked before any
-    # gRPC object exists. One event loop tops out at a few thousand calls/s.
+    # Server processes sharing the gRPC port (SO_REUSEPORT, only when above 1),
+    # forked before any gRPC object exists. One event loop tops out at a few
+    # thousand calls/s.
     processes: int = Field(default=1, ge=1, le=64)
 
     # Redis layout. Changing the shard count of a store that holds data strands

@@ -19,7 +19,12 @@ from collections.abc import Callable
 from types import FrameType
 
 from smsgate_server.config import Settings, parse_address
-from smsgate_server.runtime import StartError, check_data_dir_free, load_server_secret
+from smsgate_server.runtime import (
+    StartError,
+    bind_address,
+    check_data_dir_free,
+    load_server_secret,
+)
 from smsgate_server.store.embedded_redis import EmbeddedRedis
 
 __all__ = ["serve_processes"]
@@ -36,6 +41,10 @@ def serve_processes(settings: Settings, run_one: Callable[[Settings], None]) -> 
     port = parse_address(settings.grpc_address)[1]
     if port == 0:
         raise StartError("SMSGATE_PROCESSES > 1 needs a fixed port in SMSGATE_GRPC_ADDRESS")
+    # The processes bind with SO_REUSEPORT, which would also join a group
+    # already serving this port: bind once without it first, so a taken port
+    # stops the start instead of splitting calls with another server.
+    bind_address(settings.grpc_address, "SMSGATE_GRPC_ADDRESS").close()
     embedded: EmbeddedRedis | None = None
     url = settings.redis_url
     if url is None:
@@ -60,7 +69,7 @@ def serve_processes(settings: Settings, run_one: Callable[[Settings], None]) -> 
     sys.stdout.flush()
     sys.stderr.flush()
     for i in range(settings.processes):
-        update: dict[str, object] = {"redis_url": url, "processes": 1}
+        update: dict[str, object] = {"redis_url": url}
         if i > 0:
             update["http_address"] = f"[{http_host}]:0" if ":" in http_host else f"{http_host}:0"
         pid = os.fork()

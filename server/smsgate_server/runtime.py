@@ -66,6 +66,7 @@ __all__ = [
     "Running",
     "StartError",
     "StartStep",
+    "bind_address",
     "check_data_dir_free",
     "load_server_secret",
     "start",
@@ -391,7 +392,10 @@ def _grpc_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.http2.max_pings_without_data", 0),
         # 10,000 recipients fit many times over; far larger is not a request.
         ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-        ("grpc.so_reuseport", 1),
+        # Only the processes of one SMSGATE_PROCESSES group share the port; a
+        # lone server must not (gRPC's default is on), or a second server on a
+        # taken port would start and take part of the first one's calls.
+        ("grpc.so_reuseport", 1 if settings.processes > 1 else 0),
     ]
 
 
@@ -470,7 +474,9 @@ def _listen(server: grpc.aio.Server, settings: Settings) -> int:
     return port
 
 
-def _bind_http(address: str) -> socket.socket:
+def bind_address(address: str, setting: str) -> socket.socket:
+    """A TCP socket bound (without SO_REUSEPORT) to ``address``, the value of
+    ``setting``; StartError naming the setting when the address is taken."""
     host, port = parse_address(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -479,7 +485,12 @@ def _bind_http(address: str) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise StartError(f"cannot listen on SMSGATE_HTTP_ADDRESS={address}: {exc}") from None
+        raise StartError(f"cannot listen on {setting}={address}: {exc}") from None
+    return sock
+
+
+def _bind_http(address: str) -> socket.socket:
+    sock = bind_address(address, "SMSGATE_HTTP_ADDRESS")
     sock.listen(128)
     sock.setblocking(False)
     return sock
