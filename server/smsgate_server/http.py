@@ -1,4 +1,5 @@
-"""The HTTP side port: ``/healthz`` and ``/metrics`` (Prometheus).
+"""The HTTP side port: ``/livez``, ``/readyz`` (and ``/healthz``, its older
+name) and ``/metrics`` (Prometheus).
 
 Vendor delivery-receipt callbacks will be mounted here as adapters land.
 Runs on uvicorn in the same event loop as the gRPC server.
@@ -19,11 +20,15 @@ from starlette.routing import Route
 __all__ = ["HttpSidePort", "build_app"]
 
 
-def build_app(health: Callable[[], Awaitable[bool]]) -> Starlette:
-    """The Starlette app; ``health`` says whether the server can take calls."""
+def build_app(ready: Callable[[], Awaitable[bool]]) -> Starlette:
+    """The Starlette app; ``ready`` says whether the server can take calls."""
 
-    async def healthz(request: Request) -> Response:
-        ok = await health()
+    async def livez(request: Request) -> Response:
+        # The process answers: a restart would not help anything else.
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        ok = await ready()
         return JSONResponse(
             {"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503
         )
@@ -31,7 +36,15 @@ def build_app(health: Callable[[], Awaitable[bool]]) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics)])
+    return Starlette(
+        routes=[
+            Route("/livez", livez),
+            Route("/readyz", readyz),
+            # The one endpoint of earlier versions, kept for probes that use it.
+            Route("/healthz", readyz),
+            Route("/metrics", metrics),
+        ]
+    )
 
 
 class _Server(uvicorn.Server):

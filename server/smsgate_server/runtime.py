@@ -92,7 +92,7 @@ class StartStep(enum.StrEnum):
 
     EMBEDDED_REDIS = "embedded_redis"  # the private redis-server (no SMSGATE_REDIS_URL)
     REDIS = "redis"  # the Redis clients, checked with a PING
-    HTTP = "http"  # the HTTP side port, bound and serving (/healthz unhealthy until SERVING)
+    HTTP = "http"  # the HTTP side port, bound and serving (/readyz 503 until SERVING)
     PROVIDER = "provider"  # the SMS provider named by SMSGATE_PROVIDER, with its HTTP client
     DISPATCHER = "dispatcher"  # queue readers and promoter (roles worker and all)
     GRPC = "grpc"  # the gRPC server with its services, bound
@@ -232,13 +232,14 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
     redis = await _redis(url, settings, stack)
     await reached(StartStep.REDIS)
 
-    # /healthz answers ok only between SERVING and the start of shutdown.
+    # /readyz answers ok only between SERVING and the start of shutdown, while
+    # Redis answers.
     serving = asyncio.Event()
 
-    async def healthy() -> bool:
+    async def ready() -> bool:
         return serving.is_set() and await redis.healthy()
 
-    http_port = await _http_side_port(settings.http_address, healthy, stack)
+    http_port = await _http_side_port(settings.http_address, ready, stack)
     await reached(StartStep.HTTP)
     provider = await _provider(settings, stack)
     await reached(StartStep.PROVIDER)
@@ -354,12 +355,12 @@ async def _redis(url: str, settings: Settings, stack: AsyncExitStack) -> RedisCo
 
 
 async def _http_side_port(
-    address: str, healthy: Callable[[], Awaitable[bool]], stack: AsyncExitStack
+    address: str, ready: Callable[[], Awaitable[bool]], stack: AsyncExitStack
 ) -> int:
     """Bind and serve the side port; its port number."""
     sock = _bind_http(address)
     stack.callback(sock.close)
-    http = HttpSidePort(build_app(healthy), *parse_address(address))
+    http = HttpSidePort(build_app(ready), *parse_address(address))
     task = asyncio.create_task(http.serve(sock), name="http")
     stack.push_async_callback(_stop_http, http, task)
     return int(sock.getsockname()[1])
