@@ -503,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         client.add_argument(f"--{name}", required=True)
     parser.add_argument("--messages", type=int, default=Plan.messages)
     parser.add_argument("--clients", type=int, default=Plan.clients)
+    parser.add_argument("--batch-size", type=int, default=Plan.batch_size)
     parser.add_argument("--server-kills", type=int, default=Plan.server_kills)
     parser.add_argument("--redis-kills", type=int, default=Plan.redis_kills)
     parser.add_argument("--workdir", type=Path, help="keep processes' files here")
@@ -515,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(
         messages=args.messages,
         clients=args.clients,
+        batch_size=args.batch_size,
         server_kills=args.server_kills,
         redis_kills=args.redis_kills,
     )
