@@ -72,3 +72,20 @@ async def test_readyz_fails_while_redis_is_down_and_livez_does_not(tmp_path: Pat
             }
     finally:
         await running.stop()
+
+
+# -- unknown variables -----------------------------------------------------------
+
+
+def test_a_misspelt_setting_is_named_at_start_with_the_closest_known_one(
+    servers: Servers, tmp_path: Path
+) -> None:
+    server = servers.start(tmp_path / "data", SHARD="8", COLOUR="blue")
+
+    warnings = [e for e in server.events() if str(e["event"]).startswith("unknown SMSGATE_*")]
+    assert len(warnings) == 1, server.stderr
+    assert warnings[0]["level"] == "warning"
+    assert warnings[0]["variables"] == [
+        "SMSGATE_COLOUR",
+        "SMSGATE_SHARD (did you mean SMSGATE_SHARDS?)",
+    ]

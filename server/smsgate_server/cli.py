@@ -12,13 +12,14 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from smsgate_server.config import Settings
+from smsgate_server.config import Settings, unknown_variables
 from smsgate_server.domain.errors import Unavailable
 from smsgate_server.domain.phone import parse_calling_code
 from smsgate_server.logs import configure_logging
@@ -158,6 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        log.warning(
+            "unknown SMSGATE_* variables, ignored: " + ", ".join(unknown),
+            extra={"variables": unknown},
+        )
     try:
         if args.command == "apps":
             if args.apps_command != "create":

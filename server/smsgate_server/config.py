@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import enum
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +14,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from smsgate_server.domain.codes import parse_secret
 from smsgate_server.domain.phone import parse_calling_code
 
-__all__ = ["Role", "Settings", "parse_address"]
+__all__ = ["Role", "Settings", "parse_address", "unknown_variables"]
+
+ENV_PREFIX = "SMSGATE_"
 
 
 class Role(enum.StrEnum):
@@ -40,7 +44,7 @@ def parse_address(value: str) -> tuple[str, int]:
 class Settings(BaseSettings):
     """Every setting of the server; see the README's settings table."""
 
-    model_config = SettingsConfigDict(env_prefix="SMSGATE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     grpc_address: str = "127.0.0.1:50051"
     http_address: str = "127.0.0.1:8080"
@@ -182,3 +186,20 @@ class Settings(BaseSettings):
     def embedded_redis(self) -> bool:
         """True when the server runs its own private redis-server."""
         return self.redis_url is None
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """The ``SMSGATE_*`` variables in ``environ`` that no setting reads, each
+    with the closest setting's name when one is close (a likely misspelling)."""
+    known = [name.upper() for name in Settings.model_fields]
+    found = []
+    for name in sorted(environ):
+        # Variable names are case-insensitive to pydantic-settings.
+        prefix, rest = name[: len(ENV_PREFIX)].upper(), name[len(ENV_PREFIX) :].upper()
+        if prefix != ENV_PREFIX or rest in known:
+            continue
+        # Compared without the prefix they all share, which would make any
+        # two names look alike.
+        close = difflib.get_close_matches(rest, known, n=1)
+        found.append(f"{name} (did you mean {ENV_PREFIX}{close[0]}?)" if close else name)
+    return found
