@@ -1,14 +1,22 @@
-"""The short fault run (``make chaos`` runs the full one): messages sent from
-two client processes while the server and then Redis are killed with SIGKILL
-and restarted; nothing accepted is lost."""
+"""Faults: the short chaos run (``make chaos`` runs the full one), messages
+sent from two client processes while the server and then Redis are killed with
+SIGKILL and restarted; and calls cut off by their deadline. Nothing accepted
+is lost or accepted twice."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import grpc
 import pytest
+from smsgate.v1 import sms_service_pb2 as pb
 
 from tests.chaos import Conductor, Plan
+from tests.support import bearer
+
+if TYPE_CHECKING:
+    from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
 
 SHORT = Plan(
     messages=5_000,
@@ -35,3 +43,36 @@ def test_accepted_messages_survive_a_server_kill_and_a_redis_kill(tmp_path: Path
     assert report.sent_not_accepted == 0, figures
     # Outages answer UNAVAILABLE, never UNKNOWN or INTERNAL.
     assert report.answers.keys() <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}, figures
+
+
+async def test_a_batch_cut_off_by_deadlines_and_retried_accepts_each_recipient_once(
+    sms: SmsServiceAsyncStub, token: str
+) -> None:
+    request = pb.BatchSendRequest(
+        recipients=[pb.BatchRecipient(phone_number=f"+1415555{i:04d}") for i in range(5_000)],
+        text="cut off",
+        request_id="cut-off",
+    )
+    # Deadlines from 1 ms up: attempts end before, during and after the accept.
+    timeout, codes = 0.001, []
+    while True:
+        try:
+            reply = await sms.BatchSend(request, metadata=bearer(token), timeout=timeout)
+            break
+        except grpc.aio.AioRpcError as err:
+            codes.append(err.code())
+            assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}, codes
+            timeout *= 1.5
+    ids = [r.message_id for r in reply.results]
+    assert reply.accepted_count == len(set(ids)) == 5_000
+    stored: list[str] = []
+    page = ""
+    while True:
+        listed = await sms.ListMessages(
+            pb.ListMessagesRequest(page_size=500, page_token=page), metadata=bearer(token)
+        )
+        stored += [m.id for m in listed.messages]
+        page = listed.next_page_token
+        if not page:
+            break
+    assert sorted(stored) == sorted(ids), f"{len(stored)} stored after {len(codes)} cut-offs"
