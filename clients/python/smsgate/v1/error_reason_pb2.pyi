@@ -146,6 +146,27 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """RESOURCE_EXHAUSTED, with RetryInfo. A WatchStatus subscriber fell too far
     behind; resume at once from the last resume token.
     """
+    ERROR_REASON_APP_RATE_LIMITED: _ErrorReason.ValueType  # 64
+    """RESOURCE_EXHAUSTED, with RetryInfo. The app accepts messages faster than
+    its rate (SMSGATE_APP_ACCEPT_PER_SECOND or its own); a BatchSend counts
+    its recipients. Retry after the delay.
+    """
+    ERROR_REASON_APP_HELD_MESSAGES_CAP: _ErrorReason.ValueType  # 65
+    """RESOURCE_EXHAUSTED, with QuotaFailure (subject `app:<key>:held_messages`).
+    The app holds as many messages in storage as it may
+    (SMSGATE_APP_MAX_HELD_MESSAGES or its own); room comes back as finished
+    messages reach the end of their retention.
+    """
+    ERROR_REASON_STORAGE_FULL: _ErrorReason.ValueType  # 66
+    """RESOURCE_EXHAUSTED, with RetryInfo. The server's storage is nearly full
+    (SMSGATE_REDIS_MEMORY_WATERMARK); no message is accepted until it has room.
+    Reads still work.
+    """
+    ERROR_REASON_TOO_MANY_CONCURRENT_QUERIES: _ErrorReason.ValueType  # 67
+    """RESOURCE_EXHAUSTED, with RetryInfo. The app already runs as many expensive
+    calls (ListMessages, WatchStatus catching up from a resume token) on this
+    server as it may at once (SMSGATE_APP_MAX_CONCURRENT_QUERIES).
+    """
     ERROR_REASON_RESUME_TOKEN_EXPIRED: _ErrorReason.ValueType  # 70
     """OUT_OF_RANGE. A resume token is older than the event retention window;
     start a new watch and reconcile with ListMessages.
@@ -299,6 +320,27 @@ daily cap of verification codes.
 ERROR_REASON_SUBSCRIBER_TOO_SLOW: ErrorReason.ValueType  # 63
 """RESOURCE_EXHAUSTED, with RetryInfo. A WatchStatus subscriber fell too far
 behind; resume at once from the last resume token.
+"""
+ERROR_REASON_APP_RATE_LIMITED: ErrorReason.ValueType  # 64
+"""RESOURCE_EXHAUSTED, with RetryInfo. The app accepts messages faster than
+its rate (SMSGATE_APP_ACCEPT_PER_SECOND or its own); a BatchSend counts
+its recipients. Retry after the delay.
+"""
+ERROR_REASON_APP_HELD_MESSAGES_CAP: ErrorReason.ValueType  # 65
+"""RESOURCE_EXHAUSTED, with QuotaFailure (subject `app:<key>:held_messages`).
+The app holds as many messages in storage as it may
+(SMSGATE_APP_MAX_HELD_MESSAGES or its own); room comes back as finished
+messages reach the end of their retention.
+"""
+ERROR_REASON_STORAGE_FULL: ErrorReason.ValueType  # 66
+"""RESOURCE_EXHAUSTED, with RetryInfo. The server's storage is nearly full
+(SMSGATE_REDIS_MEMORY_WATERMARK); no message is accepted until it has room.
+Reads still work.
+"""
+ERROR_REASON_TOO_MANY_CONCURRENT_QUERIES: ErrorReason.ValueType  # 67
+"""RESOURCE_EXHAUSTED, with RetryInfo. The app already runs as many expensive
+calls (ListMessages, WatchStatus catching up from a resume token) on this
+server as it may at once (SMSGATE_APP_MAX_CONCURRENT_QUERIES).
 """
 ERROR_REASON_RESUME_TOKEN_EXPIRED: ErrorReason.ValueType  # 70
 """OUT_OF_RANGE. A resume token is older than the event retention window;
