@@ -8,13 +8,16 @@ twice only if it was in flight at a kill.
 non-zero on any loss; ``tests/test_chaos.py`` runs a short one. Client
 processes (``python -m tests.chaos client ...``) send with BatchSend and
 SendSms and retry UNAVAILABLE with the same ``request_id``, so a message is
-accepted exactly when some attempt answered OK: they record those ids.
+accepted exactly when some attempt answered OK: they record those ids. A
+watching process (``... watch``) follows WatchStatus through the kills,
+resuming from its last token, and must see each message's history exactly.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import secrets
 import signal
@@ -26,7 +29,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import grpc
 import redis
@@ -123,6 +126,11 @@ class Report:
     kills: list[str] = field(default_factory=list)
     answers: Counter[str] = field(default_factory=Counter)
     given_up: int = 0
+    watched: int = 0
+    watch_missing: int = 0
+    watch_repeated: int = 0
+    watch_out_of_order: int = 0
+    watch_answers: Counter[str] = field(default_factory=Counter)
     log_bytes: int = 0
     log_errors: int = 0
     wall_seconds: float = 0.0
@@ -133,6 +141,7 @@ class Report:
             self.accepted == self.planned
             and not self.lost
             and self.duplicates <= self.in_flight_at_kills
+            and not (self.watch_missing or self.watch_repeated or self.watch_out_of_order)
         )
 
     def lines(self) -> list[str]:
@@ -148,6 +157,9 @@ class Report:
             f"not accepted  {self.sent_not_accepted} sent to the provider, "
             f"{self.given_up} calls given up",
             f"kills         {', '.join(self.kills)}",
+            f"watched       {self.watched} events: {self.watch_missing} missing, "
+            f"{self.watch_repeated} repeated, {self.watch_out_of_order} messages out of order; "
+            f"reconnects after {dict(self.watch_answers)}",
             f"answers       {answers}",
             f"server logs   {self.log_bytes / 1024:.0f} KiB, {self.log_errors} error events",
             f"wall time     {self.wall_seconds:.0f} s",
@@ -266,6 +278,39 @@ async def run_client(address: str, token: str, calls: list[Call], plan: Plan, ou
     print(json.dumps(answers))
 
 
+async def run_watcher(address: str, token: str, out: Path) -> None:
+    """Watch every status event of the app until SIGTERM, resuming from the last
+    token after any error; append ``id status time_ms`` lines to ``out`` and
+    print the errors seen as JSON."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    answers: Counter[str] = Counter()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    last = ""
+
+    async def follow(stub: SmsServiceAsyncStub, events: TextIO) -> None:
+        nonlocal last
+        while True:
+            try:
+                request = pb.WatchStatusRequest(resume_token=last)
+                async for reply in stub.WatchStatus(request, metadata=metadata):
+                    e = reply.event
+                    events.write(f"{e.message_id} {e.status} {e.time.ToMilliseconds()}\n")
+                    last = e.resume_token
+            except grpc.aio.AioRpcError as err:
+                answers[err.code().name] += 1
+            await asyncio.sleep(0.1)
+
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        with out.open("a", buffering=1) as events:
+            task = asyncio.create_task(follow(SmsServiceStub(channel), events))
+            await stop.wait()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    print(json.dumps(answers))
+
+
 # --- the conductor -----------------------------------------------------------------
 
 
@@ -291,15 +336,16 @@ def statuses(url: str) -> Counter[int]:
     return counts
 
 
-class AcceptedLog:
-    """Reads the ids the clients append, as they come."""
+class Appended:
+    """The complete lines appended to some files, read as they come."""
 
     def __init__(self, paths: list[Path]) -> None:
         self.paths = paths
         self.offsets = [0] * len(paths)
-        self.ids: list[str] = []
+        self.lines: list[str] = []
 
     def read(self) -> int:
+        """Read what was appended since; returns the lines read in all."""
         for n, path in enumerate(self.paths):
             if not path.exists():
                 continue
@@ -308,8 +354,8 @@ class AcceptedLog:
                 chunk = f.read()
             complete = chunk[: chunk.rfind("\n") + 1]
             self.offsets[n] += len(complete)
-            self.ids += complete.split()
-        return len(self.ids)
+            self.lines += complete.splitlines()
+        return len(self.lines)
 
 
 @dataclass
@@ -353,35 +399,12 @@ class Stage:
         return statuses(self.redis.url)[S.MESSAGE_STATUS_SENDING]
 
 
-def spawn_clients(plan: Plan, stage: Stage, token: str, run: str) -> list[subprocess.Popen[str]]:
-    clients = []
-    for k in range(plan.clients):
-        clients.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.chaos",
-                    "client",
-                    "--address",
-                    stage.address,
-                    "--token",
-                    token,
-                    "--run",
-                    run,
-                    "--index",
-                    str(k),
-                    "--plan",
-                    json.dumps(asdict(plan)),
-                    "--out",
-                    str(stage.workdir / f"accepted-{k}.txt"),
-                ],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-        )
-    return clients
+def spawn(stage: Stage, role: str, **options: str) -> subprocess.Popen[str]:
+    """Start ``python -m tests.chaos ROLE --option value ...`` against the stage."""
+    argv = [sys.executable, "-m", "tests.chaos", role, "--address", stage.address]
+    for name, value in options.items():
+        argv += [f"--{name}", value]
+    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
 
 
 def wait_settled(url: str, timeout: float) -> Counter[int]:
@@ -394,10 +417,12 @@ def wait_settled(url: str, timeout: float) -> Counter[int]:
         time.sleep(1.0)
 
 
-async def final_statuses(address: str, token: str, ids: list[str]) -> dict[str, int]:
-    """Each accepted id's status through GetMessage (0 when not found)."""
+async def final_messages(
+    address: str, token: str, ids: list[str]
+) -> dict[str, message_pb2.Message | None]:
+    """Each accepted id's message through GetMessage (None when not found)."""
     metadata = (("authorization", f"Bearer {token}"),)
-    out: dict[str, int] = {}
+    out: dict[str, message_pb2.Message | None] = {}
     limit = asyncio.Semaphore(64)
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = SmsServiceStub(channel)
@@ -408,11 +433,11 @@ async def final_statuses(address: str, token: str, ids: list[str]) -> dict[str, 
                     reply = await stub.GetMessage(
                         pb.GetMessageRequest(message_id=message_id), metadata=metadata, timeout=30
                     )
-                    out[message_id] = reply.message.status
+                    out[message_id] = reply.message
                 except grpc.aio.AioRpcError as err:
                     if err.code() != grpc.StatusCode.NOT_FOUND:
                         raise
-                    out[message_id] = 0
+                    out[message_id] = None
 
         await asyncio.gather(*(one(i) for i in ids))
     return out
@@ -457,9 +482,18 @@ class Conductor:
         assert made.returncode == 0, made.stderr
         token = str(json.loads(made.stdout)["token"])
         run = secrets.token_hex(4)
+        watch_path = stage.workdir / "watched.txt"
+        watcher = spawn(stage, "watch", token=token, out=str(watch_path))
+        watched = Appended([watch_path])
+        sentinels = self._until_watched(stage, token, watched)
         self.log(f"{plan.messages} messages from {plan.clients} clients, kills: {plan.kills()}")
-        clients = spawn_clients(plan, stage, token, run)
-        accepted = AcceptedLog([stage.workdir / f"accepted-{k}.txt" for k in range(plan.clients)])
+        out = [stage.workdir / f"accepted-{k}.txt" for k in range(plan.clients)]
+        shared = {"token": token, "run": run, "plan": json.dumps(asdict(plan))}
+        clients = [
+            spawn(stage, "client", index=str(k), out=str(out[k]), **shared)
+            for k in range(plan.clients)
+        ]
+        accepted = Appended(out)
         kinds = plan.kills()
         for n, kind in enumerate(kinds):
             mark = plan.messages * (n + 1) // (len(kinds) + 1)
@@ -467,29 +501,84 @@ class Conductor:
                 time.sleep(0.05)
             in_flight = stage.kill_server() if kind == "server" else stage.kill_redis()
             report.in_flight_at_kills += in_flight
-            report.kills.append(f"{kind} at {len(accepted.ids)} accepted ({in_flight} in flight)")
+            report.kills.append(f"{kind} at {len(accepted.lines)} accepted ({in_flight} in flight)")
             self.log(report.kills[-1])
         for client in clients:
-            out, _ = client.communicate(timeout=plan.give_up_seconds * 10)
-            report.answers.update(json.loads(out.strip().splitlines()[-1]))
+            answers, _ = client.communicate(timeout=plan.give_up_seconds * 10)
+            report.answers.update(json.loads(answers.strip().splitlines()[-1]))
         report.given_up = report.answers.pop("given up", 0)
         report.accepted = accepted.read()
         self.log(f"{report.accepted} accepted; waiting for terminal statuses")
         last = wait_settled(stage.redis.url, plan.settle_seconds)
         report.stored = sum(last.values())
         self.log(f"Redis holds {dict(last)}; checking each accepted id")
-        final = asyncio.run(final_statuses(stage.address, token, accepted.ids))
-        report.terminal = Counter(
-            S.Name(S.ValueType(s)) if s else "NOT_FOUND" for s in final.values()
-        )
-        report.lost = [i for i, s in final.items() if s not in TERMINAL]
+        final = asyncio.run(final_messages(stage.address, token, accepted.lines))
+        report.terminal = Counter(S.Name(m.status) if m else "NOT_FOUND" for m in final.values())
+        report.lost = [i for i, m in final.items() if m is None or m.status not in TERMINAL]
         sent = sent_counts(stage.sim_log)
         report.sent = sum(sent.values())
         report.duplicates = sum(count - 1 for count in sent.values())
-        report.sent_not_accepted = len(set(sent) - set(final))
+        report.sent_not_accepted = len(set(sent) - set(final) - sentinels)
+        self._check_watched(final, watcher, watched)
         for server in stage.servers.started:
             report.log_bytes += len(server.stderr)
             report.log_errors += sum(e.get("level") == "error" for e in server.events())
+
+    def _until_watched(self, stage: Stage, token: str, watched: Appended) -> set[str]:
+        """Send messages until the watcher sees one, so it watches before the
+        clients start (an empty resume token starts from now); their ids."""
+        metadata = (("authorization", f"Bearer {token}"),)
+        sent: set[str] = set()
+        deadline = time.monotonic() + 30
+        with grpc.insecure_channel(stage.address) as channel:
+            stub = SmsServiceStub(channel)
+            while not watched.read():
+                assert time.monotonic() < deadline, f"the watcher saw none of {len(sent)} sends"
+                request = pb.SendSmsRequest(phone_number="+14155550100", text="watching?")
+                sent.add(stub.SendSms(request, metadata=metadata, timeout=10).message.id)
+                time.sleep(0.2)
+        return sent
+
+    def _check_watched(
+        self,
+        final: dict[str, message_pb2.Message | None],
+        watcher: subprocess.Popen[str],
+        watched: Appended,
+    ) -> None:
+        """Wait (bounded) until the watcher has seen as many events as the
+        accepted messages' histories hold, stop it, and compare message by message."""
+        report = self.report
+        history = {
+            i: [(int(c.status), c.time.ToMilliseconds()) for c in m.history]
+            for i, m in final.items()
+            if m
+        }
+        expected = sum(len(h) for h in history.values())
+        deadline = time.monotonic() + self.plan.settle_seconds
+        relevant = done = 0
+        while True:
+            watched.read()
+            relevant += sum(line.split(" ", 1)[0] in history for line in watched.lines[done:])
+            done = len(watched.lines)
+            if relevant >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        watcher.terminate()
+        answers, _ = watcher.communicate(timeout=30)
+        report.watch_answers.update(json.loads(answers.strip().splitlines()[-1]))
+        watched.read()
+        seen: dict[str, list[tuple[int, int]]] = {}
+        for line in watched.lines:
+            message_id, status, ms = line.split()
+            if message_id in history:
+                seen.setdefault(message_id, []).append((int(status), int(ms)))
+        for message_id, changes in history.items():
+            got = seen.get(message_id, [])
+            report.watched += len(got)
+            report.watch_missing += sum((Counter(changes) - Counter(got)).values())
+            report.watch_repeated += sum((Counter(got) - Counter(changes)).values())
+            if sorted(got) == sorted(changes) and got != changes:
+                report.watch_out_of_order += 1
 
 
 # --- command line ------------------------------------------------------------------
@@ -501,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
     client = sub.add_parser("client", help="one client process (started by the conductor)")
     for name in ("address", "token", "run", "index", "plan", "out"):
         client.add_argument(f"--{name}", required=True)
+    watch = sub.add_parser("watch", help="the watching process (started by the conductor)")
+    for name in ("address", "token", "out"):
+        watch.add_argument(f"--{name}", required=True)
     parser.add_argument("--messages", type=int, default=Plan.messages)
     parser.add_argument("--clients", type=int, default=Plan.clients)
     parser.add_argument("--batch-size", type=int, default=Plan.batch_size)
@@ -512,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(**json.loads(args.plan))
         calls = client_calls(plan, args.run, int(args.index))
         asyncio.run(run_client(args.address, args.token, calls, plan, Path(args.out)))
+        return 0
+    if args.command == "watch":
+        asyncio.run(run_watcher(args.address, args.token, Path(args.out)))
         return 0
     plan = Plan(
         messages=args.messages,

@@ -1,7 +1,7 @@
 """Faults: the short chaos run (``make chaos`` runs the full one), messages
-sent from two client processes while the server and then Redis are killed with
-SIGKILL and restarted; and calls cut off by their deadline. Nothing accepted
-is lost or accepted twice."""
+sent from two client processes and watched by a third while the server and
+then Redis are killed with SIGKILL and restarted; and calls cut off by their
+deadline. Nothing accepted is lost or accepted twice, no event missed."""
 
 from __future__ import annotations
 
@@ -43,6 +43,11 @@ def test_accepted_messages_survive_a_server_kill_and_a_redis_kill(tmp_path: Path
     assert report.sent_not_accepted == 0, figures
     # Outages answer UNAVAILABLE, never UNKNOWN or INTERNAL.
     assert report.answers.keys() <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}, figures
+    # A watcher resuming from its last token after every error saw each status
+    # change of each accepted message once, in order.
+    assert report.watched > 0, figures
+    assert (report.watch_missing, report.watch_repeated, report.watch_out_of_order) == (0, 0, 0)
+    assert not report.watch_answers.keys() & {"UNKNOWN", "INTERNAL"}, figures
 
 
 async def test_a_batch_cut_off_by_deadlines_and_retried_accepts_each_recipient_once(
