@@ -98,6 +98,8 @@ class Plan:
     calls_in_flight: int = 4
     server_kills: int = 3
     redis_kills: int = 1
+    # Server processes on the one port (SMSGATE_PROCESSES); a kill takes them all.
+    processes: int = 1
     # Bounds: how long a client keeps retrying one call, how long terminal may take.
     give_up_seconds: float = 120.0
     settle_seconds: float = 180.0
@@ -367,6 +369,7 @@ class Stage:
     redis: EmbeddedRedis
     address: str
     sim_log: Path
+    processes: int = 1
     server: ServerProcess | None = None
 
     def start_server(self) -> ServerProcess:
@@ -375,6 +378,7 @@ class Stage:
             redis_url=self.redis.url,
             grpc_address=self.address,
             sim_log=str(self.sim_log),
+            processes=str(self.processes),
             **SERVER_SETTINGS,
         )
         return self.server
@@ -463,7 +467,12 @@ class Conductor:
         store = EmbeddedRedis(self.workdir / "redis", publish_url=False)
         store.start()
         stage = Stage(
-            self.workdir, servers, store, f"127.0.0.1:{free_port()}", self.workdir / "sim.log"
+            self.workdir,
+            servers,
+            store,
+            f"127.0.0.1:{free_port()}",
+            self.workdir / "sim.log",
+            processes=self.plan.processes,
         )
         try:
             self._run(stage)
@@ -596,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=Plan.messages)
     parser.add_argument("--clients", type=int, default=Plan.clients)
     parser.add_argument("--batch-size", type=int, default=Plan.batch_size)
+    parser.add_argument("--processes", type=int, default=Plan.processes)
     parser.add_argument("--server-kills", type=int, default=Plan.server_kills)
     parser.add_argument("--redis-kills", type=int, default=Plan.redis_kills)
     parser.add_argument("--workdir", type=Path, help="keep processes' files here")
@@ -612,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         messages=args.messages,
         clients=args.clients,
         batch_size=args.batch_size,
+        processes=args.processes,
         server_kills=args.server_kills,
         redis_kills=args.redis_kills,
     )
