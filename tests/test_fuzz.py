@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +43,7 @@ EXAMPLES = int(os.environ.get("CHAOS_FUZZ_EXAMPLES", "15"))
 STREAM_SECONDS = 0.3
 # How much the server may grow over the module (the issue's bound for hostile input).
 RSS_GROWTH_LIMIT = 50 * 1024 * 1024
+RAW_CONNECTIONS = 1_000
 # Distinct 1 MiB phone numbers: retained, they would exceed the limit above.
 HUGE_INPUTS = 100
 NOT_AN_ANSWER = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
@@ -572,6 +575,35 @@ def test_undecodable_bodies_are_not_logged_one_by_one(target: Target) -> None:
         target.call(method, UNDECODABLE["truncated-varint"], auth=True)
     logged = target.server.events()[before:]
     assert len(logged) < calls, f"{len(logged)} log events for {calls} bad bodies: {logged[-1]}"
+
+
+def test_raw_connections_with_garbage_leave_the_server_serving(target: Target) -> None:
+    """Bytes that are not HTTP/2 (or a broken HTTP/2 start), some connections
+    reset, some held open, and a real call still gets its answer."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    openings = [
+        b"GET / HTTP/1.1\r\nHost: smsgate\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(64)),  # a TLS hello
+        preface + b"\xff" * 64,
+        preface + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\xff\xff\xff\x01\x04\x00\x00\x00\x01",
+    ]
+    held = []
+    try:
+        for i in range(RAW_CONNECTIONS):
+            conn = socket.create_connection(("127.0.0.1", target.server.grpc_port))
+            conn.sendall(openings[i % len(openings)])
+            if i % 4:
+                # Linger 0: close with a reset, as a client that vanishes.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+            else:
+                held.append(conn)
+        request = sms_service_pb2.GetMessageRequest(message_id="x").SerializeToString()
+        code = target.call(METHOD["GetMessage"], request, auth=True)
+        assert code == grpc.StatusCode.NOT_FOUND, f"with {len(held)} connections held open"
+    finally:
+        for conn in held:
+            conn.close()
 
 
 def test_server_memory_stays_bounded_after_fuzzing(target: Target) -> None:
