@@ -133,6 +133,7 @@ class Report:
     watch_repeated: int = 0
     watch_out_of_order: int = 0
     watch_answers: Counter[str] = field(default_factory=Counter)
+    redis_bytes: int = 0
     log_bytes: int = 0
     log_errors: int = 0
     wall_seconds: float = 0.0
@@ -163,6 +164,8 @@ class Report:
             f"{self.watch_repeated} repeated, {self.watch_out_of_order} messages out of order; "
             f"reconnects after {dict(self.watch_answers)}",
             f"answers       {answers}",
+            f"redis memory  {self.redis_bytes / 2**20:.0f} MiB used at the end "
+            f"({self.redis_bytes // max(1, self.stored)} bytes per message)",
             f"server logs   {self.log_bytes / 1024:.0f} KiB, {self.log_errors} error events",
             f"wall time     {self.wall_seconds:.0f} s",
             "PASS" if self.ok else "FAIL",
@@ -336,6 +339,14 @@ def statuses(url: str) -> Counter[int]:
     finally:
         client.close()
     return counts
+
+
+def used_memory(url: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("memory")["used_memory"])
+    finally:
+        client.close()
 
 
 class Appended:
@@ -520,6 +531,7 @@ class Conductor:
         self.log(f"{report.accepted} accepted; waiting for terminal statuses")
         last = wait_settled(stage.redis.url, plan.settle_seconds)
         report.stored = sum(last.values())
+        report.redis_bytes = used_memory(stage.redis.url)
         self.log(f"Redis holds {dict(last)}; checking each accepted id")
         final = asyncio.run(final_messages(stage.address, token, accepted.lines))
         report.terminal = Counter(S.Name(m.status) if m else "NOT_FOUND" for m in final.values())
