@@ -61,6 +61,7 @@ RETRY = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+# How far ahead a scheduled batch asks to be sent.
 SCHEDULE_SECONDS = 3.0
 # Reconnect quickly after a kill (gRPC's default backoff grows to two minutes).
 CHANNEL_OPTIONS = [
@@ -342,6 +343,7 @@ def statuses(url: str) -> Counter[int]:
 
 
 def used_memory(url: str) -> int:
+    """Bytes Redis says it uses."""
     client = redis.Redis.from_url(url)
     try:
         return int(client.info("memory")["used_memory"])
@@ -373,7 +375,7 @@ class Appended:
 
 @dataclass
 class Stage:
-    """The processes of a run: Redis, the current server, the clients."""
+    """Redis and the current server of a run, and where they listen and log."""
 
     workdir: Path
     servers: Servers
