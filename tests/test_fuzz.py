@@ -1,10 +1,12 @@
-"""Fuzzed requests to every RPC, built field by field from the protobuf
-descriptors, and raw bodies that are not protobuf at all: every one gets a real
-answer (never UNKNOWN or INTERNAL) and the server's memory stays bounded.
+"""Hostile input to every RPC: requests built field by field from the protobuf
+descriptors, well-formed wire garbage, mutated real ids and tokens, odd
+credentials, bodies that are not protobuf and connections that are not HTTP/2.
+Every call gets a real answer (never UNKNOWN or INTERNAL) and the server's
+memory stays bounded.
 
 One ``smsgate-server`` process (embedded Redis) serves the whole module; the
-last test compares its RSS with where it started. ``CHAOS_FUZZ_EXAMPLES`` sets
-the examples per RPC (``make chaos`` runs many more than ``make test``).
+tests at the end compare its RSS with where it started. ``CHAOS_FUZZ_EXAMPLES``
+sets the examples per test (``make chaos`` runs many more than ``make test``).
 """
 
 from __future__ import annotations
