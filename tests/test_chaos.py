@@ -41,8 +41,10 @@ def test_accepted_messages_survive_a_server_kill_and_a_redis_kill(tmp_path: Path
     assert report.terminal.keys() <= {f"MESSAGE_STATUS_{o}" for o in outcomes}, figures
     assert report.duplicates <= report.in_flight_at_kills, figures
     assert report.sent_not_accepted == 0, figures
-    # Outages answer UNAVAILABLE, never UNKNOWN or INTERNAL.
-    assert report.answers.keys() <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}, figures
+    # Outages answer UNAVAILABLE, never UNKNOWN or INTERNAL (the app's accept
+    # rate may answer RESOURCE_EXHAUSTED; the clients wait and retry).
+    retried = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
+    assert report.answers.keys() <= {"OK", *retried}, figures
     # A watcher resuming from its last token after every error saw each status
     # change of each accepted message once, in order.
     assert report.watched > 0, figures
