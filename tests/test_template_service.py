@@ -351,3 +351,15 @@ async def test_bad_renders_are_invalid_argument_naming_the_field(
     details = await calls.fails("RenderTemplate", pb.RenderTemplateRequest(**fields))
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     assert (field in details.fields, details.reason) == (True, reason)
+
+
+@pytest.mark.parametrize("name", ["a" * 64, "中" * 64])
+async def test_many_long_bad_param_names_still_answer_invalid_argument(
+    calls: Calls, name: str
+) -> None:
+    params = {f"{i:02d}{name[2:]}": "x" for i in range(32)}
+    details = await calls.fails(
+        "RenderTemplate", pb.RenderTemplateRequest(body="Hi", params=params)
+    )
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, PARAMS)
+    assert details.fields and set(details.fields) <= {f"params[{n}]" for n in params}

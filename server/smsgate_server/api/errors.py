@@ -15,6 +15,11 @@ __all__ = ["DOMAIN", "STATUS_DETAILS_KEY", "grpc_code_of", "to_rpc_status"]
 
 DOMAIN = "smsgate.v1"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# An error echoes parts of the request. Trailers beyond the client's metadata
+# limit (8 KiB by default) would turn the answer into RESOURCE_EXHAUSTED, so the
+# message (sent twice, once percent-encoded) and the BadRequest stay small.
+MAX_MESSAGE_BYTES = 512
+MAX_BAD_REQUEST_BYTES = 3072
 
 _CODES: list[tuple[type[e.SmsgateError], grpc.StatusCode]] = [
     (e.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -45,15 +50,27 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+def _bounded(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode(errors="ignore") + "…"
+
+
 def to_rpc_status(err: e.SmsgateError) -> status_pb2.Status:
     """A ``google.rpc.Status`` with ErrorInfo plus the detail the error kind calls for."""
     code = grpc_code_of(err)
-    status = status_pb2.Status(code=code.value[0], message=err.message)
+    status = status_pb2.Status(code=code.value[0], message=_bounded(err.message))
     status.details.append(_pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN)))
     if isinstance(err, e.InvalidArgument):
         bad = error_details_pb2.BadRequest()
-        for v in err.violations:
+        for shown, v in enumerate(err.violations):
             bad.field_violations.add(field=v.field, description=v.description)
+            if bad.ByteSize() > MAX_BAD_REQUEST_BYTES:
+                del bad.field_violations[-1]
+                more = f" ({len(err.violations) - shown} more violations not shown)"
+                status.message = _bounded(err.message, MAX_MESSAGE_BYTES - len(more)) + more
+                break
         status.details.append(_pack(bad))
     elif isinstance(err, e.RateLimited):
         info = error_details_pb2.RetryInfo()
