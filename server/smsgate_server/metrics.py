@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "PROVIDER_CALLS",
@@ -11,6 +11,7 @@ __all__ = [
     "RPCS",
     "RPC_SECONDS",
     "SEND_OUTCOMES",
+    "WATCH_SUBSCRIPTIONS",
 ]
 
 RPCS = Counter(
@@ -40,4 +41,9 @@ RECEIPTS = Counter(
     "Delivery receipts, by provider and result: delivered, undelivered, ignored (the"
     " message had ended), early (held back until its send outcome is stored), dropped.",
     ["provider", "result"],
+)
+WATCH_SUBSCRIPTIONS = Gauge(
+    "smsgate_watch_subscriptions",
+    "WatchStatus streams open (summed over the live worker processes).",
+    multiprocess_mode="livesum",
 )

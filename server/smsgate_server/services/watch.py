@@ -6,6 +6,14 @@ ends with RESOURCE_EXHAUSTED and the client resumes from its last token;
 the others never wait for it. A resumed subscriber first reads what it missed
 from the streams (XRANGE), then live events, skipping anything at or before
 its position, so nothing is delivered twice.
+
+A subscription ends with its client. gRPC cancels the handler's task when the
+client goes (cancel, closed channel, reset connection; HTTP/2 keepalive finds
+peers that fell silent), and the handler's ``finally`` unsubscribes. That one
+cancellation must not be lost: the store re-raises one that redis-py swallowed
+(``store.errors.redis_edge``), and as a backstop a sweep every
+``sweep_seconds`` cancels again each subscriber whose task was cancelled yet
+runs on, and drops those whose task ended without unsubscribing.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from smsgate_server.aio import cancel_and_wait
 from smsgate_server.domain.errors import (
@@ -27,6 +36,7 @@ from smsgate_server.domain.errors import (
 from smsgate_server.domain.events import StatusEvent, decode_token, encode_token, stream_id_key
 from smsgate_server.domain.status import Status
 from smsgate_server.domain.tokens import TokenSealer
+from smsgate_server.metrics import WATCH_SUBSCRIPTIONS
 from smsgate_server.store.events import EventStore
 
 __all__ = ["Watch", "WatchFilter", "WatchHub"]
@@ -58,6 +68,8 @@ class _Subscriber:
     app: str
     wanted: WatchFilter
     queue: asyncio.Queue[StatusEvent | str]
+    # The task of the call that reads this subscription (the gRPC handler's).
+    task: asyncio.Task[Any]
     ended: bool = False
 
     def offer(self, event: StatusEvent) -> None:
@@ -88,10 +100,12 @@ class WatchHub:
     buffer: int = 10_000
     retention_seconds: int = 86_400
     block_ms: int = 1000
+    sweep_seconds: float = 2.0
     clock: Callable[[], float] = time.time
     positions: list[str] = field(default_factory=list)
     _subscribers: dict[str, set[_Subscriber]] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _sweeper: asyncio.Task[None] | None = None
     _closing: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -110,8 +124,9 @@ class WatchHub:
         for subs in self._subscribers.values():
             for sub in subs:
                 sub.end(_CLOSING)
+        sweeper = [self._sweeper] if self._sweeper is not None else []
         # Bounded: a reader also ends on the closing flag after its read.
-        await cancel_and_wait(self._tasks, timeout=self.block_ms / 1000 + 2)
+        await cancel_and_wait([*self._tasks, *sweeper], timeout=self.block_ms / 1000 + 2)
 
     @property
     def reading(self) -> bool:
@@ -148,6 +163,23 @@ class WatchHub:
                 for sub in self._subscribers.get(event.app, ()):
                     sub.offer(event)
 
+    async def _sweep_loop(self) -> None:
+        # No I/O: a wake-up every few seconds for the life of the hub.
+        while not self._closing:
+            await asyncio.sleep(self.sweep_seconds)
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Release subscriptions whose call has ended or was cancelled without
+        hearing of it (see the module docstring)."""
+        for subs in list(self._subscribers.values()):
+            for sub in list(subs):
+                if sub.task.done():
+                    # Its handler never ran its cleanup (an unfinished generator).
+                    self._unsubscribe(sub)
+                elif sub.task.cancelling():
+                    sub.task.cancel()
+
     async def _start_positions(self, app: str, token: str) -> list[str]:
         if not token:
             return list(self.positions)
@@ -177,6 +209,10 @@ class WatchHub:
         """
         if self._closing:
             raise Unavailable("server is shutting down; reconnect", reason=Reason.SHUTTING_DOWN)
+        task = asyncio.current_task()
+        assert task is not None, "a watch is opened by a call's task"
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_loop(), name="watch-sweep")
         async with self._lock:
             # Registering the app first keeps the readers from stopping while
             # they are started (or found running) for this watch.
@@ -187,8 +223,9 @@ class WatchHub:
             except BaseException:
                 self._forget_app(app)
                 raise
-            sub = _Subscriber(app, wanted, asyncio.Queue(self.buffer))
+            sub = _Subscriber(app, wanted, asyncio.Queue(self.buffer), task)
             self._subscribers[app].add(sub)
+            WATCH_SUBSCRIPTIONS.inc()
         return Watch(self, sub, wanted, positions)
 
     def _forget_app(self, app: str) -> None:
@@ -197,8 +234,9 @@ class WatchHub:
 
     def _unsubscribe(self, sub: _Subscriber) -> None:
         subs = self._subscribers.get(sub.app)
-        if subs is not None:
-            subs.discard(sub)
+        if subs is not None and sub in subs:
+            subs.remove(sub)
+            WATCH_SUBSCRIPTIONS.dec()
         self._forget_app(sub.app)
 
     def _ending(self, reason: str) -> Exception:

@@ -7,6 +7,7 @@ Like httpx's ``map_httpcore_exceptions``: callers of the store see
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterator
@@ -50,7 +51,17 @@ def redis_edge(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 
     @functools.wraps(method)
     async def mapped(*args: P.args, **kwargs: P.kwargs) -> T:
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         with map_redis_errors():
-            return await method(*args, **kwargs)
+            result = await method(*args, **kwargs)
+        if task is not None and task.cancelling() > cancels:
+            # redis-py sends each command through asyncio.wait_for, which on
+            # Python 3.11 returns the result instead of raising when the
+            # cancellation lands as the command completes (cpython gh-86296).
+            # Raised here, the cancellation reaches the caller as it should: a
+            # WatchStatus call whose client left would otherwise wait forever.
+            raise asyncio.CancelledError
+        return result
 
     return mapped
