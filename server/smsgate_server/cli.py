@@ -4,6 +4,8 @@ smsgate-server                    run the service (same as ``serve``)
 smsgate-server apps create NAME   create an app and print its credentials
     [--allow-country CC]...       countries its verification codes may go to
     [--verify-per-minute N]       its verification codes per minute
+    [--accept-per-second N]       messages it may accept per second
+    [--max-held-messages N]       messages it may hold in Redis
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ async def _create_app(
     *,
     allowed_countries: Sequence[int] = (),
     verify_per_minute: int | None = None,
+    accept_per_second: int | None = None,
+    max_held_messages: int | None = None,
 ) -> None:
     embedded: EmbeddedRedis | None = None
     url = settings.redis_url or running_url(settings.data_dir)
@@ -92,7 +96,11 @@ async def _create_app(
         redis = await connect(url, pool_size=2)
         try:
             creds = await AppStore(redis.client).create(
-                name, allowed_countries=allowed_countries, verify_per_minute=verify_per_minute
+                name,
+                allowed_countries=allowed_countries,
+                verify_per_minute=verify_per_minute,
+                accept_per_second=accept_per_second,
+                max_held_messages=max_held_messages,
             )
         finally:
             await redis.aclose()
@@ -155,6 +163,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help="verification codes the app may issue per minute; default: SMSGATE_VERIFY_PER_MINUTE",
     )
+    create.add_argument(
+        "--accept-per-second",
+        type=_positive,
+        metavar="N",
+        help="messages the app may accept per second (a batch counts its recipients); "
+        "default: SMSGATE_APP_ACCEPT_PER_SECOND",
+    )
+    create.add_argument(
+        "--max-held-messages",
+        type=_positive,
+        metavar="N",
+        help="messages the app may hold in Redis, finished ones until their retention ends; "
+        "default: SMSGATE_APP_MAX_HELD_MESSAGES",
+    )
     args = parser.parse_args(argv)
 
     settings = _settings()
@@ -176,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.json,
                     allowed_countries=args.allow_country,
                     verify_per_minute=args.verify_per_minute,
+                    accept_per_second=args.accept_per_second,
+                    max_held_messages=args.max_held_messages,
                 )
             )
         elif settings.processes > 1:

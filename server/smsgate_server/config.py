@@ -84,6 +84,21 @@ class Settings(BaseSettings):
     schedule_max_days: int = Field(default=35, ge=1, le=366)
     message_retention_seconds: int = Field(default=7 * 86_400, ge=60)
 
+    # Fair share. Per app: accepted messages per second (a BatchSend counts its
+    # recipients; a bucket of this many seconds of the rate absorbs bursts) and
+    # messages held in Redis; an app's own values (``apps create``) win. Per app
+    # and process: ListMessages and WatchStatus catch-ups running at once. For
+    # all: no accepts while Redis uses more than the watermark of its memory
+    # (this cap when set, else Redis's maxmemory; neither: no watermark).
+    # Memory and held counts are read at most once per check interval.
+    app_accept_per_second: int = Field(default=5_000, ge=1, le=10_000_000)
+    app_accept_burst_seconds: float = Field(default=2.0, gt=0, le=3600)
+    app_max_held_messages: int = Field(default=2_000_000, ge=1)
+    app_max_concurrent_queries: int = Field(default=2, ge=1, le=10_000)
+    redis_max_memory_bytes: int = Field(default=0, ge=0)
+    redis_memory_watermark: float = Field(default=0.9, gt=0, le=1)
+    quota_check_seconds: float = Field(default=1.0, ge=0, le=60)
+
     # Dispatch.
     # A name in providers/factory.py's registry, checked when the server starts.
     provider: str = "simulator"

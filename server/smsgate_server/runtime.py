@@ -49,6 +49,7 @@ from smsgate_server.domain.tokens import TokenSealer
 from smsgate_server.http import HttpSidePort, build_app
 from smsgate_server.providers.base import Provider
 from smsgate_server.providers.factory import UnknownProviderError, open_provider
+from smsgate_server.services.admission import Admission, AdmissionPolicy
 from smsgate_server.services.sending import SendingService, SendLimits
 from smsgate_server.services.templates import TemplateService
 from smsgate_server.services.verification import CodePolicy, VerificationService
@@ -60,6 +61,7 @@ from smsgate_server.store.embedded_redis import EmbeddedRedis, running_url
 from smsgate_server.store.events import EventStore
 from smsgate_server.store.messages import MessageStore
 from smsgate_server.store.queue import DispatchQueue
+from smsgate_server.store.quota import QuotaStore
 from smsgate_server.store.templates import TemplateStore
 
 __all__ = [
@@ -292,6 +294,7 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
             TokenSealer(load_server_secret(settings)),
             buffer=settings.watch_buffer,
             retention_seconds=settings.event_retention_seconds,
+            admission=_admission(settings, redis),
         )
         # Before server.stop(): open streams end with UNAVAILABLE, so their
         # clients reconnect elsewhere instead of holding the grace period.
@@ -417,6 +420,7 @@ def _add_services(
             batch_max_recipients=settings.batch_max_recipients,
         ),
         hub.tokens,
+        admission=hub.admission,
     )
     sms_service_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(sending, hub), server)
     verification = VerificationService(
@@ -438,6 +442,26 @@ def _add_services(
             )
         ),
         server,
+    )
+
+
+def _admission(settings: Settings, redis: RedisConnection) -> Admission:
+    """Each app's fair share (SMSGATE_APP_*, SMSGATE_REDIS_MAX_MEMORY_BYTES, ...)."""
+    return Admission(
+        QuotaStore(
+            redis.client,
+            shards=settings.shards,
+            message_retention_seconds=settings.message_retention_seconds,
+        ),
+        AdmissionPolicy(
+            accept_per_second=settings.app_accept_per_second,
+            accept_burst_seconds=settings.app_accept_burst_seconds,
+            max_held_messages=settings.app_max_held_messages,
+            max_concurrent_queries=settings.app_max_concurrent_queries,
+            redis_max_memory_bytes=settings.redis_max_memory_bytes,
+            memory_watermark=settings.redis_memory_watermark,
+            check_seconds=settings.quota_check_seconds,
+        ),
     )
 
 

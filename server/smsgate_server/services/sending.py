@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import secrets
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 from smsgate_server.domain.errors import (
@@ -33,6 +34,7 @@ from smsgate_server.domain.validation import (
     check_sender,
     check_text,
 )
+from smsgate_server.services.admission import Admission
 from smsgate_server.store.messages import MessageStore
 
 __all__ = [
@@ -47,8 +49,11 @@ __all__ = [
 # Messages per accept script call: large enough to amortise the round trip,
 # small enough that one script does not hold Redis for long.
 ACCEPT_CHUNK = 500
-# How many index entries one ListMessages call may examine for its filters.
-LIST_SCAN_LIMIT = 5_000
+# How many index entries one ListMessages call may examine for its filters,
+# then the page comes back short (even empty) with a token to go on; and how
+# many one step checks on two fields before it reads the matches whole.
+LIST_SCAN_LIMIT = 1_000
+LIST_WINDOW = 200
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
@@ -118,10 +123,19 @@ class ListQuery:
 class SendingService:
     """Accepts, reads and cancels messages of one app at a time."""
 
-    def __init__(self, store: MessageStore, limits: SendLimits, tokens: TokenSealer) -> None:
+    def __init__(
+        self,
+        store: MessageStore,
+        limits: SendLimits,
+        tokens: TokenSealer,
+        *,
+        admission: Admission | None = None,
+    ) -> None:
         self.store = store
         self.limits = limits
         self.tokens = tokens
+        # Each app's fair share (None: no per-app limits).
+        self.admission = admission
 
     def _shard(self, app: str, request_id: str) -> int:
         if request_id:
@@ -135,6 +149,7 @@ class SendingService:
         phone = check_phone(cmd.phone, "phone_number")
         prototype = self._prototype(cmd, now)
         request_id = check_request_id(cmd.request_id)
+        await self._admit(app, 1)
         shard = self._shard(app, request_id)
         message = dataclasses.replace(
             prototype,
@@ -283,6 +298,7 @@ class SendingService:
             for phone in checked
             if isinstance(phone, str)
         ]
+        await self._admit(app, len(messages))
         request_hash = _request_hash(cmd.fingerprint, request_id)
         ids: list[str] = []
         # Every chunk has its own idempotency record (the request id, then
@@ -346,32 +362,76 @@ class SendingService:
         at_least = f"{q.start_ms:012x}" if q.start_ms else "0"
         batch_shard = self._locate(q.batch_id, "batch") if q.batch_id else None
 
+        with self._query(app):
+            page, cursor = await self._scan(app, q, phone, size, cursor, at_least, batch_shard)
+        if not cursor:
+            return page, ""
+        return page, self.tokens.seal(TokenKind.PAGE, app, cursor.encode(), context=filters)
+
+    def _query(self, app: str) -> AbstractContextManager[None]:
+        """One of the app's expensive-call slots (none to take without admission)."""
+        return self.admission.query(app) if self.admission else nullcontext()
+
+    async def _admit(self, app: str, n: int) -> None:
+        """Raise unless the app may store ``n`` more messages now."""
+        if self.admission is not None:
+            await self.admission.admit_accept(app, n)
+
+    async def _scan(
+        self,
+        app: str,
+        q: ListQuery,
+        phone: str,
+        size: int,
+        cursor: str,
+        at_least: str,
+        batch_shard: int | None,
+    ) -> tuple[list[StoredMessage], str]:
+        """Up to ``size`` matching messages below ``cursor``, examining at most
+        LIST_SCAN_LIMIT ids; and the id to go on below ('' when none is left).
+
+        Without filters only the messages of the page are read. With filters a
+        window of ids is checked on two fields, and only matches are read whole.
+        """
+        filtered = bool(q.statuses or phone)
+        batch: list[str] | None = None
+        if batch_shard is not None:
+            ids = await self.store.batch_ids(app, batch_shard, q.batch_id)
+            batch = sorted((i for i in ids if at_least <= i < cursor), reverse=True)
         page: list[StoredMessage] = []
         examined = 0
         while len(page) < size and examined < LIST_SCAN_LIMIT:
-            if batch_shard is not None:
-                ids = await self.store.batch_ids(app, batch_shard, q.batch_id)
-                window = sorted((i for i in ids if at_least <= i < cursor), reverse=True)
-                refs = [(batch_shard, i) for i in window[:200]]
+            want = min(LIST_WINDOW if filtered else size - len(page), LIST_SCAN_LIMIT - examined)
+            if batch is not None:
+                assert batch_shard is not None
+                refs = [(batch_shard, i) for i in batch[examined : examined + want]]
             else:
-                refs = await self._index_window(app, below=cursor, at_least=at_least, limit=200)
+                refs = await self._index_window(app, below=cursor, at_least=at_least, limit=want)
             if not refs:
                 return page, ""
-            found = await self.store.get_many(app, refs)
-            gone = [ref for ref, m in zip(refs, found, strict=True) if m is None]
-            if gone and batch_shard is None:
+            examined += len(refs)
+            if filtered:
+                heads = await self.store.heads(app, refs)
+                gone = [ref for ref, h in zip(refs, heads, strict=True) if h is None]
+                matches = [
+                    ref
+                    for ref, h in zip(refs, heads, strict=True)
+                    if h is not None
+                    and (not q.statuses or h[0] in q.statuses)
+                    and (not phone or h[1] == phone)
+                ]
+            else:
+                gone, matches = [], refs
+            taken = matches[: size - len(page)]
+            found = await self.store.get_many(app, taken)
+            page += [m for m in found if m is not None]
+            gone += [ref for ref, m in zip(taken, found, strict=True) if m is None]
+            if gone and batch is None:
                 await self.store.forget(app, gone)
-            for ref, m in zip(refs, found, strict=True):
-                examined += 1
-                cursor = ref[1]
-                if m is None or (q.statuses and m.status not in q.statuses):
-                    continue
-                if phone and m.phone != phone:
-                    continue
-                page.append(m)
-                if len(page) == size:
-                    break
-        return page, self.tokens.seal(TokenKind.PAGE, app, cursor.encode(), context=filters)
+            # Where the next call goes on: after the last message taken when the
+            # page filled up inside this window, else after the whole window.
+            cursor = taken[-1][1] if len(taken) < len(matches) else refs[-1][1]
+        return page, cursor
 
     def _open_page_token(self, app: str, token: str, filters: bytes) -> str:
         """The index position a page token of ``app`` issued for ``filters`` holds."""

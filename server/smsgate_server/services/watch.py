@@ -37,12 +37,16 @@ from smsgate_server.domain.events import StatusEvent, decode_token, encode_token
 from smsgate_server.domain.status import Status
 from smsgate_server.domain.tokens import TokenSealer
 from smsgate_server.metrics import WATCH_SUBSCRIPTIONS
+from smsgate_server.services.admission import Admission, QuerySlot
 from smsgate_server.store.events import EventStore
 
 __all__ = ["Watch", "WatchFilter", "WatchHub"]
 
 log = logging.getLogger("smsgate.watch")
 
+# Events per read while catching up from a resume token: a read's events are
+# decoded in one go, holding the event loop, and they are every app's events.
+CATCHUP_READ = 200
 _CLOSING = "closing"
 _OVERFLOW = "overflow"
 
@@ -108,6 +112,8 @@ class WatchHub:
     _sweeper: asyncio.Task[None] | None = None
     _closing: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Bounds the catch-ups an app runs at once (None: unbounded).
+    admission: Admission | None = None
 
     async def _ensure_reading(self) -> None:
         """Start the shard readers if they stopped for lack of subscribers,
@@ -261,21 +267,29 @@ class Watch:
     sub: _Subscriber
     wanted: WatchFilter
     positions: list[str]
+    # The app's expensive-call slot while catching up (released by close() too:
+    # a generator abandoned mid-catch-up runs its finally only when collected).
+    catchup: QuerySlot | None = None
 
     async def events(self) -> AsyncIterator[tuple[StatusEvent, str]]:
         """Matching events, each with the token that resumes after it."""
         positions, wanted, app = self.positions, self.wanted, self.sub.app
         tokens = self.hub.tokens
         # First what happened since the token, straight from the streams...
-        for shard in range(len(positions)):
-            while True:
-                batch = await self.hub.events.after(shard, positions[shard])
-                for event in batch:
-                    positions[shard] = event.stream_id
-                    if event.app == app and wanted.matches(event):
-                        yield event, encode_token(tokens, app, positions)
-                if len(batch) < 1000:
-                    break
+        slot = self.catchup = self._catchup_slot()
+        try:
+            for shard in range(len(positions)):
+                while True:
+                    batch = await self.hub.events.after(shard, positions[shard], CATCHUP_READ)
+                    for event in batch:
+                        positions[shard] = event.stream_id
+                        if event.app == app and wanted.matches(event):
+                            yield event, encode_token(tokens, app, positions)
+                    if len(batch) < CATCHUP_READ:
+                        break
+        finally:
+            if slot is not None:
+                slot.release()
         # ...then live events, skipping what the catch-up already covered.
         while True:
             item = await self.sub.queue.get()
@@ -287,5 +301,18 @@ class Watch:
             if wanted.matches(item):
                 yield item, encode_token(tokens, app, positions)
 
+    def _catchup_slot(self) -> QuerySlot | None:
+        """An expensive-call slot of the app when the watch starts behind the
+        live readers (a resume): the catch-up reads every app's events since."""
+        admission, live = self.hub.admission, self.hub.positions
+        behind = any(
+            stream_id_key(p) < stream_id_key(live[shard])
+            for shard, p in enumerate(self.positions)
+            if shard < len(live)
+        )
+        return admission.query_slot(self.sub.app) if admission and behind else None
+
     def close(self) -> None:
+        if self.catchup is not None:
+            self.catchup.release()
         self.hub._unsubscribe(self.sub)

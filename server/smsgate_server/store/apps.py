@@ -38,10 +38,14 @@ class AppStore:
         *,
         allowed_countries: Iterable[int] = (),
         verify_per_minute: int | None = None,
+        accept_per_second: int | None = None,
+        max_held_messages: int | None = None,
     ) -> Credentials:
         """A new app; the returned secret is not stored anywhere in plain.
         ``allowed_countries`` (empty: the server default) and ``verify_per_minute``
-        (None: the server default) set its verification policy."""
+        (None: the server default) set its verification policy;
+        ``accept_per_second`` and ``max_held_messages`` (None: the server
+        defaults) its fair share."""
         creds = new_credentials()
         record: dict[FieldT, EncodableT] = {
             AppField.NAME: name,
@@ -53,6 +57,10 @@ class AppStore:
             record[AppField.VERIFY_COUNTRIES] = ",".join(map(str, countries))
         if verify_per_minute is not None:
             record[AppField.VERIFY_PER_MINUTE] = verify_per_minute
+        if accept_per_second is not None:
+            record[AppField.ACCEPT_PER_SECOND] = accept_per_second
+        if max_held_messages is not None:
+            record[AppField.MAX_HELD_MESSAGES] = max_held_messages
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(app_key(creds.app_key), mapping=record)
             pipe.sadd(apps_index(), creds.app_key)

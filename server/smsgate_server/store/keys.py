@@ -5,7 +5,9 @@ message hash, its history, the shard's dispatch queue, due set, receipt set and
 event stream. So every multi-key script touches one slot and runs unchanged on
 Redis Cluster. Message ids carry their shard (``domain.ids``).
 
-App records live in their own slot per app (``{app:<key>}``).
+App records live in their own slot per app (``{app:<key>}``), with the app's
+accept-rate bucket. The app's held-message counters live in each shard's slot,
+beside the messages they count, so the scripts that move a message keep them.
 
 Hash and stream field names are the enums below, one line each. Message and
 event fields are one or two letters: they are repeated in every message hash
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "GROUP",
+    "HELD_BUCKETS",
     "PREFIX",
     "AppField",
     "CodeField",
@@ -41,12 +44,16 @@ __all__ = [
     "ShardKeys",
     "TemplateField",
     "TemplateKeys",
+    "accept_bucket_key",
     "app_key",
     "apps_index",
     "verify_rate_key",
 ]
 
 PREFIX = "sg"
+# Time buckets per retention period of the ended-message counters (``ShardKeys.done``):
+# more buckets, a closer count of what is still held, more keys to read.
+HELD_BUCKETS = 8
 # The consumer group of every shard's queue stream, shared by all dispatchers.
 GROUP = "dispatch"
 
@@ -114,6 +121,8 @@ class AppField(enum.StrEnum):
     CREATED = "created_ms"  # creation time, ms
     VERIFY_COUNTRIES = "verify_countries"  # calling codes its codes may go to, comma-separated
     VERIFY_PER_MINUTE = "verify_per_minute"  # its own verification codes per minute
+    ACCEPT_PER_SECOND = "accept_per_second"  # its own accept rate, messages per second
+    MAX_HELD_MESSAGES = "max_held_messages"  # its own cap on messages held in Redis
 
 
 class TemplateField(enum.StrEnum):
@@ -133,6 +142,12 @@ class TemplateField(enum.StrEnum):
 def app_key(app: str) -> str:
     """Hash of one app: name, secret hash, creation time."""
     return f"{PREFIX}:{{app:{app}}}"
+
+
+def accept_bucket_key(app: str) -> str:
+    """Hash of the app's accept-rate token bucket (``tokens``, ``at`` ms), in the
+    app's slot so one script reads the app's own rate with it."""
+    return f"{PREFIX}:{{app:{app}}}:rate"
 
 
 def apps_index() -> str:
@@ -187,6 +202,16 @@ class ShardKeys:
 
     def idempotency(self, app: str, request_id: str) -> str:
         return f"{self.prefix}idem:{app}:{request_id}"
+
+    def live(self, app: str) -> str:
+        """Counter of the app's messages in this shard not yet terminal (lib.lua)."""
+        return f"{self.prefix}live:{app}"
+
+    def done(self, app: str, bucket: int) -> str:
+        """Counter of the app's messages in this shard that ended in time bucket
+        ``bucket`` (``HELD_BUCKETS`` per retention period); it expires when the
+        last of them has (lib.lua)."""
+        return f"{self.prefix}done:{app}:{bucket}"
 
     def provider_id(self, provider: str, provider_message_id: str) -> str:
         """Maps a provider's message id back to ``app:id`` for delivery receipts."""

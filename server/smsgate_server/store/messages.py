@@ -223,6 +223,26 @@ class MessageStore:
         return [_to_message(raw[i], raw[i + 1]) if raw[i] else None for i in range(0, len(raw), 2)]
 
     @redis_edge
+    async def heads(
+        self, app: str, refs: Sequence[tuple[int, str]]
+    ) -> list[tuple[Status, str] | None]:
+        """Status and phone of messages by ``(shard, id)``, in one round trip;
+        None where gone. What ListMessages filters on, without the rest."""
+        if not refs:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard, message_id in refs:
+                pipe.hmget(
+                    self.shard_keys[shard].message(app, message_id),
+                    [MessageField.STATUS, MessageField.PHONE],
+                )
+            raw = await pipe.execute()
+        return [
+            (Status(int(status)), _s(phone)) if status is not None else None
+            for status, phone in raw
+        ]
+
+    @redis_edge
     async def index_page(
         self, app: str, shard: int, *, below: str, at_least: str, limit: int
     ) -> list[str]:

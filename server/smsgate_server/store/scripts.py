@@ -16,8 +16,9 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from smsgate_server.domain.status import TERMINAL, Status, can_enter
+from smsgate_server.store.keys import HELD_BUCKETS
 
-__all__ = ["CodeScripts", "Scripts", "TemplateScripts", "status_prelude"]
+__all__ = ["CodeScripts", "QuotaScripts", "Scripts", "TemplateScripts", "status_prelude"]
 
 # The "from" status of a message being accepted, in the Lua table.
 _NEW = 0
@@ -54,7 +55,7 @@ class Scripts:
     """The registered scripts of one Redis client."""
 
     def __init__(self, redis: Redis) -> None:
-        lib = status_prelude() + _source("lib")
+        lib = status_prelude() + f"local HELD_BUCKETS = {HELD_BUCKETS}\n" + _source("lib")
 
         def message_script(name: str) -> AsyncScript:
             return redis.register_script(lib + "\n" + _source(name))
@@ -83,3 +84,10 @@ class TemplateScripts:
         self.create = redis.register_script(_source("template_create"))
         self.update = redis.register_script(_source("template_update"))
         self.delete = redis.register_script(_source("template_delete"))
+
+
+class QuotaScripts:
+    """The per-app quota scripts of one Redis client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.accept_rate = redis.register_script(_source("accept_rate"))

@@ -14,6 +14,23 @@ local trimmed = false
 local function mkey(app, id) return P .. 'm:' .. app .. ':' .. id end
 local function hkey(app, id) return P .. 'h:' .. app .. ':' .. id end
 
+-- The app's held-message count of this shard (store/quota.py reads it): 'live'
+-- counts messages not yet terminal, exactly (accepted here, ended here, and a
+-- live message never expires); 'done:<bucket>' counts those that ended in one
+-- bucket of time and lasts until every one of them has expired. Both change in
+-- the script that moves the message, so no crash can split the two.
+local function held_ended(app)
+  local live = P .. 'live:' .. app
+  -- Messages accepted before the counter existed were never counted.
+  if tonumber(redis.call('GET', live) or '0') > 0 then redis.call('DECR', live) end
+  local width = math.ceil(RETAIN * 1000 / HELD_BUCKETS)
+  local bucket = math.floor(NOW / width)
+  local done = P .. 'done:' .. app .. ':' .. bucket
+  if redis.call('INCR', done) == 1 then
+    redis.call('PEXPIREAT', done, (bucket + 1) * width + RETAIN * 1000)
+  end
+end
+
 -- Record that message app/id moved from `from` (NEW when being accepted) to
 -- `status`: hash, history and event stream. A move domain/status.py does not
 -- allow is a bug: the script stops with an error.
@@ -22,6 +39,7 @@ local function enter(app, id, batch, from, status, detail, ecode, ereason)
     error('illegal transition ' .. from .. ' -> ' .. status .. ' of ' .. id)
   end
   local m, h = mkey(app, id), hkey(app, id)
+  if from == NEW then redis.call('INCR', P .. 'live:' .. app) end
   redis.call('HSET', m, 'st', status, 'ut', NOW)
   redis.call('RPUSH', h, status .. '|' .. NOW .. '|' .. detail)
   if trimmed then
@@ -40,6 +58,7 @@ local function enter(app, id, batch, from, status, detail, ecode, ereason)
     end
     redis.call('EXPIRE', m, RETAIN)
     redis.call('EXPIRE', h, RETAIN)
+    held_ended(app)
   end
 end
 

@@ -1,0 +1,185 @@
+"""Admission: each app's fair share of the server and of Redis.
+
+Before messages are stored: Redis's memory stays below a watermark, an app
+holds at most so many messages, and it accepts at most so many per second (a
+BatchSend counts its recipients). Around expensive reads (ListMessages, a
+WatchStatus catching up from a resume token): at most so many at once per app
+in this process, where their CPU is spent. Every refusal is RESOURCE_EXHAUSTED
+with RetryInfo, or QuotaFailure for the held-message cap.
+
+Memory use and each app's held count are read from Redis at most once per
+``check_seconds`` per process, not per call: the cap is approximate by what
+the replicas accept within that interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from smsgate_server.domain.errors import (
+    QuotaExceeded,
+    QuotaViolation,
+    RateLimited,
+    Reason,
+)
+from smsgate_server.store.quota import HeldMessages, QuotaStore
+
+__all__ = ["Admission", "AdmissionPolicy", "QuerySlot"]
+
+# What a refusal for lack of storage or of a query slot asks the caller to wait.
+STORAGE_RETRY_SECONDS = 5.0
+QUERY_RETRY_SECONDS = 0.2
+# Held counts of this many apps are remembered per process; beyond, the oldest go.
+HELD_CACHE_APPS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionPolicy:
+    """The server-wide limits (from Settings); an app's own rate and cap win."""
+
+    accept_per_second: int = 5_000
+    accept_burst_seconds: float = 2.0
+    max_held_messages: int = 2_000_000
+    max_concurrent_queries: int = 2
+    # The memory Redis may use: this when set, else its maxmemory; 0 for both
+    # means no watermark.
+    redis_max_memory_bytes: int = 0
+    memory_watermark: float = 0.9
+    check_seconds: float = 1.0
+
+
+@dataclass(slots=True)
+class _Held:
+    read_at: float
+    held: HeldMessages
+    # Accepted by this process since the count was read.
+    added: int = 0
+
+
+@dataclass
+class Admission:
+    """Admits accepts and expensive reads of apps (see the module docstring)."""
+
+    quota: QuotaStore
+    policy: AdmissionPolicy
+    clock: Callable[[], float] = time.monotonic
+    _memory_read_at: float = float("-inf")
+    _memory_full: bool = False
+    _memory_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _held: dict[str, _Held] = field(default_factory=dict)
+    _queries: dict[str, int] = field(default_factory=dict)
+
+    async def admit_accept(self, app: str, n: int) -> None:
+        """Raise unless ``app`` may store ``n`` more messages now."""
+        if n <= 0:
+            return
+        if await self._storage_full():
+            raise RateLimited(
+                "the server's storage is nearly full; no messages are accepted until it has room",
+                retry_after=STORAGE_RETRY_SECONDS,
+                reason=Reason.STORAGE_FULL,
+            )
+        held = await self._held_count(app)
+        limit = held.held.own_limit or self.policy.max_held_messages
+        if held.held.count + held.added + n > limit:
+            raise QuotaExceeded(
+                [
+                    QuotaViolation(
+                        f"app:{app}:held_messages",
+                        f"the app holds {held.held.count + held.added} messages of its "
+                        f"{limit}; room comes back as finished ones reach the end of "
+                        "their retention",
+                    )
+                ],
+                reason=Reason.APP_HELD_MESSAGES_CAP,
+            )
+        wait_ms = await self.quota.take_accept(
+            app,
+            n,
+            default_rate=self.policy.accept_per_second,
+            burst_seconds=self.policy.accept_burst_seconds,
+        )
+        if wait_ms:
+            raise RateLimited(
+                f"the app accepts messages faster than its rate; {n} more fit in "
+                f"{wait_ms / 1000:.3f}s",
+                retry_after=wait_ms / 1000,
+                reason=Reason.APP_RATE_LIMITED,
+            )
+        held.added += n
+
+    def query_slot(self, app: str) -> QuerySlot:
+        """One of the app's expensive-call slots of this process; release it when done."""
+        running = self._queries.get(app, 0)
+        if running >= self.policy.max_concurrent_queries:
+            raise RateLimited(
+                f"the app runs {running} listings or watch catch-ups on this server "
+                "already; retry when one has finished",
+                retry_after=QUERY_RETRY_SECONDS,
+                reason=Reason.TOO_MANY_CONCURRENT_QUERIES,
+            )
+        self._queries[app] = running + 1
+        return QuerySlot(self, app)
+
+    @contextmanager
+    def query(self, app: str) -> Iterator[None]:
+        """Hold one of the app's expensive-call slots while inside."""
+        slot = self.query_slot(app)
+        try:
+            yield
+        finally:
+            slot.release()
+
+    def _release_query(self, app: str) -> None:
+        left = self._queries[app] - 1
+        if left:
+            self._queries[app] = left
+        else:
+            del self._queries[app]
+
+    def running_queries(self, app: str) -> int:
+        """The app's expensive calls running in this process now."""
+        return self._queries.get(app, 0)
+
+    async def _storage_full(self) -> bool:
+        if self.clock() - self._memory_read_at < self.policy.check_seconds:
+            return self._memory_full
+        async with self._memory_lock:
+            # Callers that waited for the lock use what the first one read.
+            if self.clock() - self._memory_read_at >= self.policy.check_seconds:
+                memory = await self.quota.memory()
+                cap = self.policy.redis_max_memory_bytes or memory.maxmemory
+                self._memory_full = cap > 0 and memory.used >= cap * self.policy.memory_watermark
+                self._memory_read_at = self.clock()
+        return self._memory_full
+
+    async def _held_count(self, app: str) -> _Held:
+        now = self.clock()
+        cached = self._held.get(app)
+        if cached is not None and now - cached.read_at < self.policy.check_seconds:
+            return cached
+        fresh = _Held(now, await self.quota.held(app))
+        self._held.pop(app, None)
+        if len(self._held) >= HELD_CACHE_APPS:
+            del self._held[next(iter(self._held))]
+        self._held[app] = fresh
+        return fresh
+
+
+@dataclass(eq=False)
+class QuerySlot:
+    """A held expensive-call slot; ``release()`` gives it back (once, however
+    often it is called)."""
+
+    admission: Admission
+    app: str
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.admission._release_query(self.app)

@@ -1,0 +1,109 @@
+"""QuotaStore: what the per-app limits and the memory watermark read in Redis.
+
+- The accept rate is a token bucket per app (``accept_rate.lua``), in the
+  app's slot beside its record, so an app's own rate applies at once.
+- The messages an app holds are counted by the message scripts themselves
+  (``lib.lua``): per shard, the messages not yet terminal, exactly, and those
+  that ended, in time buckets that expire when the last message of the bucket
+  has. The sum errs high, by at most the messages of one bucket (an eighth of
+  the retention period) whose hashes expired already, and never low for
+  messages accepted since the counters exist.
+- Redis's memory use comes from ``INFO memory``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from smsgate_server.store.errors import redis_edge
+from smsgate_server.store.keys import (
+    HELD_BUCKETS,
+    AppField,
+    ShardKeys,
+    accept_bucket_key,
+    app_key,
+)
+from smsgate_server.store.scripts import QuotaScripts
+
+__all__ = ["HeldMessages", "MemoryUse", "QuotaStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class HeldMessages:
+    """How many messages an app holds in Redis, and its own cap (None: the default)."""
+
+    count: int
+    own_limit: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryUse:
+    """Redis's ``used_memory`` and ``maxmemory`` (0: no limit), in bytes."""
+
+    used: int
+    maxmemory: int
+
+
+class QuotaStore:
+    """Reads and takes per-app quota in Redis."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        shards: int,
+        message_retention_seconds: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.scripts = QuotaScripts(redis)
+        self.shard_keys = [ShardKeys(i) for i in range(shards)]
+        self._retention_ms = message_retention_seconds * 1000
+        # As lib.lua computes it from the same retention.
+        self._width_ms = math.ceil(self._retention_ms / HELD_BUCKETS)
+        self.clock = clock
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    @redis_edge
+    async def take_accept(
+        self, app: str, n: int, *, default_rate: float, burst_seconds: float
+    ) -> int:
+        """Take ``n`` messages from the app's accept bucket: 0 when admitted,
+        else the milliseconds to wait before the call can be admitted."""
+        admitted, wait_ms = await self.scripts.accept_rate(
+            keys=[app_key(app), accept_bucket_key(app)],
+            args=[self.now_ms(), n, default_rate, burst_seconds],
+        )
+        return 0 if int(admitted) else max(int(wait_ms), 1)
+
+    @redis_edge
+    async def held(self, app: str) -> HeldMessages:
+        """The messages ``app`` holds in Redis (see the module docstring), in one round trip."""
+        now = self.now_ms()
+        # Every bucket whose counter may still exist; one more for clock skew.
+        first = (now - self._retention_ms) // self._width_ms - 1
+        buckets = range(first, now // self._width_ms + 1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(app_key(app), AppField.MAX_HELD_MESSAGES)
+            for keys in self.shard_keys:
+                pipe.mget([keys.live(app), *(keys.done(app, b) for b in buckets)])
+            raw: list[Any] = await pipe.execute()
+        own, counts = raw[0], raw[1:]
+        return HeldMessages(
+            count=sum(max(int(v), 0) for values in counts for v in values if v is not None),
+            own_limit=int(own) if own is not None else None,
+        )
+
+    @redis_edge
+    async def memory(self) -> MemoryUse:
+        """Redis's memory use and limit (``INFO memory``)."""
+        info: dict[str, Any] = await self.redis.info("memory")
+        return MemoryUse(int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))
