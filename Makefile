@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check
 # bench/ is optional; lint and type-check it when it is there.
 PY_SRC := server tests clients/python $(wildcard bench)
 
-.PHONY: serve test lint typecheck gen check-gen format bench bench-quick chaos clean
+.PHONY: serve test lint typecheck gen check-gen format bench bench-quick chaos cluster clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(None if sys.version_info >= (3, 11, 3) else "smsgate needs Python 3.11.3 or newer; found " + sys.version.split()[0] + " (set PYTHON=/path/to/python3.11)")'
@@ -60,6 +60,11 @@ bench-quick: $(STAMP)
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos
 	CHAOS_FUZZ_EXAMPLES=300 $(BIN)/pytest -q tests/test_fuzz.py
+
+## A local Redis Cluster (3 masters, 3 replicas) on free loopback ports until Ctrl-C;
+## prints the SMSGATE_REDIS_URL for smsgate replicas (README "Replicas on a Redis Cluster").
+cluster: $(STAMP)
+	$(BIN)/python scripts/cluster.py
 
 clean:
 	rm -rf $(VENV) .smsgate .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,8 +1,15 @@
 """Fixtures: a real redis-server per session, a real smsgate server per test
-(gRPC on port 0), an app and a channel to call it with."""
+(gRPC on port 0), an app and a channel to call it with.
+
+Tests marked ``cluster`` run twice, on the standalone Redis and on a real
+Redis Cluster of 3 masters and 3 replicas (``tests/cluster.py``, started once
+per session, only when such a test runs). ``SMSGATE_TEST_CLUSTER=all`` runs
+every test that uses ``redis_url`` on both.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +22,7 @@ from smsgate_server.config import Settings
 from smsgate_server.runtime import Running, start
 from smsgate_server.store.embedded_redis import EmbeddedRedis
 
+from tests.cluster import LocalCluster
 from tests.processes import servers  # noqa: F401 - the process fixture, for every test module
 
 ServerFactory = Callable[..., Awaitable[Running]]
@@ -29,13 +37,49 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One real Redis Cluster (3 masters, 3 replicas, AOF on) for the session."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``cluster`` (all, with SMSGATE_TEST_CLUSTER=all) that use
+    Redis run on the standalone Redis and on the cluster."""
+    if "redis_url" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("cluster") or (
+        os.environ.get("SMSGATE_TEST_CLUSTER") == "all"
+    ):
+        metafunc.parametrize("redis_kind", ["standalone", "cluster"], indirect=True)
+
+
 @pytest.fixture
-def redis_url(redis_server: EmbeddedRedis) -> str:
-    """The session Redis, emptied for this test."""
-    client = redis.Redis.from_url(redis_server.url)
+def redis_kind(request: pytest.FixtureRequest) -> str:
+    """``standalone`` or ``cluster``: which Redis this test runs on."""
+    return str(getattr(request, "param", "standalone"))
+
+
+@pytest.fixture
+def redis_url(redis_kind: str, request: pytest.FixtureRequest) -> str:
+    """The session Redis (or cluster), emptied for this test."""
+    if redis_kind == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        # A test that killed a node leaves it to restart; the next one needs
+        # every master with its replica back.
+        cluster.wait_healthy()
+        cluster.flush()
+        return cluster.url
+    server: EmbeddedRedis = request.getfixturevalue("redis_server")
+    client = redis.Redis.from_url(server.url)
     client.flushall()
     client.close()
-    return redis_server.url
+    return server.url
 
 
 def server_settings(redis_url: str, data_dir: Path, **overrides: Any) -> Settings:
