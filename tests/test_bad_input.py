@@ -56,20 +56,35 @@ async def test_resume_tokens_with_impossible_positions_are_invalid_argument(
     assert details_of(caught.value).fields.keys() == {"resume_token"}
 
 
-async def test_huge_ids_are_not_found_without_echo(sms: SmsServiceAsyncStub, token: str) -> None:
-    huge = "x" * 100_000
+async def test_huge_ids_are_invalid_argument_without_echo(
+    sms: SmsServiceAsyncStub, token: str
+) -> None:
+    huge, md = "x" * 100_000, bearer(token)
+    calls: list[tuple[str, Any]] = [
+        ("message_id", sms.GetMessage(pb.GetMessageRequest(message_id=huge), metadata=md)),
+        ("batch_id", sms.CancelBatch(pb.CancelBatchRequest(batch_id=huge), metadata=md)),
+    ]
+    for field, call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        details = details_of(caught.value)
+        assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.fields == {field: "must be at most 64 characters"}
+        assert huge not in details.message
+
+
+async def test_malformed_ids_within_the_limit_are_not_found(
+    sms: SmsServiceAsyncStub, token: str
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await sms.GetMessage(pb.GetMessageRequest(message_id=huge), metadata=bearer(token))
-    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await sms.CancelBatch(pb.CancelBatchRequest(batch_id=huge), metadata=bearer(token))
+        await sms.GetMessage(pb.GetMessageRequest(message_id="x" * 64), metadata=bearer(token))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_megabytes_of_text_are_too_long(sms: SmsServiceAsyncStub, token: str) -> None:
+async def test_a_megabyte_of_text_is_too_long(sms: SmsServiceAsyncStub, token: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await sms.SendSms(
-            pb.SendSmsRequest(phone_number=PHONE, text="€" * 2_000_000), metadata=bearer(token)
+            pb.SendSmsRequest(phone_number=PHONE, text="€" * 350_000), metadata=bearer(token)
         )
     assert details_of(caught.value).reason == "CONTENT_TOO_LONG"
 

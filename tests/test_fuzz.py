@@ -614,11 +614,6 @@ def test_server_memory_stays_bounded_after_fuzzing(target: Target) -> None:
     assert grown < RSS_GROWTH_LIMIT, f"server RSS grew by {grown / 2**20:.0f} MiB"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: the phone-number parse cache is keyed by raw input and keeps "
-    "rejected numbers (issue 10, point 1)",
-)
 def test_distinct_huge_phone_numbers_leave_memory_bounded(target: Target) -> None:
     send = sms_service_pb2.DESCRIPTOR.services_by_name["SmsService"].methods_by_name["SendSms"]
     before = rss_bytes(target.server.process.pid)

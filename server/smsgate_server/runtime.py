@@ -38,6 +38,7 @@ from smsgate.v1 import (
 
 from smsgate_server.aio import cancel_and_wait
 from smsgate_server.api.guard import RequestGuard
+from smsgate_server.api.limits import max_request_bytes
 from smsgate_server.api.sms import SmsServicer
 from smsgate_server.api.templates import TemplateServicer
 from smsgate_server.api.verification import VerificationServicer
@@ -394,8 +395,16 @@ def _grpc_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_pings_without_data", 0),
-        # 10,000 recipients fit many times over; far larger is not a request.
-        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+        # The largest valid BatchSend, with margin (api/limits.py): anything
+        # larger is refused before it is read into memory and parsed.
+        (
+            "grpc.max_receive_message_length",
+            max_request_bytes(
+                batch_max_recipients=settings.batch_max_recipients,
+                max_text_segments=settings.max_text_segments,
+                max_labels=settings.max_labels,
+            ),
+        ),
         # Only the processes of one SMSGATE_PROCESSES group share the port; a
         # lone server must not (gRPC's default is on), or a second server on a
         # taken port would start and take part of the first one's calls.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -13,6 +13,7 @@ from smsgate_server.api.convert import event_to_proto, message_to_proto, ms_from
 from smsgate_server.api.guard import current_app
 from smsgate_server.domain.errors import InvalidArgument, NotImplementedYet, Reason
 from smsgate_server.domain.status import Status
+from smsgate_server.domain.validation import MAX_STATUSES, Violations, check_count, check_id
 from smsgate_server.services.sending import BatchCommand, ListQuery, SendCommand, SendingService
 from smsgate_server.services.watch import WatchFilter, WatchHub
 
@@ -30,18 +31,20 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
         self.hub = hub
 
     async def SendSms(self, request: pb.SendSmsRequest, context: Context) -> pb.SendSmsResponse:
-        _require_text(request)
+        _refuse_templates(request)
+        violations = Violations()
         message = await self.sending.send(
             current_app().key,
             SendCommand(
                 phone=request.phone_number,
                 text=request.text,
-                send_at_ms=ms_from_timestamp(request, "send_time"),
+                send_at_ms=violations.check(0, ms_from_timestamp, request, "send_time"),
                 request_id=request.request_id,
                 sender=request.sender_id,
                 labels=dict(request.labels),
                 fingerprint=_fingerprint(request),
             ),
+            violations,
         )
         return pb.SendSmsResponse(message=message_to_proto(message))
 
@@ -60,18 +63,20 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
     async def BatchSend(
         self, request: pb.BatchSendRequest, context: Context
     ) -> pb.BatchSendResponse:
-        _require_text(request, params=any(r.params for r in request.recipients))
+        _refuse_templates(request, params=any(r.params for r in request.recipients))
+        violations = Violations()
         outcome = await self.sending.send_batch(
             current_app().key,
             BatchCommand(
                 phones=[r.phone_number for r in request.recipients],
                 text=request.text,
-                send_at_ms=ms_from_timestamp(request, "send_time"),
+                send_at_ms=violations.check(0, ms_from_timestamp, request, "send_time"),
                 request_id=request.request_id,
                 sender=request.sender_id,
                 labels=dict(request.labels),
                 fingerprint=_fingerprint(request),
             ),
+            violations,
         )
         reply = pb.BatchSendResponse(batch_id=outcome.batch_id)
         for index, (recipient, result) in enumerate(
@@ -89,17 +94,19 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
     async def ListMessages(
         self, request: pb.ListMessagesRequest, context: Context
     ) -> pb.ListMessagesResponse:
+        violations = Violations()
         page, token = await self.sending.list_messages(
             current_app().key,
             ListQuery(
                 page_size=request.page_size,
                 page_token=request.page_token,
-                statuses=_statuses(request.statuses),
+                statuses=violations.check(frozenset(), _statuses, request.statuses),
                 phone=request.phone_number,
                 batch_id=request.batch_id,
-                start_ms=ms_from_timestamp(request, "start_time"),
-                end_ms=ms_from_timestamp(request, "end_time"),
+                start_ms=violations.check(0, ms_from_timestamp, request, "start_time"),
+                end_ms=violations.check(0, ms_from_timestamp, request, "end_time"),
             ),
+            violations,
         )
         return pb.ListMessagesResponse(
             messages=[message_to_proto(m) for m in page], next_page_token=token
@@ -116,14 +123,18 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
     async def WatchStatus(
         self, request: pb.WatchStatusRequest, context: Context
     ) -> AsyncIterator[pb.WatchStatusResponse]:
-        if len(request.message_ids) > MAX_WATCHED_IDS:
-            raise InvalidArgument.field(
-                "message_ids", f"at most {MAX_WATCHED_IDS} message ids can be watched"
-            )
+        violations = Violations()
+        violations.check(None, check_count, request.message_ids, MAX_WATCHED_IDS, "message_ids")
+        for i, message_id in enumerate(request.message_ids[:MAX_WATCHED_IDS]):
+            violations.check("", check_id, message_id, f"message_ids[{i}]")
+        if request.batch_id:
+            violations.check("", check_id, request.batch_id, "batch_id")
+        statuses = violations.check(frozenset(), _statuses, request.statuses)
+        violations.raise_any()
         wanted = WatchFilter(
             message_ids=frozenset(request.message_ids),
             batch_id=request.batch_id,
-            statuses=_statuses(request.statuses),
+            statuses=statuses,
         )
         watch = await self.hub.open(current_app().key, wanted, request.resume_token)
         try:
@@ -136,8 +147,10 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
             watch.close()
 
 
-def _statuses(values: Iterable[int]) -> frozenset[Status]:
-    """Requested statuses; UNSPECIFIED or unknown values are INVALID_ARGUMENT."""
+def _statuses(values: Sequence[int]) -> frozenset[Status]:
+    """Requested statuses (at most MAX_STATUSES); UNSPECIFIED or unknown values
+    are INVALID_ARGUMENT."""
+    check_count(values, MAX_STATUSES, "statuses")
     out = set()
     for value in values:
         try:
@@ -149,17 +162,13 @@ def _statuses(values: Iterable[int]) -> frozenset[Status]:
     return frozenset(out)
 
 
-def _require_text(
+def _refuse_templates(
     request: pb.SendSmsRequest | pb.BatchSendRequest, *, params: bool = False
 ) -> None:
-    """Free text is all this server sends: no content is EMPTY_CONTENT, template
-    content (or per-recipient params) is UNIMPLEMENTED until sending by template is built."""
-    which = request.WhichOneof("content")
-    if which is None:
-        raise InvalidArgument.field(
-            "text", "one of text or template is required", reason=Reason.EMPTY_CONTENT
-        )
-    if which == "template" or params:
+    """Free text is all this server sends: template content (or per-recipient
+    params) is UNIMPLEMENTED until sending by template is built. No content at
+    all is an empty text (EMPTY_CONTENT, from the text check)."""
+    if request.WhichOneof("content") == "template" or params:
         raise NotImplementedYet(
             "sending template content and per-recipient params is not built yet",
             reason=Reason.TEMPLATES_NOT_IMPLEMENTED,

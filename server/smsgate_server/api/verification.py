@@ -12,6 +12,7 @@ from smsgate_server.api.convert import timestamp_from_ms
 from smsgate_server.api.guard import current_app
 from smsgate_server.domain.codes import Alphabet
 from smsgate_server.domain.errors import InvalidArgument
+from smsgate_server.domain.validation import Violations
 from smsgate_server.services.verification import (
     Delivery,
     GenerateCommand,
@@ -61,20 +62,31 @@ class VerificationServicer(pb_grpc.VerificationServiceServicer):
     async def GenerateCode(
         self, request: pb.GenerateCodeRequest, context: Context
     ) -> pb.GenerateCodeResponse:
+        violations = Violations()
         issued = await self.verification.generate(
             current_app(),
             GenerateCommand(
                 phone=request.phone_number,
                 scope=request.scope,
                 length=request.length,
-                alphabet=_enum(_ALPHABETS, request.alphabet, "alphabet", pb.CodeAlphabet),
+                alphabet=violations.check(
+                    Alphabet.NUMERIC,
+                    _enum,
+                    _ALPHABETS,
+                    request.alphabet,
+                    "alphabet",
+                    pb.CodeAlphabet,
+                ),
                 validity_ms=(
                     request.validity.ToMilliseconds() if request.HasField("validity") else None
                 ),
-                delivery=_enum(_DELIVERIES, request.delivery, "delivery", pb.CodeDelivery),
+                delivery=violations.check(
+                    Delivery.SMS, _enum, _DELIVERIES, request.delivery, "delivery", pb.CodeDelivery
+                ),
                 template_id=request.template_id,
                 sender=request.sender_id,
             ),
+            violations,
         )
         return pb.GenerateCodeResponse(
             verification_id=issued.verification_id,

@@ -1,14 +1,31 @@
-"""Request checks shared by the send paths; each names the field it checks."""
+"""Request checks shared by the send paths; each names the field it checks.
+
+Every string and list a request carries has a maximum, checked before the
+value is parsed, cached or sent to Redis. ``Violations`` runs the checks of
+one request and reports every bad field at once.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Collection
+from typing import ParamSpec, TypeVar
 
 from smsgate_server.domain.encoding import TextMetrics, measure
 from smsgate_server.domain.errors import FieldViolation, InvalidArgument, Reason
 from smsgate_server.domain.phone import InvalidPhoneNumber, normalize_e164
 
 __all__ = [
+    "MAX_ID_CHARS",
+    "MAX_LABEL_KEY_CHARS",
+    "MAX_LABEL_VALUE_CHARS",
+    "MAX_REQUEST_ID_CHARS",
+    "MAX_SENDER_CHARS",
+    "MAX_STATUSES",
+    "TEXT_CHARS_PER_SEGMENT",
+    "Violations",
+    "check_count",
+    "check_id",
     "check_labels",
     "check_phone",
     "check_request_id",
@@ -17,10 +34,78 @@ __all__ = [
     "check_text",
 ]
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Message, batch and verification ids are 26-48 characters today; 64 leaves
+# room for another format without letting megabytes through.
+MAX_ID_CHARS = 64
+# A status filter names each of the nine statuses at most once or twice.
+MAX_STATUSES = 16
+
+MAX_REQUEST_ID_CHARS = 128
+# Vendors reject longer signatures and sender ids.
+MAX_SENDER_CHARS = 32
+MAX_LABEL_KEY_CHARS = 63
+MAX_LABEL_VALUE_CHARS = 256
+# The most characters one SMS segment holds (GSM-7, unsplit): text longer than
+# segments x this is too long in any encoding, and is refused unmeasured.
+TEXT_CHARS_PER_SEGMENT = 160
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}$")
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 # Scheduling a moment that has just passed (client clock skew) means "now".
 SEND_AT_GRACE_MS = 60_000
+
+
+class Violations:
+    """The field violations of one request, collected check by check so the
+    caller hears of every bad field in one INVALID_ARGUMENT.
+
+    Keeps the violations, not the exceptions: an exception's traceback holds
+    the frames that raised it, and with them the request."""
+
+    def __init__(self) -> None:
+        self.violations: list[FieldViolation] = []
+        self.reasons: set[Reason] = set()
+
+    def check(self, fallback: T, check: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """``check(*args, **kwargs)``; ``fallback`` when it raises InvalidArgument,
+        which is kept for ``raise_any``."""
+        try:
+            return check(*args, **kwargs)
+        except InvalidArgument as exc:
+            self.add(exc)
+            return fallback
+
+    def add(self, error: InvalidArgument) -> None:
+        """Keep the violations of an error found without ``check``."""
+        self.violations += error.violations
+        self.reasons.add(error.reason)
+
+    def raise_any(self) -> None:
+        """Raise one InvalidArgument with every violation kept, if there are any.
+        Its reason is the one they share, else the general INVALID_ARGUMENT."""
+        if not self.violations:
+            return
+        (reason,) = self.reasons if len(self.reasons) == 1 else {Reason.INVALID_ARGUMENT}
+        raise InvalidArgument(self.violations, reason=reason)
+
+
+def check_id(value: str, field: str) -> str:
+    """A message, batch or verification id: required, at most MAX_ID_CHARS."""
+    if not value:
+        raise InvalidArgument.field(field, "is required")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidArgument.field(field, f"must be at most {MAX_ID_CHARS} characters")
+    return value
+
+
+def check_count(values: Collection[object], limit: int, field: str) -> None:
+    """A repeated field with at most ``limit`` entries."""
+    if len(values) > limit:
+        raise InvalidArgument.field(
+            field, f"has {len(values)} entries; at most {limit} are allowed"
+        )
 
 
 def check_phone(value: str, field: str) -> str:
@@ -37,7 +122,7 @@ def check_text(value: str, field: str, max_segments: int) -> TextMetrics:
         raise InvalidArgument.field(
             field, "is required and must not be blank", reason=Reason.EMPTY_CONTENT
         )
-    if len(value) > max_segments * 160:
+    if len(value) > max_segments * TEXT_CHARS_PER_SEGMENT:
         # Too long in any encoding; measuring megabytes would stall the loop.
         raise InvalidArgument.field(
             field,
@@ -78,9 +163,9 @@ def check_request_id(value: str, field: str = "request_id") -> str:
 
 
 def check_sender(value: str, field: str = "sender_id") -> str:
-    """At most 32 characters; vendors reject longer signatures and sender ids."""
-    if len(value) > 32:
-        raise InvalidArgument.field(field, "must be at most 32 characters")
+    """At most MAX_SENDER_CHARS characters."""
+    if len(value) > MAX_SENDER_CHARS:
+        raise InvalidArgument.field(field, f"must be at most {MAX_SENDER_CHARS} characters")
     return value
 
 
@@ -93,9 +178,11 @@ def check_labels(labels: dict[str, str], max_labels: int, field: str = "labels")
         for key in labels
         if not _LABEL_KEY.match(key)
     ] + [
-        FieldViolation(f"{field}[{key[:64]!r}]", "value must be at most 256 characters")
+        FieldViolation(
+            f"{field}[{key[:64]!r}]", f"value must be at most {MAX_LABEL_VALUE_CHARS} characters"
+        )
         for key, value in labels.items()
-        if len(value) > 256
+        if len(value) > MAX_LABEL_VALUE_CHARS
     ]
     if bad:
         raise InvalidArgument(bad)

@@ -27,6 +27,8 @@ from smsgate_server.domain.phone import InvalidPhoneNumber, normalize_e164
 from smsgate_server.domain.status import Status
 from smsgate_server.domain.tokens import InvalidToken, TokenKind, TokenSealer
 from smsgate_server.domain.validation import (
+    Violations,
+    check_id,
     check_labels,
     check_phone,
     check_request_id,
@@ -143,12 +145,18 @@ class SendingService:
             return shard_for_key(f"{app}:{request_id}", self.store.shards)
         return secrets.randbelow(self.store.shards)
 
-    async def send(self, app: str, cmd: SendCommand) -> StoredMessage:
-        """Validate and accept one message; return it as stored."""
+    async def send(
+        self, app: str, cmd: SendCommand, violations: Violations | None = None
+    ) -> StoredMessage:
+        """Validate and accept one message; return it as stored. Every bad field
+        (with those the caller found in ``violations``) is one InvalidArgument."""
+        if violations is None:
+            violations = Violations()
         now = self.store.now_ms()
-        phone = check_phone(cmd.phone, "phone_number")
-        prototype = self._prototype(cmd, now)
-        request_id = check_request_id(cmd.request_id)
+        phone = violations.check("", check_phone, cmd.phone, "phone_number")
+        prototype = self._prototype(cmd, now, violations)
+        request_id = violations.check("", check_request_id, cmd.request_id)
+        violations.raise_any()
         await self._admit(app, 1)
         shard = self._shard(app, request_id)
         message = dataclasses.replace(
@@ -197,18 +205,24 @@ class SendingService:
             sensitive=cmd.sensitive,
         )
 
-    def _prototype(self, cmd: SendCommand | BatchCommand, now_ms: int) -> NewMessage:
+    def _prototype(
+        self, cmd: SendCommand | BatchCommand, now_ms: int, violations: Violations
+    ) -> NewMessage:
         """Checks what a single send and a batch share (text, send time, sender,
-        labels); returns the message every recipient gets, id and phone unset."""
-        metrics = check_text(cmd.text, "text", self.limits.max_text_segments)
-        send_at = check_send_at(cmd.send_at_ms, now_ms, self.limits.schedule_max_days)
-        sender = check_sender(cmd.sender)
-        check_labels(cmd.labels, self.limits.max_labels)
+        labels) into ``violations``; returns the message every recipient gets,
+        id and phone unset (meaningless when a check failed)."""
+        limits = self.limits
+        metrics = violations.check(None, check_text, cmd.text, "text", limits.max_text_segments)
+        send_at = violations.check(
+            0, check_send_at, cmd.send_at_ms, now_ms, limits.schedule_max_days
+        )
+        sender = violations.check("", check_sender, cmd.sender)
+        violations.check(None, check_labels, cmd.labels, limits.max_labels)
         return NewMessage(
             id="",
             phone="",
             rendered=cmd.text,
-            segments=metrics.segments,
+            segments=metrics.segments if metrics else 0,
             send_at_ms=send_at,
             text=cmd.text,
             sender=sender,
@@ -217,8 +231,7 @@ class SendingService:
 
     def _locate(self, any_id: str, kind: str = "message") -> int:
         """The shard of a message or batch id; NOT_FOUND for an id we never made."""
-        if not any_id:
-            raise InvalidArgument.field(f"{kind}_id", "is required")
+        check_id(any_id, f"{kind}_id")
         shard = shard_of_id(any_id, self.store.shards)
         if shard is None:
             # Not echoed: a malformed id may be anything, of any size.
@@ -251,9 +264,7 @@ class SendingService:
 
     # --- batches -------------------------------------------------------
 
-    def _check_recipients(self, phones: list[str]) -> list[str | tuple[Reason, str]]:
-        """Per recipient its E.164 form, or why it is rejected. A number seen
-        before in the request is rejected as a duplicate (one SMS per number)."""
+    def _check_recipient_count(self, phones: list[str]) -> None:
         if not phones:
             raise InvalidArgument.field("recipients", "at least one recipient is required")
         limit = self.limits.batch_max_recipients
@@ -263,6 +274,10 @@ class SendingService:
                 f"has {len(phones)} recipients; at most {limit} are allowed per call",
                 reason=Reason.TOO_MANY_RECIPIENTS,
             )
+
+    def _check_recipients(self, phones: list[str]) -> list[str | tuple[Reason, str]]:
+        """Per recipient its E.164 form, or why it is rejected. A number seen
+        before in the request is rejected as a duplicate (one SMS per number)."""
         seen: set[str] = set()
         out: list[str | tuple[Reason, str]] = []
         for raw in phones:
@@ -280,15 +295,21 @@ class SendingService:
             out.append(phone)
         return out
 
-    async def send_batch(self, app: str, cmd: BatchCommand) -> BatchOutcome:
+    async def send_batch(
+        self, app: str, cmd: BatchCommand, violations: Violations | None = None
+    ) -> BatchOutcome:
         """Validate each recipient and accept the valid ones as one batch.
 
         Idempotent by request id: a retry returns the first batch, and
         accepts what the first call did not reach if it died part-way.
         """
         now = self.store.now_ms()
-        prototype = self._prototype(cmd, now)
-        request_id = check_request_id(cmd.request_id)
+        if violations is None:
+            violations = Violations()
+        violations.check(None, self._check_recipient_count, cmd.phones)
+        prototype = self._prototype(cmd, now, violations)
+        request_id = violations.check("", check_request_id, cmd.request_id)
+        violations.raise_any()
         checked = self._check_recipients(cmd.phones)
 
         shard = self._shard(app, request_id)
@@ -341,7 +362,9 @@ class SendingService:
 
     # --- listing -------------------------------------------------------
 
-    async def list_messages(self, app: str, q: ListQuery) -> tuple[list[StoredMessage], str]:
+    async def list_messages(
+        self, app: str, q: ListQuery, violations: Violations | None = None
+    ) -> tuple[list[StoredMessage], str]:
         """A page of the app's messages, newest first, and the next page token.
 
         Filters on status and phone are applied while walking the id index; one
@@ -349,14 +372,21 @@ class SendingService:
         short with a token to go on. A page size above MAX_PAGE_SIZE is lowered
         to it (AIP-158).
         """
+        if violations is None:
+            violations = Violations()
         if q.page_size < 0:
-            raise InvalidArgument.field("page_size", "must not be negative")
+            violations.add(InvalidArgument.field("page_size", "must not be negative"))
         size = min(q.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        phone = check_phone(q.phone, "phone_number") if q.phone else ""
+        phone = violations.check("", check_phone, q.phone, "phone_number") if q.phone else ""
         if q.start_ms and q.end_ms and q.start_ms >= q.end_ms:
-            raise InvalidArgument.field("end_time", "must be after start_time")
+            violations.add(InvalidArgument.field("end_time", "must be after start_time"))
+        if q.batch_id:
+            violations.check("", check_id, q.batch_id, "batch_id")
         filters = _query_filters(q)
-        cursor = self._open_page_token(app, q.page_token, filters) if q.page_token else "g"
+        cursor = "g"
+        if q.page_token:
+            cursor = violations.check("", self._open_page_token, app, q.page_token, filters)
+        violations.raise_any()
         if q.end_ms:
             cursor = min(cursor, f"{q.end_ms:012x}")
         at_least = f"{q.start_ms:012x}" if q.start_ms else "0"

@@ -41,7 +41,12 @@ from smsgate_server.domain.errors import (
     Reason,
 )
 from smsgate_server.domain.phone import country_code
-from smsgate_server.domain.validation import check_phone, check_sender
+from smsgate_server.domain.validation import (
+    MAX_ID_CHARS,
+    Violations,
+    check_phone,
+    check_sender,
+)
 from smsgate_server.logs import mask_phone
 from smsgate_server.services.sending import SendCommand, SendingService
 from smsgate_server.store.codes import CodeCheck, CodeStore, IssueKind, NewCode
@@ -174,26 +179,32 @@ class VerificationService:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    async def generate(self, app: App, cmd: GenerateCommand) -> IssuedCode:
+    async def generate(
+        self, app: App, cmd: GenerateCommand, violations: Violations | None = None
+    ) -> IssuedCode:
         """Issue a code for ``cmd.phone`` and ``cmd.scope``, replacing the live one,
-        and send it (SMS delivery) or return it (caller delivery)."""
-        phone = check_phone(cmd.phone, "phone_number")
-        scope = check_scope(cmd.scope)
-        length = check_length(cmd.length)
-        validity_ms = check_validity(cmd.validity_ms)
+        and send it (SMS delivery) or return it (caller delivery). Every bad field
+        (with those the caller found in ``violations``) is one InvalidArgument."""
+        if violations is None:
+            violations = Violations()
+        phone = violations.check("", check_phone, cmd.phone, "phone_number")
+        scope = violations.check("", check_scope, cmd.scope)
+        length = violations.check(0, check_length, cmd.length)
+        validity_ms = violations.check(0, check_validity, cmd.validity_ms)
+        sender = ""
         if cmd.delivery is Delivery.SMS:
-            sender = check_sender(cmd.sender)
-            if cmd.template_id:
-                raise NotImplementedYet(
-                    "sending codes by template_id is not built yet; leave it empty for the "
-                    "built-in text",
-                    reason=Reason.TEMPLATES_NOT_IMPLEMENTED,
-                )
+            sender = violations.check("", check_sender, cmd.sender)
         else:
             for name, value in (("template_id", cmd.template_id), ("sender_id", cmd.sender)):
                 if value:
-                    raise InvalidArgument.field(name, "applies only to CODE_DELIVERY_SMS")
-            sender = ""
+                    violations.add(InvalidArgument.field(name, "applies only to CODE_DELIVERY_SMS"))
+        violations.raise_any()
+        if cmd.delivery is Delivery.SMS and cmd.template_id:
+            raise NotImplementedYet(
+                "sending codes by template_id is not built yet; leave it empty for the "
+                "built-in text",
+                reason=Reason.TEMPLATES_NOT_IMPLEMENTED,
+            )
 
         # SMS pumping: refuse numbers outside the app's countries before anything
         # is counted or sent.
@@ -291,14 +302,34 @@ class VerificationService:
         return issued
 
     async def verify(self, app: App, cmd: VerifyCommand) -> VerifyResult:
-        """Check a code; a correct one verifies once and is consumed."""
-        code = normalize_code(cmd.code)
-        if not code:
-            raise InvalidArgument.field("code", "is required", reason=Reason.EMPTY_CODE)
-        if len(code) > MAX_CODE_INPUT:
-            raise InvalidArgument.field("code", f"must be at most {MAX_CODE_INPUT} characters")
-        phone = check_phone(cmd.phone, "phone_number") if cmd.phone else ""
-        scope = check_scope(cmd.scope) if cmd.scope else ""
+        """Check a code; a correct one verifies once and is consumed. Every bad
+        field is reported in one InvalidArgument."""
+        violations = Violations()
+        code = ""
+        # Measured before it is normalised: the input may be megabytes.
+        if len(cmd.code) > MAX_CODE_INPUT:
+            violations.add(
+                InvalidArgument.field("code", f"must be at most {MAX_CODE_INPUT} characters")
+            )
+        elif not (code := normalize_code(cmd.code)):
+            violations.add(InvalidArgument.field("code", "is required", reason=Reason.EMPTY_CODE))
+        if len(cmd.verification_id) > MAX_ID_CHARS:
+            violations.add(
+                InvalidArgument.field(
+                    "verification_id", f"must be at most {MAX_ID_CHARS} characters"
+                )
+            )
+        phone = violations.check("", check_phone, cmd.phone, "phone_number") if cmd.phone else ""
+        scope = violations.check("", check_scope, cmd.scope) if cmd.scope else ""
+        if not cmd.verification_id and not (cmd.phone and cmd.scope):
+            violations.add(
+                InvalidArgument.field(
+                    "verification_id",
+                    "either verification_id, or both phone_number and scope, is required",
+                    reason=Reason.VERIFICATION_UNNAMED,
+                )
+            )
+        violations.raise_any()
         now = self._now_ms()
 
         if cmd.verification_id:
@@ -317,17 +348,11 @@ class VerificationService:
                 outcome = await self.codes.verify_by_id(
                     keys, parts.nonce, code_hash, now, scope=scope
                 )
-        elif phone and scope:
+        else:
             tag = self.signer.phone_tag(app.key, phone)
             code_hash = self.signer.code_hash(app.key, tag, code)
             outcome = await self.codes.verify_by_scope(
                 CodeKeys(app.key, tag), scope, code_hash, now
-            )
-        else:
-            raise InvalidArgument.field(
-                "verification_id",
-                "either verification_id, or both phone_number and scope, is required",
-                reason=Reason.VERIFICATION_UNNAMED,
             )
         result = VerifyResult(Verdict(outcome.kind), outcome.attempts_left)
         if log.isEnabledFor(logging.INFO):
