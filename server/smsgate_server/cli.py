@@ -6,6 +6,7 @@ smsgate-server apps create NAME   create an app and print its credentials
     [--verify-per-minute N]       its verification codes per minute
     [--accept-per-second N]       messages it may accept per second
     [--max-held-messages N]       messages it may hold in Redis
+smsgate-server apps revoke KEY    delete an app: every server refuses its token at once
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 
 from pydantic import ValidationError
 
@@ -76,6 +78,28 @@ async def _serve(settings: Settings) -> None:
     await running.stop()
 
 
+@asynccontextmanager
+async def _app_store(settings: Settings) -> AsyncIterator[AppStore]:
+    """The apps in the running server's Redis, or in the data directory's
+    embedded Redis, started for the while when no server runs."""
+    embedded: EmbeddedRedis | None = None
+    url = settings.redis_url or running_url(settings.data_dir)
+    if url is None:
+        embedded = EmbeddedRedis(settings.data_dir)
+        url = await asyncio.to_thread(embedded.start)
+    try:
+        redis = await connect(url, pool_size=2)
+        try:
+            yield AppStore(redis.client)
+        finally:
+            await redis.aclose()
+    except Unavailable as exc:
+        raise StartError(str(exc)) from None
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
 async def _create_app(
     settings: Settings,
     name: str,
@@ -86,29 +110,14 @@ async def _create_app(
     accept_per_second: int | None = None,
     max_held_messages: int | None = None,
 ) -> None:
-    embedded: EmbeddedRedis | None = None
-    url = settings.redis_url or running_url(settings.data_dir)
-    if url is None:
-        # No server is running on this data directory: open its Redis briefly.
-        embedded = EmbeddedRedis(settings.data_dir)
-        url = await asyncio.to_thread(embedded.start)
-    try:
-        redis = await connect(url, pool_size=2)
-        try:
-            creds = await AppStore(redis.client).create(
-                name,
-                allowed_countries=allowed_countries,
-                verify_per_minute=verify_per_minute,
-                accept_per_second=accept_per_second,
-                max_held_messages=max_held_messages,
-            )
-        finally:
-            await redis.aclose()
-    except Unavailable as exc:
-        raise StartError(str(exc)) from None
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+    async with _app_store(settings) as apps:
+        creds = await apps.create(
+            name,
+            allowed_countries=allowed_countries,
+            verify_per_minute=verify_per_minute,
+            accept_per_second=accept_per_second,
+            max_held_messages=max_held_messages,
+        )
     if as_json:
         print(
             json.dumps(
@@ -121,6 +130,14 @@ async def _create_app(
         print(f"app_secret: {creds.app_secret}   (shown once; stored hashed)")
         print(f"token:      {creds.token}")
         print("\nSend it as gRPC metadata:  authorization: Bearer <token>")
+
+
+async def _revoke_app(settings: Settings, key: str) -> None:
+    async with _app_store(settings) as apps:
+        revoked = await apps.revoke(key)
+    if not revoked:
+        raise StartError(f"no app has the key {key!r}")
+    print(f"revoked {key}: every server refuses its token from now on")
 
 
 def _calling_code(text: str) -> int:
@@ -177,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="messages the app may hold in Redis, finished ones until their retention ends; "
         "default: SMSGATE_APP_MAX_HELD_MESSAGES",
     )
+    revoke = apps.add_parser("revoke", help="delete an app: every server refuses its token at once")
+    revoke.add_argument("key", help="the app's key (ak_...)")
     args = parser.parse_args(argv)
 
     settings = _settings()
@@ -188,9 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra={"variables": unknown},
         )
     try:
-        if args.command == "apps":
+        if args.command == "apps" and args.apps_command == "revoke":
+            asyncio.run(_revoke_app(settings, args.key))
+        elif args.command == "apps":
             if args.apps_command != "create":
-                parser.error("apps: expected 'create NAME'")
+                parser.error("apps: expected 'create NAME' or 'revoke KEY'")
             asyncio.run(
                 _create_app(
                     settings,

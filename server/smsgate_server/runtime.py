@@ -274,6 +274,12 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
         await reached(StartStep.DISPATCHER)
 
     guard = RequestGuard(apps, cache_seconds=settings.auth_cache_seconds)
+    # A revoked app is refused at once on every replica, not when its cache
+    # entry expires; a gap in the subscription drops the whole cache.
+    revocations = asyncio.create_task(
+        apps.follow_revocations(guard.cache.forget, guard.cache.clear), name="revocations"
+    )
+    stack.push_async_callback(cancel_and_wait, [revocations], timeout=2.0)
     # The guard wraps handlers as they are registered: no per-call interceptor.
     server = guard.guarding(grpc.aio.server(options=_grpc_options(settings)))
     ran = False

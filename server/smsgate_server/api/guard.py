@@ -139,13 +139,17 @@ class TokenCache:
 
     Keyed by the parsed key only (a valid key is 23 characters) and filled only
     after Redis verified the secret, so it holds at most ``max_size`` real apps;
-    the oldest entry makes room for a new one."""
+    the oldest entry makes room for a new one. A revoked app is dropped at once
+    (``forget``, from the revocation broadcast), not when its entry expires."""
 
     def __init__(self, ttl: float, max_size: int = 10_000) -> None:
         self.ttl = ttl
         self.max_size = max_size
         # app key -> (app, hash of its secret, monotonic expiry)
         self._entries: dict[str, tuple[App, str, float]] = {}
+        # Counts forgets: a look-up that started before one must not cache
+        # what it read, which may be the revoked app.
+        self.revision = 0
 
     def get(self, key: str, secret: str) -> App | None:
         """The app of ``key`` if it was verified with ``secret`` within the ttl."""
@@ -154,13 +158,24 @@ class TokenCache:
             return None
         return hit[0]
 
-    def put(self, key: str, secret: str, app: App) -> None:
-        if self.ttl <= 0:
+    def put(self, key: str, secret: str, app: App, *, revision: int) -> None:
+        """Cache ``app``, read from Redis when ``self.revision`` was ``revision``."""
+        if self.ttl <= 0 or revision != self.revision:
             return
         self._entries.pop(key, None)
         if len(self._entries) >= self.max_size:
             del self._entries[next(iter(self._entries))]
         self._entries[key] = (app, hash_secret(secret), time.monotonic() + self.ttl)
+
+    def forget(self, key: str) -> None:
+        """Drop app ``key``: it was revoked."""
+        self.revision += 1
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        """Drop every app: revocations may have been missed."""
+        self.revision += 1
+        self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -205,10 +220,11 @@ class RequestGuard:
         app = self.cache.get(*parts)
         if app is not None:
             return app
+        revision = self.cache.revision
         app = await self.apps.authenticate(*parts)
         if app is None:
             raise Unauthenticated("invalid credentials", reason=Reason.INVALID_CREDENTIALS)
-        self.cache.put(*parts, app)
+        self.cache.put(*parts, app, revision=revision)
         return app
 
     def _wrap(self, method: str, handler: Handler) -> Handler:

@@ -1,9 +1,11 @@
-"""AppStore: app records (name, hashed secret, verification policy) in Redis."""
+"""AppStore: app records (name, hashed secret, verification policy) in Redis,
+and the broadcast that tells every server process an app was revoked."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
@@ -15,8 +17,9 @@ from smsgate_server.domain.apps import (
     new_credentials,
     secret_matches,
 )
-from smsgate_server.store.errors import redis_edge
-from smsgate_server.store.keys import AppField, app_key, apps_index
+from smsgate_server.domain.errors import Unavailable
+from smsgate_server.store.errors import map_redis_errors, redis_edge
+from smsgate_server.store.keys import AppField, app_key, apps_index, revocations_channel
 
 __all__ = ["AppStore"]
 
@@ -25,8 +28,12 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# Seconds between attempts to subscribe again to revocations while Redis is away.
+RESUBSCRIBE_SECONDS = 1.0
+
+
 class AppStore:
-    """Creates apps and checks their credentials."""
+    """Creates, checks and revokes apps."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -89,6 +96,43 @@ class AppStore:
             ),
             verify_per_minute=int(per_minute) if per_minute is not None else None,
         )
+
+    @redis_edge
+    async def revoke(self, key: str) -> bool:
+        """Delete app ``key``, so its token stops working, and publish its key to
+        every server process; False when there is no such app."""
+        # Not one transaction: the record and the index are in different
+        # slots on a cluster. Published last, so a process that hears it and
+        # looks the app up again finds it gone.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(app_key(key))
+            pipe.srem(apps_index(), key)
+            pipe.publish(revocations_channel(), key)
+            deleted, _, _ = await pipe.execute()
+        return bool(deleted)
+
+    async def follow_revocations(
+        self, revoked: Callable[[str], None], missed: Callable[[], None]
+    ) -> None:
+        """Call ``revoked(key)`` for each app any process revokes, until cancelled,
+        on a connection of its own. ``missed()`` is called whenever the
+        subscription is (re)made: what was published while this process was not
+        subscribed (a Redis outage) is unknown."""
+        while True:
+            try:
+                with map_redis_errors():
+                    async with self.redis.pubsub() as pubsub:
+                        await pubsub.subscribe(revocations_channel())
+                        # redis-py may reconnect and subscribe again by itself;
+                        # each subscription is confirmed by a "subscribe" message.
+                        async for message in pubsub.listen():
+                            if message["type"] == "subscribe":
+                                missed()
+                            elif message["type"] == "message":
+                                revoked(_text(message["data"]))
+            except Unavailable:
+                # Logged, with a count, by map_redis_errors.
+                await asyncio.sleep(RESUBSCRIBE_SECONDS)
 
     @redis_edge
     async def count(self) -> int:

@@ -47,6 +47,7 @@ __all__ = [
     "accept_bucket_key",
     "app_key",
     "apps_index",
+    "revocations_channel",
     "verify_rate_key",
 ]
 
@@ -153,6 +154,12 @@ def accept_bucket_key(app: str) -> str:
 def apps_index() -> str:
     """Set of every app key (for admin listing)."""
     return f"{PREFIX}:apps"
+
+
+def revocations_channel() -> str:
+    """Pub/sub channel on which the key of each revoked app is published, so
+    every server process drops it from its auth cache at once."""
+    return f"{PREFIX}:apps:revoked"
 
 
 @dataclass(frozen=True, slots=True)
