@@ -63,7 +63,7 @@ class Profile:
     scenarios: tuple[str, ...]
 
 
-ALL = ("sendsms", "getmessage", "batchsend", "e2e", "verify", "watch")
+ALL = ("sendsms", "getmessage", "batchsend", "e2e", "verify", "watch", "noisy")
 PROFILES = {
     "full": Profile("full", 3.0, 15.0, 2, 20_000, 100, 500.0, ALL),
     "quick": Profile("quick", 1.0, 5.0, 2, 5_000, 20, 300.0, ALL),
@@ -76,6 +76,8 @@ CONCURRENCY = {
     "e2e": 64,
     "verify": 32,
     "watch": 8,
+    # The neighbour's GetMessage workers; the noisy app runs NOISY_CLIENTS loops.
+    "noisy": 4,
 }
 UNITS = {
     "echo": "req",
@@ -85,7 +87,13 @@ UNITS = {
     "e2e": "delivered",
     "verify": "pair",
     "watch": "event",
+    "noisy": "req",
+    "listmessages": "req",
 }
+# The noisy-neighbour scenario: app A holds this many messages and this many
+# client processes loop ListMessages (no filter) over them.
+NOISY_MESSAGES = 40_000
+NOISY_CLIENTS = 4
 
 
 @dataclass(slots=True)
@@ -110,6 +118,8 @@ class Row:
     redis_cpu_pct: float = 0.0
     echo_rate_ratio: float | None = None
     echo_p99_ratio: float | None = None
+    # noisy: the neighbour's GetMessage p99 under noise over its p99 idle.
+    neighbour_p99_ratio: float | None = None
     skipped: str = ""
     note: str = ""
 
@@ -149,6 +159,7 @@ class Servers:
         self.echo: subprocess.Popen[bytes] | None = None
         self.smsgate: subprocess.Popen[bytes] | None = None
         self.token = ""
+        self.grpc_port = 0
 
     def start_redis(self) -> str:
         return self.redis.start()
@@ -192,6 +203,8 @@ class Servers:
                 "SMSGATE_UVLOOP": "true" if self.uvloop else "false",
                 # Pairs/s is the point of the verify scenario: lift the per-app limit.
                 "SMSGATE_VERIFY_PER_MINUTE": "1000000",
+                # Throughput is the point of the accept scenarios: lift the per-app rate.
+                "SMSGATE_APP_ACCEPT_PER_SECOND": "10000000",
             }
         )
         env.update(self.server_env)
@@ -203,14 +216,8 @@ class Servers:
             raise RuntimeError("smsgate-server is not installed in this environment")
         port = free_port()
         env = self._env(port)
-        created = subprocess.run(
-            [binary, "apps", "create", "bench", "--json"],
-            env=env,
-            capture_output=True,
-            check=True,
-            timeout=60,
-        )
-        self.token = json.loads(created.stdout)["token"]
+        self.grpc_port = port
+        self.token = self.create_app("bench")
         log = (self.root / "server.log").open("wb")
         self.smsgate = subprocess.Popen(
             [binary], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -222,6 +229,19 @@ class Servers:
             print((self.root / "server.log").read_text()[-2000:], file=sys.stderr)
             raise
         return target, self.smsgate.pid
+
+    def create_app(self, name: str) -> str:
+        """A new app on the bench Redis (server running or not); its token."""
+        binary = shutil.which("smsgate-server", path=str(Path(sys.executable).parent))
+        assert binary is not None
+        created = subprocess.run(
+            [binary, "apps", "create", name, "--json"],
+            env=self._env(self.grpc_port),
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        return str(json.loads(created.stdout)["token"])
 
     def stop_smsgate(self) -> None:
         if self.smsgate is not None:
@@ -626,6 +646,54 @@ def run_watch(run: Run) -> Row:
     return row
 
 
+async def _seed(target: str, token: str, n: int) -> None:
+    """Accept ``n`` messages for the app of ``token``, by BatchSend of 10,000."""
+    md = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(target) as ch:
+        sms: Any = sms_grpc.SmsServiceStub(ch)
+        for k in range(math.ceil(n / 10_000)):
+            size = min(10_000, n - k * 10_000)
+            await sms.BatchSend(batch_request(98, k, size), metadata=md, timeout=120)
+
+
+def run_noisy(run: Run, servers: Servers) -> Row:
+    """App B's GetMessage p99 idle, then while NOISY_CLIENTS processes of app A
+    loop ListMessages (no filter) over NOISY_MESSAGES messages; the ratio."""
+    p = run.profile
+    noisy_token, neighbour_token = servers.create_app("noisy"), servers.create_app("neighbour")
+    asyncio.run(_seed(run.target, noisy_token, NOISY_MESSAGES))
+    settle(run.server_pid, 120)
+
+    def spec(scenario: str, token: str, index: int, concurrency: int) -> ClientSpec:
+        return ClientSpec(scenario, run.target, token, index, concurrency, p.warmup, p.duration)
+
+    neighbour = spec("getmessage", neighbour_token, 0, CONCURRENCY["noisy"])
+    window = (p.warmup, p.duration)
+    timeout = p.warmup + p.duration + 120
+    kw: dict[str, Any] = {"server_pid": run.server_pid, "redis_pid": run.redis_pid}
+    idle = run_clients(run.ctx, [neighbour], window=window, timeout=timeout, **kw)
+    noisy = [spec("listmessages", noisy_token, 1 + i, 1) for i in range(NOISY_CLIENTS)]
+    loud = run_clients(run.ctx, [neighbour, *noisy], window=window, timeout=timeout, **kw)
+
+    idle_p99 = _percentile(sorted(idle.results[0].latencies), 0.99) * 1000
+    got = [r for r in loud.results if r.index == 0]
+    lists = [r for r in loud.results if r.index != 0]
+    row = Row("noisy", UNITS["noisy"], CONCURRENCY["noisy"], len(got))
+    _fill(row, replace(loud, results=got), got[0].latencies, got[0].units, p.duration)
+    row.neighbour_p99_ratio = _ratio(row.p99_ms, idle_p99)
+    refused: dict[str, int] = {}
+    for r in lists:
+        for code, count in r.errors.items():
+            refused[code] = refused.get(code, 0) + count
+    row.note = (
+        f"app B GetMessage p99 {idle_p99:.2f} ms idle -> {row.p99_ms:.2f} ms while "
+        f"{NOISY_CLIENTS} clients of app A loop ListMessages on {NOISY_MESSAGES:,} messages: "
+        f"{row.neighbour_p99_ratio or 0:.2f}x; A's ListMessages "
+        f"{sum(r.ops for r in lists) / p.duration:.0f}/s answered, refused {refused or 'none'}"
+    )
+    return row
+
+
 # --- output ----------------------------------------------------------------
 
 
@@ -666,6 +734,15 @@ def goals(rows: list[Row]) -> list[tuple[str, str, bool]]:
     if r and r.echo_p99_ratio is not None:
         out.append(
             ("code pair p99 <= 2.5x echo p99", f"{r.echo_p99_ratio:.2f}x", r.echo_p99_ratio <= 2.5)
+        )
+    r = by.get("noisy")
+    if r and r.neighbour_p99_ratio is not None:
+        out.append(
+            (
+                "neighbour GetMessage p99 <= 2x idle",
+                f"{r.neighbour_p99_ratio:.2f}x",
+                r.neighbour_p99_ratio <= 2,
+            )
         )
     smsgate = [x for x in rows if not x.skipped and not x.scenario.startswith("echo")]
     if smsgate:
@@ -769,7 +846,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             run.redis_pid = None
             # 1. The ceiling, at every concurrency a scenario uses.
             levels = sorted(
-                {concurrency[s] for s in profile.scenarios if s not in ("batchsend", "watch")},
+                {
+                    concurrency[s]
+                    for s in profile.scenarios
+                    if s not in ("batchsend", "watch", "noisy")
+                },
                 reverse=True,
             ) or [concurrency["sendsms"]]
             run.target, run.server_pid = servers.start_echo()
@@ -809,13 +890,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     row = run_e2e(run, watch_built=not built.get("watch"), batch=batch)
                 elif name == "watch":
                     row = run_watch(run)
+                elif name == "noisy":
+                    row = run_noisy(run, servers)
                 else:
                     row = run.timed(name, c)
                 base = echo.get(c) or echo[levels[0]]
-                if name != "watch":  # event lag is not comparable with a call
+                if name not in ("watch", "noisy"):  # not comparable with one call
                     row.echo_rate_ratio = _ratio(row.rate, base.rate)
                     row.echo_p99_ratio = _ratio(row.p99_ms, base.p99_ms)
-                if c not in echo and name != "watch":
+                if c not in echo and name not in ("watch", "noisy"):
                     row.note = (row.note + "; " if row.note else "") + f"ratios vs echo@{levels[0]}"
                 rows.append(row)
                 print(f"measured {name}: {row.rate:.0f} {row.unit}/s", flush=True)

@@ -101,6 +101,14 @@ class GetMessageOp(Op):
         return 1
 
 
+class ListMessagesOp(Op):
+    """ListMessages with no filter: the first page (50) of the app's messages."""
+
+    async def __call__(self, n: int) -> int:
+        await self.sms.ListMessages(sms_service_pb2.ListMessagesRequest(), metadata=self.metadata)
+        return 1
+
+
 BATCH_SIZE = 1000
 
 
@@ -162,6 +170,7 @@ OPS: dict[str, type[Op]] = {
     "echo": EchoOp,
     "sendsms": SendSmsOp,
     "getmessage": GetMessageOp,
+    "listmessages": ListMessagesOp,
     "batchsend": BatchSendOp,
     "verify": VerifyPairOp,
 }

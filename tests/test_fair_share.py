@@ -355,3 +355,35 @@ def test_apps_create_stores_an_apps_own_rate_and_cap(
         client.close()
     assert record[b"accept_per_second"] == b"3"
     assert record[b"max_held_messages"] == b"7"
+
+
+async def test_a_fresh_watch_needs_no_slot_and_a_resume_does(make_server: ServerFactory) -> None:
+    server = await make_server(app_max_concurrent_queries=1)
+    app = await server.apps.create("a")
+    assert server.hub is not None and server.hub.admission is not None
+    async with stub(server) as sms:
+        first = sms.WatchStatus(pb.WatchStatusRequest(), metadata=bearer(app.token))
+        await first.initial_metadata()
+        await sms.SendSms(one(), metadata=bearer(app.token))
+        resume = (await first.read()).event.resume_token
+        first.cancel()
+        await sms.SendSms(one(phones(1, 1)[0]), metadata=bearer(app.token))
+
+        held = server.hub.admission.query_slot(app.app_key)
+        fresh = sms.WatchStatus(pb.WatchStatusRequest(), metadata=bearer(app.token))
+        await fresh.initial_metadata()
+        await sms.SendSms(one(phones(1, 2)[0]), metadata=bearer(app.token))
+        assert (await fresh.read()).event.status == S.MESSAGE_STATUS_QUEUED
+        fresh.cancel()
+        resumed = sms.WatchStatus(
+            pb.WatchStatusRequest(resume_token=resume), metadata=bearer(app.token)
+        )
+        d = await refused(resumed.read())
+        held.release()
+        again = sms.WatchStatus(
+            pb.WatchStatusRequest(resume_token=resume), metadata=bearer(app.token)
+        )
+        assert (await again.read()).event.resume_token
+        again.cancel()
+
+    assert d.reason == "TOO_MANY_CONCURRENT_QUERIES"

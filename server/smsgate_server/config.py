@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     app_accept_per_second: int = Field(default=5_000, ge=1, le=10_000_000)
     app_accept_burst_seconds: float = Field(default=2.0, gt=0, le=3600)
     app_max_held_messages: int = Field(default=2_000_000, ge=1)
-    app_max_concurrent_queries: int = Field(default=2, ge=1, le=10_000)
+    app_max_concurrent_queries: int = Field(default=1, ge=1, le=10_000)
     redis_max_memory_bytes: int = Field(default=0, ge=0)
     redis_memory_watermark: float = Field(default=0.9, gt=0, le=1)
     quota_check_seconds: float = Field(default=1.0, ge=0, le=60)

@@ -44,7 +44,7 @@ class AdmissionPolicy:
     accept_per_second: int = 5_000
     accept_burst_seconds: float = 2.0
     max_held_messages: int = 2_000_000
-    max_concurrent_queries: int = 2
+    max_concurrent_queries: int = 1
     # The memory Redis may use: this when set, else its maxmemory; 0 for both
     # means no watermark.
     redis_max_memory_bytes: int = 0

@@ -270,6 +270,17 @@ class Watch:
     # The app's expensive-call slot while catching up (released by close() too:
     # a generator abandoned mid-catch-up runs its finally only when collected).
     catchup: QuerySlot | None = None
+    # Whether it starts behind the live readers (a resume), decided when it is
+    # made: the readers move on while the stream starts.
+    resumed: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        live = self.hub.positions
+        self.resumed = any(
+            stream_id_key(p) < stream_id_key(live[shard])
+            for shard, p in enumerate(self.positions)
+            if shard < len(live)
+        )
 
     async def events(self) -> AsyncIterator[tuple[StatusEvent, str]]:
         """Matching events, each with the token that resumes after it."""
@@ -302,15 +313,10 @@ class Watch:
                 yield item, encode_token(tokens, app, positions)
 
     def _catchup_slot(self) -> QuerySlot | None:
-        """An expensive-call slot of the app when the watch starts behind the
-        live readers (a resume): the catch-up reads every app's events since."""
-        admission, live = self.hub.admission, self.hub.positions
-        behind = any(
-            stream_id_key(p) < stream_id_key(live[shard])
-            for shard, p in enumerate(self.positions)
-            if shard < len(live)
-        )
-        return admission.query_slot(self.sub.app) if admission and behind else None
+        """An expensive-call slot of the app for a resume: its catch-up reads
+        every app's events since the token."""
+        admission = self.hub.admission
+        return admission.query_slot(self.sub.app) if admission and self.resumed else None
 
     def close(self) -> None:
         if self.catchup is not None:
