@@ -475,7 +475,10 @@ class ListMessagesResponse(_message.Message):
     MESSAGES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Pass as `page_token` for the next page; empty on the last page."""
+    """Pass as `page_token` for the next page; empty on the last page. A call
+    may return fewer than `page_size` messages, even zero, with a
+    `next_page_token`: it examines at most 1,000 messages.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:
         """Matching messages, newest first."""

@@ -94,8 +94,11 @@ class SmsServiceServicer:
         empty or oversized text, `send_time` out of range, bad `request_id`,
         `sender_id` or labels), ALREADY_EXISTS (`request_id` reused with different
         content), UNIMPLEMENTED (template content: TemplateService is not built
-        yet), UNAUTHENTICATED, UNAVAILABLE (storage unreachable or shutting down;
-        retry, with the same `request_id`).
+        yet), RESOURCE_EXHAUSTED with RetryInfo (APP_RATE_LIMITED: the app's
+        accept rate; STORAGE_FULL: storage nearly full) or QuotaFailure
+        (APP_HELD_MESSAGES_CAP: the messages the app may hold), UNAUTHENTICATED,
+        UNAVAILABLE (storage unreachable or shutting down; retry, with the same
+        `request_id`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,8 +113,9 @@ class SmsServiceServicer:
         (no recipients, too many, bad text, `send_time`, `request_id`, `sender_id`
         or labels), ALREADY_EXISTS (`request_id` reused with different content),
         UNIMPLEMENTED (template content or per-recipient params: TemplateService
-        is not built yet), UNAUTHENTICATED, UNAVAILABLE (retry, with the same
-        `request_id`).
+        is not built yet), RESOURCE_EXHAUSTED (as SendSms; the accepted
+        recipients count against the app's rate and cap), UNAUTHENTICATED,
+        UNAVAILABLE (retry, with the same `request_id`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,9 +134,13 @@ class SmsServiceServicer:
     def ListMessages(self, request, context):
         """Lists the app's messages, newest first, with filters.
 
-        Errors: INVALID_ARGUMENT (negative `page_size`, bad filter, a page token
-        not issued to the app for the same filters), NOT_FOUND (a `batch_id` that
-        is no batch id), UNAUTHENTICATED, UNAVAILABLE.
+        One call examines at most 1,000 messages, so a filter that matches few
+        returns short (even empty) pages with a `next_page_token`. Errors:
+        INVALID_ARGUMENT (negative `page_size`, bad filter, a page token not
+        issued to the app for the same filters), NOT_FOUND (a `batch_id` that is
+        no batch id), RESOURCE_EXHAUSTED with RetryInfo
+        (TOO_MANY_CONCURRENT_QUERIES: the app's listings and watch catch-ups
+        running at once on the server), UNAUTHENTICATED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,8 +174,10 @@ class SmsServiceServicer:
         that reconnects with its last token receives every later event exactly
         once. Errors: INVALID_ARGUMENT (bad filter, a token not issued to the
         app), OUT_OF_RANGE (token older than the retention window),
-        RESOURCE_EXHAUSTED (the client fell too far behind; resume from the last
-        token), UNAVAILABLE (server shutting down or storage unreachable;
+        RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW: the client fell too far behind;
+        resume from the last token; TOO_MANY_CONCURRENT_QUERIES: a resume while
+        the app's listings and catch-ups fill its share, retry after the
+        RetryInfo delay), UNAVAILABLE (server shutting down or storage unreachable;
         reconnect with the last token), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -47,8 +47,11 @@ class SmsServiceStub:
     empty or oversized text, `send_time` out of range, bad `request_id`,
     `sender_id` or labels), ALREADY_EXISTS (`request_id` reused with different
     content), UNIMPLEMENTED (template content: TemplateService is not built
-    yet), UNAUTHENTICATED, UNAVAILABLE (storage unreachable or shutting down;
-    retry, with the same `request_id`).
+    yet), RESOURCE_EXHAUSTED with RetryInfo (APP_RATE_LIMITED: the app's
+    accept rate; STORAGE_FULL: storage nearly full) or QuotaFailure
+    (APP_HELD_MESSAGES_CAP: the messages the app may hold), UNAUTHENTICATED,
+    UNAVAILABLE (storage unreachable or shutting down; retry, with the same
+    `request_id`).
     """
     BatchSend: _grpc.UnaryUnaryMultiCallable[_sms_service_pb2.BatchSendRequest, _sms_service_pb2.BatchSendResponse]
     """Accepts one content for many recipients, with shared or per-recipient
@@ -59,8 +62,9 @@ class SmsServiceStub:
     (no recipients, too many, bad text, `send_time`, `request_id`, `sender_id`
     or labels), ALREADY_EXISTS (`request_id` reused with different content),
     UNIMPLEMENTED (template content or per-recipient params: TemplateService
-    is not built yet), UNAUTHENTICATED, UNAVAILABLE (retry, with the same
-    `request_id`).
+    is not built yet), RESOURCE_EXHAUSTED (as SendSms; the accepted
+    recipients count against the app's rate and cap), UNAUTHENTICATED,
+    UNAVAILABLE (retry, with the same `request_id`).
     """
     GetMessage: _grpc.UnaryUnaryMultiCallable[_sms_service_pb2.GetMessageRequest, _sms_service_pb2.GetMessageResponse]
     """Returns one message with its status history.
@@ -71,9 +75,13 @@ class SmsServiceStub:
     ListMessages: _grpc.UnaryUnaryMultiCallable[_sms_service_pb2.ListMessagesRequest, _sms_service_pb2.ListMessagesResponse]
     """Lists the app's messages, newest first, with filters.
 
-    Errors: INVALID_ARGUMENT (negative `page_size`, bad filter, a page token
-    not issued to the app for the same filters), NOT_FOUND (a `batch_id` that
-    is no batch id), UNAUTHENTICATED, UNAVAILABLE.
+    One call examines at most 1,000 messages, so a filter that matches few
+    returns short (even empty) pages with a `next_page_token`. Errors:
+    INVALID_ARGUMENT (negative `page_size`, bad filter, a page token not
+    issued to the app for the same filters), NOT_FOUND (a `batch_id` that is
+    no batch id), RESOURCE_EXHAUSTED with RetryInfo
+    (TOO_MANY_CONCURRENT_QUERIES: the app's listings and watch catch-ups
+    running at once on the server), UNAUTHENTICATED, UNAVAILABLE.
     """
     CancelMessage: _grpc.UnaryUnaryMultiCallable[_sms_service_pb2.CancelMessageRequest, _sms_service_pb2.CancelMessageResponse]
     """Cancels a message that has not yet been handed to a provider.
@@ -95,8 +103,10 @@ class SmsServiceStub:
     that reconnects with its last token receives every later event exactly
     once. Errors: INVALID_ARGUMENT (bad filter, a token not issued to the
     app), OUT_OF_RANGE (token older than the retention window),
-    RESOURCE_EXHAUSTED (the client fell too far behind; resume from the last
-    token), UNAVAILABLE (server shutting down or storage unreachable;
+    RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW: the client fell too far behind;
+    resume from the last token; TOO_MANY_CONCURRENT_QUERIES: a resume while
+    the app's listings and catch-ups fill its share, retry after the
+    RetryInfo delay), UNAVAILABLE (server shutting down or storage unreachable;
     reconnect with the last token), UNAUTHENTICATED.
     """
 
@@ -119,8 +129,11 @@ class SmsServiceAsyncStub(SmsServiceStub):
     empty or oversized text, `send_time` out of range, bad `request_id`,
     `sender_id` or labels), ALREADY_EXISTS (`request_id` reused with different
     content), UNIMPLEMENTED (template content: TemplateService is not built
-    yet), UNAUTHENTICATED, UNAVAILABLE (storage unreachable or shutting down;
-    retry, with the same `request_id`).
+    yet), RESOURCE_EXHAUSTED with RetryInfo (APP_RATE_LIMITED: the app's
+    accept rate; STORAGE_FULL: storage nearly full) or QuotaFailure
+    (APP_HELD_MESSAGES_CAP: the messages the app may hold), UNAUTHENTICATED,
+    UNAVAILABLE (storage unreachable or shutting down; retry, with the same
+    `request_id`).
     """
     BatchSend: _aio.UnaryUnaryMultiCallable[_sms_service_pb2.BatchSendRequest, _sms_service_pb2.BatchSendResponse]  # type: ignore[assignment]
     """Accepts one content for many recipients, with shared or per-recipient
@@ -131,8 +144,9 @@ class SmsServiceAsyncStub(SmsServiceStub):
     (no recipients, too many, bad text, `send_time`, `request_id`, `sender_id`
     or labels), ALREADY_EXISTS (`request_id` reused with different content),
     UNIMPLEMENTED (template content or per-recipient params: TemplateService
-    is not built yet), UNAUTHENTICATED, UNAVAILABLE (retry, with the same
-    `request_id`).
+    is not built yet), RESOURCE_EXHAUSTED (as SendSms; the accepted
+    recipients count against the app's rate and cap), UNAUTHENTICATED,
+    UNAVAILABLE (retry, with the same `request_id`).
     """
     GetMessage: _aio.UnaryUnaryMultiCallable[_sms_service_pb2.GetMessageRequest, _sms_service_pb2.GetMessageResponse]  # type: ignore[assignment]
     """Returns one message with its status history.
@@ -143,9 +157,13 @@ class SmsServiceAsyncStub(SmsServiceStub):
     ListMessages: _aio.UnaryUnaryMultiCallable[_sms_service_pb2.ListMessagesRequest, _sms_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """Lists the app's messages, newest first, with filters.
 
-    Errors: INVALID_ARGUMENT (negative `page_size`, bad filter, a page token
-    not issued to the app for the same filters), NOT_FOUND (a `batch_id` that
-    is no batch id), UNAUTHENTICATED, UNAVAILABLE.
+    One call examines at most 1,000 messages, so a filter that matches few
+    returns short (even empty) pages with a `next_page_token`. Errors:
+    INVALID_ARGUMENT (negative `page_size`, bad filter, a page token not
+    issued to the app for the same filters), NOT_FOUND (a `batch_id` that is
+    no batch id), RESOURCE_EXHAUSTED with RetryInfo
+    (TOO_MANY_CONCURRENT_QUERIES: the app's listings and watch catch-ups
+    running at once on the server), UNAUTHENTICATED, UNAVAILABLE.
     """
     CancelMessage: _aio.UnaryUnaryMultiCallable[_sms_service_pb2.CancelMessageRequest, _sms_service_pb2.CancelMessageResponse]  # type: ignore[assignment]
     """Cancels a message that has not yet been handed to a provider.
@@ -167,8 +185,10 @@ class SmsServiceAsyncStub(SmsServiceStub):
     that reconnects with its last token receives every later event exactly
     once. Errors: INVALID_ARGUMENT (bad filter, a token not issued to the
     app), OUT_OF_RANGE (token older than the retention window),
-    RESOURCE_EXHAUSTED (the client fell too far behind; resume from the last
-    token), UNAVAILABLE (server shutting down or storage unreachable;
+    RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW: the client fell too far behind;
+    resume from the last token; TOO_MANY_CONCURRENT_QUERIES: a resume while
+    the app's listings and catch-ups fill its share, retry after the
+    RetryInfo delay), UNAVAILABLE (server shutting down or storage unreachable;
     reconnect with the last token), UNAUTHENTICATED.
     """
 
@@ -194,8 +214,11 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
         empty or oversized text, `send_time` out of range, bad `request_id`,
         `sender_id` or labels), ALREADY_EXISTS (`request_id` reused with different
         content), UNIMPLEMENTED (template content: TemplateService is not built
-        yet), UNAUTHENTICATED, UNAVAILABLE (storage unreachable or shutting down;
-        retry, with the same `request_id`).
+        yet), RESOURCE_EXHAUSTED with RetryInfo (APP_RATE_LIMITED: the app's
+        accept rate; STORAGE_FULL: storage nearly full) or QuotaFailure
+        (APP_HELD_MESSAGES_CAP: the messages the app may hold), UNAUTHENTICATED,
+        UNAVAILABLE (storage unreachable or shutting down; retry, with the same
+        `request_id`).
         """
 
     @_abc_1.abstractmethod
@@ -212,8 +235,9 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
         (no recipients, too many, bad text, `send_time`, `request_id`, `sender_id`
         or labels), ALREADY_EXISTS (`request_id` reused with different content),
         UNIMPLEMENTED (template content or per-recipient params: TemplateService
-        is not built yet), UNAUTHENTICATED, UNAVAILABLE (retry, with the same
-        `request_id`).
+        is not built yet), RESOURCE_EXHAUSTED (as SendSms; the accepted
+        recipients count against the app's rate and cap), UNAUTHENTICATED,
+        UNAVAILABLE (retry, with the same `request_id`).
         """
 
     @_abc_1.abstractmethod
@@ -236,9 +260,13 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_sms_service_pb2.ListMessagesResponse, _abc.Awaitable[_sms_service_pb2.ListMessagesResponse]]:
         """Lists the app's messages, newest first, with filters.
 
-        Errors: INVALID_ARGUMENT (negative `page_size`, bad filter, a page token
-        not issued to the app for the same filters), NOT_FOUND (a `batch_id` that
-        is no batch id), UNAUTHENTICATED, UNAVAILABLE.
+        One call examines at most 1,000 messages, so a filter that matches few
+        returns short (even empty) pages with a `next_page_token`. Errors:
+        INVALID_ARGUMENT (negative `page_size`, bad filter, a page token not
+        issued to the app for the same filters), NOT_FOUND (a `batch_id` that is
+        no batch id), RESOURCE_EXHAUSTED with RetryInfo
+        (TOO_MANY_CONCURRENT_QUERIES: the app's listings and watch catch-ups
+        running at once on the server), UNAUTHENTICATED, UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
@@ -278,8 +306,10 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
         that reconnects with its last token receives every later event exactly
         once. Errors: INVALID_ARGUMENT (bad filter, a token not issued to the
         app), OUT_OF_RANGE (token older than the retention window),
-        RESOURCE_EXHAUSTED (the client fell too far behind; resume from the last
-        token), UNAVAILABLE (server shutting down or storage unreachable;
+        RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW: the client fell too far behind;
+        resume from the last token; TOO_MANY_CONCURRENT_QUERIES: a resume while
+        the app's listings and catch-ups fill its share, retry after the
+        RetryInfo delay), UNAVAILABLE (server shutting down or storage unreachable;
         reconnect with the last token), UNAUTHENTICATED.
         """
 
