@@ -387,3 +387,23 @@ async def test_a_fresh_watch_needs_no_slot_and_a_resume_does(make_server: Server
         again.cancel()
 
     assert d.reason == "TOO_MANY_CONCURRENT_QUERIES"
+
+
+async def test_a_write_redis_refuses_at_its_maxmemory_is_storage_full(
+    make_server: ServerFactory, redis_url: str
+) -> None:
+    # The watermark is read once, while there is room; then Redis fills up.
+    server = await make_server(redis_memory_watermark=1.0, quota_check_seconds=60)
+    token = (await server.apps.create("a")).token
+    client = Redis.from_url(redis_url)
+    try:
+        async with stub(server) as sms:
+            await sms.SendSms(one(), metadata=bearer(token))
+            await client.config_set("maxmemory", 1)
+            d = await refused(sms.SendSms(one(phones(1, 1)[0]), metadata=bearer(token)))
+    finally:
+        await client.config_set("maxmemory", 0)
+        await client.aclose()
+    assert d.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert d.reason == "STORAGE_FULL"
+    assert d.retry_delay is not None and d.retry_delay > 0

@@ -16,7 +16,7 @@ from typing import ParamSpec, TypeVar
 
 from redis import exceptions as redis_errors
 
-from smsgate_server.domain.errors import Unavailable
+from smsgate_server.domain.errors import RateLimited, Reason, Unavailable
 from smsgate_server.logs import RepeatedLog
 
 __all__ = ["map_redis_errors", "redis_edge"]
@@ -34,16 +34,34 @@ _UNAVAILABLE = (
     redis_errors.ReadOnlyError,
 )
 _failures = RepeatedLog(log, "redis unavailable", every=5.0)
+_full = RepeatedLog(log, "redis out of memory", every=5.0)
+# What a write refused by a full Redis asks the caller to wait.
+FULL_RETRY_SECONDS = 5.0
+_OOM = "OOM command not allowed"
 
 
 @contextmanager
 def map_redis_errors() -> Iterator[None]:
-    """Raise ``Unavailable`` for Redis trouble that passes; anything else is a bug."""
+    """Raise ``Unavailable`` for Redis trouble that passes, and ``RateLimited``
+    (STORAGE_FULL) for a write Redis refused at its maxmemory (the memory
+    watermark of services/admission.py should have refused it first);
+    anything else is a bug."""
     try:
         yield
     except _UNAVAILABLE as exc:
         _failures.occurred(error=repr(exc))
         raise Unavailable("storage is unavailable; retry") from exc
+    except redis_errors.ResponseError as exc:
+        # OutOfMemoryError, or the same refusal inside a script (whose first
+        # write it stops, so the script wrote nothing).
+        if not isinstance(exc, redis_errors.OutOfMemoryError) and _OOM not in str(exc):
+            raise
+        _full.occurred(error=repr(exc))
+        raise RateLimited(
+            "the server's storage is full; retry later",
+            retry_after=FULL_RETRY_SECONDS,
+            reason=Reason.STORAGE_FULL,
+        ) from exc
 
 
 def redis_edge(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
