@@ -6,6 +6,7 @@ input does not grow the server's memory."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -136,6 +137,14 @@ async def test_generate_code_reports_every_bad_field(
     )
     _, fields = await bad_request(verification.GenerateCode(request, metadata=bearer(token)))
     assert fields.keys() == {"phone_number", "scope", "length", "alphabet", "sender_id"}
+
+
+async def test_a_malformed_template_id_is_invalid_before_unimplemented(
+    verification: VerificationServiceAsyncStub, token: str
+) -> None:
+    request = vpb.GenerateCodeRequest(phone_number=PHONE, scope="login", template_id="t" * 65)
+    _, fields = await bad_request(verification.GenerateCode(request, metadata=bearer(token)))
+    assert fields.keys() == {"template_id"}
 
 
 async def test_verify_code_reports_every_bad_field(
@@ -304,3 +313,58 @@ def _call(channel: grpc.Channel, path: str, body: bytes, token: str) -> grpc.Sta
     except grpc.RpcError as err:
         return err.code()
     return grpc.StatusCode.OK
+
+
+# --- documented -------------------------------------------------------------------
+
+PROTO = Path(__file__).parent.parent / "proto" / "smsgate" / "v1"
+FIELD = re.compile(r"^\s*(repeated |map<[^>]+> |)(\w+) (\w+) = \d+;")
+# "at most 64 characters", "up to 16", "1-128 characters", "1-64 letters".
+STATED_LIMIT = re.compile(r"(?i)\bat most\b|\bup to\b|\b\d+-\d+ (characters|letters)\b")
+
+
+def string_and_list_fields(proto: str, messages: set[str]) -> dict[str, str]:
+    """``Message.field`` -> its comment, for every string, repeated or map field
+    of ``messages`` in the .proto file ``proto``."""
+    out: dict[str, str] = {}
+    message, comment = "", ""
+    for line in (PROTO / proto).read_text().splitlines():
+        if line.startswith("message "):
+            message = line.split()[1]
+        stripped = line.strip()
+        if stripped.startswith("//"):
+            comment += stripped[2:] + " "
+            continue
+        match = FIELD.match(line)
+        if match and message in messages and (match[1] or match[2] == "string"):
+            out[f"{message}.{match[3]}"] = " ".join(comment.split())
+        comment = ""
+    return out
+
+
+@pytest.mark.parametrize(
+    ("proto", "messages"),
+    [
+        (
+            "sms_service.proto",
+            {
+                "SendSmsRequest",
+                "BatchRecipient",
+                "BatchSendRequest",
+                "GetMessageRequest",
+                "ListMessagesRequest",
+                "CancelMessageRequest",
+                "CancelBatchRequest",
+                "WatchStatusRequest",
+            },
+        ),
+        ("verification_service.proto", {"GenerateCodeRequest", "VerifyCodeRequest"}),
+    ],
+)
+def test_every_string_and_list_of_a_request_states_its_maximum(
+    proto: str, messages: set[str]
+) -> None:
+    fields = string_and_list_fields(proto, messages)
+    assert {m for m in messages if not any(f.startswith(m + ".") for f in fields)} == set()
+    unstated = [name for name, comment in fields.items() if not STATED_LIMIT.search(comment)]
+    assert unstated == []

@@ -41,6 +41,7 @@ from smsgate_server.domain.errors import (
     Reason,
 )
 from smsgate_server.domain.phone import country_code
+from smsgate_server.domain.templates import check_template_id
 from smsgate_server.domain.validation import (
     MAX_ID_CHARS,
     Violations,
@@ -194,6 +195,8 @@ class VerificationService:
         sender = ""
         if cmd.delivery is Delivery.SMS:
             sender = violations.check("", check_sender, cmd.sender)
+            if cmd.template_id:
+                violations.check("", check_template_id, cmd.template_id)
         else:
             for name, value in (("template_id", cmd.template_id), ("sender_id", cmd.sender)):
                 if value:

@@ -54,10 +54,12 @@ class SendSmsRequest(_message.Message):
     SENDER_ID_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     phone_number: _builtins.str
-    """Required. The recipient in E.164 form, for example "+8613800138000"."""
+    """Required. The recipient in E.164 form, for example "+8613800138000". At
+    most 64 characters; longer is INVALID_ARGUMENT (INVALID_PHONE_NUMBER).
+    """
     text: _builtins.str
-    """Free text, at most 10 SMS segments once encoded (a server setting);
-    blank or longer is INVALID_ARGUMENT.
+    """Free text, at most 10 SMS segments once encoded (a server setting), so
+    at most 160 characters a segment; blank or longer is INVALID_ARGUMENT.
     """
     request_id: _builtins.str
     """Optional. Idempotency key (AIP-155): a retry with the same id and the same
@@ -67,8 +69,8 @@ class SendSmsRequest(_message.Message):
     """
     sender_id: _builtins.str
     """Optional. The sender id: a signature (Chinese vendors) or an originating
-    number or alphanumeric sender (others), at most 32 characters. Empty
-    leaves it to the provider's account default.
+    number or alphanumeric sender (others). At most 32 characters; longer is
+    INVALID_ARGUMENT. Empty leaves it to the provider's account default.
     """
     @_builtins.property
     def template(self) -> _message_pb2.TemplateContent:
@@ -85,7 +87,8 @@ class SendSmsRequest(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional. Up to 16 key/value labels stored with the message (a server
         setting): keys match [a-z][a-z0-9_.-]{0,62}, values are at most 256
-        characters.
+        characters. More labels, other keys or longer values are
+        INVALID_ARGUMENT, one violation per label.
         """
 
     def __init__(
@@ -162,11 +165,15 @@ class BatchRecipient(_message.Message):
     PHONE_NUMBER_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     phone_number: _builtins.str
-    """Required. The recipient in E.164 form."""
+    """Required. The recipient in E.164 form, at most 64 characters. An invalid
+    or longer number rejects this recipient alone (INVALID_PHONE_NUMBER in its
+    result), not the call.
+    """
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional. Template parameters for this recipient; they override the
-        request's shared parameters of the same name.
+        request's shared parameters of the same name. Not accepted yet
+        (UNIMPLEMENTED).
         """
 
     def __init__(
@@ -217,15 +224,18 @@ class BatchSendRequest(_message.Message):
     SENDER_ID_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
-    """Free text, the same for every recipient, as in SendSmsRequest."""
+    """Free text, the same for every recipient, as in SendSmsRequest (at most
+    10 SMS segments).
+    """
     request_id: _builtins.str
-    """Optional. Idempotency key, as in SendSmsRequest."""
+    """Optional. Idempotency key, as in SendSmsRequest (1-128 characters)."""
     sender_id: _builtins.str
-    """Optional. The sender id, as in SendSmsRequest."""
+    """Optional. The sender id, as in SendSmsRequest (at most 32 characters)."""
     @_builtins.property
     def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchRecipient]:
-        """Required. The recipients; at most 10,000 (a server setting). A phone
-        number listed twice is rejected for its second and later entries.
+        """Required. The recipients; at most 10,000 (a server setting); none or more
+        is INVALID_ARGUMENT. A phone number listed twice is rejected for its
+        second and later entries.
         """
 
     @_builtins.property
@@ -238,7 +248,9 @@ class BatchSendRequest(_message.Message):
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Optional. Labels stored with every message of the batch."""
+        """Optional. Labels stored with every message of the batch, as in
+        SendSmsRequest (up to 16, values at most 256 characters).
+        """
 
     def __init__(
         self,
@@ -371,7 +383,9 @@ class GetMessageRequest(_message.Message):
 
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
-    """Required. The message id."""
+    """Required. The message id. At most 64 characters; empty or longer is
+    INVALID_ARGUMENT, an id not issued to the app NOT_FOUND.
+    """
     def __init__(
         self,
         *,
@@ -429,15 +443,22 @@ class ListMessagesRequest(_message.Message):
     """
     page_token: _builtins.str
     """Optional. A `next_page_token` from an earlier call of the same app with the
-    same filters; any other token is INVALID_ARGUMENT.
+    same filters; any other token is INVALID_ARGUMENT. At most 32,768
+    characters.
     """
     phone_number: _builtins.str
-    """Optional. Only messages to this E.164 number."""
+    """Optional. Only messages to this E.164 number. At most 64 characters;
+    longer is INVALID_ARGUMENT.
+    """
     batch_id: _builtins.str
-    """Optional. Only messages of this batch."""
+    """Optional. Only messages of this batch. At most 64 characters; longer is
+    INVALID_ARGUMENT.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_message_pb2.MessageStatus.ValueType]:
-        """Optional. Only messages in one of these statuses."""
+        """Optional. Only messages in one of these statuses. At most 16 entries;
+        more, UNSPECIFIED or unknown values are INVALID_ARGUMENT.
+        """
 
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -505,7 +526,9 @@ class CancelMessageRequest(_message.Message):
 
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
-    """Required. The message id."""
+    """Required. The message id, as in GetMessageRequest (at most 64
+    characters).
+    """
     def __init__(
         self,
         *,
@@ -551,7 +574,9 @@ class CancelBatchRequest(_message.Message):
 
     BATCH_ID_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
-    """Required. The batch id."""
+    """Required. The batch id. At most 64 characters; empty or longer is
+    INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -602,20 +627,25 @@ class WatchStatusRequest(_message.Message):
     STATUSES_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
-    """Optional. Only events of this batch."""
+    """Optional. Only events of this batch. At most 64 characters; longer is
+    INVALID_ARGUMENT.
+    """
     resume_token: _builtins.str
     """Optional. Resume after the event that carried this token (issued to the
-    same app; filters may differ). Empty starts with events from now on.
+    same app; filters may differ). Empty starts with events from now on. At
+    most 32,768 characters; longer is INVALID_ARGUMENT.
     """
     @_builtins.property
     def message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Optional. Only events of these messages; at most 1,000 ids, more is
-        INVALID_ARGUMENT.
+        """Optional. Only events of these messages; at most 1,000 ids of at most 64
+        characters each, more or longer is INVALID_ARGUMENT.
         """
 
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_message_pb2.MessageStatus.ValueType]:
-        """Optional. Only events entering one of these statuses."""
+        """Optional. Only events entering one of these statuses. At most 16
+        entries; more, UNSPECIFIED or unknown values are INVALID_ARGUMENT.
+        """
 
     def __init__(
         self,

@@ -31,7 +31,12 @@ class SmsServiceStub:
     Every call is made by an app: send `authorization: Bearer <token>` in the
     request metadata. An app sees only its own messages; another app's ids are
     NOT_FOUND. Every error carries a google.rpc.ErrorInfo whose reason is an
-    ErrorReason; bad input also a BadRequest naming the fields.
+    ErrorReason; bad input also a BadRequest with one violation per bad field.
+    Every string and list of a request has a maximum, stated on the field and
+    checked before anything else is done with it. A body that is not the
+    request message is INVALID_ARGUMENT (MALFORMED_REQUEST), after
+    authentication; a body larger than the largest valid BatchSend (with
+    margin) is refused with RESOURCE_EXHAUSTED before it is read.
     """
 
     def __init__(self, channel):
@@ -83,7 +88,12 @@ class SmsServiceServicer:
     Every call is made by an app: send `authorization: Bearer <token>` in the
     request metadata. An app sees only its own messages; another app's ids are
     NOT_FOUND. Every error carries a google.rpc.ErrorInfo whose reason is an
-    ErrorReason; bad input also a BadRequest naming the fields.
+    ErrorReason; bad input also a BadRequest with one violation per bad field.
+    Every string and list of a request has a maximum, stated on the field and
+    checked before anything else is done with it. A body that is not the
+    request message is INVALID_ARGUMENT (MALFORMED_REQUEST), after
+    authentication; a body larger than the largest valid BatchSend (with
+    margin) is refused with RESOURCE_EXHAUSTED before it is read.
     """
 
     def SendSms(self, request, context):
@@ -124,8 +134,8 @@ class SmsServiceServicer:
     def GetMessage(self, request, context):
         """Returns one message with its status history.
 
-        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, UNAUTHENTICATED,
-        UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (empty or over-long id), NOT_FOUND,
+        UNAUTHENTICATED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -236,7 +246,12 @@ class SmsService:
     Every call is made by an app: send `authorization: Bearer <token>` in the
     request metadata. An app sees only its own messages; another app's ids are
     NOT_FOUND. Every error carries a google.rpc.ErrorInfo whose reason is an
-    ErrorReason; bad input also a BadRequest naming the fields.
+    ErrorReason; bad input also a BadRequest with one violation per bad field.
+    Every string and list of a request has a maximum, stated on the field and
+    checked before anything else is done with it. A body that is not the
+    request message is INVALID_ARGUMENT (MALFORMED_REQUEST), after
+    authentication; a body larger than the largest valid BatchSend (with
+    margin) is refused with RESOURCE_EXHAUSTED before it is read.
     """
 
     @staticmethod

@@ -32,7 +32,12 @@ class SmsServiceStub:
     Every call is made by an app: send `authorization: Bearer <token>` in the
     request metadata. An app sees only its own messages; another app's ids are
     NOT_FOUND. Every error carries a google.rpc.ErrorInfo whose reason is an
-    ErrorReason; bad input also a BadRequest naming the fields.
+    ErrorReason; bad input also a BadRequest with one violation per bad field.
+    Every string and list of a request has a maximum, stated on the field and
+    checked before anything else is done with it. A body that is not the
+    request message is INVALID_ARGUMENT (MALFORMED_REQUEST), after
+    authentication; a body larger than the largest valid BatchSend (with
+    margin) is refused with RESOURCE_EXHAUSTED before it is read.
     """
 
     @_typing.overload
@@ -69,8 +74,8 @@ class SmsServiceStub:
     GetMessage: _grpc.UnaryUnaryMultiCallable[_sms_service_pb2.GetMessageRequest, _sms_service_pb2.GetMessageResponse]
     """Returns one message with its status history.
 
-    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, UNAUTHENTICATED,
-    UNAVAILABLE.
+    Errors: INVALID_ARGUMENT (empty or over-long id), NOT_FOUND,
+    UNAUTHENTICATED, UNAVAILABLE.
     """
     ListMessages: _grpc.UnaryUnaryMultiCallable[_sms_service_pb2.ListMessagesRequest, _sms_service_pb2.ListMessagesResponse]
     """Lists the app's messages, newest first, with filters.
@@ -117,7 +122,12 @@ class SmsServiceAsyncStub(SmsServiceStub):
     Every call is made by an app: send `authorization: Bearer <token>` in the
     request metadata. An app sees only its own messages; another app's ids are
     NOT_FOUND. Every error carries a google.rpc.ErrorInfo whose reason is an
-    ErrorReason; bad input also a BadRequest naming the fields.
+    ErrorReason; bad input also a BadRequest with one violation per bad field.
+    Every string and list of a request has a maximum, stated on the field and
+    checked before anything else is done with it. A body that is not the
+    request message is INVALID_ARGUMENT (MALFORMED_REQUEST), after
+    authentication; a body larger than the largest valid BatchSend (with
+    margin) is refused with RESOURCE_EXHAUSTED before it is read.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -151,8 +161,8 @@ class SmsServiceAsyncStub(SmsServiceStub):
     GetMessage: _aio.UnaryUnaryMultiCallable[_sms_service_pb2.GetMessageRequest, _sms_service_pb2.GetMessageResponse]  # type: ignore[assignment]
     """Returns one message with its status history.
 
-    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, UNAUTHENTICATED,
-    UNAVAILABLE.
+    Errors: INVALID_ARGUMENT (empty or over-long id), NOT_FOUND,
+    UNAUTHENTICATED, UNAVAILABLE.
     """
     ListMessages: _aio.UnaryUnaryMultiCallable[_sms_service_pb2.ListMessagesRequest, _sms_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """Lists the app's messages, newest first, with filters.
@@ -198,7 +208,12 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
     Every call is made by an app: send `authorization: Bearer <token>` in the
     request metadata. An app sees only its own messages; another app's ids are
     NOT_FOUND. Every error carries a google.rpc.ErrorInfo whose reason is an
-    ErrorReason; bad input also a BadRequest naming the fields.
+    ErrorReason; bad input also a BadRequest with one violation per bad field.
+    Every string and list of a request has a maximum, stated on the field and
+    checked before anything else is done with it. A body that is not the
+    request message is INVALID_ARGUMENT (MALFORMED_REQUEST), after
+    authentication; a body larger than the largest valid BatchSend (with
+    margin) is refused with RESOURCE_EXHAUSTED before it is read.
     """
 
     @_abc_1.abstractmethod
@@ -248,8 +263,8 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_sms_service_pb2.GetMessageResponse, _abc.Awaitable[_sms_service_pb2.GetMessageResponse]]:
         """Returns one message with its status history.
 
-        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, UNAUTHENTICATED,
-        UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (empty or over-long id), NOT_FOUND,
+        UNAUTHENTICATED, UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod

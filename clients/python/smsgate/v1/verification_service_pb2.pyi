@@ -122,7 +122,9 @@ class GenerateCodeRequest(_message.Message):
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     SENDER_ID_FIELD_NUMBER: _builtins.int
     phone_number: _builtins.str
-    """Required. The recipient in E.164 form."""
+    """Required. The recipient in E.164 form. At most 64 characters; longer is
+    INVALID_ARGUMENT (INVALID_PHONE_NUMBER).
+    """
     scope: _builtins.str
     """Required. What the code is for: "login", "register", "reset" or any
     caller-defined string (1-64 characters of [a-z0-9_.-]). Codes of one
@@ -136,11 +138,14 @@ class GenerateCodeRequest(_message.Message):
     """Optional. Default CODE_DELIVERY_SMS."""
     template_id: _builtins.str
     """Optional. With SMS delivery: a template of the app with `{code}` (and
-    optionally `{minutes}`) placeholders. Empty sends a built-in text. Until
-    TemplateService is built, any template id is UNIMPLEMENTED.
+    optionally `{minutes}`) placeholders. Empty sends a built-in text. 1-64
+    letters, digits, `_` and `-`; others are INVALID_ARGUMENT. Until sending
+    by template is built, a valid template id is UNIMPLEMENTED.
     """
     sender_id: _builtins.str
-    """Optional. With SMS delivery: the sender id, as in SendSmsRequest."""
+    """Optional. With SMS delivery: the sender id, as in SendSmsRequest (at most
+    32 characters).
+    """
     @_builtins.property
     def validity(self) -> _duration_pb2.Duration:
         """Optional. How long the code is valid: more than 0, at most 10 minutes.
@@ -223,14 +228,21 @@ class VerifyCodeRequest(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     verification_id: _builtins.str
     """Optional. The verification id from GenerateCode. Either this, or both
-    `phone_number` and `scope`, must be given.
+    `phone_number` and `scope`, must be given. At most 64 characters; longer
+    is INVALID_ARGUMENT.
     """
     phone_number: _builtins.str
-    """Optional. The phone number the code was sent to."""
+    """Optional. The phone number the code was sent to. At most 64 characters;
+    longer is INVALID_ARGUMENT.
+    """
     scope: _builtins.str
-    """Optional. The scope the code was generated for."""
+    """Optional. The scope the code was generated for (1-64 characters, as in
+    GenerateCodeRequest).
+    """
     code: _builtins.str
-    """Required. The code the user entered."""
+    """Required. The code the user entered. At most 64 characters; longer is
+    INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,

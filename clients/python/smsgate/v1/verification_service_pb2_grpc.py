@@ -29,7 +29,10 @@ class VerificationServiceStub:
     """Issues one-time verification codes and checks them.
 
     Codes are stored only as keyed hashes, expire, are single-use and allow a
-    limited number of wrong attempts.
+    limited number of wrong attempts. Every string of a request has a maximum,
+    stated on the field; bad input is one INVALID_ARGUMENT with a BadRequest
+    violation per bad field, and a body that is not the request message is
+    INVALID_ARGUMENT (MALFORMED_REQUEST).
     """
 
     def __init__(self, channel):
@@ -54,7 +57,10 @@ class VerificationServiceServicer:
     """Issues one-time verification codes and checks them.
 
     Codes are stored only as keyed hashes, expire, are single-use and allow a
-    limited number of wrong attempts.
+    limited number of wrong attempts. Every string of a request has a maximum,
+    stated on the field; bad input is one INVALID_ARGUMENT with a BadRequest
+    violation per bad field, and a body that is not the request message is
+    INVALID_ARGUMENT (MALFORMED_REQUEST).
     """
 
     def GenerateCode(self, request, context):
@@ -110,7 +116,10 @@ class VerificationService:
     """Issues one-time verification codes and checks them.
 
     Codes are stored only as keyed hashes, expire, are single-use and allow a
-    limited number of wrong attempts.
+    limited number of wrong attempts. Every string of a request has a maximum,
+    stated on the field; bad input is one INVALID_ARGUMENT with a BadRequest
+    violation per bad field, and a body that is not the request message is
+    INVALID_ARGUMENT (MALFORMED_REQUEST).
     """
 
     @staticmethod

@@ -30,7 +30,10 @@ class VerificationServiceStub:
     """Issues one-time verification codes and checks them.
 
     Codes are stored only as keyed hashes, expire, are single-use and allow a
-    limited number of wrong attempts.
+    limited number of wrong attempts. Every string of a request has a maximum,
+    stated on the field; bad input is one INVALID_ARGUMENT with a BadRequest
+    violation per bad field, and a body that is not the request message is
+    INVALID_ARGUMENT (MALFORMED_REQUEST).
     """
 
     @_typing.overload
@@ -63,7 +66,10 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
     """Issues one-time verification codes and checks them.
 
     Codes are stored only as keyed hashes, expire, are single-use and allow a
-    limited number of wrong attempts.
+    limited number of wrong attempts. Every string of a request has a maximum,
+    stated on the field; bad input is one INVALID_ARGUMENT with a BadRequest
+    violation per bad field, and a body that is not the request message is
+    INVALID_ARGUMENT (MALFORMED_REQUEST).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -92,7 +98,10 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Issues one-time verification codes and checks them.
 
     Codes are stored only as keyed hashes, expire, are single-use and allow a
-    limited number of wrong attempts.
+    limited number of wrong attempts. Every string of a request has a maximum,
+    stated on the field; bad input is one INVALID_ARGUMENT with a BadRequest
+    violation per bad field, and a body that is not the request message is
+    INVALID_ARGUMENT (MALFORMED_REQUEST).
     """
 
     @_abc_1.abstractmethod
