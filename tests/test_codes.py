@@ -27,6 +27,7 @@ from smsgate_server.domain.codes import (
     parse_secret,
 )
 from smsgate_server.domain.errors import InvalidArgument, QuotaExceeded, RateLimited
+from smsgate_server.domain.sealed_text import TextCipher
 from smsgate_server.domain.tokens import TokenSealer
 from smsgate_server.services.sending import SendingService, SendLimits
 from smsgate_server.services.verification import (
@@ -201,7 +202,7 @@ def service(
     )
     return VerificationService(
         CodeStore(redis_client),
-        SendingService(store, SendLimits(), TokenSealer(b"k" * 32)),
+        SendingService(store, SendLimits(), TokenSealer(b"k" * 32), texts=TextCipher(b"k" * 32)),
         SIGNER,
         policy or CodePolicy(),
         clock=clock,

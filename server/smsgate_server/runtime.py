@@ -46,6 +46,7 @@ from smsgate_server.config import Role, Settings, parse_address
 from smsgate_server.dispatch.dispatcher import DispatchConfig, Dispatcher
 from smsgate_server.domain.codes import CodeSigner, parse_secret
 from smsgate_server.domain.errors import Unavailable
+from smsgate_server.domain.sealed_text import TextCipher
 from smsgate_server.domain.tokens import TokenSealer
 from smsgate_server.http import HttpSidePort, build_app
 from smsgate_server.providers.base import Provider
@@ -267,6 +268,7 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
             DispatchQueue(redis, shards=settings.shards),
             provider,
             config=DispatchConfig.from_settings(settings),
+            texts=TextCipher(load_server_secret(settings)),
         )
         # Registered first: stop() also releases a start that failed half-way.
         stack.push_async_callback(dispatcher.stop, grace)
@@ -435,6 +437,7 @@ def _add_services(
             batch_max_recipients=settings.batch_max_recipients,
         ),
         hub.tokens,
+        texts=TextCipher(load_server_secret(settings)),
         admission=hub.admission,
     )
     sms_service_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(sending, hub), server)

@@ -26,6 +26,8 @@ from smsgate_server.config import Settings
 from smsgate_server.dispatch.backoff import retry_delay
 from smsgate_server.dispatch.receipts import ReceiptQueue
 from smsgate_server.domain.errors import Unavailable
+from smsgate_server.domain.sealed_text import TextCipher, UnreadableText
+from smsgate_server.logs import RepeatedLog
 from smsgate_server.metrics import PROVIDER_CALLS, PROVIDER_SECONDS, SEND_OUTCOMES
 from smsgate_server.providers.base import OutboundSms, Provider, SendResult
 from smsgate_server.store.messages import Claimed, MessageStore, Outcome, SendOutcome
@@ -42,6 +44,12 @@ PROMOTE_BATCH = 500
 # A blip while storing outcomes is retried with this backoff (seconds).
 SETTLE_RETRY_BASE = 0.05
 SETTLE_RETRY_MAX = 1.0
+_unreadable = RepeatedLog(
+    log,
+    "cannot open a sealed message text: every replica must share SMSGATE_SERVER_SECRET",
+    every=5.0,
+    level=logging.ERROR,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +93,15 @@ class Dispatcher:
         provider: Provider,
         *,
         config: DispatchConfig,
+        texts: TextCipher,
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
         self.provider = provider
         self.config = config
+        # Opens sealed texts (verification codes) for the provider, and only for it.
+        self.texts = texts
         self.rng = rng or random.Random()
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._slots = asyncio.Semaphore(config.concurrency)
@@ -216,30 +227,47 @@ class Dispatcher:
         self._slots.release()
 
     async def _send(self, shard: int, chunk: list[Claimed]) -> None:
-        outbound = [OutboundSms(c.id, c.phone, c.rendered, c.sender, c.app) for c in chunk]
+        try:
+            outbound = [self._outbound(c) for c in chunk]
+        except UnreadableText as exc:
+            # Sealed under another server secret: a replica set up differently
+            # took it. Retried, so a replica with the right secret may send it.
+            _unreadable.occurred()
+            results = [SendResult(False, "", "UNREADABLE_TEXT", str(exc), retryable=True)]
+            results *= len(chunk)
+        else:
+            results = await self._call_provider(outbound)
+        outcomes = [self._outcome(c, r) for c, r in zip(chunk, results, strict=True)]
+        for o in outcomes:
+            SEND_OUTCOMES.labels(self.provider.name, o.outcome).inc()
+        try:
+            await self._settle(shard, outcomes)
+        finally:
+            self._held.difference_update(c.entry for c in chunk)
+
+    def _outbound(self, c: Claimed) -> OutboundSms:
+        text = self.texts.open(c.app, c.id, c.rendered) if c.sensitive else c.rendered
+        return OutboundSms(c.id, c.phone, text, c.sender, c.app)
+
+    async def _call_provider(self, outbound: list[OutboundSms]) -> list[SendResult]:
+        """The provider's result per message; a failed call is a retryable result each."""
         name = self.provider.name
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.config.provider_timeout):
                 results = await self.provider.send(outbound)
-            if len(results) != len(chunk):
+            if len(results) != len(outbound):
                 raise RuntimeError("provider returned a wrong number of results")
             PROVIDER_CALLS.labels(name, "ok").inc()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             PROVIDER_CALLS.labels(name, "error").inc()
-            log.warning("provider call failed", extra={"error": repr(exc), "count": len(chunk)})
+            log.warning("provider call failed", extra={"error": repr(exc), "count": len(outbound)})
             code = "PROVIDER_TIMEOUT" if isinstance(exc, TimeoutError) else "PROVIDER_ERROR"
-            results = [SendResult(False, "", code, repr(exc)[:200], retryable=True)] * len(chunk)
+            results = [SendResult(False, "", code, repr(exc)[:200], retryable=True)] * len(outbound)
         PROVIDER_SECONDS.labels(name).observe(time.perf_counter() - started)
-        outcomes = [self._outcome(c, r) for c, r in zip(chunk, results, strict=True)]
-        for o in outcomes:
-            SEND_OUTCOMES.labels(name, o.outcome).inc()
-        try:
-            await self._settle(shard, outcomes)
-        finally:
-            self._held.difference_update(c.entry for c in chunk)
+        return results
 
     async def _settle(self, shard: int, outcomes: list[SendOutcome]) -> None:
         """Store outcomes, retrying a Redis blip for up to half the visibility

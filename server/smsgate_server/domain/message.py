@@ -23,8 +23,9 @@ class NewMessage:
     params_json: str = ""
     sender: str = ""
     labels_json: str = ""
-    # The text carries a secret (a verification code): hidden from the API and
-    # wiped from Redis once a provider has it.
+    # The text carries a secret (a verification code): hidden from the API,
+    # stored only sealed (domain.sealed_text; ``text`` empty, ``rendered`` the
+    # sealed text) and wiped from Redis once a provider has it.
     sensitive: bool = False
     # When it is no use sending any more (a verification code that expired):
     # a message not yet with a provider then ends EXPIRED. 0: never.

@@ -24,6 +24,7 @@ from smsgate_server.domain.errors import (
 from smsgate_server.domain.ids import new_batch_id, new_message_id, shard_for_key, shard_of_id
 from smsgate_server.domain.message import HistoryEntry, NewMessage, StoredMessage
 from smsgate_server.domain.phone import InvalidPhoneNumber, normalize_e164
+from smsgate_server.domain.sealed_text import TextCipher
 from smsgate_server.domain.status import Status
 from smsgate_server.domain.tokens import InvalidToken, TokenKind, TokenSealer
 from smsgate_server.domain.validation import (
@@ -131,11 +132,14 @@ class SendingService:
         limits: SendLimits,
         tokens: TokenSealer,
         *,
+        texts: TextCipher,
         admission: Admission | None = None,
     ) -> None:
         self.store = store
         self.limits = limits
         self.tokens = tokens
+        # Seals the texts of sensitive messages (see NewMessage.sensitive).
+        self.texts = texts
         # Each app's fair share (None: no per-app limits).
         self.admission = admission
 
@@ -166,6 +170,11 @@ class SendingService:
             sensitive=cmd.sensitive,
             expire_at_ms=cmd.expire_at_ms,
         )
+        if message.sensitive:
+            # Sealed before it leaves this process: Redis, its append-only file
+            # and its replicas only ever hold the ciphertext.
+            sealed = self.texts.seal(app, message.id, message.rendered)
+            message = dataclasses.replace(message, text="", rendered=sealed)
         outcome = await self.store.accept(
             app,
             shard,

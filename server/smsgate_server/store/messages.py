@@ -76,6 +76,8 @@ class Claimed:
     created_ms: int
     batch_id: str
     send_at_ms: int = 0
+    # ``rendered`` is sealed (domain.sealed_text): open it only for the provider.
+    sensitive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +312,7 @@ class MessageStore:
                 created_ms=int(r[7]),
                 batch_id=_s(r[8]),
                 send_at_ms=int(r[9] or 0),
+                sensitive=_s(r[10] or "") == "1",
             )
             for r in rows
         ]

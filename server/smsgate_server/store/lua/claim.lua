@@ -3,9 +3,9 @@
 -- re-claimed from a dead worker (then SENDING -> SENDING is allowed), ARGV[7]
 -- the most attempts, then pairs: entry id, 'app:id'.
 -- Returns, per message to send: {entry, app, id, phone, rendered, sender,
--- attempts, created ms, batch, send_at ms}. Entries of gone, canceled or
--- finished messages are acknowledged and dropped here; a re-claimed message
--- out of attempts fails.
+-- attempts, created ms, batch, send_at ms, sensitive ('1': rendered is
+-- sealed)}. Entries of gone, canceled or finished messages are acknowledged
+-- and dropped here; a re-claimed message out of attempts fails.
 local group, reclaimed, max_attempts = ARGV[5], ARGV[6] == '1', tonumber(ARGV[7])
 local out = {}
 for i = 8, #ARGV, 2 do
@@ -27,9 +27,9 @@ for i = 8, #ARGV, 2 do
     redis.call('XDEL', KEYS[2], entry)
   elseif st == QUEUED or (reclaimed and st == SENDING) then
     local attempts = redis.call('HINCRBY', mkey(app, id), 'at', 1)
-    local v = redis.call('HMGET', mkey(app, id), 'p', 'r', 'snd', 'ct', 'b', 'sa')
+    local v = redis.call('HMGET', mkey(app, id), 'p', 'r', 'snd', 'ct', 'b', 'sa', 'sen')
     enter(app, id, v[5], st, SENDING, 'attempt ' .. attempts)
-    out[#out + 1] = {entry, app, id, v[1], v[2], v[3], attempts, v[4], v[5], v[6]}
+    out[#out + 1] = {entry, app, id, v[1], v[2], v[3], attempts, v[4], v[5], v[6], v[7]}
   else
     redis.call('XACK', KEYS[2], group, entry)
     redis.call('XDEL', KEYS[2], entry)
