@@ -145,3 +145,14 @@ async def test_an_undecodable_body_without_credentials_is_unauthenticated(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await send(TRUNCATED_VARINT)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_an_undecodable_health_check_is_malformed_request(
+    channel: grpc.aio.Channel,
+) -> None:
+    check: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+        "/grpc.health.v1.Health/Check"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await check(TRUNCATED_VARINT)
+    assert details_of(caught.value).reason == "MALFORMED_REQUEST"

@@ -101,6 +101,28 @@ def _check_decoded(request: Any, method: str) -> None:
         )
 
 
+def _open_unary(method: str, handler: Handler) -> Handler:
+    """An open unary method (health Check) whose undecodable bodies are
+    MALFORMED_REQUEST too; no credentials, no metrics. Open streams (health
+    Watch, reflection) are left as grpc provides them."""
+    name = method.rsplit("/", 1)[-1]
+    inner: Any = handler.unary_unary
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            _check_decoded(request, name)
+        except InvalidArgument as exc:
+            _fail(context, exc, name)
+            return None
+        return await inner(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        unary,
+        request_deserializer=_tolerant(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
+
+
 def current_app() -> App:
     """The app making the current call (set by RequestGuard)."""
     return _app.get()
@@ -194,12 +216,16 @@ class RequestGuard:
         return GuardedServer(server, self)
 
     def guard_handler(self, method: str, handler: Handler) -> Handler:
-        """The guarded form of ``handler`` (open methods are returned as they are)."""
-        if method.startswith(_OPEN_PREFIXES):
-            return handler
+        """The guarded form of ``handler`` (open methods only answer undecodable
+        unary bodies)."""
         wrapped = self._wrapped.get(method)
         if wrapped is None:
-            wrapped = self._wrap(method, handler)
+            if not method.startswith(_OPEN_PREFIXES):
+                wrapped = self._wrap(method, handler)
+            elif handler.unary_unary is not None:
+                wrapped = _open_unary(method, handler)
+            else:
+                wrapped = handler
             self._wrapped[method] = wrapped
         return wrapped
 
