@@ -5,16 +5,22 @@ a misspelt setting, a changed shard count, liveness and readiness, and one
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import socket
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from smsgate_server.runtime import start
-from smsgate_server.store.embedded_redis import EmbeddedRedis
+import redis
+from smsgate_server.runtime import StartError, start
+from smsgate_server.store.embedded_redis import EmbeddedRedis, find_redis_server
 
 from tests.conftest import server_settings
 from tests.processes import Servers
+from tests.waiting import wait_until_blocking
 
 
 def free_port() -> int:
@@ -88,4 +94,114 @@ def test_a_misspelt_setting_is_named_at_start_with_the_closest_known_one(
     assert warnings[0]["variables"] == [
         "SMSGATE_COLOUR",
         "SMSGATE_SHARD (did you mean SMSGATE_SHARDS?)",
+    ]
+
+
+# -- a Redis that would lose data ------------------------------------------------
+
+
+@contextlib.contextmanager
+def raw_redis(workdir: Path, *args: str) -> Iterator[str]:
+    """A redis-server started with exactly ``args`` (no AOF unless asked); its URL."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            find_redis_server(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(workdir),
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port)
+        wait_until_blocking(
+            lambda: _pings(client), what=f"redis-server {args} to answer", interval=0.02
+        )
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+NO_PERSISTENCE = ("--appendonly", "no", "--save", "")
+
+
+@pytest.mark.parametrize(
+    ("args", "loss"),
+    [
+        (NO_PERSISTENCE, "it persists nothing"),
+        (
+            ("--appendonly", "yes", "--maxmemory-policy", "allkeys-lru"),
+            "maxmemory-policy is allkeys-lru",
+        ),
+        (
+            ("--appendonly", "yes", "--maxmemory-policy", "volatile-ttl"),
+            "maxmemory-policy is volatile-ttl",
+        ),
+    ],
+    ids=["no-persistence", "allkeys-lru", "volatile-ttl"],
+)
+async def test_a_redis_that_would_lose_data_is_refused_naming_the_override(
+    tmp_path: Path, args: tuple[str, ...], loss: str
+) -> None:
+    with (
+        raw_redis(tmp_path / "redis", *args) as url,
+        pytest.raises(StartError, match=loss) as refused,
+    ):
+        await start(server_settings(url, tmp_path / "data"))
+    assert "SMSGATE_REDIS_ALLOW_VOLATILE=true" in str(refused.value)
+
+
+async def test_allow_volatile_starts_on_a_redis_without_persistence_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with raw_redis(tmp_path / "redis", *NO_PERSISTENCE) as url:
+        running = await start(server_settings(url, tmp_path / "data", redis_allow_volatile=True))
+        await running.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("starting anyway (SMSGATE_REDIS_ALLOW_VOLATILE)" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize(
+    ("args", "warning"),
+    [
+        (("--appendonly", "no"), "RDB snapshots only"),
+        (("--appendonly", "yes", "--rename-command", "CONFIG", ""), "cannot check Redis"),
+    ],
+    ids=["snapshots-only", "config-disabled"],
+)
+async def test_a_redis_that_cannot_be_checked_or_snapshots_only_starts_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, args: tuple[str, ...], warning: str
+) -> None:
+    with raw_redis(tmp_path / "redis", *args) as url:
+        running = await start(server_settings(url, tmp_path / "data"))
+        await running.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(warning in w for w in warnings), warnings
+
+
+async def test_the_embedded_redis_passes_the_durability_check_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    embedded = server_settings("", tmp_path / "data")
+    assert embedded.embedded_redis
+    running = await start(embedded)
+    await running.stop()
+    assert not [
+        r for r in caplog.records if "Redis" in r.getMessage() and r.levelno >= logging.WARNING
     ]

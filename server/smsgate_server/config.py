@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     http_address: str = "127.0.0.1:8080"
     data_dir: Path = Path(".smsgate")
     redis_url: str | None = None
+    # Start on a Redis that persists nothing or evicts keys (see runtime's
+    # durability check), with a warning; for throw-away setups only.
+    redis_allow_volatile: bool = False
     role: Role = Role.ALL
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")

@@ -58,7 +58,8 @@ from smsgate_server.services.verification import CodePolicy, VerificationService
 from smsgate_server.services.watch import WatchHub
 from smsgate_server.store.apps import AppStore
 from smsgate_server.store.codes import CodeStore
-from smsgate_server.store.connection import RedisConnection, connect
+from smsgate_server.store.connection import RedisConnection, connect, redact_url
+from smsgate_server.store.durability import read_durability
 from smsgate_server.store.embedded_redis import EmbeddedRedis, running_url
 from smsgate_server.store.events import EventStore
 from smsgate_server.store.messages import MessageStore
@@ -234,6 +235,7 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
         url = await _embedded_redis(settings.data_dir, stack)
         await reached(StartStep.EMBEDDED_REDIS)
     redis = await _redis(url, settings, stack)
+    await _check_durability(redis, url, settings)
     await reached(StartStep.REDIS)
 
     # /readyz answers ok only between SERVING and the start of shutdown, while
@@ -364,6 +366,45 @@ async def _redis(url: str, settings: Settings, stack: AsyncExitStack) -> RedisCo
         ) from None
     stack.push_async_callback(redis.aclose)
     return redis
+
+
+async def _check_durability(redis: RedisConnection, url: str, settings: Settings) -> None:
+    """Refuse a Redis that would lose data silently (no persistence, or keys
+    evicted under memory pressure), unless SMSGATE_REDIS_ALLOW_VOLATILE says to
+    go on; warn where we cannot tell."""
+    where = {"redis": redact_url(url)}
+    try:
+        durability = await read_durability(redis.client)
+    except Unavailable as exc:
+        raise StartError(f"{exc}. Check SMSGATE_REDIS_URL.") from None
+    if durability is None:
+        log.warning(
+            "cannot check Redis persistence and eviction (CONFIG GET refused): make sure "
+            "it persists its data and its maxmemory-policy is noeviction",
+            extra=where,
+        )
+        return
+    losses = []
+    if not durability.persistent:
+        losses.append("it persists nothing (appendonly no, no save points): a restart loses all")
+    if durability.evicts:
+        losses.append(
+            f"its maxmemory-policy is {durability.eviction_policy}: when full it deletes keys"
+        )
+    if losses:
+        problem = f"Redis at {where['redis']} would lose data silently: " + "; ".join(losses)
+        if not settings.redis_allow_volatile:
+            raise StartError(
+                f"{problem}. Turn on AOF (appendonly yes) and set maxmemory-policy noeviction, "
+                "or set SMSGATE_REDIS_ALLOW_VOLATILE=true to start anyway"
+            )
+        log.warning(problem + "; starting anyway (SMSGATE_REDIS_ALLOW_VOLATILE)", extra=where)
+    elif not durability.aof:
+        log.warning(
+            "Redis persists by RDB snapshots only: what was accepted since the last one "
+            "is lost if Redis dies; turn on AOF (appendonly yes)",
+            extra=where,
+        )
 
 
 async def _http_side_port(
