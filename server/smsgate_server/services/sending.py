@@ -7,6 +7,7 @@ errors. The verification service sends its codes through it too.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -57,6 +58,9 @@ ACCEPT_CHUNK = 500
 # many one step checks on two fields before it reads the matches whole.
 LIST_SCAN_LIMIT = 1_000
 LIST_WINDOW = 200
+# Whole messages per read: decoding a read holds the event loop, and other
+# calls run between reads.
+LIST_READ = 25
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
@@ -403,6 +407,8 @@ class SendingService:
 
         with self._query(app):
             page, cursor = await self._scan(app, q, phone, size, cursor, at_least, batch_shard)
+        # Other calls get a turn between decoding the page and converting it.
+        await asyncio.sleep(0)
         if not cursor:
             return page, ""
         return page, self.tokens.seal(TokenKind.PAGE, app, cursor.encode(), context=filters)
@@ -462,7 +468,9 @@ class SendingService:
             else:
                 gone, matches = [], refs
             taken = matches[: size - len(page)]
-            found = await self.store.get_many(app, taken)
+            found: list[StoredMessage | None] = []
+            for i in range(0, len(taken), LIST_READ):
+                found += await self.store.get_many(app, taken[i : i + LIST_READ])
             page += [m for m in found if m is not None]
             gone += [ref for ref, m in zip(taken, found, strict=True) if m is None]
             if gone and batch is None:

@@ -387,42 +387,45 @@ class MessageStore:
         ]
 
 
+# Status by its number as stored: a dict look-up, cheaper than Status(int(...))
+# for every message and history entry a listing reads.
+_STATUS_OF = {str(s.value): s for s in Status}
+
+
 def _to_message(f: dict[bytes, bytes], history: list[bytes]) -> StoredMessage:
-    def g(name: MessageField) -> str:
-        value = f.get(name.encode())
-        return value.decode() if value is not None else ""
+    # Decoded once: ListMessages turns hundreds of these per call, on the event loop.
+    d = {k.decode(): v.decode() for k, v in f.items()}
 
     def n(name: MessageField) -> int:
-        value = f.get(name.encode())
-        return int(value) if value else 0
+        return int(d.get(name) or 0)
 
     F = MessageField
 
     entries = []
     for raw in history:
         status, ts, detail = raw.decode().split("|", 2)
-        entries.append(HistoryEntry(Status(int(status)), int(ts), detail))
+        entries.append(HistoryEntry(_STATUS_OF[status], int(ts), detail))
     return StoredMessage(
-        id=g(F.ID),
-        batch_id=g(F.BATCH),
-        phone=g(F.PHONE),
-        text=g(F.TEXT),
-        template_id=g(F.TEMPLATE),
-        params_json=g(F.PARAMS),
-        rendered=g(F.RENDERED),
+        id=d.get(F.ID, ""),
+        batch_id=d.get(F.BATCH, ""),
+        phone=d.get(F.PHONE, ""),
+        text=d.get(F.TEXT, ""),
+        template_id=d.get(F.TEMPLATE, ""),
+        params_json=d.get(F.PARAMS, ""),
+        rendered=d.get(F.RENDERED, ""),
         segments=n(F.SEGMENTS),
-        status=Status(n(F.STATUS)),
+        status=_STATUS_OF[d[F.STATUS]],
         created_ms=n(F.CREATED),
         send_at_ms=n(F.SEND_AT),
         updated_ms=n(F.UPDATED),
-        provider=g(F.PROVIDER),
-        provider_message_id=g(F.PROVIDER_ID),
+        provider=d.get(F.PROVIDER, ""),
+        provider_message_id=d.get(F.PROVIDER_ID, ""),
         attempts=n(F.ATTEMPTS),
-        error_code=g(F.ERROR_CODE),
-        error_reason=g(F.ERROR_REASON),
-        error_retryable=g(F.ERROR_RETRYABLE) == "1",
-        sender=g(F.SENDER),
-        labels_json=g(F.LABELS),
+        error_code=d.get(F.ERROR_CODE, ""),
+        error_reason=d.get(F.ERROR_REASON, ""),
+        error_retryable=d.get(F.ERROR_RETRYABLE) == "1",
+        sender=d.get(F.SENDER, ""),
+        labels_json=d.get(F.LABELS, ""),
         history=entries,
-        sensitive=g(F.SENSITIVE) == "1",
+        sensitive=d.get(F.SENSITIVE) == "1",
     )
