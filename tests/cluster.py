@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -282,6 +283,46 @@ class LocalCluster:
             if replication.get("role") == "slave" and master_port == master.port:
                 found.append(node)
         return found
+
+    def move_slot(self, slot: int, to: ClusterNode) -> ClusterNode:
+        """Move ``slot`` and its keys to master ``to`` (what a resharding does,
+        one slot); returns the master it came from."""
+        source = next(
+            n
+            for n in self.nodes
+            if n.alive and n.info("replication").get("role") == "master"
+            and self._serves_node(n, slot)
+        )  # fmt: skip
+        if source is to:
+            return source
+        with source.client() as src, to.client() as dst:
+            src_id, dst_id = src.cluster("myid"), dst.cluster("myid")
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
+            for node in self.nodes:
+                if node.alive and node.info("replication").get("role") == "master":
+                    with node.client() as client:
+                        client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        return source
+
+    def _serves_node(self, node: ClusterNode, slot: int) -> bool:
+        with node.client() as client:
+            return self._serves(client, node.port, slot)
+
+    @contextlib.contextmanager
+    def paused(self, nodes: list[ClusterNode]) -> Iterator[None]:
+        """SIGSTOP ``nodes`` for the block (a node too slow to answer), then SIGCONT."""
+        for node in nodes:
+            assert node.process is not None
+            node.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for node in nodes:
+                assert node.process is not None
+                node.process.send_signal(signal.SIGCONT)
 
     def kill(self, node: ClusterNode) -> None:
         """SIGKILL one node: what a crash or a pulled cable looks like."""

@@ -3,7 +3,8 @@
 
 Tests marked ``cluster`` run twice, on the standalone Redis and on a real
 Redis Cluster of 3 masters and 3 replicas (``tests/cluster.py``, started once
-per session, only when such a test runs). ``SMSGATE_TEST_CLUSTER=all`` runs
+per session, only when such a test runs); ``cluster(only=True)``, on the
+cluster alone. ``SMSGATE_TEST_CLUSTER=all`` runs
 every test that uses ``redis_url`` on both.
 """
 
@@ -50,12 +51,14 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests marked ``cluster`` (all, with SMSGATE_TEST_CLUSTER=all) that use
-    Redis run on the standalone Redis and on the cluster."""
+    Redis run on the standalone Redis and on the cluster; ``cluster(only=True)``
+    on the cluster alone."""
     if "redis_url" not in metafunc.fixturenames:
         return
-    if metafunc.definition.get_closest_marker("cluster") or (
-        os.environ.get("SMSGATE_TEST_CLUSTER") == "all"
-    ):
+    marker = metafunc.definition.get_closest_marker("cluster")
+    if marker is not None and marker.kwargs.get("only"):
+        metafunc.parametrize("redis_kind", ["cluster"], indirect=True)
+    elif marker is not None or os.environ.get("SMSGATE_TEST_CLUSTER") == "all":
         metafunc.parametrize("redis_kind", ["standalone", "cluster"], indirect=True)
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the async stub type exists only in the .pyi
 S = message_pb2.MessageStatus
 
 
+@pytest.mark.cluster
 async def test_sent_message_is_delivered_with_history(sms: SmsServiceAsyncStub, token: str) -> None:
     reply = await sms.SendSms(
         pb.SendSmsRequest(phone_number="+14155550123", text="hello"), metadata=bearer(token)

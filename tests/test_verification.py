@@ -21,6 +21,7 @@ from smsgate.v1 import verification_service_pb2 as pb
 from smsgate.v1 import verification_service_pb2_grpc as pb_grpc
 from smsgate_server.providers.simulator import SimulatorProvider
 from smsgate_server.runtime import Running, start
+from smsgate_server.store.connection import RedisClient
 
 from tests.conftest import ServerFactory, server_settings
 from tests.pipeline_support import TERMINAL, wait_for_statuses
@@ -281,7 +282,7 @@ def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-async def every_redis_value(client: aioredis.Redis) -> list[bytes]:
+async def every_redis_value(client: RedisClient) -> list[bytes]:
     """Every key with its DUMP and its readable contents (fields, members, entries)."""
     out: list[bytes] = []
     async for key in client.scan_iter(count=1000):

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from smsgate_server.domain.codes import parse_secret
 from smsgate_server.domain.phone import parse_calling_code
+from smsgate_server.redis_urls import is_cluster_url, parse_cluster_url
 
 __all__ = ["Role", "Settings", "parse_address", "unknown_variables"]
 
@@ -74,6 +75,13 @@ class Settings(BaseSettings):
     # the messages of the removed shards; pick it once.
     shards: int = Field(default=4, ge=1, le=256)
     redis_pool_size: int = Field(default=64, ge=4, le=4096)
+    # Redis replicates asynchronously: a master that fails right after a write
+    # takes it along. Accepting waits until this many replicas have the messages
+    # (WAIT on the connection of the write), else answers UNAVAILABLE and the
+    # client's retry with its request_id is safe. Unset: 1 on a cluster, 0 on
+    # one server.
+    redis_wait_replicas: int | None = Field(default=None, ge=0, le=16)
+    redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
 
     # Apps.
     create_dev_app: bool = True
@@ -159,8 +167,13 @@ class Settings(BaseSettings):
         if value in (None, ""):
             return None
         assert value is not None
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if is_cluster_url(value):
+            parse_cluster_url(value)  # ValueError says what is wrong
+        elif not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "must start with redis://, rediss:// or unix:// (one server), "
+                "or redis+cluster:// or rediss+cluster:// (a cluster)"
+            )
         return value
 
     @field_validator("server_secret")
@@ -199,6 +212,13 @@ class Settings(BaseSettings):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file {path} does not exist")
         return self
+
+    @property
+    def wait_replicas(self) -> int:
+        """Replicas an accepted message must reach before the call answers OK."""
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if self.redis_url is not None and is_cluster_url(self.redis_url) else 0
 
     @property
     def embedded_redis(self) -> bool:

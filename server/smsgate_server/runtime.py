@@ -259,6 +259,8 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
         receipt_timeout_seconds=settings.receipt_timeout_seconds,
         schedule_max_days=settings.schedule_max_days,
         max_message_age_seconds=settings.max_message_age_seconds,
+        wait_replicas=settings.wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
     apps = AppStore(redis.client)
     grace = settings.shutdown_grace_seconds

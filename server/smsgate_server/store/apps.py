@@ -7,7 +7,6 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
-from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
 from smsgate_server.domain.apps import (
@@ -18,6 +17,7 @@ from smsgate_server.domain.apps import (
     secret_matches,
 )
 from smsgate_server.domain.errors import Unavailable
+from smsgate_server.store.connection import RedisClient
 from smsgate_server.store.errors import map_redis_errors, redis_edge
 from smsgate_server.store.keys import AppField, app_key, apps_index, revocations_channel
 
@@ -35,7 +35,7 @@ RESUBSCRIBE_SECONDS = 1.0
 class AppStore:
     """Creates, checks and revokes apps."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
 
     @redis_edge

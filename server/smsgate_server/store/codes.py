@@ -12,8 +12,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
+from smsgate_server.store.connection import RedisClient
 from smsgate_server.store.errors import redis_edge
 from smsgate_server.store.keys import CodeKeys, verify_rate_key
 from smsgate_server.store.scripts import CodeScripts
@@ -81,7 +80,7 @@ class VerifyOutcome:
 class CodeStore:
     """Stores code hashes and applies the resend policy, atomically per phone number."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
         self.scripts = CodeScripts(redis)
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio import Redis
-
 from smsgate_server.domain.events import StatusEvent
 from smsgate_server.domain.status import Status
+from smsgate_server.store.connection import RedisClient
 from smsgate_server.store.errors import redis_edge
 from smsgate_server.store.keys import EventField, ShardKeys
 
@@ -39,7 +38,7 @@ class EventStore:
     """Reads events. ``reader`` is a client whose socket timeout exceeds the
     block time of XREAD (redis/redis-py#3138)."""
 
-    def __init__(self, redis: Redis, reader: Redis, shards: int) -> None:
+    def __init__(self, redis: RedisClient, reader: RedisClient, shards: int) -> None:
         self.redis = redis
         self.reader = reader
         self.keys = [ShardKeys(i) for i in range(shards)]

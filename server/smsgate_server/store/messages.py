@@ -8,10 +8,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
+from smsgate_server.domain.errors import Unavailable
 from smsgate_server.domain.message import HistoryEntry, NewMessage, StoredMessage
 from smsgate_server.domain.status import Status
+from smsgate_server.store.connection import RedisClient
 from smsgate_server.store.errors import redis_edge
 from smsgate_server.store.keys import GROUP, MessageField, ShardKeys
 from smsgate_server.store.scripts import Scripts
@@ -113,7 +113,7 @@ class MessageStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         shards: int,
         event_retention_seconds: int,
@@ -122,9 +122,15 @@ class MessageStore:
         receipt_timeout_seconds: float,
         schedule_max_days: int,
         max_message_age_seconds: float,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
+        # Accepting waits for this many replicas (WAIT), so a failover keeps
+        # every message answered OK (Settings.redis_wait_replicas).
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self.scripts = Scripts(redis)
         self.shards = shards
         self.shard_keys = [ShardKeys(i) for i in range(shards)]
@@ -196,10 +202,20 @@ class MessageStore:
                 m.expire_at_ms,
             ]
         batch_key = keys.batch(app, batch_id) if batch_id else keys.prefix + "b:-"
-        result = await self.scripts.accept(
-            keys=[keys.events, idem, keys.queue, keys.due, keys.index(app), batch_key],
-            args=args,
-        )
+        script_keys = [keys.events, idem, keys.queue, keys.due, keys.index(app), batch_key]
+        if not self.wait_replicas:
+            result = await self.scripts.accept(keys=script_keys, args=args)
+        else:
+            result, acked = await self.scripts.accept.call_confirmed(
+                script_keys, args, replicas=self.wait_replicas, timeout_ms=self.wait_timeout_ms
+            )
+            # A conflict wrote nothing: nothing to lose.
+            if acked < self.wait_replicas and _s(result[0]) != Accepted.CONFLICT:
+                raise Unavailable(
+                    f"stored, but {acked} of {self.wait_replicas} Redis replicas confirmed it "
+                    f"within {self.wait_timeout_ms} ms: a failover could lose it; retry with "
+                    "the same request_id"
+                )
         kind = Accepted(_s(result[0]))
         return AcceptOutcome(kind, _s(result[1]) if len(result) > 1 else "")
 

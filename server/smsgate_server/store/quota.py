@@ -19,8 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
+from smsgate_server.store.connection import RedisClient
 from smsgate_server.store.errors import redis_edge
 from smsgate_server.store.keys import (
     HELD_BUCKETS,
@@ -55,7 +54,7 @@ class QuotaStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         shards: int,
         message_retention_seconds: int,
@@ -94,7 +93,9 @@ class QuotaStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(app_key(app), AppField.MAX_HELD_MESSAGES)
             for keys in self.shard_keys:
-                pipe.mget([keys.live(app), *(keys.done(app, b) for b in buckets)])
+                # One shard's counters share its slot; redis-py's cluster
+                # pipeline refuses pipe.mget() (it cannot split it), not MGET.
+                pipe.execute_command("MGET", keys.live(app), *(keys.done(app, b) for b in buckets))
             raw: list[Any] = await pipe.execute()
         own, counts = raw[0], raw[1:]
         return HeldMessages(

@@ -3,22 +3,36 @@
 Each message script gets the statuses and allowed transitions of
 ``domain.status`` (generated here, so Python and Lua share one table) and
 ``lib.lua`` in front of it, so the status bookkeeping (hash, history, event)
-is written once; the verification-code scripts stand alone. redis-py's
-``Script`` falls back to EVAL when the server has lost its script cache (after
-a Redis restart).
+is written once; the verification-code scripts stand alone.
+
+Scripts are cached per Redis server: a restart empties the cache, and on a
+cluster each master has its own, which a replica promoted by a failover never
+had. So every call tries EVALSHA and, on NOSCRIPT, sends the source with EVAL
+(which caches it on that node for the next EVALSHA); nothing is loaded ahead.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from importlib import resources
+from typing import Any
 
-from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+from redis.typing import EncodableT
 
 from smsgate_server.domain.status import TERMINAL, Status, can_enter
+from smsgate_server.store.connection import RedisClient, run_on_key_node
 from smsgate_server.store.keys import HELD_BUCKETS
 
-__all__ = ["CodeScripts", "QuotaScripts", "Scripts", "TemplateScripts", "status_prelude"]
+__all__ = [
+    "CodeScripts",
+    "LuaScript",
+    "QuotaScripts",
+    "Scripts",
+    "TemplateScripts",
+    "status_prelude",
+]
 
 # The "from" status of a message being accepted, in the Lua table.
 _NEW = 0
@@ -51,14 +65,53 @@ def status_prelude() -> str:
     )
 
 
-class Scripts:
-    """The registered scripts of one Redis client."""
+class LuaScript:
+    """One Lua script of one client, called by SHA (EVAL where a node lacks it)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient, source: str) -> None:
+        self.redis = redis
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, keys: Sequence[str] = (), args: Sequence[EncodableT] = ()) -> Any:
+        try:
+            return await self.redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.redis.eval(self.source, len(keys), *keys, *args)
+
+    async def call_confirmed(
+        self,
+        keys: Sequence[str],
+        args: Sequence[EncodableT],
+        *,
+        replicas: int,
+        timeout_ms: int,
+    ) -> tuple[Any, int]:
+        """Run the script, then ``WAIT replicas timeout_ms`` on the same
+        connection: (the script's reply, how many replicas have its writes)."""
+        tail: list[EncodableT] = [len(keys), *keys, *args]
+        wait: list[EncodableT] = ["WAIT", replicas, timeout_ms]
+        reply, acked = await run_on_key_node(
+            self.redis, keys[0], [["EVALSHA", self.sha, *tail], wait]
+        )
+        if isinstance(reply, NoScriptError):
+            reply, acked = await run_on_key_node(
+                self.redis, keys[0], [["EVAL", self.source, *tail], wait]
+            )
+        for value in (reply, acked):
+            if isinstance(value, Exception):
+                raise value
+        return reply, int(acked)
+
+
+class Scripts:
+    """The scripts of the message store."""
+
+    def __init__(self, redis: RedisClient) -> None:
         lib = status_prelude() + f"local HELD_BUCKETS = {HELD_BUCKETS}\n" + _source("lib")
 
-        def message_script(name: str) -> AsyncScript:
-            return redis.register_script(lib + "\n" + _source(name))
+        def message_script(name: str) -> LuaScript:
+            return LuaScript(redis, lib + "\n" + _source(name))
 
         self.accept = message_script("accept")
         self.claim = message_script("claim")
@@ -71,23 +124,23 @@ class Scripts:
 class CodeScripts:
     """The verification-code scripts of one Redis client."""
 
-    def __init__(self, redis: Redis) -> None:
-        self.issue = redis.register_script(_source("code_issue"))
-        self.verify = redis.register_script(_source("code_verify"))
-        self.rate_window = redis.register_script(_source("rate_window"))
+    def __init__(self, redis: RedisClient) -> None:
+        self.issue = LuaScript(redis, _source("code_issue"))
+        self.verify = LuaScript(redis, _source("code_verify"))
+        self.rate_window = LuaScript(redis, _source("rate_window"))
 
 
 class TemplateScripts:
     """The template scripts of one Redis client."""
 
-    def __init__(self, redis: Redis) -> None:
-        self.create = redis.register_script(_source("template_create"))
-        self.update = redis.register_script(_source("template_update"))
-        self.delete = redis.register_script(_source("template_delete"))
+    def __init__(self, redis: RedisClient) -> None:
+        self.create = LuaScript(redis, _source("template_create"))
+        self.update = LuaScript(redis, _source("template_update"))
+        self.delete = LuaScript(redis, _source("template_delete"))
 
 
 class QuotaScripts:
     """The per-app quota scripts of one Redis client."""
 
-    def __init__(self, redis: Redis) -> None:
-        self.accept_rate = redis.register_script(_source("accept_rate"))
+    def __init__(self, redis: RedisClient) -> None:
+        self.accept_rate = LuaScript(redis, _source("accept_rate"))

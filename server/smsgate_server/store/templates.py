@@ -13,9 +13,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
 from smsgate_server.domain.templates import Template, TemplateKind
+from smsgate_server.store.connection import RedisClient
 from smsgate_server.store.errors import redis_edge
 from smsgate_server.store.keys import TemplateField as F
 from smsgate_server.store.keys import TemplateKeys
@@ -74,7 +73,7 @@ def _template(template_id: str, version: int, h: dict[Any, Any]) -> Template:
 class TemplateStore:
     """Creates, reads, versions and deletes the templates of each app."""
 
-    def __init__(self, redis: Redis, *, idempotency_ttl_seconds: int) -> None:
+    def __init__(self, redis: RedisClient, *, idempotency_ttl_seconds: int) -> None:
         self.redis = redis
         self.scripts = TemplateScripts(redis)
         self.idempotency_ttl_seconds = idempotency_ttl_seconds
