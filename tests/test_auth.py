@@ -8,7 +8,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from smsgate.v1 import sms_service_pb2 as pb
-from smsgate_server.api.guard import GuardedServer
+from smsgate_server.api.guard import GuardedServer, TokenCache
+from smsgate_server.domain.apps import App
 from smsgate_server.runtime import Running
 
 from tests.conftest import ServerFactory
@@ -136,3 +137,13 @@ async def test_spellings_of_one_token_share_one_cache_entry(
     for scheme in ("Bearer", "bearer", "BEARER", "beareR"):
         await sms.SendSms(REQUEST, metadata=(("authorization", f"{scheme} {token}"),))
     assert len(server.server.guard.cache) == 1
+
+
+def test_the_token_cache_holds_at_most_its_size_dropping_the_oldest() -> None:
+    cache = TokenCache(ttl=60, max_size=2)
+    apps = [App(key=f"ak_{i:020x}", name=str(i)) for i in range(3)]
+    for app in apps:
+        cache.put(app.key, "as_secret", app, revision=cache.revision)
+    assert len(cache) == 2
+    assert cache.get(apps[0].key, "as_secret") is None
+    assert cache.get(apps[2].key, "as_secret") == apps[2]
