@@ -48,6 +48,7 @@ def _in(seconds: float) -> Timestamp:
     return ts
 
 
+@pytest.mark.cluster
 async def test_batch_accepts_valid_recipients_and_names_each_rejection(
     sms: SmsServiceAsyncStub, token: str
 ) -> None:
@@ -111,6 +112,7 @@ async def test_bad_batch_is_invalid_argument(
     assert field in details.fields
 
 
+@pytest.mark.cluster
 async def test_batch_is_idempotent_by_request_id(sms: SmsServiceAsyncStub, token: str) -> None:
     request = batch([*phones(3), "bad"], request_id="campaign-7")
     first = await sms.BatchSend(request, metadata=bearer(token))
@@ -163,6 +165,7 @@ async def test_unknown_batch_is_not_found(sms: SmsServiceAsyncStub, token: str) 
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.cluster
 async def test_list_is_newest_first_and_pages_without_gaps(
     sms: SmsServiceAsyncStub, token: str
 ) -> None:

@@ -59,6 +59,7 @@ async def send_one() -> AsyncIterator[SendOne]:
         await channel.close()
 
 
+@pytest.mark.cluster
 async def test_retryable_errors_are_retried_then_fail_with_the_providers_code(
     make_server: ServerFactory, send_one: SendOne
 ) -> None:
@@ -93,6 +94,7 @@ async def test_permanent_errors_fail_at_once(make_server: ServerFactory, send_on
     assert (message.error.code, message.error.retryable) == ("SIM_REJECTED", False)
 
 
+@pytest.mark.cluster
 async def test_undelivered_receipt_ends_the_message_undelivered(
     make_server: ServerFactory, send_one: SendOne
 ) -> None:

@@ -195,6 +195,7 @@ def _in(seconds: float) -> Timestamp:
     return ts
 
 
+@pytest.mark.cluster
 async def test_scheduled_message_waits_and_can_be_canceled(
     sms: SmsServiceAsyncStub, token: str
 ) -> None:
@@ -214,6 +215,7 @@ async def test_scheduled_message_waits_and_can_be_canceled(
     assert details_of(caught.value).code == grpc.StatusCode.FAILED_PRECONDITION
 
 
+@pytest.mark.cluster
 async def test_scheduled_message_is_sent_at_its_time(sms: SmsServiceAsyncStub, token: str) -> None:
     reply = await sms.SendSms(
         pb.SendSmsRequest(phone_number="+14155550123", text="soon", send_time=_in(0.5)),

@@ -158,6 +158,7 @@ async def test_bad_templates_are_invalid_argument_naming_the_field(
     assert (field in details.fields, details.reason) == (True, reason)
 
 
+@pytest.mark.cluster
 async def test_an_update_makes_a_new_version_and_the_old_stays_readable(calls: Calls) -> None:
     first = await calls.create(id="promo", body="Sale {pct}% off", display_name="Promo")
     second = await calls.update(["body"], id="promo", body="Sale: {pct}% off today")
@@ -268,6 +269,7 @@ async def test_a_bad_page_token_is_invalid_argument(calls: Calls) -> None:
     )
 
 
+@pytest.mark.cluster
 async def test_delete_removes_every_version(calls: Calls) -> None:
     first = await calls.create(id="gone")
     await calls.update(["display_name"], id="gone", display_name="v2")

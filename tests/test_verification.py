@@ -87,6 +87,7 @@ async def serve_with_channel(
 # -- generate and verify ---------------------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_a_caller_delivered_code_verifies_once(
     verification: VerificationServiceAsyncStub, token: str
 ) -> None:
@@ -127,6 +128,7 @@ async def handset_text(server: Running, message_id: str) -> str:
     return texts[0]
 
 
+@pytest.mark.cluster
 async def test_an_sms_delivered_code_is_sent_and_never_returned(
     verification: VerificationServiceAsyncStub,
     sms: SmsServiceAsyncStub,
@@ -178,6 +180,7 @@ async def test_fifty_concurrent_checks_of_the_right_code_verify_exactly_once(
     assert results.count(R.VERIFICATION_RESULT_EXPIRED_OR_NOT_FOUND) == 49
 
 
+@pytest.mark.cluster
 async def test_after_five_wrong_codes_even_the_right_one_fails(
     verification: VerificationServiceAsyncStub, token: str
 ) -> None:
@@ -375,6 +378,7 @@ async def test_logs_never_contain_a_code(
 # -- resend policy and abuse controls ----------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_a_resend_within_the_cooldown_is_refused_with_retry_info(
     make_server: ServerFactory,
 ) -> None:

@@ -77,6 +77,7 @@ async def started(call: Any) -> Any:
     return call
 
 
+@pytest.mark.cluster
 async def test_stream_has_every_status_change_of_the_apps_messages(
     sms: SmsServiceAsyncStub, token: str, server: Running
 ) -> None:
@@ -120,6 +121,7 @@ async def test_filters_narrow_the_stream(sms: SmsServiceAsyncStub, token: str) -
     assert ignored
 
 
+@pytest.mark.cluster
 async def test_resumed_subscriber_gets_every_event_exactly_once_in_order(
     sms: SmsServiceAsyncStub, token: str
 ) -> None:
