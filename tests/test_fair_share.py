@@ -112,6 +112,26 @@ async def test_a_batch_counts_its_recipients_and_later_calls_wait_for_them(
     assert d.retry_delay is not None and 1.5 < d.retry_delay <= 2.5
 
 
+async def test_a_retry_of_a_stored_request_is_answered_and_not_paid_again(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(app_accept_burst_seconds=1)
+    slow = (await server.apps.create("slow", accept_per_second=2)).token
+    request = batch(phones(6))
+    request.request_id = "once"
+    async with stub(server) as sms:
+        first = await sms.BatchSend(request, metadata=bearer(slow))
+        # The app is in debt now: new work waits...
+        d = await refused(sms.BatchSend(batch(phones(2, 50)), metadata=bearer(slow)))
+        # ...but the retry gets the first answer, and costs nothing more.
+        again = await sms.BatchSend(request, metadata=bearer(slow))
+        later = await refused(sms.SendSms(one(), metadata=bearer(slow)))
+
+    assert d.reason == "APP_RATE_LIMITED"
+    assert again == first
+    assert later.retry_delay is not None and later.retry_delay <= 2.5
+
+
 async def test_invalid_recipients_are_not_counted_against_the_rate(
     make_server: ServerFactory,
 ) -> None:

@@ -73,8 +73,11 @@ class Admission:
     _held: dict[str, _Held] = field(default_factory=dict)
     _queries: dict[str, int] = field(default_factory=dict)
 
-    async def admit_accept(self, app: str, n: int) -> None:
-        """Raise unless ``app`` may store ``n`` more messages now."""
+    async def admit_accept(self, app: str, n: int, *, pay: bool = True) -> None:
+        """Raise unless ``app`` may store ``n`` more messages now. With ``pay``
+        they are taken from its rate at once; else the caller pays with
+        ``pay_accepted`` for what it stored (a batch stored in chunks, whose
+        retries must not pay again for chunks stored before)."""
         if n <= 0:
             return
         if await self._storage_full():
@@ -100,6 +103,7 @@ class Admission:
         wait_ms = await self.quota.take_accept(
             app,
             n,
+            take=n if pay else 0,
             default_rate=self.policy.accept_per_second,
             burst_seconds=self.policy.accept_burst_seconds,
         )
@@ -111,6 +115,16 @@ class Admission:
                 reason=Reason.APP_RATE_LIMITED,
             )
         held.added += n
+
+    async def pay_accepted(self, app: str, n: int) -> None:
+        """Take ``n`` stored messages from the app's rate (into debt if need be)."""
+        await self.quota.take_accept(
+            app,
+            0,
+            take=n,
+            default_rate=self.policy.accept_per_second,
+            burst_seconds=self.policy.accept_burst_seconds,
+        )
 
     def query_slot(self, app: str) -> QuerySlot:
         """One of the app's expensive-call slots of this process; release it when done."""

@@ -20,6 +20,8 @@ from smsgate_server.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    QuotaExceeded,
+    RateLimited,
     Reason,
 )
 from smsgate_server.domain.ids import new_batch_id, new_message_id, shard_for_key, shard_of_id
@@ -165,8 +167,8 @@ class SendingService:
         prototype = self._prototype(cmd, now, violations)
         request_id = violations.check("", check_request_id, cmd.request_id)
         violations.raise_any()
-        await self._admit(app, 1)
         shard = self._shard(app, request_id)
+        await self._admit(app, 1, shard, request_id)
         message = dataclasses.replace(
             prototype,
             id=new_message_id(now, shard),
@@ -332,7 +334,8 @@ class SendingService:
             for phone in checked
             if isinstance(phone, str)
         ]
-        await self._admit(app, len(messages))
+        # Paid per chunk stored: a retry pays only for what the first call did not store.
+        await self._admit(app, len(messages), shard, request_id, pay=False)
         request_hash = _request_hash(cmd.fingerprint, request_id)
         ids: list[str] = []
         # Every chunk has its own idempotency record (the request id, then
@@ -354,6 +357,8 @@ class SendingService:
             if outcome.kind == "dup":
                 batch_id, _, stored = outcome.remembered.partition(";")
                 chunk_ids = stored.split(",") if stored else []
+            elif self.admission is not None and chunk:
+                await self.admission.pay_accepted(app, len(chunk))
             ids += chunk_ids
         id_iter = iter(ids)
         results: list[str | tuple[Reason, str]] = [
@@ -417,10 +422,20 @@ class SendingService:
         """One of the app's expensive-call slots (none to take without admission)."""
         return self.admission.query(app) if self.admission else nullcontext()
 
-    async def _admit(self, app: str, n: int) -> None:
-        """Raise unless the app may store ``n`` more messages now."""
-        if self.admission is not None:
-            await self.admission.admit_accept(app, n)
+    async def _admit(
+        self, app: str, n: int, shard: int, request_id: str, *, pay: bool = True
+    ) -> None:
+        """Raise unless the app may store ``n`` more messages now (Admission.admit_accept)."""
+        if self.admission is None:
+            return
+        try:
+            await self.admission.admit_accept(app, n, pay=pay)
+        except (RateLimited, QuotaExceeded):
+            # A retry of a request stored before goes on: what was stored is
+            # answered from its record, and the rest of a batch pays as it is stored.
+            if request_id and await self.store.has_request(app, shard, request_id):
+                return
+            raise
 
     async def _scan(
         self,

@@ -241,6 +241,11 @@ class MessageStore:
         return [_to_message(raw[i], raw[i + 1]) if raw[i] else None for i in range(0, len(raw), 2)]
 
     @redis_edge
+    async def has_request(self, app: str, shard: int, request_id: str) -> bool:
+        """Whether a request with this id was stored (its idempotency record lives)."""
+        return bool(await self.redis.exists(self.shard_keys[shard].idempotency(app, request_id)))
+
+    @redis_edge
     async def heads(
         self, app: str, refs: Sequence[tuple[int, str]]
     ) -> list[tuple[Status, str] | None]:

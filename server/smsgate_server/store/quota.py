@@ -73,13 +73,13 @@ class QuotaStore:
 
     @redis_edge
     async def take_accept(
-        self, app: str, n: int, *, default_rate: float, burst_seconds: float
+        self, app: str, n: int, *, take: int, default_rate: float, burst_seconds: float
     ) -> int:
-        """Take ``n`` messages from the app's accept bucket: 0 when admitted,
-        else the milliseconds to wait before the call can be admitted."""
+        """Admit ``n`` messages (0: admit anything) to the app's accept bucket and
+        take ``take`` tokens: 0 when admitted, else the milliseconds to wait."""
         admitted, wait_ms = await self.scripts.accept_rate(
             keys=[app_key(app), accept_bucket_key(app)],
-            args=[self.now_ms(), n, default_rate, burst_seconds],
+            args=[self.now_ms(), n, default_rate, burst_seconds, take],
         )
         return 0 if int(admitted) else max(int(wait_ms), 1)
 

@@ -1,14 +1,15 @@
 -- Per-app accept rate: a token bucket in the app's slot, so one script sees the
 -- app's own rate (its record) and its bucket.
 -- KEYS[1] the app hash, KEYS[2] the app's bucket hash.
--- ARGV[1] now (ms), ARGV[2] messages to accept, ARGV[3] default rate (messages
--- per second, when the app has none of its own), ARGV[4] bucket size in
--- seconds of the rate.
--- A call is admitted while the bucket holds at least min(n, size) tokens and
--- then takes all n, going into debt if it must: a batch larger than the bucket
--- still goes through once the bucket is full, and later calls wait for the debt.
+-- ARGV[1] now (ms), ARGV[2] messages to admit (0: only pay), ARGV[3] default
+-- rate (messages per second, when the app has none of its own), ARGV[4] bucket
+-- size in seconds of the rate, ARGV[5] tokens to take now.
+-- A call is admitted while the bucket holds at least min(n, size) tokens, and
+-- takes what it is told, going into debt if it must: a batch larger than the
+-- bucket still goes through once the bucket is full (it pays as it stores),
+-- and later calls wait for the debt.
 -- Returns {1, 0} when admitted, {0, ms to wait} when not.
-local now, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now, n, take = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5])
 local rate = tonumber(redis.call('HGET', KEYS[1], 'accept_per_second') or ARGV[3])
 local size = rate * tonumber(ARGV[4])
 local b = redis.call('HMGET', KEYS[2], 'tokens', 'at')
@@ -24,7 +25,7 @@ local need = math.min(n, size)
 if tokens < need then
   return {0, math.ceil((need - tokens) * 1000 / rate)}
 end
-tokens = tokens - n
+tokens = tokens - take
 redis.call('HSET', KEYS[2], 'tokens', tostring(tokens), 'at', at)
 -- Idle apps leave nothing behind: once refilled, a missing bucket is a full one.
 redis.call('PEXPIRE', KEYS[2], math.ceil((size - tokens) * 1000 / rate) + 1000)
