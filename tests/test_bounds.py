@@ -195,11 +195,20 @@ async def test_status_filters_have_a_maximum(sms: SmsServiceAsyncStub, token: st
 
 
 def largest_batch(recipients: int) -> pb.BatchSendRequest:
-    """A BatchSend with every field at its documented maximum, in 4-byte characters."""
+    """A BatchSend with every field at its documented maximum, in 4-byte characters:
+    template content (larger than the longest text) and each recipient's own
+    params (32 bytes x 8 = 256 bytes of names and values)."""
     wide = "\U0001f600"
+    own = {f"{i}": wide * 7 + "ab" for i in range(8)}
     return pb.BatchSendRequest(
-        recipients=[pb.BatchRecipient(phone_number=wide * MAX_PHONE_CHARS)] * recipients,
-        text=wide * 1600,
+        recipients=[pb.BatchRecipient(phone_number=wide * MAX_PHONE_CHARS, params=own)]
+        * recipients,
+        template=message_pb2.TemplateContent(
+            template_id="t" * 64,
+            params={f"p{i:02d}" + "p" * 61: wide * 35 for i in range(32)},
+            version=2**31 - 1,
+            sign_name=wide * 16,
+        ),
         send_time=Timestamp(seconds=2**40, nanos=999_999_999),
         request_id="r" * 128,
         sender_id=wide * 32,

@@ -586,15 +586,15 @@ async def test_bad_generate_requests_are_invalid_argument_naming_the_field(
     assert field in details.fields
 
 
-async def test_a_template_for_an_sms_code_is_unimplemented(
+async def test_an_unknown_template_for_an_sms_code_is_not_found(
     verification: VerificationServiceAsyncStub, token: str
 ) -> None:
     err = await fails(
         generate(verification, token, delivery=pb.CODE_DELIVERY_SMS, template_id="otp")
     )
     details = details_of(err)
-    assert details.code == grpc.StatusCode.UNIMPLEMENTED
-    assert "template" in details.message.lower()
+    assert details.code == grpc.StatusCode.NOT_FOUND
+    assert details.reason == "TEMPLATE_NOT_FOUND"
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,10 @@ smsgate-server apps create NAME   create an app and print its credentials
     [--verify-per-minute N]       its verification codes per minute
     [--accept-per-second N]       messages it may accept per second
     [--max-held-messages N]       messages it may hold in Redis
+    [--default-region CC]         region of numbers written without + (CN, US, ...)
+    [--mobile-only]               refuse numbers that may be fixed lines (US, ...)
+smsgate-server apps set-region KEY CC [--mobile-only]
+                                  change an app's default region (and number types)
 smsgate-server apps revoke KEY    delete an app: every server refuses its token at once
 """
 
@@ -25,7 +29,7 @@ from pydantic import ValidationError
 
 from smsgate_server.config import Settings, unknown_variables
 from smsgate_server.domain.errors import Unavailable
-from smsgate_server.domain.phone import parse_calling_code
+from smsgate_server.domain.phone import E164_ONLY, NumberPolicy, is_region, parse_calling_code
 from smsgate_server.logs import configure_logging
 from smsgate_server.processes import serve_processes
 from smsgate_server.runtime import StartError, start
@@ -109,6 +113,7 @@ async def _create_app(
     verify_per_minute: int | None = None,
     accept_per_second: int | None = None,
     max_held_messages: int | None = None,
+    numbers: NumberPolicy = E164_ONLY,
 ) -> None:
     async with _app_store(settings) as apps:
         creds = await apps.create(
@@ -117,6 +122,7 @@ async def _create_app(
             verify_per_minute=verify_per_minute,
             accept_per_second=accept_per_second,
             max_held_messages=max_held_messages,
+            numbers=numbers,
         )
     if as_json:
         print(
@@ -138,6 +144,28 @@ async def _revoke_app(settings: Settings, key: str) -> None:
     if not revoked:
         raise StartError(f"no app has the key {key!r}")
     print(f"revoked {key}: every server refuses its token from now on")
+
+
+async def _set_region(settings: Settings, key: str, numbers: NumberPolicy) -> None:
+    async with _app_store(settings) as apps:
+        changed = await apps.set_numbers(key, numbers)
+    if not changed:
+        raise StartError(f"no app has the key {key!r}")
+    region = numbers.default_region or "none (E.164 only)"
+    types = "mobile only" if numbers.mobile_only else "mobile, or fixed line or mobile"
+    print(f"{key}: default region {region}; numbers accepted: {types}")
+
+
+def _region(text: str) -> str:
+    region = text.strip().upper()
+    if region in ("", "NONE"):
+        return ""
+    if not is_region(region):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a region code (ISO 3166-1 alpha-2: CN, US, GB, ...); "
+            "'none' for E.164 only"
+        )
+    return region
 
 
 def _calling_code(text: str) -> int:
@@ -194,6 +222,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="messages the app may hold in Redis, finished ones until their retention ends; "
         "default: SMSGATE_APP_MAX_HELD_MESSAGES",
     )
+    create.add_argument(
+        "--default-region",
+        type=_region,
+        default="",
+        metavar="CC",
+        help="ISO region (CN, US, ...) of recipients written without + and country code, "
+        "such as 13800138000; default: E.164 only",
+    )
+    mobile_only_help = (
+        "refuse numbers that may be fixed lines as well as mobiles (every US and Canadian "
+        "number); default: accept them"
+    )
+    create.add_argument("--mobile-only", action="store_true", help=mobile_only_help)
+    set_region = apps.add_parser(
+        "set-region", help="change an app's default region (every server applies it at once)"
+    )
+    set_region.add_argument("key", help="the app's key (ak_...)")
+    set_region.add_argument("region", type=_region, help="CN, US, ... or 'none' for E.164 only")
+    set_region.add_argument("--mobile-only", action="store_true", help=mobile_only_help)
     revoke = apps.add_parser("revoke", help="delete an app: every server refuses its token at once")
     revoke.add_argument("key", help="the app's key (ak_...)")
     args = parser.parse_args(argv)
@@ -209,9 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "apps" and args.apps_command == "revoke":
             asyncio.run(_revoke_app(settings, args.key))
+        elif args.command == "apps" and args.apps_command == "set-region":
+            numbers = NumberPolicy(default_region=args.region, mobile_only=args.mobile_only)
+            asyncio.run(_set_region(settings, args.key, numbers))
         elif args.command == "apps":
             if args.apps_command != "create":
-                parser.error("apps: expected 'create NAME' or 'revoke KEY'")
+                parser.error("apps: expected 'create NAME', 'set-region KEY CC' or 'revoke KEY'")
             asyncio.run(
                 _create_app(
                     settings,
@@ -221,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     verify_per_minute=args.verify_per_minute,
                     accept_per_second=args.accept_per_second,
                     max_held_messages=args.max_held_messages,
+                    numbers=NumberPolicy(
+                        default_region=args.default_region, mobile_only=args.mobile_only
+                    ),
                 )
             )
         elif settings.processes > 1:

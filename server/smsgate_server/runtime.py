@@ -28,6 +28,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from smsgate.v1 import (
+    sign_service_pb2,
+    sign_service_pb2_grpc,
     sms_service_pb2,
     sms_service_pb2_grpc,
     template_service_pb2,
@@ -39,6 +41,7 @@ from smsgate.v1 import (
 from smsgate_server.aio import cancel_and_wait
 from smsgate_server.api.guard import RequestGuard
 from smsgate_server.api.limits import max_request_bytes
+from smsgate_server.api.signs import SignServicer
 from smsgate_server.api.sms import SmsServicer
 from smsgate_server.api.templates import TemplateServicer
 from smsgate_server.api.verification import VerificationServicer
@@ -52,7 +55,9 @@ from smsgate_server.http import HttpSidePort, build_app
 from smsgate_server.providers.base import Provider
 from smsgate_server.providers.factory import UnknownProviderError, open_provider
 from smsgate_server.services.admission import Admission, AdmissionPolicy
+from smsgate_server.services.composing import Composer
 from smsgate_server.services.sending import SendingService, SendLimits
+from smsgate_server.services.signs import SignService
 from smsgate_server.services.templates import TemplateService
 from smsgate_server.services.verification import CodePolicy, VerificationService
 from smsgate_server.services.watch import WatchHub
@@ -65,6 +70,7 @@ from smsgate_server.store.events import EventStore
 from smsgate_server.store.messages import MessageStore
 from smsgate_server.store.queue import DispatchQueue
 from smsgate_server.store.quota import QuotaStore
+from smsgate_server.store.signs import SignStore
 from smsgate_server.store.templates import TemplateStore
 
 __all__ = [
@@ -83,6 +89,7 @@ SERVICE_NAMES = [
     sms_service_pb2.DESCRIPTOR.services_by_name["SmsService"].full_name,
     verification_service_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
     template_service_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
+    sign_service_pb2.DESCRIPTOR.services_by_name["SignService"].full_name,
 ]
 # How long uvicorn may take to finish its requests once told to exit.
 HTTP_STOP_SECONDS = 5.0
@@ -471,6 +478,9 @@ def _add_services(
     hub: WatchHub,
 ) -> None:
     """Register the smsgate servicers (processes whose role serves the API)."""
+    ttl = settings.idempotency_ttl_seconds
+    templates = TemplateStore(redis.client, idempotency_ttl_seconds=ttl)
+    signs = SignStore(redis.client)
     sending = SendingService(
         store,
         SendLimits(
@@ -482,6 +492,7 @@ def _add_services(
         hub.tokens,
         texts=TextCipher(load_server_secret(settings)),
         admission=hub.admission,
+        composer=Composer(templates, signs),
     )
     sms_service_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(sending, hub), server)
     verification = VerificationService(
@@ -494,15 +505,11 @@ def _add_services(
         VerificationServicer(verification), server
     )
     template_service_pb2_grpc.add_TemplateServiceServicer_to_server(
-        TemplateServicer(
-            TemplateService(
-                TemplateStore(
-                    redis.client, idempotency_ttl_seconds=settings.idempotency_ttl_seconds
-                ),
-                hub.tokens,
-            )
-        ),
+        TemplateServicer(TemplateService(templates, hub.tokens, messages=store)),
         server,
+    )
+    sign_service_pb2_grpc.add_SignServiceServicer_to_server(
+        SignServicer(SignService(signs)), server
     )
 
 

@@ -53,10 +53,14 @@ def message_to_proto(m: StoredMessage) -> message_pb2.Message:
         provider_message_id=m.provider_message_id,
         attempts=m.attempts,
         sender_id=m.sender,
+        encoding=m.encoding,  # type: ignore[arg-type]
     )
     if m.template_id:
         out.template.template_id = m.template_id
-        if m.params_json:
+        out.template.version = m.template_version
+        out.template.sign_name = m.sign
+        # A code's params hold the code (sealed in storage): never shown.
+        if m.params_json and not m.sensitive:
             out.template.params.update(json.loads(m.params_json))
     else:
         out.text = REDACTED if m.sensitive else m.text

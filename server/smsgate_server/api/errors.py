@@ -32,7 +32,6 @@ _CODES: list[tuple[type[e.SmsgateError], grpc.StatusCode]] = [
     (e.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
     (e.Aborted, grpc.StatusCode.ABORTED),
     (e.Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (e.NotImplementedYet, grpc.StatusCode.UNIMPLEMENTED),
 ]
 
 

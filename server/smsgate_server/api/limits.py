@@ -2,20 +2,23 @@
 
 The largest request the API accepts is a BatchSend with every field at its
 documented maximum: ``batch_max_recipients`` recipients with the longest
-phone number, the longest text, every label at full length, a send time, a
-request id and a sender id. ``max_request_bytes`` bounds its encoding (every
-character counted as 4 UTF-8 bytes) and adds a margin; a larger body is
-refused by gRPC with RESOURCE_EXHAUSTED before it is parsed. Template content
-and per-recipient parameters are not accepted yet (UNIMPLEMENTED); when they
-are, their bounds belong here too.
+phone number and their own template params at full size, the longer of the
+longest text and the largest template content, every label at full length, a
+send time, a request id and a sender id. ``max_request_bytes`` bounds its
+encoding (every character counted as 4 UTF-8 bytes) and adds a margin; a
+larger body is refused by gRPC with RESOURCE_EXHAUSTED before it is parsed.
 """
 
 from __future__ import annotations
 
 from smsgate_server.domain.phone import MAX_PHONE_CHARS
+from smsgate_server.domain.templates import MAX_PARAM_LENGTH, MAX_SIGN_LENGTH, MAX_VARIABLES
 from smsgate_server.domain.validation import (
+    MAX_ID_CHARS,
     MAX_LABEL_KEY_CHARS,
     MAX_LABEL_VALUE_CHARS,
+    MAX_RECIPIENT_PARAMS,
+    MAX_RECIPIENT_PARAMS_BYTES,
     MAX_REQUEST_ID_CHARS,
     MAX_SENDER_CHARS,
     TEXT_CHARS_PER_SEGMENT,
@@ -51,8 +54,30 @@ def _map(entries: int, key_chars: int, value_chars: int) -> int:
     return entries * _length_delimited(_string(key_chars) + _string(value_chars))
 
 
+# A placeholder name: 1-64 letters, digits and _ (domain.templates).
+_PARAM_NAME_CHARS = 64
+# A map entry of short strings: entry tag and length, key tag and length, value
+# tag and length (each length one byte, under 128).
+_SMALL_ENTRY_FRAMING = 6
+# An int32 field (a template version): tag and a varint of up to 5 bytes.
+_INT32_FIELD = 6
+
+
 def _recipient() -> int:
-    return _length_delimited(_string(MAX_PHONE_CHARS))
+    """A recipient: the longest phone number and its own params at full size
+    (at most MAX_RECIPIENT_PARAMS entries of MAX_RECIPIENT_PARAMS_BYTES in all)."""
+    params = MAX_RECIPIENT_PARAMS * _SMALL_ENTRY_FRAMING + MAX_RECIPIENT_PARAMS_BYTES
+    return _length_delimited(_string(MAX_PHONE_CHARS) + params)
+
+
+def _template_content() -> int:
+    """A TemplateContent: id, every placeholder's value, version, sign name."""
+    return _length_delimited(
+        _string(MAX_ID_CHARS)
+        + _map(MAX_VARIABLES, _PARAM_NAME_CHARS, MAX_PARAM_LENGTH)
+        + _INT32_FIELD
+        + _string(MAX_SIGN_LENGTH)
+    )
 
 
 def largest_batch_send_bytes(
@@ -61,7 +86,7 @@ def largest_batch_send_bytes(
     """An upper bound of the encoded size of the largest valid BatchSendRequest."""
     return (
         batch_max_recipients * _recipient()
-        + _string(max_text_segments * TEXT_CHARS_PER_SEGMENT)
+        + max(_string(max_text_segments * TEXT_CHARS_PER_SEGMENT), _template_content())
         + _TIMESTAMP_FIELD
         + _string(MAX_REQUEST_ID_CHARS)
         + _string(MAX_SENDER_CHARS)

@@ -11,9 +11,10 @@ from smsgate.v1 import sms_service_pb2_grpc as pb_grpc
 
 from smsgate_server.api.convert import event_to_proto, message_to_proto, ms_from_timestamp
 from smsgate_server.api.guard import current_app
-from smsgate_server.domain.errors import InvalidArgument, NotImplementedYet, Reason
+from smsgate_server.domain.errors import InvalidArgument
 from smsgate_server.domain.status import Status
 from smsgate_server.domain.validation import MAX_STATUSES, Violations, check_count, check_id
+from smsgate_server.services.composing import TemplateRef
 from smsgate_server.services.sending import BatchCommand, ListQuery, SendCommand, SendingService
 from smsgate_server.services.watch import WatchFilter, WatchHub
 
@@ -31,13 +32,15 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
         self.hub = hub
 
     async def SendSms(self, request: pb.SendSmsRequest, context: Context) -> pb.SendSmsResponse:
-        _refuse_templates(request)
         violations = Violations()
+        app = current_app()
         message = await self.sending.send(
-            current_app().key,
+            app.key,
             SendCommand(
                 phone=request.phone_number,
                 text=request.text,
+                template=_template_ref(request),
+                numbers=app.numbers,
                 send_at_ms=violations.check(0, ms_from_timestamp, request, "send_time"),
                 request_id=request.request_id,
                 sender=request.sender_id,
@@ -63,13 +66,16 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
     async def BatchSend(
         self, request: pb.BatchSendRequest, context: Context
     ) -> pb.BatchSendResponse:
-        _refuse_templates(request, params=any(r.params for r in request.recipients))
         violations = Violations()
+        app = current_app()
         outcome = await self.sending.send_batch(
-            current_app().key,
+            app.key,
             BatchCommand(
                 phones=[r.phone_number for r in request.recipients],
                 text=request.text,
+                template=_template_ref(request),
+                recipient_params=[r.params for r in request.recipients],
+                numbers=app.numbers,
                 send_at_ms=violations.check(0, ms_from_timestamp, request, "send_time"),
                 request_id=request.request_id,
                 sender=request.sender_id,
@@ -162,17 +168,15 @@ def _statuses(values: Sequence[int]) -> frozenset[Status]:
     return frozenset(out)
 
 
-def _refuse_templates(
-    request: pb.SendSmsRequest | pb.BatchSendRequest, *, params: bool = False
-) -> None:
-    """Free text is all this server sends: template content (or per-recipient
-    params) is UNIMPLEMENTED until sending by template is built. No content at
-    all is an empty text (EMPTY_CONTENT, from the text check)."""
-    if request.WhichOneof("content") == "template" or params:
-        raise NotImplementedYet(
-            "sending template content and per-recipient params is not built yet",
-            reason=Reason.TEMPLATES_NOT_IMPLEMENTED,
-        )
+def _template_ref(request: pb.SendSmsRequest | pb.BatchSendRequest) -> TemplateRef | None:
+    """The template content of a send; None for free text (no content at all is
+    an empty text: EMPTY_CONTENT, from the text check)."""
+    if request.WhichOneof("content") != "template":
+        return None
+    t = request.template
+    return TemplateRef(
+        template_id=t.template_id, version=t.version, params=t.params, sign_name=t.sign_name
+    )
 
 
 def _fingerprint(request: pb.SendSmsRequest | pb.BatchSendRequest) -> bytes:

@@ -8,6 +8,8 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from smsgate_server.domain.phone import E164_ONLY, NumberPolicy
+
 __all__ = ["App", "Credentials", "hash_secret", "new_credentials", "parse_token", "secret_matches"]
 
 _SEP = "."
@@ -26,6 +28,8 @@ class App:
     # Calling codes (86, 1, ...) that verification codes may be sent to.
     allowed_countries: frozenset[int] | None = None
     verify_per_minute: int | None = None
+    # How its recipients' numbers are read and which types are refused.
+    numbers: NumberPolicy = E164_ONLY
 
 
 @dataclass(frozen=True, slots=True)

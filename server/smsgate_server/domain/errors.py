@@ -12,8 +12,7 @@
     ├── QuotaExceeded          RESOURCE_EXHAUSTED + QuotaFailure
     ├── OutOfRange             OUT_OF_RANGE
     ├── Aborted                ABORTED
-    ├── Unavailable            UNAVAILABLE
-    └── NotImplementedYet      UNIMPLEMENTED
+    └── Unavailable            UNAVAILABLE
 
 Every error carries a ``Reason`` that reaches clients in
 ``google.rpc.ErrorInfo`` (domain ``smsgate.v1``); the proto enum
@@ -32,7 +31,6 @@ __all__ = [
     "FieldViolation",
     "InvalidArgument",
     "NotFound",
-    "NotImplementedYet",
     "OutOfRange",
     "QuotaExceeded",
     "QuotaViolation",
@@ -67,17 +65,23 @@ class Reason(enum.StrEnum):
     INVALID_TEMPLATE_PARAMS = "INVALID_TEMPLATE_PARAMS"
     INVALID_SIGN_NAME = "INVALID_SIGN_NAME"
     MALFORMED_REQUEST = "MALFORMED_REQUEST"
+    NUMBER_CANNOT_RECEIVE_SMS = "NUMBER_CANNOT_RECEIVE_SMS"
     # NOT_FOUND
     MESSAGE_NOT_FOUND = "MESSAGE_NOT_FOUND"
     BATCH_NOT_FOUND = "BATCH_NOT_FOUND"
     VERIFICATION_NOT_FOUND = "VERIFICATION_NOT_FOUND"
     TEMPLATE_NOT_FOUND = "TEMPLATE_NOT_FOUND"
+    SIGN_NAME_NOT_FOUND = "SIGN_NAME_NOT_FOUND"
     # ALREADY_EXISTS
     REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
     TEMPLATE_ALREADY_EXISTS = "TEMPLATE_ALREADY_EXISTS"
+    SIGN_NAME_ALREADY_EXISTS = "SIGN_NAME_ALREADY_EXISTS"
     # FAILED_PRECONDITION
     NOT_CANCELABLE = "NOT_CANCELABLE"
     COUNTRY_NOT_ALLOWED = "COUNTRY_NOT_ALLOWED"
+    SIGN_NOT_REGISTERED = "SIGN_NOT_REGISTERED"
+    TEMPLATE_IN_USE = "TEMPLATE_IN_USE"
+    TOO_MANY_SIGN_NAMES = "TOO_MANY_SIGN_NAMES"
     # ABORTED
     ETAG_MISMATCH = "ETAG_MISMATCH"
     CONCURRENT_UPDATE = "CONCURRENT_UPDATE"
@@ -98,8 +102,6 @@ class Reason(enum.StrEnum):
     # UNAVAILABLE
     UNAVAILABLE = "UNAVAILABLE"
     SHUTTING_DOWN = "SHUTTING_DOWN"
-    # UNIMPLEMENTED
-    TEMPLATES_NOT_IMPLEMENTED = "TEMPLATES_NOT_IMPLEMENTED"
     # INTERNAL
     INTERNAL = "INTERNAL"
 
@@ -195,7 +197,3 @@ class Unavailable(SmsgateError):
 
     def __init__(self, message: str, *, reason: Reason = Reason.UNAVAILABLE) -> None:
         super().__init__(message, reason=reason)
-
-
-class NotImplementedYet(SmsgateError):
-    """A capability of the API that this server does not provide yet."""

@@ -30,6 +30,15 @@ class NewMessage:
     # When it is no use sending any more (a verification code that expired):
     # a message not yet with a provider then ends EXPIRED. 0: never.
     expire_at_ms: int = 0
+    # Sent by template: the version rendered, the sign it went under (in the
+    # text for China, else the sender id) and the vendor template id per
+    # provider (JSON), which vendors that send only reviewed templates need.
+    template_version: int = 0
+    sign: str = ""
+    vendor_ids_json: str = ""
+    # domain.encoding.Encoding of ``rendered`` (0: not recorded): with
+    # ``segments``, what the vendor bills.
+    encoding: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,3 +76,7 @@ class StoredMessage:
     labels_json: str
     history: list[HistoryEntry] = field(default_factory=list)
     sensitive: bool = False
+    template_version: int = 0
+    sign: str = ""
+    vendor_ids_json: str = ""
+    encoding: int = 0

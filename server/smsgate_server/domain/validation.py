@@ -8,17 +8,25 @@ one request and reports every bad field at once.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import ParamSpec, TypeVar
 
 from smsgate_server.domain.encoding import TextMetrics, measure
 from smsgate_server.domain.errors import FieldViolation, InvalidArgument, Reason
-from smsgate_server.domain.phone import InvalidPhoneNumber, normalize_e164
+from smsgate_server.domain.phone import (
+    CannotReceiveSms,
+    InvalidPhoneNumber,
+    NumberPolicy,
+    normalize_e164,
+    recipient_e164,
+)
 
 __all__ = [
     "MAX_ID_CHARS",
     "MAX_LABEL_KEY_CHARS",
     "MAX_LABEL_VALUE_CHARS",
+    "MAX_RECIPIENT_PARAMS",
+    "MAX_RECIPIENT_PARAMS_BYTES",
     "MAX_REQUEST_ID_CHARS",
     "MAX_SENDER_CHARS",
     "MAX_STATUSES",
@@ -28,6 +36,8 @@ __all__ = [
     "check_id",
     "check_labels",
     "check_phone",
+    "check_recipient",
+    "check_recipient_params",
     "check_request_id",
     "check_send_at",
     "check_sender",
@@ -48,6 +58,12 @@ MAX_REQUEST_ID_CHARS = 128
 MAX_SENDER_CHARS = 32
 MAX_LABEL_KEY_CHARS = 63
 MAX_LABEL_VALUE_CHARS = 256
+# One BatchSend recipient's own template params: at most this many, of at most
+# this many UTF-8 bytes of names and values together. Names, amounts, order
+# numbers fit; the bound keeps the largest valid BatchSend (api/limits.py) a
+# few MiB rather than a gigabyte.
+MAX_RECIPIENT_PARAMS = 32
+MAX_RECIPIENT_PARAMS_BYTES = 256
 # The most characters one SMS segment holds (GSM-7, unsplit): text longer than
 # segments x this is too long in any encoding, and is refused unmeasured.
 TEXT_CHARS_PER_SEGMENT = 160
@@ -114,6 +130,38 @@ def check_phone(value: str, field: str) -> str:
         return normalize_e164(value)
     except InvalidPhoneNumber as exc:
         raise InvalidArgument.field(field, str(exc), reason=Reason.INVALID_PHONE_NUMBER) from None
+
+
+def check_recipient(value: str, field: str, policy: NumberPolicy) -> str:
+    """The E.164 form of a recipient (E.164 or the app's national format) that
+    can receive SMS; InvalidArgument naming ``field`` otherwise."""
+    try:
+        return recipient_e164(value, policy)
+    except CannotReceiveSms as exc:
+        raise InvalidArgument.field(
+            field, str(exc), reason=Reason.NUMBER_CANNOT_RECEIVE_SMS
+        ) from None
+    except InvalidPhoneNumber as exc:
+        raise InvalidArgument.field(field, str(exc), reason=Reason.INVALID_PHONE_NUMBER) from None
+
+
+def check_recipient_params(params: Mapping[str, str], field: str = "params") -> None:
+    """A recipient's own params: at most MAX_RECIPIENT_PARAMS entries and
+    MAX_RECIPIENT_PARAMS_BYTES bytes of names and values."""
+    if len(params) > MAX_RECIPIENT_PARAMS:
+        raise InvalidArgument.field(
+            field,
+            f"has {len(params)} entries; at most {MAX_RECIPIENT_PARAMS} are allowed",
+            reason=Reason.INVALID_TEMPLATE_PARAMS,
+        )
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in params.items())
+    if size > MAX_RECIPIENT_PARAMS_BYTES:
+        raise InvalidArgument.field(
+            field,
+            f"has {size} bytes of names and values; at most {MAX_RECIPIENT_PARAMS_BYTES} are "
+            "allowed",
+            reason=Reason.INVALID_TEMPLATE_PARAMS,
+        )
 
 
 def check_text(value: str, field: str, max_segments: int) -> TextMetrics:

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import secrets
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
@@ -26,21 +27,31 @@ from smsgate_server.domain.errors import (
 )
 from smsgate_server.domain.ids import new_batch_id, new_message_id, shard_for_key, shard_of_id
 from smsgate_server.domain.message import HistoryEntry, NewMessage, StoredMessage
-from smsgate_server.domain.phone import InvalidPhoneNumber, normalize_e164
+from smsgate_server.domain.phone import (
+    E164_ONLY,
+    CannotReceiveSms,
+    InvalidPhoneNumber,
+    NumberPolicy,
+    recipient_e164,
+)
 from smsgate_server.domain.sealed_text import TextCipher
 from smsgate_server.domain.status import Status
+from smsgate_server.domain.templates import check_template_id
 from smsgate_server.domain.tokens import InvalidToken, TokenKind, TokenSealer
 from smsgate_server.domain.validation import (
     Violations,
     check_id,
     check_labels,
     check_phone,
+    check_recipient,
+    check_recipient_params,
     check_request_id,
     check_send_at,
     check_sender,
     check_text,
 )
 from smsgate_server.services.admission import Admission
+from smsgate_server.services.composing import Composed, Composer, PreparedTemplate, TemplateRef
 from smsgate_server.store.messages import MessageStore
 
 __all__ = [
@@ -93,6 +104,10 @@ class SendCommand:
     sensitive: bool = False
     # See NewMessage.expire_at_ms.
     expire_at_ms: int = 0
+    # Template content instead of ``text``.
+    template: TemplateRef | None = None
+    # How the app's numbers are read (its default region, number types).
+    numbers: NumberPolicy = E164_ONLY
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +121,11 @@ class BatchCommand:
     sender: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     fingerprint: bytes = b""
+    # Template content instead of ``text``, with each recipient's own params
+    # (in ``phones`` order; empty when none has any).
+    template: TemplateRef | None = None
+    recipient_params: list[Mapping[str, str]] = field(default_factory=list)
+    numbers: NumberPolicy = E164_ONLY
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +160,7 @@ class SendingService:
         *,
         texts: TextCipher,
         admission: Admission | None = None,
+        composer: Composer | None = None,
     ) -> None:
         self.store = store
         self.limits = limits
@@ -148,6 +169,8 @@ class SendingService:
         self.texts = texts
         # Each app's fair share (None: no per-app limits).
         self.admission = admission
+        # Templates and signs for template content (None: free text only).
+        self.composer = composer
 
     def _shard(self, app: str, request_id: str) -> int:
         if request_id:
@@ -163,10 +186,19 @@ class SendingService:
         if violations is None:
             violations = Violations()
         now = self.store.now_ms()
-        phone = violations.check("", check_phone, cmd.phone, "phone_number")
+        phone = violations.check("", check_recipient, cmd.phone, "phone_number", cmd.numbers)
         prototype = self._prototype(cmd, now, violations)
         request_id = violations.check("", check_request_id, cmd.request_id)
         violations.raise_any()
+        if cmd.template is not None:
+            prepared = await self._prepare(app, cmd.template)
+            composed = prepared.compose(
+                phone,
+                cmd.template.params,
+                max_segments=self.limits.max_text_segments,
+                sender=prototype.sender,
+            )
+            prototype = _templated(prototype, prepared, composed)
         shard = self._shard(app, request_id)
         await self._admit(app, 1, shard, request_id)
         message = dataclasses.replace(
@@ -180,7 +212,11 @@ class SendingService:
             # Sealed before it leaves this process: Redis, its append-only file
             # and its replicas only ever hold the ciphertext.
             sealed = self.texts.seal(app, message.id, message.rendered)
-            message = dataclasses.replace(message, text="", rendered=sealed)
+            # Template params of a code hold the code: sealed as the text is.
+            params = (
+                self.texts.seal(app, message.id, message.params_json) if message.params_json else ""
+            )
+            message = dataclasses.replace(message, text="", rendered=sealed, params_json=params)
         outcome = await self.store.accept(
             app,
             shard,
@@ -200,8 +236,8 @@ class SendingService:
             batch_id="",
             phone=phone,
             text=message.text,
-            template_id="",
-            params_json="",
+            template_id=message.template_id,
+            params_json=message.params_json,
             rendered=message.rendered,
             segments=message.segments,
             status=status,
@@ -218,16 +254,38 @@ class SendingService:
             labels_json=message.labels_json,
             history=[HistoryEntry(status, now, "")],
             sensitive=cmd.sensitive,
+            template_version=message.template_version,
+            sign=message.sign,
+            vendor_ids_json=message.vendor_ids_json,
+            encoding=message.encoding,
         )
+
+    async def _prepare(self, app: str, ref: TemplateRef) -> PreparedTemplate:
+        if self.composer is None:
+            raise InvalidArgument.field("template", "this server sends free text only")
+        return await self.composer.prepare(app, ref)
 
     def _prototype(
         self, cmd: SendCommand | BatchCommand, now_ms: int, violations: Violations
     ) -> NewMessage:
-        """Checks what a single send and a batch share (text, send time, sender,
-        labels) into ``violations``; returns the message every recipient gets,
-        id and phone unset (meaningless when a check failed)."""
+        """Checks what a single send and a batch share (text or template id, send
+        time, sender, labels) into ``violations``; returns the message every
+        recipient gets, id and phone unset (meaningless when a check failed),
+        and for template content not yet rendered."""
         limits = self.limits
-        metrics = violations.check(None, check_text, cmd.text, "text", limits.max_text_segments)
+        metrics = None
+        if cmd.template is None:
+            metrics = violations.check(None, check_text, cmd.text, "text", limits.max_text_segments)
+        else:
+            violations.check(
+                "", check_template_id, cmd.template.template_id, "template.template_id"
+            )
+            if cmd.template.version < 0:
+                violations.add(
+                    InvalidArgument.field(
+                        "template.version", "must be 0 (the latest) or a version number"
+                    )
+                )
         send_at = violations.check(
             0, check_send_at, cmd.send_at_ms, now_ms, limits.schedule_max_days
         )
@@ -242,6 +300,7 @@ class SendingService:
             text=cmd.text,
             sender=sender,
             labels_json=json.dumps(cmd.labels, sort_keys=True) if cmd.labels else "",
+            encoding=metrics.encoding if metrics else 0,
         )
 
     def _locate(self, any_id: str, kind: str = "message") -> int:
@@ -290,14 +349,19 @@ class SendingService:
                 reason=Reason.TOO_MANY_RECIPIENTS,
             )
 
-    def _check_recipients(self, phones: list[str]) -> list[str | tuple[Reason, str]]:
+    def _check_recipients(
+        self, phones: list[str], numbers: NumberPolicy
+    ) -> list[str | tuple[Reason, str]]:
         """Per recipient its E.164 form, or why it is rejected. A number seen
         before in the request is rejected as a duplicate (one SMS per number)."""
         seen: set[str] = set()
         out: list[str | tuple[Reason, str]] = []
         for raw in phones:
             try:
-                phone = normalize_e164(raw)
+                phone = recipient_e164(raw, numbers)
+            except CannotReceiveSms as exc:
+                out.append((Reason.NUMBER_CANNOT_RECEIVE_SMS, f"phone_number {exc}"))
+                continue
             except InvalidPhoneNumber as exc:
                 out.append((Reason.INVALID_PHONE_NUMBER, f"phone_number {exc}"))
                 continue
@@ -324,15 +388,31 @@ class SendingService:
         violations.check(None, self._check_recipient_count, cmd.phones)
         prototype = self._prototype(cmd, now, violations)
         request_id = violations.check("", check_request_id, cmd.request_id)
+        if cmd.template is None:
+            with_params = next((i for i, p in enumerate(cmd.recipient_params) if p), None)
+            if with_params is not None:
+                violations.add(
+                    InvalidArgument.field(
+                        f"recipients[{with_params}].params",
+                        "per-recipient params need template content",
+                    )
+                )
         violations.raise_any()
-        checked = self._check_recipients(cmd.phones)
+        checked: list[str | NewMessage | tuple[Reason, str]] = [
+            *self._check_recipients(cmd.phones, cmd.numbers)
+        ]
+        if cmd.template is not None:
+            prepared = await self._prepare(app, cmd.template)
+            checked = self._compose_each(prepared, cmd, checked, prototype)
 
         shard = self._shard(app, request_id)
         batch_id = new_batch_id(now, shard)
         messages = [
-            dataclasses.replace(prototype, id=new_message_id(now, shard), phone=phone)
-            for phone in checked
-            if isinstance(phone, str)
+            dataclasses.replace(c, id=new_message_id(now, shard))
+            if isinstance(c, NewMessage)
+            else dataclasses.replace(prototype, id=new_message_id(now, shard), phone=c)
+            for c in checked
+            if not isinstance(c, tuple)
         ]
         # Paid per chunk stored: a retry pays only for what the first call did not store.
         await self._admit(app, len(messages), shard, request_id, pay=False)
@@ -365,6 +445,38 @@ class SendingService:
             c if isinstance(c, tuple) else next(id_iter) for c in checked
         ]
         return BatchOutcome(batch_id, results)
+
+    def _compose_each(
+        self,
+        prepared: PreparedTemplate,
+        cmd: BatchCommand,
+        checked: list[str | NewMessage | tuple[Reason, str]],
+        prototype: NewMessage,
+    ) -> list[str | NewMessage | tuple[Reason, str]]:
+        """Each valid recipient's message, rendered with the shared params and
+        its own; a recipient whose params are bad is rejected alone, its result
+        naming each bad param."""
+        shared = dict(cmd.template.params) if cmd.template else {}
+        out: list[str | NewMessage | tuple[Reason, str]] = []
+        for i, phone in enumerate(checked):
+            if not isinstance(phone, str):
+                out.append(phone)
+                continue
+            own = cmd.recipient_params[i] if i < len(cmd.recipient_params) else {}
+            try:
+                check_recipient_params(own)
+                composed = prepared.compose(
+                    phone,
+                    {**shared, **own} if own else shared,
+                    max_segments=self.limits.max_text_segments,
+                    sender=prototype.sender,
+                    params_field="params",
+                )
+            except InvalidArgument as exc:
+                out.append((exc.reason, exc.message))
+                continue
+            out.append(_templated(dataclasses.replace(prototype, phone=phone), prepared, composed))
+        return out
 
     async def cancel_batch(self, app: str, batch_id: str) -> tuple[int, int]:
         """Cancel what no provider has yet: (canceled, not canceled)."""
@@ -519,6 +631,22 @@ class SendingService:
             merged += [(shard, i) for i in ids]
         merged.sort(key=lambda ref: ref[1], reverse=True)
         return merged[:limit]
+
+
+def _templated(message: NewMessage, prepared: PreparedTemplate, composed: Composed) -> NewMessage:
+    """``message`` as rendered from a template for one recipient."""
+    return dataclasses.replace(
+        message,
+        rendered=composed.rendered,
+        segments=composed.segments,
+        encoding=composed.encoding,
+        sender=composed.sender,
+        template_id=prepared.template.id,
+        template_version=prepared.template.version,
+        params_json=composed.params_json,
+        sign=prepared.sign,
+        vendor_ids_json=prepared.vendor_ids_json,
+    )
 
 
 def _request_hash(fingerprint: bytes, request_id: str) -> str:

@@ -18,6 +18,7 @@ from smsgate_server.domain.encoding import Split, split
 from smsgate_server.domain.errors import (
     Aborted,
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     Reason,
@@ -38,6 +39,7 @@ from smsgate_server.domain.templates import (
 )
 from smsgate_server.domain.tokens import InvalidToken, TokenKind, TokenSealer
 from smsgate_server.domain.validation import check_phone, check_request_id
+from smsgate_server.store.messages import MessageStore
 from smsgate_server.store.templates import TemplateStore, WriteOutcome
 
 __all__ = [
@@ -121,10 +123,13 @@ class TemplateService:
         tokens: TokenSealer,
         *,
         clock: Callable[[], float] = time.time,
+        messages: MessageStore | None = None,
     ) -> None:
         self.store = store
         self.tokens = tokens
         self.clock = clock
+        # Counts the messages that still need a template (None: no delete guard).
+        self.messages = messages
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -225,8 +230,20 @@ class TemplateService:
         )
 
     async def delete(self, app: str, template_id: str, *, etag: str = "") -> None:
-        """Delete a template and all its versions (when given, only at ``etag``)."""
+        """Delete a template and all its versions (when given, only at ``etag``);
+        FAILED_PRECONDITION while messages not yet with a provider use it."""
         check_template_id(template_id)
+        # Counted by the message scripts, per shard. A send that read the
+        # template just before this check may still be accepted after the
+        # delete: its message carries its rendered text, params and vendor
+        # template ids, so it is sent all the same.
+        uses = await self.messages.template_uses(app, template_id) if self.messages else 0
+        if uses:
+            raise FailedPrecondition(
+                f"{uses} scheduled or queued message{'s' if uses != 1 else ''} still use "
+                f"template {template_id!r}; cancel them or wait until they are sent",
+                reason=Reason.TEMPLATE_IN_USE,
+            )
         outcome = await self.store.delete(app, template_id, expected_etag=etag)
         if outcome is WriteOutcome.GONE:
             raise _not_found(template_id)

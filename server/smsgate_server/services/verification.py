@@ -34,14 +34,13 @@ from smsgate_server.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    NotImplementedYet,
     QuotaExceeded,
     QuotaViolation,
     RateLimited,
     Reason,
 )
 from smsgate_server.domain.phone import country_code
-from smsgate_server.domain.templates import check_template_id
+from smsgate_server.domain.templates import TemplateKind, check_template_id
 from smsgate_server.domain.validation import (
     MAX_ID_CHARS,
     Violations,
@@ -49,6 +48,7 @@ from smsgate_server.domain.validation import (
     check_sender,
 )
 from smsgate_server.logs import mask_phone
+from smsgate_server.services.composing import PreparedTemplate, TemplateRef
 from smsgate_server.services.sending import SendCommand, SendingService
 from smsgate_server.store.codes import CodeCheck, CodeStore, IssueKind, NewCode
 from smsgate_server.store.codes import VerifyOutcome as StoreOutcome
@@ -67,6 +67,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("smsgate.verification")
+
+# The placeholders a verification template may use: the code and its validity
+# in minutes. Anything else would have no value to render with.
+CODE_PARAMS = frozenset({"code", "minutes"})
 
 
 class Delivery(enum.Enum):
@@ -151,6 +155,17 @@ def _span(ms: int) -> str:
     return f"{seconds} second" + ("s" if seconds != 1 else "")
 
 
+def _code_content(template: PreparedTemplate, code: str, validity_ms: int) -> TemplateRef:
+    """The version of ``template`` checked, with the params its body uses: the
+    code and the validity in whole minutes, rounded up."""
+    values = {"code": code, "minutes": str(-(-validity_ms // 60_000))}
+    return TemplateRef(
+        template.template.id,
+        version=template.template.version,
+        params={name: values[name] for name in template.body.variables},
+    )
+
+
 def default_sms_text(code: str, validity_ms: int) -> str:
     """The built-in text of a code SMS (until apps have verification templates)."""
     return (
@@ -202,12 +217,10 @@ class VerificationService:
                 if value:
                     violations.add(InvalidArgument.field(name, "applies only to CODE_DELIVERY_SMS"))
         violations.raise_any()
+        # Checked before a code is counted or issued.
+        template = None
         if cmd.delivery is Delivery.SMS and cmd.template_id:
-            raise NotImplementedYet(
-                "sending codes by template_id is not built yet; leave it empty for the "
-                "built-in text",
-                reason=Reason.TEMPLATES_NOT_IMPLEMENTED,
-            )
+            template = await self._code_template(app.key, cmd.template_id)
 
         # SMS pumping: refuse numbers outside the app's countries before anything
         # is counted or sent.
@@ -281,7 +294,8 @@ class VerificationService:
                 app.key,
                 SendCommand(
                     phone=phone,
-                    text=default_sms_text(code, validity_ms),
+                    text="" if template else default_sms_text(code, validity_ms),
+                    template=_code_content(template, code, validity_ms) if template else None,
                     sender=sender,
                     sensitive=True,
                     expire_at_ms=expire_ms,
@@ -303,6 +317,31 @@ class VerificationService:
                 },
             )
         return issued
+
+    async def _code_template(self, app: str, template_id: str) -> PreparedTemplate:
+        """The app's verification template ``template_id`` (latest version), with
+        no placeholder but ``{code}`` and ``{minutes}`` and a registered sign."""
+        composer = self.sending.composer
+        if composer is None:
+            raise InvalidArgument.field("template_id", "this server sends the built-in text only")
+        prepared = await composer.prepare(app, TemplateRef(template_id))
+        kind = prepared.template.kind
+        if kind is not TemplateKind.VERIFICATION:
+            raise InvalidArgument.field(
+                "template_id",
+                f"template {template_id!r} is a {kind.name} template; codes need a "
+                "VERIFICATION template",
+                reason=Reason.INVALID_TEMPLATE_KIND,
+            )
+        other = [v for v in prepared.body.variables if v not in CODE_PARAMS]
+        if other:
+            raise InvalidArgument.field(
+                "template_id",
+                f"template {template_id!r} has placeholders other than {{code}} and "
+                f"{{minutes}}: {', '.join(other[:5])}",
+                reason=Reason.INVALID_TEMPLATE_PARAMS,
+            )
+        return prepared
 
     async def verify(self, app: App, cmd: VerifyCommand) -> VerifyResult:
         """Check a code; a correct one verifies once and is consumed. Every bad

@@ -17,15 +17,24 @@ from smsgate_server.domain.apps import (
     secret_matches,
 )
 from smsgate_server.domain.errors import Unavailable
+from smsgate_server.domain.phone import E164_ONLY, NumberPolicy
 from smsgate_server.store.connection import RedisClient
 from smsgate_server.store.errors import map_redis_errors, redis_edge
 from smsgate_server.store.keys import AppField, app_key, apps_index, revocations_channel
+from smsgate_server.store.scripts import AppScripts
 
 __all__ = ["AppStore"]
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _numbers_record(numbers: NumberPolicy) -> dict[FieldT, EncodableT]:
+    return {
+        AppField.DEFAULT_REGION: numbers.default_region,
+        AppField.MOBILE_ONLY: "1" if numbers.mobile_only else "",
+    }
 
 
 # Seconds between attempts to subscribe again to revocations while Redis is away.
@@ -37,6 +46,7 @@ class AppStore:
 
     def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
+        self.scripts = AppScripts(redis)
 
     @redis_edge
     async def create(
@@ -47,12 +57,13 @@ class AppStore:
         verify_per_minute: int | None = None,
         accept_per_second: int | None = None,
         max_held_messages: int | None = None,
+        numbers: NumberPolicy = E164_ONLY,
     ) -> Credentials:
         """A new app; the returned secret is not stored anywhere in plain.
         ``allowed_countries`` (empty: the server default) and ``verify_per_minute``
         (None: the server default) set its verification policy;
         ``accept_per_second`` and ``max_held_messages`` (None: the server
-        defaults) its fair share."""
+        defaults) its fair share; ``numbers`` how its recipients are read."""
         creds = new_credentials()
         record: dict[FieldT, EncodableT] = {
             AppField.NAME: name,
@@ -68,6 +79,7 @@ class AppStore:
             record[AppField.ACCEPT_PER_SECOND] = accept_per_second
         if max_held_messages is not None:
             record[AppField.MAX_HELD_MESSAGES] = max_held_messages
+        record |= _numbers_record(numbers)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(app_key(creds.app_key), mapping=record)
             pipe.sadd(apps_index(), creds.app_key)
@@ -77,13 +89,15 @@ class AppStore:
     @redis_edge
     async def authenticate(self, key: str, secret: str) -> App | None:
         """The app when ``secret`` is its secret, else None."""
-        name, stored, countries, per_minute = await self.redis.hmget(
+        name, stored, countries, per_minute, region, mobile_only = await self.redis.hmget(
             app_key(key),
             [
                 AppField.NAME,
                 AppField.SECRET_SHA256,
                 AppField.VERIFY_COUNTRIES,
                 AppField.VERIFY_PER_MINUTE,
+                AppField.DEFAULT_REGION,
+                AppField.MOBILE_ONLY,
             ],
         )
         if stored is None or not secret_matches(secret, _text(stored)):
@@ -95,7 +109,22 @@ class AppStore:
                 frozenset(int(c) for c in _text(countries).split(",")) if countries else None
             ),
             verify_per_minute=int(per_minute) if per_minute is not None else None,
+            numbers=NumberPolicy(
+                default_region=_text(region) if region else "",
+                mobile_only=mobile_only is not None and _text(mobile_only) == "1",
+            ),
         )
+
+    @redis_edge
+    async def set_numbers(self, key: str, numbers: NumberPolicy) -> bool:
+        """Change how app ``key`` reads its recipients' numbers; False when there
+        is no such app. Every server process drops the app from its auth cache
+        (the revocation channel), so the change applies to its next call."""
+        fields = [x for pair in _numbers_record(numbers).items() for x in pair]
+        changed = bool(await self.scripts.update(keys=[app_key(key)], args=fields))
+        if changed:
+            await self.redis.publish(revocations_channel(), key)
+        return changed
 
     @redis_edge
     async def revoke(self, key: str) -> bool:

@@ -23,7 +23,12 @@ per-minute verification counter has a slot of its own (``{vr:<app>}``).
 
 The templates of one app share a slot (``{tpl:<app>}``): the id index, each
 template's head (latest version, etag) and every version, so creating, updating
-and deleting a template are each one script in one slot.
+and deleting a template are each one script in one slot. The app's sign names
+and its default sign live there too, read with a template in one round trip.
+
+How many scheduled or queued messages of an app use a template is counted per
+shard (``ShardKeys.template_uses``), beside the messages, by the scripts that
+move them; deleting a template sums the shards' counts first.
 """
 
 from __future__ import annotations
@@ -67,7 +72,11 @@ class MessageField(enum.StrEnum):
     PHONE = "p"  # the recipient, E.164
     TEXT = "tx"  # the free text as requested
     TEMPLATE = "tp"  # the template id ('' for free text)
-    PARAMS = "pa"  # the template parameters, JSON
+    PARAMS = "pa"  # the template parameters in placeholder order, JSON (sealed when sensitive)
+    TEMPLATE_VERSION = "tv"  # the template version rendered
+    SIGN = "sn"  # the sign name sent under ('' for none)
+    VENDOR_IDS = "vt"  # the template's vendor template id per provider, JSON
+    ENCODING = "en"  # Encoding number of the rendered text (1 GSM-7, 2 UCS-2)
     RENDERED = "r"  # the text handed to the provider
     SEGMENTS = "sg"  # SMS segments of the rendered text
     CREATED = "ct"  # acceptance time, ms
@@ -124,6 +133,8 @@ class AppField(enum.StrEnum):
     VERIFY_PER_MINUTE = "verify_per_minute"  # its own verification codes per minute
     ACCEPT_PER_SECOND = "accept_per_second"  # its own accept rate, messages per second
     MAX_HELD_MESSAGES = "max_held_messages"  # its own cap on messages held in Redis
+    DEFAULT_REGION = "default_region"  # region of numbers written without + ('' = E.164 only)
+    MOBILE_ONLY = "mobile_only"  # '1': numbers that may be fixed lines are refused
 
 
 class TemplateField(enum.StrEnum):
@@ -220,6 +231,12 @@ class ShardKeys:
         last of them has (lib.lua)."""
         return f"{self.prefix}done:{app}:{bucket}"
 
+    def template_uses(self, app: str, template_id: str) -> str:
+        """Counter of the app's messages in this shard rendered from template
+        ``template_id`` and not yet handed to a provider (SCHEDULED, QUEUED,
+        SENDING); gone at 0 (accept.lua, lib.lua)."""
+        return f"{self.prefix}tu:{app}:{template_id}"
+
     def provider_id(self, provider: str, provider_message_id: str) -> str:
         """Maps a provider's message id back to ``app:id`` for delivery receipts."""
         return f"{self.prefix}pm:{provider}:{provider_message_id}"
@@ -287,3 +304,13 @@ class TemplateKeys:
     def idempotency(self, request_id: str) -> str:
         """The create call a ``request_id`` made: request fingerprint and template id."""
         return f"{self.prefix}idem:{request_id}"
+
+    @property
+    def signs(self) -> str:
+        """Hash of the app's registered sign names, each with its registration ms."""
+        return self.prefix + "signs"
+
+    @property
+    def default_sign(self) -> str:
+        """The app's default sign name (absent: none)."""
+        return self.prefix + "sign"

@@ -183,7 +183,7 @@ class MessageStore:
             self._idempotency_ttl,
             batch_id,
             remember,
-            12,
+            16,
             self.horizon_ms,
         ]
         for m in messages:
@@ -200,6 +200,10 @@ class MessageStore:
                 m.labels_json,
                 "1" if m.sensitive else "",
                 m.expire_at_ms,
+                int(m.encoding) or "",
+                m.template_version,
+                m.sign,
+                m.vendor_ids_json,
             ]
         batch_key = keys.batch(app, batch_id) if batch_id else keys.prefix + "b:-"
         script_keys = [keys.events, idem, keys.queue, keys.due, keys.index(app), batch_key]
@@ -390,6 +394,16 @@ class MessageStore:
         return int(result[0]), int(result[1])
 
     @redis_edge
+    async def template_uses(self, app: str, template_id: str) -> int:
+        """How many of the app's messages rendered from ``template_id`` are not
+        yet with a provider, across every shard (one round trip)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys in self.shard_keys:
+                pipe.get(keys.template_uses(app, template_id))
+            counts = await pipe.execute()
+        return sum(int(c) for c in counts if c is not None)
+
+    @redis_edge
     async def lookup_provider_ids(
         self, provider: str, provider_message_ids: Sequence[str]
     ) -> list[str | None]:
@@ -449,4 +463,8 @@ def _to_message(f: dict[bytes, bytes], history: list[bytes]) -> StoredMessage:
         labels_json=d.get(F.LABELS, ""),
         history=entries,
         sensitive=d.get(F.SENSITIVE) == "1",
+        template_version=n(F.TEMPLATE_VERSION),
+        sign=d.get(F.SIGN, ""),
+        vendor_ids_json=d.get(F.VENDOR_IDS, ""),
+        encoding=n(F.ENCODING),
     )

@@ -26,10 +26,12 @@ from smsgate_server.store.connection import RedisClient, run_on_key_node
 from smsgate_server.store.keys import HELD_BUCKETS
 
 __all__ = [
+    "AppScripts",
     "CodeScripts",
     "LuaScript",
     "QuotaScripts",
     "Scripts",
+    "SignScripts",
     "TemplateScripts",
     "status_prelude",
 ]
@@ -137,6 +139,22 @@ class TemplateScripts:
         self.create = LuaScript(redis, _source("template_create"))
         self.update = LuaScript(redis, _source("template_update"))
         self.delete = LuaScript(redis, _source("template_delete"))
+
+
+class SignScripts:
+    """The sign-name scripts of one Redis client."""
+
+    def __init__(self, redis: RedisClient) -> None:
+        self.create = LuaScript(redis, _source("sign_create"))
+        self.set_default = LuaScript(redis, _source("sign_default"))
+        self.delete = LuaScript(redis, _source("sign_delete"))
+
+
+class AppScripts:
+    """The app-record scripts of one Redis client."""
+
+    def __init__(self, redis: RedisClient) -> None:
+        self.update = LuaScript(redis, _source("app_update"))
 
 
 class QuotaScripts:

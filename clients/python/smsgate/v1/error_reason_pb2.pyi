@@ -96,6 +96,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     UTF-8, ...). Answered after authentication, with a BadRequest whose one
     field violation has an empty field (the whole request).
     """
+    ERROR_REASON_NUMBER_CANNOT_RECEIVE_SMS: _ErrorReason.ValueType  # 19
+    """INVALID_ARGUMENT. A valid phone number that cannot receive SMS: a fixed
+    line, premium rate, toll free, shared cost, pager, UAN or voicemail number,
+    or (for an app that allows mobile numbers only) one that may be either a
+    fixed line or a mobile. Also the RecipientError of a BatchSend recipient.
+    """
     ERROR_REASON_MESSAGE_NOT_FOUND: _ErrorReason.ValueType  # 20
     """NOT_FOUND. The message id is not one of the calling app's messages."""
     ERROR_REASON_BATCH_NOT_FOUND: _ErrorReason.ValueType  # 21
@@ -106,10 +112,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """NOT_FOUND. The template id is not one of the calling app's templates, or
     the template has no such version.
     """
+    ERROR_REASON_SIGN_NAME_NOT_FOUND: _ErrorReason.ValueType  # 24
+    """NOT_FOUND. The sign name is not registered for the calling app."""
     ERROR_REASON_REQUEST_ID_REUSED: _ErrorReason.ValueType  # 30
     """ALREADY_EXISTS. The `request_id` was used before with a different request."""
     ERROR_REASON_TEMPLATE_ALREADY_EXISTS: _ErrorReason.ValueType  # 31
     """ALREADY_EXISTS. The app has a template with this id."""
+    ERROR_REASON_SIGN_NAME_ALREADY_EXISTS: _ErrorReason.ValueType  # 32
+    """ALREADY_EXISTS. The app has registered this sign name already."""
     ERROR_REASON_NOT_CANCELABLE: _ErrorReason.ValueType  # 40
     """FAILED_PRECONDITION. The message is already with a provider or terminal,
     so it can no longer be canceled.
@@ -117,6 +127,21 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_COUNTRY_NOT_ALLOWED: _ErrorReason.ValueType  # 41
     """FAILED_PRECONDITION. The app may not send verification codes to the phone
     number's country.
+    """
+    ERROR_REASON_SIGN_NOT_REGISTERED: _ErrorReason.ValueType  # 42
+    """FAILED_PRECONDITION. The sign name a send names (or the template's or the
+    app's default it falls back to) is not registered for the app: register
+    it with SignService.CreateSignName. A batch has one sign, so the whole
+    call fails.
+    """
+    ERROR_REASON_TEMPLATE_IN_USE: _ErrorReason.ValueType  # 43
+    """FAILED_PRECONDITION. The template cannot be deleted: scheduled or queued
+    messages not yet handed to a provider still use it (the message says how
+    many). Cancel them or wait until they are sent.
+    """
+    ERROR_REASON_TOO_MANY_SIGN_NAMES: _ErrorReason.ValueType  # 44
+    """FAILED_PRECONDITION. The app has registered as many sign names as it may
+    (100); delete one first.
     """
     ERROR_REASON_ETAG_MISMATCH: _ErrorReason.ValueType  # 45
     """ABORTED. The `etag` of an update or delete is not the template's latest
@@ -176,10 +201,6 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 81
     """UNAVAILABLE. The server is shutting down; reconnect (to another replica),
     WatchStatus with the last resume token.
-    """
-    ERROR_REASON_TEMPLATES_NOT_IMPLEMENTED: _ErrorReason.ValueType  # 91
-    """UNIMPLEMENTED. Template content, per-recipient parameters or a
-    verification `template_id`: sending by template is not built yet.
     """
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 100
     """INTERNAL. An unexpected error; the server logged it. Never the answer to
@@ -271,6 +292,12 @@ RPC's request message (truncated, a wrong wire type, a string that is not
 UTF-8, ...). Answered after authentication, with a BadRequest whose one
 field violation has an empty field (the whole request).
 """
+ERROR_REASON_NUMBER_CANNOT_RECEIVE_SMS: ErrorReason.ValueType  # 19
+"""INVALID_ARGUMENT. A valid phone number that cannot receive SMS: a fixed
+line, premium rate, toll free, shared cost, pager, UAN or voicemail number,
+or (for an app that allows mobile numbers only) one that may be either a
+fixed line or a mobile. Also the RecipientError of a BatchSend recipient.
+"""
 ERROR_REASON_MESSAGE_NOT_FOUND: ErrorReason.ValueType  # 20
 """NOT_FOUND. The message id is not one of the calling app's messages."""
 ERROR_REASON_BATCH_NOT_FOUND: ErrorReason.ValueType  # 21
@@ -281,10 +308,14 @@ ERROR_REASON_TEMPLATE_NOT_FOUND: ErrorReason.ValueType  # 23
 """NOT_FOUND. The template id is not one of the calling app's templates, or
 the template has no such version.
 """
+ERROR_REASON_SIGN_NAME_NOT_FOUND: ErrorReason.ValueType  # 24
+"""NOT_FOUND. The sign name is not registered for the calling app."""
 ERROR_REASON_REQUEST_ID_REUSED: ErrorReason.ValueType  # 30
 """ALREADY_EXISTS. The `request_id` was used before with a different request."""
 ERROR_REASON_TEMPLATE_ALREADY_EXISTS: ErrorReason.ValueType  # 31
 """ALREADY_EXISTS. The app has a template with this id."""
+ERROR_REASON_SIGN_NAME_ALREADY_EXISTS: ErrorReason.ValueType  # 32
+"""ALREADY_EXISTS. The app has registered this sign name already."""
 ERROR_REASON_NOT_CANCELABLE: ErrorReason.ValueType  # 40
 """FAILED_PRECONDITION. The message is already with a provider or terminal,
 so it can no longer be canceled.
@@ -292,6 +323,21 @@ so it can no longer be canceled.
 ERROR_REASON_COUNTRY_NOT_ALLOWED: ErrorReason.ValueType  # 41
 """FAILED_PRECONDITION. The app may not send verification codes to the phone
 number's country.
+"""
+ERROR_REASON_SIGN_NOT_REGISTERED: ErrorReason.ValueType  # 42
+"""FAILED_PRECONDITION. The sign name a send names (or the template's or the
+app's default it falls back to) is not registered for the app: register
+it with SignService.CreateSignName. A batch has one sign, so the whole
+call fails.
+"""
+ERROR_REASON_TEMPLATE_IN_USE: ErrorReason.ValueType  # 43
+"""FAILED_PRECONDITION. The template cannot be deleted: scheduled or queued
+messages not yet handed to a provider still use it (the message says how
+many). Cancel them or wait until they are sent.
+"""
+ERROR_REASON_TOO_MANY_SIGN_NAMES: ErrorReason.ValueType  # 44
+"""FAILED_PRECONDITION. The app has registered as many sign names as it may
+(100); delete one first.
 """
 ERROR_REASON_ETAG_MISMATCH: ErrorReason.ValueType  # 45
 """ABORTED. The `etag` of an update or delete is not the template's latest
@@ -351,10 +397,6 @@ ERROR_REASON_UNAVAILABLE: ErrorReason.ValueType  # 80
 ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 81
 """UNAVAILABLE. The server is shutting down; reconnect (to another replica),
 WatchStatus with the last resume token.
-"""
-ERROR_REASON_TEMPLATES_NOT_IMPLEMENTED: ErrorReason.ValueType  # 91
-"""UNIMPLEMENTED. Template content, per-recipient parameters or a
-verification `template_id`: sending by template is not built yet.
 """
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 100
 """INTERNAL. An unexpected error; the server logged it. Never the answer to

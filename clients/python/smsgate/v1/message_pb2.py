@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from smsgate.v1 import template_service_pb2 as smsgate_dot_v1_dot_template__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18smsgate/v1/message.proto\x12\nsmsgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x01\n\x0fTemplateContent\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\x12\x37\n\x06params\x18\x02 \x03(\x0b\x32\'.smsgate.v1.TemplateContent.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\rDeliveryError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"s\n\x0cStatusChange\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.smsgate.v1.MessageStatus\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xf7\x04\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x14\n\x0cphone_number\x18\x03 \x01(\t\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x12/\n\x08template\x18\x05 \x01(\x0b\x32\x1b.smsgate.v1.TemplateContentH\x00\x12\x15\n\rrendered_text\x18\x06 \x01(\t\x12\x10\n\x08segments\x18\x07 \x01(\x05\x12)\n\x06status\x18\x08 \x01(\x0e\x32\x19.smsgate.v1.MessageStatus\x12)\n\x07history\x18\t \x03(\x0b\x32\x18.smsgate.v1.StatusChange\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tsend_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08provider\x18\r \x01(\t\x12\x1b\n\x13provider_message_id\x18\x0e \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0f \x01(\x05\x12(\n\x05\x65rror\x18\x10 \x01(\x0b\x32\x19.smsgate.v1.DeliveryError\x12\x11\n\tsender_id\x18\x11 \x01(\t\x12/\n\x06labels\x18\x12 \x03(\x0b\x32\x1f.smsgate.v1.Message.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07\x63ontent\"\xd8\x01\n\x0bStatusEvent\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12)\n\x06status\x18\x03 \x01(\x0e\x32\x19.smsgate.v1.MessageStatus\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12(\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x19.smsgate.v1.DeliveryError\x12\x14\n\x0cresume_token\x18\x07 \x01(\t*\xaf\x02\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18MESSAGE_STATUS_SCHEDULED\x10\x01\x12\x19\n\x15MESSAGE_STATUS_QUEUED\x10\x02\x12\x1a\n\x16MESSAGE_STATUS_SENDING\x10\x03\x12\x17\n\x13MESSAGE_STATUS_SENT\x10\x04\x12\x1c\n\x18MESSAGE_STATUS_DELIVERED\x10\x05\x12\x1e\n\x1aMESSAGE_STATUS_UNDELIVERED\x10\x06\x12\x19\n\x15MESSAGE_STATUS_FAILED\x10\x07\x12\x1b\n\x17MESSAGE_STATUS_CANCELED\x10\x08\x12\x1a\n\x16MESSAGE_STATUS_EXPIRED\x10\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18smsgate/v1/message.proto\x12\nsmsgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!smsgate/v1/template_service.proto\"\xb2\x01\n\x0fTemplateContent\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\x12\x37\n\x06params\x18\x02 \x03(\x0b\x32\'.smsgate.v1.TemplateContent.ParamsEntry\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x11\n\tsign_name\x18\x04 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\rDeliveryError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"s\n\x0cStatusChange\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.smsgate.v1.MessageStatus\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xa3\x05\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x14\n\x0cphone_number\x18\x03 \x01(\t\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x12/\n\x08template\x18\x05 \x01(\x0b\x32\x1b.smsgate.v1.TemplateContentH\x00\x12\x15\n\rrendered_text\x18\x06 \x01(\t\x12\x10\n\x08segments\x18\x07 \x01(\x05\x12)\n\x06status\x18\x08 \x01(\x0e\x32\x19.smsgate.v1.MessageStatus\x12)\n\x07history\x18\t \x03(\x0b\x32\x18.smsgate.v1.StatusChange\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tsend_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08provider\x18\r \x01(\t\x12\x1b\n\x13provider_message_id\x18\x0e \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0f \x01(\x05\x12(\n\x05\x65rror\x18\x10 \x01(\x0b\x32\x19.smsgate.v1.DeliveryError\x12\x11\n\tsender_id\x18\x11 \x01(\t\x12/\n\x06labels\x18\x12 \x03(\x0b\x32\x1f.smsgate.v1.Message.LabelsEntry\x12*\n\x08\x65ncoding\x18\x13 \x01(\x0e\x32\x18.smsgate.v1.TextEncoding\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07\x63ontent\"\xd8\x01\n\x0bStatusEvent\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12)\n\x06status\x18\x03 \x01(\x0e\x32\x19.smsgate.v1.MessageStatus\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12(\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x19.smsgate.v1.DeliveryError\x12\x14\n\x0cresume_token\x18\x07 \x01(\t*\xaf\x02\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18MESSAGE_STATUS_SCHEDULED\x10\x01\x12\x19\n\x15MESSAGE_STATUS_QUEUED\x10\x02\x12\x1a\n\x16MESSAGE_STATUS_SENDING\x10\x03\x12\x17\n\x13MESSAGE_STATUS_SENT\x10\x04\x12\x1c\n\x18MESSAGE_STATUS_DELIVERED\x10\x05\x12\x1e\n\x1aMESSAGE_STATUS_UNDELIVERED\x10\x06\x12\x19\n\x15MESSAGE_STATUS_FAILED\x10\x07\x12\x1b\n\x17MESSAGE_STATUS_CANCELED\x10\x08\x12\x1a\n\x16MESSAGE_STATUS_EXPIRED\x10\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,20 +37,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TEMPLATECONTENT_PARAMSENTRY']._serialized_options = b'8\001'
   _globals['_MESSAGE_LABELSENTRY']._loaded_options = None
   _globals['_MESSAGE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_MESSAGESTATUS']._serialized_start=1255
-  _globals['_MESSAGESTATUS']._serialized_end=1558
-  _globals['_TEMPLATECONTENT']._serialized_start=74
-  _globals['_TEMPLATECONTENT']._serialized_end=216
-  _globals['_TEMPLATECONTENT_PARAMSENTRY']._serialized_start=171
-  _globals['_TEMPLATECONTENT_PARAMSENTRY']._serialized_end=216
-  _globals['_DELIVERYERROR']._serialized_start=218
-  _globals['_DELIVERYERROR']._serialized_end=282
-  _globals['_STATUSCHANGE']._serialized_start=284
-  _globals['_STATUSCHANGE']._serialized_end=399
-  _globals['_MESSAGE']._serialized_start=402
-  _globals['_MESSAGE']._serialized_end=1033
-  _globals['_MESSAGE_LABELSENTRY']._serialized_start=977
-  _globals['_MESSAGE_LABELSENTRY']._serialized_end=1022
-  _globals['_STATUSEVENT']._serialized_start=1036
-  _globals['_STATUSEVENT']._serialized_end=1252
+  _globals['_MESSAGESTATUS']._serialized_start=1370
+  _globals['_MESSAGESTATUS']._serialized_end=1673
+  _globals['_TEMPLATECONTENT']._serialized_start=109
+  _globals['_TEMPLATECONTENT']._serialized_end=287
+  _globals['_TEMPLATECONTENT_PARAMSENTRY']._serialized_start=242
+  _globals['_TEMPLATECONTENT_PARAMSENTRY']._serialized_end=287
+  _globals['_DELIVERYERROR']._serialized_start=289
+  _globals['_DELIVERYERROR']._serialized_end=353
+  _globals['_STATUSCHANGE']._serialized_start=355
+  _globals['_STATUSCHANGE']._serialized_end=470
+  _globals['_MESSAGE']._serialized_start=473
+  _globals['_MESSAGE']._serialized_end=1148
+  _globals['_MESSAGE_LABELSENTRY']._serialized_start=1092
+  _globals['_MESSAGE_LABELSENTRY']._serialized_end=1137
+  _globals['_STATUSEVENT']._serialized_start=1151
+  _globals['_STATUSEVENT']._serialized_end=1367
 # @@protoc_insertion_point(module_scope)

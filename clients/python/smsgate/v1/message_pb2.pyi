@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from smsgate.v1 import template_service_pb2 as _template_service_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -122,21 +123,48 @@ class TemplateContent(_message.Message):
 
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SIGN_NAME_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
-    """Required. The id of a template of the calling app."""
+    """Required. The id of a template of the calling app, 1-64 letters, digits,
+    `_` and `-`; another is INVALID_ARGUMENT, an unknown one NOT_FOUND
+    (TEMPLATE_NOT_FOUND).
+    """
+    version: _builtins.int
+    """Optional in requests: the version to render; 0 renders the latest, an
+    unknown one is NOT_FOUND. On a message: the version it was rendered from,
+    kept when the template changes later.
+    """
+    sign_name: _builtins.str
+    """Optional. The sign name, registered with SignService; empty uses the
+    template's default sign name, else the app's default, else none. An
+    unregistered sign is FAILED_PRECONDITION (SIGN_NOT_REGISTERED). For a
+    Chinese number (+86) the text reads `【sign】body` and the sign counts
+    toward length and segments; elsewhere it is the sender id. On a message:
+    the sign it was sent under.
+    """
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Optional. Values for the template's `{variable}` placeholders."""
+        """Optional. Values for the template's `{variable}` placeholders: every
+        placeholder needs one (here or, in a BatchSend, in the recipient's
+        params) and there may be no others. At most 32; a value has at most 35
+        characters and may not hold `{`, `}`, `【` or `】`. Breaking any of these
+        is INVALID_ARGUMENT (INVALID_TEMPLATE_PARAMS) naming each parameter.
+        On a message: the values it was rendered with (empty for a verification
+        code).
+        """
 
     def __init__(
         self,
         *,
         template_id: _builtins.str = ...,
         params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        version: _builtins.int = ...,
+        sign_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "template_id", b"template_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "sign_name", b"sign_name", "template_id", b"template_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -248,6 +276,7 @@ class Message(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     SENDER_ID_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    ENCODING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The message id, unique within the app."""
     batch_id: _builtins.str
@@ -270,6 +299,10 @@ class Message(_message.Message):
     """Output only. How many times dispatch handed the message to a provider."""
     sender_id: _builtins.str
     """Output only. The sender id (signature or originating number) requested."""
+    encoding: _template_service_pb2.TextEncoding.ValueType
+    """Output only. The encoding of `rendered_text`, which with `segments` is
+    what the vendor bills.
+    """
     @_builtins.property
     def template(self) -> Global___TemplateContent:
         """Output only. The template and parameters, as requested."""
@@ -322,10 +355,11 @@ class Message(_message.Message):
         error: Global___DeliveryError | None = ...,
         sender_id: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        encoding: _template_service_pb2.TextEncoding.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "create_time", b"create_time", "error", b"error", "send_time", b"send_time", "template", b"template", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "batch_id", b"batch_id", "content", b"content", "create_time", b"create_time", "error", b"error", "history", b"history", "id", b"id", "labels", b"labels", "phone_number", b"phone_number", "provider", b"provider", "provider_message_id", b"provider_message_id", "rendered_text", b"rendered_text", "segments", b"segments", "send_time", b"send_time", "sender_id", b"sender_id", "status", b"status", "template", b"template", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "batch_id", b"batch_id", "content", b"content", "create_time", b"create_time", "encoding", b"encoding", "error", b"error", "history", b"history", "id", b"id", "labels", b"labels", "phone_number", b"phone_number", "provider", b"provider", "provider_message_id", b"provider_message_id", "rendered_text", b"rendered_text", "segments", b"segments", "send_time", b"send_time", "sender_id", b"sender_id", "status", b"status", "template", b"template", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["text", "template"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015

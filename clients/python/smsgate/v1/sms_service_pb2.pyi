@@ -54,8 +54,12 @@ class SendSmsRequest(_message.Message):
     SENDER_ID_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     phone_number: _builtins.str
-    """Required. The recipient in E.164 form, for example "+8613800138000". At
-    most 64 characters; longer is INVALID_ARGUMENT (INVALID_PHONE_NUMBER).
+    """Required. The recipient, for example "+8613800138000": in E.164 form, or
+    in the national format of the app's default region ("13800138000" for an
+    app of region CN); stored in E.164 form. At most 64 characters; longer or
+    not a valid number is INVALID_ARGUMENT (INVALID_PHONE_NUMBER), a number
+    that cannot receive SMS (fixed line, premium rate, toll free, ...)
+    INVALID_ARGUMENT (NUMBER_CANNOT_RECEIVE_SMS).
     """
     text: _builtins.str
     """Free text, at most 10 SMS segments once encoded (a server setting), so
@@ -74,7 +78,10 @@ class SendSmsRequest(_message.Message):
     """
     @_builtins.property
     def template(self) -> _message_pb2.TemplateContent:
-        """A template of the app, rendered with the given parameters."""
+        """A template of the app, rendered with the given parameters and sign.
+        The rendered text (with `【sign】` for a Chinese number) must fit in 10
+        SMS segments, as free text.
+        """
 
     @_builtins.property
     def send_time(self) -> _timestamp_pb2.Timestamp:
@@ -165,15 +172,19 @@ class BatchRecipient(_message.Message):
     PHONE_NUMBER_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     phone_number: _builtins.str
-    """Required. The recipient in E.164 form, at most 64 characters. An invalid
-    or longer number rejects this recipient alone (INVALID_PHONE_NUMBER in its
-    result), not the call.
+    """Required. The recipient, as in SendSmsRequest (E.164 or the app's
+    national format), at most 64 characters. An invalid or longer number
+    rejects this recipient alone (INVALID_PHONE_NUMBER or
+    NUMBER_CANNOT_RECEIVE_SMS in its result), not the call.
     """
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional. Template parameters for this recipient; they override the
-        request's shared parameters of the same name. Not accepted yet
-        (UNIMPLEMENTED).
+        request's shared parameters of the same name. At most 32 entries and 256
+        bytes (UTF-8) of names and values together. Missing, unknown, over-long
+        or bad values reject this recipient alone (INVALID_TEMPLATE_PARAMS in
+        its result, naming each parameter). With text content, any params are
+        INVALID_ARGUMENT for the call.
         """
 
     def __init__(
@@ -240,7 +251,10 @@ class BatchSendRequest(_message.Message):
 
     @_builtins.property
     def template(self) -> _message_pb2.TemplateContent:
-        """A template of the app; `params` here are shared by every recipient."""
+        """A template of the app; `params` here are shared by every recipient,
+        and each recipient's own params override them. Rendered per recipient
+        (the sign goes in the text of Chinese numbers only).
+        """
 
     @_builtins.property
     def send_time(self) -> _timestamp_pb2.Timestamp:

@@ -103,8 +103,8 @@ class SmsServiceServicer:
         reaches a terminal status. Errors: INVALID_ARGUMENT (bad phone number,
         empty or oversized text, `send_time` out of range, bad `request_id`,
         `sender_id` or labels), ALREADY_EXISTS (`request_id` reused with different
-        content), UNIMPLEMENTED (template content: TemplateService is not built
-        yet), RESOURCE_EXHAUSTED with RetryInfo (APP_RATE_LIMITED: the app's
+        content), NOT_FOUND (TEMPLATE_NOT_FOUND: no such template or version),
+        FAILED_PRECONDITION (SIGN_NOT_REGISTERED), RESOURCE_EXHAUSTED with RetryInfo (APP_RATE_LIMITED: the app's
         accept rate; STORAGE_FULL: storage nearly full) or QuotaFailure
         (APP_HELD_MESSAGES_CAP: the messages the app may hold), UNAUTHENTICATED,
         UNAVAILABLE (storage unreachable or shutting down; retry, with the same
@@ -122,8 +122,8 @@ class SmsServiceServicer:
         message id or its own error. Errors for the whole call: INVALID_ARGUMENT
         (no recipients, too many, bad text, `send_time`, `request_id`, `sender_id`
         or labels), ALREADY_EXISTS (`request_id` reused with different content),
-        UNIMPLEMENTED (template content or per-recipient params: TemplateService
-        is not built yet), RESOURCE_EXHAUSTED (as SendSms; the accepted
+        NOT_FOUND (TEMPLATE_NOT_FOUND), FAILED_PRECONDITION (SIGN_NOT_REGISTERED:
+        a batch has one sign), RESOURCE_EXHAUSTED (as SendSms; the accepted
         recipients count against the app's rate and cap), UNAUTHENTICATED,
         UNAVAILABLE (retry, with the same `request_id`).
         """

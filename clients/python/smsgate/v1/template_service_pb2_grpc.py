@@ -138,8 +138,10 @@ class TemplateServiceServicer:
         """Deletes a template and all its versions. Messages already accepted keep
         their rendered text.
 
-        Errors: INVALID_ARGUMENT, NOT_FOUND, ABORTED (`etag` given and not the
-        latest version's), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (TEMPLATE_IN_USE:
+        scheduled or queued messages not yet handed to a provider use it; the
+        message says how many), ABORTED (`etag` given and not the latest
+        version's), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -75,8 +75,10 @@ class TemplateServiceStub:
     """Deletes a template and all its versions. Messages already accepted keep
     their rendered text.
 
-    Errors: INVALID_ARGUMENT, NOT_FOUND, ABORTED (`etag` given and not the
-    latest version's), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (TEMPLATE_IN_USE:
+    scheduled or queued messages not yet handed to a provider use it; the
+    message says how many), ABORTED (`etag` given and not the latest
+    version's), UNAUTHENTICATED.
     """
     RenderTemplate: _grpc.UnaryUnaryMultiCallable[_template_service_pb2.RenderTemplateRequest, _template_service_pb2.RenderTemplateResponse]
     """Renders a template (stored, or given inline) with parameters and a sign,
@@ -135,8 +137,10 @@ class TemplateServiceAsyncStub(TemplateServiceStub):
     """Deletes a template and all its versions. Messages already accepted keep
     their rendered text.
 
-    Errors: INVALID_ARGUMENT, NOT_FOUND, ABORTED (`etag` given and not the
-    latest version's), UNAUTHENTICATED.
+    Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (TEMPLATE_IN_USE:
+    scheduled or queued messages not yet handed to a provider use it; the
+    message says how many), ABORTED (`etag` given and not the latest
+    version's), UNAUTHENTICATED.
     """
     RenderTemplate: _aio.UnaryUnaryMultiCallable[_template_service_pb2.RenderTemplateRequest, _template_service_pb2.RenderTemplateResponse]  # type: ignore[assignment]
     """Renders a template (stored, or given inline) with parameters and a sign,
@@ -222,8 +226,10 @@ class TemplateServiceServicer(metaclass=_abc_1.ABCMeta):
         """Deletes a template and all its versions. Messages already accepted keep
         their rendered text.
 
-        Errors: INVALID_ARGUMENT, NOT_FOUND, ABORTED (`etag` given and not the
-        latest version's), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (TEMPLATE_IN_USE:
+        scheduled or queued messages not yet handed to a provider use it; the
+        message says how many), ABORTED (`etag` given and not the latest
+        version's), UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod

@@ -137,10 +137,11 @@ class GenerateCodeRequest(_message.Message):
     delivery: Global___CodeDelivery.ValueType
     """Optional. Default CODE_DELIVERY_SMS."""
     template_id: _builtins.str
-    """Optional. With SMS delivery: a template of the app with `{code}` (and
-    optionally `{minutes}`) placeholders. Empty sends a built-in text. 1-64
-    letters, digits, `_` and `-`; others are INVALID_ARGUMENT. Until sending
-    by template is built, a valid template id is UNIMPLEMENTED.
+    """Optional. With SMS delivery: a verification template of the app (its
+    latest version), rendered with `{code}` and, if it has it, `{minutes}`
+    (the validity in whole minutes, rounded up) under its default sign name
+    or the app's. Empty sends a built-in text. 1-64 letters, digits, `_` and
+    `-`; others are INVALID_ARGUMENT.
     """
     sender_id: _builtins.str
     """Optional. With SMS delivery: the sender id, as in SendSmsRequest (at most

@@ -46,9 +46,10 @@ class VerificationServiceStub:
 
     Errors: INVALID_ARGUMENT (bad phone, scope, length, alphabet, validity,
     delivery, `sender_id`; `template_id` or `sender_id` with caller
-    delivery), UNIMPLEMENTED (`template_id`: TemplateService is not built
-    yet), FAILED_PRECONDITION (destination country not allowed for the app),
-    RESOURCE_EXHAUSTED (the app's codes per minute or the resend cooldown,
+    delivery; a `template_id` whose template is not a verification template
+    or has placeholders other than `{code}` and `{minutes}`), NOT_FOUND (no
+    such template), FAILED_PRECONDITION (destination country not allowed for
+    the app; the template's sign name not registered), RESOURCE_EXHAUSTED (the app's codes per minute or the resend cooldown,
     with RetryInfo; per-number hourly or daily caps, with QuotaFailure),
     UNAUTHENTICATED, UNAVAILABLE.
     """
@@ -79,9 +80,10 @@ class VerificationServiceAsyncStub(VerificationServiceStub):
 
     Errors: INVALID_ARGUMENT (bad phone, scope, length, alphabet, validity,
     delivery, `sender_id`; `template_id` or `sender_id` with caller
-    delivery), UNIMPLEMENTED (`template_id`: TemplateService is not built
-    yet), FAILED_PRECONDITION (destination country not allowed for the app),
-    RESOURCE_EXHAUSTED (the app's codes per minute or the resend cooldown,
+    delivery; a `template_id` whose template is not a verification template
+    or has placeholders other than `{code}` and `{minutes}`), NOT_FOUND (no
+    such template), FAILED_PRECONDITION (destination country not allowed for
+    the app; the template's sign name not registered), RESOURCE_EXHAUSTED (the app's codes per minute or the resend cooldown,
     with RetryInfo; per-number hourly or daily caps, with QuotaFailure),
     UNAUTHENTICATED, UNAVAILABLE.
     """
@@ -115,9 +117,10 @@ class VerificationServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: INVALID_ARGUMENT (bad phone, scope, length, alphabet, validity,
         delivery, `sender_id`; `template_id` or `sender_id` with caller
-        delivery), UNIMPLEMENTED (`template_id`: TemplateService is not built
-        yet), FAILED_PRECONDITION (destination country not allowed for the app),
-        RESOURCE_EXHAUSTED (the app's codes per minute or the resend cooldown,
+        delivery; a `template_id` whose template is not a verification template
+        or has placeholders other than `{code}` and `{minutes}`), NOT_FOUND (no
+        such template), FAILED_PRECONDITION (destination country not allowed for
+        the app; the template's sign name not registered), RESOURCE_EXHAUSTED (the app's codes per minute or the resend cooldown,
         with RetryInfo; per-number hourly or daily caps, with QuotaFailure),
         UNAUTHENTICATED, UNAVAILABLE.
         """

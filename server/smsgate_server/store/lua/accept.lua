@@ -7,7 +7,9 @@
 -- can still exist, so its index and batch entries matter (MessageStore.horizon_ms),
 -- then per message: id, phone, text, template id, params json, rendered,
 -- segments, send_at ms, sender, labels json, sensitive ('1' or ''), expire-at
--- ms (0: never).
+-- ms (0: never), encoding, template version, sign name, vendor ids json (the
+-- last three only with a template id, which the message counts toward its
+-- template's uses until it is handed to a provider: lib.lua).
 -- Returns {'new'} | {'dup', remembered result} | {'conflict'}.
 local app, rhash, ttl, batch, remember, F, horizon =
   ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
@@ -30,7 +32,11 @@ for i = 12, #ARGV, F do
   redis.call('HSET', mkey(app, id), 'id', id, 'b', batch, 'p', ARGV[i + 1],
     'tx', ARGV[i + 2], 'tp', ARGV[i + 3], 'pa', ARGV[i + 4], 'r', ARGV[i + 5],
     'sg', ARGV[i + 6], 'ct', NOW, 'sa', send_at, 'snd', ARGV[i + 8], 'lb', ARGV[i + 9],
-    'at', 0, 'sen', ARGV[i + 10], 'ex', ARGV[i + 11])
+    'at', 0, 'sen', ARGV[i + 10], 'ex', ARGV[i + 11], 'en', ARGV[i + 12])
+  if ARGV[i + 3] ~= '' then
+    redis.call('HSET', mkey(app, id), 'tv', ARGV[i + 13], 'sn', ARGV[i + 14], 'vt', ARGV[i + 15])
+    redis.call('INCR', P .. 'tu:' .. app .. ':' .. ARGV[i + 3])
+  end
   redis.call('ZADD', KEYS[5], 0, id)
   if batch ~= '' then redis.call('RPUSH', KEYS[6], id) end
   if send_at > NOW then

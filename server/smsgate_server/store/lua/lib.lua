@@ -31,6 +31,18 @@ local function held_ended(app)
   end
 end
 
+-- Statuses in which a message still needs its template (not yet with a
+-- provider; SENDING may go back to QUEUED): ShardKeys.template_uses counts them.
+local USES_TEMPLATE = {[SCHEDULED] = true, [QUEUED] = true, [SENDING] = true}
+
+-- The message left the statuses that need its template: one use fewer.
+local function template_released(app, m)
+  local tp = redis.call('HGET', m, 'tp')
+  if not tp or tp == '' then return end
+  local uses = P .. 'tu:' .. app .. ':' .. tp
+  if redis.call('DECR', uses) <= 0 then redis.call('DEL', uses) end
+end
+
 -- Record that message app/id moved from `from` (NEW when being accepted) to
 -- `status`: hash, history and event stream. A move domain/status.py does not
 -- allow is a bug: the script stops with an error.
@@ -41,6 +53,7 @@ local function enter(app, id, batch, from, status, detail, ecode, ereason)
   local m, h = mkey(app, id), hkey(app, id)
   if from == NEW then redis.call('INCR', P .. 'live:' .. app) end
   redis.call('HSET', m, 'st', status, 'ut', NOW)
+  if USES_TEMPLATE[from] and not USES_TEMPLATE[status] then template_released(app, m) end
   redis.call('RPUSH', h, status .. '|' .. NOW .. '|' .. detail)
   if trimmed then
     redis.call('XADD', EVENTS, '*', 'a', app, 'm', id, 'b', batch,
@@ -54,7 +67,7 @@ local function enter(app, id, batch, from, status, detail, ecode, ereason)
   if TERMINAL[status] then
     if redis.call('HGET', m, 'sen') == '1' then
       -- A verification code: no copy outlives the message's active life.
-      redis.call('HSET', m, 'tx', '', 'r', '')
+      redis.call('HSET', m, 'tx', '', 'r', '', 'pa', '')
     end
     redis.call('EXPIRE', m, RETAIN)
     redis.call('EXPIRE', h, RETAIN)

@@ -16,7 +16,7 @@ for i = 8, #ARGV, 9 do
     local m = mkey(app, id)
     if outcome ~= 'retry' and redis.call('HGET', m, 'sen') == '1' then
       -- A provider has the secret now (or never will): keep no copy.
-      redis.call('HSET', m, 'tx', '', 'r', '')
+      redis.call('HSET', m, 'tx', '', 'r', '', 'pa', '')
     end
     if outcome == 'sent' then
       redis.call('HSET', m, 'pv', provider, 'pid', pid)
