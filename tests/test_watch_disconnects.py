@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import socket
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import h2.config
@@ -27,6 +30,19 @@ WATCH_PATH = "/smsgate.v1.SmsService/WatchStatus"
 EMPTY_REQUEST = b"\x00\x00\x00\x00\x00"
 DISCONNECTS = 1_000  # of each kind
 RSS_SLACK_KB = 50 * 1024
+# A WatchStatus client that says when its stream is open, then reads on.
+WATCHER = """
+import sys, grpc
+from smsgate.v1 import sms_service_pb2 as pb, sms_service_pb2_grpc as rpc
+channel = grpc.insecure_channel(sys.argv[1])
+call = rpc.SmsServiceStub(channel).WatchStatus(
+    pb.WatchStatusRequest(), metadata=(("authorization", "Bearer " + sys.argv[2]),)
+)
+call.initial_metadata()
+print("open", flush=True)
+for _ in call:
+    pass
+"""
 
 
 def watch_then_reset(port: int, token: str, *, after_headers: bool) -> None:
@@ -109,6 +125,36 @@ def test_abrupt_disconnects_release_subscriptions_and_memory(
     )
     grown_kb = rss_kb(server.process.pid) - start_kb
     assert grown_kb < RSS_SLACK_KB, f"RSS grew {grown_kb} kB over {2 * DISCONNECTS} disconnects"
+
+
+@pytest.mark.slow
+def test_a_client_that_falls_silent_loses_its_subscription(
+    servers: Servers, tmp_path: Path
+) -> None:
+    """A peer that neither reads nor closes (host gone, process stopped) is found
+    by HTTP/2 keepalive: no ack within the ping timeout drops its connection."""
+    data_dir = tmp_path / "data"
+    server = servers.start(data_dir, KEEPALIVE_SECONDS="1")
+    token = json.loads((data_dir / "dev-app.json").read_text())["token"]
+    client = subprocess.Popen(
+        [sys.executable, "-c", WATCHER, f"127.0.0.1:{server.grpc_port}", token],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline() == b"open\n"
+        assert live_subscriptions(server.http_port) == 1
+        client.send_signal(signal.SIGSTOP)  # its kernel still acks TCP; it answers nothing
+        wait_until_blocking(
+            lambda: live_subscriptions(server.http_port),
+            lambda n: n == 0,
+            what="the silent client's subscription to go",
+            timeout=30,
+            interval=0.5,
+        )
+    finally:
+        client.kill()
+        client.wait()
 
 
 async def test_a_cancellation_landing_in_a_redis_command_is_never_lost(redis_url: str) -> None:

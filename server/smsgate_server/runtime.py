@@ -450,6 +450,10 @@ def _grpc_options(settings: Settings) -> list[tuple[str, Any]]:
     return [
         ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
         ("grpc.keepalive_timeout_ms", 10_000),
+        # What actually bounds the wait for a keepalive ack in grpc core (its
+        # default is a minute): a peer that fell silent (host gone, process
+        # stopped) is dropped, and its streams cancelled, 10 s after a ping.
+        ("grpc.http2.ping_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_pings_without_data", 0),
