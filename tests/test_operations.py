@@ -163,7 +163,8 @@ async def test_a_redis_that_would_lose_data_is_refused_naming_the_override(
         raw_redis(tmp_path / "redis", *args) as url,
         pytest.raises(StartError, match=loss) as refused,
     ):
-        await start(server_settings(url, tmp_path / "data"))
+        running = await start(server_settings(url, tmp_path / "data"))
+        await running.stop()  # not reached when the start is refused
     assert "SMSGATE_REDIS_ALLOW_VOLATILE=true" in str(refused.value)
 
 
