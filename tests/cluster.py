@@ -4,14 +4,14 @@
 
 Used by the test fixtures (``tests/conftest.py``) and by ``scripts/cluster.py``
 (``make cluster``) for humans. Every node runs in its own process group and
-dies with its parent (PR_SET_PDEATHSIG), so a crashed test run leaves none
-behind; ``stop()`` stops them all, and the fixture calls it whatever happened.
+dies with its parent (PR_SET_PDEATHSIG, through setpriv), so a crashed test
+run leaves none behind; ``stop()`` stops them all, and the fixtures call it
+whatever happened.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import shutil
 import signal
 import socket
@@ -67,10 +67,15 @@ def _free_ports(count: int) -> list[int]:
     return found
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _dying_with_parent(command: list[str]) -> list[str]:
+    """``command`` run so that it dies with this process (PR_SET_PDEATHSIG),
+    where util-linux's setpriv can say so. Not a preexec_fn: Python code in a
+    child forked while gRPC threads run can crash before it execs (nodes are
+    restarted in the middle of tests)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or not sys.platform.startswith("linux"):
+        return command
+    return [setpriv, "--pdeathsig", "KILL", "--", *command]
 
 
 @dataclass
@@ -157,38 +162,39 @@ class LocalCluster:
     def _spawn(self, node: ClusterNode) -> None:
         node.data_dir.mkdir(parents=True, exist_ok=True)
         node.process = subprocess.Popen(
-            [
-                find_redis_server(),
-                "--port",
-                str(node.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(node.data_dir.resolve()),
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                str(self.node_timeout_ms),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-                "--maxmemory-policy",
-                "noeviction",
-                "--daemonize",
-                "no",
-                "--logfile",
-                "redis.log",
-            ],
+            _dying_with_parent(
+                [
+                    find_redis_server(),
+                    "--port",
+                    str(node.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(node.data_dir.resolve()),
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    str(self.node_timeout_ms),
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                    "--save",
+                    "",
+                    "--maxmemory-policy",
+                    "noeviction",
+                    "--daemonize",
+                    "no",
+                    "--logfile",
+                    "redis.log",
+                ]
+            ),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             process_group=0,
-            preexec_fn=_die_with_parent,
         )
 
     def _wait_answers(self, node: ClusterNode, deadline: float) -> None:
@@ -260,12 +266,12 @@ class LocalCluster:
                 if client.info("replication").get("role") != "master":
                     continue
                 slot = int(client.cluster("keyslot", key))
-                if self._serves(client, node.port, slot):
+                if self.serves(client, node.port, slot):
                     return node
         raise ClusterError(f"no live master serves {key!r}")
 
     @staticmethod
-    def _serves(client: redis.Redis, port: int, slot: int) -> bool:
+    def serves(client: redis.Redis, port: int, slot: int) -> bool:
         for entry in client.cluster("slots"):
             start, end, master = int(entry[0]), int(entry[1]), entry[2]
             if start <= slot <= end:
@@ -309,7 +315,7 @@ class LocalCluster:
 
     def _serves_node(self, node: ClusterNode, slot: int) -> bool:
         with node.client() as client:
-            return self._serves(client, node.port, slot)
+            return self.serves(client, node.port, slot)
 
     @contextlib.contextmanager
     def paused(self, nodes: list[ClusterNode]) -> Iterator[None]:

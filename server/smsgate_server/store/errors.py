@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
@@ -38,6 +39,8 @@ _full = RepeatedLog(log, "redis out of memory", every=5.0)
 # What a write refused by a full Redis asks the caller to wait.
 FULL_RETRY_SECONDS = 5.0
 _OOM = "OOM command not allowed"
+# redis-py's asyncio connection module (see _closed_while_writing).
+_REDIS_CONNECTION = os.path.join("redis", "asyncio", "connection.py")
 
 
 @contextmanager
@@ -51,6 +54,11 @@ def map_redis_errors() -> Iterator[None]:
     except _UNAVAILABLE as exc:
         _failures.occurred(error=repr(exc))
         raise Unavailable("storage is unavailable; retry") from exc
+    except (AttributeError, TypeError) as exc:
+        if not _closed_while_writing(exc):
+            raise
+        _failures.occurred(error=repr(exc))
+        raise Unavailable("storage is unavailable; retry") from exc
     except redis_errors.ResponseError as exc:
         # OutOfMemoryError, or the same refusal inside a script (whose first
         # write it stops, so the script wrote nothing).
@@ -62,6 +70,20 @@ def map_redis_errors() -> Iterator[None]:
             retry_after=FULL_RETRY_SECONDS,
             reason=Reason.STORAGE_FULL,
         ) from exc
+
+
+def _closed_while_writing(exc: BaseException) -> bool:
+    """Whether ``exc`` is redis-py writing to a connection another task closed
+    meanwhile: redis-py 8.1 lets the transport's AttributeError or TypeError
+    through instead of a ConnectionError (redis/redis-py#4287, #3546). Its
+    cluster client closes every node's connections itself when it re-reads the
+    layout after a failover, so there it happens under load."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(_REDIS_CONNECTION):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def redis_edge(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
