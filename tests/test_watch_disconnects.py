@@ -5,6 +5,7 @@ and the server's memory stays where it was."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -19,11 +20,13 @@ import h2.connection
 import h2.events
 import httpx
 import pytest
+from smsgate_server.runtime import Running
+from smsgate_server.services.watch import WatchFilter
 from smsgate_server.store.apps import AppStore
 from smsgate_server.store.connection import connect
 
 from tests.processes import Servers
-from tests.waiting import wait_until_blocking
+from tests.waiting import wait_until, wait_until_blocking
 
 WATCH_PATH = "/smsgate.v1.SmsService/WatchStatus"
 # An empty WatchStatusRequest in gRPC's length-prefixed framing.
@@ -173,3 +176,40 @@ async def test_a_cancellation_landing_in_a_redis_command_is_never_lost(redis_url
             assert task.cancelled(), f"cancelled after {steps} steps, the call returned"
     finally:
         await redis.aclose()
+
+
+async def test_a_watch_whose_task_lost_its_cancellation_is_cancelled_again(
+    server: Running,
+) -> None:
+    """The hub's sweep is the backstop for a cancellation swallowed anywhere
+    below a handler: the subscription still goes."""
+    hub = server.hub
+    assert hub is not None
+    hub.sweep_seconds = 0.05
+
+    async def handler() -> None:
+        watch = await hub.open("ak_" + "0" * 20, WatchFilter(), "")
+        try:
+            # Like asyncio.wait_for on Python 3.11: the cancellation lands here
+            # and is swallowed; the handler goes on to wait for events.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+            async for _ in watch.events():
+                pass
+        finally:
+            watch.close()
+
+    task = asyncio.create_task(handler())
+
+    async def subscribers() -> int:
+        return hub.subscriber_count
+
+    await wait_until(subscribers, lambda n: n == 1, what="the watch to open")
+    task.cancel()
+
+    async def ended() -> bool:
+        return task.done()
+
+    await wait_until(ended, what="the handler to be cancelled again")
+    assert task.cancelled()
+    assert hub.subscriber_count == 0
