@@ -1,6 +1,7 @@
 """``buf curl`` against a live server, the way the README shows it: reflection
 lists the services, SendSms with a bearer token, GetMessage until DELIVERED,
-and the README's template session (create, then preview)."""
+and the README's template session (sign, create, preview, send one and a
+batch with per-recipient params, a code through the app's own template)."""
 
 from __future__ import annotations
 
@@ -109,6 +110,20 @@ async def test_readme_template_session_works_when_pasted(server: Running, token:
     )  # fmt: skip
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 0, out.decode() + err.decode()
-    created, rendered = json.loads("[" + out.decode().replace("}\n{", "},\n{") + "]")
+    sign, created, rendered, sent, batch, _, code = json.loads(
+        "[" + out.decode().replace("}\n{", "},\n{") + "]"
+    )
+    assert sign["signName"]["isDefault"]
     assert created["template"]["variables"] == ["order"]
     assert rendered == json.loads(preview)
+    message = sent["message"]
+    assert message["renderedText"] == rendered["text"]
+    assert message["template"] == {
+        "templateId": "order_shipped",
+        "params": {"order": "A-1001"},
+        "version": 1,
+        "signName": "Acme",
+    }
+    assert (batch["acceptedCount"], batch["rejectedCount"]) == (2, 1)
+    assert batch["results"][2]["error"]["reason"] == "INVALID_TEMPLATE_PARAMS"
+    assert code["messageId"]
