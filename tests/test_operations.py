@@ -17,6 +17,7 @@ import pytest
 import redis
 from smsgate_server.runtime import StartError, start
 from smsgate_server.store.embedded_redis import EmbeddedRedis, find_redis_server
+from smsgate_server.store.keys import shard_count_key
 
 from tests.conftest import server_settings
 from tests.processes import Servers
@@ -206,3 +207,39 @@ async def test_the_embedded_redis_passes_the_durability_check_without_a_warning(
     assert not [
         r for r in caplog.records if "Redis" in r.getMessage() and r.levelno >= logging.WARNING
     ]
+
+
+# -- the shard count ---------------------------------------------------------------
+
+
+@pytest.mark.cluster
+async def test_a_shard_count_other_than_the_datas_is_refused(
+    redis_url: str, tmp_path: Path
+) -> None:
+    first = await start(server_settings(redis_url, tmp_path / "data", shards=4))
+    await first.stop()
+
+    with pytest.raises(StartError) as refused:
+        running = await start(server_settings(redis_url, tmp_path / "data", shards=8))
+        await running.stop()  # not reached when the start is refused
+
+    message = str(refused.value)
+    assert "SMSGATE_SHARDS=8, but the data in Redis" in message
+    assert "written with 4 shards" in message
+    assert "Set SMSGATE_SHARDS=4" in message
+    assert "online-growth path, not built yet" in message
+    again = await start(server_settings(redis_url, tmp_path / "data", shards=4))
+    await again.stop()
+
+
+async def test_data_from_before_the_shard_count_was_recorded_keeps_its_count(
+    redis_url: str, tmp_path: Path
+) -> None:
+    first = await start(server_settings(redis_url, tmp_path / "data", shards=4))
+    await first.stop()
+    with redis.Redis.from_url(redis_url) as client:
+        client.delete(shard_count_key())
+
+    with pytest.raises(StartError, match="written with 4 shards"):
+        running = await start(server_settings(redis_url, tmp_path / "data", shards=2))
+        await running.stop()  # not reached when the start is refused

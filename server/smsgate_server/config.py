@@ -71,8 +71,9 @@ class Settings(BaseSettings):
     # thousand calls/s.
     processes: int = Field(default=1, ge=1, le=64)
 
-    # Redis layout. Changing the shard count of a store that holds data strands
-    # the messages of the removed shards; pick it once.
+    # Redis layout. Data served with another shard count than it was written
+    # with would strand messages: the first start records the count in Redis,
+    # later starts with another one are refused (store/layout.py).
     shards: int = Field(default=4, ge=1, le=256)
     redis_pool_size: int = Field(default=64, ge=4, le=4096)
     # Redis replicates asynchronously: a master that fails right after a write

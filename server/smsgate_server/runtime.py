@@ -67,6 +67,7 @@ from smsgate_server.store.connection import RedisConnection, connect, redact_url
 from smsgate_server.store.durability import read_durability
 from smsgate_server.store.embedded_redis import EmbeddedRedis, running_url
 from smsgate_server.store.events import EventStore
+from smsgate_server.store.layout import record_shard_count
 from smsgate_server.store.messages import MessageStore
 from smsgate_server.store.queue import DispatchQueue
 from smsgate_server.store.quota import QuotaStore
@@ -243,6 +244,7 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
         await reached(StartStep.EMBEDDED_REDIS)
     redis = await _redis(url, settings, stack)
     await _check_durability(redis, url, settings)
+    await _check_shard_count(redis, url, settings)
     await reached(StartStep.REDIS)
 
     # /readyz answers ok only between SERVING and the start of shutdown, while
@@ -413,6 +415,21 @@ async def _check_durability(redis: RedisConnection, url: str, settings: Settings
             "Redis persists by RDB snapshots only: what was accepted since the last one "
             "is lost if Redis dies; turn on AOF (appendonly yes)",
             extra=where,
+        )
+
+
+async def _check_shard_count(redis: RedisConnection, url: str, settings: Settings) -> None:
+    """Refuse a shard count other than the one the data was written with."""
+    try:
+        recorded = await record_shard_count(redis.client, settings.shards)
+    except Unavailable as exc:
+        raise StartError(f"{exc}. Check SMSGATE_REDIS_URL.") from None
+    if recorded != settings.shards:
+        raise StartError(
+            f"SMSGATE_SHARDS={settings.shards}, but the data in Redis at {redact_url(url)} "
+            f"was written with {recorded} shards; serving it with another count would strand "
+            f"the messages of the shards that differ. Set SMSGATE_SHARDS={recorded}. Changing "
+            "the shard count of existing data needs an online-growth path, not built yet"
         )
 
 

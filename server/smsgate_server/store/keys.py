@@ -53,6 +53,7 @@ __all__ = [
     "app_key",
     "apps_index",
     "revocations_channel",
+    "shard_count_key",
     "verify_rate_key",
 ]
 
@@ -149,6 +150,11 @@ class TemplateField(enum.StrEnum):
     NAME = "name"  # version: the display name
     SIGN = "sign"  # version: the default sign name
     PROVIDER_IDS = "pids"  # version: vendor template id per provider, JSON
+
+
+def shard_count_key() -> str:
+    """The shard count the data was written with, recorded at first start."""
+    return f"{PREFIX}:{{layout}}:shards"
 
 
 def app_key(app: str) -> str:
