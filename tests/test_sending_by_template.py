@@ -4,7 +4,9 @@ verification codes through an app's template, and the delete guard."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -26,8 +28,10 @@ from smsgate_server.domain.phone import NumberPolicy
 from smsgate_server.runtime import Running
 
 from tests.pipeline_support import wait_for_statuses
+from tests.processes import Servers
 from tests.support import Details, bearer, details_of
 from tests.test_verification import handset_text
+from tests.waiting import wait_until_blocking
 
 if TYPE_CHECKING:  # the async stub type exists only in the .pyi
     from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
@@ -155,6 +159,7 @@ async def test_elsewhere_the_sign_is_the_sender_id_and_not_in_the_text(api: Api)
     assert message.sender_id == "Acme"
 
 
+@pytest.mark.cluster
 async def test_the_sign_named_by_the_send_wins_then_the_templates_then_the_apps(
     api: Api,
 ) -> None:
@@ -306,6 +311,7 @@ async def test_per_recipient_params_with_text_are_invalid(api: Api) -> None:
 # --- verification codes by template --------------------------------------
 
 
+@pytest.mark.cluster
 async def test_a_code_goes_out_through_the_apps_verification_template(
     api: Api, server: Running
 ) -> None:
@@ -351,6 +357,7 @@ async def test_a_code_needs_a_verification_template(api: Api) -> None:
 # --- the delete guard ----------------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_a_template_scheduled_messages_use_cannot_be_deleted(api: Api) -> None:
     await api.template(id="later", body="Reminder {what}")
     later = Timestamp(seconds=int(time.time()) + 3600)
@@ -456,3 +463,38 @@ async def test_a_mobile_only_app_refuses_numbers_that_may_be_fixed_lines(
     assert details.reason == "NUMBER_CANNOT_RECEIVE_SMS"
     reply = await app.sms.SendSms(pb.SendSmsRequest(phone_number=CN, text="hi"), metadata=app.meta)
     assert reply.message.phone_number == CN
+
+
+@pytest.mark.slow
+def test_apps_create_and_set_region_on_the_command_line(servers: Servers, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    # A long auth cache: set-region must reach the running server all the same.
+    server = servers.start(data_dir, AUTH_CACHE_SECONDS="3600")
+    created = servers.run(data_dir, "apps", "create", "cn", "--default-region", "cn", "--json")
+    assert created.returncode == 0, created.stderr
+    creds = json.loads(created.stdout)
+    stub = server.sms()
+
+    def send(number: str) -> str:
+        try:
+            reply = stub.SendSms(
+                pb.SendSmsRequest(phone_number=number, text="hi"),
+                metadata=bearer(creds["token"]),
+                timeout=5,
+            )
+        except grpc.RpcError as err:
+            return str(err.code().name)
+        return reply.message.phone_number
+
+    assert send("13800138000") == CN
+    assert send("(415) 555-2671") == "INVALID_ARGUMENT"
+    changed = servers.run(data_dir, "apps", "set-region", creds["app_key"], "US")
+    assert changed.returncode == 0, changed.stderr
+    assert "default region US" in changed.stdout
+    wait_until_blocking(
+        lambda: send("(415) 555-2671"), lambda seen: seen == US, what="the US region to apply"
+    )
+    bad = servers.run(data_dir, "apps", "set-region", creds["app_key"], "XX")
+    assert bad.returncode != 0 and "not a region code" in bad.stderr
+    unknown = servers.run(data_dir, "apps", "set-region", "ak_" + "0" * 20, "US")
+    assert unknown.returncode == 1 and "no app has the key" in unknown.stderr
