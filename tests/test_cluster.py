@@ -245,3 +245,25 @@ async def test_an_accept_no_replica_confirms_is_unavailable_and_its_retry_is_saf
         await wait_for_statuses(sms, token, [first], {S.MESSAGE_STATUS_DELIVERED})
         listed = await sms.ListMessages(pb.ListMessagesRequest(), metadata=bearer(token))
     assert [m.id for m in listed.messages] == [first]
+
+
+@pytest.mark.cluster
+async def test_a_server_whose_accepts_cannot_be_confirmed_says_so_at_start(
+    make_server: ServerFactory, redis_kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The session's single Redis has no replica; every cluster master has one."""
+    server = await make_server(redis_wait_replicas=1, redis_wait_timeout_ms=100)
+    warned = [
+        r.getMessage() for r in caplog.records if "SMSGATE_REDIS_WAIT_REPLICAS" in r.getMessage()
+    ]
+    token = (await server.apps.create("confirm")).token
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        sms: SmsServiceAsyncStub = sms_grpc.SmsServiceStub(channel)
+        if redis_kind == "cluster":
+            assert warned == []
+            await send(sms, token, "confirmed")
+        else:
+            assert len(warned) == 1 and "the Redis server" in warned[0]
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await send(sms, token, "unconfirmed")
+            assert details_of(caught.value).code == grpc.StatusCode.UNAVAILABLE

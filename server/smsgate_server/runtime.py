@@ -63,7 +63,12 @@ from smsgate_server.services.verification import CodePolicy, VerificationService
 from smsgate_server.services.watch import WatchHub
 from smsgate_server.store.apps import AppStore
 from smsgate_server.store.codes import CodeStore
-from smsgate_server.store.connection import RedisConnection, connect, redact_url
+from smsgate_server.store.connection import (
+    RedisConnection,
+    connect,
+    masters_short_of_replicas,
+    redact_url,
+)
 from smsgate_server.store.durability import read_durability
 from smsgate_server.store.embedded_redis import EmbeddedRedis, running_url
 from smsgate_server.store.events import EventStore
@@ -245,6 +250,7 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
     redis = await _redis(url, settings, stack)
     await _check_durability(redis, url, settings)
     await _check_shard_count(redis, url, settings)
+    await _check_replicas(redis, settings)
     await reached(StartStep.REDIS)
 
     # /readyz answers ok only between SERVING and the start of shutdown, while
@@ -377,6 +383,23 @@ async def _redis(url: str, settings: Settings, stack: AsyncExitStack) -> RedisCo
         ) from None
     stack.push_async_callback(redis.aclose)
     return redis
+
+
+async def _check_replicas(redis: RedisConnection, settings: Settings) -> None:
+    """Warn when accepting waits for replicas some master does not have: its
+    shards answer UNAVAILABLE until they are there."""
+    if not settings.wait_replicas:
+        return
+    try:
+        short = await masters_short_of_replicas(redis, settings.wait_replicas)
+    except Unavailable:
+        return  # Redis went away since it answered a moment ago: accepting will tell
+    if short:
+        log.warning(
+            f"SMSGATE_REDIS_WAIT_REPLICAS={settings.wait_replicas}, but fewer replicas are "
+            f"connected to {', '.join(short)}: accepts there answer UNAVAILABLE until they "
+            "are back (or set SMSGATE_REDIS_WAIT_REPLICAS=0 to accept without waiting)"
+        )
 
 
 async def _check_durability(redis: RedisConnection, url: str, settings: Settings) -> None:

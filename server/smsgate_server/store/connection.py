@@ -26,6 +26,7 @@ __all__ = [
     "RedisClient",
     "RedisConnection",
     "connect",
+    "masters_short_of_replicas",
     "redact_url",
     "run_on_key_node",
 ]
@@ -163,6 +164,28 @@ class RedisConnection:
     async def aclose(self) -> None:
         await self.reader.aclose()
         await self.client.aclose()
+
+
+async def masters_short_of_replicas(connection: RedisConnection, wanted: int) -> list[str]:
+    """The masters (``host:port``; on one server, "the Redis server") with fewer
+    than ``wanted`` replicas connected now; none when Redis refuses INFO."""
+    client = connection.client
+    with map_redis_errors():
+        try:
+            if isinstance(client, RedisCluster):
+                return [
+                    node.name
+                    for node in client.get_primaries()
+                    if _replicas(await client.info("replication", target_nodes=node)) < wanted
+                ]
+            info = await client.info("replication")
+        except redis_errors.ResponseError:  # INFO refused (ACL): accepting will tell
+            return []
+    return ["the Redis server"] if _replicas(info) < wanted else []
+
+
+def _replicas(info: dict[str, Any]) -> int:
+    return int(info.get("connected_slaves", 0))
 
 
 async def connect(url: str, *, pool_size: int) -> RedisConnection:
