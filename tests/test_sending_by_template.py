@@ -498,3 +498,37 @@ def test_apps_create_and_set_region_on_the_command_line(servers: Servers, tmp_pa
     assert bad.returncode != 0 and "not a region code" in bad.stderr
     unknown = servers.run(data_dir, "apps", "set-region", "ak_" + "0" * 20, "US")
     assert unknown.returncode == 1 and "no app has the key" in unknown.stderr
+
+
+async def test_codes_and_listings_read_local_numbers_too(
+    server: Running, channel: grpc.aio.Channel
+) -> None:
+    app = await app_api(server, channel, default_region="CN")
+    issued = await app.verification.GenerateCode(
+        vpb.GenerateCodeRequest(
+            phone_number="138 0013 8000", scope="login", delivery=vpb.CODE_DELIVERY_CALLER
+        ),
+        metadata=app.meta,
+    )
+    verified = await app.verification.VerifyCode(
+        vpb.VerifyCodeRequest(phone_number="13800138000", scope="login", code=issued.code),
+        metadata=app.meta,
+    )
+    assert verified.result == vpb.VERIFICATION_RESULT_VERIFIED
+    sent = await app.sms.SendSms(
+        pb.SendSmsRequest(phone_number="13800138000", text="hi"), metadata=app.meta
+    )
+    listed = await app.sms.ListMessages(
+        pb.ListMessagesRequest(phone_number="13800138000"), metadata=app.meta
+    )
+    assert [m.id for m in listed.messages] == [sent.message.id]
+
+
+async def test_an_sms_code_is_not_sent_to_a_fixed_line(api: Api) -> None:
+    details = await fails(
+        api.verification.GenerateCode(
+            vpb.GenerateCodeRequest(phone_number="+442079460958", scope="login"),
+            metadata=api.meta,
+        )
+    )
+    assert details.reason == "NUMBER_CANNOT_RECEIVE_SMS"

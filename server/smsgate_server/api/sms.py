@@ -101,8 +101,9 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
         self, request: pb.ListMessagesRequest, context: Context
     ) -> pb.ListMessagesResponse:
         violations = Violations()
+        app = current_app()
         page, token = await self.sending.list_messages(
-            current_app().key,
+            app.key,
             ListQuery(
                 page_size=request.page_size,
                 page_token=request.page_token,
@@ -111,6 +112,7 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
                 batch_id=request.batch_id,
                 start_ms=violations.check(0, ms_from_timestamp, request, "start_time"),
                 end_ms=violations.check(0, ms_from_timestamp, request, "end_time"),
+                region=app.numbers.default_region,
             ),
             violations,
         )

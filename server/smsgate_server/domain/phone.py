@@ -103,9 +103,10 @@ def _parsed(text: str, region: str = "") -> tuple[str, int, int]:
     return parsed
 
 
-def normalize_e164(text: str) -> str:
-    """Return the canonical E.164 form of ``text`` or raise InvalidPhoneNumber."""
-    return _parsed(text)[0]
+def normalize_e164(text: str, region: str = "") -> str:
+    """Return the canonical E.164 form of ``text`` (E.164, or the national format
+    of ``region`` when given) or raise InvalidPhoneNumber."""
+    return _parsed(text, region)[0]
 
 
 def recipient_e164(text: str, policy: NumberPolicy) -> str:

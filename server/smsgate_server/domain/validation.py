@@ -124,10 +124,11 @@ def check_count(values: Collection[object], limit: int, field: str) -> None:
         )
 
 
-def check_phone(value: str, field: str) -> str:
-    """The E.164 form of ``value``; InvalidArgument naming ``field`` otherwise."""
+def check_phone(value: str, field: str, region: str = "") -> str:
+    """The E.164 form of ``value`` (E.164, or the national format of ``region``
+    when given); InvalidArgument naming ``field`` otherwise."""
     try:
-        return normalize_e164(value)
+        return normalize_e164(value, region)
     except InvalidPhoneNumber as exc:
         raise InvalidArgument.field(field, str(exc), reason=Reason.INVALID_PHONE_NUMBER) from None
 

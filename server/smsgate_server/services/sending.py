@@ -147,6 +147,8 @@ class ListQuery:
     batch_id: str = ""
     start_ms: int = 0
     end_ms: int = 0
+    # The app's default region: ``phone`` may be in its national format.
+    region: str = ""
 
 
 class SendingService:
@@ -507,7 +509,9 @@ class SendingService:
         if q.page_size < 0:
             violations.add(InvalidArgument.field("page_size", "must not be negative"))
         size = min(q.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        phone = violations.check("", check_phone, q.phone, "phone_number") if q.phone else ""
+        phone = (
+            violations.check("", check_phone, q.phone, "phone_number", q.region) if q.phone else ""
+        )
         if q.start_ms and q.end_ms and q.start_ms >= q.end_ms:
             violations.add(InvalidArgument.field("end_time", "must be after start_time"))
         if q.batch_id:

@@ -45,6 +45,7 @@ from smsgate_server.domain.validation import (
     MAX_ID_CHARS,
     Violations,
     check_phone,
+    check_recipient,
     check_sender,
 )
 from smsgate_server.logs import mask_phone
@@ -203,7 +204,13 @@ class VerificationService:
         (with those the caller found in ``violations``) is one InvalidArgument."""
         if violations is None:
             violations = Violations()
-        phone = violations.check("", check_phone, cmd.phone, "phone_number")
+        # An SMS needs a number that can receive one; a caller may deliver the
+        # code some other way (a voice call), so any valid number will do.
+        if cmd.delivery is Delivery.SMS:
+            phone = violations.check("", check_recipient, cmd.phone, "phone_number", app.numbers)
+        else:
+            region = app.numbers.default_region
+            phone = violations.check("", check_phone, cmd.phone, "phone_number", region)
         scope = violations.check("", check_scope, cmd.scope)
         length = violations.check(0, check_length, cmd.length)
         validity_ms = violations.check(0, check_validity, cmd.validity_ms)
@@ -361,7 +368,10 @@ class VerificationService:
                     "verification_id", f"must be at most {MAX_ID_CHARS} characters"
                 )
             )
-        phone = violations.check("", check_phone, cmd.phone, "phone_number") if cmd.phone else ""
+        phone = ""
+        if cmd.phone:
+            region = app.numbers.default_region
+            phone = violations.check("", check_phone, cmd.phone, "phone_number", region)
         scope = violations.check("", check_scope, cmd.scope) if cmd.scope else ""
         if not cmd.verification_id and not (cmd.phone and cmd.scope):
             violations.add(
