@@ -461,8 +461,8 @@ class ListMessagesRequest(_message.Message):
     characters.
     """
     phone_number: _builtins.str
-    """Optional. Only messages to this E.164 number. At most 64 characters;
-    longer is INVALID_ARGUMENT.
+    """Optional. Only messages to this number (E.164 or the app's national
+    format). At most 64 characters; longer is INVALID_ARGUMENT.
     """
     batch_id: _builtins.str
     """Optional. Only messages of this batch. At most 64 characters; longer is

@@ -122,8 +122,10 @@ class GenerateCodeRequest(_message.Message):
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     SENDER_ID_FIELD_NUMBER: _builtins.int
     phone_number: _builtins.str
-    """Required. The recipient in E.164 form. At most 64 characters; longer is
-    INVALID_ARGUMENT (INVALID_PHONE_NUMBER).
+    """Required. The recipient in E.164 form or the app's national format (as
+    in SendSmsRequest). At most 64 characters; longer or invalid is
+    INVALID_ARGUMENT (INVALID_PHONE_NUMBER). With SMS delivery, a number that
+    cannot receive SMS is INVALID_ARGUMENT (NUMBER_CANNOT_RECEIVE_SMS).
     """
     scope: _builtins.str
     """Required. What the code is for: "login", "register", "reset" or any
@@ -233,8 +235,8 @@ class VerifyCodeRequest(_message.Message):
     is INVALID_ARGUMENT.
     """
     phone_number: _builtins.str
-    """Optional. The phone number the code was sent to. At most 64 characters;
-    longer is INVALID_ARGUMENT.
+    """Optional. The phone number the code was sent to (E.164 or the app's
+    national format). At most 64 characters; longer is INVALID_ARGUMENT.
     """
     scope: _builtins.str
     """Optional. The scope the code was generated for (1-64 characters, as in
