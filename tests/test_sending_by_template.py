@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import pytest
@@ -24,9 +24,12 @@ from smsgate.v1 import (
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import template_service_pb2 as tpb
 from smsgate.v1 import verification_service_pb2 as vpb
+from smsgate_server.domain.ids import shard_of_id
 from smsgate_server.domain.phone import NumberPolicy
 from smsgate_server.runtime import Running
+from smsgate_server.store.keys import QueueField
 
+from tests.conftest import ServerFactory
 from tests.pipeline_support import wait_for_statuses
 from tests.processes import Servers
 from tests.support import Details, bearer, details_of
@@ -532,3 +535,35 @@ async def test_an_sms_code_is_not_sent_to_a_fixed_line(api: Api) -> None:
         )
     )
     assert details.reason == "NUMBER_CANNOT_RECEIVE_SMS"
+
+
+async def test_a_worker_claims_what_a_vendor_needs_of_a_template_message(
+    make_server: ServerFactory,
+) -> None:
+    # No dispatcher in this process: the test claims the message itself.
+    server = await make_server(role="api")
+    token = (await server.apps.create("vendor")).token
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        api = Api(channel, token)
+        await api.sign("Acme")
+        await api.template(
+            id="vendor",
+            body="{b} then {a}",
+            sign_name="Acme",
+            provider_template_ids={"tencent": "1001", "aliyun": "SMS_1"},
+        )
+        message = await api.send(CN, "vendor", params={"a": "1", "b": "2"})
+    store = server.store
+    shard = shard_of_id(message.id, store.shards)
+    assert shard is not None
+    keys = store.shard_keys[shard]
+    member = f"{token.split('.')[0]}:{message.id}"
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await store.redis.xrange(keys.queue))
+    mine = [
+        (e.decode(), member) for e, f in entries if f[QueueField.MEMBER.encode()] == member.encode()
+    ]
+    (claimed,) = await store.claim(shard, mine, reclaimed=False, max_attempts=5)
+    assert (claimed.template_id, claimed.sign) == ("vendor", "Acme")
+    assert json.loads(claimed.vendor_ids_json) == {"aliyun": "SMS_1", "tencent": "1001"}
+    # In placeholder order, as vendors with numbered params ({1}, {2}) need them.
+    assert list(json.loads(claimed.params_json).items()) == [("b", "2"), ("a", "1")]

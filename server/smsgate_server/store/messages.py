@@ -76,8 +76,16 @@ class Claimed:
     created_ms: int
     batch_id: str
     send_at_ms: int = 0
-    # ``rendered`` is sealed (domain.sealed_text): open it only for the provider.
+    # ``rendered`` (and ``params_json``) are sealed (domain.sealed_text): open
+    # them only for the provider.
     sensitive: bool = False
+    # Sent by template: what vendors that send only their reviewed templates
+    # need (the template's vendor id per provider, the params in placeholder
+    # order, the sign name). Empty for free text.
+    template_id: str = ""
+    params_json: str = ""
+    sign: str = ""
+    vendor_ids_json: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +346,10 @@ class MessageStore:
                 batch_id=_s(r[8]),
                 send_at_ms=int(r[9] or 0),
                 sensitive=_s(r[10] or "") == "1",
+                template_id=_s(r[11]),
+                params_json=_s(r[12]),
+                sign=_s(r[13]),
+                vendor_ids_json=_s(r[14]),
             )
             for r in rows
         ]

@@ -3,8 +3,9 @@
 -- re-claimed from a dead worker (then SENDING -> SENDING is allowed), ARGV[7]
 -- the most attempts, then pairs: entry id, 'app:id'.
 -- Returns, per message to send: {entry, app, id, phone, rendered, sender,
--- attempts, created ms, batch, send_at ms, sensitive ('1': rendered is
--- sealed)}. Entries of gone, canceled or finished messages are acknowledged
+-- attempts, created ms, batch, send_at ms, sensitive ('1': rendered and
+-- params are sealed), template id, template params json, sign name, vendor
+-- template ids json (the last four '' for free text)}. Entries of gone, canceled or finished messages are acknowledged
 -- and dropped here; a re-claimed message out of attempts fails.
 local group, reclaimed, max_attempts = ARGV[5], ARGV[6] == '1', tonumber(ARGV[7])
 local out = {}
@@ -27,9 +28,11 @@ for i = 8, #ARGV, 2 do
     redis.call('XDEL', KEYS[2], entry)
   elseif st == QUEUED or (reclaimed and st == SENDING) then
     local attempts = redis.call('HINCRBY', mkey(app, id), 'at', 1)
-    local v = redis.call('HMGET', mkey(app, id), 'p', 'r', 'snd', 'ct', 'b', 'sa', 'sen')
+    local v = redis.call('HMGET', mkey(app, id), 'p', 'r', 'snd', 'ct', 'b', 'sa', 'sen',
+      'tp', 'pa', 'sn', 'vt')
     enter(app, id, v[5], st, SENDING, 'attempt ' .. attempts)
-    out[#out + 1] = {entry, app, id, v[1], v[2], v[3], attempts, v[4], v[5], v[6], v[7]}
+    out[#out + 1] = {entry, app, id, v[1], v[2], v[3], attempts, v[4], v[5], v[6], v[7],
+      v[8] or '', v[9] or '', v[10] or '', v[11] or ''}
   else
     redis.call('XACK', KEYS[2], group, entry)
     redis.call('XDEL', KEYS[2], entry)
