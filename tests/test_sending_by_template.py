@@ -567,3 +567,17 @@ async def test_a_worker_claims_what_a_vendor_needs_of_a_template_message(
     assert json.loads(claimed.vendor_ids_json) == {"aliyun": "SMS_1", "tencent": "1001"}
     # In placeholder order, as vendors with numbered params ({1}, {2}) need them.
     assert list(json.loads(claimed.params_json).items()) == [("b", "2"), ("a", "1")]
+
+
+async def test_a_code_template_too_long_to_send_fails_before_a_code_is_issued(api: Api) -> None:
+    # 800 UCS-2 units and the code: 13 segments, more than the 10 a message may have.
+    await api.template(id="long", kind=tpb.TEMPLATE_KIND_VERIFICATION, body="验" * 800 + "{code}")
+    request = vpb.GenerateCodeRequest(phone_number=CN, scope="login", template_id="long")
+    details = await fails(api.verification.GenerateCode(request, metadata=api.meta))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.reason == "CONTENT_TOO_LONG"
+    assert "template_id" in details.fields
+    # Nothing was issued: no cooldown stands in the way of a code by the built-in text.
+    await api.verification.GenerateCode(
+        vpb.GenerateCodeRequest(phone_number=CN, scope="login"), metadata=api.meta
+    )

@@ -228,6 +228,17 @@ class VerificationService:
         template = None
         if cmd.delivery is Delivery.SMS and cmd.template_id:
             template = await self._code_template(app.key, cmd.template_id)
+            # A stand-in code of the same length and kind of characters renders
+            # to the same length: a text too long fails before a code exists.
+            trial = _code_content(template, "0" * length, validity_ms)
+            try:
+                template.compose(
+                    phone, trial.params, max_segments=self.sending.limits.max_text_segments
+                )
+            except InvalidArgument as exc:
+                raise InvalidArgument.field(
+                    "template_id", exc.violations[0].description, reason=exc.reason
+                ) from None
 
         # SMS pumping: refuse numbers outside the app's countries before anything
         # is counted or sent.
