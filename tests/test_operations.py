@@ -6,21 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
+from smsgate.v1 import sms_service_pb2 as pb
+from smsgate.v1 import sms_service_pb2_grpc
 from smsgate_server.runtime import StartError, start
 from smsgate_server.store.embedded_redis import EmbeddedRedis, find_redis_server
 from smsgate_server.store.keys import shard_count_key
 
 from tests.conftest import server_settings
 from tests.processes import Servers
+from tests.support import bearer
 from tests.waiting import wait_until_blocking
 
 
@@ -243,3 +249,44 @@ async def test_data_from_before_the_shard_count_was_recorded_keeps_its_count(
     with pytest.raises(StartError, match="written with 4 shards"):
         running = await start(server_settings(redis_url, tmp_path / "data", shards=2))
         await running.stop()  # not reached when the start is refused
+
+
+# -- one /metrics view -------------------------------------------------------------
+
+
+def rpc_count(http_port: int, method: str) -> float:
+    """``smsgate_rpcs_total`` of ``method`` (every code) in one scrape of ``http_port``."""
+    text = httpx.get(f"http://127.0.0.1:{http_port}/metrics", timeout=5).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "smsgate_rpcs_total" and sample.labels["method"] == method
+    )
+
+
+def test_one_scrape_counts_the_calls_of_every_process(servers: Servers, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server = servers.start(data_dir, GRPC_ADDRESS=f"127.0.0.1:{free_port()}", PROCESSES="2")
+    serving = wait_until_blocking(
+        lambda: [e for e in server.events() if e.get("event") == "smsgate serving"],
+        lambda events: len(events) == 2,
+        what="both processes to serve",
+    )
+    done = servers.run(data_dir, "apps", "create", "metrics", "--json")
+    token = json.loads(done.stdout)["token"]
+    calls = 20
+    for n in range(calls):
+        # A connection each: the kernel spreads connections, not calls, over
+        # the processes sharing the port.
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            sms = sms_service_pb2_grpc.SmsServiceStub(channel)
+            sms.SendSms(
+                pb.SendSmsRequest(phone_number="+14155550123", text=f"call {n}"),
+                metadata=bearer(token),
+                timeout=5,
+            )
+
+    # Every process's side port serves the merged view.
+    for event in serving:
+        assert rpc_count(int(str(event["http_port"])), "SendSms") == calls

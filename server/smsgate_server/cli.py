@@ -31,8 +31,8 @@ from smsgate_server.config import Settings, unknown_variables
 from smsgate_server.domain.errors import Unavailable
 from smsgate_server.domain.phone import E164_ONLY, NumberPolicy, is_region, parse_calling_code
 from smsgate_server.logs import configure_logging
-from smsgate_server.processes import serve_processes
-from smsgate_server.runtime import StartError, start
+from smsgate_server.shared_metrics import shared_metrics_dir
+from smsgate_server.start_error import StartError
 from smsgate_server.store.apps import AppStore
 from smsgate_server.store.connection import connect
 from smsgate_server.store.embedded_redis import EmbeddedRedis, RedisStartError, running_url
@@ -77,6 +77,9 @@ async def _serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Imported here, not at the top: the metrics mode must be chosen first (main).
+    from smsgate_server.runtime import start
+
     running = await start(settings)
     await stop.wait()
     await running.stop()
@@ -277,7 +280,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         elif settings.processes > 1:
-            return serve_processes(settings, _run)
+            with shared_metrics_dir(settings.data_dir):
+                # Imported only now: prometheus_client, which the server's
+                # modules import, picks multi-process mode on first import.
+                from smsgate_server.processes import serve_processes
+
+                return serve_processes(settings, _run)
         else:
             _run(settings)
     except (StartError, RedisStartError) as exc:

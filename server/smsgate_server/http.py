@@ -8,14 +8,18 @@ Runs on uvicorn in the same event loop as the gRPC server.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from smsgate_server.shared_metrics import ENV
 
 __all__ = ["HttpSidePort", "build_app"]
 
@@ -34,7 +38,7 @@ def build_app(ready: Callable[[], Awaitable[bool]]) -> Starlette:
         )
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
         routes=[
@@ -45,6 +49,17 @@ def build_app(ready: Callable[[], Awaitable[bool]]) -> Starlette:
             Route("/metrics", metrics),
         ]
     )
+
+
+def _registry() -> CollectorRegistry:
+    """This process's metrics; with SMSGATE_PROCESSES > 1, every process's,
+    merged from their files (shared_metrics.py)."""
+    if ENV not in os.environ:
+        return REGISTRY
+    registry = CollectorRegistry()
+    # prometheus_client's multiprocess module is not annotated.
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
 
 
 class _Server(uvicorn.Server):

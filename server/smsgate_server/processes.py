@@ -5,7 +5,8 @@ cores need more processes. The parent starts the embedded Redis (if any) and
 creates shared files, then forks the processes *before any gRPC object exists*
 (grpc/grpc examples/python/multiprocessing); each process binds the same port
 with ``SO_REUSEPORT`` and the kernel spreads connections over them. Process 0
-keeps the HTTP side port; the others take a free one. SIGTERM/SIGINT to the
+keeps the HTTP side port; the others take a free one, and each one's
+``/metrics`` shows all of them (shared_metrics.py). SIGTERM/SIGINT to the
 parent stop every process gracefully; one that dies takes the rest down.
 """
 
@@ -17,6 +18,8 @@ import signal
 import sys
 from collections.abc import Callable
 from types import FrameType
+
+from prometheus_client.multiprocess import mark_process_dead
 
 from smsgate_server.config import Settings, parse_address
 from smsgate_server.runtime import (
@@ -94,6 +97,9 @@ def serve_processes(settings: Settings, run_one: Callable[[Settings], None]) -> 
         while alive:
             pid, wait_status = os.wait()
             alive.discard(pid)
+            # Its live gauges leave the merged /metrics view (shared_metrics.py);
+            # prometheus_client's multiprocess module is not annotated.
+            mark_process_dead(pid)  # type: ignore[no-untyped-call]
             if os.waitstatus_to_exitcode(wait_status) != 0 or not stopping:
                 status = 1
                 stop_all()

@@ -61,6 +61,7 @@ from smsgate_server.services.signs import SignService
 from smsgate_server.services.templates import TemplateService
 from smsgate_server.services.verification import CodePolicy, VerificationService
 from smsgate_server.services.watch import WatchHub
+from smsgate_server.start_error import StartError
 from smsgate_server.store.apps import AppStore
 from smsgate_server.store.codes import CodeStore
 from smsgate_server.store.connection import (
@@ -99,10 +100,6 @@ SERVICE_NAMES = [
 ]
 # How long uvicorn may take to finish its requests once told to exit.
 HTTP_STOP_SECONDS = 5.0
-
-
-class StartError(RuntimeError):
-    """The server cannot start; the message says why and what to do."""
 
 
 class StartStep(enum.StrEnum):

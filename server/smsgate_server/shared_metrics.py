@@ -1,0 +1,40 @@
+"""One ``/metrics`` view over every process of ``SMSGATE_PROCESSES``:
+prometheus-client's multi-process mode.
+
+Each process writes its samples to memory-mapped files in one directory, named
+by ``PROMETHEUS_MULTIPROC_DIR``, and any process's ``/metrics`` reads and merges
+them all. prometheus_client chooses that mode when it is first imported, so the
+command names the directory before it imports any module that defines a
+metric; the parent marks a process dead when it exits, which drops its live
+gauges (its counters stay in the totals).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["ENV", "shared_metrics_dir"]
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextmanager
+def shared_metrics_dir(data_dir: Path) -> Iterator[Path]:
+    """A fresh directory for the samples of this process's children, named in
+    the environment they inherit; removed on exit."""
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError(f"{ENV} must be set before prometheus_client is imported")
+    path = data_dir / f"metrics-{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ[ENV] = str(path)
+    try:
+        yield path
+    finally:
+        del os.environ[ENV]
+        shutil.rmtree(path, ignore_errors=True)
