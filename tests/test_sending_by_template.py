@@ -581,3 +581,14 @@ async def test_a_code_template_too_long_to_send_fails_before_a_code_is_issued(ap
     await api.verification.GenerateCode(
         vpb.GenerateCodeRequest(phone_number=CN, scope="login"), metadata=api.meta
     )
+
+
+async def test_a_preview_falls_back_to_the_apps_default_sign_as_a_send_does(api: Api) -> None:
+    await api.sign("AppSign", default=True)
+    await api.template(id="t", body="hi")
+    preview = await api.templates.RenderTemplate(
+        tpb.RenderTemplateRequest(template_id="t", region_code="CN"), metadata=api.meta
+    )
+    sent = await api.send(CN, "t")
+    assert preview.text == sent.rendered_text == "【AppSign】hi"
+    assert preview.segments == sent.segments

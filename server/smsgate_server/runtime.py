@@ -546,7 +546,7 @@ def _add_services(
         VerificationServicer(verification), server
     )
     template_service_pb2_grpc.add_TemplateServiceServicer_to_server(
-        TemplateServicer(TemplateService(templates, hub.tokens, messages=store)),
+        TemplateServicer(TemplateService(templates, hub.tokens, messages=store, signs=signs)),
         server,
     )
     sign_service_pb2_grpc.add_SignServiceServicer_to_server(

@@ -40,6 +40,7 @@ from smsgate_server.domain.templates import (
 from smsgate_server.domain.tokens import InvalidToken, TokenKind, TokenSealer
 from smsgate_server.domain.validation import check_phone, check_request_id
 from smsgate_server.store.messages import MessageStore
+from smsgate_server.store.signs import SignStore
 from smsgate_server.store.templates import TemplateStore, WriteOutcome
 
 __all__ = [
@@ -124,12 +125,15 @@ class TemplateService:
         *,
         clock: Callable[[], float] = time.time,
         messages: MessageStore | None = None,
+        signs: SignStore | None = None,
     ) -> None:
         self.store = store
         self.tokens = tokens
         self.clock = clock
         # Counts the messages that still need a template (None: no delete guard).
         self.messages = messages
+        # The app's default sign, which a preview falls back to as a send does.
+        self.signs = signs
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -265,6 +269,8 @@ class TemplateService:
             template = await self.get(app, command.template_id, command.version)
             body = parse_body(template.body)
         sign = check_sign_name(command.sign_name) or (template.sign_name if template else "")
+        if not sign and self.signs is not None:
+            _, sign = await self.signs.lookup(app, "")
         region = _region(command)
         text = with_sign(render(body, command.params), sign, region)
         return Preview(

@@ -493,7 +493,9 @@ class RenderTemplateRequest(_message.Message):
     `{code}`); unspecified checks no kind rule.
     """
     sign_name: _builtins.str
-    """Optional. The sign name; empty uses the template's default sign name."""
+    """Optional. The sign name; empty uses the template's default sign name,
+    else the app's default (SignService), as a send does.
+    """
     phone_number: _builtins.str
     """A phone number in E.164 form; its country decides."""
     region_code: _builtins.str
