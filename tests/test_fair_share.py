@@ -75,6 +75,7 @@ def quota_store(server: Running, clock: Callable[[], float] = time.time) -> Quot
 # --- accept rate ---------------------------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_an_app_over_its_accept_rate_is_resource_exhausted_with_retry_info(
     make_server: ServerFactory,
 ) -> None:
@@ -94,6 +95,7 @@ async def test_an_app_over_its_accept_rate_is_resource_exhausted_with_retry_info
         await sms.SendSms(one(), metadata=bearer(other))
 
 
+@pytest.mark.cluster
 async def test_a_batch_counts_its_recipients_and_later_calls_wait_for_them(
     make_server: ServerFactory,
 ) -> None:
@@ -112,6 +114,7 @@ async def test_a_batch_counts_its_recipients_and_later_calls_wait_for_them(
     assert d.retry_delay is not None and 1.5 < d.retry_delay <= 2.5
 
 
+@pytest.mark.cluster
 async def test_a_retry_of_a_stored_request_is_answered_and_not_paid_again(
     make_server: ServerFactory,
 ) -> None:
@@ -148,6 +151,7 @@ async def test_invalid_recipients_are_not_counted_against_the_rate(
 # --- held messages -------------------------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_an_app_at_its_held_message_cap_gets_quota_failure(
     make_server: ServerFactory,
 ) -> None:
@@ -204,6 +208,7 @@ async def test_held_counters_move_with_the_messages(server: Running, redis_url: 
 # --- memory watermark ----------------------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_above_the_memory_watermark_accepts_are_refused_and_reads_go_on(
     make_server: ServerFactory,
 ) -> None:
@@ -263,6 +268,7 @@ async def test_memory_is_read_at_most_once_per_check_interval(
 # --- bounded listing -----------------------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_list_with_a_filter_matching_nothing_stops_early_with_a_token(
     sms: SmsServiceAsyncStub, token: str
 ) -> None:
@@ -377,6 +383,7 @@ def test_apps_create_stores_an_apps_own_rate_and_cap(
     assert record[b"max_held_messages"] == b"7"
 
 
+@pytest.mark.cluster
 async def test_a_fresh_watch_needs_no_slot_and_a_resume_does(make_server: ServerFactory) -> None:
     server = await make_server(app_max_concurrent_queries=1)
     app = await server.apps.create("a")

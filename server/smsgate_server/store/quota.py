@@ -105,6 +105,11 @@ class QuotaStore:
 
     @redis_edge
     async def memory(self) -> MemoryUse:
-        """Redis's memory use and limit (``INFO memory``)."""
+        """Redis's memory use and limit (``INFO memory``); on a cluster, the
+        fullest node's: a write to it fails whatever the others hold."""
         info: dict[str, Any] = await self.redis.info("memory")
-        return MemoryUse(int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))
+        # A cluster client answers per node.
+        per_node = info and all(isinstance(v, dict) for v in info.values())
+        nodes = list(info.values()) if per_node else [info]
+        uses = [MemoryUse(int(n.get("used_memory", 0)), int(n.get("maxmemory", 0))) for n in nodes]
+        return max(uses, key=lambda m: (m.used / m.maxmemory if m.maxmemory else 0.0, m.used))
