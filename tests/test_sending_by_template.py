@@ -33,7 +33,7 @@ from tests.conftest import ServerFactory
 from tests.pipeline_support import wait_for_statuses
 from tests.processes import Servers
 from tests.support import Details, bearer, details_of
-from tests.test_verification import handset_text
+from tests.test_verification import every_redis_value, handset_text
 from tests.waiting import wait_until_blocking
 
 if TYPE_CHECKING:  # the async stub type exists only in the .pyi
@@ -592,3 +592,35 @@ async def test_a_preview_falls_back_to_the_apps_default_sign_as_a_send_does(api:
     sent = await api.send(CN, "t")
     assert preview.text == sent.rendered_text == "【AppSign】hi"
     assert preview.segments == sent.segments
+
+
+async def test_a_code_sent_by_template_is_never_in_redis_in_clear(
+    make_server: ServerFactory,
+) -> None:
+    # Accepted by an API-only server, so the message waits in Redis for a worker.
+    server = await make_server(role="api")
+    token = (await server.apps.create("codes")).token
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        api = Api(channel, token)
+        await api.template(
+            id="otp", kind=tpb.TEMPLATE_KIND_VERIFICATION, body="Code {code} ({minutes} min)"
+        )
+        issued = await api.verification.GenerateCode(
+            vpb.GenerateCodeRequest(
+                phone_number=US,
+                scope="login",
+                alphabet=vpb.CODE_ALPHABET_ALPHANUMERIC,
+                length=10,
+                template_id="otp",
+            ),
+            metadata=api.meta,
+        )
+        waiting = await every_redis_value(server.redis.client)
+        worker = await make_server(role="worker")
+        text = await handset_text(worker, issued.message_id)
+        delivered = await _delivered(api, [issued.message_id])
+        ended = await every_redis_value(server.redis.client)
+    code = text.removeprefix("Code ").removesuffix(" (5 min)")
+    assert len(code) == 10, text
+    assert not [v for v in waiting + ended if code.encode() in v]
+    assert code not in str(delivered[issued.message_id])
