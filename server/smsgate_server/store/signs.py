@@ -90,11 +90,14 @@ class SignStore:
 
     @redis_edge
     async def lookup(self, app: str, name: str) -> tuple[bool, str]:
-        """Whether ``name`` is registered ('' is not), and the app's default sign
-        ('' when none), in one round trip."""
+        """Whether ``name`` is registered (``""`` is not), and the app's default
+        sign (``""`` when none), in one round trip."""
         k = TemplateKeys(app)
+        if not name:
+            default = await self.redis.get(k.default_sign)
+            return False, _s(default) if default is not None else ""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hexists(k.signs, name or "-")
+            pipe.hexists(k.signs, name)
             pipe.get(k.default_sign)
             registered, default = await pipe.execute()
-        return bool(registered) and bool(name), _s(default) if default is not None else ""
+        return bool(registered), _s(default) if default is not None else ""
