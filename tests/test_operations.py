@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from smsgate_server.store.embedded_redis import EmbeddedRedis, find_redis_server
 from smsgate_server.store.keys import shard_count_key
 
 from tests.conftest import server_settings
-from tests.processes import Servers
+from tests.processes import ServerProcess, Servers
 from tests.support import bearer
 from tests.waiting import wait_until_blocking
 
@@ -265,14 +266,20 @@ def rpc_count(http_port: int, method: str) -> float:
     )
 
 
-def test_one_scrape_counts_the_calls_of_every_process(servers: Servers, tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def start_two_processes(servers: Servers, data_dir: Path) -> tuple[ServerProcess, list[int]]:
+    """A server of two processes, both serving; and their HTTP ports."""
     server = servers.start(data_dir, GRPC_ADDRESS=f"127.0.0.1:{free_port()}", PROCESSES="2")
     serving = wait_until_blocking(
         lambda: [e for e in server.events() if e.get("event") == "smsgate serving"],
         lambda events: len(events) == 2,
         what="both processes to serve",
     )
+    return server, [int(str(event["http_port"])) for event in serving]
+
+
+def test_one_scrape_counts_the_calls_of_every_process(servers: Servers, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server, http_ports = start_two_processes(servers, data_dir)
     done = servers.run(data_dir, "apps", "create", "metrics", "--json")
     token = json.loads(done.stdout)["token"]
     calls = 20
@@ -288,5 +295,24 @@ def test_one_scrape_counts_the_calls_of_every_process(servers: Servers, tmp_path
             )
 
     # Every process's side port serves the merged view.
-    for event in serving:
-        assert rpc_count(int(str(event["http_port"])), "SendSms") == calls
+    for port in http_ports:
+        assert rpc_count(port, "SendSms") == calls
+
+
+def test_the_metrics_directory_is_removed_on_exit_and_orphans_at_start(
+    servers: Servers, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    orphan = data_dir / f"metrics-{finished.pid}"
+    orphan.mkdir(parents=True)
+    (orphan / "counter_1.db").write_bytes(b"\0" * 8)
+
+    server, _ = start_two_processes(servers, data_dir)
+
+    assert not orphan.exists()
+    assert (data_dir / f"metrics-{server.process.pid}").is_dir()
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    assert list(data_dir.glob("metrics-*")) == []

@@ -29,6 +29,7 @@ def shared_metrics_dir(data_dir: Path) -> Iterator[Path]:
     the environment they inherit; removed on exit."""
     if "prometheus_client" in sys.modules:
         raise RuntimeError(f"{ENV} must be set before prometheus_client is imported")
+    _remove_orphans(data_dir)
     path = data_dir / f"metrics-{os.getpid()}"
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -38,3 +39,22 @@ def shared_metrics_dir(data_dir: Path) -> Iterator[Path]:
     finally:
         del os.environ[ENV]
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_orphans(data_dir: Path) -> None:
+    """Remove the directories of parents that died without removing theirs
+    (``kill -9``), so they do not pile up in the data directory."""
+    for path in data_dir.glob("metrics-*"):
+        pid = path.name.removeprefix("metrics-")
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
