@@ -106,7 +106,7 @@ class StartStep(enum.StrEnum):
     """The steps of start-up, in order; shutdown undoes them in reverse."""
 
     EMBEDDED_REDIS = "embedded_redis"  # the private redis-server (no SMSGATE_REDIS_URL)
-    REDIS = "redis"  # the Redis clients, checked with a PING
+    REDIS = "redis"  # the Redis clients, checked: PING, persistence, eviction, shard count
     HTTP = "http"  # the HTTP side port, bound and serving (/readyz 503 until SERVING)
     PROVIDER = "provider"  # the SMS provider named by SMSGATE_PROVIDER, with its HTTP client
     DISPATCHER = "dispatcher"  # queue readers and promoter (roles worker and all)
