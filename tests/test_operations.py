@@ -19,8 +19,8 @@ import httpx
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+from smsgate.v1 import message_pb2, sms_service_pb2_grpc
 from smsgate.v1 import sms_service_pb2 as pb
-from smsgate.v1 import sms_service_pb2_grpc
 from smsgate_server.runtime import StartError, start
 from smsgate_server.store.embedded_redis import EmbeddedRedis, find_redis_server
 from smsgate_server.store.keys import shard_count_key
@@ -28,7 +28,9 @@ from smsgate_server.store.keys import shard_count_key
 from tests.conftest import server_settings
 from tests.processes import ServerProcess, Servers
 from tests.support import bearer
-from tests.waiting import wait_until_blocking
+from tests.waiting import wait_until, wait_until_blocking
+
+SENDING = message_pb2.MessageStatus.MESSAGE_STATUS_SENDING
 
 
 def free_port() -> int:
@@ -86,6 +88,42 @@ async def test_readyz_fails_while_redis_is_down_and_livez_does_not(tmp_path: Pat
             }
     finally:
         await running.stop()
+
+
+async def test_readyz_fails_from_the_first_moment_of_shutdown_while_livez_answers(
+    redis_url: str, tmp_path: Path
+) -> None:
+    # A send that takes the simulator 3 s keeps the dispatcher, and so the
+    # shutdown, busy for its grace period while the side port still answers.
+    running = await start(
+        server_settings(redis_url, tmp_path / "data", sim_latency_ms=3000, shutdown_grace_seconds=3)
+    )
+    token = (await running.apps.create("probe")).token
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+        sms = sms_service_pb2_grpc.SmsServiceStub(channel)
+        sent = await sms.SendSms(
+            pb.SendSmsRequest(phone_number="+14155550123", text="slow"), metadata=bearer(token)
+        )
+
+        async def status() -> int:
+            got = await sms.GetMessage(
+                pb.GetMessageRequest(message_id=sent.message.id), metadata=bearer(token)
+            )
+            return got.message.status
+
+        await wait_until(status, lambda s: s == SENDING, what="the message to be SENDING")
+    stopping = asyncio.create_task(running.stop())
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            codes = await wait_until(
+                lambda: probe(client, running.http_port),
+                lambda codes: codes["/readyz"] != 200,
+                what="/readyz to fail once shutdown starts",
+            )
+        assert codes == {"/livez": 200, "/readyz": 503, "/healthz": 503}
+        assert not stopping.done()
+    finally:
+        await stopping
 
 
 # -- unknown variables -----------------------------------------------------------
