@@ -190,7 +190,7 @@ class TokenCache:
         self._entries[key] = (app, hash_secret(secret), time.monotonic() + self.ttl)
 
     def forget(self, key: str) -> None:
-        """Drop app ``key``: it was revoked."""
+        """Drop app ``key``: it was revoked, or its record changed (apps set-region)."""
         self.revision += 1
         self._entries.pop(key, None)
 

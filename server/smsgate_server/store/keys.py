@@ -174,8 +174,9 @@ def apps_index() -> str:
 
 
 def revocations_channel() -> str:
-    """Pub/sub channel on which the key of each revoked app is published, so
-    every server process drops it from its auth cache at once."""
+    """Pub/sub channel on which the key of each revoked app (or app whose record
+    changed) is published, so every server process drops it from its auth
+    cache at once."""
     return f"{PREFIX}:apps:revoked"
 
 
