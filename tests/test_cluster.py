@@ -23,9 +23,11 @@ from smsgate_server.config import Settings
 from smsgate_server.domain.ids import new_message_id
 from smsgate_server.domain.message import NewMessage
 from smsgate_server.redis_urls import parse_cluster_url
+from smsgate_server.runtime import StartError
 from smsgate_server.store.connection import RedisConnection, connect
 from smsgate_server.store.keys import ShardKeys
 from smsgate_server.store.messages import Accepted, MessageStore
+from smsgate_server.store.quota import QuotaStore
 
 from tests.cluster import LocalCluster
 from tests.conftest import ServerFactory
@@ -267,3 +269,36 @@ async def test_a_server_whose_accepts_cannot_be_confirmed_says_so_at_start(
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await send(sms, token, "unconfirmed")
             assert details_of(caught.value).code == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.cluster(only=True)
+async def test_a_replica_that_persists_nothing_stops_the_start(
+    redis_cluster: LocalCluster, make_server: ServerFactory
+) -> None:
+    """Every node is checked, not one: a replica may be promoted any time."""
+    replica = next(n for n in redis_cluster.nodes if n.info("replication")["role"] == "slave")
+    with replica.client() as client:
+        client.config_set("appendonly", "no")
+    try:
+        with pytest.raises(StartError, match="persists nothing"):
+            await make_server()
+    finally:
+        with replica.client() as client:
+            client.config_set("appendonly", "yes")
+
+
+@pytest.mark.cluster(only=True)
+async def test_the_memory_watermark_reads_the_fullest_master(
+    redis_cluster: LocalCluster, connection: RedisConnection
+) -> None:
+    master = next(n for n in redis_cluster.nodes if n.info("replication")["role"] == "master")
+    with master.client() as client:
+        client.config_set("maxmemory", 500_000_000)
+    try:
+        memory = await QuotaStore(
+            connection.client, shards=4, message_retention_seconds=60
+        ).memory()
+    finally:
+        with master.client() as client:
+            client.config_set("maxmemory", 0)
+    assert memory.maxmemory == 500_000_000

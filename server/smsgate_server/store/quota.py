@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
+
 from smsgate_server.store.connection import RedisClient
 from smsgate_server.store.errors import redis_edge
 from smsgate_server.store.keys import (
@@ -107,7 +109,12 @@ class QuotaStore:
     async def memory(self) -> MemoryUse:
         """Redis's memory use and limit (``INFO memory``); on a cluster, the
         fullest node's: a write to it fails whatever the others hold."""
-        info: dict[str, Any] = await self.redis.info("memory")
+        info: dict[str, Any]
+        if isinstance(self.redis, RedisCluster):
+            # Asked plainly, a cluster client asks one node: ask every master.
+            info = await self.redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        else:
+            info = await self.redis.info("memory")
         # A cluster client answers per node.
         per_node = info and all(isinstance(v, dict) for v in info.values())
         nodes = list(info.values()) if per_node else [info]
