@@ -2,37 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 import pytest
 from smsgate_server.config import Settings
-from smsgate_server.providers.base import OutboundSms, ReceiptSink, SendResult
+from smsgate_server.providers.base import (
+    Capabilities,
+    ContentKind,
+    OutboundBatch,
+    OutcomeClass,
+    RecipientResult,
+)
 from smsgate_server.providers.factory import (
     PROVIDERS,
     HttpClient,
     UnknownProviderError,
     open_provider,
 )
+from smsgate_server.providers.providers_file import ProvidersFileError
 from smsgate_server.providers.simulator import SimulatorProvider
+from smsgate_server.providers.twilio import TwilioProvider
 
 
 class HttpVendor:
     """A provider that talks HTTP, recording whether its client was open when it closed."""
 
     name = "http-vendor"
-    max_batch = 1
+    capabilities = Capabilities(1, 1, ContentKind.TEXT)
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
         self.client_open_at_close: bool | None = None
 
-    async def send(self, messages: Sequence[OutboundSms]) -> list[SendResult]:
-        return [SendResult(True, m.reference) for m in messages]
-
-    def set_receipt_sink(self, sink: ReceiptSink) -> None:
-        pass
+    async def send_batch(self, batch: OutboundBatch) -> list[RecipientResult]:
+        return [RecipientResult(OutcomeClass.ACCEPTED, r.reference) for r in batch.recipients]
 
     async def aclose(self) -> None:
         self.client_open_at_close = not self.client.is_closed
@@ -68,3 +72,37 @@ async def test_an_unknown_provider_names_the_variable_and_the_known_ones(tmp_pat
             pass
     assert "SMSGATE_PROVIDER='smoke-signals'" in str(raised.value)
     assert "known: simulator" in str(raised.value)
+
+
+TWILIO = """
+[providers.twilio_us]
+type = "twilio"
+account_sid = "AC0123456789abcdef0123456789abcdef"
+auth_token_env = "SMSGATE_TEST_TWILIO_TOKEN"
+from_number = "+15005550006"
+"""
+
+
+async def test_an_account_of_the_providers_file_is_a_provider(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMSGATE_TEST_TWILIO_TOKEN", "token")
+    (tmp_path / "providers.toml").write_text(TWILIO)
+    settings = Settings(
+        provider="twilio_us", providers_file=tmp_path / "providers.toml", data_dir=tmp_path
+    )
+
+    async with open_provider(settings) as provider:
+        assert isinstance(provider, TwilioProvider)
+        assert provider.name == "twilio_us"
+
+
+async def test_a_bad_providers_file_stops_the_start_naming_the_key(tmp_path: Path) -> None:
+    (tmp_path / "providers.toml").write_text(TWILIO.replace("auth_token_env", "auth_tokn"))
+    settings = Settings(
+        provider="twilio_us", providers_file=tmp_path / "providers.toml", data_dir=tmp_path
+    )
+
+    with pytest.raises(ProvidersFileError, match=r"providers\.twilio_us\.auth_token: required"):
+        async with open_provider(settings):
+            pass

@@ -112,8 +112,11 @@ class Settings(BaseSettings):
     quota_check_seconds: float = Field(default=1.0, ge=0, le=60)
 
     # Dispatch.
-    # A name in providers/factory.py's registry, checked when the server starts.
+    # A name in providers/factory.py's registry or the providers file, checked
+    # when the server starts.
     provider: str = "simulator"
+    # TOML file of vendor accounts ([providers.NAME]; providers/providers_file.py).
+    providers_file: Path | None = None
     dispatch_concurrency: int = Field(default=256, ge=1, le=10_000)
     visibility_timeout_seconds: float = Field(default=30.0, gt=0)
     # With base 1 s and full jitter, 10 attempts span minutes of vendor outage.

@@ -54,6 +54,7 @@ from smsgate_server.domain.tokens import TokenSealer
 from smsgate_server.http import HttpSidePort, build_app
 from smsgate_server.providers.base import Provider
 from smsgate_server.providers.factory import UnknownProviderError, open_provider
+from smsgate_server.providers.providers_file import ProvidersFileError
 from smsgate_server.services.admission import Admission, AdmissionPolicy
 from smsgate_server.services.composing import Composer
 from smsgate_server.services.sending import SendingService, SendLimits
@@ -474,7 +475,7 @@ async def _stop_http(http: HttpSidePort, task: asyncio.Task[None]) -> None:
 async def _provider(settings: Settings, stack: AsyncExitStack) -> Provider:
     try:
         return await stack.enter_async_context(open_provider(settings))
-    except UnknownProviderError as exc:
+    except (UnknownProviderError, ProvidersFileError) as exc:
         raise StartError(str(exc)) from None
 
 

@@ -11,6 +11,7 @@ several replicas each is promoted once.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -29,7 +30,14 @@ from smsgate_server.domain.errors import Unavailable
 from smsgate_server.domain.sealed_text import TextCipher, UnreadableText
 from smsgate_server.logs import RepeatedLog
 from smsgate_server.metrics import PROVIDER_CALLS, PROVIDER_SECONDS, SEND_OUTCOMES
-from smsgate_server.providers.base import OutboundSms, Provider, SendResult
+from smsgate_server.providers.base import (
+    OutboundBatch,
+    OutcomeClass,
+    Provider,
+    ReceiptSource,
+    Recipient,
+    RecipientResult,
+)
 from smsgate_server.store.messages import Claimed, MessageStore, Outcome, SendOutcome
 from smsgate_server.store.queue import DispatchQueue, QueueEntry
 
@@ -111,7 +119,8 @@ class Dispatcher:
         self.receipts = ReceiptQueue(store, provider.name, rng=self.rng)
         # Queue entries this process is sending now: never re-claimed by itself.
         self._held: set[str] = set()
-        provider.set_receipt_sink(self.receipts.receive)
+        if isinstance(provider, ReceiptSource):
+            provider.set_receipt_sink(self.receipts.receive)
 
     async def start(self) -> None:
         await self.queue.ensure_groups()
@@ -209,11 +218,12 @@ class Dispatcher:
             shard, entries, reclaimed=reclaimed, max_attempts=self.config.max_attempts
         )
         self._held.update(c.entry for c in claimed)
-        # Same text and sender go to the provider together, up to its batch limit.
-        groups: dict[tuple[str, str], list[Claimed]] = defaultdict(list)
+        # Messages of one app sharing sender, sign and template go to the provider
+        # together (each with its own text and params), up to its call limit.
+        groups: dict[tuple[str, ...], list[Claimed]] = defaultdict(list)
         for c in claimed:
-            groups[(c.rendered, c.sender)].append(c)
-        size = max(1, self.provider.max_batch)
+            groups[(c.app, c.sender, c.sign, c.template_id, c.vendor_ids_json)].append(c)
+        size = max(1, self.provider.capabilities.max_recipients)
         for group in groups.values():
             for i in range(0, len(group), size):
                 chunk = group[i : i + size]
@@ -228,15 +238,15 @@ class Dispatcher:
 
     async def _send(self, shard: int, chunk: list[Claimed]) -> None:
         try:
-            outbound = [self._outbound(c) for c in chunk]
+            batch = self._batch(chunk)
         except UnreadableText as exc:
             # Sealed under another server secret: a replica set up differently
             # took it. Retried, so a replica with the right secret may send it.
             _unreadable.occurred()
-            results = [SendResult(False, "", "UNREADABLE_TEXT", str(exc), retryable=True)]
-            results *= len(chunk)
+            unread = RecipientResult(OutcomeClass.RETRYABLE, "", "UNREADABLE_TEXT", str(exc))
+            results = [unread] * len(chunk)
         else:
-            results = await self._call_provider(outbound)
+            results = await self._call_provider(batch)
         outcomes = [self._outcome(c, r) for c, r in zip(chunk, results, strict=True)]
         for o in outcomes:
             SEND_OUTCOMES.labels(self.provider.name, o.outcome).inc()
@@ -245,27 +255,45 @@ class Dispatcher:
         finally:
             self._held.difference_update(c.entry for c in chunk)
 
-    def _outbound(self, c: Claimed) -> OutboundSms:
-        text = self.texts.open(c.app, c.id, c.rendered) if c.sensitive else c.rendered
-        return OutboundSms(c.id, c.phone, text, c.sender, c.app)
+    def _batch(self, chunk: list[Claimed]) -> OutboundBatch:
+        """What the provider needs of a chunk that shares app, sender, sign and template."""
+        first = chunk[0]
+        vendor_ids = json.loads(first.vendor_ids_json) if first.vendor_ids_json else {}
+        return OutboundBatch(
+            first.app,
+            tuple(self._recipient(c) for c in chunk),
+            sign_name=first.sign,
+            sender=first.sender,
+            template_ids=vendor_ids,
+        )
 
-    async def _call_provider(self, outbound: list[OutboundSms]) -> list[SendResult]:
-        """The provider's result per message; a failed call is a retryable result each."""
+    def _recipient(self, c: Claimed) -> Recipient:
+        text, params = c.rendered, c.params_json
+        if c.sensitive:
+            text = self.texts.open(c.app, c.id, text)
+            params = self.texts.open(c.app, c.id, params) if params else ""
+        ordered = tuple(json.loads(params).items()) if params else ()
+        return Recipient(c.id, c.phone, text, ordered)
+
+    async def _call_provider(self, batch: OutboundBatch) -> list[RecipientResult]:
+        """The provider's result per recipient; a call that failed or ran out of
+        time is an unknown outcome for each (it may have reached the vendor)."""
         name = self.provider.name
+        count = len(batch.recipients)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.config.provider_timeout):
-                results = await self.provider.send(outbound)
-            if len(results) != len(outbound):
+                results = await self.provider.send_batch(batch)
+            if len(results) != count:
                 raise RuntimeError("provider returned a wrong number of results")
             PROVIDER_CALLS.labels(name, "ok").inc()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             PROVIDER_CALLS.labels(name, "error").inc()
-            log.warning("provider call failed", extra={"error": repr(exc), "count": len(outbound)})
+            log.warning("provider call failed", extra={"error": repr(exc), "count": count})
             code = "PROVIDER_TIMEOUT" if isinstance(exc, TimeoutError) else "PROVIDER_ERROR"
-            results = [SendResult(False, "", code, repr(exc)[:200], retryable=True)] * len(outbound)
+            results = [RecipientResult(OutcomeClass.UNKNOWN, "", code, repr(exc)[:200])] * count
         PROVIDER_SECONDS.labels(name).observe(time.perf_counter() - started)
         return results
 
@@ -291,25 +319,24 @@ class Dispatcher:
                     return
                 await asyncio.sleep(delay)
 
-    def _outcome(self, c: Claimed, r: SendResult) -> SendOutcome:
+    def _outcome(self, c: Claimed, r: RecipientResult) -> SendOutcome:
         name = self.provider.name
-        if r.ok:
-            return SendOutcome(c, Outcome.SENT, name, r.provider_message_id)
+        if r.outcome is OutcomeClass.ACCEPTED:
+            return SendOutcome(c, Outcome.SENT, name, r.vendor_id)
+        if r.outcome is OutcomeClass.UNKNOWN:
+            # Sending again could deliver it twice: it waits for a receipt instead.
+            return SendOutcome(c, Outcome.UNKNOWN, name, "", r.code, r.reason)
+        if r.outcome is OutcomeClass.PERMANENT:
+            return SendOutcome(c, Outcome.FAIL, name, "", r.code, r.reason)
         now_ms = self.store.now_ms()
         # A scheduled message's life starts at its send time, not at acceptance.
         age = (now_ms - max(c.created_ms, c.send_at_ms)) / 1000
-        if (
-            r.retryable
-            and c.attempts < self.config.max_attempts
-            and age < self.config.max_message_age
-        ):
+        if c.attempts < self.config.max_attempts and age < self.config.max_message_age:
             delay = retry_delay(
                 c.attempts, base=self.config.retry_base, cap=self.config.retry_max, rng=self.rng
             )
-            return SendOutcome(
-                c, Outcome.RETRY, name, "", r.error_code, r.error_reason, now_ms + int(delay * 1000)
-            )
-        reason = r.error_reason
-        if r.retryable:
-            reason = f"{reason} (gave up after {c.attempts} attempts)"
-        return SendOutcome(c, Outcome.FAIL, name, "", r.error_code, reason)
+            # A throttle that names its window is waited out.
+            at_ms = now_ms + int(max(delay, r.retry_after) * 1000)
+            return SendOutcome(c, Outcome.RETRY, name, "", r.code, r.reason, at_ms)
+        reason = f"{r.reason} (gave up after {c.attempts} attempts)"
+        return SendOutcome(c, Outcome.FAIL, name, "", r.code, reason)

@@ -1,26 +1,35 @@
 """The provider named by ``SMSGATE_PROVIDER``, built from a registry of adapters.
 
-A vendor adapter plugs in with one entry in ``PROVIDERS``: its name and a
-builder that takes the settings and, when it talks HTTP, the shared
+A provider plugs in with one entry in ``PROVIDERS``: its name and a builder
+that takes the settings and, when it talks HTTP, the shared
 ``httpx.AsyncClient`` (created on first request, closed after the provider).
+Each account in the providers file (``SMSGATE_PROVIDERS_FILE``) adds one.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import Protocol
 
 import httpx
 
 from smsgate_server.config import Settings
 from smsgate_server.providers.base import Provider
+from smsgate_server.providers.providers_file import (
+    VendorEntry,
+    build_vendor,
+    load_providers_file,
+)
 from smsgate_server.providers.simulator import SimulatorProvider
 
 __all__ = ["PROVIDERS", "HttpClient", "ProviderBuilder", "UnknownProviderError", "open_provider"]
 
 # Per request; a vendor may pass its own. The dispatcher bounds a whole call.
 HTTP_TIMEOUT_SECONDS = 10.0
+# Connections kept open per process, across every vendor host.
+HTTP_MAX_CONNECTIONS = 200
 
 # Gives the shared HTTP client, creating it on the first call.
 HttpClient = Callable[[], httpx.AsyncClient]
@@ -49,9 +58,25 @@ def _simulator(settings: Settings, http: HttpClient) -> Provider:
     )
 
 
+def _vendor(name: str, entry: VendorEntry, settings: Settings, http: HttpClient) -> Provider:
+    return build_vendor(name, entry, http())
+
+
 PROVIDERS: Mapping[str, ProviderBuilder] = {
     "simulator": _simulator,
 }
+
+
+def _registry(
+    settings: Settings, builders: Mapping[str, ProviderBuilder]
+) -> dict[str, ProviderBuilder]:
+    """The builders, with one per account of the providers file (read now, so a
+    bad file stops the start naming its key)."""
+    registry = dict(builders)
+    if settings.providers_file is not None:
+        for name, entry in load_providers_file(settings.providers_file).items():
+            registry[name] = partial(_vendor, name, entry)
+    return registry
 
 
 @asynccontextmanager
@@ -59,12 +84,13 @@ async def open_provider(
     settings: Settings, *, builders: Mapping[str, ProviderBuilder] = PROVIDERS
 ) -> AsyncIterator[Provider]:
     """The provider ``settings.provider`` names; on exit it is closed, then its HTTP client."""
+    registry = _registry(settings, builders)
     try:
-        build = builders[settings.provider]
+        build = registry[settings.provider]
     except KeyError:
         raise UnknownProviderError(
             f"SMSGATE_PROVIDER={settings.provider!r} is not a known provider; "
-            f"known: {', '.join(sorted(builders))}"
+            f"known: {', '.join(sorted(registry))}"
         ) from None
     async with AsyncExitStack() as stack:
         client: httpx.AsyncClient | None = None
@@ -72,7 +98,12 @@ async def open_provider(
         def http() -> httpx.AsyncClient:
             nonlocal client
             if client is None:
-                client = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS)
+                # HTTP/2 where the vendor offers it (ALPN), else HTTP/1.1 keep-alive.
+                client = httpx.AsyncClient(
+                    http2=True,
+                    timeout=HTTP_TIMEOUT_SECONDS,
+                    limits=httpx.Limits(max_connections=HTTP_MAX_CONNECTIONS),
+                )
                 stack.push_async_callback(client.aclose)
             return client
 

@@ -28,11 +28,16 @@ from pydantic import (
 )
 
 from smsgate_server.providers.aliyun import AliyunConfig, AliyunProvider
-from smsgate_server.providers.base import BatchProvider
+from smsgate_server.providers.base import Provider
 from smsgate_server.providers.tencent import TencentConfig, TencentProvider
 from smsgate_server.providers.twilio import TwilioConfig, TwilioProvider
 
-__all__ = ["ProviderEntry", "ProvidersFileError", "build_vendor", "load_providers_file"]
+__all__ = [
+    "ProvidersFileError",
+    "VendorEntry",
+    "build_vendor",
+    "load_providers_file",
+]
 
 ENV_SUFFIX = "_env"
 # The names templates key their vendor template ids by (domain/templates.py).
@@ -97,13 +102,13 @@ class TwilioEntry(_Entry):
         return self
 
 
-ProviderEntry = Annotated[TencentEntry | AliyunEntry | TwilioEntry, Field(discriminator="type")]
-_ENTRY: TypeAdapter[TencentEntry | AliyunEntry | TwilioEntry] = TypeAdapter(ProviderEntry)
+VendorEntry = TencentEntry | AliyunEntry | TwilioEntry
+_ENTRY: TypeAdapter[VendorEntry] = TypeAdapter(Annotated[VendorEntry, Field(discriminator="type")])
 
 
 def load_providers_file(
     path: Path, environ: Mapping[str, str] | None = None
-) -> dict[str, TencentEntry | AliyunEntry | TwilioEntry]:
+) -> dict[str, VendorEntry]:
     """The providers the file declares, by name; ``ProvidersFileError`` if it is wrong."""
     env = os.environ if environ is None else environ
     try:
@@ -172,9 +177,7 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
     return key, message
 
 
-def build_vendor(
-    name: str, entry: TencentEntry | AliyunEntry | TwilioEntry, http: httpx.AsyncClient
-) -> BatchProvider:
+def build_vendor(name: str, entry: VendorEntry, http: httpx.AsyncClient) -> Provider:
     """The adapter an entry describes, sending on ``http``."""
     common: dict[str, Any] = {
         "http": http,

@@ -42,6 +42,9 @@ class Outcome(enum.StrEnum):
     """What to record for a message a provider was given (settle.lua's outcomes)."""
 
     SENT = "sent"  # the provider took it: wait for its receipt
+    # The provider may have taken it (no answer): SENT without its id, with the
+    # error, never sent again; a receipt or the receipt timeout ends it.
+    UNKNOWN = "unknown"
     RETRY = "retry"  # not taken, may be tried again: queue it for ``retry_at_ms``
     FAIL = "fail"  # not taken, and never will be: FAILED
 

@@ -3,7 +3,7 @@
 -- KEYS[2] queue stream, KEYS[3] due set, KEYS[4] receipt set.
 -- ARGV[5] consumer group, ARGV[6] receipt deadline (ms), ARGV[7] receipt map
 -- TTL (s), then per message 9 fields: entry, app, id, outcome ('sent' |
--- 'retry' | 'fail'), provider, provider message id, error code, error reason,
+-- 'unknown' | 'retry' | 'fail'), provider, provider message id, error code, error reason,
 -- retry-at ms.
 -- Returns the number of messages whose status changed.
 local group, deadline, pmttl = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -25,6 +25,12 @@ for i = 8, #ARGV, 9 do
         redis.call('SET', P .. 'pm:' .. provider .. ':' .. pid, app .. ':' .. id, 'EX', pmttl)
       end
       enter(app, id, batch, st, SENT, provider .. ' ' .. pid)
+    elseif outcome == 'unknown' then
+      -- The provider may have it: never sent again; a receipt (or the
+      -- receipt timeout) ends it.
+      redis.call('HSET', m, 'pv', provider, 'pid', '', 'ec', ecode, 'er', ereason, 'ery', 0)
+      redis.call('ZADD', KEYS[4], deadline, app .. ':' .. id)
+      enter(app, id, batch, st, SENT, provider .. ' outcome unknown', ecode, ereason)
     elseif outcome == 'retry' then
       local at = tonumber(ARGV[i + 8])
       redis.call('HSET', m, 'ec', ecode, 'er', ereason, 'ery', 1)

@@ -1,0 +1,257 @@
+"""Messages through a real server to a vendor: the simulator's scripted test
+numbers, and Tencent and Twilio fakes named by a providers file."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+import pytest
+from smsgate.v1 import message_pb2 as mpb
+from smsgate.v1 import sign_service_pb2 as spb
+from smsgate.v1 import sign_service_pb2_grpc, sms_service_pb2_grpc, template_service_pb2_grpc
+from smsgate.v1 import sms_service_pb2 as pb
+from smsgate.v1 import template_service_pb2 as tpb
+from smsgate_server.providers.simulator import SimulatorProvider
+from smsgate_server.runtime import Running, StartError
+
+from tests.conftest import ServerFactory
+from tests.pipeline_support import wait_for_statuses
+from tests.support import bearer
+from tests.vendor_fakes.loopback import serve
+from tests.vendor_fakes.tencent import TencentFake
+from tests.vendor_fakes.twilio import TwilioFake
+
+if TYPE_CHECKING:  # the async stub type exists only in the .pyi
+    from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
+
+S = mpb.MessageStatus
+ENDED = {
+    S.MESSAGE_STATUS_DELIVERED,
+    S.MESSAGE_STATUS_UNDELIVERED,
+    S.MESSAGE_STATUS_FAILED,
+    S.MESSAGE_STATUS_EXPIRED,
+}
+CN = "+8613800138000"
+US = "+14155550123"
+
+
+class Client:
+    """One app's stubs on one server."""
+
+    def __init__(self, channel: grpc.aio.Channel, token: str) -> None:
+        self.token = token
+        self.meta = bearer(token)
+        self.sms: SmsServiceAsyncStub = sms_service_pb2_grpc.SmsServiceStub(channel)
+        self.templates = template_service_pb2_grpc.TemplateServiceStub(channel)
+        self.signs = sign_service_pb2_grpc.SignServiceStub(channel)
+
+    async def text(self, phone: str, text: str = "Your order has shipped") -> str:
+        reply = await self.sms.SendSms(
+            pb.SendSmsRequest(phone_number=phone, text=text), metadata=self.meta
+        )
+        return reply.message.id
+
+    async def wait(
+        self, message_id: str, statuses: set[mpb.MessageStatus.ValueType]
+    ) -> mpb.Message:
+        found = await wait_for_statuses(self.sms, self.token, [message_id], statuses)
+        return found[message_id]
+
+
+Connect = Callable[[Running], Awaitable[Client]]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Opens a client of a fresh app on a server; its channel closes after the test."""
+    channels: list[grpc.aio.Channel] = []
+
+    async def open_client(server: Running) -> Client:
+        token = (await server.apps.create("vendor-app")).token
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        channels.append(channel)
+        return Client(channel, token)
+
+    yield open_client
+    for channel in channels:
+        await channel.close()
+
+
+def history(message: mpb.Message) -> list[mpb.MessageStatus.ValueType]:
+    return [h.status for h in message.history]
+
+
+# --- the simulator's test numbers ------------------------------------------
+
+
+async def test_an_unknown_outcome_is_sent_once_and_never_again(
+    make_server: ServerFactory, connect: Connect
+) -> None:
+    server = await make_server(retry_base_seconds=0.01, retry_max_seconds=0.02)
+    client = await connect(server)
+
+    message = await client.wait(await client.text("+12025550104"), {S.MESSAGE_STATUS_SENT})
+
+    assert (message.error.code, message.attempts) == ("SIM_NO_ANSWER", 1)
+    assert history(message) == [
+        S.MESSAGE_STATUS_QUEUED,
+        S.MESSAGE_STATUS_SENDING,
+        S.MESSAGE_STATUS_SENT,
+    ]
+
+
+async def test_a_throttled_number_is_retried_until_its_attempts_run_out(
+    make_server: ServerFactory, connect: Connect
+) -> None:
+    server = await make_server(max_attempts=2, retry_base_seconds=0.01, retry_max_seconds=0.02)
+    client = await connect(server)
+
+    message = await client.wait(await client.text("+12025550103"), ENDED)
+
+    assert message.status == S.MESSAGE_STATUS_FAILED
+    assert (message.error.code, message.attempts) == ("SIM_THROTTLED", 2)
+    assert "gave up after 2 attempts" in message.error.reason
+
+
+@pytest.mark.parametrize(
+    ("phone", "code"), [("+12025550101", "SIM_INVALID_NUMBER"), ("+12025550102", "SIM_OPTED_OUT")]
+)
+async def test_a_refused_number_fails_at_once(
+    make_server: ServerFactory, connect: Connect, phone: str, code: str
+) -> None:
+    client = await connect(await make_server())
+
+    message = await client.wait(await client.text(phone), ENDED)
+
+    assert message.status == S.MESSAGE_STATUS_FAILED
+    assert (message.error.code, message.error.retryable, message.attempts) == (code, False, 1)
+
+
+async def test_one_number_is_undelivered_and_one_never_hears_back(
+    make_server: ServerFactory, connect: Connect
+) -> None:
+    server = await make_server()
+    client = await connect(server)
+    silent = await client.text("+12025550105")
+    undelivered = await client.wait(await client.text("+12025550106"), ENDED)
+    # Receipts come in the order their sends were taken: the silent one's turn is past.
+    delivered = await client.wait(await client.text(US), ENDED)
+
+    assert undelivered.status == S.MESSAGE_STATUS_UNDELIVERED
+    assert delivered.status == S.MESSAGE_STATUS_DELIVERED
+    assert (await client.wait(silent, {S.MESSAGE_STATUS_SENT})).status == S.MESSAGE_STATUS_SENT
+    provider = server.provider
+    assert isinstance(provider, SimulatorProvider)
+    assert provider.sent == 3
+
+
+# --- vendors from a providers file -------------------------------------------
+
+
+async def test_a_template_message_goes_to_tencent_with_its_sign_and_params(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    fake = TencentFake(templates={"1110001": 2})
+    async with serve(fake.app) as url:
+        providers = tmp_path / "providers.toml"
+        providers.write_text(
+            "[providers.tencent]\n"
+            'type = "tencent"\n'
+            f'secret_id = "{fake.secret_id}"\n'
+            'secret_key_env = "SMSGATE_TEST_TENCENT_KEY"\n'
+            f'sdk_app_id = "{fake.sdk_app_id}"\n'
+            f'endpoint = "{url}"\n'
+        )
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("SMSGATE_TEST_TENCENT_KEY", fake.secret_key)
+            server = await make_server(provider="tencent", providers_file=providers)
+        client = await connect(server)
+        await client.signs.CreateSignName(
+            spb.CreateSignNameRequest(sign_name=spb.SignName(name="腾讯云")), metadata=client.meta
+        )
+        await client.templates.CreateTemplate(
+            tpb.CreateTemplateRequest(
+                template=tpb.Template(
+                    id="login",
+                    kind=tpb.TEMPLATE_KIND_NOTIFICATION,
+                    body="您的登录验证码为{code} {minutes}分钟内有效",
+                    sign_name="腾讯云",
+                    provider_template_ids={"tencent": "1110001"},
+                )
+            ),
+            metadata=client.meta,
+        )
+        reply = await client.sms.SendSms(
+            pb.SendSmsRequest(
+                phone_number=CN,
+                template=mpb.TemplateContent(
+                    template_id="login", params={"minutes": "5", "code": "480215"}
+                ),
+            ),
+            metadata=client.meta,
+        )
+
+        message = await client.wait(reply.message.id, {S.MESSAGE_STATUS_SENT})
+
+    assert message.provider == "tencent"
+    [call] = fake.calls
+    assert call["PhoneNumberSet"] == [CN]
+    assert (call["SignName"], call["TemplateId"]) == ("腾讯云", "1110001")
+    # In the template's placeholder order, whatever the request's.
+    assert call["TemplateParamSet"] == ["480215", "5"]
+    assert call["SessionContext"] == reply.message.id
+
+
+async def test_free_text_goes_to_twilio(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    fake = TwilioFake()
+    async with serve(fake.app) as url:
+        providers = tmp_path / "providers.toml"
+        providers.write_text(
+            "[providers.twilio]\n"
+            'type = "twilio"\n'
+            f'account_sid = "{fake.account_sid}"\n'
+            f'auth_token = "{fake.auth_token}"\n'
+            'from_number = "+15005550006"\n'
+            f'base_url = "{url}"\n'
+        )
+        server = await make_server(provider="twilio", providers_file=providers)
+        client = await connect(server)
+
+        message = await client.wait(await client.text(US), {S.MESSAGE_STATUS_SENT})
+
+    assert message.provider == "twilio"
+    [sent] = fake.messages
+    assert (sent["To"], sent["From"], sent["Body"]) == (US, "+15005550006", message.text)
+
+
+async def test_free_text_to_a_templates_only_vendor_fails_naming_why(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    fake = TencentFake()
+    async with serve(fake.app) as url:
+        providers = tmp_path / "providers.toml"
+        providers.write_text(
+            '[providers.tencent]\ntype = "tencent"\nsecret_id = "a"\nsecret_key = "b"\n'
+            f'sdk_app_id = "1"\nendpoint = "{url}"\n'
+        )
+        client = await connect(await make_server(provider="tencent", providers_file=providers))
+
+        message = await client.wait(await client.text(CN), ENDED)
+
+    assert (message.status, message.error.code) == (S.MESSAGE_STATUS_FAILED, "NO_VENDOR_TEMPLATE")
+    assert fake.calls == []
+
+
+async def test_a_bad_providers_file_refuses_to_start(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    providers = tmp_path / "providers.toml"
+    providers.write_text('[providers.tencent]\ntype = "tencent"\nsecret_id = "a"\n')
+
+    with pytest.raises(StartError, match=r"providers\.tencent\.secret_key: required"):
+        await make_server(provider="tencent", providers_file=providers)
