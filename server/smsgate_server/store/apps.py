@@ -19,7 +19,7 @@ from smsgate_server.domain.apps import (
 from smsgate_server.domain.errors import Unavailable
 from smsgate_server.domain.phone import E164_ONLY, NumberPolicy
 from smsgate_server.store.connection import RedisClient
-from smsgate_server.store.errors import map_redis_errors, redis_edge
+from smsgate_server.store.errors import keep_cancellation, map_redis_errors, redis_edge
 from smsgate_server.store.keys import AppField, app_key, apps_index, revocations_channel
 from smsgate_server.store.scripts import AppScripts
 
@@ -149,9 +149,11 @@ class AppStore:
         subscribed (a Redis outage) is unknown."""
         while True:
             try:
-                with map_redis_errors():
+                with map_redis_errors(), keep_cancellation():
                     async with self.redis.pubsub() as pubsub:
-                        await pubsub.subscribe(revocations_channel())
+                        # Checked here too: listen() may wait for a message forever.
+                        with keep_cancellation():
+                            await pubsub.subscribe(revocations_channel())
                         # redis-py may reconnect and subscribe again by itself;
                         # each subscription is confirmed by a "subscribe" message.
                         async for message in pubsub.listen():

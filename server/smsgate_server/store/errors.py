@@ -20,7 +20,7 @@ from redis import exceptions as redis_errors
 from smsgate_server.domain.errors import RateLimited, Reason, Unavailable
 from smsgate_server.logs import RepeatedLog
 
-__all__ = ["map_redis_errors", "redis_edge"]
+__all__ = ["keep_cancellation", "map_redis_errors", "redis_edge"]
 
 log = logging.getLogger("smsgate.store")
 
@@ -86,22 +86,32 @@ def _closed_while_writing(exc: BaseException) -> bool:
     return False
 
 
+@contextmanager
+def keep_cancellation() -> Iterator[None]:
+    """Raise CancelledError when the task was cancelled within the block, however
+    the block ended.
+
+    redis-py sends each command through asyncio.wait_for, which on Python 3.11
+    returns the result instead of raising when the cancellation lands as the
+    command completes (cpython gh-86296). Raised here, the cancellation reaches
+    the caller as it should: a WatchStatus call whose client left would
+    otherwise wait for events forever, and a stopping task run on."""
+    task = asyncio.current_task()
+    cancels = task.cancelling() if task is not None else 0
+    try:
+        yield
+    finally:
+        if task is not None and task.cancelling() > cancels:
+            raise asyncio.CancelledError
+
+
 def redis_edge(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """A store coroutine whose Redis errors are mapped by ``map_redis_errors``."""
+    """A store coroutine whose Redis errors are mapped by ``map_redis_errors``,
+    and whose cancellation is never lost (``keep_cancellation``)."""
 
     @functools.wraps(method)
     async def mapped(*args: P.args, **kwargs: P.kwargs) -> T:
-        task = asyncio.current_task()
-        cancels = task.cancelling() if task is not None else 0
-        with map_redis_errors():
-            result = await method(*args, **kwargs)
-        if task is not None and task.cancelling() > cancels:
-            # redis-py sends each command through asyncio.wait_for, which on
-            # Python 3.11 returns the result instead of raising when the
-            # cancellation lands as the command completes (cpython gh-86296).
-            # Raised here, the cancellation reaches the caller as it should: a
-            # WatchStatus call whose client left would otherwise wait forever.
-            raise asyncio.CancelledError
-        return result
+        with map_redis_errors(), keep_cancellation():
+            return await method(*args, **kwargs)
 
     return mapped
