@@ -1,5 +1,6 @@
-"""Serving a fake on 127.0.0.1: a Starlette app under uvicorn, or a raw server
-that drops the connection once it has read a request."""
+"""Serving a fake on 127.0.0.1: a Starlette app under uvicorn (HTTP/1.1) or
+hypercorn (HTTP/2 without TLS, prior knowledge), or a raw server that drops the
+connection once it has read a request."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config as HypercornConfig
 from starlette.types import ASGIApp
 
-__all__ = ["serve", "serve_dropping"]
+__all__ = ["serve", "serve_dropping", "serve_h2c"]
 
 
 class _Server(uvicorn.Server):
@@ -40,6 +43,26 @@ async def serve(app: ASGIApp) -> AsyncIterator[str]:
         server.should_exit = True
         await task
         sock.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_h2c(app: ASGIApp) -> AsyncIterator[str]:
+    """Serve ``app`` over cleartext HTTP/2 on a free loopback port; yields its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    port = sock.getsockname()[1]
+    config = HypercornConfig()
+    # Hypercorn takes the socket over and closes it.
+    config.bind = [f"fd://{sock.detach()}"]
+    config.graceful_timeout = 1.0
+    stop = asyncio.Event()
+    task = asyncio.create_task(hypercorn_serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop.set()
+        await task
 
 
 @contextlib.asynccontextmanager
