@@ -24,7 +24,7 @@ from smsgate_server.domain.ids import new_message_id
 from smsgate_server.domain.message import NewMessage
 from smsgate_server.redis_urls import parse_cluster_url
 from smsgate_server.runtime import StartError
-from smsgate_server.store.connection import RedisConnection, connect
+from smsgate_server.store.connection import RedisConnection, connect, redact_url
 from smsgate_server.store.keys import ShardKeys
 from smsgate_server.store.messages import Accepted, MessageStore
 from smsgate_server.store.quota import QuotaStore
@@ -99,6 +99,11 @@ def test_a_cluster_url_names_its_seed_nodes() -> None:
     assert Settings(redis_url="redis+cluster://a:7000").wait_replicas == 1
     assert Settings(redis_url="redis://a:6379/0").wait_replicas == 0
     assert Settings(redis_url="redis+cluster://a:7000", redis_wait_replicas=0).wait_replicas == 0
+
+
+def test_a_cluster_urls_password_is_not_shown() -> None:
+    url = "redis+cluster://user:s3cret@10.0.0.1:7000,10.0.0.2:7000"
+    assert redact_url(url) == "redis+cluster://user:***@10.0.0.1:7000,10.0.0.2:7000"
 
 
 @pytest.mark.parametrize(
