@@ -11,9 +11,15 @@ import grpc
 import pytest
 from smsgate.v1 import message_pb2 as mpb
 from smsgate.v1 import sign_service_pb2 as spb
-from smsgate.v1 import sign_service_pb2_grpc, sms_service_pb2_grpc, template_service_pb2_grpc
+from smsgate.v1 import (
+    sign_service_pb2_grpc,
+    sms_service_pb2_grpc,
+    template_service_pb2_grpc,
+    verification_service_pb2_grpc,
+)
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import template_service_pb2 as tpb
+from smsgate.v1 import verification_service_pb2 as vpb
 from smsgate_server.providers.simulator import SimulatorProvider
 from smsgate_server.runtime import Running, StartError
 
@@ -47,6 +53,7 @@ class Client:
         self.sms: SmsServiceAsyncStub = sms_service_pb2_grpc.SmsServiceStub(channel)
         self.templates = template_service_pb2_grpc.TemplateServiceStub(channel)
         self.signs = sign_service_pb2_grpc.SignServiceStub(channel)
+        self.verification = verification_service_pb2_grpc.VerificationServiceStub(channel)
 
     async def text(self, phone: str, text: str = "Your order has shipped") -> str:
         reply = await self.sms.SendSms(
@@ -151,24 +158,30 @@ async def test_one_number_is_undelivered_and_one_never_hears_back(
 # --- vendors from a providers file -------------------------------------------
 
 
+async def tencent_server(
+    make_server: ServerFactory, fake: TencentFake, url: str, tmp_path: Path
+) -> Running:
+    """A server sending through the Tencent fake at ``url``, its key from the environment."""
+    providers = tmp_path / "providers.toml"
+    providers.write_text(
+        "[providers.tencent]\n"
+        'type = "tencent"\n'
+        f'secret_id = "{fake.secret_id}"\n'
+        'secret_key_env = "SMSGATE_TEST_TENCENT_KEY"\n'
+        f'sdk_app_id = "{fake.sdk_app_id}"\n'
+        f'endpoint = "{url}"\n'
+    )
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SMSGATE_TEST_TENCENT_KEY", fake.secret_key)
+        return await make_server(provider="tencent", providers_file=providers)
+
+
 async def test_a_template_message_goes_to_tencent_with_its_sign_and_params(
     make_server: ServerFactory, connect: Connect, tmp_path: Path
 ) -> None:
     fake = TencentFake(templates={"1110001": 2})
     async with serve(fake.app) as url:
-        providers = tmp_path / "providers.toml"
-        providers.write_text(
-            "[providers.tencent]\n"
-            'type = "tencent"\n'
-            f'secret_id = "{fake.secret_id}"\n'
-            'secret_key_env = "SMSGATE_TEST_TENCENT_KEY"\n'
-            f'sdk_app_id = "{fake.sdk_app_id}"\n'
-            f'endpoint = "{url}"\n'
-        )
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("SMSGATE_TEST_TENCENT_KEY", fake.secret_key)
-            server = await make_server(provider="tencent", providers_file=providers)
-        client = await connect(server)
+        client = await connect(await tencent_server(make_server, fake, url, tmp_path))
         await client.signs.CreateSignName(
             spb.CreateSignNameRequest(sign_name=spb.SignName(name="腾讯云")), metadata=client.meta
         )
@@ -203,6 +216,44 @@ async def test_a_template_message_goes_to_tencent_with_its_sign_and_params(
     # In the template's placeholder order, whatever the request's.
     assert call["TemplateParamSet"] == ["480215", "5"]
     assert call["SessionContext"] == reply.message.id
+
+
+async def test_a_verification_code_goes_to_tencent_as_a_template_param(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    fake = TencentFake(templates={"2220002": 2})
+    async with serve(fake.app) as url:
+        client = await connect(await tencent_server(make_server, fake, url, tmp_path))
+        await client.signs.CreateSignName(
+            spb.CreateSignNameRequest(sign_name=spb.SignName(name="腾讯云", is_default=True)),
+            metadata=client.meta,
+        )
+        await client.templates.CreateTemplate(
+            tpb.CreateTemplateRequest(
+                template=tpb.Template(
+                    id="otp",
+                    kind=tpb.TEMPLATE_KIND_VERIFICATION,
+                    body="验证码{code} {minutes}分钟内有效",
+                    provider_template_ids={"tencent": "2220002"},
+                )
+            ),
+            metadata=client.meta,
+        )
+        issued = await client.verification.GenerateCode(
+            vpb.GenerateCodeRequest(phone_number=CN, scope="login", template_id="otp"),
+            metadata=client.meta,
+        )
+        await client.wait(issued.message_id, {S.MESSAGE_STATUS_SENT})
+
+    # The code was sealed in Redis and opened only for the vendor.
+    [call] = fake.calls
+    code, minutes = call["TemplateParamSet"]
+    assert minutes == "5"
+    verified = await client.verification.VerifyCode(
+        vpb.VerifyCodeRequest(verification_id=issued.verification_id, code=code),
+        metadata=client.meta,
+    )
+    assert verified.result == vpb.VERIFICATION_RESULT_VERIFIED
 
 
 async def test_free_text_goes_to_twilio(
