@@ -10,10 +10,12 @@ PY_SRC := server tests clients/python $(wildcard bench)
 
 .PHONY: serve test lint typecheck gen check-gen format bench bench-quick chaos cluster clean
 
-$(STAMP): pyproject.toml
+# Two distributions: the client (clients/python), which the server's pyproject.toml
+# requires by name, and the server with its dev tools.
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(None if sys.version_info >= (3, 11, 3) else "smsgate needs Python 3.11.3 or newer; found " + sys.version.split()[0] + " (set PYTHON=/path/to/python3.11)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e clients/python -e '.[dev]'
 	touch $@
 
 ## Run the service: embedded Redis in .smsgate/, simulator provider, gRPC on 127.0.0.1:50051.

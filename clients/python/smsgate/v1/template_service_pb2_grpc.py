@@ -5,7 +5,7 @@ import warnings
 
 from smsgate.v1 import template_service_pb2 as smsgate_dot_v1_dot_template__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.64.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
