@@ -8,7 +8,10 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check
 # bench/ is optional; lint and type-check it when it is there.
 PY_SRC := server tests clients/python $(wildcard bench)
 
-.PHONY: serve test lint typecheck gen check-gen format bench bench-quick chaos cluster clean
+TS       := clients/typescript
+TS_STAMP := $(TS)/node_modules/.installed-stamp
+
+.PHONY: serve test ts-deps lint typecheck gen check-gen format bench bench-quick chaos cluster clean
 
 # Two distributions: the client (clients/python), which the server's pyproject.toml
 # requires by name, and the server with its dev tools.
@@ -23,8 +26,18 @@ serve: $(STAMP)
 	$(BIN)/smsgate-server
 
 ## Run every check: proto lint/format, ruff, layer contracts, mypy, pytest (stub freshness is a test).
-test: lint typecheck
+test: lint typecheck ts-deps
 	$(BIN)/pytest -q
+
+# The TypeScript client's packages, from its committed lockfile (npm ci also compiles it).
+# Without npm, its tests in pytest are skipped and say why.
+ts-deps:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(TS_STAMP); \
+	else echo "npm not found: the TypeScript client's tests will be skipped (install Node 20+)"; fi
+
+$(TS_STAMP): $(TS)/package-lock.json $(TS)/package.json
+	cd $(TS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 # lint-imports checks the layer contracts in pyproject.toml; it is fast enough to skip its cache.
 lint: $(STAMP)
@@ -37,9 +50,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy server/smsgate_server clients/python/smsgate tests $(wildcard bench)
 
-## Regenerate the Python stubs from proto/ (commit the result).
-gen: $(STAMP)
+## Regenerate the Python stubs and the TypeScript client's code from proto/ (commit the result).
+gen: $(STAMP) ts-deps
 	$(BIN)/python scripts/gen_protos.py clients/python
+	$(BIN)/buf generate
 
 ## Fail when the committed stubs differ from a fresh generation.
 check-gen: $(STAMP)
@@ -69,4 +83,4 @@ cluster: $(STAMP)
 	$(BIN)/python scripts/cluster.py
 
 clean:
-	rm -rf $(VENV) .smsgate .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(TS)/node_modules $(TS)/dist .smsgate .pytest_cache .mypy_cache .ruff_cache .hypothesis

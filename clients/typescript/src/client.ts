@@ -1,0 +1,247 @@
+/**
+ * A small typed client for smsgate: auth attached once, `send`, `get`,
+ * `watch` that reconnects and resumes from its last token, `waitFor` a status,
+ * and errors with their google.rpc details decoded (SmsgateError).
+ *
+ * It speaks gRPC over HTTP/2 through Connect for Node; the generated
+ * `SmsService` client stays reachable as `client.sms` for every other call.
+ */
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import {
+  Code,
+  ConnectError,
+  createClient,
+  type Client,
+  type Interceptor,
+} from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import {
+  BadRequestSchema,
+  ErrorInfoSchema,
+  QuotaFailureSchema,
+  RetryInfoSchema,
+  type BadRequest_FieldViolation,
+  type QuotaFailure_Violation,
+} from "./gen/google/rpc/error_details_pb.js";
+import { type Message, MessageStatus, type StatusEvent } from "./gen/smsgate/v1/message_pb.js";
+import { SmsService, SendSmsRequestSchema } from "./gen/smsgate/v1/sms_service_pb.js";
+
+/** The statuses a message never leaves. */
+export const TERMINAL: ReadonlySet<MessageStatus> = new Set([
+  MessageStatus.DELIVERED,
+  MessageStatus.UNDELIVERED,
+  MessageStatus.FAILED,
+  MessageStatus.CANCELED,
+  MessageStatus.EXPIRED,
+]);
+
+/** Where the server is and the app's token (`ak_....as_...`). */
+export interface ClientOptions {
+  /** `host:port` (plaintext), or a URL: `http://host:port`, `https://host:port` (TLS). */
+  target: string;
+  token: string;
+}
+
+/** Optional fields of a SendSms call; a `requestId` is generated when absent. */
+export interface SendOptions {
+  requestId?: string;
+  senderId?: string;
+  labels?: Record<string, string>;
+  sendTime?: Date;
+}
+
+/** Which events to watch, and where to resume. */
+export interface WatchFilter {
+  messageIds?: string[];
+  batchId?: string;
+  statuses?: MessageStatus[];
+  resumeToken?: string;
+}
+
+/** A failed call: the gRPC code and the google.rpc details the server sent. */
+export class SmsgateError extends Error {
+  /** ErrorInfo.reason, e.g. `INVALID_PHONE_NUMBER`; empty when the server sent none. */
+  readonly reason: string;
+  readonly metadata: Record<string, string>;
+  /** BadRequest field violations: one per bad field. */
+  readonly fieldViolations: BadRequest_FieldViolation[];
+  /** RetryInfo.retry_delay in milliseconds, when the server said when to retry. */
+  readonly retryAfterMs: number | undefined;
+  readonly quotaViolations: QuotaFailure_Violation[];
+
+  constructor(
+    readonly code: Code,
+    message: string,
+    readonly cause: ConnectError,
+  ) {
+    super(message);
+    this.name = "SmsgateError";
+    const info = cause.findDetails(ErrorInfoSchema)[0];
+    this.reason = info?.reason ?? "";
+    this.metadata = info?.metadata ?? {};
+    this.fieldViolations = cause.findDetails(BadRequestSchema).flatMap((b) => b.fieldViolations);
+    this.quotaViolations = cause.findDetails(QuotaFailureSchema).flatMap((q) => q.violations);
+    const delay = cause.findDetails(RetryInfoSchema)[0]?.retryDelay;
+    this.retryAfterMs =
+      delay === undefined ? undefined : Number(delay.seconds) * 1000 + delay.nanos / 1e6;
+  }
+
+  /** The code's name as gRPC spells it, e.g. `INVALID_ARGUMENT`. */
+  get codeName(): string {
+    return Code[this.code].replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
+  }
+
+  /** Any error of a call, as an SmsgateError (Connect's error mapped at this edge). */
+  static from(err: unknown): SmsgateError {
+    if (err instanceof SmsgateError) return err;
+    const cause = ConnectError.from(err);
+    return new SmsgateError(cause.code, cause.rawMessage, cause);
+  }
+}
+
+/** Codes after which a watch reconnects with its last token. */
+const RESUMABLE = new Set([Code.Unavailable, Code.ResourceExhausted, Code.Internal, Code.Unknown, Code.DeadlineExceeded, Code.Aborted]);
+const MAX_BACKOFF_MS = 5000;
+
+async function mapErrors<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (err) {
+    throw SmsgateError.from(err);
+  }
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    }
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}
+
+/**
+ * A status stream that survives disconnects: iterate it for events; after an
+ * UNAVAILABLE (a server restart, a cut connection) or a stream that ends, it
+ * reconnects with the last event's token, so no event is lost or repeated.
+ * `resumeToken` is that token, to persist and pass back in a later watch.
+ */
+export class StatusWatch implements AsyncIterable<StatusEvent> {
+  resumeToken: string;
+  /** Reconnections so far. */
+  reconnects = 0;
+
+  constructor(
+    private readonly sms: Client<typeof SmsService>,
+    private readonly filter: WatchFilter,
+    private readonly signal?: AbortSignal,
+  ) {
+    this.resumeToken = filter.resumeToken ?? "";
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<StatusEvent> {
+    let failures = 0;
+    while (!this.signal?.aborted) {
+      try {
+        const request = { ...this.filter, resumeToken: this.resumeToken };
+        for await (const { event } of this.sms.watchStatus(request, { signal: this.signal })) {
+          if (event === undefined) continue;
+          failures = 0;
+          this.resumeToken = event.resumeToken;
+          yield event;
+        }
+      } catch (err) {
+        if (this.signal?.aborted) return;
+        const error = SmsgateError.from(err);
+        if (!RESUMABLE.has(error.code)) throw error;
+        const backoff = Math.min(MAX_BACKOFF_MS, 100 * 2 ** failures) * Math.random();
+        failures += 1;
+        await sleep(error.retryAfterMs ?? backoff, this.signal);
+      }
+      this.reconnects += 1;
+    }
+  }
+}
+
+/** An smsgate client for one app. */
+export class SmsgateClient {
+  /** The generated client, with auth attached: every RPC of SmsService. */
+  readonly sms: Client<typeof SmsService>;
+
+  constructor(options: ClientOptions) {
+    const auth: Interceptor = (next) => (request) => {
+      request.header.set("authorization", `Bearer ${options.token}`);
+      return next(request);
+    };
+    const baseUrl = /^https?:\/\//.test(options.target) ? options.target : `http://${options.target}`;
+    this.sms = createClient(SmsService, createGrpcTransport({ baseUrl, interceptors: [auth] }));
+  }
+
+  /** A client for SMSGATE_TARGET (default 127.0.0.1:50051) and SMSGATE_TOKEN. */
+  static fromEnv(env: NodeJS.ProcessEnv = process.env): SmsgateClient {
+    const token = env.SMSGATE_TOKEN;
+    if (!token) throw new Error("SMSGATE_TOKEN is not set");
+    return new SmsgateClient({ target: env.SMSGATE_TARGET || "127.0.0.1:50051", token });
+  }
+
+  /** Sends `text` to `phoneNumber`; retries with the same `requestId` are safe. */
+  send(phoneNumber: string, text: string, options: SendOptions = {}): Promise<Message> {
+    const request = create(SendSmsRequestSchema, {
+      phoneNumber,
+      content: { case: "text", value: text },
+      requestId: options.requestId ?? crypto.randomUUID(),
+      senderId: options.senderId ?? "",
+      labels: options.labels ?? {},
+      sendTime: options.sendTime && timestampFromDate(options.sendTime),
+    });
+    return mapErrors(async () => (await this.sms.sendSms(request)).message!);
+  }
+
+  /** The message with its status history. */
+  get(messageId: string): Promise<Message> {
+    return mapErrors(async () => (await this.sms.getMessage({ messageId })).message!);
+  }
+
+  /** Status events matching `filter`, resumed across disconnects; stop it with `signal`. */
+  watch(filter: WatchFilter = {}, signal?: AbortSignal): StatusWatch {
+    return new StatusWatch(this.sms, filter, signal);
+  }
+
+  /**
+   * Waits until the message is in one of `until` (default: terminal) and
+   * returns it. It watches the message and reads it once the watch is open,
+   * and again every `pollMs`, so a change just before the watch opened is
+   * not missed.
+   */
+  async waitFor(
+    messageId: string,
+    { until = TERMINAL, timeoutMs = 30_000, pollMs = 1000 }: { until?: ReadonlySet<MessageStatus>; timeoutMs?: number; pollMs?: number } = {},
+  ): Promise<Message> {
+    const stop = new AbortController();
+    const events = this.watch({ messageIds: [messageId] }, stop.signal)[Symbol.asyncIterator]();
+    const deadline = Date.now() + timeoutMs;
+    let next = events.next();
+    next.catch(() => undefined);
+    try {
+      for (;;) {
+        const message = await this.get(messageId);
+        if (until.has(message.status)) return message;
+        const left = deadline - Date.now();
+        if (left <= 0) {
+          throw new Error(`message ${messageId} is still ${MessageStatus[message.status]} after ${timeoutMs} ms`);
+        }
+        const woke = await Promise.race([next, sleep(Math.min(pollMs, left)).then(() => undefined)]);
+        if (woke !== undefined) {
+          next = events.next();
+          next.catch(() => undefined);
+        }
+      }
+    } finally {
+      stop.abort();
+    }
+  }
+}

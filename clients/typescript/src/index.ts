@@ -1,0 +1,4 @@
+export * from "./client.js";
+export * from "./gen/smsgate/v1/message_pb.js";
+export * from "./gen/smsgate/v1/sms_service_pb.js";
+export { Code } from "@connectrpc/connect";

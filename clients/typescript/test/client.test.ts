@@ -1,0 +1,153 @@
+/**
+ * The TypeScript client against a live smsgate: SMSGATE_TARGET and
+ * SMSGATE_TOKEN name it (tests/test_typescript.py starts one and runs this).
+ * With SMSGATE_TEST_CONTROL, a directory, the watch test asks for a server
+ * restart by creating `restart` there and waits for `restarted`.
+ */
+import assert from "node:assert/strict";
+import { existsSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { test } from "node:test";
+
+import { Code, MessageStatus, SmsgateClient, SmsgateError, type StatusEvent } from "../src/index.js";
+
+const client = SmsgateClient.fromEnv();
+const PHONE = "+14155550123";
+
+async function within<T>(ms: number, what: string, work: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`gave up after ${ms} ms waiting for ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([work, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function restartServer(control: string): Promise<void> {
+  writeFileSync(join(control, "restart"), "");
+  const deadline = Date.now() + 60_000;
+  while (!existsSync(join(control, "restarted"))) {
+    if (Date.now() > deadline) throw new Error("the server was not restarted within 60 s");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+test("send accepts a message and waitFor sees it delivered", async () => {
+  const sent = await client.send(PHONE, "Your order has shipped", { labels: { order: "42" } });
+  assert.match(sent.id, /^[0-9a-z]+$/);
+  assert.equal(sent.status, MessageStatus.QUEUED);
+  assert.equal(sent.phoneNumber, PHONE);
+
+  const done = await client.waitFor(sent.id, { timeoutMs: 10_000 });
+
+  assert.equal(done.status, MessageStatus.DELIVERED);
+  assert.deepEqual(
+    done.history.map((change) => change.status),
+    [MessageStatus.QUEUED, MessageStatus.SENDING, MessageStatus.SENT, MessageStatus.DELIVERED],
+  );
+});
+
+test("a retry with the same requestId returns the first message", async () => {
+  const first = await client.send(PHONE, "once", { requestId: "ts-retry-1" });
+  const again = await client.send(PHONE, "once", { requestId: "ts-retry-1" });
+  assert.equal(again.id, first.id);
+});
+
+test("an invalid phone number is INVALID_ARGUMENT with its reason and field violation", async () => {
+  const error = await client.send("not a number", "hi").then(
+    () => assert.fail("the send was accepted"),
+    (err: unknown) => err,
+  );
+
+  assert.ok(error instanceof SmsgateError, `not an SmsgateError: ${String(error)}`);
+  assert.equal(error.code, Code.InvalidArgument);
+  assert.equal(error.codeName, "INVALID_ARGUMENT");
+  assert.equal(error.reason, "INVALID_PHONE_NUMBER");
+  assert.deepEqual(
+    error.fieldViolations.map((v) => v.field),
+    ["phone_number"],
+  );
+  assert.ok(error.fieldViolations[0].description.length > 0);
+});
+
+test("several bad fields come back as one violation each", async () => {
+  const error = await client.send("nope", " ").catch((err: unknown) => err);
+  assert.ok(error instanceof SmsgateError);
+  assert.deepEqual(error.fieldViolations.map((v) => v.field).sort(), ["phone_number", "text"]);
+});
+
+test("a wrong token is UNAUTHENTICATED with reason INVALID_CREDENTIALS", async () => {
+  const stranger = new SmsgateClient({ target: process.env.SMSGATE_TARGET!, token: "wrong" });
+  const error = await stranger.send(PHONE, "hi").catch((err: unknown) => err);
+  assert.ok(error instanceof SmsgateError);
+  assert.equal(error.code, Code.Unauthenticated);
+  assert.equal(error.reason, "INVALID_CREDENTIALS");
+});
+
+test("a watch resumes from its last token: every event once, in order", async (t) => {
+  const control = process.env.SMSGATE_TEST_CONTROL;
+  if (!control) {
+    t.skip("SMSGATE_TEST_CONTROL is not set: nobody to restart the server");
+    return;
+  }
+  const stop = new AbortController();
+  try {
+    await watchAcrossARestart(control, stop.signal);
+  } finally {
+    stop.abort();
+  }
+});
+
+async function watchAcrossARestart(control: string, signal: AbortSignal): Promise<void> {
+  const watch = client.watch({}, signal);
+  const events = watch[Symbol.asyncIterator]();
+  const seen: StatusEvent[] = [];
+  const next = async (): Promise<StatusEvent> => {
+    const result = await events.next();
+    assert.ok(!result.done, "the watch ended");
+    seen.push(result.value);
+    return result.value;
+  };
+
+  // The watch opens on its first next(); it is live once it sees an event.
+  const first = next();
+  const probing = setInterval(() => void client.send(PHONE, "probe").catch(() => undefined), 100);
+  try {
+    await within(10_000, "a first event of the probes", first);
+  } finally {
+    clearInterval(probing);
+  }
+
+  // Scheduled a second ahead: their events happen while the watch is cut.
+  const sendTime = new Date(Date.now() + 1000);
+  const before = [
+    await client.send(PHONE, "before 1", { sendTime }),
+    await client.send(PHONE, "before 2", { sendTime }),
+  ];
+  await restartServer(control);
+  const after = await client.send(PHONE, "after the restart");
+  const wanted = [...before, after].map((m) => m.id);
+
+  const delivered = (): boolean =>
+    wanted.every((id) => seen.some((e) => e.messageId === id && e.status === MessageStatus.DELIVERED));
+  while (!delivered()) {
+    const last = seen.at(-1);
+    const lastSeen = last ? `${last.messageId} ${MessageStatus[last.status]}` : "nothing";
+    await within(20_000, `delivery of ${wanted.join(", ")}; last saw ${lastSeen}`, next());
+  }
+
+  assert.ok(watch.reconnects >= 1, "the watch never reconnected");
+  const tokens = seen.map((e) => e.resumeToken);
+  assert.equal(new Set(tokens).size, tokens.length, "an event came twice");
+  for (const id of wanted) {
+    const message = await client.get(id);
+    assert.deepEqual(
+      seen.filter((e) => e.messageId === id).map((e) => MessageStatus[e.status]),
+      message.history.map((change) => MessageStatus[change.status]),
+      `events of ${id} differ from its history`,
+    );
+  }
+}
