@@ -4,6 +4,9 @@ templates, waiting for a status, and gRPC's retries with one request id."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +27,7 @@ from tests.waiting import wait_until
 
 S = smsgate.MessageStatus
 NUMBER = "+14155550123"
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 async def client_of(server: Running) -> smsgate.AsyncClient:
@@ -243,3 +247,22 @@ async def test_unavailable_is_retried_by_grpc_with_the_same_request_id() -> None
     assert sent.id == "m1"
     assert len(flaky.request_ids) == 3
     assert len(set(flaky.request_ids)) == 1 and flaky.request_ids[0]
+
+
+async def test_the_readme_session_works_when_pasted(server: Running) -> None:
+    text = README.read_text()
+    block = text[text.index("<!-- readme-python") :].split("```python\n", 1)[1].split("```", 1)[0]
+    env = {
+        **os.environ,
+        "SMSGATE_TARGET": f"127.0.0.1:{server.grpc_port}",
+        "SMSGATE_TOKEN": (await server.apps.create("readme")).token,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", block, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0
+    assert out.decode().splitlines() == [
+        "MESSAGE_STATUS_DELIVERED",
+        "INVALID_PHONE_NUMBER ['phone_number']",
+    ]
