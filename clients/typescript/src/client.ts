@@ -135,10 +135,12 @@ export class StatusWatch implements AsyncIterable<StatusEvent> {
   /** Reconnections so far. */
   reconnects = 0;
 
+  /** `onOpen` runs each time the server has the subscription (its response headers). */
   constructor(
     private readonly sms: Client<typeof SmsService>,
     private readonly filter: WatchFilter,
     private readonly signal?: AbortSignal,
+    private readonly onOpen?: () => void,
   ) {
     this.resumeToken = filter.resumeToken ?? "";
   }
@@ -148,7 +150,10 @@ export class StatusWatch implements AsyncIterable<StatusEvent> {
     while (!this.signal?.aborted) {
       try {
         const request = { ...this.filter, resumeToken: this.resumeToken };
-        for await (const { event } of this.sms.watchStatus(request, { signal: this.signal })) {
+        for await (const { event } of this.sms.watchStatus(request, {
+          signal: this.signal,
+          onHeader: this.onOpen,
+        })) {
           if (event === undefined) continue;
           failures = 0;
           this.resumeToken = event.resumeToken;
@@ -213,35 +218,32 @@ export class SmsgateClient {
 
   /**
    * Waits until the message is in one of `until` (default: terminal) and
-   * returns it. It watches the message and reads it once the watch is open,
-   * and again every `pollMs`, so a change just before the watch opened is
-   * not missed.
+   * returns it. It watches the message and reads it each time the server
+   * confirms the subscription, so a status reached before the watch opened
+   * (or while it reconnected) is not missed; then on each matching event.
    */
-  async waitFor(
+  waitFor(
     messageId: string,
-    { until = TERMINAL, timeoutMs = 30_000, pollMs = 1000 }: { until?: ReadonlySet<MessageStatus>; timeoutMs?: number; pollMs?: number } = {},
+    { until = TERMINAL, timeoutMs = 30_000 }: { until?: ReadonlySet<MessageStatus>; timeoutMs?: number } = {},
   ): Promise<Message> {
     const stop = new AbortController();
-    const events = this.watch({ messageIds: [messageId] }, stop.signal)[Symbol.asyncIterator]();
-    const deadline = Date.now() + timeoutMs;
-    let next = events.next();
-    next.catch(() => undefined);
-    try {
-      for (;;) {
-        const message = await this.get(messageId);
-        if (until.has(message.status)) return message;
-        const left = deadline - Date.now();
-        if (left <= 0) {
-          throw new Error(`message ${messageId} is still ${MessageStatus[message.status]} after ${timeoutMs} ms`);
-        }
-        const woke = await Promise.race([next, sleep(Math.min(pollMs, left)).then(() => undefined)]);
-        if (woke !== undefined) {
-          next = events.next();
-          next.catch(() => undefined);
-        }
-      }
-    } finally {
-      stop.abort();
-    }
+    let last: Message | undefined;
+    return new Promise<Message>((resolve, reject) => {
+      const read = (): void => {
+        this.get(messageId).then((message) => {
+          last = message;
+          if (until.has(message.status)) resolve(message);
+        }, reject);
+      };
+      const timer = setTimeout(() => {
+        const status = last === undefined ? "unread" : MessageStatus[last.status];
+        reject(new Error(`message ${messageId} is still ${status} after ${timeoutMs} ms`));
+      }, timeoutMs);
+      stop.signal.addEventListener("abort", () => clearTimeout(timer));
+      const watch = new StatusWatch(this.sms, { messageIds: [messageId] }, stop.signal, read);
+      (async () => {
+        for await (const event of watch) if (until.has(event.status)) read();
+      })().catch(reject);
+    }).finally(() => stop.abort());
   }
 }

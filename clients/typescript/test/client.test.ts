@@ -50,6 +50,29 @@ test("send accepts a message and waitFor sees it delivered", async () => {
   );
 });
 
+test("waitFor returns a message delivered before its watch opened", async () => {
+  const sent = await client.send(PHONE, "fast");
+  while ((await client.get(sent.id)).status !== MessageStatus.DELIVERED) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  const done = await within(5000, "waitFor", client.waitFor(sent.id));
+  assert.equal(done.status, MessageStatus.DELIVERED);
+});
+
+test("waitFor follows a scheduled message to the status asked for", async () => {
+  const sent = await client.send(PHONE, "later", { sendTime: new Date(Date.now() + 800) });
+  assert.equal(sent.status, MessageStatus.SCHEDULED);
+  const until = new Set([MessageStatus.SENT, MessageStatus.DELIVERED]);
+  const reached = await client.waitFor(sent.id, { until, timeoutMs: 10_000 });
+  assert.ok(until.has(reached.status), MessageStatus[reached.status]);
+});
+
+test("waitFor gives up after its timeout, naming the last status", async () => {
+  const sent = await client.send(PHONE, "much later", { sendTime: new Date(Date.now() + 3_600_000) });
+  await assert.rejects(client.waitFor(sent.id, { timeoutMs: 300 }), /is still SCHEDULED after 300 ms/);
+  await client.sms.cancelMessage({ messageId: sent.id });
+});
+
 test("a retry with the same requestId returns the first message", async () => {
   const first = await client.send(PHONE, "once", { requestId: "ts-retry-1" });
   const again = await client.send(PHONE, "once", { requestId: "ts-retry-1" });
