@@ -200,6 +200,8 @@ class Client:
         """Status events as they happen, for ever: after a disconnect (a server
         restart, UNAVAILABLE, a subscriber asked to slow down) it reconnects and
         resumes after the last event it yielded, so none is missed or repeated.
+        Other errors end it, among them :class:`smsgate.OutOfRange` for a token
+        older than the server keeps events.
 
         With ``token_file``, it starts from the token saved there and saves each
         event's token once the caller asks for the next event, so a program
@@ -260,9 +262,9 @@ class Client:
                     return message
                 for response in call:
                     if response.event.status in until:
-                        return self.get(message_id)
-            except grpc.RpcError as exc:
-                error = error_from_rpc(exc)
+                        return self.get(message_id, timeout=left)
+            except (grpc.RpcError, Error) as exc:
+                error = exc if isinstance(exc, Error) else error_from_rpc(exc)
                 if isinstance(error, DeadlineExceeded):
                     raise TimeoutError(
                         f"message {message_id} not in {sorted(until)} after {timeout}s"
@@ -278,13 +280,34 @@ class Client:
         phone_number: str,
         text: str | None = None,
         *,
+        template_id: str | None = None,
+        params: Mapping[str, str] | None = None,
+        template_version: int = 0,
+        sign_name: str = "",
+        send_time: datetime | None = None,
+        sender_id: str = "",
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
         until: Collection[Status] = TERMINAL,
         timeout: float = 60.0,
-        **send: object,
     ) -> message_pb2.Message:
-        """:meth:`send`, then :meth:`wait` for it; ``send`` takes :meth:`send`'s options."""
-        sent = self.send(phone_number, text, **send)  # type: ignore[arg-type]
-        return self.wait(sent.id, until=until, timeout=timeout)
+        """:meth:`send`, then :meth:`wait` for the message (``timeout`` covers both)."""
+        started = time.monotonic()
+        sent = self.send(
+            phone_number,
+            text,
+            template_id=template_id,
+            params=params,
+            template_version=template_version,
+            sign_name=sign_name,
+            send_time=send_time,
+            sender_id=sender_id,
+            labels=labels,
+            request_id=request_id,
+            timeout=timeout,
+        )
+        left = timeout - (time.monotonic() - started)
+        return self.wait(sent.id, until=until, timeout=left)
 
     # -- verification codes -----------------------------------------------
 

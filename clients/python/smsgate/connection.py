@@ -121,12 +121,16 @@ class Connection:
 
     def options(self) -> list[tuple[str, str | int]]:
         """Channel options: the retry policy, and keepalive so a watch notices a
-        server that vanished without closing its connection."""
+        server host that vanished without closing its connection."""
         options: list[tuple[str, str | int]] = [
             ("grpc.service_config", SERVICE_CONFIG),
             ("grpc.enable_retries", 1),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
+            # Not more often: a gRPC server by default answers pings closer than
+            # 5 minutes on a quiet connection (a watch with no events) with
+            # GOAWAY "too_many_pings". A restarted server closes the connection,
+            # which is noticed at once.
+            ("grpc.keepalive_time_ms", 300_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
         ]
         if self.tls is not None and self.tls.server_name:
             options.append(("grpc.ssl_target_name_override", self.tls.server_name))
