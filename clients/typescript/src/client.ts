@@ -25,7 +25,12 @@ import {
   type QuotaFailure_Violation,
 } from "./gen/google/rpc/error_details_pb.js";
 import { type Message, MessageStatus, type StatusEvent } from "./gen/smsgate/v1/message_pb.js";
-import { SmsService, SendSmsRequestSchema } from "./gen/smsgate/v1/sms_service_pb.js";
+import {
+  type BatchSendResponse,
+  BatchSendRequestSchema,
+  SmsService,
+  SendSmsRequestSchema,
+} from "./gen/smsgate/v1/sms_service_pb.js";
 
 /** The statuses a message never leaves. */
 export const TERMINAL: ReadonlySet<MessageStatus> = new Set([
@@ -49,6 +54,22 @@ export interface SendOptions {
   senderId?: string;
   labels?: Record<string, string>;
   sendTime?: Date;
+}
+
+/** What `waitFor` waits for, and how long. */
+export interface WaitOptions {
+  until?: ReadonlySet<MessageStatus>;
+  timeoutMs?: number;
+}
+
+/** Which messages to list (newest first); `pageSize` is per call to the server. */
+export interface ListFilter {
+  statuses?: MessageStatus[];
+  phoneNumber?: string;
+  batchId?: string;
+  startTime?: Date;
+  endTime?: Date;
+  pageSize?: number;
 }
 
 /** Which events to watch, and where to resume. */
@@ -101,7 +122,14 @@ export class SmsgateError extends Error {
 }
 
 /** Codes after which a watch reconnects with its last token. */
-const RESUMABLE = new Set([Code.Unavailable, Code.ResourceExhausted, Code.Internal, Code.Unknown, Code.DeadlineExceeded, Code.Aborted]);
+const RESUMABLE = new Set([
+  Code.Unavailable,
+  Code.ResourceExhausted,
+  Code.Internal,
+  Code.Unknown,
+  Code.DeadlineExceeded,
+  Code.Aborted,
+]);
 const MAX_BACKOFF_MS = 5000;
 
 async function mapErrors<T>(call: () => Promise<T>): Promise<T> {
@@ -182,7 +210,8 @@ export class SmsgateClient {
       request.header.set("authorization", `Bearer ${options.token}`);
       return next(request);
     };
-    const baseUrl = /^https?:\/\//.test(options.target) ? options.target : `http://${options.target}`;
+    const target = options.target;
+    const baseUrl = /^https?:\/\//.test(target) ? target : `http://${target}`;
     this.sms = createClient(SmsService, createGrpcTransport({ baseUrl, interceptors: [auth] }));
   }
 
@@ -206,6 +235,48 @@ export class SmsgateClient {
     return mapErrors(async () => (await this.sms.sendSms(request)).message!);
   }
 
+  /**
+   * Sends `text` to each number: the batch is accepted recipient by recipient
+   * (see each result's `messageId` or `error`); retries with the same
+   * `requestId` are safe.
+   */
+  sendBatch(phoneNumbers: string[], text: string, options: SendOptions = {}): Promise<BatchSendResponse> {
+    const request = create(BatchSendRequestSchema, {
+      recipients: phoneNumbers.map((phoneNumber) => ({ phoneNumber })),
+      content: { case: "text", value: text },
+      requestId: options.requestId ?? crypto.randomUUID(),
+      senderId: options.senderId ?? "",
+      labels: options.labels ?? {},
+      sendTime: options.sendTime && timestampFromDate(options.sendTime),
+    });
+    return mapErrors(() => this.sms.batchSend(request));
+  }
+
+  /** Every message matching `filter`, newest first, fetching page after page. */
+  async *list(filter: ListFilter = {}): AsyncGenerator<Message> {
+    let pageToken = "";
+    do {
+      const page = await mapErrors(() =>
+        this.sms.listMessages({
+          statuses: filter.statuses ?? [],
+          phoneNumber: filter.phoneNumber ?? "",
+          batchId: filter.batchId ?? "",
+          startTime: filter.startTime && timestampFromDate(filter.startTime),
+          endTime: filter.endTime && timestampFromDate(filter.endTime),
+          pageSize: filter.pageSize ?? 0,
+          pageToken,
+        }),
+      );
+      yield* page.messages;
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+  }
+
+  /** Cancels a scheduled message not yet handed to a provider. */
+  cancel(messageId: string): Promise<Message> {
+    return mapErrors(async () => (await this.sms.cancelMessage({ messageId })).message!);
+  }
+
   /** The message with its status history. */
   get(messageId: string): Promise<Message> {
     return mapErrors(async () => (await this.sms.getMessage({ messageId })).message!);
@@ -224,16 +295,20 @@ export class SmsgateClient {
    */
   waitFor(
     messageId: string,
-    { until = TERMINAL, timeoutMs = 30_000 }: { until?: ReadonlySet<MessageStatus>; timeoutMs?: number } = {},
+    { until = TERMINAL, timeoutMs = 30_000 }: WaitOptions = {},
   ): Promise<Message> {
     const stop = new AbortController();
     let last: Message | undefined;
     return new Promise<Message>((resolve, reject) => {
       const read = (): void => {
-        this.get(messageId).then((message) => {
-          last = message;
-          if (until.has(message.status)) resolve(message);
-        }, reject);
+        this.get(messageId).then(
+          (message) => {
+            last = message;
+            if (until.has(message.status)) resolve(message);
+          },
+          // After UNAVAILABLE the watch reconnects, and reads again once open.
+          (err: unknown) => RESUMABLE.has(SmsgateError.from(err).code) || reject(err),
+        );
       };
       const timer = setTimeout(() => {
         const status = last === undefined ? "unread" : MessageStatus[last.status];

@@ -70,13 +70,37 @@ test("waitFor follows a scheduled message to the status asked for", async () => 
 test("waitFor gives up after its timeout, naming the last status", async () => {
   const sent = await client.send(PHONE, "much later", { sendTime: new Date(Date.now() + 3_600_000) });
   await assert.rejects(client.waitFor(sent.id, { timeoutMs: 300 }), /is still SCHEDULED after 300 ms/);
-  await client.sms.cancelMessage({ messageId: sent.id });
+  await client.cancel(sent.id);
 });
 
 test("a retry with the same requestId returns the first message", async () => {
   const first = await client.send(PHONE, "once", { requestId: "ts-retry-1" });
   const again = await client.send(PHONE, "once", { requestId: "ts-retry-1" });
   assert.equal(again.id, first.id);
+});
+
+test("a batch is accepted recipient by recipient, and listed page by page", async () => {
+  const batch = await client.sendBatch([PHONE, "+14155550124", "bad", "+14155550125"], "batch");
+  assert.equal(batch.acceptedCount, 3);
+  assert.equal(batch.rejectedCount, 1);
+  const rejected = batch.results.find((r) => r.result.case === "error");
+  assert.equal(rejected?.index, 2);
+  assert.equal(rejected?.result.case === "error" && rejected.result.value.reason, "INVALID_PHONE_NUMBER");
+
+  const listed = [];
+  for await (const message of client.list({ batchId: batch.batchId, pageSize: 2 })) listed.push(message.id);
+
+  const accepted = batch.results.flatMap((r) => (r.result.case === "messageId" ? [r.result.value] : []));
+  assert.deepEqual([...listed].sort(), [...accepted].sort());
+});
+
+test("cancel stops a scheduled message; an unknown id is NOT_FOUND with a reason", async () => {
+  const sent = await client.send(PHONE, "tomorrow", { sendTime: new Date(Date.now() + 86_400_000) });
+  assert.equal((await client.cancel(sent.id)).status, MessageStatus.CANCELED);
+  const error = await client.cancel("0123456789abcdef0123456789").catch((err: unknown) => err);
+  assert.ok(error instanceof SmsgateError);
+  assert.equal(error.code, Code.NotFound);
+  assert.ok(error.reason.length > 0);
 });
 
 test("an invalid phone number is INVALID_ARGUMENT with its reason and field violation", async () => {
