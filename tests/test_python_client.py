@@ -266,3 +266,58 @@ async def test_the_readme_session_works_when_pasted(server: Running) -> None:
         "MESSAGE_STATUS_DELIVERED",
         "INVALID_PHONE_NUMBER ['phone_number']",
     ]
+
+
+def _key(e: smsgate.StatusEvent) -> tuple[str, int, int]:
+    return (e.message_id, e.status, e.time.ToNanoseconds())
+
+
+async def test_a_watch_with_a_token_file_resumes_after_the_last_event_handled(
+    client: smsgate.AsyncClient, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "watch.token"
+    handled: list[smsgate.StatusEvent] = []
+
+    async def first_program() -> None:
+        # Handles six events, then stops before asking for a seventh (a crash):
+        # the token saved is the fifth's, so the sixth comes again.
+        async for event in client.watch(token_file=token_file):
+            handled.append(event)
+            if len(handled) == 6:
+                break
+
+    task = asyncio.create_task(first_program())
+
+    async def probe() -> int:
+        await client.send(NUMBER, "probe")
+        return len(handled)
+
+    await wait_until(probe, lambda n: n > 0, what="the watch's first event", interval=0.2)
+    batch = await client.send_batch(["+14155550100", "+14155550101"], "watched")
+    await asyncio.wait_for(task, 10)
+    assert token_file.read_text() == handled[4].resume_token
+    ids = [r.message_id for r in batch.results]
+    for message_id in ids:
+        await wait_until(
+            lambda: client.get(message_id),  # noqa: B023 - awaited in this iteration
+            lambda m: m.status in smsgate.TERMINAL,
+            what="the batch delivered",
+        )
+    wanted = {
+        _key(smsgate.StatusEvent(message_id=m.id, status=h.status, time=h.time))
+        for m in [await client.get(i) for i in ids]
+        for h in m.history
+    }
+
+    confirmed = {_key(e) for e in handled[:5]}
+    again: set[tuple[str, int, int]] = set()
+
+    async def second_program() -> None:
+        async for event in client.watch(token_file=token_file):
+            assert _key(event) not in confirmed | again, "an event came twice"
+            again.add(_key(event))
+            if wanted <= confirmed | again:
+                return
+
+    await asyncio.wait_for(second_program(), 10)
+    assert _key(handled[5]) in again
