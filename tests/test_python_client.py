@@ -23,6 +23,7 @@ from smsgate.v1 import (
 from smsgate_server.runtime import Running
 
 from tests.conftest import ServerFactory
+from tests.test_tls import pki  # noqa: F401 - the certificates fixture
 from tests.waiting import wait_until
 
 S = smsgate.MessageStatus
@@ -210,6 +211,31 @@ def test_from_env_reads_target_token_and_tls(tmp_path: Path) -> None:
     assert c.tls == smsgate.TLS(root_certificates=ca.read_bytes(), server_name="sms.example.com")
     with pytest.raises(ValueError, match="SMSGATE_TOKEN"):
         smsgate.Connection.from_env({})
+
+
+async def test_from_env_connects_with_mtls(
+    make_server: ServerFactory,
+    pki: dict[str, Path],  # noqa: F811 - the fixture imported above
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = await make_server(
+        tls_cert_file=pki["server_crt"],
+        tls_key_file=pki["server_key"],
+        tls_client_ca_file=pki["ca"],
+    )
+    for name, value in {
+        "SMSGATE_TARGET": f"127.0.0.1:{server.grpc_port}",
+        "SMSGATE_TOKEN": (await server.apps.create("tls")).token,
+        "SMSGATE_TLS": "true",
+        "SMSGATE_TLS_CA_FILE": str(pki["ca"]),
+        "SMSGATE_TLS_CLIENT_CERT_FILE": str(pki["client_crt"]),
+        "SMSGATE_TLS_CLIENT_KEY_FILE": str(pki["client_key"]),
+        "SMSGATE_TLS_SERVER_NAME": "localhost",
+    }.items():
+        monkeypatch.setenv(name, value)
+    async with smsgate.AsyncClient.from_env() as client:
+        sent = await client.send(NUMBER, "over mTLS")
+    assert sent.id
 
 
 class _FlakySms(sms_service_pb2_grpc.SmsServiceServicer):
