@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     provider: str = "simulator"
     # TOML file of vendor accounts ([providers.NAME]; providers/providers_file.py).
     providers_file: Path | None = None
+    # The side port's URL as vendors call it (https://sms.example.com), when a
+    # proxy stands between: Twilio signs the URL it called. Unset: the URL of
+    # the request as it arrives.
+    public_base_url: str | None = Field(default=None, pattern=r"^https?://[^/?#]+(/[^?#]*)?$")
     dispatch_concurrency: int = Field(default=256, ge=1, le=10_000)
     visibility_timeout_seconds: float = Field(default=30.0, gt=0)
     # With base 1 s and full jitter, 10 attempts span minutes of vendor outage.

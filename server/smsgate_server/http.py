@@ -1,7 +1,7 @@
 """The HTTP side port: ``/livez``, ``/readyz`` (and ``/healthz``, its older
-name) and ``/metrics`` (Prometheus).
+name), ``/metrics`` (Prometheus) and the vendors' delivery-receipt callbacks
+(receipt_endpoints.py).
 
-Vendor delivery-receipt callbacks will be mounted here as adapters land.
 Runs on uvicorn in the same event loop as the gRPC server.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -17,15 +17,18 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from smsgate_server.shared_metrics import ENV
 
 __all__ = ["HttpSidePort", "build_app"]
 
 
-def build_app(ready: Callable[[], Awaitable[bool]]) -> Starlette:
-    """The Starlette app; ``ready`` says whether the server can take calls."""
+def build_app(
+    ready: Callable[[], Awaitable[bool]], receipts: Sequence[BaseRoute] = ()
+) -> Starlette:
+    """The Starlette app; ``ready`` says whether the server can take calls,
+    ``receipts`` are the vendors' callbacks."""
 
     async def livez(request: Request) -> Response:
         # The process answers: a restart would not help anything else.
@@ -47,6 +50,7 @@ def build_app(ready: Callable[[], Awaitable[bool]]) -> Starlette:
             # The one endpoint of earlier versions, kept for probes that use it.
             Route("/healthz", readyz),
             Route("/metrics", metrics),
+            *receipts,
         ]
     )
 

@@ -39,7 +39,8 @@ SEND_OUTCOMES = Counter(
 RECEIPTS = Counter(
     "smsgate_receipts_total",
     "Delivery receipts, by provider and result: delivered, undelivered, ignored (the"
-    " message had ended), early (held back until its send outcome is stored), dropped.",
+    " message had ended), early (held back until its send outcome is stored), dropped,"
+    " unknown (a vendor's receipt for no message of ours, acknowledged).",
     ["provider", "result"],
 )
 WATCH_SUBSCRIPTIONS = Gauge(

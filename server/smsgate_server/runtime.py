@@ -37,6 +37,7 @@ from smsgate.v1 import (
     verification_service_pb2,
     verification_service_pb2_grpc,
 )
+from starlette.routing import Route
 
 from smsgate_server.aio import cancel_and_wait
 from smsgate_server.api.guard import RequestGuard
@@ -47,6 +48,7 @@ from smsgate_server.api.templates import TemplateServicer
 from smsgate_server.api.verification import VerificationServicer
 from smsgate_server.config import Role, Settings, parse_address
 from smsgate_server.dispatch.dispatcher import DispatchConfig, Dispatcher
+from smsgate_server.dispatch.receipt_intake import ReceiptIntake
 from smsgate_server.domain.codes import CodeSigner, parse_secret
 from smsgate_server.domain.errors import Unavailable
 from smsgate_server.domain.sealed_text import TextCipher
@@ -54,7 +56,8 @@ from smsgate_server.domain.tokens import TokenSealer
 from smsgate_server.http import HttpSidePort, build_app
 from smsgate_server.providers.base import Provider
 from smsgate_server.providers.factory import UnknownProviderError, open_provider
-from smsgate_server.providers.providers_file import ProvidersFileError
+from smsgate_server.providers.providers_file import ProvidersFileError, load_providers_file
+from smsgate_server.receipt_endpoints import receipt_endpoints, receipt_routes
 from smsgate_server.services.admission import Admission, AdmissionPolicy
 from smsgate_server.services.composing import Composer
 from smsgate_server.services.sending import SendingService, SendLimits
@@ -258,11 +261,6 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
     async def ready() -> bool:
         return serving.is_set() and await redis.healthy()
 
-    http_port = await _http_side_port(settings.http_address, ready, stack)
-    await reached(StartStep.HTTP)
-    provider = await _provider(settings, stack)
-    await reached(StartStep.PROVIDER)
-
     store = MessageStore(
         redis.client,
         shards=settings.shards,
@@ -275,6 +273,13 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
         wait_replicas=settings.wait_replicas,
         wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
+    http_port = await _http_side_port(
+        settings.http_address, ready, _receipt_routes(settings, store), stack
+    )
+    await reached(StartStep.HTTP)
+    provider = await _provider(settings, stack)
+    await reached(StartStep.PROVIDER)
+
     apps = AppStore(redis.client)
     grace = settings.shutdown_grace_seconds
 
@@ -454,13 +459,32 @@ async def _check_shard_count(redis: RedisConnection, url: str, settings: Setting
         )
 
 
+def _receipt_routes(settings: Settings, store: MessageStore) -> list[Route]:
+    """The vendors' receipt callbacks, one per account of the providers file
+    (every replica serves them all: any may get a receipt of any message)."""
+    if settings.providers_file is None:
+        return []
+    try:
+        entries = load_providers_file(settings.providers_file)
+    except ProvidersFileError as exc:
+        raise StartError(str(exc)) from None
+    return receipt_routes(
+        receipt_endpoints(entries),
+        ReceiptIntake(store),
+        public_base_url=settings.public_base_url,
+    )
+
+
 async def _http_side_port(
-    address: str, ready: Callable[[], Awaitable[bool]], stack: AsyncExitStack
+    address: str,
+    ready: Callable[[], Awaitable[bool]],
+    receipts: list[Route],
+    stack: AsyncExitStack,
 ) -> int:
     """Bind and serve the side port; its port number."""
     sock = _bind_http(address)
     stack.callback(sock.close)
-    http = HttpSidePort(build_app(ready), *parse_address(address))
+    http = HttpSidePort(build_app(ready, receipts), *parse_address(address))
     task = asyncio.create_task(http.serve(sock), name="http")
     stack.push_async_callback(_stop_http, http, task)
     return int(sock.getsockname()[1])

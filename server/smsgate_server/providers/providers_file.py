@@ -24,6 +24,7 @@ from pydantic import (
     SecretStr,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
 ENV_SUFFIX = "_env"
 # The names templates key their vendor template ids by (domain/templates.py).
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 
 
 class ProvidersFileError(ValueError):
@@ -62,6 +64,13 @@ class _Entry(BaseModel):
     regions: frozenset[_Region] | None = None
 
 
+def _receipt_token(value: SecretStr | None) -> SecretStr | None:
+    # In the callback URL's path: URL-safe, and long enough not to be guessed.
+    if value is not None and not _TOKEN.match(value.get_secret_value()):
+        raise ValueError("must be 16-128 characters of A-Z a-z 0-9 - _")
+    return value
+
+
 class TencentEntry(_Entry):
     """``type = "tencent"``: a Tencent Cloud SMS application."""
 
@@ -71,6 +80,11 @@ class TencentEntry(_Entry):
     sdk_app_id: _Text
     region: _Text = "ap-guangzhou"
     endpoint: _Text = "https://sms.tencentcloudapi.com"
+    # The secret part of this account's receipt URL (/receipts/NAME/TOKEN);
+    # unset: no receipt endpoint.
+    receipt_token: SecretStr | None = None
+
+    _token = field_validator("receipt_token")(_receipt_token)
 
 
 class AliyunEntry(_Entry):
@@ -80,6 +94,10 @@ class AliyunEntry(_Entry):
     access_key_id: _Text
     access_key_secret: SecretStr
     endpoint: _Text = "https://dysmsapi.aliyuncs.com"
+    # As Tencent's: the secret part of /receipts/NAME/TOKEN.
+    receipt_token: SecretStr | None = None
+
+    _token = field_validator("receipt_token")(_receipt_token)
 
 
 class TwilioEntry(_Entry):
@@ -94,12 +112,26 @@ class TwilioEntry(_Entry):
     messaging_service_sid: str = ""
     status_callback: str = ""
     base_url: _Text = "https://api.twilio.com"
+    # Twilio signs callbacks with the account's auth token, which an API key
+    # setup does not otherwise need: set it here then.
+    callback_token: SecretStr | None = None
 
     @model_validator(mode="after")
     def _one_sender(self) -> TwilioEntry:
         if bool(self.from_number) == bool(self.messaging_service_sid):
             raise ValueError("set exactly one of from_number and messaging_service_sid")
+        if self.status_callback and not self.callback_auth_token():
+            raise ValueError(
+                "with api_key_sid and a status_callback, set callback_token (the account's"
+                " auth token, which Twilio signs status callbacks with)"
+            )
         return self
+
+    def callback_auth_token(self) -> str:
+        """The token Twilio signs this account's callbacks with; "" when unknown."""
+        if self.callback_token is not None:
+            return self.callback_token.get_secret_value()
+        return "" if self.api_key_sid else self.auth_token.get_secret_value()
 
 
 VendorEntry = TencentEntry | AliyunEntry | TwilioEntry

@@ -106,13 +106,15 @@ class SendOutcome:
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """A delivery receipt for one message."""
+    """A delivery receipt for one message; ``time_ms`` is the vendor's time of
+    the outcome (0: it named none, the store's clock is used)."""
 
     app: str
     id: str
     delivered: bool
     error_code: str = ""
     error_reason: str = ""
+    time_ms: int = 0
 
 
 def _s(value: Any) -> str:
@@ -393,7 +395,14 @@ class MessageStore:
         keys = self.shard_keys[shard]
         args: list[Any] = self._common(keys, self.now_ms())
         for r in receipts:
-            args += [r.app, r.id, "1" if r.delivered else "0", r.error_code, r.error_reason]
+            args += [
+                r.app,
+                r.id,
+                "1" if r.delivered else "0",
+                r.error_code,
+                r.error_reason,
+                r.time_ms,
+            ]
         result = await self.scripts.receipt(keys=[keys.events, keys.receipts], args=args)
         return [ReceiptResult(int(x)) for x in result]
 

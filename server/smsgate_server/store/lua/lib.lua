@@ -44,24 +44,26 @@ local function template_released(app, m)
 end
 
 -- Record that message app/id moved from `from` (NEW when being accepted) to
--- `status`: hash, history and event stream. A move domain/status.py does not
+-- `status`: hash, history and event stream, at `at` (ms; NOW when nil: a
+-- vendor's receipt names its own time). A move domain/status.py does not
 -- allow is a bug: the script stops with an error.
-local function enter(app, id, batch, from, status, detail, ecode, ereason)
+local function enter(app, id, batch, from, status, detail, ecode, ereason, at)
   if not ALLOWED[status][from] then
     error('illegal transition ' .. from .. ' -> ' .. status .. ' of ' .. id)
   end
   local m, h = mkey(app, id), hkey(app, id)
+  local t = at or NOW
   if from == NEW then redis.call('INCR', P .. 'live:' .. app) end
-  redis.call('HSET', m, 'st', status, 'ut', NOW)
+  redis.call('HSET', m, 'st', status, 'ut', t)
   if USES_TEMPLATE[from] and not USES_TEMPLATE[status] then template_released(app, m) end
-  redis.call('RPUSH', h, status .. '|' .. NOW .. '|' .. detail)
+  redis.call('RPUSH', h, status .. '|' .. t .. '|' .. detail)
   if trimmed then
     redis.call('XADD', EVENTS, '*', 'a', app, 'm', id, 'b', batch,
-      's', status, 't', NOW, 'd', detail, 'ec', ecode or '', 'er', ereason or '')
+      's', status, 't', t, 'd', detail, 'ec', ecode or '', 'er', ereason or '')
   else
     -- Trimming once per script is enough: it only drops what aged out.
     redis.call('XADD', EVENTS, 'MINID', '~', MINID, '*', 'a', app, 'm', id, 'b', batch,
-      's', status, 't', NOW, 'd', detail, 'ec', ecode or '', 'er', ereason or '')
+      's', status, 't', t, 'd', detail, 'ec', ecode or '', 'er', ereason or '')
     trimmed = true
   end
   if TERMINAL[status] then

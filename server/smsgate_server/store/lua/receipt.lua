@@ -1,20 +1,30 @@
 -- Apply delivery receipts to SENT messages; late or repeated receipts of a
 -- message that already ended are ignored.
--- KEYS[2] receipt set. ARGV[5..] per receipt 5 fields: app, id, delivered
--- ('1' | '0'), error code, error reason. Returns per receipt: 1 applied,
--- 0 ignored (the message ended already, or is gone), -1 too early (the
--- message is still SENDING: its send outcome is not stored yet).
+-- KEYS[2] receipt set. ARGV[5..] per receipt 6 fields: app, id, delivered
+-- ('1' | '0'), vendor code, reason, the vendor's time of the outcome (ms, 0
+-- when it names none). Returns per receipt: 1 applied, 0 ignored (the message
+-- ended already, or is gone), -1 too early (the message is still SENDING: its
+-- send outcome is not stored yet).
 local out = {}
-for i = 5, #ARGV, 5 do
-  local app, id = ARGV[i], ARGV[i + 1]
+for i = 5, #ARGV, 6 do
+  local app, id, code = ARGV[i], ARGV[i + 1], ARGV[i + 3]
   local st, batch = state(app, id)
   if st == SENT then
+    local m = mkey(app, id)
     redis.call('ZREM', KEYS[2], app .. ':' .. id)
-    if ARGV[i + 2] == '1' then
-      enter(app, id, batch, st, DELIVERED, '')
+    -- The vendor's clock, kept between the SENT entry and now, so the
+    -- history stays in order whatever the skew.
+    local at = tonumber(ARGV[i + 5])
+    if at == 0 then
+      at = nil
     else
-      redis.call('HSET', mkey(app, id), 'ec', ARGV[i + 3], 'er', ARGV[i + 4], 'ery', 0)
-      enter(app, id, batch, st, UNDELIVERED, ARGV[i + 3], ARGV[i + 3], ARGV[i + 4])
+      at = math.min(NOW, math.max(at, tonumber(redis.call('HGET', m, 'ut') or '0')))
+    end
+    if ARGV[i + 2] == '1' then
+      enter(app, id, batch, st, DELIVERED, code, nil, nil, at)
+    else
+      redis.call('HSET', m, 'ec', code, 'er', ARGV[i + 4], 'ery', 0)
+      enter(app, id, batch, st, UNDELIVERED, code, code, ARGV[i + 4], at)
     end
     out[#out + 1] = 1
   elseif st == SENDING then
