@@ -15,13 +15,21 @@ from urllib.parse import urlencode
 import grpc
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from smsgate.v1 import message_pb2 as mpb
 from smsgate.v1 import sign_service_pb2 as spb
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import template_service_pb2 as tpb
 from smsgate_server.providers.aliyun import aliyun_number
 from smsgate_server.providers.providers_file import ProvidersFileError, load_providers_file
-from smsgate_server.providers.receipts import twilio_request_valid
+from smsgate_server.providers.receipts import (
+    FIELD_LIMIT,
+    ReceiptFormatError,
+    parse_aliyun_receipts,
+    parse_tencent_receipts,
+    twilio_request_valid,
+)
 from smsgate_server.providers.signing import twilio_signature
 from smsgate_server.receipt_endpoints import MAX_BODY_BYTES
 from smsgate_server.runtime import Running
@@ -445,3 +453,31 @@ def test_twilio_with_an_api_key_needs_the_token_it_signs_callbacks_with(tmp_path
 
     with pytest.raises(ProvidersFileError, match="callback_token"):
         load_providers_file(providers)
+
+
+# --- the formats, on any input ---------------------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+_REPORT_KEYS = ["sid", "report_status", "errmsg", "user_receive_time", "biz_id", "phone_number"]
+_REPORTS = st.lists(
+    st.dictionaries(st.sampled_from(_REPORT_KEYS) | st.text(max_size=5), _JSON, max_size=8),
+    max_size=4,
+)
+
+
+@given(
+    body=st.binary()
+    | _JSON.map(json.dumps).map(str.encode)
+    | _REPORTS.map(json.dumps).map(str.encode)
+)
+def test_any_body_is_read_as_receipts_or_refused_as_malformed(body: bytes) -> None:
+    for parse in (parse_tencent_receipts, parse_aliyun_receipts):
+        try:
+            receipts = parse(body)
+        except ReceiptFormatError:
+            continue
+        assert all(r.vendor_id and len(r.code) <= FIELD_LIMIT for r in receipts)

@@ -21,6 +21,7 @@ from smsgate_server.providers.signing import twilio_signature
 
 __all__ = [
     "ALIYUN_REPLY",
+    "FIELD_LIMIT",
     "TENCENT_REPLY",
     "ReceiptFormatError",
     "VendorReceipt",
