@@ -23,7 +23,7 @@ from smsgate_server.metrics import RECEIPTS
 from smsgate_server.providers.receipts import VendorReceipt
 from smsgate_server.store.messages import MessageStore, Receipt, ReceiptResult
 
-__all__ = ["HOLD_SECONDS", "IntakeResult", "ReceiptIntake"]
+__all__ = ["HOLD_SECONDS", "Fate", "IntakeResult", "ReceiptIntake"]
 
 # How long one request waits for sends whose outcome is not stored yet: a
 # vendor can report before our write of its answer lands. Well inside the
