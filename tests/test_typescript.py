@@ -4,6 +4,7 @@ to restart, and the README's TypeScript session works when pasted."""
 
 from __future__ import annotations
 
+import asyncio
 import filecmp
 import json
 import os
@@ -18,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ServerFactory
 from tests.processes import ServerProcess, Servers
+from tests.test_cli import dev_token
+from tests.test_tls import pki  # noqa: F401 - the CA and certificates fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "clients" / "typescript"
@@ -52,11 +56,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _token(data_dir: Path) -> str:
-    token: str = json.loads((data_dir / "dev-app.json").read_text())["token"]
-    return token
 
 
 def _tree(root: Path) -> list[str]:
@@ -95,7 +94,7 @@ def test_typescript_client_against_a_server_it_restarts(
     env = dict(
         os.environ,
         SMSGATE_TARGET=address,
-        SMSGATE_TOKEN=_token(data_dir),
+        SMSGATE_TOKEN=dev_token(data_dir),
         SMSGATE_TEST_CONTROL=str(control),
     )
     log = tmp_path / "node-test.log"
@@ -145,7 +144,7 @@ def test_readme_typescript_session_works_when_pasted(
         env=dict(
             os.environ,
             SMSGATE_TARGET=f"127.0.0.1:{server.grpc_port}",
-            SMSGATE_TOKEN=_token(data_dir),
+            SMSGATE_TOKEN=dev_token(data_dir),
         ),
         capture_output=True,
         text=True,
@@ -157,3 +156,51 @@ def test_readme_typescript_session_works_when_pasted(
         "DELIVERED",
         "INVALID_ARGUMENT INVALID_PHONE_NUMBER [ 'phone_number' ]",
     ], done.stdout + done.stderr
+
+
+SEND_ONE = """
+import { MessageStatus, SmsgateClient } from %s;
+const sent = await SmsgateClient.fromEnv().send("+14155550123", "over mTLS");
+console.log(MessageStatus[sent.status]);
+"""
+
+
+async def test_typescript_client_speaks_mtls_from_the_environment(
+    built: Path,
+    make_server: ServerFactory,
+    pki: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    server = await make_server(
+        tls_cert_file=pki["server_crt"],
+        tls_key_file=pki["server_key"],
+        tls_client_ca_file=pki["ca"],
+    )
+    token = (await server.apps.create("ts")).token
+    script = tmp_path / "send.mjs"
+    script.write_text(SEND_ONE % json.dumps((built / "src" / "index.js").as_uri()))
+    env = dict(
+        os.environ,
+        SMSGATE_TARGET=f"127.0.0.1:{server.grpc_port}",
+        SMSGATE_TOKEN=token,
+        SMSGATE_TLS="1",
+        SMSGATE_TLS_CA_FILE=str(pki["ca"]),
+        SMSGATE_TLS_CLIENT_CERT_FILE=str(pki["client_crt"]),
+        SMSGATE_TLS_CLIENT_KEY_FILE=str(pki["client_key"]),
+    )
+
+    async def run(env: dict[str, str]) -> tuple[int | None, str]:
+        assert NODE is not None
+        node = await asyncio.create_subprocess_exec(
+            NODE, str(script), env=env, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(node.communicate(), 60)
+        return node.returncode, out.decode()
+
+    assert await run(env) == (0, "QUEUED\n")
+    without_cert = {k: v for k, v in env.items() if not k.startswith("SMSGATE_TLS_CLIENT")}
+    code, out = await run(without_cert)
+    assert code != 0, out
+    # The server refuses the handshake; Node sees the HTTP/2 stream closed.
+    assert "SmsgateError" in out, out

@@ -6,6 +6,8 @@
  * It speaks gRPC over HTTP/2 through Connect for Node; the generated
  * `SmsService` client stays reachable as `client.sms` for every other call.
  */
+import { readFileSync } from "node:fs";
+
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
@@ -43,9 +45,20 @@ export const TERMINAL: ReadonlySet<MessageStatus> = new Set([
 
 /** Where the server is and the app's token (`ak_....as_...`). */
 export interface ClientOptions {
-  /** `host:port` (plaintext), or a URL: `http://host:port`, `https://host:port` (TLS). */
+  /** `host:port`, or a URL: `http://host:port`, `https://host:port` (TLS). */
   target: string;
   token: string;
+  /** TLS (and mTLS with a client certificate); `true` trusts the system's CAs. */
+  tls?: TlsOptions | boolean;
+}
+
+/** PEM contents of the CA to trust and of the client certificate for mTLS. */
+export interface TlsOptions {
+  ca?: string | Buffer;
+  cert?: string | Buffer;
+  key?: string | Buffer;
+  /** The name to check the server's certificate against, when not the target's host. */
+  serverName?: string;
 }
 
 /** Optional fields of a SendSms call; a `requestId` is generated when absent. */
@@ -210,16 +223,39 @@ export class SmsgateClient {
       request.header.set("authorization", `Bearer ${options.token}`);
       return next(request);
     };
-    const target = options.target;
-    const baseUrl = /^https?:\/\//.test(target) ? target : `http://${target}`;
-    this.sms = createClient(SmsService, createGrpcTransport({ baseUrl, interceptors: [auth] }));
+    const { target, tls } = options;
+    const scheme = tls ? "https" : "http";
+    const baseUrl = /^https?:\/\//.test(target) ? target : `${scheme}://${target}`;
+    const { ca, cert, key, serverName } = typeof tls === "object" ? tls : ({} as TlsOptions);
+    const nodeOptions = { ca, cert, key, servername: serverName };
+    this.sms = createClient(
+      SmsService,
+      createGrpcTransport({ baseUrl, interceptors: [auth], nodeOptions }),
+    );
   }
 
-  /** A client for SMSGATE_TARGET (default 127.0.0.1:50051) and SMSGATE_TOKEN. */
+  /**
+   * A client for SMSGATE_TARGET (default 127.0.0.1:50051) and SMSGATE_TOKEN;
+   * TLS with SMSGATE_TLS=1 and the optional SMSGATE_TLS_CA_FILE,
+   * SMSGATE_TLS_CLIENT_CERT_FILE, SMSGATE_TLS_CLIENT_KEY_FILE and
+   * SMSGATE_TLS_SERVER_NAME (as the Python client reads them).
+   */
   static fromEnv(env: NodeJS.ProcessEnv = process.env): SmsgateClient {
     const token = env.SMSGATE_TOKEN;
-    if (!token) throw new Error("SMSGATE_TOKEN is not set");
-    return new SmsgateClient({ target: env.SMSGATE_TARGET || "127.0.0.1:50051", token });
+    if (!token) throw new Error("SMSGATE_TOKEN is not set: the app token, <app_key>.<app_secret>");
+    const read = (name: string): Buffer | undefined => {
+      const path = env[name];
+      return path ? readFileSync(path) : undefined;
+    };
+    const tls = ["1", "true", "yes", "on"].includes((env.SMSGATE_TLS ?? "").toLowerCase())
+      ? {
+          ca: read("SMSGATE_TLS_CA_FILE"),
+          cert: read("SMSGATE_TLS_CLIENT_CERT_FILE"),
+          key: read("SMSGATE_TLS_CLIENT_KEY_FILE"),
+          serverName: env.SMSGATE_TLS_SERVER_NAME || undefined,
+        }
+      : undefined;
+    return new SmsgateClient({ target: env.SMSGATE_TARGET || "127.0.0.1:50051", token, tls });
   }
 
   /** Sends `text` to `phoneNumber`; retries with the same `requestId` are safe. */
