@@ -188,6 +188,7 @@ export class StatusWatch implements AsyncIterable<StatusEvent> {
 
   async *[Symbol.asyncIterator](): AsyncIterator<StatusEvent> {
     let failures = 0;
+    let retryAfterMs: number | undefined;
     while (!this.signal?.aborted) {
       try {
         const request = { ...this.filter, resumeToken: this.resumeToken };
@@ -200,14 +201,18 @@ export class StatusWatch implements AsyncIterable<StatusEvent> {
           this.resumeToken = event.resumeToken;
           yield event;
         }
+        // A stream the server ended (it should not) is reconnected as a cut one.
       } catch (err) {
         if (this.signal?.aborted) return;
         const error = SmsgateError.from(err);
         if (!RESUMABLE.has(error.code)) throw error;
-        const backoff = Math.min(MAX_BACKOFF_MS, 100 * 2 ** failures) * Math.random();
-        failures += 1;
-        await sleep(error.retryAfterMs ?? backoff, this.signal);
+        retryAfterMs = error.retryAfterMs;
       }
+      // Full jitter, growing while reconnects bring no event.
+      const backoff = Math.min(MAX_BACKOFF_MS, 100 * 2 ** failures) * Math.random();
+      failures += 1;
+      await sleep(retryAfterMs ?? backoff, this.signal);
+      retryAfterMs = undefined;
       this.reconnects += 1;
     }
   }
