@@ -343,12 +343,14 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
     for name in ["", *served]:
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     serving.set()
+    # The dev app exists before "smsgate serving" is logged: whoever waits for
+    # that line (a person, a test, a script) can read its token at once.
+    if settings.embedded_redis and settings.create_dev_app and settings.role is not Role.WORKER:
+        await _dev_app(apps, settings, grpc_port)
     log.info(
         "smsgate serving",
         extra={"grpc_port": grpc_port, "http_port": http_port, "role": settings.role.value},
     )
-    if settings.embedded_redis and settings.create_dev_app and settings.role is not Role.WORKER:
-        await _dev_app(apps, settings, grpc_port)
     await reached(StartStep.SERVING)
     return Running(
         settings=settings,
