@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from smsgate.v1 import message_pb2, sms_service_pb2_grpc
 from smsgate.v1 import sms_service_pb2 as pb
+from smsgate_server.config import Settings, unknown_variables
 from smsgate_server.runtime import StartError, start
 from smsgate_server.store.embedded_redis import EmbeddedRedis, find_redis_server
 from smsgate_server.store.keys import shard_count_key
@@ -354,3 +356,21 @@ def test_the_metrics_directory_is_removed_on_exit_and_orphans_at_start(
     server.signal(signal.SIGTERM)
     assert server.wait_exit() == 0
     assert list(data_dir.glob("metrics-*")) == []
+
+
+def test_the_clients_variables_are_not_reported_as_unknown() -> None:
+    root = Path(__file__).resolve().parent.parent
+    sources = [
+        *(root / "clients" / "python" / "smsgate").glob("*.py"),
+        *(root / "clients" / "typescript" / "src").rglob("*.ts"),
+    ]
+    named = {
+        name
+        for source in sources
+        for name in re.findall(r"SMSGATE_[A-Z0-9_]+", source.read_text())
+        # The clients' docs name some server settings too.
+        if name.removeprefix("SMSGATE_").lower() not in Settings.model_fields
+    }
+    assert named, "no client reads an SMSGATE_* variable any more: update CLIENT_VARIABLES"
+    assert unknown_variables(dict.fromkeys(named, "x")) == []
+    assert unknown_variables({"SMSGATE_TEST_TWILIO_TOKEN": "x"}) == []

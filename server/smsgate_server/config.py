@@ -18,6 +18,21 @@ from smsgate_server.redis_urls import is_cluster_url, parse_cluster_url
 __all__ = ["Role", "Settings", "parse_address", "unknown_variables"]
 
 ENV_PREFIX = "SMSGATE_"
+# SMSGATE_* names that are no server setting but may share its environment:
+# the clients' (smsgate.Connection.from_env, the TypeScript client's fromEnv)
+# and, with the prefix TEST_, the test suite's.
+CLIENT_VARIABLES = frozenset(
+    {
+        "TARGET",
+        "TOKEN",
+        "TLS",
+        "TLS_CA_FILE",
+        "TLS_CLIENT_CERT_FILE",
+        "TLS_CLIENT_KEY_FILE",
+        "TLS_SERVER_NAME",
+    }
+)
+_TEST_PREFIX = "TEST_"
 
 
 class Role(enum.StrEnum):
@@ -242,7 +257,9 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     for name in sorted(environ):
         # Variable names are case-insensitive to pydantic-settings.
         prefix, rest = name[: len(ENV_PREFIX)].upper(), name[len(ENV_PREFIX) :].upper()
-        if prefix != ENV_PREFIX or rest in known:
+        if prefix != ENV_PREFIX or rest in known or rest in CLIENT_VARIABLES:
+            continue
+        if rest.startswith(_TEST_PREFIX):
             continue
         # Compared without the prefix they all share, which would make any
         # two names look alike.
