@@ -434,6 +434,10 @@ def wait_settled(url: str, timeout: float) -> Counter[int]:
         time.sleep(1.0)
 
 
+# GetMessage tries per accepted id when the server answers UNAVAILABLE.
+READ_ATTEMPTS = 6
+
+
 async def final_messages(
     address: str, token: str, ids: list[str]
 ) -> dict[str, message_pb2.Message | None]:
@@ -445,16 +449,28 @@ async def final_messages(
         stub = SmsServiceStub(channel)
 
         async def one(message_id: str) -> None:
+            # UNAVAILABLE asks the caller to retry, as any client would (a loaded
+            # machine can keep a call waiting for a Redis connection past the
+            # pool's timeout); a bounded number of times, then it is a failure.
             async with limit:
-                try:
-                    reply = await stub.GetMessage(
-                        pb.GetMessageRequest(message_id=message_id), metadata=metadata, timeout=30
-                    )
-                    out[message_id] = reply.message
-                except grpc.aio.AioRpcError as err:
-                    if err.code() != grpc.StatusCode.NOT_FOUND:
-                        raise
-                    out[message_id] = None
+                for attempt in range(READ_ATTEMPTS):
+                    try:
+                        reply = await stub.GetMessage(
+                            pb.GetMessageRequest(message_id=message_id),
+                            metadata=metadata,
+                            timeout=30,
+                        )
+                        out[message_id] = reply.message
+                        return
+                    except grpc.aio.AioRpcError as err:
+                        if err.code() == grpc.StatusCode.NOT_FOUND:
+                            out[message_id] = None
+                            return
+                        if err.code() != grpc.StatusCode.UNAVAILABLE:
+                            raise
+                        if attempt == READ_ATTEMPTS - 1:
+                            raise
+                        await asyncio.sleep(0.5 * 2**attempt)
 
         await asyncio.gather(*(one(i) for i in ids))
     return out
