@@ -75,13 +75,13 @@ def test_committed_typescript_code_matches_a_fresh_buf_generate(
     assert done.returncode == 0, done.stderr
     fresh = tmp_path / GENERATED.relative_to(ROOT)
     assert _tree(fresh), "buf generate produced nothing"
-    assert _tree(fresh) == _tree(GENERATED), "run `buf generate` and commit the result"
+    assert _tree(fresh) == _tree(GENERATED), "run `make gen` and commit the result"
     stale = [
         name
         for name in _tree(fresh)
         if not filecmp.cmp(fresh / name, GENERATED / name, shallow=False)
     ]
-    assert not stale, f"stale generated TypeScript {stale}: run `buf generate` and commit it"
+    assert not stale, f"stale generated TypeScript {stale}: run `make gen` and commit it"
 
 
 def test_typescript_client_against_a_server_it_restarts(
