@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from redis.asyncio import Redis
 from smsgate.v1 import message_pb2 as mpb
 from smsgate.v1 import sign_service_pb2 as spb
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import template_service_pb2 as tpb
+from smsgate_server.dispatch.receipt_intake import ReceiptIntake
 from smsgate_server.providers.aliyun import aliyun_number
 from smsgate_server.providers.providers_file import ProvidersFileError, load_providers_file
 from smsgate_server.providers.receipts import (
@@ -31,8 +34,15 @@ from smsgate_server.providers.receipts import (
     twilio_request_valid,
 )
 from smsgate_server.providers.signing import twilio_signature
-from smsgate_server.receipt_endpoints import MAX_BODY_BYTES
+from smsgate_server.receipt_endpoints import (
+    MAX_BODY_BYTES,
+    ReceiptEndpoint,
+    Vendor,
+    receipt_routes,
+)
 from smsgate_server.runtime import Running
+from smsgate_server.store.messages import MessageStore
+from starlette.applications import Starlette
 
 from tests.conftest import ServerFactory
 from tests.test_vendor_pipeline import CN, US, Client, Connect
@@ -482,3 +492,34 @@ def test_any_body_is_read_as_receipts_or_refused_as_malformed(body: bytes) -> No
         except ReceiptFormatError:
             continue
         assert all(r.vendor_id and len(r.code) <= FIELD_LIMIT for r in receipts)
+
+
+async def test_no_ok_while_redis_is_away_so_the_vendor_posts_again() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        gone = Redis.from_url(f"redis://127.0.0.1:{s.getsockname()[1]}/0")
+    store = MessageStore(
+        gone, shards=1, event_retention_seconds=3600, message_retention_seconds=86_400,
+        idempotency_ttl_seconds=3600, receipt_timeout_seconds=3600, schedule_max_days=35,
+        max_message_age_seconds=86_400,
+    )  # fmt: skip
+    endpoints = {
+        "tencent": ReceiptEndpoint("tencent", Vendor.TENCENT, TOKEN),
+        "twilio": ReceiptEndpoint("twilio", Vendor.TWILIO, "twilio-token"),
+    }
+    app = Starlette(routes=receipt_routes(endpoints, ReceiptIntake(store, hold=0.1)))
+    report = {"sid": "2640:1", "report_status": "SUCCESS", "errmsg": "DELIVRD"}
+    form = {"MessageSid": "SM" + "0" * 32, "MessageStatus": "delivered"}
+    signature = twilio_signature("twilio-token", "http://smsgate/receipts/twilio", form.items())
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://smsgate") as http:
+            tencent = await http.post(f"/receipts/tencent/{TOKEN}", json=[report])
+            twilio = await http.post(
+                "/receipts/twilio", data=form, headers={"x-twilio-signature": signature}
+            )
+    finally:
+        await gone.aclose()
+
+    assert (tencent.status_code, tencent.json()["result"]) == (503, 1)
+    assert twilio.status_code == 503
