@@ -7,11 +7,13 @@ from __future__ import annotations
 import string
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
+from smsgate_server.config import Settings
 from smsgate_server.domain.apps import App
 from smsgate_server.domain.codes import (
     LOOK_ALIKES,
@@ -40,6 +42,9 @@ from smsgate_server.services.verification import (
 )
 from smsgate_server.store.codes import CodeStore
 from smsgate_server.store.messages import MessageStore
+
+# The server-wide defaults; tests replace what they exercise.
+POLICY = CodePolicy.from_settings(Settings())
 
 SIGNER = CodeSigner(b"k" * 32)
 APP = App(key="ak_00000000000000000001", name="a")
@@ -202,9 +207,14 @@ def service(
     )
     return VerificationService(
         CodeStore(redis_client),
-        SendingService(store, SendLimits(), TokenSealer(b"k" * 32), texts=TextCipher(b"k" * 32)),
+        SendingService(
+            store,
+            SendLimits.from_settings(Settings()),
+            TokenSealer(b"k" * 32),
+            texts=TextCipher(b"k" * 32),
+        ),
         SIGNER,
-        policy or CodePolicy(),
+        policy or POLICY,
         clock=clock,
     )
 
@@ -233,7 +243,7 @@ async def test_a_code_expires_when_its_validity_has_passed(
 
 
 async def test_the_cooldown_ends_after_its_time(redis_client: aioredis.Redis, clock: Clock) -> None:
-    svc = service(redis_client, clock, CodePolicy(resend_cooldown_ms=60_000))
+    svc = service(redis_client, clock, replace(POLICY, resend_cooldown_ms=60_000))
     first = await svc.generate(APP, caller())
     assert first.resend_ms == int(clock.now * 1000) + 60_000
     clock.now += 59
@@ -245,7 +255,7 @@ async def test_the_cooldown_ends_after_its_time(redis_client: aioredis.Redis, cl
 
 
 async def test_the_hourly_cap_is_a_sliding_hour(redis_client: aioredis.Redis, clock: Clock) -> None:
-    policy = CodePolicy(resend_cooldown_ms=0, per_number_hour=2, per_number_day=10)
+    policy = replace(POLICY, resend_cooldown_ms=0, per_number_hour=2, per_number_day=10)
     svc = service(redis_client, clock, policy)
     await svc.generate(APP, caller())
     clock.now += 30 * MINUTE
@@ -261,7 +271,7 @@ async def test_the_hourly_cap_is_a_sliding_hour(redis_client: aioredis.Redis, cl
 async def test_the_daily_cap_counts_the_last_24_hours(
     redis_client: aioredis.Redis, clock: Clock
 ) -> None:
-    policy = CodePolicy(resend_cooldown_ms=0, per_number_hour=5, per_number_day=3)
+    policy = replace(POLICY, resend_cooldown_ms=0, per_number_hour=5, per_number_day=3)
     svc = service(redis_client, clock, policy)
     for _ in range(3):
         await svc.generate(APP, caller())
@@ -279,7 +289,7 @@ async def test_a_refused_code_does_not_count_against_the_apps_minute(
     redis_client: aioredis.Redis, clock: Clock
 ) -> None:
     clock.now = 60 * 28_333_333 + 40.0  # 20 s left in this minute
-    svc = service(redis_client, clock, CodePolicy(per_app_minute=2))
+    svc = service(redis_client, clock, replace(POLICY, per_app_minute=2))
     await svc.generate(APP, caller())
     with pytest.raises(RateLimited):  # cooldown: given back
         await svc.generate(APP, caller())
@@ -299,7 +309,7 @@ async def test_a_code_refused_for_the_apps_minute_leaves_the_number_untouched(
     # its own: sending both at once would replace the live code, start a
     # cooldown and count a send even when the app's minute then refuses.
     clock.now = 60 * 28_333_334 + 1.0
-    policy = CodePolicy(per_app_minute=1, resend_cooldown_ms=0, per_number_hour=2)
+    policy = replace(POLICY, per_app_minute=1, resend_cooldown_ms=0, per_number_hour=2)
     svc = service(redis_client, clock, policy)
     live = await svc.generate(APP, caller())
     with pytest.raises(RateLimited) as caught:

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
+from smsgate_server.config import Settings
 from smsgate_server.domain.sealed_text import TextCipher
 from smsgate_server.domain.tokens import TokenSealer
 from smsgate_server.runtime import Running
@@ -300,7 +301,10 @@ async def test_a_message_past_its_use_is_expired_not_sent(
     token = (await api.apps.create("a")).token
     app = token.split(".", 1)[0]
     sending = SendingService(
-        api.store, SendLimits(), TokenSealer(b"k" * 32), texts=TextCipher(b"k" * 32)
+        api.store,
+        SendLimits.from_settings(Settings()),
+        TokenSealer(b"k" * 32),
+        texts=TextCipher(b"k" * 32),
     )
     soon = api.store.now_ms() + 300
     message = await sending.send(

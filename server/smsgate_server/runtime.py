@@ -190,18 +190,6 @@ def load_server_secret(settings: Settings) -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
-def code_policy(settings: Settings) -> CodePolicy:
-    """The server-wide verification policy from settings."""
-    return CodePolicy(
-        max_attempts=settings.verify_max_attempts,
-        resend_cooldown_ms=int(settings.verify_resend_cooldown_seconds * 1000),
-        per_number_hour=settings.verify_per_number_hour,
-        per_number_day=settings.verify_per_number_day,
-        per_app_minute=settings.verify_per_minute,
-        allowed_countries=settings.verify_allowed_countries,
-    )
-
-
 async def _dev_app(apps: AppStore, settings: Settings, grpc_port: int) -> None:
     """In embedded mode, make a development app on first start and say how to call."""
     path = settings.data_dir / "dev-app.json"
@@ -244,6 +232,8 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
             await after_step(step)
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Read once: it keys code HMACs, tokens and sealed texts alike.
+    secret = load_server_secret(settings)
     url = settings.redis_url
     if url is None:
         url = await _embedded_redis(settings.data_dir, stack)
@@ -290,7 +280,7 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
             DispatchQueue(redis, shards=settings.shards),
             provider,
             config=DispatchConfig.from_settings(settings),
-            texts=TextCipher(load_server_secret(settings)),
+            texts=TextCipher(secret),
         )
         # Registered first: stop() also releases a start that failed half-way.
         stack.push_async_callback(dispatcher.stop, grace)
@@ -322,7 +312,7 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
     if settings.role is not Role.WORKER:
         hub = WatchHub(
             EventStore(redis.client, redis.reader, settings.shards),
-            TokenSealer(load_server_secret(settings)),
+            TokenSealer(secret),
             buffer=settings.watch_buffer,
             retention_seconds=settings.event_retention_seconds,
             admission=_admission(settings, redis),
@@ -330,7 +320,7 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
         # Before server.stop(): open streams end with UNAVAILABLE, so their
         # clients reconnect elsewhere instead of holding the grace period.
         stack.push_async_callback(hub.close)
-        _add_services(server, settings, store, redis, hub)
+        _add_services(server, settings, store, redis, hub, secret)
     _add_reflection(server)
     grpc_port = _listen(server, settings)
     await reached(StartStep.GRPC)
@@ -544,6 +534,7 @@ def _add_services(
     store: MessageStore,
     redis: RedisConnection,
     hub: WatchHub,
+    secret: bytes,
 ) -> None:
     """Register the smsgate servicers (processes whose role serves the API)."""
     ttl = settings.idempotency_ttl_seconds
@@ -551,14 +542,9 @@ def _add_services(
     signs = SignStore(redis.client)
     sending = SendingService(
         store,
-        SendLimits(
-            max_text_segments=settings.max_text_segments,
-            max_labels=settings.max_labels,
-            schedule_max_days=settings.schedule_max_days,
-            batch_max_recipients=settings.batch_max_recipients,
-        ),
+        SendLimits.from_settings(settings),
         hub.tokens,
-        texts=TextCipher(load_server_secret(settings)),
+        texts=TextCipher(secret),
         admission=hub.admission,
         composer=Composer(templates, signs),
     )
@@ -566,8 +552,8 @@ def _add_services(
     verification = VerificationService(
         CodeStore(redis.client),
         sending,
-        CodeSigner(load_server_secret(settings)),
-        code_policy(settings),
+        CodeSigner(secret),
+        CodePolicy.from_settings(settings),
     )
     verification_service_pb2_grpc.add_VerificationServiceServicer_to_server(
         VerificationServicer(verification), server

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
+from smsgate_server.config import Settings
 from smsgate_server.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -80,12 +81,21 @@ MAX_PAGE_SIZE = 500
 
 @dataclass(frozen=True, slots=True)
 class SendLimits:
-    """Limits on what a send may ask for (from Settings)."""
+    """Limits on what a send may ask for; the values live once, in Settings."""
 
-    max_text_segments: int = 10
-    max_labels: int = 16
-    schedule_max_days: int = 35
-    batch_max_recipients: int = 10_000
+    max_text_segments: int
+    max_labels: int
+    schedule_max_days: int
+    batch_max_recipients: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SendLimits:
+        return cls(
+            max_text_segments=settings.max_text_segments,
+            max_labels=settings.max_labels,
+            schedule_max_days=settings.schedule_max_days,
+            batch_max_recipients=settings.batch_max_recipients,
+        )
 
 
 @dataclass(frozen=True, slots=True)

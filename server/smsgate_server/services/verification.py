@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from smsgate_server.config import Settings
 from smsgate_server.domain.apps import App
 from smsgate_server.domain.codes import (
     MAX_CODE_INPUT,
@@ -92,16 +93,27 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class CodePolicy:
-    """Server-wide verification settings; an app's own policy overrides the
-    per-minute limit and the allowed countries."""
+    """Server-wide verification settings (the values live once, in Settings);
+    an app's own policy overrides the per-minute limit and the allowed countries."""
 
-    max_attempts: int = 5
-    resend_cooldown_ms: int = 60_000
-    per_number_hour: int = 5
-    per_number_day: int = 10
-    per_app_minute: int = 60
+    max_attempts: int
+    resend_cooldown_ms: int
+    per_number_hour: int
+    per_number_day: int
+    per_app_minute: int
     # Empty: every country is allowed.
-    allowed_countries: frozenset[int] = frozenset()
+    allowed_countries: frozenset[int]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CodePolicy:
+        return cls(
+            max_attempts=settings.verify_max_attempts,
+            resend_cooldown_ms=int(settings.verify_resend_cooldown_seconds * 1000),
+            per_number_hour=settings.verify_per_number_hour,
+            per_number_day=settings.verify_per_number_day,
+            per_app_minute=settings.verify_per_minute,
+            allowed_countries=settings.verify_allowed_countries,
+        )
 
 
 @dataclass(frozen=True, slots=True)
