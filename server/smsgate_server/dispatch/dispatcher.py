@@ -52,6 +52,9 @@ PROMOTE_BATCH = 500
 # A blip while storing outcomes is retried with this backoff (seconds).
 SETTLE_RETRY_BASE = 0.05
 SETTLE_RETRY_MAX = 1.0
+_settle_failed = RepeatedLog(
+    log, "settle gave up; the entries will be re-claimed", every=5.0, level=logging.ERROR
+)
 _unreadable = RepeatedLog(
     log,
     "cannot open a sealed message text: every replica must share SMSGATE_SERVER_SECRET",
@@ -308,14 +311,17 @@ class Dispatcher:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 attempt += 1
                 delay = retry_delay(
                     attempt, base=SETTLE_RETRY_BASE, cap=SETTLE_RETRY_MAX, rng=self.rng
                 )
                 if time.monotonic() + delay > deadline:
                     # Unacknowledged: re-claimed after the visibility timeout.
-                    log.exception("settle failed", extra={"count": len(outcomes)})
+                    # An outage gives up many chunks at once: one line per
+                    # interval with a count, and a traceback only for a bug.
+                    bug = None if isinstance(exc, Unavailable) else exc
+                    _settle_failed.occurred(type(exc).__name__, exc=bug, messages=len(outcomes))
                     return
                 await asyncio.sleep(delay)
 

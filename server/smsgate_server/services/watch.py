@@ -160,6 +160,10 @@ class WatchHub:
                 )
             except asyncio.CancelledError:
                 raise
+            except Unavailable:
+                # Logged, with a count, where the store mapped it.
+                await asyncio.sleep(1.0)
+                continue
             except Exception:
                 log.exception("event read failed", extra={"shard": shard})
                 await asyncio.sleep(1.0)
