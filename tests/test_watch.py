@@ -6,10 +6,12 @@ import asyncio
 import base64
 import contextlib
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from smsgate.v1 import message_pb2
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
@@ -143,6 +145,73 @@ async def test_resumed_subscriber_gets_every_event_exactly_once_in_order(
     for message_id in ids + more:
         statuses = [e.status for e in seen + rest if e.message_id == message_id]
         assert statuses == FULL_LIFE
+
+
+async def test_a_watch_by_id_opens_with_one_snapshot_of_a_message_delivered_before_it(
+    sms: SmsServiceAsyncStub, token: str
+) -> None:
+    ids = await send(sms, token, 1)
+    await wait_for_statuses(sms, token, ids, {S.MESSAGE_STATUS_DELIVERED})
+    call = await started(
+        sms.WatchStatus(pb.WatchStatusRequest(message_ids=ids), metadata=bearer(token))
+    )
+    (first,) = await collect(call, until=1)
+    assert (first.message_id, first.status, first.snapshot) == (
+        ids[0],
+        S.MESSAGE_STATUS_DELIVERED,
+        True,
+    )
+    assert first.resume_token
+    with pytest.raises(TimeoutError):  # nothing more: the message is done
+        await collect(call, until=1, timeout=0.5)
+
+
+async def test_a_watch_by_batch_opens_with_a_snapshot_of_each_message(
+    sms: SmsServiceAsyncStub, token: str
+) -> None:
+    batch = await sms.BatchSend(
+        pb.BatchSendRequest(
+            recipients=[pb.BatchRecipient(phone_number=f"+1415555{i:04d}") for i in range(3)],
+            text="b",
+        ),
+        metadata=bearer(token),
+    )
+    ids = [r.message_id for r in batch.results]
+    await wait_for_statuses(sms, token, ids, {S.MESSAGE_STATUS_DELIVERED})
+    call = await started(
+        sms.WatchStatus(pb.WatchStatusRequest(batch_id=batch.batch_id), metadata=bearer(token))
+    )
+    events = await collect(call, until=3)
+    call.cancel()
+    assert sorted((e.message_id, e.status, e.snapshot) for e in events) == sorted(
+        (i, S.MESSAGE_STATUS_DELIVERED, True) for i in ids
+    )
+
+
+async def test_a_resume_after_a_snapshot_repeats_nothing(
+    sms: SmsServiceAsyncStub, token: str
+) -> None:
+    soon = Timestamp()
+    soon.FromDatetime(datetime.now(UTC) + timedelta(seconds=1.5))
+    sent = await sms.SendSms(
+        pb.SendSmsRequest(phone_number="+14155550100", text="soon", send_time=soon),
+        metadata=bearer(token),
+    )
+    ids = [sent.message.id]
+    call = await started(
+        sms.WatchStatus(pb.WatchStatusRequest(message_ids=ids), metadata=bearer(token))
+    )
+    seen = await collect(call, until=1)
+    call.cancel()  # disconnect right after the snapshot
+    assert (seen[0].status, seen[0].snapshot) == (S.MESSAGE_STATUS_SCHEDULED, True)
+
+    resumed = sms.WatchStatus(
+        pb.WatchStatusRequest(message_ids=ids, resume_token=seen[0].resume_token),
+        metadata=bearer(token),
+    )
+    rest = await collect(resumed, until=len(FULL_LIFE))
+    resumed.cancel()
+    assert [(e.status, e.snapshot) for e in rest] == [(s, False) for s in FULL_LIFE]
 
 
 def sealed(server: Running, token: str, positions: list[str]) -> str:

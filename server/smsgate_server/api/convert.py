@@ -79,6 +79,25 @@ def message_to_proto(m: StoredMessage) -> message_pb2.Message:
     return out
 
 
+def snapshot_to_proto(m: StoredMessage, resume_token: str) -> message_pb2.StatusEvent:
+    """A watch's snapshot of a message: its current status as an event."""
+    latest = m.history[-1] if m.history else None
+    out = message_pb2.StatusEvent(
+        message_id=m.id,
+        batch_id=m.batch_id,
+        status=m.status.value,  # type: ignore[arg-type]
+        time=timestamp_from_ms(latest.time_ms if latest else m.updated_ms),
+        detail=latest.detail if latest else "",
+        resume_token=resume_token,
+        snapshot=True,
+    )
+    if m.error_code:
+        out.error.code = m.error_code
+        out.error.reason = m.error_reason
+        out.error.retryable = m.error_retryable
+    return out
+
+
 def event_to_proto(e: StatusEvent, resume_token: str) -> message_pb2.StatusEvent:
     """The API view of a status event."""
     out = message_pb2.StatusEvent(

@@ -9,14 +9,19 @@ import grpc
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import sms_service_pb2_grpc as pb_grpc
 
-from smsgate_server.api.convert import event_to_proto, message_to_proto, ms_from_timestamp
+from smsgate_server.api.convert import (
+    event_to_proto,
+    message_to_proto,
+    ms_from_timestamp,
+    snapshot_to_proto,
+)
 from smsgate_server.api.guard import current_app
 from smsgate_server.domain.errors import InvalidArgument
 from smsgate_server.domain.status import Status
 from smsgate_server.domain.validation import MAX_STATUSES, Violations, check_count, check_id
 from smsgate_server.services.composing import TemplateRef
 from smsgate_server.services.sending import BatchCommand, ListQuery, SendCommand, SendingService
-from smsgate_server.services.watch import WatchFilter, WatchHub
+from smsgate_server.services.watch import WatchFilter, WatchHub, current_messages
 
 __all__ = ["SmsServicer"]
 
@@ -144,11 +149,21 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
             batch_id=request.batch_id,
             statuses=statuses,
         )
-        watch = await self.hub.open(current_app().key, wanted, request.resume_token)
+        app = current_app().key
+        watch = await self.hub.open(app, wanted, request.resume_token)
         try:
             # Headers go out now, so a client knows the subscription is live.
             await context.send_initial_metadata(())
-            async for event, token in watch.events():
+            shown: frozenset[tuple[str, Status]] = frozenset()
+            # Read after subscribing, so no change falls between the two; a
+            # resume sends none (the client has seen everything up to its token).
+            if not request.resume_token and (wanted.message_ids or wanted.batch_id):
+                start = watch.start_token()
+                snapshot = await current_messages(self.sending, app, wanted)
+                shown = frozenset((m.id, h.status) for m in snapshot for h in m.history)
+                for message in snapshot:
+                    yield pb.WatchStatusResponse(event=snapshot_to_proto(message, start))
+            async for event, token in watch.events(shown):
                 yield pb.WatchStatusResponse(event=event_to_proto(event, token))
         finally:
             # Also on cancellation (client gone), which must propagate.

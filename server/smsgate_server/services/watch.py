@@ -28,19 +28,22 @@ from typing import Any
 from smsgate_server.aio import cancel_and_wait
 from smsgate_server.domain.errors import (
     InvalidArgument,
+    NotFound,
     OutOfRange,
     RateLimited,
     Reason,
     Unavailable,
 )
 from smsgate_server.domain.events import StatusEvent, decode_token, encode_token, stream_id_key
+from smsgate_server.domain.message import StoredMessage
 from smsgate_server.domain.status import Status
 from smsgate_server.domain.tokens import TokenSealer
 from smsgate_server.metrics import WATCH_SUBSCRIPTIONS
 from smsgate_server.services.admission import Admission, QuerySlot
+from smsgate_server.services.sending import MAX_PAGE_SIZE, ListQuery, SendingService
 from smsgate_server.store.events import EventStore
 
-__all__ = ["Watch", "WatchFilter", "WatchHub"]
+__all__ = ["Watch", "WatchFilter", "WatchHub", "current_messages"]
 
 log = logging.getLogger("smsgate.watch")
 
@@ -112,6 +115,8 @@ class WatchHub:
     _sweeper: asyncio.Task[None] | None = None
     _closing: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The app whose watch is being opened (under the lock), if any.
+    _opening: str | None = None
     # Bounds the catch-ups an app runs at once (None: unbounded).
     admission: Admission | None = None
 
@@ -225,21 +230,26 @@ class WatchHub:
             self._sweeper = asyncio.create_task(self._sweep_loop(), name="watch-sweep")
         async with self._lock:
             # Registering the app first keeps the readers from stopping while
-            # they are started (or found running) for this watch.
+            # they are started (or found running) for this watch; marking it
+            # as opening keeps the app's last other watch, closing meanwhile,
+            # from removing the entry.
             self._subscribers.setdefault(app, set())
+            self._opening = app
             try:
                 await self._ensure_reading()
                 positions = await self._start_positions(app, token)
             except BaseException:
+                self._opening = None
                 self._forget_app(app)
                 raise
+            self._opening = None
             sub = _Subscriber(app, wanted, asyncio.Queue(self.buffer), task)
             self._subscribers[app].add(sub)
             WATCH_SUBSCRIPTIONS.inc()
         return Watch(self, sub, wanted, positions)
 
     def _forget_app(self, app: str) -> None:
-        if not self._subscribers.get(app):
+        if not self._subscribers.get(app) and app != self._opening:
             self._subscribers.pop(app, None)
 
     def _unsubscribe(self, sub: _Subscriber) -> None:
@@ -286,8 +296,20 @@ class Watch:
             if shard < len(live)
         )
 
-    async def events(self) -> AsyncIterator[tuple[StatusEvent, str]]:
-        """Matching events, each with the token that resumes after it."""
+    def start_token(self) -> str:
+        """The token of where this watch starts: a resume from it receives
+        every event the watch would have streamed."""
+        return encode_token(self.hub.tokens, self.sub.app, self.positions)
+
+    async def events(
+        self, shown: frozenset[tuple[str, Status]] = frozenset()
+    ) -> AsyncIterator[tuple[StatusEvent, str]]:
+        """Matching events, each with the token that resumes after it.
+
+        ``shown``: (message id, status) pairs a snapshot already showed; a
+        message that changed between the subscription and the snapshot's read
+        would otherwise report those statuses twice on this stream.
+        """
         positions, wanted, app = self.positions, self.wanted, self.sub.app
         tokens = self.hub.tokens
         # First what happened since the token, straight from the streams...
@@ -298,7 +320,7 @@ class Watch:
                     batch = await self.hub.events.after(shard, positions[shard], CATCHUP_READ)
                     for event in batch:
                         positions[shard] = event.stream_id
-                        if event.app == app and wanted.matches(event):
+                        if event.app == app and _wanted(event, wanted, shown):
                             yield event, encode_token(tokens, app, positions)
                     if len(batch) < CATCHUP_READ:
                         break
@@ -313,7 +335,7 @@ class Watch:
             if stream_id_key(item.stream_id) <= stream_id_key(positions[item.shard]):
                 continue
             positions[item.shard] = item.stream_id
-            if wanted.matches(item):
+            if _wanted(item, wanted, shown):
                 yield item, encode_token(tokens, app, positions)
 
     def _catchup_slot(self) -> QuerySlot | None:
@@ -326,3 +348,37 @@ class Watch:
         if self.catchup is not None:
             self.catchup.release()
         self.hub._unsubscribe(self.sub)
+
+
+def _wanted(event: StatusEvent, wanted: WatchFilter, shown: frozenset[tuple[str, Status]]) -> bool:
+    return wanted.matches(event) and (event.message_id, event.status) not in shown
+
+
+async def current_messages(
+    sending: SendingService, app: str, wanted: WatchFilter
+) -> list[StoredMessage]:
+    """The app's messages a watch filtered by ids or a batch matches, as they
+    are now (its snapshot); ids not found (or another app's) are left out."""
+    found: list[StoredMessage] = []
+    for message_id in sorted(wanted.message_ids):
+        try:
+            found.append(await sending.get(app, message_id))
+        except NotFound:
+            continue
+    if wanted.batch_id and not wanted.message_ids:
+        token = ""
+        while True:
+            query = ListQuery(page_size=MAX_PAGE_SIZE, page_token=token, batch_id=wanted.batch_id)
+            try:
+                page, token = await sending.list_messages(app, query)
+            except NotFound:
+                break
+            found.extend(page)
+            if not token:
+                break
+    return [
+        m
+        for m in found
+        if (not wanted.batch_id or m.batch_id == wanted.batch_id)
+        and (not wanted.statuses or m.status in wanted.statuses)
+    ]

@@ -380,6 +380,7 @@ class StatusEvent(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Output only. The message whose status changed."""
     batch_id: _builtins.str
@@ -389,7 +390,14 @@ class StatusEvent(_message.Message):
     detail: _builtins.str
     """Output only. Why, in a few words."""
     resume_token: _builtins.str
-    """Output only. Opaque token: pass it to WatchStatus to resume after this event."""
+    """Output only. Opaque token: pass it to WatchStatus to resume after this event.
+    A snapshot event carries the token of where the live stream starts.
+    """
+    snapshot: _builtins.bool
+    """Output only. True for the opening summary of a watch filtered by message
+    ids or a batch: the status the message was in when the watch began (with
+    `time`, `detail` and `error` of its latest change), not a change seen live.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When it entered it."""
@@ -408,10 +416,11 @@ class StatusEvent(_message.Message):
         detail: _builtins.str = ...,
         error: Global___DeliveryError | None = ...,
         resume_token: _builtins.str = ...,
+        snapshot: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "detail", b"detail", "error", b"error", "message_id", b"message_id", "resume_token", b"resume_token", "status", b"status", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "detail", b"detail", "error", b"error", "message_id", b"message_id", "resume_token", b"resume_token", "snapshot", b"snapshot", "status", b"status", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -106,8 +106,22 @@ class SmsServiceStub:
 
     Filters narrow the stream. Each event carries a resume token; a client
     that reconnects with its last token receives every later event exactly
-    once. Errors: INVALID_ARGUMENT (bad filter, a token not issued to the
-    app), OUT_OF_RANGE (token older than the retention window),
+    once.
+
+    Watching what you just sent: a new watch (no `resume_token`) filtered by
+    `message_ids` or `batch_id` first sends one snapshot event
+    (`StatusEvent.snapshot`) per matched message with its current status,
+    then the changes from the moment the watch opened, so a change that
+    happened between the send and the watch is never missed: send, watch by
+    id, and the first event already says where the message stands. A status
+    the snapshot showed is not repeated live. Snapshots carry the token of
+    where the live stream starts, and a resumed watch sends no snapshot, so
+    resuming from any token received stays exactly-once (a resume from a
+    snapshot's token may replay, as plain events, changes the snapshot had
+    already summarised).
+
+    Errors: INVALID_ARGUMENT (bad filter, a token not issued to the app),
+    OUT_OF_RANGE (token older than the retention window),
     RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW: the client fell too far behind;
     resume from the last token; TOO_MANY_CONCURRENT_QUERIES: a resume while
     the app's listings and catch-ups fill its share, retry after the
@@ -193,8 +207,22 @@ class SmsServiceAsyncStub(SmsServiceStub):
 
     Filters narrow the stream. Each event carries a resume token; a client
     that reconnects with its last token receives every later event exactly
-    once. Errors: INVALID_ARGUMENT (bad filter, a token not issued to the
-    app), OUT_OF_RANGE (token older than the retention window),
+    once.
+
+    Watching what you just sent: a new watch (no `resume_token`) filtered by
+    `message_ids` or `batch_id` first sends one snapshot event
+    (`StatusEvent.snapshot`) per matched message with its current status,
+    then the changes from the moment the watch opened, so a change that
+    happened between the send and the watch is never missed: send, watch by
+    id, and the first event already says where the message stands. A status
+    the snapshot showed is not repeated live. Snapshots carry the token of
+    where the live stream starts, and a resumed watch sends no snapshot, so
+    resuming from any token received stays exactly-once (a resume from a
+    snapshot's token may replay, as plain events, changes the snapshot had
+    already summarised).
+
+    Errors: INVALID_ARGUMENT (bad filter, a token not issued to the app),
+    OUT_OF_RANGE (token older than the retention window),
     RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW: the client fell too far behind;
     resume from the last token; TOO_MANY_CONCURRENT_QUERIES: a resume while
     the app's listings and catch-ups fill its share, retry after the
@@ -319,8 +347,22 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Filters narrow the stream. Each event carries a resume token; a client
         that reconnects with its last token receives every later event exactly
-        once. Errors: INVALID_ARGUMENT (bad filter, a token not issued to the
-        app), OUT_OF_RANGE (token older than the retention window),
+        once.
+
+        Watching what you just sent: a new watch (no `resume_token`) filtered by
+        `message_ids` or `batch_id` first sends one snapshot event
+        (`StatusEvent.snapshot`) per matched message with its current status,
+        then the changes from the moment the watch opened, so a change that
+        happened between the send and the watch is never missed: send, watch by
+        id, and the first event already says where the message stands. A status
+        the snapshot showed is not repeated live. Snapshots carry the token of
+        where the live stream starts, and a resumed watch sends no snapshot, so
+        resuming from any token received stays exactly-once (a resume from a
+        snapshot's token may replay, as plain events, changes the snapshot had
+        already summarised).
+
+        Errors: INVALID_ARGUMENT (bad filter, a token not issued to the app),
+        OUT_OF_RANGE (token older than the retention window),
         RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW: the client fell too far behind;
         resume from the last token; TOO_MANY_CONCURRENT_QUERIES: a resume while
         the app's listings and catch-ups fill its share, retry after the
