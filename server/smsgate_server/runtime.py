@@ -79,6 +79,7 @@ from smsgate_server.store.embedded_redis import EmbeddedRedis, running_url
 from smsgate_server.store.events import EventStore
 from smsgate_server.store.layout import record_shard_count
 from smsgate_server.store.messages import MessageStore
+from smsgate_server.store.optouts import OptOutStore
 from smsgate_server.store.queue import DispatchQueue
 from smsgate_server.store.quota import QuotaStore
 from smsgate_server.store.signs import SignStore
@@ -281,6 +282,7 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
             provider,
             config=DispatchConfig.from_settings(settings),
             texts=TextCipher(secret),
+            optouts=OptOutStore(redis.client),
         )
         # Registered first: stop() also releases a start that failed half-way.
         stack.push_async_callback(dispatcher.stop, grace)
@@ -547,6 +549,7 @@ def _add_services(
         texts=TextCipher(secret),
         admission=hub.admission,
         composer=Composer(templates, signs),
+        optouts=OptOutStore(redis.client),
     )
     sms_service_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(sending, hub), server)
     verification = VerificationService(

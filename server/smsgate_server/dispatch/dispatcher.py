@@ -19,7 +19,7 @@ import secrets
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from smsgate_server.aio import cancel_and_wait
@@ -39,6 +39,7 @@ from smsgate_server.providers.base import (
     RecipientResult,
 )
 from smsgate_server.store.messages import Claimed, MessageStore, Outcome, SendOutcome
+from smsgate_server.store.optouts import OptOutStore
 from smsgate_server.store.queue import DispatchQueue, QueueEntry
 
 __all__ = ["DispatchConfig", "Dispatcher"]
@@ -54,6 +55,9 @@ SETTLE_RETRY_BASE = 0.05
 SETTLE_RETRY_MAX = 1.0
 _settle_failed = RepeatedLog(
     log, "settle gave up; the entries will be re-claimed", every=5.0, level=logging.ERROR
+)
+_optout_failed = RepeatedLog(
+    log, "cannot add a number the vendor reports opted out", every=5.0, level=logging.WARNING
 )
 _unreadable = RepeatedLog(
     log,
@@ -106,8 +110,11 @@ class Dispatcher:
         config: DispatchConfig,
         texts: TextCipher,
         rng: random.Random | None = None,
+        optouts: OptOutStore | None = None,
     ) -> None:
         self.store = store
+        # Where a vendor's "this number unsubscribed" refusal lands (None: nowhere).
+        self.optouts = optouts
         self.queue = queue
         self.provider = provider
         self.config = config
@@ -254,6 +261,8 @@ class Dispatcher:
         for o in outcomes:
             SEND_OUTCOMES.labels(self.provider.name, o.outcome).inc()
         try:
+            # First: once a message shows it failed as unsubscribed, the list has the number.
+            await self._opt_out(c for c, r in zip(chunk, results, strict=True) if r.opted_out)
             await self._settle(shard, outcomes)
         finally:
             self._held.difference_update(c.entry for c in chunk)
@@ -299,6 +308,17 @@ class Dispatcher:
             results = [RecipientResult(OutcomeClass.UNKNOWN, "", code, repr(exc)[:200])] * count
         PROVIDER_SECONDS.labels(name).observe(time.perf_counter() - started)
         return results
+
+    async def _opt_out(self, refused: Iterable[Claimed]) -> None:
+        """Add the numbers a vendor refused as unsubscribed to their app's
+        opt-out list. Best effort: the message has failed either way."""
+        if self.optouts is None:
+            return
+        for c in refused:
+            try:
+                await self.optouts.add(c.app, c.phone)
+            except Unavailable as exc:
+                _optout_failed.occurred(type(exc).__name__)
 
     async def _settle(self, shard: int, outcomes: list[SendOutcome]) -> None:
         """Store outcomes, retrying a Redis blip for up to half the visibility

@@ -37,7 +37,7 @@ from smsgate_server.domain.phone import (
 )
 from smsgate_server.domain.sealed_text import TextCipher
 from smsgate_server.domain.status import Status
-from smsgate_server.domain.templates import check_template_id
+from smsgate_server.domain.templates import TemplateKind, check_template_id
 from smsgate_server.domain.tokens import InvalidToken, TokenKind, TokenSealer
 from smsgate_server.domain.validation import (
     Violations,
@@ -54,6 +54,7 @@ from smsgate_server.domain.validation import (
 from smsgate_server.services.admission import Admission
 from smsgate_server.services.composing import Composed, Composer, PreparedTemplate, TemplateRef
 from smsgate_server.store.messages import MessageStore
+from smsgate_server.store.optouts import OptOutStore
 
 __all__ = [
     "BatchCommand",
@@ -173,6 +174,7 @@ class SendingService:
         texts: TextCipher,
         admission: Admission | None = None,
         composer: Composer | None = None,
+        optouts: OptOutStore | None = None,
     ) -> None:
         self.store = store
         self.limits = limits
@@ -183,6 +185,8 @@ class SendingService:
         self.admission = admission
         # Templates and signs for template content (None: free text only).
         self.composer = composer
+        # Numbers that refuse marketing (None: no opt-out list).
+        self.optouts = optouts
 
     def _shard(self, app: str, request_id: str) -> int:
         if request_id:
@@ -204,6 +208,11 @@ class SendingService:
         violations.raise_any()
         if cmd.template is not None:
             prepared = await self._prepare(app, cmd.template)
+            if await self._opted_out(app, prepared, [phone]):
+                raise FailedPrecondition(
+                    "the recipient opted out of the app's marketing messages",
+                    reason=Reason.RECIPIENT_OPTED_OUT,
+                )
             composed = prepared.compose(
                 phone,
                 cmd.template.params,
@@ -271,6 +280,13 @@ class SendingService:
             vendor_ids_json=message.vendor_ids_json,
             encoding=message.encoding,
         )
+
+    async def _opted_out(self, app: str, prepared: PreparedTemplate, phones: list[str]) -> set[str]:
+        """Which of ``phones`` a marketing template must not reach; none for
+        other kinds (verification and notification are always sent)."""
+        if self.optouts is None or prepared.template.kind is not TemplateKind.MARKETING:
+            return set()
+        return await self.optouts.opted_out(app, phones)
 
     async def _prepare(self, app: str, ref: TemplateRef) -> PreparedTemplate:
         if self.composer is None:
@@ -415,6 +431,18 @@ class SendingService:
         ]
         if cmd.template is not None:
             prepared = await self._prepare(app, cmd.template)
+            opted_out = await self._opted_out(
+                app, prepared, [c for c in checked if isinstance(c, str)]
+            )
+            checked = [
+                (
+                    Reason.RECIPIENT_OPTED_OUT,
+                    "the recipient opted out of the app's marketing messages",
+                )
+                if isinstance(c, str) and c in opted_out
+                else c
+                for c in checked
+            ]
             checked = self._compose_each(prepared, cmd, checked, prototype)
 
         shard = self._shard(app, request_id)

@@ -52,6 +52,7 @@ __all__ = [
     "accept_bucket_key",
     "app_key",
     "apps_index",
+    "optouts_key",
     "revocations_channel",
     "shard_count_key",
     "verify_rate_key",
@@ -166,6 +167,12 @@ def accept_bucket_key(app: str) -> str:
     """Hash of the app's accept-rate token bucket (``tokens``, ``at`` ms), in the
     app's slot so one script reads the app's own rate with it."""
     return f"{PREFIX}:{{app:{app}}}:rate"
+
+
+def optouts_key(app: str) -> str:
+    """Sorted set of the app's opted-out numbers (E.164), every score 0 so it
+    pages in number order (``ZRANGE BYLEX``); a slot of its own per app."""
+    return f"{PREFIX}:{{opt:{app}}}"
 
 
 def apps_index() -> str:

@@ -143,6 +143,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """FAILED_PRECONDITION. The app has registered as many sign names as it may
     (100); delete one first.
     """
+    ERROR_REASON_RECIPIENT_OPTED_OUT: _ErrorReason.ValueType  # 47
+    """FAILED_PRECONDITION. The recipient opted out of the app's marketing
+    messages (OptOutService, or a STOP reply): a marketing template is not
+    sent to it. Verification and notification templates still are. In a
+    batch, only that recipient is refused.
+    """
     ERROR_REASON_ETAG_MISMATCH: _ErrorReason.ValueType  # 45
     """ABORTED. The `etag` of an update or delete is not the template's latest
     version's: read the template again and retry.
@@ -338,6 +344,12 @@ many). Cancel them or wait until they are sent.
 ERROR_REASON_TOO_MANY_SIGN_NAMES: ErrorReason.ValueType  # 44
 """FAILED_PRECONDITION. The app has registered as many sign names as it may
 (100); delete one first.
+"""
+ERROR_REASON_RECIPIENT_OPTED_OUT: ErrorReason.ValueType  # 47
+"""FAILED_PRECONDITION. The recipient opted out of the app's marketing
+messages (OptOutService, or a STOP reply): a marketing template is not
+sent to it. Verification and notification templates still are. In a
+batch, only that recipient is refused.
 """
 ERROR_REASON_ETAG_MISMATCH: ErrorReason.ValueType  # 45
 """ABORTED. The `etag` of an update or delete is not the template's latest
