@@ -146,6 +146,11 @@ class Settings(BaseSettings):
     # must last: a week of retries or of waiting for a receipt is past any use.
     max_message_age_seconds: float = Field(default=86_400.0, gt=0, le=7 * 86_400)
     receipt_timeout_seconds: float = Field(default=259_200.0, gt=0, le=7 * 86_400)
+    # A SENT message without receipt this long is asked about at its vendor
+    # (again every as long) until its receipt timeout: below the timeout, so
+    # the vendor is asked before the message is let expire. Unset: an hour, or
+    # half the receipt timeout when that is shorter (see ``reconcile_after``).
+    reconcile_after_seconds: float | None = Field(default=None, gt=0)
     sweep_interval_seconds: float = Field(default=0.2, gt=0, le=10)
 
     # Verification codes. The server secret keys the HMACs of codes and ids:
@@ -226,6 +231,18 @@ class Settings(BaseSettings):
         return level
 
     @model_validator(mode="after")
+    def _reconcile_before_expiry(self) -> Settings:
+        if (
+            self.reconcile_after_seconds is not None
+            and self.reconcile_after_seconds >= self.receipt_timeout_seconds
+        ):
+            raise ValueError(
+                "SMSGATE_RECONCILE_AFTER_SECONDS must be below SMSGATE_RECEIPT_TIMEOUT_SECONDS"
+                " (the vendor is asked before a message without receipt expires)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("SMSGATE_TLS_CERT_FILE and SMSGATE_TLS_KEY_FILE go together")
@@ -235,6 +252,13 @@ class Settings(BaseSettings):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file {path} does not exist")
         return self
+
+    @property
+    def reconcile_after(self) -> float:
+        """Seconds a SENT message waits for its receipt before its vendor is asked."""
+        if self.reconcile_after_seconds is not None:
+            return self.reconcile_after_seconds
+        return min(3_600.0, self.receipt_timeout_seconds / 2)
 
     @property
     def wait_replicas(self) -> int:

@@ -40,7 +40,8 @@ RECEIPTS = Counter(
     "smsgate_receipts_total",
     "Delivery receipts, by provider and result: delivered, undelivered, ignored (the"
     " message had ended), early (held back until its send outcome is stored), dropped,"
-    " unknown (a vendor's receipt for no message of ours, acknowledged).",
+    " unknown (a vendor's receipt for no message of ours, acknowledged),"
+    " reconciled_delivered and reconciled_undelivered (learned by asking the vendor).",
     ["provider", "result"],
 )
 WATCH_SUBSCRIPTIONS = Gauge(

@@ -1,6 +1,7 @@
 """Twilio's ``POST /2010-04-01/Accounts/{Sid}/Messages.json`` as the vendor
 answers it: HTTP basic auth (account SID and token, or an API key), 201 with
-the Message resource, or a 4xx/5xx with Twilio's error object."""
+the Message resource, or a 4xx/5xx with Twilio's error object; and
+``GET .../Messages/{MessageSid}.json``, the resource as it is now."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class TwilioFake:
     """One Twilio account with one number and one messaging service.
 
     ``opted_out`` numbers answered STOP (21610); ``throttled`` answers that
-    many next messages with 429 / 20429.
+    many next messages with 429 / 20429. ``resources`` holds each message
+    created, by sid; ``set_status`` moves one on as the carrier would.
     """
 
     account_sid: str = "AC" + "f" * 32
@@ -42,12 +44,19 @@ class TwilioFake:
     throttled: int = 0
     controls: FakeControls = field(default_factory=FakeControls)
     messages: list[dict[str, str]] = field(default_factory=list)
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fetches: list[str] = field(default_factory=list)
 
     @property
     def app(self) -> Starlette:
         return Starlette(
             routes=[
-                Route("/2010-04-01/Accounts/{sid}/Messages.json", self._create, methods=["POST"])
+                Route("/2010-04-01/Accounts/{sid}/Messages.json", self._create, methods=["POST"]),
+                Route(
+                    "/2010-04-01/Accounts/{sid}/Messages/{message_sid}.json",
+                    self._fetch,
+                    methods=["GET"],
+                ),
             ]
         )
 
@@ -79,7 +88,29 @@ class TwilioFake:
             )
         if not form.get("Body"):
             return self._error(21602, "Message body is required.", 400)
-        return JSONResponse(self._resource(form), status_code=201)
+        resource = self._resource(form)
+        self.resources[resource["sid"]] = resource
+        return JSONResponse(resource, status_code=201)
+
+    async def _fetch(self, request: Request) -> Response:
+        status = self.controls.next_server_error()
+        if status is not None:
+            return self._error(20500, "Internal Server Error", status)
+        if not self._authenticated(request):
+            return self._error(20003, "Authenticate", 401)
+        message_sid = request.path_params["message_sid"]
+        self.fetches.append(message_sid)
+        resource = self.resources.get(message_sid)
+        if request.path_params["sid"] != self.account_sid or resource is None:
+            return self._error(20404, "The requested resource was not found", 404)
+        return JSONResponse(resource)
+
+    def set_status(self, sid: str, status: str, error_code: int | None = None) -> None:
+        """The carrier's word on a message (``delivered``, ``undelivered``, ...)."""
+        resource = self.resources[sid]
+        resource["status"] = status
+        resource["error_code"] = error_code
+        resource["date_updated"] = format_datetime(datetime.now(UTC), usegmt=True)
 
     def _authenticated(self, request: Request) -> bool:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")

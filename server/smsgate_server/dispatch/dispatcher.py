@@ -26,6 +26,7 @@ from smsgate_server.aio import cancel_and_wait
 from smsgate_server.config import Settings
 from smsgate_server.dispatch.backoff import retry_delay
 from smsgate_server.dispatch.receipts import ReceiptQueue
+from smsgate_server.dispatch.reconcile import Reconciler
 from smsgate_server.domain.errors import Unavailable
 from smsgate_server.domain.sealed_text import TextCipher, UnreadableText
 from smsgate_server.logs import RepeatedLog
@@ -37,6 +38,7 @@ from smsgate_server.providers.base import (
     ReceiptSource,
     Recipient,
     RecipientResult,
+    StatusSource,
 )
 from smsgate_server.store.messages import Claimed, MessageStore, Outcome, SendOutcome
 from smsgate_server.store.optouts import OptOutStore
@@ -78,6 +80,8 @@ class DispatchConfig:
     retry_max: float
     max_message_age: float
     sweep_interval: float
+    # Seconds a SENT message waits for its receipt before its vendor is asked.
+    reconcile_after: float
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DispatchConfig:
@@ -89,6 +93,7 @@ class DispatchConfig:
             retry_max=settings.retry_max_seconds,
             max_message_age=settings.max_message_age_seconds,
             sweep_interval=settings.sweep_interval_seconds,
+            reconcile_after=settings.reconcile_after,
         )
 
     @property
@@ -131,6 +136,18 @@ class Dispatcher:
         self._held: set[str] = set()
         if isinstance(provider, ReceiptSource):
             provider.set_receipt_sink(self.receipts.receive)
+        # Providers that answer status queries get their lost receipts pulled.
+        self.reconciler = (
+            Reconciler(
+                store,
+                provider,
+                provider.name,
+                interval=config.reconcile_after,
+                tick=config.sweep_interval,
+            )
+            if isinstance(provider, StatusSource)
+            else None
+        )
 
     async def start(self) -> None:
         await self.queue.ensure_groups()
@@ -139,6 +156,10 @@ class Dispatcher:
         self._tasks.append(asyncio.create_task(self._reclaim_loop(), name="reclaim"))
         self._tasks.append(asyncio.create_task(self._promote_loop(), name="promote"))
         self._tasks.append(asyncio.create_task(self.receipts.run(self._stopping), name="receipts"))
+        if self.reconciler is not None:
+            self._tasks.append(
+                asyncio.create_task(self.reconciler.run(self._stopping), name="reconcile")
+            )
         log.info("dispatcher started", extra={"consumer": self.consumer})
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -327,7 +348,13 @@ class Dispatcher:
         attempt = 0
         while True:
             try:
-                await self.store.settle(shard, outcomes)
+                await self.store.settle(
+                    shard,
+                    outcomes,
+                    reconcile_after_ms=(
+                        self.reconciler.interval_ms if self.reconciler is not None else 0
+                    ),
+                )
                 return
             except asyncio.CancelledError:
                 raise

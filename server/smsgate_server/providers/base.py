@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -17,6 +17,9 @@ __all__ = [
     "ReceiptSource",
     "Recipient",
     "RecipientResult",
+    "StatusQuery",
+    "StatusSource",
+    "VendorStatus",
 ]
 
 
@@ -126,4 +129,35 @@ class ReceiptSource(Protocol):
 
     def set_receipt_sink(self, sink: ReceiptSink) -> None:
         """Where delivery receipts go once the vendor reports them."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StatusQuery:
+    """One sent message a vendor is asked about: our id, the number, the
+    vendor's id ('' when the send's outcome was unknown) and when it was sent (ms)."""
+
+    reference: str
+    phone: str
+    vendor_id: str
+    sent_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class VendorStatus:
+    """A vendor's final word on a message, as a receipt would say it."""
+
+    delivered: bool
+    code: str = ""
+    reason: str = ""
+    time_ms: int = 0  # the vendor's time of the outcome, 0 when it names none
+
+
+@runtime_checkable
+class StatusSource(Protocol):
+    """A provider that answers status queries (pull reconciliation of lost receipts)."""
+
+    async def query_status(self, queries: Sequence[StatusQuery]) -> list[VendorStatus | None]:
+        """One answer per query, in order: None while the vendor has no final
+        word (or could not be asked). Never raises for a vendor or network fault."""
         ...

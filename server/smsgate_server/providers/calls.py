@@ -13,7 +13,7 @@ import httpx
 
 from smsgate_server.providers.base import OutcomeClass, RecipientResult
 
-__all__ = ["CallFailed", "references_tag", "refuse_all", "vendor_post"]
+__all__ = ["CallFailed", "references_tag", "refuse_all", "vendor_call", "vendor_post"]
 
 log = logging.getLogger("smsgate.providers")
 
@@ -79,11 +79,38 @@ async def vendor_post(
     5xx, UNKNOWN when it may have acted (read timeout, connection lost before the
     answer, a gateway timeout, an unreadable answer).
     """
+    return await vendor_call(
+        client,
+        "POST",
+        url,
+        vendor=vendor,
+        content=content,
+        headers=headers,
+        timeout=timeout,
+        slots=slots,
+        auth=auth,
+    )
+
+
+async def vendor_call(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    vendor: str,
+    headers: Mapping[str, str],
+    timeout: float,
+    slots: asyncio.Semaphore,
+    content: bytes = b"",
+    auth: httpx.BasicAuth | None = None,
+) -> tuple[httpx.Response, dict[str, Any]]:
+    """``vendor_post`` for any method (a status query is a GET)."""
     try:
         async with slots:
-            response = await client.post(
+            response = await client.request(
+                method,
                 url,
-                content=content,
+                content=content or None,
                 headers=dict(headers),
                 timeout=timeout,
                 auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,

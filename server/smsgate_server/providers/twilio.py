@@ -4,8 +4,10 @@ HTTP basic auth with the account (or an API key), free text."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlencode
+from email.utils import parsedate_to_datetime
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -16,8 +18,10 @@ from smsgate_server.providers.base import (
     OutcomeClass,
     Recipient,
     RecipientResult,
+    StatusQuery,
+    VendorStatus,
 )
-from smsgate_server.providers.calls import CallFailed, vendor_post
+from smsgate_server.providers.calls import CallFailed, vendor_call, vendor_post
 
 __all__ = ["TwilioConfig", "TwilioProvider", "classify_twilio"]
 
@@ -130,6 +134,40 @@ class TwilioProvider:
             opted_out=number == OPTED_OUT,
         )
 
+    async def query_status(self, queries: Sequence[StatusQuery]) -> list[VendorStatus | None]:
+        """``GET Messages/{Sid}.json`` per message; a message sent with an
+        unknown outcome has no sid to ask about."""
+        return list(await asyncio.gather(*(self._query(q) for q in queries)))
+
+    async def _query(self, query: StatusQuery) -> VendorStatus | None:
+        if not query.vendor_id:
+            return None
+        try:
+            response, body = await vendor_call(
+                self._http,
+                "GET",
+                self._url.removesuffix(".json") + f"/{quote(query.vendor_id, safe='')}.json",
+                vendor=self.name,
+                headers={"accept": "application/json"},
+                timeout=self._timeout,
+                slots=self._slots,
+                auth=self._auth,
+            )
+        except CallFailed:
+            return None
+        if not response.is_success:
+            return None
+        # Read as its status callback is (providers/receipts.py): same codes.
+        status = str(body.get("status", ""))
+        at = _time_ms(body.get("date_updated"))
+        if status in ("delivered", "read"):
+            return VendorStatus(True, status, "", at)
+        if status in ("undelivered", "failed", "canceled"):
+            code = body.get("error_code")
+            return VendorStatus(False, str(code) if code is not None else status, status, at)
+        # queued, sending, sent, ...: no final word yet.
+        return None
+
     async def aclose(self) -> None:
         """Nothing of its own to release; the HTTP client belongs to the caller."""
 
@@ -139,3 +177,13 @@ def _retry_after(response: httpx.Response) -> float:
         return max(0.0, float(response.headers.get("retry-after", "0")))
     except ValueError:
         return 0.0
+
+
+def _time_ms(value: object) -> int:
+    """Milliseconds of an RFC 2822 date of the Message resource; 0 when unreadable."""
+    if not isinstance(value, str):
+        return 0
+    try:
+        return int(parsedate_to_datetime(value).timestamp() * 1000)
+    except (TypeError, ValueError):
+        return 0

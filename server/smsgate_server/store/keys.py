@@ -213,6 +213,12 @@ class ShardKeys:
         return self.prefix + "dlr"
 
     @property
+    def reconcile(self) -> str:
+        """Sorted set of sent ``app:id`` scored by when to ask their vendor about
+        them (only for providers that answer status queries)."""
+        return self.prefix + "rcn"
+
+    @property
     def events(self) -> str:
         """Stream of status events of every app in this shard."""
         return self.prefix + "ev"

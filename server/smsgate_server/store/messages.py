@@ -19,6 +19,7 @@ from smsgate_server.store.scripts import Scripts
 __all__ = [
     "AcceptOutcome",
     "Accepted",
+    "AwaitingReceipt",
     "Claimed",
     "MessageStore",
     "Outcome",
@@ -102,6 +103,19 @@ class SendOutcome:
     error_code: str = ""
     error_reason: str = ""
     retry_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitingReceipt:
+    """A SENT message without receipt, as the reconciler asks its vendor about
+    it: its provider and the provider's id ('' when the outcome was unknown)."""
+
+    app: str
+    id: str
+    provider: str
+    provider_message_id: str
+    phone: str
+    sent_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,8 +374,12 @@ class MessageStore:
         ]
 
     @redis_edge
-    async def settle(self, shard: int, outcomes: Sequence[SendOutcome]) -> int:
-        """Store provider outcomes and acknowledge their queue entries."""
+    async def settle(
+        self, shard: int, outcomes: Sequence[SendOutcome], *, reconcile_after_ms: int = 0
+    ) -> int:
+        """Store provider outcomes and acknowledge their queue entries; with
+        ``reconcile_after_ms``, messages SENT are asked about that much later
+        (``claim_reconcile``) if no receipt has come."""
         keys = self.shard_keys[shard]
         now = self.now_ms()
         args: list[Any] = [
@@ -369,6 +387,7 @@ class MessageStore:
             GROUP,
             now + self._receipt_timeout_ms,
             self._receipt_timeout_ms // 1000 + 3600,
+            now + reconcile_after_ms if reconcile_after_ms > 0 else 0,
         ]
         for o in outcomes:
             c = o.claimed
@@ -385,7 +404,8 @@ class MessageStore:
             ]
         return int(
             await self.scripts.settle(
-                keys=[keys.events, keys.queue, keys.due, keys.receipts], args=args
+                keys=[keys.events, keys.queue, keys.due, keys.receipts, keys.reconcile],
+                args=args,
             )
         )
 
@@ -416,6 +436,23 @@ class MessageStore:
             args=[*self._common(keys, self.now_ms()), limit],
         )
         return int(result[0]), int(result[1])
+
+    @redis_edge
+    async def claim_reconcile(
+        self, shard: int, limit: int, interval_ms: int
+    ) -> list[AwaitingReceipt]:
+        """Up to ``limit`` SENT messages due to be asked about, each put back to
+        be asked again ``interval_ms`` later unless a receipt ends it first."""
+        keys = self.shard_keys[shard]
+        result = await self.scripts.reconcile(
+            keys=[keys.events, keys.reconcile, keys.receipts],
+            args=[*self._common(keys, self.now_ms()), limit, interval_ms],
+        )
+        f = [_s(v) for v in result]
+        return [
+            AwaitingReceipt(f[i], f[i + 1], f[i + 2], f[i + 3], f[i + 4], int(f[i + 5] or 0))
+            for i in range(0, len(f), 6)
+        ]
 
     @redis_edge
     async def template_uses(self, app: str, template_id: str) -> int:

@@ -120,6 +120,7 @@ class Scripts:
         self.settle = message_script("settle")
         self.receipt = message_script("receipt")
         self.promote = message_script("promote")
+        self.reconcile = message_script("reconcile")
         self.cancel = message_script("cancel")
 
 

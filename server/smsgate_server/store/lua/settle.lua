@@ -1,14 +1,20 @@
 -- Record what a provider said about messages in SENDING, and acknowledge their
 -- queue entries in the same step (at-least-once: ack only once stored).
--- KEYS[2] queue stream, KEYS[3] due set, KEYS[4] receipt set.
--- ARGV[5] consumer group, ARGV[6] receipt deadline (ms), ARGV[7] receipt map
--- TTL (s), then per message 9 fields: entry, app, id, outcome ('sent' |
+-- KEYS[2] queue stream, KEYS[3] due set, KEYS[4] receipt set, KEYS[5]
+-- reconcile set. ARGV[5] consumer group, ARGV[6] receipt deadline (ms), ARGV[7]
+-- receipt map TTL (s), ARGV[8] when to ask the vendor about a SENT message
+-- without receipt (ms; 0: the provider answers no queries), then per message 9 fields: entry, app, id, outcome ('sent' |
 -- 'unknown' | 'retry' | 'fail'), provider, provider message id, error code, error reason,
 -- retry-at ms.
 -- Returns the number of messages whose status changed.
 local group, deadline, pmttl = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local ask = tonumber(ARGV[8])
 local changed = 0
-for i = 8, #ARGV, 9 do
+local function await_receipt(member)
+  redis.call('ZADD', KEYS[4], deadline, member)
+  if ask > 0 then redis.call('ZADD', KEYS[5], ask, member) end
+end
+for i = 9, #ARGV, 9 do
   local entry, app, id, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local provider, pid, ecode, ereason = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
   local st, batch = state(app, id)
@@ -20,7 +26,7 @@ for i = 8, #ARGV, 9 do
     end
     if outcome == 'sent' then
       redis.call('HSET', m, 'pv', provider, 'pid', pid)
-      redis.call('ZADD', KEYS[4], deadline, app .. ':' .. id)
+      await_receipt(app .. ':' .. id)
       if pid ~= '' then
         redis.call('SET', P .. 'pm:' .. provider .. ':' .. pid, app .. ':' .. id, 'EX', pmttl)
       end
@@ -29,7 +35,7 @@ for i = 8, #ARGV, 9 do
       -- The provider may have it: never sent again; a receipt (or the
       -- receipt timeout) ends it.
       redis.call('HSET', m, 'pv', provider, 'pid', '', 'ec', ecode, 'er', ereason, 'ery', 0)
-      redis.call('ZADD', KEYS[4], deadline, app .. ':' .. id)
+      await_receipt(app .. ':' .. id)
       enter(app, id, batch, st, SENT, provider .. ' outcome unknown', ecode, ereason)
     elseif outcome == 'retry' then
       local at = tonumber(ARGV[i + 8])

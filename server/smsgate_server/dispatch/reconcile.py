@@ -1,0 +1,98 @@
+"""Pull reconciliation: receipts get lost, so a SENT message still without one
+after ``reconcile_after`` is asked about at its vendor, and again every as long
+until its receipt timeout, when the promote script expires it.
+
+What the vendor says is stored by the receipt script, exactly as a receipt:
+idempotent, and never moving a message that has ended. The script that picks
+messages puts each back for the next interval in the same step, so with many
+replicas each message is asked about by one of them per interval (and two
+answers for one message would still change it once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from smsgate_server.domain.errors import Unavailable
+from smsgate_server.logs import RepeatedLog
+from smsgate_server.metrics import RECEIPTS
+from smsgate_server.providers.base import StatusQuery, StatusSource
+from smsgate_server.store.messages import MessageStore, Receipt, ReceiptResult
+
+__all__ = ["RECONCILE_BATCH", "Reconciler"]
+
+log = logging.getLogger("smsgate.dispatch")
+
+# Messages asked about per shard and tick: bounds a tick's vendor calls.
+RECONCILE_BATCH = 100
+_failed = RepeatedLog(log, "reconciliation failed", every=5.0, level=logging.WARNING)
+
+
+class Reconciler:
+    """Asks ``provider`` (named ``name``) about the SENT messages of every shard
+    that waited ``interval`` seconds for their receipt."""
+
+    def __init__(
+        self,
+        store: MessageStore,
+        provider: StatusSource,
+        name: str,
+        *,
+        interval: float,
+        tick: float,
+        batch: int = RECONCILE_BATCH,
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self.name = name
+        self.interval_ms = max(1, int(interval * 1000))
+        self.tick = tick
+        self.batch = batch
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """One batch per shard per tick until ``stopping`` is set."""
+        while not stopping.is_set():
+            for shard in range(self.store.shards):
+                try:
+                    await self.reconcile_shard(shard)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # Redis away is expected now and then; anything else is a bug.
+                    bug = None if isinstance(exc, Unavailable) else exc
+                    _failed.occurred(type(exc).__name__, exc=bug, shard=shard)
+            try:
+                async with asyncio.timeout(self.tick):
+                    await stopping.wait()
+            except TimeoutError:
+                pass
+
+    async def reconcile_shard(self, shard: int) -> int:
+        """Ask about one batch of the shard's due messages; how many it ended."""
+        due = await self.store.claim_reconcile(shard, self.batch, self.interval_ms)
+        # Sent by another provider (SMSGATE_PROVIDER changed since): this one
+        # cannot know them; they wait for their receipt or their expiry.
+        mine = [m for m in due if m.provider == self.name]
+        if not mine:
+            return 0
+        answers = await self.provider.query_status(
+            [StatusQuery(m.id, m.phone, m.provider_message_id, m.sent_ms) for m in mine]
+        )
+        found = [
+            Receipt(m.app, m.id, a.delivered, a.code, a.reason, a.time_ms)
+            for m, a in zip(mine, answers, strict=True)
+            if a is not None
+        ]
+        if not found:
+            return 0
+        results = await self.store.apply_receipts(shard, found)
+        ended = 0
+        for r, result in zip(found, results, strict=True):
+            if result is ReceiptResult.APPLIED:
+                ended += 1
+                fate = "reconciled_delivered" if r.delivered else "reconciled_undelivered"
+                RECEIPTS.labels(self.name, fate).inc()
+        if ended:
+            log.info("reconciled", extra={"shard": shard, "count": ended})
+        return ended

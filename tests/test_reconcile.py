@@ -1,0 +1,159 @@
+"""Pull reconciliation: a SENT message whose receipt never comes is asked about
+at its vendor (through the vendor's fake, signatures checked) and ends as the
+vendor says; one the vendor has no final word on expires at the receipt timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from pydantic import ValidationError
+from smsgate.v1 import message_pb2 as mpb
+from smsgate.v1 import sms_service_pb2 as pb
+from smsgate.v1 import sms_service_pb2_grpc
+from smsgate_server.config import Settings
+from smsgate_server.domain.ids import shard_of_id
+from smsgate_server.runtime import Running
+
+from tests.conftest import ServerFactory
+from tests.pipeline_support import wait_for_statuses
+from tests.support import bearer
+from tests.vendor_fakes.loopback import serve
+from tests.vendor_fakes.twilio import TwilioFake
+from tests.waiting import wait_until
+
+S = mpb.MessageStatus
+US = "+14155550123"
+# Asked about after 0.3 s without receipt; expired after 3 s.
+FAST = {"reconcile_after_seconds": 0.3, "receipt_timeout_seconds": 3.0}
+
+
+class Sender:
+    """One app on one server: sends free text and waits for statuses."""
+
+    def __init__(self, server: Running, channel: grpc.aio.Channel, token: str) -> None:
+        self.server = server
+        self.token = token
+        self.sms = sms_service_pb2_grpc.SmsServiceStub(channel)
+
+    async def text(self, phone: str) -> str:
+        reply = await self.sms.SendSms(
+            pb.SendSmsRequest(phone_number=phone, text="Your order has shipped"),
+            metadata=bearer(self.token),
+        )
+        return reply.message.id
+
+    async def wait(self, message_id: str, *statuses: mpb.MessageStatus.ValueType) -> mpb.Message:
+        found = await wait_for_statuses(self.sms, self.token, [message_id], set(statuses))
+        return found[message_id]
+
+
+@pytest.fixture
+async def twilio(
+    make_server: ServerFactory, tmp_path: Path
+) -> AsyncIterator[tuple[TwilioFake, Sender]]:
+    """A server sending through the Twilio fake, with no status callback (every
+    receipt lost), and a client of a fresh app."""
+    fake = TwilioFake()
+    async with serve(fake.app) as url:
+        providers = tmp_path / "providers.toml"
+        providers.write_text(
+            "[providers.twilio]\n"
+            'type = "twilio"\n'
+            f'account_sid = "{fake.account_sid}"\n'
+            f'auth_token = "{fake.auth_token}"\n'
+            'from_number = "+15005550006"\n'
+            f'base_url = "{url}"\n'
+        )
+        server = await make_server(provider="twilio", providers_file=providers, **FAST)
+        token = (await server.apps.create("reconcile-app")).token
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            yield fake, Sender(server, channel, token)
+
+
+async def sid_of(fake: TwilioFake, sender: Sender, message_id: str) -> str:
+    message = await sender.wait(message_id, S.MESSAGE_STATUS_SENT)
+    sid = message.provider_message_id
+    assert sid in fake.resources, (sid, list(fake.resources))
+    return sid
+
+
+async def test_twilio_a_lost_delivered_receipt_is_recovered(
+    twilio: tuple[TwilioFake, Sender],
+) -> None:
+    fake, sender = twilio
+    message_id = await sender.text(US)
+    sid = await sid_of(fake, sender, message_id)
+    fake.set_status(sid, "delivered")
+
+    message = await sender.wait(message_id, S.MESSAGE_STATUS_DELIVERED, S.MESSAGE_STATUS_EXPIRED)
+
+    assert message.status == S.MESSAGE_STATUS_DELIVERED
+    assert sid in fake.fetches
+
+
+async def test_twilio_a_lost_undelivered_receipt_is_recovered_with_its_code(
+    twilio: tuple[TwilioFake, Sender],
+) -> None:
+    fake, sender = twilio
+    message_id = await sender.text(US)
+    fake.set_status(await sid_of(fake, sender, message_id), "undelivered", 30003)
+
+    message = await sender.wait(message_id, S.MESSAGE_STATUS_UNDELIVERED, S.MESSAGE_STATUS_EXPIRED)
+
+    assert (message.status, message.error.code) == (S.MESSAGE_STATUS_UNDELIVERED, "30003")
+
+
+async def test_twilio_no_final_word_leaves_it_sent_until_it_expires(
+    twilio: tuple[TwilioFake, Sender],
+) -> None:
+    fake, sender = twilio
+    message_id = await sender.text(US)
+    sid = await sid_of(fake, sender, message_id)
+    fake.set_status(sid, "sent")  # the carrier never reports
+
+    # Asked about (more than once) while it waits, and still SENT.
+    async def asked() -> int:
+        return fake.fetches.count(sid)
+
+    await wait_until(asked, lambda n: n >= 2, what="two status queries")
+    assert (await sender.wait(message_id, S.MESSAGE_STATUS_SENT)).status == S.MESSAGE_STATUS_SENT
+
+    message = await sender.wait(message_id, S.MESSAGE_STATUS_EXPIRED, S.MESSAGE_STATUS_DELIVERED)
+    assert message.status == S.MESSAGE_STATUS_EXPIRED
+
+
+async def test_a_message_is_picked_by_one_reconciler_per_interval(
+    twilio: tuple[TwilioFake, Sender],
+) -> None:
+    fake, sender = twilio
+    message_id = await sender.text(US)
+    await sid_of(fake, sender, message_id)
+    store = sender.server.store
+    shard = shard_of_id(message_id, store.shards)
+    assert shard is not None
+
+    # Two replicas' claims at once: the script hands the message to one of them
+    # and puts it back for the next interval (a minute here, so no tick of the
+    # running server's reconciler takes it in between).
+    async def claim_twice() -> list[str]:
+        first, second = await asyncio.gather(
+            store.claim_reconcile(shard, 100, 60_000), store.claim_reconcile(shard, 100, 60_000)
+        )
+        return [m.id for m in first + second if m.id == message_id]
+
+    picked = await wait_until(claim_twice, what="the message claimed")
+    assert picked == [message_id]
+
+
+def test_reconcile_time_at_or_above_the_receipt_timeout_is_refused() -> None:
+    with pytest.raises(ValidationError, match="SMSGATE_RECONCILE_AFTER_SECONDS must be below"):
+        Settings(reconcile_after_seconds=60, receipt_timeout_seconds=60)
+
+
+def test_reconcile_time_defaults_below_a_short_receipt_timeout() -> None:
+    assert Settings(receipt_timeout_seconds=10).reconcile_after == 5
+    assert Settings().reconcile_after == 3600
