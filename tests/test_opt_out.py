@@ -5,9 +5,13 @@ number on the list."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import grpc
 import pytest
 from smsgate.v1 import message_pb2 as mpb
+from smsgate.v1 import opt_out_service_pb2 as opb
+from smsgate.v1 import opt_out_service_pb2_grpc
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import template_service_pb2 as tpb
 from smsgate.v1 import verification_service_pb2 as vpb
@@ -17,6 +21,9 @@ from smsgate_server.store.optouts import OptOutStore
 from tests.pipeline_support import wait_for_statuses
 from tests.support import details_of
 from tests.test_sending_by_template import Api, fails
+
+if TYPE_CHECKING:  # the async stub type exists only in the .pyi
+    from smsgate.v1.opt_out_service_pb2_grpc import OptOutServiceAsyncStub
 
 S = mpb.MessageStatus
 OUT = "+14155552671"
@@ -135,3 +142,71 @@ async def test_a_vendors_unsubscribed_refusal_blocks_the_next_marketing_send(
 
     assert details_of(caught.value).reason == "RECIPIENT_OPTED_OUT"
     assert await optouts.opted_out(app_of(api), [SIM_UNSUBSCRIBED]) == {SIM_UNSUBSCRIBED}
+
+
+# --- OptOutService --------------------------------------------------------
+
+
+@pytest.fixture
+def opt(channel: grpc.aio.Channel) -> OptOutServiceAsyncStub:
+    stub: OptOutServiceAsyncStub = opt_out_service_pb2_grpc.OptOutServiceStub(channel)
+    return stub
+
+
+async def test_the_api_adds_checks_removes_and_blocks_marketing(
+    api: Api, opt: OptOutServiceAsyncStub
+) -> None:
+    await templates(api)
+    m = api.meta
+
+    added = await opt.AddOptOut(opb.AddOptOutRequest(phone_number=OUT), metadata=m)
+    again = await opt.AddOptOut(opb.AddOptOutRequest(phone_number=OUT), metadata=m)
+    assert (added.phone_number, added.added, again.added) == (OUT, True, False)
+    checked = await opt.CheckOptOut(opb.CheckOptOutRequest(phone_number=OUT), metadata=m)
+    assert checked.opted_out
+    assert (await fails(api.send(OUT, "promo"))).reason == "RECIPIENT_OPTED_OUT"
+
+    removed = await opt.RemoveOptOut(opb.RemoveOptOutRequest(phone_number=OUT), metadata=m)
+    assert removed.removed
+    assert not (
+        await opt.CheckOptOut(opb.CheckOptOutRequest(phone_number=OUT), metadata=m)
+    ).opted_out
+    assert (await api.send(OUT, "promo")).id
+
+
+async def test_the_api_lists_by_pages_and_refuses_a_forged_token(
+    api: Api, opt: OptOutServiceAsyncStub
+) -> None:
+    numbers = [f"+1415555260{i}" for i in range(5)]
+    for n in numbers:
+        await opt.AddOptOut(opb.AddOptOutRequest(phone_number=n), metadata=api.meta)
+
+    listed: list[str] = []
+    token, pages = "", 0
+    while True:
+        page = await opt.ListOptOuts(
+            opb.ListOptOutsRequest(page_size=2, page_token=token), metadata=api.meta
+        )
+        listed += page.phone_numbers
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert (listed, pages) == (numbers, 3)
+
+    details = await fails(
+        opt.ListOptOuts(opb.ListOptOutsRequest(page_token="forged"), metadata=api.meta)
+    )
+    assert (details.code, details.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_PAGE_TOKEN",
+    )
+
+
+async def test_a_bad_number_is_invalid_argument(api: Api, opt: OptOutServiceAsyncStub) -> None:
+    details = await fails(opt.AddOptOut(opb.AddOptOutRequest(phone_number="12"), metadata=api.meta))
+    assert (details.code, details.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_PHONE_NUMBER",
+    )
+    assert "phone_number" in details.fields

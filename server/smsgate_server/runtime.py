@@ -28,6 +28,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from smsgate.v1 import (
+    opt_out_service_pb2,
+    opt_out_service_pb2_grpc,
     sign_service_pb2,
     sign_service_pb2_grpc,
     sms_service_pb2,
@@ -42,6 +44,7 @@ from starlette.routing import Route
 from smsgate_server.aio import cancel_and_wait
 from smsgate_server.api.guard import RequestGuard
 from smsgate_server.api.limits import max_request_bytes
+from smsgate_server.api.optouts import OptOutServicer
 from smsgate_server.api.signs import SignServicer
 from smsgate_server.api.sms import SmsServicer
 from smsgate_server.api.templates import TemplateServicer
@@ -60,6 +63,7 @@ from smsgate_server.providers.providers_file import ProvidersFileError, load_pro
 from smsgate_server.receipt_endpoints import receipt_endpoints, receipt_routes
 from smsgate_server.services.admission import Admission, AdmissionPolicy
 from smsgate_server.services.composing import Composer
+from smsgate_server.services.optouts import OptOutService
 from smsgate_server.services.sending import SendingService, SendLimits
 from smsgate_server.services.signs import SignService
 from smsgate_server.services.templates import TemplateService
@@ -102,6 +106,7 @@ SERVICE_NAMES = [
     verification_service_pb2.DESCRIPTOR.services_by_name["VerificationService"].full_name,
     template_service_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
     sign_service_pb2.DESCRIPTOR.services_by_name["SignService"].full_name,
+    opt_out_service_pb2.DESCRIPTOR.services_by_name["OptOutService"].full_name,
 ]
 # How long uvicorn may take to finish its requests once told to exit.
 HTTP_STOP_SECONDS = 5.0
@@ -542,6 +547,7 @@ def _add_services(
     ttl = settings.idempotency_ttl_seconds
     templates = TemplateStore(redis.client, idempotency_ttl_seconds=ttl)
     signs = SignStore(redis.client)
+    optouts = OptOutStore(redis.client)
     sending = SendingService(
         store,
         SendLimits.from_settings(settings),
@@ -549,7 +555,7 @@ def _add_services(
         texts=TextCipher(secret),
         admission=hub.admission,
         composer=Composer(templates, signs),
-        optouts=OptOutStore(redis.client),
+        optouts=optouts,
     )
     sms_service_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(sending, hub), server)
     verification = VerificationService(
@@ -567,6 +573,9 @@ def _add_services(
     )
     sign_service_pb2_grpc.add_SignServiceServicer_to_server(
         SignServicer(SignService(signs)), server
+    )
+    opt_out_service_pb2_grpc.add_OptOutServiceServicer_to_server(
+        OptOutServicer(OptOutService(optouts, hub.tokens)), server
     )
 
 
