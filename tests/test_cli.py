@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+import smsgate
+import smsgate_server
 from grpc_health.v1 import health_pb2
 from smsgate.v1 import message_pb2, sms_service_pb2_grpc
 from smsgate.v1 import sms_service_pb2 as pb
@@ -221,6 +223,35 @@ def test_apps_create_without_a_server_opens_redis_briefly(servers: Servers, data
         timeout=5,
     )
     assert reply.message.id
+
+
+def test_apps_list_shows_every_app_until_it_is_revoked(servers: Servers, data_dir: Path) -> None:
+    first = _credentials(servers.run(data_dir, "apps", "create", "shop", "--json"))
+    second = _credentials(
+        servers.run(data_dir, "apps", "create", "bank", "--default-region", "CN", "--json")
+    )
+
+    listed = servers.run(data_dir, "apps", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["app_key"]: r for r in map(json.loads, listed.stdout.splitlines())}
+    assert {k: (r["name"], r["default_region"]) for k, r in rows.items()} == {
+        first["app_key"]: ("shop", ""),
+        second["app_key"]: ("bank", "CN"),
+    }
+    assert all(r["create_time"].endswith("+00:00") for r in rows.values())
+    assert "app_secret" not in listed.stdout and first["app_secret"] not in listed.stdout
+
+    assert servers.run(data_dir, "apps", "revoke", first["app_key"]).returncode == 0
+    text = servers.run(data_dir, "apps", "list").stdout
+    assert first["app_key"] not in text
+    assert text.split()[0] == second["app_key"] and text.split()[-1] == "bank"
+
+
+def test_version_names_the_server_and_client_packages(servers: Servers, data_dir: Path) -> None:
+    ran = servers.run(data_dir, "--version")
+    assert ran.returncode == 0, ran.stderr
+    expected = f"smsgate-server {smsgate_server.__version__} (client smsgate {smsgate.__version__})"
+    assert ran.stdout.strip() == expected
 
 
 # -- start-up errors ----------------------------------------------------------

@@ -11,6 +11,8 @@ smsgate-server apps create NAME   create an app and print its credentials
 smsgate-server apps set-region KEY CC [--mobile-only]
                                   change an app's default region (and number types)
 smsgate-server apps revoke KEY    delete an app: every server refuses its token at once
+smsgate-server apps list [--json] every app: key, name, creation time, default region
+smsgate-server --version          the server's and its client package's versions
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
+import smsgate
 from pydantic import ValidationError
 
+from smsgate_server import __version__
 from smsgate_server.config import Settings, unknown_variables
 from smsgate_server.domain.errors import Unavailable
 from smsgate_server.domain.phone import E164_ONLY, NumberPolicy, is_region, parse_calling_code
@@ -149,6 +154,18 @@ async def _revoke_app(settings: Settings, key: str) -> None:
     print(f"revoked {key}: every server refuses its token from now on")
 
 
+async def _list_apps(settings: Settings, as_json: bool) -> None:
+    async with _app_store(settings) as apps:
+        found = await apps.list_all()
+    for app in found:
+        created = datetime.fromtimestamp(app.created_ms / 1000, UTC).isoformat(timespec="seconds")
+        if as_json:
+            row = {"app_key": app.key, "name": app.name, "create_time": created}
+            print(json.dumps(row | {"default_region": app.default_region}, ensure_ascii=False))
+        else:
+            print(f"{app.key}  {created}  {app.default_region or '-':2}  {app.name}")
+
+
 async def _set_region(settings: Settings, key: str, numbers: NumberPolicy) -> None:
     async with _app_store(settings) as apps:
         changed = await apps.set_numbers(key, numbers)
@@ -190,6 +207,11 @@ def _positive(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smsgate-server", description="smsgate gRPC SMS service")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"smsgate-server {__version__} (client smsgate {smsgate.__version__})",
+    )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", help="run the service (default)")
     apps = sub.add_parser("apps", help="manage apps").add_subparsers(dest="apps_command")
@@ -246,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_region.add_argument("--mobile-only", action="store_true", help=mobile_only_help)
     revoke = apps.add_parser("revoke", help="delete an app: every server refuses its token at once")
     revoke.add_argument("key", help="the app's key (ak_...)")
+    listing = apps.add_parser("list", help="every app: key, creation time, region, name")
+    listing.add_argument("--json", action="store_true", help="print a JSON object per app")
     args = parser.parse_args(argv)
 
     settings = _settings()
@@ -259,12 +283,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "apps" and args.apps_command == "revoke":
             asyncio.run(_revoke_app(settings, args.key))
+        elif args.command == "apps" and args.apps_command == "list":
+            asyncio.run(_list_apps(settings, args.json))
         elif args.command == "apps" and args.apps_command == "set-region":
             numbers = NumberPolicy(default_region=args.region, mobile_only=args.mobile_only)
             asyncio.run(_set_region(settings, args.key, numbers))
         elif args.command == "apps":
             if args.apps_command != "create":
-                parser.error("apps: expected 'create NAME', 'set-region KEY CC' or 'revoke KEY'")
+                parser.error(
+                    "apps: expected 'create NAME', 'list', 'set-region KEY CC' or 'revoke KEY'"
+                )
             asyncio.run(
                 _create_app(
                     settings,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from redis.typing import EncodableT, FieldT
 
@@ -23,7 +24,7 @@ from smsgate_server.store.errors import keep_cancellation, map_redis_errors, red
 from smsgate_server.store.keys import AppField, app_key, apps_index, revocations_channel
 from smsgate_server.store.scripts import AppScripts
 
-__all__ = ["AppStore"]
+__all__ = ["AppListing", "AppStore"]
 
 
 def _text(value: bytes | str) -> str:
@@ -35,6 +36,16 @@ def _numbers_record(numbers: NumberPolicy) -> dict[FieldT, EncodableT]:
         AppField.DEFAULT_REGION: numbers.default_region,
         AppField.MOBILE_ONLY: "1" if numbers.mobile_only else "",
     }
+
+
+@dataclass(frozen=True, slots=True)
+class AppListing:
+    """What ``apps list`` shows of an app (never its secret's hash)."""
+
+    key: str
+    name: str
+    created_ms: int
+    default_region: str
 
 
 # Seconds between attempts to subscribe again to revocations while Redis is away.
@@ -164,6 +175,23 @@ class AppStore:
             except Unavailable:
                 # Logged, with a count, by map_redis_errors.
                 await asyncio.sleep(RESUBSCRIBE_SECONDS)
+
+    @redis_edge
+    async def list_all(self) -> list[AppListing]:
+        """Every app, by key."""
+        keys = sorted(_text(k) for k in await self.redis.smembers(apps_index()))
+        fields = [AppField.NAME, AppField.CREATED, AppField.DEFAULT_REGION]
+        # Not one transaction: each app's record has a slot of its own.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(app_key(key), fields)
+            records = await pipe.execute()
+        return [
+            AppListing(key, _text(name or b""), int(created or 0), _text(region or b""))
+            for key, (name, created, region) in zip(keys, records, strict=True)
+            # Revoked between the two reads.
+            if name is not None
+        ]
 
     @redis_edge
     async def count(self) -> int:
