@@ -123,9 +123,9 @@ class SmsServiceStub:
     Errors: INVALID_ARGUMENT (bad filter, a token not issued to the app),
     OUT_OF_RANGE (token older than the retention window),
     RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW: the client fell too far behind;
-    resume from the last token; TOO_MANY_CONCURRENT_QUERIES: a resume while
-    the app's listings and catch-ups fill its share, retry after the
-    RetryInfo delay), UNAVAILABLE (server shutting down or storage unreachable;
+    resume from the last token; TOO_MANY_CONCURRENT_QUERIES: a resume, or
+    the snapshot of a new watch of a batch, while the app's listings and
+    catch-ups fill its share, retry after the RetryInfo delay), UNAVAILABLE (server shutting down or storage unreachable;
     reconnect with the last token), UNAUTHENTICATED.
     """
 
@@ -224,9 +224,9 @@ class SmsServiceAsyncStub(SmsServiceStub):
     Errors: INVALID_ARGUMENT (bad filter, a token not issued to the app),
     OUT_OF_RANGE (token older than the retention window),
     RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW: the client fell too far behind;
-    resume from the last token; TOO_MANY_CONCURRENT_QUERIES: a resume while
-    the app's listings and catch-ups fill its share, retry after the
-    RetryInfo delay), UNAVAILABLE (server shutting down or storage unreachable;
+    resume from the last token; TOO_MANY_CONCURRENT_QUERIES: a resume, or
+    the snapshot of a new watch of a batch, while the app's listings and
+    catch-ups fill its share, retry after the RetryInfo delay), UNAVAILABLE (server shutting down or storage unreachable;
     reconnect with the last token), UNAUTHENTICATED.
     """
 
@@ -364,9 +364,9 @@ class SmsServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (bad filter, a token not issued to the app),
         OUT_OF_RANGE (token older than the retention window),
         RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW: the client fell too far behind;
-        resume from the last token; TOO_MANY_CONCURRENT_QUERIES: a resume while
-        the app's listings and catch-ups fill its share, retry after the
-        RetryInfo delay), UNAVAILABLE (server shutting down or storage unreachable;
+        resume from the last token; TOO_MANY_CONCURRENT_QUERIES: a resume, or
+        the snapshot of a new watch of a batch, while the app's listings and
+        catch-ups fill its share, retry after the RetryInfo delay), UNAVAILABLE (server shutting down or storage unreachable;
         reconnect with the last token), UNAUTHENTICATED.
         """
 
