@@ -12,8 +12,10 @@ import grpc
 import pytest
 from pydantic import ValidationError
 from smsgate.v1 import message_pb2 as mpb
+from smsgate.v1 import sign_service_pb2 as spb
+from smsgate.v1 import sign_service_pb2_grpc, sms_service_pb2_grpc, template_service_pb2_grpc
 from smsgate.v1 import sms_service_pb2 as pb
-from smsgate.v1 import sms_service_pb2_grpc
+from smsgate.v1 import template_service_pb2 as tpb
 from smsgate_server.config import Settings
 from smsgate_server.domain.ids import shard_of_id
 from smsgate_server.runtime import Running
@@ -22,11 +24,13 @@ from tests.conftest import ServerFactory
 from tests.pipeline_support import wait_for_statuses
 from tests.support import bearer
 from tests.vendor_fakes.loopback import serve
+from tests.vendor_fakes.tencent import TencentFake
 from tests.vendor_fakes.twilio import TwilioFake
 from tests.waiting import wait_until
 
 S = mpb.MessageStatus
 US = "+14155550123"
+CN = "+8613800138000"
 # Asked about after 0.3 s without receipt; expired after 3 s.
 FAST = {"reconcile_after_seconds": 0.3, "receipt_timeout_seconds": 3.0}
 
@@ -42,6 +46,16 @@ class Sender:
     async def text(self, phone: str) -> str:
         reply = await self.sms.SendSms(
             pb.SendSmsRequest(phone_number=phone, text="Your order has shipped"),
+            metadata=bearer(self.token),
+        )
+        return reply.message.id
+
+    async def by_template(self, phone: str) -> str:
+        """Sends the ``notice`` template (see ``tencent``)."""
+        reply = await self.sms.SendSms(
+            pb.SendSmsRequest(
+                phone_number=phone, template=mpb.TemplateContent(template_id="notice")
+            ),
             metadata=bearer(self.token),
         )
         return reply.message.id
@@ -157,3 +171,87 @@ def test_reconcile_time_at_or_above_the_receipt_timeout_is_refused() -> None:
 def test_reconcile_time_defaults_below_a_short_receipt_timeout() -> None:
     assert Settings(receipt_timeout_seconds=10).reconcile_after == 5
     assert Settings().reconcile_after == 3600
+
+
+@pytest.fixture
+async def tencent(
+    make_server: ServerFactory, tmp_path: Path
+) -> AsyncIterator[tuple[TencentFake, Sender]]:
+    """A server sending through the Tencent fake (no receipt is ever pushed), and
+    a client of a fresh app with a ``notice`` template Tencent knows."""
+    fake = TencentFake(templates={"1110001": 0})
+    async with serve(fake.app) as url:
+        providers = tmp_path / "providers.toml"
+        providers.write_text(
+            "[providers.tencent]\n"
+            'type = "tencent"\n'
+            f'secret_id = "{fake.secret_id}"\n'
+            f'secret_key = "{fake.secret_key}"\n'
+            f'sdk_app_id = "{fake.sdk_app_id}"\n'
+            f'endpoint = "{url}"\n'
+        )
+        server = await make_server(provider="tencent", providers_file=providers, **FAST)
+        token = (await server.apps.create("reconcile-app")).token
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            meta = bearer(token)
+            await sign_service_pb2_grpc.SignServiceStub(channel).CreateSignName(
+                spb.CreateSignNameRequest(sign_name=spb.SignName(name="腾讯云", is_default=True)),
+                metadata=meta,
+            )
+            await template_service_pb2_grpc.TemplateServiceStub(channel).CreateTemplate(
+                tpb.CreateTemplateRequest(
+                    template=tpb.Template(
+                        id="notice",
+                        kind=tpb.TEMPLATE_KIND_NOTIFICATION,
+                        body="您的订单已发货",
+                        provider_template_ids={"tencent": "1110001"},
+                    )
+                ),
+                metadata=meta,
+            )
+            yield fake, Sender(server, channel, token)
+
+
+async def test_tencent_a_lost_delivered_receipt_is_pulled(
+    tencent: tuple[TencentFake, Sender],
+) -> None:
+    fake, sender = tencent
+    message_id = await sender.by_template(CN)
+    await sender.wait(message_id, S.MESSAGE_STATUS_SENT)
+    fake.report(CN, True, "用户短信送达成功")
+
+    message = await sender.wait(message_id, S.MESSAGE_STATUS_DELIVERED, S.MESSAGE_STATUS_EXPIRED)
+
+    assert message.status == S.MESSAGE_STATUS_DELIVERED
+    assert fake.reports == []
+
+
+async def test_tencent_a_lost_failure_receipt_is_pulled_with_its_words(
+    tencent: tuple[TencentFake, Sender],
+) -> None:
+    fake, sender = tencent
+    message_id = await sender.by_template(CN)
+    await sender.wait(message_id, S.MESSAGE_STATUS_SENT)
+    fake.report(CN, False, "用户手机关机")
+
+    message = await sender.wait(message_id, S.MESSAGE_STATUS_UNDELIVERED, S.MESSAGE_STATUS_EXPIRED)
+
+    assert message.status == S.MESSAGE_STATUS_UNDELIVERED
+    assert (message.error.code, message.error.reason) == ("FAIL", "用户手机关机")
+
+
+async def test_tencent_no_report_leaves_it_sent_until_it_expires(
+    tencent: tuple[TencentFake, Sender],
+) -> None:
+    fake, sender = tencent
+    message_id = await sender.by_template(CN)
+    await sender.wait(message_id, S.MESSAGE_STATUS_SENT)
+
+    async def pulls() -> int:
+        return fake.pulls
+
+    await wait_until(pulls, lambda n: n >= 2, what="two pulls")
+    assert (await sender.wait(message_id, S.MESSAGE_STATUS_SENT)).status == S.MESSAGE_STATUS_SENT
+
+    message = await sender.wait(message_id, S.MESSAGE_STATUS_EXPIRED, S.MESSAGE_STATUS_DELIVERED)
+    assert message.status == S.MESSAGE_STATUS_EXPIRED

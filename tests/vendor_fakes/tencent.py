@@ -1,4 +1,5 @@
-"""Tencent Cloud SMS ``SendSms`` (2021-01-11) as the vendor answers it.
+"""Tencent Cloud SMS ``SendSms`` and ``PullSmsSendStatus`` (2021-01-11) as the
+vendor answers them.
 
 Checks each request's TC3-HMAC-SHA256 signature the way the API gateway does,
 with the HMAC chain of Tencent's own SDK (``tencentcloud.common.sign``), and
@@ -15,7 +16,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from starlette.applications import Starlette
@@ -33,6 +34,7 @@ _AUTH = re.compile(
     r"SignedHeaders=(?P<headers>[a-z0-9;-]+), Signature=(?P<signature>[0-9a-f]{64})$"
 )
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_BEIJING = timezone(timedelta(hours=8))
 
 
 @dataclass
@@ -41,6 +43,8 @@ class TencentFake:
 
     ``number_codes`` makes the vendor refuse single numbers (a per-number code
     in ``SendStatusSet``); ``call_error`` refuses whole calls with that code.
+    ``report`` queues a delivery report, which ``PullSmsSendStatus`` hands out
+    once (``pulls`` counts those calls).
     """
 
     secret_id: str = "AKIDfakeTencent0000000000000000000"
@@ -51,6 +55,9 @@ class TencentFake:
     call_error: str = ""
     controls: FakeControls = field(default_factory=FakeControls)
     calls: list[dict[str, Any]] = field(default_factory=list)
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    pulls: int = 0
 
     @property
     def app(self) -> Starlette:
@@ -64,7 +71,8 @@ class TencentFake:
         refused = self._check_signature(request, body)
         if refused:
             return self._error(*refused)
-        if request.headers.get("x-tc-action") != "SendSms":
+        action = request.headers.get("x-tc-action")
+        if action not in ("SendSms", "PullSmsSendStatus"):
             return self._error("InvalidAction", "unknown action")
         if request.headers.get("x-tc-version") != "2021-01-11":
             return self._error("NoSuchVersion", "unknown version")
@@ -72,9 +80,41 @@ class TencentFake:
             params = json.loads(body)
         except ValueError:
             return self._error("FailedOperation.JsonParseFail", "bad JSON")
+        if action == "PullSmsSendStatus":
+            return self._pull(params)
         self.calls.append(params)
         await self.controls.maybe_stall()
         return self._send_sms(params)
+
+    def report(self, phone: str, success: bool, description: str) -> None:
+        """Queue the report of the last message sent to ``phone``."""
+        status = next(s for s in reversed(self.sent) if s["PhoneNumber"] == phone)
+        self.reports.append(
+            {
+                "UserReceiveTime": datetime.now(UTC)
+                .astimezone(_BEIJING)
+                .strftime("%Y-%m-%d %H:%M:%S"),
+                "CountryCode": "86" if phone.startswith("+86") else "1",
+                "SubscriberNumber": phone.removeprefix("+86"),
+                "PhoneNumber": phone,
+                "SerialNo": status["SerialNo"],
+                "ReportStatus": "SUCCESS" if success else "FAIL",
+                "Description": description,
+                "SessionContext": status["SessionContext"],
+            }
+        )
+
+    def _pull(self, params: dict[str, Any]) -> Response:
+        self.pulls += 1
+        if params.get("SmsSdkAppId") != self.sdk_app_id:
+            return self._error("FailedOperation.SmsSdkAppIdVerifyFail", "SdkAppId mismatch")
+        limit = params.get("Limit")
+        if not isinstance(limit, int) or not 1 <= limit <= 100:
+            return self._error("InvalidParameterValue.LimitExceeded", "Limit is 1 to 100")
+        handed, self.reports = self.reports[:limit], self.reports[limit:]
+        return JSONResponse(
+            {"Response": {"PullSmsSendStatusSet": handed, "RequestId": str(uuid.uuid4())}}
+        )
 
     def _check_signature(self, request: Request, body: bytes) -> tuple[str, str] | None:
         match = _AUTH.match(request.headers.get("authorization", ""))
@@ -148,6 +188,7 @@ class TencentFake:
                     "IsoCode": "CN" if number.startswith("+86") else "US",
                 }
             )
+        self.sent.extend(s for s in statuses if s["SerialNo"])
         return JSONResponse(
             {"Response": {"SendStatusSet": statuses, "RequestId": str(uuid.uuid4())}}
         )

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from smsgate_server.dispatch.receipt_intake import ReceiptIntake
 from smsgate_server.domain.errors import Unavailable
 from smsgate_server.logs import RepeatedLog
 from smsgate_server.metrics import RECEIPTS
 from smsgate_server.providers.base import StatusQuery, StatusSource
+from smsgate_server.providers.receipts import VendorReceipt
 from smsgate_server.store.messages import MessageStore, Receipt, ReceiptResult
 
 __all__ = ["RECONCILE_BATCH", "Reconciler"]
@@ -49,6 +51,9 @@ class Reconciler:
         self.interval_ms = max(1, int(interval * 1000))
         self.tick = tick
         self.batch = batch
+        # Reports of messages not asked about go where pushed receipts go,
+        # with the same short wait for sends whose outcome is not stored yet.
+        self.intake = ReceiptIntake(store)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """One batch per shard per tick until ``stopping`` is set."""
@@ -76,12 +81,20 @@ class Reconciler:
         mine = [m for m in due if m.provider == self.name]
         if not mine:
             return 0
-        answers = await self.provider.query_status(
+        answer = await self.provider.query_status(
             [StatusQuery(m.id, m.phone, m.provider_message_id, m.sent_ms) for m in mine]
         )
+        if answer.others:
+            await self.intake.store_receipts(
+                self.name,
+                [
+                    VendorReceipt(vendor_id, s.delivered, s.code, s.reason, s.time_ms)
+                    for vendor_id, s in answer.others
+                ],
+            )
         found = [
             Receipt(m.app, m.id, a.delivered, a.code, a.reason, a.time_ms)
-            for m, a in zip(mine, answers, strict=True)
+            for m, a in zip(mine, answer.statuses, strict=True)
             if a is not None
         ]
         if not found:

@@ -17,6 +17,7 @@ __all__ = [
     "ReceiptSource",
     "Recipient",
     "RecipientResult",
+    "StatusAnswer",
     "StatusQuery",
     "StatusSource",
     "VendorStatus",
@@ -153,11 +154,21 @@ class VendorStatus:
     time_ms: int = 0  # the vendor's time of the outcome, 0 when it names none
 
 
+@dataclass(frozen=True, slots=True)
+class StatusAnswer:
+    """What a vendor said to a status query: one entry per query, in order (None
+    while it has no final word, or could not be asked), and the outcomes of
+    other messages it reported meanwhile by vendor id (a pull hands each
+    report out once, so they are stored as receipts rather than lost)."""
+
+    statuses: list[VendorStatus | None]
+    others: list[tuple[str, VendorStatus]] = field(default_factory=list)
+
+
 @runtime_checkable
 class StatusSource(Protocol):
     """A provider that answers status queries (pull reconciliation of lost receipts)."""
 
-    async def query_status(self, queries: Sequence[StatusQuery]) -> list[VendorStatus | None]:
-        """One answer per query, in order: None while the vendor has no final
-        word (or could not be asked). Never raises for a vendor or network fault."""
+    async def query_status(self, queries: Sequence[StatusQuery]) -> StatusAnswer:
+        """Ask about ``queries``; never raises for a vendor or network fault."""
         ...

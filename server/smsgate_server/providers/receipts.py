@@ -25,6 +25,7 @@ __all__ = [
     "TENCENT_REPLY",
     "ReceiptFormatError",
     "VendorReceipt",
+    "beijing_ms",
     "parse_aliyun_receipts",
     "parse_tencent_receipts",
     "parse_twilio_status",
@@ -76,7 +77,7 @@ def parse_tencent_receipts(body: bytes) -> list[VendorReceipt]:
                 delivered=status == "SUCCESS",
                 code=_text(report, "errmsg", i),
                 reason=_text(report, "description", i),
-                time_ms=_beijing_ms(_text(report, "user_receive_time", i)),
+                time_ms=beijing_ms(_text(report, "user_receive_time", i)),
             )
         )
     return receipts
@@ -100,7 +101,7 @@ def parse_aliyun_receipts(body: bytes) -> list[VendorReceipt]:
                 delivered=success,
                 code=_text(report, "err_code", i),
                 reason=_text(report, "err_msg", i),
-                time_ms=_beijing_ms(_text(report, "report_time", i)),
+                time_ms=beijing_ms(_text(report, "report_time", i)),
             )
         )
     return receipts
@@ -181,7 +182,7 @@ def _required(report: Mapping[str, Any], key: str, index: int) -> str:
     return value
 
 
-def _beijing_ms(value: str) -> int:
+def beijing_ms(value: str) -> int:
     """Unix ms of a vendor's ``YYYY-MM-DD hh:mm:ss`` Beijing time; 0 when absent
     or unreadable (the time is a detail: the outcome still counts)."""
     try:

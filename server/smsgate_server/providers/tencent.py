@@ -1,7 +1,9 @@
 """Tencent Cloud SMS: ``SendSms`` of API 2021-01-11, signed with TC3-HMAC-SHA256.
 
 Templates only. One call takes up to 200 numbers sharing one template and one
-parameter set; the answer has one ``SendStatusSet`` entry per number.
+parameter set; the answer has one ``SendStatusSet`` entry per number. Lost
+receipts are pulled with ``PullSmsSendStatus``, which hands out each recent
+report of the application once (when the console has pulling on).
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ from smsgate_server.providers.base import (
     OutcomeClass,
     Recipient,
     RecipientResult,
+    StatusAnswer,
+    StatusQuery,
+    VendorStatus,
 )
 from smsgate_server.providers.calls import CallFailed, references_tag, refuse_all, vendor_post
+from smsgate_server.providers.receipts import FIELD_LIMIT, beijing_ms
 from smsgate_server.providers.signing import tc3_sign
 
 __all__ = ["TencentConfig", "TencentProvider", "classify_tencent"]
@@ -37,6 +43,10 @@ SESSION_CONTEXT_LIMIT = 512
 MIXED_NUMBERS = "UnsupportedOperation.ContainDomesticAndInternationalPhoneNumber"
 # The number is on the vendor's do-not-disturb list (its owner unsubscribed).
 OPTED_OUT = "FailedOperation.PhoneNumberInBlacklist"
+# PullSmsSendStatus: reports per call (the API's most), and calls per query,
+# which bounds a reconciliation tick's work.
+PULL_LIMIT = 100
+PULL_CALLS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +221,10 @@ class TencentProvider:
         # A sender id exists only for international SMS; mainland China has none.
         if batch.sender and not any(r.phone.startswith("+86") for r in recipients):
             request["SenderId"] = batch.sender
+        return await self._signed("SendSms", request)
+
+    async def _signed(self, action: str, request: dict[str, object]) -> dict[str, object]:
+        """One TC3-signed call of ``action``: its ``Response`` object."""
         payload = json.dumps(request, ensure_ascii=False).encode()
         timestamp = int(self._clock())
         signed = {"content-type": CONTENT_TYPE, "host": self._host}
@@ -225,7 +239,7 @@ class TencentProvider:
         headers = {
             **signed,
             "authorization": signature.authorization,
-            "x-tc-action": "SendSms",
+            "x-tc-action": action,
             "x-tc-version": VERSION,
             "x-tc-timestamp": str(timestamp),
             "x-tc-region": self._config.region,
@@ -243,6 +257,32 @@ class TencentProvider:
         if not isinstance(response, dict):
             raise CallFailed(OutcomeClass.UNKNOWN, "BAD_ANSWER", "no Response in the answer")
         return response
+
+    async def query_status(self, queries: Sequence[StatusQuery]) -> StatusAnswer:
+        """Pull the application's recent reports (up to ``PULL_CALLS`` calls) and
+        match them to ``queries`` by ``SerialNo``, else by our id in
+        ``SessionContext`` and the number (a send of unknown outcome has no
+        SerialNo); the rest are returned as ``others``."""
+        by_serial = {q.vendor_id: i for i, q in enumerate(queries) if q.vendor_id}
+        by_reference = {(q.reference, q.phone): i for i, q in enumerate(queries)}
+        answer = StatusAnswer([None] * len(queries))
+        for _ in range(PULL_CALLS):
+            try:
+                response = await self._signed(
+                    "PullSmsSendStatus",
+                    {"Limit": PULL_LIMIT, "SmsSdkAppId": self._config.sdk_app_id},
+                )
+            except CallFailed:
+                break
+            reports = response.get("PullSmsSendStatusSet")
+            if "Error" in response or not isinstance(reports, list):
+                break
+            for report in reports:
+                if isinstance(report, dict):
+                    _match_report(report, by_serial, by_reference, answer)
+            if len(reports) < PULL_LIMIT:
+                break
+        return answer
 
     async def aclose(self) -> None:
         """Nothing of its own to release; the HTTP client belongs to the caller."""
@@ -272,3 +312,34 @@ def _per_number(recipients: Sequence[Recipient], statuses: object) -> list[Recip
         reason = str(status.get("Message", ""))[:200]
         results.append(RecipientResult(outcome, "", code, reason, retry_after, code == OPTED_OUT))
     return results
+
+
+def _match_report(
+    report: dict[str, object],
+    by_serial: dict[str, int],
+    by_reference: dict[tuple[str, str], int],
+    answer: StatusAnswer,
+) -> None:
+    """Put one pulled report where it belongs in ``answer``."""
+    outcome = report.get("ReportStatus")
+    if outcome not in ("SUCCESS", "FAIL"):
+        return
+    serial = str(report.get("SerialNo") or "")[:FIELD_LIMIT]
+    # Read as the status callback is: the vendor's status and its words.
+    status = VendorStatus(
+        outcome == "SUCCESS",
+        str(outcome),
+        str(report.get("Description") or "")[:200],
+        beijing_ms(str(report.get("UserReceiveTime") or "")),
+    )
+    index = by_serial.get(serial)
+    if index is None:
+        phone = str(report.get("PhoneNumber") or "")
+        for reference in str(report.get("SessionContext") or "").split(","):
+            index = by_reference.get((reference, phone))
+            if index is not None:
+                break
+    if index is not None:
+        answer.statuses[index] = status
+    elif serial:
+        answer.others.append((serial, status))

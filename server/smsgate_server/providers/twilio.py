@@ -18,6 +18,7 @@ from smsgate_server.providers.base import (
     OutcomeClass,
     Recipient,
     RecipientResult,
+    StatusAnswer,
     StatusQuery,
     VendorStatus,
 )
@@ -134,10 +135,10 @@ class TwilioProvider:
             opted_out=number == OPTED_OUT,
         )
 
-    async def query_status(self, queries: Sequence[StatusQuery]) -> list[VendorStatus | None]:
+    async def query_status(self, queries: Sequence[StatusQuery]) -> StatusAnswer:
         """``GET Messages/{Sid}.json`` per message; a message sent with an
         unknown outcome has no sid to ask about."""
-        return list(await asyncio.gather(*(self._query(q) for q in queries)))
+        return StatusAnswer(list(await asyncio.gather(*(self._query(q) for q in queries))))
 
     async def _query(self, query: StatusQuery) -> VendorStatus | None:
         if not query.vendor_id:
