@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     # proxy stands between: Twilio signs the URL it called. Unset: the URL of
     # the request as it arrives.
     public_base_url: str | None = Field(default=None, pattern=r"^https?://[^/?#]+(/[^?#]*)?$")
+    # Replies that opt the sender out of an app's marketing ("STOP,TD"), any case.
+    stop_keywords: Annotated[frozenset[str], NoDecode] = frozenset(
+        {"STOP", "UNSUBSCRIBE", "TD", "退订", "拒收", "R"}
+    )
     dispatch_concurrency: int = Field(default=256, ge=1, le=10_000)
     visibility_timeout_seconds: float = Field(default=30.0, gt=0)
     # With base 1 s and full jitter, 10 attempts span minutes of vendor outage.
@@ -221,6 +225,16 @@ class Settings(BaseSettings):
         elif not isinstance(value, list | tuple | set | frozenset):
             value = [value]
         return frozenset(parse_calling_code(str(v)) for v in value)
+
+    @field_validator("stop_keywords", mode="before")
+    @classmethod
+    def _stop_keywords(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        words = frozenset(str(v).strip() for v in value if str(v).strip())
+        if not words:
+            raise ValueError("must name at least one keyword")
+        return words
 
     @field_validator("log_level")
     @classmethod

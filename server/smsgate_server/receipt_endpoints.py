@@ -10,6 +10,12 @@ the providers file.
 
 The vendor gets its OK once every receipt of the request is stored (or known
 to be for no message of ours); until then it gets a 503 and posts again.
+
+Replies (mobile-originated SMS) come the same two ways, at ``/inbound/NAME/TOKEN``
+(Tencent reply callback, Aliyun ``SmsUp``) and ``/inbound/NAME`` (Twilio's
+incoming-message webhook, signed). A reply that is a STOP keyword
+(``SMSGATE_STOP_KEYWORDS``) puts its sender on the opt-out list of the
+account's ``inbound_app``; until that is stored the vendor gets a 503.
 """
 
 from __future__ import annotations
@@ -29,6 +35,13 @@ from starlette.routing import Route
 from smsgate_server.dispatch.receipt_intake import ReceiptIntake
 from smsgate_server.domain.errors import Unavailable
 from smsgate_server.logs import RepeatedLog
+from smsgate_server.providers.inbound import (
+    InboundSms,
+    is_stop,
+    parse_aliyun_replies,
+    parse_tencent_replies,
+    parse_twilio_reply,
+)
 from smsgate_server.providers.providers_file import (
     AliyunEntry,
     TencentEntry,
@@ -45,8 +58,16 @@ from smsgate_server.providers.receipts import (
     parse_twilio_status,
     twilio_request_valid,
 )
+from smsgate_server.store.optouts import OptOutStore
 
-__all__ = ["MAX_BODY_BYTES", "ReceiptEndpoint", "Vendor", "receipt_endpoints", "receipt_routes"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "ReceiptEndpoint",
+    "Vendor",
+    "inbound_routes",
+    "receipt_endpoints",
+    "receipt_routes",
+]
 
 log = logging.getLogger("smsgate.receipts")
 # Per provider, with a count: whoever can reach the port could post garbage.
@@ -74,6 +95,8 @@ class ReceiptEndpoint:
     provider: str
     vendor: Vendor
     secret: str
+    # The app whose opt-out list a STOP reply lands on ('' for none).
+    inbound_app: str = ""
 
 
 def receipt_endpoints(entries: Mapping[str, VendorEntry]) -> dict[str, ReceiptEndpoint]:
@@ -88,7 +111,9 @@ def receipt_endpoints(entries: Mapping[str, VendorEntry]) -> dict[str, ReceiptEn
         elif isinstance(entry, TwilioEntry):
             secret = entry.callback_auth_token()
         if secret:
-            endpoints[name] = ReceiptEndpoint(name, Vendor(entry.type), secret)
+            endpoints[name] = ReceiptEndpoint(
+                name, Vendor(entry.type), secret, entry.inbound_app or ""
+            )
     return endpoints
 
 
@@ -162,6 +187,90 @@ def receipt_routes(
     return [
         Route("/receipts/{provider}/{token}", tokened, methods=["POST"]),
         Route("/receipts/{provider}", signed, methods=["POST"]),
+    ]
+
+
+def inbound_routes(
+    endpoints: Mapping[str, ReceiptEndpoint],
+    optouts: OptOutStore,
+    stop_keywords: frozenset[str],
+    *,
+    public_base_url: str | None = None,
+) -> list[Route]:
+    """The Starlette routes taking replies for ``endpoints``."""
+
+    async def opted_out(endpoint: ReceiptEndpoint, replies: list[InboundSms]) -> bool:
+        """Whether every STOP reply's sender is on the list (False: retry later)."""
+        if not endpoint.inbound_app:
+            return True
+        try:
+            for reply in replies:
+                if is_stop(reply.text, stop_keywords):
+                    await optouts.add(endpoint.inbound_app, reply.phone)
+        except Unavailable:
+            return False
+        return True
+
+    async def tokened(request: Request) -> Response:
+        endpoint = endpoints.get(request.path_params["provider"])
+        if (
+            endpoint is None
+            or endpoint.vendor is Vendor.TWILIO
+            or not _same_secret(str(request.path_params["token"]), endpoint.secret)
+        ):
+            return Response(status_code=404)
+        try:
+            body = await _body(request)
+            if endpoint.vendor is Vendor.TENCENT:
+                replies = parse_tencent_replies(body)
+            else:
+                replies = parse_aliyun_replies(body)
+        except _TooLarge:
+            return _too_large()
+        except ReceiptFormatError as exc:
+            return _malformed(endpoint, exc)
+        tencent = endpoint.vendor is Vendor.TENCENT
+        if not await opted_out(endpoint, replies):
+            return JSONResponse(
+                {"result": 1, "errmsg": "retry later"}
+                if tencent
+                else {"code": 1, "msg": "retry later"},
+                status_code=503,
+            )
+        return JSONResponse(TENCENT_REPLY if tencent else ALIYUN_REPLY)
+
+    async def signed(request: Request) -> Response:
+        endpoint = endpoints.get(request.path_params["provider"])
+        if endpoint is None or endpoint.vendor is not Vendor.TWILIO:
+            return Response(status_code=404)
+        signature = request.headers.get("x-twilio-signature", "")
+        if not signature:
+            return Response(status_code=403)
+        try:
+            body = await _body(request)
+            params = parse_qsl(
+                body.decode(), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS
+            )
+        except _TooLarge:
+            return _too_large()
+        except ValueError:  # UnicodeDecodeError too
+            return _malformed(endpoint, ReceiptFormatError("not a form"))
+        if not twilio_request_valid(
+            endpoint.secret, _called_url(request, public_base_url), params, signature
+        ):
+            return Response(status_code=403)
+        try:
+            reply = parse_twilio_reply(dict(params))
+        except ReceiptFormatError as exc:
+            return _malformed(endpoint, exc)
+        if not await opted_out(endpoint, [reply]):
+            return Response(status_code=503)
+        # An empty TwiML answer: no message back to the sender.
+        return Response("<Response/>", media_type="text/xml")
+
+    return [
+        Route("/inbound/{provider}/{token}", tokened, methods=["POST"]),
+        Route("/inbound/{provider}", signed, methods=["POST"]),
     ]
 
 

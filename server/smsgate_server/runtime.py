@@ -60,7 +60,7 @@ from smsgate_server.http import HttpSidePort, build_app
 from smsgate_server.providers.base import Provider
 from smsgate_server.providers.factory import UnknownProviderError, open_provider
 from smsgate_server.providers.providers_file import ProvidersFileError, load_providers_file
-from smsgate_server.receipt_endpoints import receipt_endpoints, receipt_routes
+from smsgate_server.receipt_endpoints import inbound_routes, receipt_endpoints, receipt_routes
 from smsgate_server.services.admission import Admission, AdmissionPolicy
 from smsgate_server.services.composing import Composer
 from smsgate_server.services.optouts import OptOutService
@@ -467,9 +467,13 @@ def _receipt_routes(settings: Settings, store: MessageStore) -> list[Route]:
         entries = load_providers_file(settings.providers_file)
     except ProvidersFileError as exc:
         raise StartError(str(exc)) from None
+    endpoints = receipt_endpoints(entries)
     return receipt_routes(
-        receipt_endpoints(entries),
-        ReceiptIntake(store),
+        endpoints, ReceiptIntake(store), public_base_url=settings.public_base_url
+    ) + inbound_routes(
+        endpoints,
+        OptOutStore(store.redis),
+        settings.stop_keywords,
         public_base_url=settings.public_base_url,
     )
 

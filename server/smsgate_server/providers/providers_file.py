@@ -62,6 +62,9 @@ class _Entry(BaseModel):
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     # ISO 3166 codes of the countries it serves; absent: everywhere.
     regions: frozenset[_Region] | None = None
+    # The app key whose opt-out list a STOP reply to this account lands on;
+    # absent: replies are acknowledged and change nothing.
+    inbound_app: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 def _receipt_token(value: SecretStr | None) -> SecretStr | None:
