@@ -23,6 +23,7 @@ from smsgate_server.runtime import Running
 from tests.conftest import ServerFactory
 from tests.pipeline_support import wait_for_statuses
 from tests.support import bearer
+from tests.vendor_fakes.aliyun import AliyunFake
 from tests.vendor_fakes.loopback import serve
 from tests.vendor_fakes.tencent import TencentFake
 from tests.vendor_fakes.twilio import TwilioFake
@@ -173,6 +174,28 @@ def test_reconcile_time_defaults_below_a_short_receipt_timeout() -> None:
     assert Settings().reconcile_after == 3600
 
 
+async def add_notice_template(
+    channel: grpc.aio.Channel, token: str, sign: str, provider: str, vendor_template: str
+) -> None:
+    """The app's default sign and a ``notice`` template the vendor knows."""
+    meta = bearer(token)
+    await sign_service_pb2_grpc.SignServiceStub(channel).CreateSignName(
+        spb.CreateSignNameRequest(sign_name=spb.SignName(name=sign, is_default=True)),
+        metadata=meta,
+    )
+    await template_service_pb2_grpc.TemplateServiceStub(channel).CreateTemplate(
+        tpb.CreateTemplateRequest(
+            template=tpb.Template(
+                id="notice",
+                kind=tpb.TEMPLATE_KIND_NOTIFICATION,
+                body="您的订单已发货",
+                provider_template_ids={provider: vendor_template},
+            )
+        ),
+        metadata=meta,
+    )
+
+
 @pytest.fixture
 async def tencent(
     make_server: ServerFactory, tmp_path: Path
@@ -193,22 +216,7 @@ async def tencent(
         server = await make_server(provider="tencent", providers_file=providers, **FAST)
         token = (await server.apps.create("reconcile-app")).token
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-            meta = bearer(token)
-            await sign_service_pb2_grpc.SignServiceStub(channel).CreateSignName(
-                spb.CreateSignNameRequest(sign_name=spb.SignName(name="腾讯云", is_default=True)),
-                metadata=meta,
-            )
-            await template_service_pb2_grpc.TemplateServiceStub(channel).CreateTemplate(
-                tpb.CreateTemplateRequest(
-                    template=tpb.Template(
-                        id="notice",
-                        kind=tpb.TEMPLATE_KIND_NOTIFICATION,
-                        body="您的订单已发货",
-                        provider_template_ids={"tencent": "1110001"},
-                    )
-                ),
-                metadata=meta,
-            )
+            await add_notice_template(channel, token, "腾讯云", "tencent", "1110001")
             yield fake, Sender(server, channel, token)
 
 
@@ -251,6 +259,80 @@ async def test_tencent_no_report_leaves_it_sent_until_it_expires(
         return fake.pulls
 
     await wait_until(pulls, lambda n: n >= 2, what="two pulls")
+    assert (await sender.wait(message_id, S.MESSAGE_STATUS_SENT)).status == S.MESSAGE_STATUS_SENT
+
+    message = await sender.wait(message_id, S.MESSAGE_STATUS_EXPIRED, S.MESSAGE_STATUS_DELIVERED)
+    assert message.status == S.MESSAGE_STATUS_EXPIRED
+
+
+@pytest.fixture
+async def aliyun(
+    make_server: ServerFactory, tmp_path: Path
+) -> AsyncIterator[tuple[AliyunFake, Sender]]:
+    """A server sending through the Aliyun fake (no SmsReport is ever pushed), and
+    a client of a fresh app with a ``notice`` template Aliyun knows."""
+    fake = AliyunFake()
+    async with serve(fake.app) as url:
+        providers = tmp_path / "providers.toml"
+        providers.write_text(
+            "[providers.aliyun]\n"
+            'type = "aliyun"\n'
+            f'access_key_id = "{fake.access_key_id}"\n'
+            f'access_key_secret = "{fake.access_key_secret}"\n'
+            f'endpoint = "{url}"\n'
+        )
+        server = await make_server(provider="aliyun", providers_file=providers, **FAST)
+        token = (await server.apps.create("reconcile-app")).token
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            await add_notice_template(channel, token, "阿里云短信测试", "aliyun", "SMS_154950909")
+            yield fake, Sender(server, channel, token)
+
+
+def queries(fake: AliyunFake) -> list[dict[str, str]]:
+    return [form for action, form in fake.calls if action == "QuerySendDetails"]
+
+
+async def test_aliyun_a_lost_delivered_receipt_is_queried(
+    aliyun: tuple[AliyunFake, Sender],
+) -> None:
+    fake, sender = aliyun
+    message_id = await sender.by_template(CN)
+    sent = await sender.wait(message_id, S.MESSAGE_STATUS_SENT)
+    fake.report("13800138000", True, "DELIVERED")
+
+    message = await sender.wait(message_id, S.MESSAGE_STATUS_DELIVERED, S.MESSAGE_STATUS_EXPIRED)
+
+    assert message.status == S.MESSAGE_STATUS_DELIVERED
+    # Asked by number, send day and BizId, as the vendor requires.
+    query = queries(fake)[0]
+    assert query["PhoneNumber"] == "13800138000"
+    assert query["BizId"] == sent.provider_message_id.partition("/")[0]
+
+
+async def test_aliyun_a_lost_failure_receipt_is_queried_with_its_code(
+    aliyun: tuple[AliyunFake, Sender],
+) -> None:
+    fake, sender = aliyun
+    message_id = await sender.by_template(CN)
+    await sender.wait(message_id, S.MESSAGE_STATUS_SENT)
+    fake.report("13800138000", False, "MK:0001")
+
+    message = await sender.wait(message_id, S.MESSAGE_STATUS_UNDELIVERED, S.MESSAGE_STATUS_EXPIRED)
+
+    assert (message.status, message.error.code) == (S.MESSAGE_STATUS_UNDELIVERED, "MK:0001")
+
+
+async def test_aliyun_no_report_leaves_it_sent_until_it_expires(
+    aliyun: tuple[AliyunFake, Sender],
+) -> None:
+    fake, sender = aliyun
+    message_id = await sender.by_template(CN)
+    await sender.wait(message_id, S.MESSAGE_STATUS_SENT)
+
+    async def asked() -> int:
+        return len(queries(fake))
+
+    await wait_until(asked, lambda n: n >= 2, what="two queries")
     assert (await sender.wait(message_id, S.MESSAGE_STATUS_SENT)).status == S.MESSAGE_STATUS_SENT
 
     message = await sender.wait(message_id, S.MESSAGE_STATUS_EXPIRED, S.MESSAGE_STATUS_DELIVERED)

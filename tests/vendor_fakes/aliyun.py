@@ -1,5 +1,5 @@
-"""Alibaba Cloud SMS (Dysmsapi 2017-05-25) ``SendSms`` / ``SendBatchSms`` as the
-vendor answers them.
+"""Alibaba Cloud SMS (Dysmsapi 2017-05-25) ``SendSms`` / ``SendBatchSms`` and
+``QuerySendDetails`` as the vendor answers them.
 
 Checks each request's V3 signature (ACS3-HMAC-SHA256) with the vendor's own
 ``alibabacloud_openapi_util`` over the headers the request says it signed,
@@ -16,7 +16,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl
@@ -37,6 +37,7 @@ _AUTH = re.compile(
 )
 # Mainland numbers bare (11 digits), others with their country code, no '+'.
 _NUMBER = re.compile(r"^(1\d{10}|[2-9]\d{7,14})$")
+_BEIJING = timezone(timedelta(hours=8))
 
 
 @dataclass
@@ -45,6 +46,8 @@ class AliyunFake:
 
     ``illegal`` numbers make a whole call fail with isv.MOBILE_NUMBER_ILLEGAL,
     as the vendor does; ``call_error`` refuses calls with (code, message).
+    ``details`` holds a ``SmsSendDetailDTO`` per number sent (waiting for its
+    report) and ``report`` gives one its outcome, as ``QuerySendDetails`` shows.
     """
 
     access_key_id: str = "LTAI5tFakeAliyunKey000000"
@@ -55,6 +58,7 @@ class AliyunFake:
     call_error: tuple[str, str] | None = None
     controls: FakeControls = field(default_factory=FakeControls)
     calls: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    details: list[dict[str, Any]] = field(default_factory=list)
     _nonces: set[str] = field(default_factory=set)
 
     @property
@@ -89,9 +93,45 @@ class AliyunFake:
             limit = 100
             if not len(numbers) == len(signs) == len(params):
                 return self._answer("isv.INVALID_PARAMETERS", "参数异常")
+        elif action == "QuerySendDetails":
+            return self._query(form)
         else:
             return self._answer("InvalidAction.NotFound", "Specified api is not found.", 404)
         return self._send(numbers, signs, params, form, limit)
+
+    def report(self, number: str, delivered: bool, err_code: str) -> None:
+        """The report of the last message sent to ``number`` (as the vendor writes it)."""
+        detail = next(d for d in reversed(self.details) if d["PhoneNum"] == number)
+        detail["SendStatus"] = 3 if delivered else 2
+        detail["ErrCode"] = err_code
+        detail["ReceiveDate"] = _beijing_now().strftime("%Y-%m-%d %H:%M:%S")
+
+    def _query(self, form: dict[str, str]) -> Response:
+        number, day = form.get("PhoneNumber", ""), form.get("SendDate", "")
+        if not number or not re.fullmatch(r"\d{8}", day):
+            return self._answer("isv.INVALID_PARAMETERS", "参数异常")
+        size = int(form.get("PageSize", "0") or 0)
+        if not 1 <= size <= 50:
+            return self._answer("isv.INVALID_PARAMETERS", "PageSize 1-50")
+        found = [
+            d
+            for d in self.details
+            if d["PhoneNum"] == number
+            and d["SendDate"].replace("-", "")[:8] == day
+            and form.get("BizId", d["BizId"]) == d["BizId"]
+        ]
+        body: dict[str, Any] = {
+            "RequestId": str(uuid.uuid4()).upper(),
+            "Code": "OK",
+            "Message": "OK",
+            "TotalCount": len(found),
+            "SmsSendDetailDTOs": {
+                "SmsSendDetailDTO": [
+                    {k: v for k, v in d.items() if k != "BizId"} for d in found[:size]
+                ]
+            },
+        }
+        return JSONResponse(body)
 
     def _check_signature(self, request: Request, body: bytes) -> tuple[str, str, int] | None:
         match = _AUTH.match(request.headers.get("authorization", ""))
@@ -149,9 +189,23 @@ class AliyunFake:
                 json.loads(p)
             except ValueError:
                 return self._answer("isv.INVALID_JSON_PARAM", "JSON参数不合法")
-        return self._answer(
-            "OK", "OK", biz_id=f"{secrets.randbelow(10**15):015d}^{secrets.randbelow(10)}"
+        biz_id = f"{secrets.randbelow(10**15):015d}^{secrets.randbelow(10)}"
+        sent = _beijing_now().strftime("%Y-%m-%d %H:%M:%S")
+        self.details.extend(
+            {
+                "PhoneNum": n,
+                "BizId": biz_id,
+                "OutId": form.get("OutId", ""),
+                "TemplateCode": form.get("TemplateCode", ""),
+                "SendDate": sent,
+                "ReceiveDate": "",
+                "SendStatus": 1,
+                "ErrCode": "",
+                "Content": "",
+            }
+            for n in numbers
         )
+        return self._answer("OK", "OK", biz_id=biz_id)
 
     @staticmethod
     def _answer(code: str, message: str, status: int = 200, biz_id: str = "") -> Response:
@@ -163,3 +217,7 @@ class AliyunFake:
             body["HostId"] = "dysmsapi.aliyuncs.com"
             body["Recommend"] = "https://api.aliyun.com/troubleshoot"
         return JSONResponse(body, status_code=status)
+
+
+def _beijing_now() -> datetime:
+    return datetime.now(UTC).astimezone(_BEIJING)

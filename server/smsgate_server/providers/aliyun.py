@@ -4,7 +4,8 @@ Templates only. ``SendSms`` takes up to 1,000 numbers sharing one parameter
 set; ``SendBatchSms`` up to 100, each with its own sign and parameters. Either
 answers for the whole call with one ``BizId``; per-number fates come later in
 receipts, which name the ``BizId`` and the number, so a recipient's vendor id
-is ``aliyun_vendor_id(BizId, number)``.
+is ``aliyun_vendor_id(BizId, number)``. Lost receipts are asked about with
+``QuerySendDetails`` (by number, send date and ``BizId``).
 """
 
 from __future__ import annotations
@@ -28,9 +29,13 @@ from smsgate_server.providers.base import (
     OutcomeClass,
     Recipient,
     RecipientResult,
+    StatusAnswer,
+    StatusQuery,
+    VendorStatus,
 )
 from smsgate_server.providers.calls import CallFailed, references_tag, refuse_all, vendor_post
 from smsgate_server.providers.signing import acs3_authorization, sha256_hex
+from smsgate_server.providers.vendor_time import BEIJING, beijing_ms
 
 __all__ = ["AliyunConfig", "AliyunProvider", "aliyun_number", "aliyun_vendor_id", "classify_aliyun"]
 
@@ -40,6 +45,9 @@ MAX_SHARED = 1000
 MAX_PERSONALIZED = 100
 OUT_ID_LIMIT = 256
 ILLEGAL_NUMBER = "isv.MOBILE_NUMBER_ILLEGAL"
+QUERY_PAGE_SIZE = 50
+# SmsSendDetailDTO.SendStatus: 1 waiting for its report, 2 failed, 3 delivered.
+_FAILED, _DELIVERED = 2, 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +217,10 @@ class AliyunProvider:
             }
             if recipients[0].params:
                 form["TemplateParam"] = _json(dict(recipients[0].params))
+        return await self._signed(action, form)
+
+    async def _signed(self, action: str, form: dict[str, str]) -> dict[str, object]:
+        """One V3-signed call of ``action`` with ``form``: the answer's JSON."""
         payload = urlencode(form).encode()
         signed = {
             "host": self._host,
@@ -240,6 +252,47 @@ class AliyunProvider:
         if response.is_success and "Code" not in body:
             raise CallFailed(OutcomeClass.UNKNOWN, "BAD_ANSWER", "no Code in the answer")
         return body
+
+    async def query_status(self, queries: Sequence[StatusQuery]) -> StatusAnswer:
+        """``QuerySendDetails`` per message: by number and the day it was sent
+        (Beijing), narrowed by ``BizId`` when the send's outcome was known,
+        else matched by our id in ``OutId``."""
+        return StatusAnswer(list(await asyncio.gather(*(self._query(q) for q in queries))))
+
+    async def _query(self, query: StatusQuery) -> VendorStatus | None:
+        biz_id = query.vendor_id.partition("/")[0]
+        # The send date is the vendor's calendar day.
+        day = datetime.fromtimestamp(query.sent_ms / 1000, BEIJING).strftime("%Y%m%d")
+        form = {
+            "PhoneNumber": aliyun_number(query.phone),
+            "SendDate": day,
+            "PageSize": str(QUERY_PAGE_SIZE),
+            "CurrentPage": "1",
+        }
+        if biz_id:
+            form["BizId"] = biz_id
+        try:
+            body = await self._signed("QuerySendDetails", form)
+        except CallFailed:
+            return None
+        dtos = body.get("SmsSendDetailDTOs")
+        details = dtos.get("SmsSendDetailDTO") if isinstance(dtos, dict) else None
+        if body.get("Code") != "OK" or not isinstance(details, list):
+            return None
+        for detail in details:
+            if not isinstance(detail, dict):
+                continue
+            if not biz_id and query.reference not in str(detail.get("OutId", "")).split(","):
+                continue
+            status = detail.get("SendStatus")
+            if status not in (_FAILED, _DELIVERED):
+                return None
+            # Read as its SmsReport is: the vendor's code, its time in Beijing.
+            code = str(detail.get("ErrCode") or "")[:200]
+            return VendorStatus(
+                status == _DELIVERED, code, "", beijing_ms(str(detail.get("ReceiveDate") or ""))
+            )
+        return None
 
     async def aclose(self) -> None:
         """Nothing of its own to release; the HTTP client belongs to the caller."""

@@ -12,12 +12,12 @@ import hmac
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from smsgate_server.providers.aliyun import aliyun_vendor_id
 from smsgate_server.providers.signing import twilio_signature
+from smsgate_server.providers.vendor_time import beijing_ms
 
 __all__ = [
     "ALIYUN_REPLY",
@@ -25,7 +25,6 @@ __all__ = [
     "TENCENT_REPLY",
     "ReceiptFormatError",
     "VendorReceipt",
-    "beijing_ms",
     "parse_aliyun_receipts",
     "parse_tencent_receipts",
     "parse_twilio_status",
@@ -38,9 +37,6 @@ ALIYUN_REPLY: Mapping[str, object] = {"code": 0, "msg": "成功"}
 
 # Vendor codes and texts are stored with the message: kept short.
 FIELD_LIMIT = 200
-# Both Chinese clouds write report times in Beijing time, without a zone.
-_BEIJING = timezone(timedelta(hours=8))
-_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 # Twilio's final statuses; every other one (queued, sent, ...) is a step on the way.
 _TWILIO_DELIVERED = frozenset({"delivered", "read"})
 _TWILIO_UNDELIVERED = frozenset({"undelivered", "failed", "canceled"})
@@ -180,13 +176,3 @@ def _required(report: Mapping[str, Any], key: str, index: int) -> str:
     if not value:
         raise ReceiptFormatError(f"[{index}].{key} is required")
     return value
-
-
-def beijing_ms(value: str) -> int:
-    """Unix ms of a vendor's ``YYYY-MM-DD hh:mm:ss`` Beijing time; 0 when absent
-    or unreadable (the time is a detail: the outcome still counts)."""
-    try:
-        moment = datetime.strptime(value, _TIME_FORMAT).replace(tzinfo=_BEIJING)
-    except ValueError:
-        return 0
-    return int(moment.timestamp() * 1000)

@@ -30,8 +30,9 @@ from smsgate_server.providers.base import (
     VendorStatus,
 )
 from smsgate_server.providers.calls import CallFailed, references_tag, refuse_all, vendor_post
-from smsgate_server.providers.receipts import FIELD_LIMIT, beijing_ms
+from smsgate_server.providers.receipts import FIELD_LIMIT
 from smsgate_server.providers.signing import tc3_sign
+from smsgate_server.providers.vendor_time import beijing_ms
 
 __all__ = ["TencentConfig", "TencentProvider", "classify_tencent"]
 
