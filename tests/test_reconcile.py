@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from pydantic import ValidationError
 from smsgate.v1 import message_pb2 as mpb
@@ -18,6 +19,8 @@ from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import template_service_pb2 as tpb
 from smsgate_server.config import Settings
 from smsgate_server.domain.ids import shard_of_id
+from smsgate_server.providers.base import OutboundBatch, Recipient, StatusQuery
+from smsgate_server.providers.tencent import TencentConfig, TencentProvider
 from smsgate_server.runtime import Running
 
 from tests.conftest import ServerFactory
@@ -337,3 +340,32 @@ async def test_aliyun_no_report_leaves_it_sent_until_it_expires(
 
     message = await sender.wait(message_id, S.MESSAGE_STATUS_EXPIRED, S.MESSAGE_STATUS_DELIVERED)
     assert message.status == S.MESSAGE_STATUS_EXPIRED
+
+
+async def test_tencent_pull_matches_a_send_of_unknown_outcome_and_keeps_other_reports() -> None:
+    fake = TencentFake(templates={"1110001": 0})
+    other = "+8613900139000"
+    async with serve(fake.app) as url, httpx.AsyncClient() as http:
+        config = TencentConfig(fake.secret_id, fake.secret_key, fake.sdk_app_id, endpoint=url)
+        tencent = TencentProvider(config, http=http)
+        batch = OutboundBatch(
+            "app1",
+            (Recipient("msg-a", CN, "您的订单已发货"), Recipient("msg-b", other, "您的订单已发货")),
+            "腾讯云",
+            "",
+            {"tencent": "1110001"},
+        )
+        await tencent.send_batch(batch)
+        fake.report(CN, True, "用户短信送达成功")
+        fake.report(other, False, "用户手机关机")
+
+        # Asked about msg-a alone, with no SerialNo (its send's outcome was unknown).
+        answer = await tencent.query_status([StatusQuery("msg-a", CN, "", 0)])
+
+    [status] = answer.statuses
+    assert status is not None and status.delivered
+    # msg-b's report was handed out by the same pull: kept by its SerialNo.
+    [(serial, other_status)] = answer.others
+    assert serial == next(s["SerialNo"] for s in fake.sent if s["PhoneNumber"] == other)
+    assert (other_status.delivered, other_status.reason) == (False, "用户手机关机")
+    assert fake.reports == []
