@@ -35,6 +35,11 @@ STORAGE_RETRY_SECONDS = 5.0
 QUERY_RETRY_SECONDS = 0.2
 # Held counts of this many apps are remembered per process; beyond, the oldest go.
 HELD_CACHE_APPS = 10_000
+# A process leases up to this much of an app's accept rate from its Redis
+# bucket when it is admitted, and spends it without a round trip per call; an
+# unspent lease lapses after LEASE_LIFE seconds (the bucket refills meanwhile).
+LEASE_SECONDS = 0.05
+LEASE_LIFE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +77,8 @@ class Admission:
     _memory_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _held: dict[str, _Held] = field(default_factory=dict)
     _queries: dict[str, int] = field(default_factory=dict)
+    # app -> (accept tokens leased to this process, when leased)
+    _leases: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     async def admit_accept(self, app: str, n: int, *, pay: bool = True) -> None:
         """Raise unless ``app`` may store ``n`` more messages now. With ``pay``
@@ -100,21 +107,36 @@ class Admission:
                 ],
                 reason=Reason.APP_HELD_MESSAGES_CAP,
             )
-        wait_ms = await self.quota.take_accept(
-            app,
-            n,
-            take=n if pay else 0,
-            default_rate=self.policy.accept_per_second,
-            burst_seconds=self.policy.accept_burst_seconds,
-        )
-        if wait_ms:
-            raise RateLimited(
-                f"the app accepts messages faster than its rate; {n} more fit in "
-                f"{wait_ms / 1000:.3f}s",
-                retry_after=wait_ms / 1000,
-                reason=Reason.APP_RATE_LIMITED,
+        if not (pay and self._spend_lease(app, n)):
+            taken = await self.quota.take_accept(
+                app,
+                n,
+                take=n if pay else 0,
+                default_rate=self.policy.accept_per_second,
+                burst_seconds=self.policy.accept_burst_seconds,
+                lease_seconds=LEASE_SECONDS if pay else 0.0,
             )
+            if taken.wait_ms:
+                raise RateLimited(
+                    f"the app accepts messages faster than its rate; {n} more fit in "
+                    f"{taken.wait_ms / 1000:.3f}s",
+                    retry_after=taken.wait_ms / 1000,
+                    reason=Reason.APP_RATE_LIMITED,
+                )
+            if taken.leased:
+                self._leases.pop(app, None)
+                if len(self._leases) >= HELD_CACHE_APPS:
+                    del self._leases[next(iter(self._leases))]
+                self._leases[app] = (taken.leased, self.clock())
         held.added += n
+
+    def _spend_lease(self, app: str, n: int) -> bool:
+        """Take ``n`` tokens from this process's lease of the app's rate, if it holds them."""
+        tokens, leased_at = self._leases.get(app, (0, 0.0))
+        if tokens < n or self.clock() - leased_at > LEASE_LIFE:
+            return False
+        self._leases[app] = (tokens - n, leased_at)
+        return True
 
     async def pay_accepted(self, app: str, n: int) -> None:
         """Take ``n`` stored messages from the app's rate (into debt if need be)."""

@@ -32,7 +32,7 @@ from smsgate_server.store.keys import (
 )
 from smsgate_server.store.scripts import QuotaScripts
 
-__all__ = ["HeldMessages", "MemoryUse", "QuotaStore"]
+__all__ = ["AcceptTake", "HeldMessages", "MemoryUse", "QuotaStore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,15 @@ class HeldMessages:
 
     count: int
     own_limit: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptTake:
+    """What the accept bucket answered: ``wait_ms`` 0 when admitted (else how
+    long to wait), and the tokens leased to the caller beyond what it took."""
+
+    wait_ms: int
+    leased: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,15 +84,25 @@ class QuotaStore:
 
     @redis_edge
     async def take_accept(
-        self, app: str, n: int, *, take: int, default_rate: float, burst_seconds: float
-    ) -> int:
+        self,
+        app: str,
+        n: int,
+        *,
+        take: int,
+        default_rate: float,
+        burst_seconds: float,
+        lease_seconds: float = 0.0,
+    ) -> AcceptTake:
         """Admit ``n`` messages (0: admit anything) to the app's accept bucket and
-        take ``take`` tokens: 0 when admitted, else the milliseconds to wait."""
-        admitted, wait_ms = await self.scripts.accept_rate(
+        take ``take`` tokens, plus a lease of up to ``lease_seconds`` of the
+        app's rate from what the bucket holds beyond them."""
+        admitted, wait_ms, lease = await self.scripts.accept_rate(
             keys=[app_key(app), accept_bucket_key(app)],
-            args=[self.now_ms(), n, default_rate, burst_seconds, take],
+            args=[self.now_ms(), n, default_rate, burst_seconds, take, lease_seconds],
         )
-        return 0 if int(admitted) else max(int(wait_ms), 1)
+        if not int(admitted):
+            return AcceptTake(wait_ms=max(int(wait_ms), 1))
+        return AcceptTake(wait_ms=0, leased=int(lease))
 
     @redis_edge
     async def held(self, app: str) -> HeldMessages:
