@@ -8,11 +8,14 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import grpc
 import httpx
 import pytest
+from smsgate.v1 import inbound_service_pb2 as ipb
+from smsgate.v1 import inbound_service_pb2_grpc
 from smsgate.v1 import verification_service_pb2 as vpb
 from smsgate_server.providers.inbound import is_stop, parse_aliyun_replies
 from smsgate_server.providers.receipts import ReceiptFormatError
@@ -23,6 +26,9 @@ from smsgate_server.store.optouts import OptOutStore
 from tests.conftest import ServerFactory
 from tests.test_opt_out import templates
 from tests.test_sending_by_template import Api, fails
+
+if TYPE_CHECKING:  # the async stub type exists only in the .pyi
+    from smsgate.v1.inbound_service_pb2_grpc import InboundServiceAsyncStub
 
 TOKEN = "tok-0123456789abcdef"
 TWILIO_TOKEN = "twilio-auth-token-0123"
@@ -37,6 +43,7 @@ class Gateway:
     server: Running
     api: Api
     app: str
+    inbound: InboundServiceAsyncStub
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server.http_port}{path}"
@@ -77,7 +84,8 @@ async def gateway(make_server: ServerFactory, tmp_path: Path) -> AsyncIterator[G
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     api = Api(channel, creds.token)
     await templates(api)
-    yield Gateway(server, api, creds.app_key)
+    inbound: InboundServiceAsyncStub = inbound_service_pb2_grpc.InboundServiceStub(channel)
+    yield Gateway(server, api, creds.app_key, inbound)
     await channel.close()
 
 
@@ -142,6 +150,8 @@ async def test_a_twilio_reply_with_a_bad_signature_is_403_and_stores_nothing(
     assert (await gateway.twilio(form, "")).status_code == 403
     optouts = OptOutStore(gateway.server.redis.client)
     assert await optouts.opted_out(gateway.app, [US]) == set()
+    listed = await gateway.inbound.ListReplies(ipb.ListRepliesRequest(), metadata=gateway.api.meta)
+    assert list(listed.replies) == []
     assert (await gateway.api.send(US, "promo")).id
 
 
@@ -169,3 +179,40 @@ def test_stop_keywords_match_whatever_the_case(text: str) -> None:
 def test_a_malformed_smsup_push_is_refused(body: bytes) -> None:
     with pytest.raises(ReceiptFormatError):
         parse_aliyun_replies(body)
+
+
+async def test_replies_are_listed_newest_first_by_pages(gateway: Gateway) -> None:
+    for i in range(3):
+        form = {"MessageSid": f"SM{i:032d}", "From": US, "To": "+15005550006", "Body": f"hi {i}"}
+        assert (await gateway.twilio(form, gateway.signed(form))).status_code == 200
+    await gateway.post(
+        f"/inbound/tencent/{TOKEN}",
+        json=[{"nationcode": "86", "mobile": "13800138000", "text": "TD", "time": 1}],
+    )
+
+    seen: list[ipb.Reply] = []
+    token, pages = "", 0
+    while True:
+        page = await gateway.inbound.ListReplies(
+            ipb.ListRepliesRequest(page_size=3, page_token=token), metadata=gateway.api.meta
+        )
+        seen += page.replies
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+
+    assert pages == 2
+    assert [(r.phone_number, r.text, r.provider, r.opted_out) for r in seen] == [
+        (CN, "TD", "tencent", True),
+        (US, "hi 2", "twilio", False),
+        (US, "hi 1", "twilio", False),
+        (US, "hi 0", "twilio", False),
+    ]
+    assert seen[0].receive_time.ToMilliseconds() >= seen[-1].receive_time.ToMilliseconds() > 0
+    details = await fails(
+        gateway.inbound.ListReplies(
+            ipb.ListRepliesRequest(page_token="x"), metadata=gateway.api.meta
+        )
+    )
+    assert details.reason == "INVALID_PAGE_TOKEN"

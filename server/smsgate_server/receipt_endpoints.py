@@ -13,9 +13,10 @@ to be for no message of ours); until then it gets a 503 and posts again.
 
 Replies (mobile-originated SMS) come the same two ways, at ``/inbound/NAME/TOKEN``
 (Tencent reply callback, Aliyun ``SmsUp``) and ``/inbound/NAME`` (Twilio's
-incoming-message webhook, signed). A reply that is a STOP keyword
-(``SMSGATE_STOP_KEYWORDS``) puts its sender on the opt-out list of the
-account's ``inbound_app``; until that is stored the vendor gets a 503.
+incoming-message webhook, signed). Each is stored for the account's
+``inbound_app``, and one that is a STOP keyword (``SMSGATE_STOP_KEYWORDS``)
+puts its sender on that app's opt-out list; until both are stored the vendor
+gets a 503.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from smsgate_server.providers.receipts import (
     twilio_request_valid,
 )
 from smsgate_server.store.optouts import OptOutStore
+from smsgate_server.store.replies import ReplyStore
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -193,6 +195,7 @@ def receipt_routes(
 def inbound_routes(
     endpoints: Mapping[str, ReceiptEndpoint],
     optouts: OptOutStore,
+    replies_store: ReplyStore,
     stop_keywords: frozenset[str],
     *,
     public_base_url: str | None = None,
@@ -200,13 +203,23 @@ def inbound_routes(
     """The Starlette routes taking replies for ``endpoints``."""
 
     async def opted_out(endpoint: ReceiptEndpoint, replies: list[InboundSms]) -> bool:
-        """Whether every STOP reply's sender is on the list (False: retry later)."""
-        if not endpoint.inbound_app:
+        """Whether every reply is stored, and every STOP reply's sender on the
+        list (False: retry later; a re-post stores a reply again)."""
+        app = endpoint.inbound_app
+        if not app:
             return True
         try:
             for reply in replies:
-                if is_stop(reply.text, stop_keywords):
-                    await optouts.add(endpoint.inbound_app, reply.phone)
+                stop = is_stop(reply.text, stop_keywords)
+                if stop:
+                    await optouts.add(app, reply.phone)
+                await replies_store.add(
+                    app,
+                    phone=reply.phone,
+                    text=reply.text,
+                    provider=endpoint.provider,
+                    opted_out=stop,
+                )
         except Unavailable:
             return False
         return True

@@ -28,6 +28,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from smsgate.v1 import (
+    inbound_service_pb2,
+    inbound_service_pb2_grpc,
     opt_out_service_pb2,
     opt_out_service_pb2_grpc,
     sign_service_pb2,
@@ -45,6 +47,7 @@ from smsgate_server.aio import cancel_and_wait
 from smsgate_server.api.guard import RequestGuard
 from smsgate_server.api.limits import max_request_bytes
 from smsgate_server.api.optouts import OptOutServicer
+from smsgate_server.api.replies import InboundServicer
 from smsgate_server.api.signs import SignServicer
 from smsgate_server.api.sms import SmsServicer
 from smsgate_server.api.templates import TemplateServicer
@@ -64,6 +67,7 @@ from smsgate_server.receipt_endpoints import inbound_routes, receipt_endpoints, 
 from smsgate_server.services.admission import Admission, AdmissionPolicy
 from smsgate_server.services.composing import Composer
 from smsgate_server.services.optouts import OptOutService
+from smsgate_server.services.replies import ReplyService
 from smsgate_server.services.sending import SendingService, SendLimits
 from smsgate_server.services.signs import SignService
 from smsgate_server.services.templates import TemplateService
@@ -86,6 +90,7 @@ from smsgate_server.store.messages import MessageStore
 from smsgate_server.store.optouts import OptOutStore
 from smsgate_server.store.queue import DispatchQueue
 from smsgate_server.store.quota import QuotaStore
+from smsgate_server.store.replies import ReplyStore
 from smsgate_server.store.signs import SignStore
 from smsgate_server.store.templates import TemplateStore
 
@@ -107,6 +112,7 @@ SERVICE_NAMES = [
     template_service_pb2.DESCRIPTOR.services_by_name["TemplateService"].full_name,
     sign_service_pb2.DESCRIPTOR.services_by_name["SignService"].full_name,
     opt_out_service_pb2.DESCRIPTOR.services_by_name["OptOutService"].full_name,
+    inbound_service_pb2.DESCRIPTOR.services_by_name["InboundService"].full_name,
 ]
 # How long uvicorn may take to finish its requests once told to exit.
 HTTP_STOP_SECONDS = 5.0
@@ -473,6 +479,7 @@ def _receipt_routes(settings: Settings, store: MessageStore) -> list[Route]:
     ) + inbound_routes(
         endpoints,
         OptOutStore(store.redis),
+        ReplyStore(store.redis),
         settings.stop_keywords,
         public_base_url=settings.public_base_url,
     )
@@ -580,6 +587,9 @@ def _add_services(
     )
     opt_out_service_pb2_grpc.add_OptOutServiceServicer_to_server(
         OptOutServicer(OptOutService(optouts, hub.tokens)), server
+    )
+    inbound_service_pb2_grpc.add_InboundServiceServicer_to_server(
+        InboundServicer(ReplyService(ReplyStore(redis.client), hub.tokens)), server
     )
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "app_key",
     "apps_index",
     "optouts_key",
+    "replies_key",
     "revocations_channel",
     "shard_count_key",
     "verify_rate_key",
@@ -173,6 +174,12 @@ def optouts_key(app: str) -> str:
     """Sorted set of the app's opted-out numbers (E.164), every score 0 so it
     pages in number order (``ZRANGE BYLEX``); a slot of its own per app."""
     return f"{PREFIX}:{{opt:{app}}}"
+
+
+def replies_key(app: str) -> str:
+    """Stream of the app's replies (fields ``p`` sender, ``t`` text, ``v``
+    provider, ``o`` "1" when it opted out), capped; a slot of its own per app."""
+    return f"{PREFIX}:{{mo:{app}}}"
 
 
 def apps_index() -> str:
