@@ -159,25 +159,10 @@ def receipt_routes(
         return JSONResponse(TENCENT_REPLY if endpoint.vendor is Vendor.TENCENT else ALIYUN_REPLY)
 
     async def signed(request: Request) -> Response:
-        endpoint = endpoints.get(request.path_params["provider"])
-        if endpoint is None or endpoint.vendor is not Vendor.TWILIO:
-            return Response(status_code=404)
-        signature = request.headers.get("x-twilio-signature", "")
-        if not signature:
-            return Response(status_code=403)
-        try:
-            body = await _body(request)
-            params = parse_qsl(
-                body.decode(), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS
-            )
-        except _TooLarge:
-            return _too_large()
-        except ValueError:  # UnicodeDecodeError too
-            return _malformed(endpoint, ReceiptFormatError("not a form"))
-        if not twilio_request_valid(
-            endpoint.secret, _called_url(request, public_base_url), params, signature
-        ):
-            return Response(status_code=403)
+        verified = await _twilio_form(request, endpoints, public_base_url)
+        if isinstance(verified, Response):
+            return verified
+        endpoint, params = verified
         try:
             receipt = parse_twilio_status(dict(params))
         except ReceiptFormatError as exc:
@@ -253,25 +238,10 @@ def inbound_routes(
         return JSONResponse(TENCENT_REPLY if tencent else ALIYUN_REPLY)
 
     async def signed(request: Request) -> Response:
-        endpoint = endpoints.get(request.path_params["provider"])
-        if endpoint is None or endpoint.vendor is not Vendor.TWILIO:
-            return Response(status_code=404)
-        signature = request.headers.get("x-twilio-signature", "")
-        if not signature:
-            return Response(status_code=403)
-        try:
-            body = await _body(request)
-            params = parse_qsl(
-                body.decode(), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS
-            )
-        except _TooLarge:
-            return _too_large()
-        except ValueError:  # UnicodeDecodeError too
-            return _malformed(endpoint, ReceiptFormatError("not a form"))
-        if not twilio_request_valid(
-            endpoint.secret, _called_url(request, public_base_url), params, signature
-        ):
-            return Response(status_code=403)
+        verified = await _twilio_form(request, endpoints, public_base_url)
+        if isinstance(verified, Response):
+            return verified
+        endpoint, params = verified
         try:
             reply = parse_twilio_reply(dict(params))
         except ReceiptFormatError as exc:
@@ -285,6 +255,32 @@ def inbound_routes(
         Route("/inbound/{provider}/{token}", tokened, methods=["POST"]),
         Route("/inbound/{provider}", signed, methods=["POST"]),
     ]
+
+
+async def _twilio_form(
+    request: Request, endpoints: Mapping[str, ReceiptEndpoint], public_base_url: str | None
+) -> tuple[ReceiptEndpoint, list[tuple[str, str]]] | Response:
+    """The Twilio account and form of a POST whose X-Twilio-Signature is valid;
+    else the answer: 404 (no such Twilio account), 403 (signature missing or
+    wrong), 413 or 400."""
+    endpoint = endpoints.get(request.path_params["provider"])
+    if endpoint is None or endpoint.vendor is not Vendor.TWILIO:
+        return Response(status_code=404)
+    signature = request.headers.get("x-twilio-signature", "")
+    if not signature:
+        return Response(status_code=403)
+    try:
+        body = await _body(request)
+        params = parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+    except _TooLarge:
+        return _too_large()
+    except ValueError:  # UnicodeDecodeError too
+        return _malformed(endpoint, ReceiptFormatError("not a form"))
+    if not twilio_request_valid(
+        endpoint.secret, _called_url(request, public_base_url), params, signature
+    ):
+        return Response(status_code=403)
+    return endpoint, params
 
 
 def _same_secret(given: str, secret: str) -> bool:
