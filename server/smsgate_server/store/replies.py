@@ -45,7 +45,12 @@ class ReplyStore:
     @redis_edge
     async def add(self, app: str, *, phone: str, text: str, provider: str, opted_out: bool) -> None:
         """Append one reply, dropping the oldest past MAX_REPLIES."""
-        fields: dict[Any, Any] = {"p": phone, "t": text, "v": provider, "o": "1" if opted_out else ""}
+        fields: dict[Any, Any] = {
+            "p": phone,
+            "t": text,
+            "v": provider,
+            "o": "1" if opted_out else "",
+        }
         await self.redis.xadd(replies_key(app), fields, maxlen=MAX_REPLIES, approximate=True)
 
     @redis_edge
