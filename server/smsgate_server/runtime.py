@@ -601,15 +601,7 @@ def _admission(settings: Settings, redis: RedisConnection) -> Admission:
             shards=settings.shards,
             message_retention_seconds=settings.message_retention_seconds,
         ),
-        AdmissionPolicy(
-            accept_per_second=settings.app_accept_per_second,
-            accept_burst_seconds=settings.app_accept_burst_seconds,
-            max_held_messages=settings.app_max_held_messages,
-            max_concurrent_queries=settings.app_max_concurrent_queries,
-            redis_max_memory_bytes=settings.redis_max_memory_bytes,
-            memory_watermark=settings.redis_memory_watermark,
-            check_seconds=settings.quota_check_seconds,
-        ),
+        AdmissionPolicy.from_settings(settings),
     )
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from smsgate_server.config import Settings
 from smsgate_server.domain.errors import (
     QuotaExceeded,
     QuotaViolation,
@@ -44,17 +45,30 @@ LEASE_LIFE = 1.0
 
 @dataclass(frozen=True, slots=True)
 class AdmissionPolicy:
-    """The server-wide limits (from Settings); an app's own rate and cap win."""
+    """The server-wide limits (the values live once, in Settings); an app's own
+    rate and cap win."""
 
-    accept_per_second: int = 5_000
-    accept_burst_seconds: float = 2.0
-    max_held_messages: int = 2_000_000
-    max_concurrent_queries: int = 1
+    accept_per_second: int
+    accept_burst_seconds: float
+    max_held_messages: int
+    max_concurrent_queries: int
     # The memory Redis may use: this when set, else its maxmemory; 0 for both
     # means no watermark.
-    redis_max_memory_bytes: int = 0
-    memory_watermark: float = 0.9
-    check_seconds: float = 1.0
+    redis_max_memory_bytes: int
+    memory_watermark: float
+    check_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AdmissionPolicy:
+        return cls(
+            accept_per_second=settings.app_accept_per_second,
+            accept_burst_seconds=settings.app_accept_burst_seconds,
+            max_held_messages=settings.app_max_held_messages,
+            max_concurrent_queries=settings.app_max_concurrent_queries,
+            redis_max_memory_bytes=settings.redis_max_memory_bytes,
+            memory_watermark=settings.redis_memory_watermark,
+            check_seconds=settings.quota_check_seconds,
+        )
 
 
 @dataclass(slots=True)
