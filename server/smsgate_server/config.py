@@ -157,6 +157,26 @@ class Settings(BaseSettings):
     reconcile_after_seconds: float | None = Field(default=None, gt=0)
     sweep_interval_seconds: float = Field(default=0.2, gt=0, le=10)
 
+    # Provider circuit breakers (dispatch/guard.py), shared by every replica in
+    # Redis. A breaker opens after this many call failures in a row, or when at
+    # least the rate of the calls of the window failed (with at least the
+    # minimum calls in it); it stays open for the cooldown, then lets one probe
+    # call through (held at most the probe lease). Each process reuses what it
+    # read of a breaker for the cache time.
+    breaker_consecutive_failures: int = Field(default=5, ge=1, le=10_000)
+    breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    breaker_window_seconds: float = Field(default=30.0, ge=1, le=3600)
+    breaker_min_calls: int = Field(default=20, ge=1, le=1_000_000)
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0, le=3600)
+    breaker_probe_lease_seconds: float = Field(default=15.0, gt=0, le=600)
+    breaker_cache_seconds: float = Field(default=0.25, ge=0, le=10)
+    # Provider pacing: the rates are per account in the providers file. A throttle
+    # from the vendor halves the account's rate (not below the floor, a fraction of
+    # its configured rate); it grows back by the step every recover interval.
+    pace_floor: float = Field(default=0.1, gt=0, le=1)
+    pace_recover_step: float = Field(default=0.1, gt=0, le=1)
+    pace_recover_seconds: float = Field(default=5.0, gt=0, le=3600)
+
     # Verification codes. The server secret keys the HMACs of codes and ids:
     # hex or any string of at least 16 bytes; unset, one is generated in the data
     # directory (replicas on one Redis must share it).

@@ -5,6 +5,10 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "BREAKER_OPENS",
+    "BREAKER_STATE",
+    "PACE_RATE",
+    "PACE_WAITS",
     "PROVIDER_CALLS",
     "PROVIDER_SECONDS",
     "RECEIPTS",
@@ -48,4 +52,30 @@ WATCH_SUBSCRIPTIONS = Gauge(
     "smsgate_watch_subscriptions",
     "WatchStatus streams open (summed over the live worker processes).",
     multiprocess_mode="livesum",
+)
+
+# Provider breakers and pacing (dispatch/guard.py).
+BREAKER_STATE = Gauge(
+    "smsgate_provider_breaker_state",
+    "A provider's circuit breaker as this process last saw it: 0 closed, 1 open,"
+    " 2 half-open (the highest of the live processes).",
+    ["provider"],
+    multiprocess_mode="livemax",
+)
+BREAKER_OPENS = Counter(
+    "smsgate_provider_breaker_opens_total",
+    "Times a provider's breaker opened (each counted once, by the process whose call opened it).",
+    ["provider"],
+)
+PACE_WAITS = Counter(
+    "smsgate_provider_pace_waits_total",
+    "Provider calls that had to wait for their account's pace (each time asked).",
+    ["provider"],
+)
+PACE_RATE = Gauge(
+    "smsgate_provider_rate",
+    "A provider account's effective rate (configured, lowered after throttles), by unit"
+    " (messages or calls per second), as this process last saw it.",
+    ["provider", "unit"],
+    multiprocess_mode="livemax",
 )

@@ -52,9 +52,14 @@ __all__ = [
     "accept_bucket_key",
     "app_key",
     "apps_index",
+    "breaker_key",
+    "pace_key",
     "optouts_key",
+    "policy_prefix",
+    "replies_feed_key",
     "replies_key",
     "revocations_channel",
+    "lease_keys",
     "shard_count_key",
     "verify_rate_key",
 ]
@@ -96,6 +101,9 @@ class MessageField(enum.StrEnum):
     ERROR_CODE = "ec"  # the last error's code
     ERROR_REASON = "er"  # the last error, in words
     ERROR_RETRYABLE = "ery"  # '1' when the last error was retried
+    # Providers of its route that refused it, as "name code" joined by ',':
+    # the next claim routes it past them (failover).
+    REFUSED = "rf"
 
 
 class EventField(enum.StrEnum):
@@ -159,6 +167,12 @@ def shard_count_key() -> str:
     return f"{PREFIX}:{{layout}}:shards"
 
 
+def lease_keys() -> tuple[str, str]:
+    """The dispatchers' shard leases, in one slot: a sorted set of live
+    processes by heartbeat expiry and a hash of shard -> "process expiry_ms"."""
+    return f"{PREFIX}:{{leases}}:members", f"{PREFIX}:{{leases}}:owners"
+
+
 def app_key(app: str) -> str:
     """Hash of one app: name, secret hash, creation time."""
     return f"{PREFIX}:{{app:{app}}}"
@@ -176,10 +190,27 @@ def optouts_key(app: str) -> str:
     return f"{PREFIX}:{{opt:{app}}}"
 
 
+def policy_prefix(app: str) -> str:
+    """Prefix of the app's sending-policy keys, in its opt-out set's slot so one
+    script checks opt-outs and counts caps (store/lua/policy_take.lua):
+    ``sc:<tag>:<digest>`` same-content marks, ``nd:<day>:<tag>`` and
+    ``ad:<day>`` per-number and app day counters, ``rq:<request id>`` a
+    request's verdicts. ``<tag>`` is a keyed hash of the number (none in a
+    key name)."""
+    return f"{PREFIX}:{{opt:{app}}}:"
+
+
 def replies_key(app: str) -> str:
     """Stream of the app's replies (fields ``p`` sender, ``t`` text, ``v``
     provider, ``o`` "1" when it opted out), capped; a slot of its own per app."""
     return f"{PREFIX}:{{mo:{app}}}"
+
+
+def replies_feed_key() -> str:
+    """Stream naming the app of each new reply (field ``a``), capped: the one
+    stream every server's WatchReplies reader blocks on, in a slot of its own,
+    to learn which apps' reply streams to read."""
+    return f"{PREFIX}:{{mofeed}}"
 
 
 def apps_index() -> str:
@@ -341,3 +372,16 @@ class TemplateKeys:
     def default_sign(self) -> str:
         """The app's default sign name (absent: none)."""
         return self.prefix + "sign"
+
+
+def breaker_key(provider: str) -> str:
+    """Hash of a provider account's circuit breaker (``breaker_*.lua``): state,
+    consecutive failures, open-until, probe lease, a window of call counts. Each
+    account has a slot of its own (``{pv:<name>}``), its pace beside it."""
+    return f"{PREFIX}:{{pv:{provider}}}:br"
+
+
+def pace_key(provider: str) -> str:
+    """Hash of a provider account's pace (``pace.lua``): its message and call
+    token buckets and the factor a vendor's throttle lowered its rate by."""
+    return f"{PREFIX}:{{pv:{provider}}}:pace"

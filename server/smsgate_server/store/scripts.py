@@ -28,6 +28,7 @@ from smsgate_server.store.keys import HELD_BUCKETS
 __all__ = [
     "AppScripts",
     "CodeScripts",
+    "GuardScripts",
     "LuaScript",
     "QuotaScripts",
     "Scripts",
@@ -163,3 +164,12 @@ class QuotaScripts:
 
     def __init__(self, redis: RedisClient) -> None:
         self.accept_rate = LuaScript(redis, _source("accept_rate"))
+
+
+class GuardScripts:
+    """The provider breaker and pace scripts of one Redis client."""
+
+    def __init__(self, redis: RedisClient) -> None:
+        self.breaker_check = LuaScript(redis, _source("breaker_check"))
+        self.breaker_record = LuaScript(redis, _source("breaker_record"))
+        self.pace = LuaScript(redis, _source("pace"))
