@@ -56,6 +56,14 @@ def _bounded(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
     return data[: limit - 3].decode(errors="ignore") + "…"
 
 
+def _retry_info(retry_after: float) -> error_details_pb2.RetryInfo:
+    info = error_details_pb2.RetryInfo()
+    seconds = max(retry_after, 0.0)
+    info.retry_delay.seconds = int(seconds)
+    info.retry_delay.nanos = int((seconds - math.floor(seconds)) * 1e9)
+    return info
+
+
 def to_rpc_status(err: e.SmsgateError) -> status_pb2.Status:
     """A ``google.rpc.Status`` with ErrorInfo plus the detail the error kind calls for."""
     code = grpc_code_of(err)
@@ -72,15 +80,13 @@ def to_rpc_status(err: e.SmsgateError) -> status_pb2.Status:
                 break
         status.details.append(_pack(bad))
     elif isinstance(err, e.RateLimited):
-        info = error_details_pb2.RetryInfo()
-        seconds = max(err.retry_after, 0.0)
-        info.retry_delay.seconds = int(seconds)
-        info.retry_delay.nanos = int((seconds - math.floor(seconds)) * 1e9)
-        status.details.append(_pack(info))
+        status.details.append(_pack(_retry_info(err.retry_after)))
     elif isinstance(err, e.QuotaExceeded):
         quota = error_details_pb2.QuotaFailure()
         for q in err.violations:
             quota.violations.add(subject=q.subject, description=q.description)
         status.details.append(_pack(quota))
+        if err.retry_after is not None:
+            status.details.append(_pack(_retry_info(err.retry_after)))
     assert status.code != code_pb2.OK
     return status

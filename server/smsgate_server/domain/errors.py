@@ -9,7 +9,7 @@
     ├── FailedPrecondition     FAILED_PRECONDITION
     ├── Unauthenticated        UNAUTHENTICATED
     ├── RateLimited            RESOURCE_EXHAUSTED + RetryInfo
-    ├── QuotaExceeded          RESOURCE_EXHAUSTED + QuotaFailure
+    ├── QuotaExceeded          RESOURCE_EXHAUSTED + QuotaFailure (+ RetryInfo)
     ├── OutOfRange             OUT_OF_RANGE
     ├── Aborted                ABORTED
     └── Unavailable            UNAVAILABLE
@@ -98,6 +98,9 @@ class Reason(enum.StrEnum):
     APP_HELD_MESSAGES_CAP = "APP_HELD_MESSAGES_CAP"
     STORAGE_FULL = "STORAGE_FULL"
     TOO_MANY_CONCURRENT_QUERIES = "TOO_MANY_CONCURRENT_QUERIES"
+    SAME_CONTENT_TOO_SOON = "SAME_CONTENT_TOO_SOON"
+    PHONE_DAILY_CAP = "PHONE_DAILY_CAP"
+    APP_DAILY_CAP = "APP_DAILY_CAP"
     # OUT_OF_RANGE
     RESUME_TOKEN_EXPIRED = "RESUME_TOKEN_EXPIRED"
     # UNAVAILABLE
@@ -178,10 +181,17 @@ class QuotaViolation:
 
 
 class QuotaExceeded(SmsgateError):
-    """A quota is used up."""
+    """A quota is used up; with ``retry_after``, when it has room again (RetryInfo too)."""
 
-    def __init__(self, violations: list[QuotaViolation], *, reason: Reason) -> None:
+    def __init__(
+        self,
+        violations: list[QuotaViolation],
+        *,
+        reason: Reason,
+        retry_after: float | None = None,
+    ) -> None:
         self.violations = violations
+        self.retry_after = retry_after
         super().__init__("; ".join(v.description for v in violations), reason=reason)
 
 

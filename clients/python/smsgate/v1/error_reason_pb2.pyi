@@ -198,6 +198,25 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     calls (ListMessages, WatchStatus catching up from a resume token) on this
     server as it may at once (SMSGATE_APP_MAX_CONCURRENT_QUERIES).
     """
+    ERROR_REASON_SAME_CONTENT_TOO_SOON: _ErrorReason.ValueType  # 68
+    """RESOURCE_EXHAUSTED, with QuotaFailure and RetryInfo. The same content
+    went to this number within the app's same-content window
+    (SMSGATE_POLICY_SAME_CONTENT_SECONDS, 30 s by default, or the app's own):
+    a notification or marketing message, not a verification code. In a batch,
+    only that recipient is refused.
+    """
+    ERROR_REASON_PHONE_DAILY_CAP: _ErrorReason.ValueType  # 69
+    """RESOURCE_EXHAUSTED, with QuotaFailure and RetryInfo (until the day ends).
+    The number received as many notification and marketing messages of the
+    app today as it may (SMSGATE_POLICY_PER_NUMBER_DAY, or the app's own). In
+    a batch, only that recipient is refused.
+    """
+    ERROR_REASON_APP_DAILY_CAP: _ErrorReason.ValueType  # 71
+    """RESOURCE_EXHAUSTED, with QuotaFailure and RetryInfo (until the day ends).
+    The app sent as many messages today as its daily cap allows
+    (SMSGATE_POLICY_APP_DAILY_CAP, or the app's own). In a batch, the
+    recipients beyond the cap are refused.
+    """
     ERROR_REASON_RESUME_TOKEN_EXPIRED: _ErrorReason.ValueType  # 70
     """OUT_OF_RANGE. A resume token is older than the event retention window;
     start a new watch and reconcile with ListMessages.
@@ -399,6 +418,25 @@ ERROR_REASON_TOO_MANY_CONCURRENT_QUERIES: ErrorReason.ValueType  # 67
 """RESOURCE_EXHAUSTED, with RetryInfo. The app already runs as many expensive
 calls (ListMessages, WatchStatus catching up from a resume token) on this
 server as it may at once (SMSGATE_APP_MAX_CONCURRENT_QUERIES).
+"""
+ERROR_REASON_SAME_CONTENT_TOO_SOON: ErrorReason.ValueType  # 68
+"""RESOURCE_EXHAUSTED, with QuotaFailure and RetryInfo. The same content
+went to this number within the app's same-content window
+(SMSGATE_POLICY_SAME_CONTENT_SECONDS, 30 s by default, or the app's own):
+a notification or marketing message, not a verification code. In a batch,
+only that recipient is refused.
+"""
+ERROR_REASON_PHONE_DAILY_CAP: ErrorReason.ValueType  # 69
+"""RESOURCE_EXHAUSTED, with QuotaFailure and RetryInfo (until the day ends).
+The number received as many notification and marketing messages of the
+app today as it may (SMSGATE_POLICY_PER_NUMBER_DAY, or the app's own). In
+a batch, only that recipient is refused.
+"""
+ERROR_REASON_APP_DAILY_CAP: ErrorReason.ValueType  # 71
+"""RESOURCE_EXHAUSTED, with QuotaFailure and RetryInfo (until the day ends).
+The app sent as many messages today as its daily cap allows
+(SMSGATE_POLICY_APP_DAILY_CAP, or the app's own). In a batch, the
+recipients beyond the cap are refused.
 """
 ERROR_REASON_RESUME_TOKEN_EXPIRED: ErrorReason.ValueType  # 70
 """OUT_OF_RANGE. A resume token is older than the event retention window;
