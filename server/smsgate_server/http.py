@@ -1,6 +1,6 @@
 """The HTTP side port: ``/livez``, ``/readyz`` (and ``/healthz``, its older
-name), ``/metrics`` (Prometheus) and the vendors' delivery-receipt callbacks
-(receipt_endpoints.py).
+name), ``/metrics`` (Prometheus), the vendors' delivery-receipt callbacks
+(receipt_endpoints.py) and the API over HTTP/JSON (api/connect.py).
 
 Runs on uvicorn in the same event loop as the gRPC server.
 """
@@ -25,10 +25,12 @@ __all__ = ["HttpSidePort", "build_app"]
 
 
 def build_app(
-    ready: Callable[[], Awaitable[bool]], receipts: Sequence[BaseRoute] = ()
+    ready: Callable[[], Awaitable[bool]],
+    receipts: Sequence[BaseRoute] = (),
+    api: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The Starlette app; ``ready`` says whether the server can take calls,
-    ``receipts`` are the vendors' callbacks."""
+    ``receipts`` are the vendors' callbacks, ``api`` the Connect face."""
 
     async def livez(request: Request) -> Response:
         # The process answers: a restart would not help anything else.
@@ -51,6 +53,7 @@ def build_app(
             Route("/healthz", readyz),
             Route("/metrics", metrics),
             *receipts,
+            *api,
         ]
     )
 

@@ -41,9 +41,10 @@ from smsgate.v1 import (
     verification_service_pb2,
     verification_service_pb2_grpc,
 )
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from smsgate_server.aio import cancel_and_wait
+from smsgate_server.api.connect import JSON_SIZE_FACTOR, ConnectFace
 from smsgate_server.api.guard import RequestGuard
 from smsgate_server.api.limits import max_request_bytes
 from smsgate_server.api.optouts import OptOutServicer
@@ -275,8 +276,10 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
         wait_replicas=settings.wait_replicas,
         wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
+    # The API over HTTP/JSON answers UNAVAILABLE until the services exist.
+    connect = ConnectFace(max_body_bytes=JSON_SIZE_FACTOR * _max_request_bytes(settings))
     http_port = await _http_side_port(
-        settings.http_address, ready, _receipt_routes(settings, store), stack
+        settings.http_address, ready, _receipt_routes(settings, store), stack, connect.routes()
     )
     await reached(StartStep.HTTP)
     provider = await _provider(settings, stack)
@@ -335,6 +338,7 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
         stack.push_async_callback(hub.close)
         _add_services(server, settings, store, redis, hub, secret)
     _add_reflection(server)
+    connect.serve(guard)
     grpc_port = _listen(server, settings)
     await reached(StartStep.GRPC)
 
@@ -490,11 +494,12 @@ async def _http_side_port(
     ready: Callable[[], Awaitable[bool]],
     receipts: list[Route],
     stack: AsyncExitStack,
+    api: list[BaseRoute],
 ) -> int:
     """Bind and serve the side port; its port number."""
     sock = _bind_http(address)
     stack.callback(sock.close)
-    http = HttpSidePort(build_app(ready, receipts), *parse_address(address))
+    http = HttpSidePort(build_app(ready, receipts, api), *parse_address(address))
     task = asyncio.create_task(http.serve(sock), name="http")
     stack.push_async_callback(_stop_http, http, task)
     return int(sock.getsockname()[1])
@@ -531,19 +536,20 @@ def _grpc_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.http2.max_pings_without_data", 0),
         # The largest valid BatchSend, with margin (api/limits.py): anything
         # larger is refused before it is read into memory and parsed.
-        (
-            "grpc.max_receive_message_length",
-            max_request_bytes(
-                batch_max_recipients=settings.batch_max_recipients,
-                max_text_segments=settings.max_text_segments,
-                max_labels=settings.max_labels,
-            ),
-        ),
+        ("grpc.max_receive_message_length", _max_request_bytes(settings)),
         # Only the processes of one SMSGATE_PROCESSES group share the port; a
         # lone server must not (gRPC's default is on), or a second server on a
         # taken port would start and take part of the first one's calls.
         ("grpc.so_reuseport", 1 if settings.processes > 1 else 0),
     ]
+
+
+def _max_request_bytes(settings: Settings) -> int:
+    return max_request_bytes(
+        batch_max_recipients=settings.batch_max_recipients,
+        max_text_segments=settings.max_text_segments,
+        max_labels=settings.max_labels,
+    )
 
 
 def _add_services(

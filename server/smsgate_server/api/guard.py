@@ -53,6 +53,7 @@ __all__ = [
     "GuardedServer",
     "RequestGuard",
     "TokenCache",
+    "Undecodable",
     "current_app",
     "parse_authorization",
 ]
@@ -68,11 +69,21 @@ _bugs = RepeatedLog(log, "unexpected error", every=LOG_EVERY, level=logging.ERRO
 _undecodable = RepeatedLog(log, "request bodies that do not decode", every=LOG_EVERY)
 
 
-class _Undecodable:
-    """What a guarded deserializer returns for bytes that are not the request."""
+class Undecodable:
+    """What a guarded deserializer returns for bytes that are not the request,
+    and what another face (api/connect.py) hands the handler for a body it
+    could not parse: the violation is answered only once the caller is
+    authenticated."""
+
+    __slots__ = ("violation",)
+
+    def __init__(self, violation: FieldViolation) -> None:
+        self.violation = violation
 
 
-_UNDECODABLE = _Undecodable()
+_UNDECODABLE = Undecodable(
+    FieldViolation("", "the request body is not a valid protobuf request message")
+)
 
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -93,12 +104,9 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 
 def _check_decoded(request: Any, method: str) -> None:
     """MALFORMED_REQUEST for a body the guarded deserializer could not read."""
-    if request is _UNDECODABLE:
+    if isinstance(request, Undecodable):
         _undecodable.occurred(method, method=method)
-        raise InvalidArgument(
-            FieldViolation("", "the request body is not a valid protobuf request message"),
-            reason=Reason.MALFORMED_REQUEST,
-        )
+        raise InvalidArgument(request.violation, reason=Reason.MALFORMED_REQUEST)
 
 
 def _open_unary(method: str, handler: Handler) -> Handler:
@@ -214,6 +222,10 @@ class RequestGuard:
     def guarding(self, server: grpc.aio.Server) -> GuardedServer:
         """``server``, with every handler registered through it guarded."""
         return GuardedServer(server, self)
+
+    def handler(self, method: str) -> Handler | None:
+        """The guarded handler registered for ``method`` (``/package.Service/Method``)."""
+        return self._wrapped.get(method)
 
     def guard_handler(self, method: str, handler: Handler) -> Handler:
         """The guarded form of ``handler`` (open methods only answer undecodable
