@@ -1,10 +1,13 @@
-"""The providers file (``SMSGATE_PROVIDERS_FILE``): vendor accounts by name.
+"""The providers file (``SMSGATE_PROVIDERS_FILE``): vendor accounts by name,
+and the routes that choose among them.
 
 TOML, one table per provider under ``[providers.NAME]`` with its ``type``
 (tencent, aliyun, twilio) and that vendor's settings. Any setting ``KEY`` may
 instead be given as ``KEY_env = "VARIABLE"``, read from that environment
-variable, which is how credentials stay out of the file. A wrong file stops
-the server with a message naming the key at fault, never a secret's value.
+variable, which is how credentials stay out of the file. ``[[routes]]`` tables
+name, per destination (and optionally per app), the providers to try in
+order. A wrong file stops the server with a message naming the key at fault,
+never a secret's value.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,16 +32,20 @@ from pydantic import (
     model_validator,
 )
 
+from smsgate_server.domain.phone import is_region, parse_calling_code
 from smsgate_server.providers.aliyun import AliyunConfig, AliyunProvider
 from smsgate_server.providers.base import Provider
 from smsgate_server.providers.tencent import TencentConfig, TencentProvider
 from smsgate_server.providers.twilio import TwilioConfig, TwilioProvider
 
 __all__ = [
+    "DEFAULT_DESTINATION",
     "ProvidersFileError",
+    "Route",
     "VendorEntry",
     "build_vendor",
     "load_providers_file",
+    "load_routes",
 ]
 
 ENV_SUFFIX = "_env"
@@ -146,17 +154,7 @@ def load_providers_file(
 ) -> dict[str, VendorEntry]:
     """The providers the file declares, by name; ``ProvidersFileError`` if it is wrong."""
     env = os.environ if environ is None else environ
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ProvidersFileError(
-            f"providers file {path}: cannot read it ({exc.strerror})"
-        ) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ProvidersFileError(f"providers file {path}: not valid TOML ({exc})") from None
-    unknown = sorted(set(document) - {"providers"})
-    if unknown:
-        raise ProvidersFileError(f"providers file {path}: unknown key {unknown[0]!r}")
+    document = _read(path)
     tables = document.get("providers")
     if not isinstance(tables, dict) or not tables:
         raise ProvidersFileError(f"providers file {path}: no [providers.NAME] table")
@@ -175,6 +173,117 @@ def load_providers_file(
             key, message = _first_error(exc)
             raise ProvidersFileError(f"{where}{'.' + key if key else ''}: {message}") from None
     return entries
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ProvidersFileError(
+            f"providers file {path}: cannot read it ({exc.strerror})"
+        ) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ProvidersFileError(f"providers file {path}: not valid TOML ({exc})") from None
+    unknown = sorted(set(document) - {"providers", "routes"})
+    if unknown:
+        raise ProvidersFileError(f"providers file {path}: unknown key {unknown[0]!r}")
+    return document
+
+
+# The destination of a route that takes what no other route of its app (or,
+# for global routes, no other global route) names.
+DEFAULT_DESTINATION = "default"
+_ROUTE_KEYS = frozenset({"destination", "providers", "weights", "app"})
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Which providers send to ``destination`` (an ISO 3166 region such as
+    ``CN``, a calling code such as ``+86``, or ``default``), in failover order.
+
+    With ``weights`` (one per provider), the first provider is drawn by weight
+    among those able to send the message and the rest follow in order. A route
+    with ``app`` applies to that app only, and wins over every global route.
+    """
+
+    destination: str
+    providers: tuple[str, ...]
+    weights: tuple[int, ...] = ()
+    app: str = ""
+
+
+def load_routes(path: Path, known: Collection[str]) -> list[Route]:
+    """The ``[[routes]]`` of the file (empty when it has none), each naming only
+    providers in ``known``; ``ProvidersFileError`` naming the key at fault."""
+    tables = _read(path).get("routes", [])
+    if not isinstance(tables, list):
+        raise ProvidersFileError(f"providers file {path}: routes: must be [[routes]] tables")
+    routes: list[Route] = []
+    seen: set[tuple[str, str]] = set()
+    for i, table in enumerate(tables):
+        where = f"providers file {path}: routes[{i}]"
+        route = _route(table, known, where)
+        if (route.app, route.destination) in seen:
+            scope = f"app {route.app!r}" if route.app else "the global routes"
+            raise ProvidersFileError(
+                f"{where}.destination: {route.destination!r} is routed twice for {scope}"
+            )
+        seen.add((route.app, route.destination))
+        routes.append(route)
+    return routes
+
+
+def _route(table: object, known: Collection[str], where: str) -> Route:
+    if not isinstance(table, dict):
+        raise ProvidersFileError(f"{where}: must be a table")
+    extra = sorted(set(table) - _ROUTE_KEYS)
+    if extra:
+        raise ProvidersFileError(f"{where}.{extra[0]}: not a setting of a route")
+    destination = table.get("destination")
+    if not isinstance(destination, str):
+        raise ProvidersFileError(
+            f"{where}.destination: required, a region (CN), a calling code (+86) or"
+            f" {DEFAULT_DESTINATION!r}"
+        )
+    destination = _destination(destination, f"{where}.destination")
+    names = table.get("providers")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ProvidersFileError(f"{where}.providers: required, a non-empty list of names")
+    for j, name in enumerate(names):
+        if name not in known:
+            raise ProvidersFileError(
+                f"{where}.providers[{j}]: {name!r} is not a provider"
+                f" (known: {', '.join(sorted(known))})"
+            )
+        if name in names[:j]:
+            raise ProvidersFileError(f"{where}.providers[{j}]: {name!r} is listed twice")
+    weights = table.get("weights", [])
+    if not isinstance(weights, list) or not all(
+        isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in weights
+    ):
+        raise ProvidersFileError(f"{where}.weights: must be a list of whole numbers >= 0")
+    if weights and (len(weights) != len(names) or sum(weights) == 0):
+        raise ProvidersFileError(
+            f"{where}.weights: needs one weight per provider ({len(names)}), not all 0"
+        )
+    app = table.get("app", "")
+    if not isinstance(app, str) or (app == "" and "app" in table) or len(app) > 64:
+        raise ProvidersFileError(f"{where}.app: must be an app key")
+    return Route(destination, tuple(names), tuple(weights), app)
+
+
+def _destination(text: str, where: str) -> str:
+    if text == DEFAULT_DESTINATION or is_region(text):
+        return text
+    if text.startswith("+"):
+        try:
+            return f"+{parse_calling_code(text)}"
+        except ValueError:
+            pass
+    raise ProvidersFileError(
+        f"{where}: {text!r} is neither a region (CN, US, ...), a calling code (+86, +1, ...)"
+        f" nor {DEFAULT_DESTINATION!r}"
+    )
 
 
 def _resolve_env(table: dict[str, Any], env: Mapping[str, str], where: str) -> dict[str, Any]:
