@@ -4,7 +4,8 @@
 -- caller's token (one per gate instance), ARGV[3] probe lease (ms).
 -- Open until its cooldown ends, then half-open: the probe goes to one caller at
 -- a time, for a lease, so a prober that died frees it when the lease ends; the
--- holder asking again keeps it (and renews the lease).
+-- holder asking again is refused like anyone else (two calls of one process
+-- asking at once must not both probe).
 -- Fields: st state (0 closed, 1 open, 2 half-open), until (ms, end of the
 -- cooldown), pr the probe holder's token, pe the end of its lease (ms).
 -- Returns {state, 1 when the caller holds the probe, ms until the answer may
@@ -26,7 +27,7 @@ if st == 1 then
   end
 end
 local holder, lease_end = b[3] or '', tonumber(b[4]) or 0
-if st == 1 or holder == '' or holder == ARGV[2] or now >= lease_end then
+if st == 1 or holder == '' or now >= lease_end then
   redis.call('HSET', KEYS[1], 'st', 2, 'pr', ARGV[2], 'pe', now + tonumber(ARGV[3]))
   return {2, 1, 0, now}
 end

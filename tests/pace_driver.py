@@ -1,0 +1,45 @@
+"""A replica's dispatcher, reduced to its pace: takes one-message calls of the
+account ``tencent`` as fast as its gate lets it, on Redis's clock, for a while,
+then prints how many went (test_provider_guard.py runs two at once).
+
+Usage: python -m tests.pace_driver REDIS_URL MESSAGES_PER_SECOND SECONDS
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+from smsgate_server.dispatch.guard import AccountPace, RedisProviderGate
+from smsgate_server.store.connection import connect
+from smsgate_server.store.provider_guard import BreakerPolicy, PacePolicy, ProviderGuardStore
+
+
+async def main(url: str, rate: float, seconds: float) -> int:
+    redis = await connect(url, pool_size=4)
+    try:
+        store = ProviderGuardStore(
+            redis.client,
+            breaker=BreakerPolicy(5, 0.5, 30_000, 20, 30_000, 15_000),
+            pace=PacePolicy(floor=0.1, step=0.1, interval_ms=5_000),
+        )
+        gate = RedisProviderGate(
+            store, paces={"tencent": AccountPace(messages_per_second=rate)}, cache_seconds=0.25
+        )
+        went = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            wait = await gate.pace("tencent", 1)
+            if wait:
+                await asyncio.sleep(wait)
+            else:
+                went += 1
+        return went
+    finally:
+        await redis.aclose()
+
+
+if __name__ == "__main__":
+    url, rate, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+    print(asyncio.run(main(url, rate, seconds)))
