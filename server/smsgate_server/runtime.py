@@ -69,6 +69,7 @@ from smsgate_server.services.admission import Admission, AdmissionPolicy
 from smsgate_server.services.composing import Composer
 from smsgate_server.services.optouts import OptOutService
 from smsgate_server.services.replies import ReplyService
+from smsgate_server.services.reply_watch import ReplyHub
 from smsgate_server.services.sending import SendingService, SendLimits
 from smsgate_server.services.signs import SignService
 from smsgate_server.services.templates import TemplateService
@@ -333,10 +334,12 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
             retention_seconds=settings.event_retention_seconds,
             admission=_admission(settings, redis),
         )
+        reply_hub = ReplyHub(ReplyStore(redis.client, redis.reader), hub.tokens)
         # Before server.stop(): open streams end with UNAVAILABLE, so their
         # clients reconnect elsewhere instead of holding the grace period.
         stack.push_async_callback(hub.close)
-        _add_services(server, settings, store, redis, hub, secret)
+        stack.push_async_callback(reply_hub.close)
+        _add_services(server, settings, store, redis, hub, reply_hub, secret)
     _add_reflection(server)
     connect.serve(guard)
     grpc_port = _listen(server, settings)
@@ -558,6 +561,7 @@ def _add_services(
     store: MessageStore,
     redis: RedisConnection,
     hub: WatchHub,
+    reply_hub: ReplyHub,
     secret: bytes,
 ) -> None:
     """Register the smsgate servicers (processes whose role serves the API)."""
@@ -595,7 +599,7 @@ def _add_services(
         OptOutServicer(OptOutService(optouts, hub.tokens)), server
     )
     inbound_service_pb2_grpc.add_InboundServiceServicer_to_server(
-        InboundServicer(ReplyService(ReplyStore(redis.client), hub.tokens)), server
+        InboundServicer(ReplyService(reply_hub.store, hub.tokens), reply_hub), server
     )
 
 

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from smsgate_server.aio import cancel_and_wait
 from smsgate_server.domain.errors import (
@@ -43,15 +43,27 @@ from smsgate_server.services.admission import Admission, QuerySlot
 from smsgate_server.services.sending import MAX_PAGE_SIZE, ListQuery, SendingService
 from smsgate_server.store.events import EventStore
 
-__all__ = ["Watch", "WatchFilter", "WatchHub", "current_messages"]
+__all__ = [
+    "CLOSING",
+    "OVERFLOW",
+    "Subscriber",
+    "Watch",
+    "WatchFilter",
+    "WatchHub",
+    "current_messages",
+    "ending",
+    "sweep",
+]
 
 log = logging.getLogger("smsgate.watch")
 
 # Events per read while catching up from a resume token: a read's events are
 # decoded in one go, holding the event loop, and they are every app's events.
 CATCHUP_READ = 200
-_CLOSING = "closing"
-_OVERFLOW = "overflow"
+# The end markers a subscriber's queue may hold last.
+CLOSING = "closing"
+OVERFLOW = "overflow"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,22 +83,25 @@ class WatchFilter:
 
 
 @dataclass(eq=False)
-class _Subscriber:
+class Subscriber(Generic[T]):
+    """One subscription's bounded buffer of items (status events, replies),
+    ended by a marker when it overflows or the server closes."""
+
     app: str
-    wanted: WatchFilter
-    queue: asyncio.Queue[StatusEvent | str]
+    # Which items it wants (filtered on offer, so others never fill the buffer).
+    wants: Callable[[T], bool]
+    queue: asyncio.Queue[T | str]
     # The task of the call that reads this subscription (the gRPC handler's).
     task: asyncio.Task[Any]
     ended: bool = False
 
-    def offer(self, event: StatusEvent) -> None:
-        # Filtered here, so events a subscriber does not want never fill its buffer.
-        if self.ended or not self.wanted.matches(event):
+    def offer(self, item: T) -> None:
+        if self.ended or not self.wants(item):
             return
         try:
-            self.queue.put_nowait(event)
+            self.queue.put_nowait(item)
         except asyncio.QueueFull:
-            self.end(_OVERFLOW)
+            self.end(OVERFLOW)
 
     def end(self, reason: str) -> None:
         if self.ended:
@@ -110,7 +125,7 @@ class WatchHub:
     sweep_seconds: float = 2.0
     clock: Callable[[], float] = time.time
     positions: list[str] = field(default_factory=list)
-    _subscribers: dict[str, set[_Subscriber]] = field(default_factory=dict)
+    _subscribers: dict[str, set[Subscriber[StatusEvent]]] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _sweeper: asyncio.Task[None] | None = None
     _closing: bool = False
@@ -134,7 +149,7 @@ class WatchHub:
         self._closing = True
         for subs in self._subscribers.values():
             for sub in subs:
-                sub.end(_CLOSING)
+                sub.end(CLOSING)
         sweeper = [self._sweeper] if self._sweeper is not None else []
         # Bounded: a reader also ends on the closing flag after its read.
         await cancel_and_wait([*self._tasks, *sweeper], timeout=self.block_ms / 1000 + 2)
@@ -185,15 +200,7 @@ class WatchHub:
             self._sweep()
 
     def _sweep(self) -> None:
-        """Release subscriptions whose call has ended or was cancelled without
-        hearing of it (see the module docstring)."""
-        for subs in list(self._subscribers.values()):
-            for sub in list(subs):
-                if sub.task.done():
-                    # Its handler never ran its cleanup (an unfinished generator).
-                    self._unsubscribe(sub)
-                elif sub.task.cancelling():
-                    sub.task.cancel()
+        sweep(self._subscribers, self._unsubscribe)
 
     async def _start_positions(self, app: str, token: str) -> list[str]:
         if not token:
@@ -243,7 +250,7 @@ class WatchHub:
                 self._forget_app(app)
                 raise
             self._opening = None
-            sub = _Subscriber(app, wanted, asyncio.Queue(self.buffer), task)
+            sub = Subscriber[StatusEvent](app, wanted.matches, asyncio.Queue(self.buffer), task)
             self._subscribers[app].add(sub)
             WATCH_SUBSCRIPTIONS.inc()
         return Watch(self, sub, wanted, positions)
@@ -252,7 +259,7 @@ class WatchHub:
         if not self._subscribers.get(app) and app != self._opening:
             self._subscribers.pop(app, None)
 
-    def _unsubscribe(self, sub: _Subscriber) -> None:
+    def _unsubscribe(self, sub: Subscriber[StatusEvent]) -> None:
         subs = self._subscribers.get(sub.app)
         if subs is not None and sub in subs:
             subs.remove(sub)
@@ -260,17 +267,7 @@ class WatchHub:
         self._forget_app(sub.app)
 
     def _ending(self, reason: str) -> Exception:
-        if reason == _OVERFLOW:
-            return RateLimited(
-                f"the subscriber fell more than {self.buffer} events behind; "
-                "resume from the last token",
-                retry_after=0.0,
-                reason=Reason.SUBSCRIBER_TOO_SLOW,
-            )
-        return Unavailable(
-            "server is shutting down; reconnect with the last resume token",
-            reason=Reason.SHUTTING_DOWN,
-        )
+        return ending(reason, f"{self.buffer} events")
 
 
 @dataclass(eq=False)
@@ -278,7 +275,7 @@ class Watch:
     """One open WatchStatus subscription."""
 
     hub: WatchHub
-    sub: _Subscriber
+    sub: Subscriber[StatusEvent]
     wanted: WatchFilter
     positions: list[str]
     # The app's expensive-call slot while catching up (released by close() too:
@@ -348,6 +345,35 @@ class Watch:
         if self.catchup is not None:
             self.catchup.release()
         self.hub._unsubscribe(self.sub)
+
+
+def sweep(
+    subscribers: dict[str, set[Subscriber[T]]], unsubscribe: Callable[[Subscriber[T]], None]
+) -> None:
+    """Release subscriptions whose call has ended or was cancelled without
+    hearing of it (see the module docstring)."""
+    for subs in list(subscribers.values()):
+        for sub in list(subs):
+            if sub.task.done():
+                # Its handler never ran its cleanup (an unfinished generator).
+                unsubscribe(sub)
+            elif sub.task.cancelling():
+                sub.task.cancel()
+
+
+def ending(marker: str, buffer: str) -> Exception:
+    """The error that ends a stream whose queue held ``marker`` last; ``buffer``
+    says how far behind a subscriber may fall ("10000 events")."""
+    if marker == OVERFLOW:
+        return RateLimited(
+            f"the subscriber fell more than {buffer} behind; resume from the last token",
+            retry_after=0.0,
+            reason=Reason.SUBSCRIBER_TOO_SLOW,
+        )
+    return Unavailable(
+        "server is shutting down; reconnect with the last resume token",
+        reason=Reason.SHUTTING_DOWN,
+    )
 
 
 def _wanted(event: StatusEvent, wanted: WatchFilter, shown: frozenset[tuple[str, Status]]) -> bool:

@@ -16,7 +16,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n smsgate/v1/inbound_service.proto\x12\nsmsgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x01\n\x05Reply\x12\x14\n\x0cphone_number\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x30\n\x0creceive_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\topted_out\x18\x05 \x01(\x08\";\n\x12ListRepliesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x13ListRepliesResponse\x12\"\n\x07replies\x18\x01 \x03(\x0b\x32\x11.smsgate.v1.Reply\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2`\n\x0eInboundService\x12N\n\x0bListReplies\x12\x1e.smsgate.v1.ListRepliesRequest\x1a\x1f.smsgate.v1.ListRepliesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n smsgate/v1/inbound_service.proto\x12\nsmsgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x01\n\x05Reply\x12\x14\n\x0cphone_number\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x30\n\x0creceive_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\topted_out\x18\x05 \x01(\x08\";\n\x12ListRepliesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x13ListRepliesResponse\x12\"\n\x07replies\x18\x01 \x03(\x0b\x32\x11.smsgate.v1.Reply\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x13WatchRepliesRequest\x12\x14\n\x0cresume_token\x18\x01 \x01(\t\"N\n\x14WatchRepliesResponse\x12 \n\x05reply\x18\x01 \x01(\x0b\x32\x11.smsgate.v1.Reply\x12\x14\n\x0cresume_token\x18\x02 \x01(\t2\xb5\x01\n\x0eInboundService\x12N\n\x0bListReplies\x12\x1e.smsgate.v1.ListRepliesRequest\x1a\x1f.smsgate.v1.ListRepliesResponse\x12S\n\x0cWatchReplies\x12\x1f.smsgate.v1.WatchRepliesRequest\x1a .smsgate.v1.WatchRepliesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -29,6 +29,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTREPLIESREQUEST']._serialized_end=273
   _globals['_LISTREPLIESRESPONSE']._serialized_start=275
   _globals['_LISTREPLIESRESPONSE']._serialized_end=357
-  _globals['_INBOUNDSERVICE']._serialized_start=359
-  _globals['_INBOUNDSERVICE']._serialized_end=455
+  _globals['_WATCHREPLIESREQUEST']._serialized_start=359
+  _globals['_WATCHREPLIESREQUEST']._serialized_end=402
+  _globals['_WATCHREPLIESRESPONSE']._serialized_start=404
+  _globals['_WATCHREPLIESRESPONSE']._serialized_end=482
+  _globals['_INBOUNDSERVICE']._serialized_start=485
+  _globals['_INBOUNDSERVICE']._serialized_end=666
 # @@protoc_insertion_point(module_scope)

@@ -118,3 +118,56 @@ class ListRepliesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRepliesResponse: _TypeAlias = ListRepliesResponse  # noqa: Y015
+
+@_typing.final
+class WatchRepliesRequest(_message.Message):
+    """The request of WatchReplies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """Optional. A `resume_token` of an earlier WatchReplies response of this
+    app: the stream starts after it. Empty: from now. Any other value is
+    INVALID_ARGUMENT (INVALID_RESUME_TOKEN).
+    """
+    def __init__(
+        self,
+        *,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resume_token", b"resume_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRepliesRequest: _TypeAlias = WatchRepliesRequest  # noqa: Y015
+
+@_typing.final
+class WatchRepliesResponse(_message.Message):
+    """One response of WatchReplies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """Output only. The token that resumes the stream after this response."""
+    @_builtins.property
+    def reply(self) -> Global___Reply:
+        """Output only. The reply; unset on the stream's first response."""
+
+    def __init__(
+        self,
+        *,
+        reply: Global___Reply | None = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply", "resume_token", b"resume_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRepliesResponse: _TypeAlias = WatchRepliesResponse  # noqa: Y015

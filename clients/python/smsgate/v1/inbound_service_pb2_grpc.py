@@ -46,6 +46,11 @@ class InboundServiceStub:
                 request_serializer=smsgate_dot_v1_dot_inbound__service__pb2.ListRepliesRequest.SerializeToString,
                 response_deserializer=smsgate_dot_v1_dot_inbound__service__pb2.ListRepliesResponse.FromString,
                 _registered_method=True)
+        self.WatchReplies = channel.unary_stream(
+                '/smsgate.v1.InboundService/WatchReplies',
+                request_serializer=smsgate_dot_v1_dot_inbound__service__pb2.WatchRepliesRequest.SerializeToString,
+                response_deserializer=smsgate_dot_v1_dot_inbound__service__pb2.WatchRepliesResponse.FromString,
+                _registered_method=True)
 
 
 class InboundServiceServicer:
@@ -68,6 +73,33 @@ class InboundServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchReplies(self, request, context):
+        """Streams the app's replies as they arrive, resumable from a token.
+
+        A stream of its own rather than an event on SmsService.WatchStatus: a
+        reply is not a status change of any message we sent (it may answer none),
+        so a subscriber of delivery status never has to filter replies out, and a
+        reply subscriber never reads every status event; and its resume token is
+        simply the reply's place in the app's reply stream.
+
+        The first response carries no reply, only the token of where the stream
+        starts; each reply then comes with the token that resumes after it. A
+        watch resumed from a token sends every reply after it, none twice. The
+        stream ends with RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW) when the client
+        falls more than 1,000 replies behind, and UNAVAILABLE (SHUTTING_DOWN)
+        when the server stops: resume from the last token.
+
+        Errors: INVALID_ARGUMENT (INVALID_RESUME_TOKEN for a token not issued by
+        WatchReplies to this app), OUT_OF_RANGE (RESUME_TOKEN_EXPIRED: replies
+        after the token were dropped by the 10,000 cap; reconcile with
+        ListReplies), RESOURCE_EXHAUSTED (TOO_MANY_CONCURRENT_QUERIES: the app
+        holds 100 WatchReplies streams on this server; SUBSCRIBER_TOO_SLOW),
+        UNAUTHENTICATED, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InboundServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +107,11 @@ def add_InboundServiceServicer_to_server(servicer, server):
                     servicer.ListReplies,
                     request_deserializer=smsgate_dot_v1_dot_inbound__service__pb2.ListRepliesRequest.FromString,
                     response_serializer=smsgate_dot_v1_dot_inbound__service__pb2.ListRepliesResponse.SerializeToString,
+            ),
+            'WatchReplies': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchReplies,
+                    request_deserializer=smsgate_dot_v1_dot_inbound__service__pb2.WatchRepliesRequest.FromString,
+                    response_serializer=smsgate_dot_v1_dot_inbound__service__pb2.WatchRepliesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -111,6 +148,33 @@ class InboundService:
             '/smsgate.v1.InboundService/ListReplies',
             smsgate_dot_v1_dot_inbound__service__pb2.ListRepliesRequest.SerializeToString,
             smsgate_dot_v1_dot_inbound__service__pb2.ListRepliesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchReplies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/smsgate.v1.InboundService/WatchReplies',
+            smsgate_dot_v1_dot_inbound__service__pb2.WatchRepliesRequest.SerializeToString,
+            smsgate_dot_v1_dot_inbound__service__pb2.WatchRepliesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,29 @@ class InboundServiceStub:
     Errors: INVALID_ARGUMENT (INVALID_ARGUMENT for a bad page size,
     INVALID_PAGE_TOKEN), UNAUTHENTICATED, UNAVAILABLE.
     """
+    WatchReplies: _grpc.UnaryStreamMultiCallable[_inbound_service_pb2.WatchRepliesRequest, _inbound_service_pb2.WatchRepliesResponse]
+    """Streams the app's replies as they arrive, resumable from a token.
+
+    A stream of its own rather than an event on SmsService.WatchStatus: a
+    reply is not a status change of any message we sent (it may answer none),
+    so a subscriber of delivery status never has to filter replies out, and a
+    reply subscriber never reads every status event; and its resume token is
+    simply the reply's place in the app's reply stream.
+
+    The first response carries no reply, only the token of where the stream
+    starts; each reply then comes with the token that resumes after it. A
+    watch resumed from a token sends every reply after it, none twice. The
+    stream ends with RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW) when the client
+    falls more than 1,000 replies behind, and UNAVAILABLE (SHUTTING_DOWN)
+    when the server stops: resume from the last token.
+
+    Errors: INVALID_ARGUMENT (INVALID_RESUME_TOKEN for a token not issued by
+    WatchReplies to this app), OUT_OF_RANGE (RESUME_TOKEN_EXPIRED: replies
+    after the token were dropped by the 10,000 cap; reconcile with
+    ListReplies), RESOURCE_EXHAUSTED (TOO_MANY_CONCURRENT_QUERIES: the app
+    holds 100 WatchReplies streams on this server; SUBSCRIBER_TOO_SLOW),
+    UNAUTHENTICATED, UNAVAILABLE.
+    """
 
 @_typing.type_check_only
 class InboundServiceAsyncStub(InboundServiceStub):
@@ -64,6 +87,29 @@ class InboundServiceAsyncStub(InboundServiceStub):
 
     Errors: INVALID_ARGUMENT (INVALID_ARGUMENT for a bad page size,
     INVALID_PAGE_TOKEN), UNAUTHENTICATED, UNAVAILABLE.
+    """
+    WatchReplies: _aio.UnaryStreamMultiCallable[_inbound_service_pb2.WatchRepliesRequest, _inbound_service_pb2.WatchRepliesResponse]  # type: ignore[assignment]
+    """Streams the app's replies as they arrive, resumable from a token.
+
+    A stream of its own rather than an event on SmsService.WatchStatus: a
+    reply is not a status change of any message we sent (it may answer none),
+    so a subscriber of delivery status never has to filter replies out, and a
+    reply subscriber never reads every status event; and its resume token is
+    simply the reply's place in the app's reply stream.
+
+    The first response carries no reply, only the token of where the stream
+    starts; each reply then comes with the token that resumes after it. A
+    watch resumed from a token sends every reply after it, none twice. The
+    stream ends with RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW) when the client
+    falls more than 1,000 replies behind, and UNAVAILABLE (SHUTTING_DOWN)
+    when the server stops: resume from the last token.
+
+    Errors: INVALID_ARGUMENT (INVALID_RESUME_TOKEN for a token not issued by
+    WatchReplies to this app), OUT_OF_RANGE (RESUME_TOKEN_EXPIRED: replies
+    after the token were dropped by the 10,000 cap; reconcile with
+    ListReplies), RESOURCE_EXHAUSTED (TOO_MANY_CONCURRENT_QUERIES: the app
+    holds 100 WatchReplies streams on this server; SUBSCRIBER_TOO_SLOW),
+    UNAUTHENTICATED, UNAVAILABLE.
     """
 
 class InboundServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -86,6 +132,35 @@ class InboundServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: INVALID_ARGUMENT (INVALID_ARGUMENT for a bad page size,
         INVALID_PAGE_TOKEN), UNAUTHENTICATED, UNAVAILABLE.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchReplies(
+        self,
+        request: _inbound_service_pb2.WatchRepliesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_inbound_service_pb2.WatchRepliesResponse], _abc.AsyncIterator[_inbound_service_pb2.WatchRepliesResponse]]:
+        """Streams the app's replies as they arrive, resumable from a token.
+
+        A stream of its own rather than an event on SmsService.WatchStatus: a
+        reply is not a status change of any message we sent (it may answer none),
+        so a subscriber of delivery status never has to filter replies out, and a
+        reply subscriber never reads every status event; and its resume token is
+        simply the reply's place in the app's reply stream.
+
+        The first response carries no reply, only the token of where the stream
+        starts; each reply then comes with the token that resumes after it. A
+        watch resumed from a token sends every reply after it, none twice. The
+        stream ends with RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW) when the client
+        falls more than 1,000 replies behind, and UNAVAILABLE (SHUTTING_DOWN)
+        when the server stops: resume from the last token.
+
+        Errors: INVALID_ARGUMENT (INVALID_RESUME_TOKEN for a token not issued by
+        WatchReplies to this app), OUT_OF_RANGE (RESUME_TOKEN_EXPIRED: replies
+        after the token were dropped by the 10,000 cap; reconcile with
+        ListReplies), RESOURCE_EXHAUSTED (TOO_MANY_CONCURRENT_QUERIES: the app
+        holds 100 WatchReplies streams on this server; SUBSCRIBER_TOO_SLOW),
+        UNAUTHENTICATED, UNAVAILABLE.
         """
 
 def add_InboundServiceServicer_to_server(servicer: InboundServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

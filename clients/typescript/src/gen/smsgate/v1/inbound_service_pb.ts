@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file smsgate/v1/inbound_service.proto.
  */
 export const file_smsgate_v1_inbound_service: GenFile = /*@__PURE__*/
-  fileDesc("CiBzbXNnYXRlL3YxL2luYm91bmRfc2VydmljZS5wcm90bxIKc21zZ2F0ZS52MSKCAQoFUmVwbHkSFAoMcGhvbmVfbnVtYmVyGAEgASgJEgwKBHRleHQYAiABKAkSEAoIcHJvdmlkZXIYAyABKAkSMAoMcmVjZWl2ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglvcHRlZF9vdXQYBSABKAgiOwoSTGlzdFJlcGxpZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlIKE0xpc3RSZXBsaWVzUmVzcG9uc2USIgoHcmVwbGllcxgBIAMoCzIRLnNtc2dhdGUudjEuUmVwbHkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMmAKDkluYm91bmRTZXJ2aWNlEk4KC0xpc3RSZXBsaWVzEh4uc21zZ2F0ZS52MS5MaXN0UmVwbGllc1JlcXVlc3QaHy5zbXNnYXRlLnYxLkxpc3RSZXBsaWVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("CiBzbXNnYXRlL3YxL2luYm91bmRfc2VydmljZS5wcm90bxIKc21zZ2F0ZS52MSKCAQoFUmVwbHkSFAoMcGhvbmVfbnVtYmVyGAEgASgJEgwKBHRleHQYAiABKAkSEAoIcHJvdmlkZXIYAyABKAkSMAoMcmVjZWl2ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglvcHRlZF9vdXQYBSABKAgiOwoSTGlzdFJlcGxpZXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlIKE0xpc3RSZXBsaWVzUmVzcG9uc2USIgoHcmVwbGllcxgBIAMoCzIRLnNtc2dhdGUudjEuUmVwbHkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIisKE1dhdGNoUmVwbGllc1JlcXVlc3QSFAoMcmVzdW1lX3Rva2VuGAEgASgJIk4KFFdhdGNoUmVwbGllc1Jlc3BvbnNlEiAKBXJlcGx5GAEgASgLMhEuc21zZ2F0ZS52MS5SZXBseRIUCgxyZXN1bWVfdG9rZW4YAiABKAkytQEKDkluYm91bmRTZXJ2aWNlEk4KC0xpc3RSZXBsaWVzEh4uc21zZ2F0ZS52MS5MaXN0UmVwbGllc1JlcXVlc3QaHy5zbXNnYXRlLnYxLkxpc3RSZXBsaWVzUmVzcG9uc2USUwoMV2F0Y2hSZXBsaWVzEh8uc21zZ2F0ZS52MS5XYXRjaFJlcGxpZXNSZXF1ZXN0GiAuc21zZ2F0ZS52MS5XYXRjaFJlcGxpZXNSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * A reply a recipient sent.
@@ -123,6 +123,57 @@ export const ListRepliesResponseSchema: GenMessage<ListRepliesResponse> = /*@__P
   messageDesc(file_smsgate_v1_inbound_service, 2);
 
 /**
+ * The request of WatchReplies.
+ *
+ * @generated from message smsgate.v1.WatchRepliesRequest
+ */
+export type WatchRepliesRequest = Message<"smsgate.v1.WatchRepliesRequest"> & {
+  /**
+   * Optional. A `resume_token` of an earlier WatchReplies response of this
+   * app: the stream starts after it. Empty: from now. Any other value is
+   * INVALID_ARGUMENT (INVALID_RESUME_TOKEN).
+   *
+   * @generated from field: string resume_token = 1;
+   */
+  resumeToken: string;
+};
+
+/**
+ * Describes the message smsgate.v1.WatchRepliesRequest.
+ * Use `create(WatchRepliesRequestSchema)` to create a new message.
+ */
+export const WatchRepliesRequestSchema: GenMessage<WatchRepliesRequest> = /*@__PURE__*/
+  messageDesc(file_smsgate_v1_inbound_service, 3);
+
+/**
+ * One response of WatchReplies.
+ *
+ * @generated from message smsgate.v1.WatchRepliesResponse
+ */
+export type WatchRepliesResponse = Message<"smsgate.v1.WatchRepliesResponse"> & {
+  /**
+   * Output only. The reply; unset on the stream's first response.
+   *
+   * @generated from field: smsgate.v1.Reply reply = 1;
+   */
+  reply?: Reply | undefined;
+
+  /**
+   * Output only. The token that resumes the stream after this response.
+   *
+   * @generated from field: string resume_token = 2;
+   */
+  resumeToken: string;
+};
+
+/**
+ * Describes the message smsgate.v1.WatchRepliesResponse.
+ * Use `create(WatchRepliesResponseSchema)` to create a new message.
+ */
+export const WatchRepliesResponseSchema: GenMessage<WatchRepliesResponse> = /*@__PURE__*/
+  messageDesc(file_smsgate_v1_inbound_service, 4);
+
+/**
  * Reads the replies (mobile-originated SMS) recipients sent to the app.
  *
  * Vendors push replies to the HTTP side port (`/inbound/NAME/...`); each
@@ -146,6 +197,36 @@ export const InboundService: GenService<{
     methodKind: "unary";
     input: typeof ListRepliesRequestSchema;
     output: typeof ListRepliesResponseSchema;
+  },
+  /**
+   * Streams the app's replies as they arrive, resumable from a token.
+   *
+   * A stream of its own rather than an event on SmsService.WatchStatus: a
+   * reply is not a status change of any message we sent (it may answer none),
+   * so a subscriber of delivery status never has to filter replies out, and a
+   * reply subscriber never reads every status event; and its resume token is
+   * simply the reply's place in the app's reply stream.
+   *
+   * The first response carries no reply, only the token of where the stream
+   * starts; each reply then comes with the token that resumes after it. A
+   * watch resumed from a token sends every reply after it, none twice. The
+   * stream ends with RESOURCE_EXHAUSTED (SUBSCRIBER_TOO_SLOW) when the client
+   * falls more than 1,000 replies behind, and UNAVAILABLE (SHUTTING_DOWN)
+   * when the server stops: resume from the last token.
+   *
+   * Errors: INVALID_ARGUMENT (INVALID_RESUME_TOKEN for a token not issued by
+   * WatchReplies to this app), OUT_OF_RANGE (RESUME_TOKEN_EXPIRED: replies
+   * after the token were dropped by the 10,000 cap; reconcile with
+   * ListReplies), RESOURCE_EXHAUSTED (TOO_MANY_CONCURRENT_QUERIES: the app
+   * holds 100 WatchReplies streams on this server; SUBSCRIBER_TOO_SLOW),
+   * UNAUTHENTICATED, UNAVAILABLE.
+   *
+   * @generated from rpc smsgate.v1.InboundService.WatchReplies
+   */
+  watchReplies: {
+    methodKind: "server_streaming";
+    input: typeof WatchRepliesRequestSchema;
+    output: typeof WatchRepliesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_smsgate_v1_inbound_service, 0);
