@@ -73,6 +73,12 @@ class _Entry(BaseModel):
     # The app key whose opt-out list a STOP reply to this account lands on;
     # absent: replies are acknowledged and change nothing.
     inbound_app: str | None = Field(default=None, min_length=1, max_length=64)
+    # The account's send rate, kept by all replicas together (dispatch/guard.py):
+    # messages and vendor calls per second (absent: no limit), and how many
+    # seconds of it may go at once after a quiet spell.
+    rate_messages_per_second: float | None = Field(default=None, gt=0, le=1_000_000)
+    rate_calls_per_second: float | None = Field(default=None, gt=0, le=1_000_000)
+    rate_burst_seconds: float = Field(default=1.0, gt=0, le=3600)
 
 
 def _receipt_token(value: SecretStr | None) -> SecretStr | None:
