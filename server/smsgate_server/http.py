@@ -1,5 +1,6 @@
 """The HTTP side port: ``/livez``, ``/readyz`` (and ``/healthz``, its older
-name), ``/metrics`` (Prometheus), the vendors' delivery-receipt callbacks
+name), ``/metrics`` (Prometheus), ``/providers`` (breakers and pace,
+provider_endpoints.py), the vendors' delivery-receipt callbacks
 (receipt_endpoints.py) and the API over HTTP/JSON (api/connect.py).
 
 Runs on uvicorn in the same event loop as the gRPC server.
@@ -28,9 +29,11 @@ def build_app(
     ready: Callable[[], Awaitable[bool]],
     receipts: Sequence[BaseRoute] = (),
     api: Sequence[BaseRoute] = (),
+    providers: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The Starlette app; ``ready`` says whether the server can take calls,
-    ``receipts`` are the vendors' callbacks, ``api`` the Connect face."""
+    ``receipts`` are the vendors' callbacks, ``api`` the Connect face,
+    ``providers`` the read-only ``/providers``."""
 
     async def livez(request: Request) -> Response:
         # The process answers: a restart would not help anything else.
@@ -52,6 +55,7 @@ def build_app(
             # The one endpoint of earlier versions, kept for probes that use it.
             Route("/healthz", readyz),
             Route("/metrics", metrics),
+            *providers,
             *receipts,
             *api,
         ]
