@@ -42,6 +42,8 @@ from smsgate_server.domain.errors import Unavailable
 from smsgate_server.logs import RepeatedLog
 from smsgate_server.metrics import BREAKER_OPENS, BREAKER_STATE, PACE_RATE, PACE_WAITS
 from smsgate_server.providers.base import OutcomeClass, RecipientResult
+from smsgate_server.providers.providers_file import VendorEntry
+from smsgate_server.store.connection import RedisClient
 from smsgate_server.store.provider_guard import (
     BreakerPolicy,
     BreakerSnapshot,
@@ -56,7 +58,9 @@ __all__ = [
     "CallVerdict",
     "ProviderStatus",
     "RedisProviderGate",
+    "account_paces",
     "breaker_policy",
+    "gate_from_settings",
     "judge_call",
     "pace_policy",
 ]
@@ -301,3 +305,26 @@ class RedisProviderGate:
             ProviderStatus(name, breaker, self.paces.get(name, AccountPace()), pace.factor)
             for name, (breaker, pace) in zip(names, snapshots, strict=True)
         ]
+
+
+def account_paces(entries: Mapping[str, VendorEntry]) -> dict[str, AccountPace]:
+    """Each account's configured pace, from the providers file."""
+    return {
+        name: AccountPace(
+            messages_per_second=entry.rate_messages_per_second or 0.0,
+            calls_per_second=entry.rate_calls_per_second or 0.0,
+            burst_seconds=entry.rate_burst_seconds,
+        )
+        for name, entry in entries.items()
+    }
+
+
+def gate_from_settings(
+    settings: Settings, redis: RedisClient, entries: Mapping[str, VendorEntry]
+) -> RedisProviderGate:
+    """The gate of a server process: the settings' breaker and pace policies,
+    the accounts' rates, time from Redis's clock."""
+    store = ProviderGuardStore(redis, breaker=breaker_policy(settings), pace=pace_policy(settings))
+    return RedisProviderGate(
+        store, paces=account_paces(entries), cache_seconds=settings.breaker_cache_seconds
+    )
