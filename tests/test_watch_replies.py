@@ -5,14 +5,15 @@ reply after its token once, and a foreign or forged token is refused."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import httpx
 import pytest
+import smsgate
 from smsgate.v1 import inbound_service_pb2 as ipb
 from smsgate.v1 import inbound_service_pb2_grpc
 from smsgate_server.domain.errors import RateLimited, Reason
@@ -31,6 +32,8 @@ if TYPE_CHECKING:  # the async stub type exists only in the .pyi
 
 TOKEN = "tok-0123456789abcdef"
 CN = "+8613800138000"
+# What watch_replies() is (an async generator), to close it.
+Replies = AsyncGenerator[ipb.Reply, None]
 
 
 @dataclass
@@ -39,7 +42,11 @@ class Apps:
 
     server: Running
     inbound: InboundServiceAsyncStub
-    meta: dict[str, tuple[tuple[str, str], ...]]
+    tokens: dict[str, str]
+
+    @property
+    def meta(self) -> dict[str, tuple[tuple[str, str], ...]]:
+        return {app: bearer(token) for app, token in self.tokens.items()}
 
     async def reply(self, account: str, text: str, mobile: str = "13800138000") -> None:
         """Post a Tencent reply callback to the account's inbound endpoint."""
@@ -71,7 +78,7 @@ async def apps(make_server: ServerFactory, tmp_path: Path) -> AsyncIterator[Apps
     server = await make_server(providers_file=providers)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         inbound: InboundServiceAsyncStub = inbound_service_pb2_grpc.InboundServiceStub(channel)
-        yield Apps(server, inbound, {"a": bearer(a.token), "b": bearer(b.token)})
+        yield Apps(server, inbound, {"a": a.token, "b": b.token})
 
 
 async def started(call: Any) -> str:
@@ -174,6 +181,33 @@ async def test_another_apps_token_is_invalid_argument(apps: Apps) -> None:
     assert details.code is grpc.StatusCode.INVALID_ARGUMENT
     assert details.reason == "INVALID_RESUME_TOKEN"
     assert "resume_token" in details.fields
+
+
+async def test_the_python_client_follows_replies_and_resumes_from_its_token_file(
+    apps: Apps, tmp_path: Path
+) -> None:
+    path = tmp_path / "replies.token"
+    target = f"127.0.0.1:{apps.server.grpc_port}"
+    async with smsgate.AsyncClient(target, apps.tokens["a"]) as client:
+        replies = cast(Replies, client.watch_replies(token_file=path))
+        first = asyncio.create_task(anext(replies))
+        # The start token is saved once the stream is live.
+        await wait_until(lambda: _exists(path), what="the start token saved")
+        await apps.reply("tencent", "c0")
+        assert (await asyncio.wait_for(first, 10)).text == "c0"
+        await apps.reply("tencent", "c1")
+        await apps.reply("tencent", "c2")
+        # Asking for c1 saves c0's token: c0 is done with, c1 not yet.
+        assert (await asyncio.wait_for(anext(replies), 10)).text == "c1"
+        await replies.aclose()
+
+        again = cast(Replies, client.watch_replies(token_file=path))
+        assert [(await asyncio.wait_for(anext(again), 10)).text for _ in range(2)] == ["c1", "c2"]
+        await again.aclose()
+
+
+async def _exists(path: Path) -> bool:
+    return await asyncio.to_thread(path.exists)
 
 
 async def test_a_slow_subscriber_is_cut_off_and_resumes_without_a_gap(redis_url: str) -> None:

@@ -25,6 +25,8 @@ from smsgate.build import (
 from smsgate.connection import TLS, Backoff, Connection
 from smsgate.errors import Error, error_from_rpc
 from smsgate.v1 import (
+    inbound_service_pb2,
+    inbound_service_pb2_grpc,
     message_pb2,
     sms_service_pb2,
     sms_service_pb2_grpc,
@@ -57,6 +59,7 @@ class AsyncClient:
         self.sms = sms_service_pb2_grpc.SmsServiceStub(self._channel)
         self.templates = template_service_pb2_grpc.TemplateServiceStub(self._channel)
         self.verification = verification_service_pb2_grpc.VerificationServiceStub(self._channel)
+        self.inbound = inbound_service_pb2_grpc.InboundServiceStub(self._channel)
 
     @classmethod
     def from_env(cls) -> AsyncClient:
@@ -224,6 +227,45 @@ class AsyncClient:
                     backoff.reset()
                     yield response.event
                     token = response.event.resume_token
+                    if path is not None:
+                        save_token(path, token)
+            except grpc.aio.AioRpcError as exc:
+                error = error_from_rpc(exc)
+                if not outlives(error):
+                    raise error from None
+            finally:
+                call.cancel()
+            await asyncio.sleep(backoff.delay(error.retry_after if error else None))
+
+    async def watch_replies(
+        self,
+        *,
+        resume_token: str = "",
+        token_file: str | Path | None = None,
+    ) -> AsyncIterator[inbound_service_pb2.Reply]:
+        """Replies (mobile-originated SMS) to the app as they arrive, for ever:
+        after a disconnect it reconnects and resumes after the last reply it
+        yielded, so none is missed or repeated. Other errors end it, among them
+        :class:`smsgate.OutOfRange` for a token whose replies were dropped.
+
+        With ``token_file``, it starts from the token saved there and saves the
+        token of where the stream starts, then each reply's once the caller asks
+        for the next, so a program that restarts misses no reply.
+        """
+        path = Path(token_file) if token_file is not None else None
+        token = resume_token or load_token(path)
+        backoff = Backoff()
+        while True:
+            request = inbound_service_pb2.WatchRepliesRequest(resume_token=token)
+            call = self.inbound.WatchReplies(request, metadata=self._metadata)
+            error: Error | None = None
+            try:
+                async for response in call:
+                    backoff.reset()
+                    # The first response only says where the stream starts.
+                    if response.HasField("reply"):
+                        yield response.reply
+                    token = response.resume_token
                     if path is not None:
                         save_token(path, token)
             except grpc.aio.AioRpcError as exc:

@@ -24,6 +24,8 @@ from smsgate.build import (
 from smsgate.connection import TLS, Backoff, Connection
 from smsgate.errors import DeadlineExceeded, Error, error_from_rpc
 from smsgate.v1 import (
+    inbound_service_pb2,
+    inbound_service_pb2_grpc,
     message_pb2,
     sms_service_pb2,
     sms_service_pb2_grpc,
@@ -56,6 +58,7 @@ class Client:
         self.sms = sms_service_pb2_grpc.SmsServiceStub(self._channel)
         self.templates = template_service_pb2_grpc.TemplateServiceStub(self._channel)
         self.verification = verification_service_pb2_grpc.VerificationServiceStub(self._channel)
+        self.inbound = inbound_service_pb2_grpc.InboundServiceStub(self._channel)
 
     @classmethod
     def from_env(cls) -> Client:
@@ -222,6 +225,45 @@ class Client:
                     backoff.reset()
                     yield response.event
                     token = response.event.resume_token
+                    if path is not None:
+                        save_token(path, token)
+            except grpc.RpcError as exc:
+                error = error_from_rpc(exc)
+                if not outlives(error):
+                    raise error from None
+            finally:
+                call.cancel()
+            time.sleep(backoff.delay(error.retry_after if error else None))
+
+    def watch_replies(
+        self,
+        *,
+        resume_token: str = "",
+        token_file: str | Path | None = None,
+    ) -> Iterator[inbound_service_pb2.Reply]:
+        """Replies (mobile-originated SMS) to the app as they arrive, for ever:
+        after a disconnect it reconnects and resumes after the last reply it
+        yielded, so none is missed or repeated. Other errors end it, among them
+        :class:`smsgate.OutOfRange` for a token whose replies were dropped.
+
+        With ``token_file``, it starts from the token saved there and saves the
+        token of where the stream starts, then each reply's once the caller asks
+        for the next, so a program that restarts misses no reply.
+        """
+        path = Path(token_file) if token_file is not None else None
+        token = resume_token or load_token(path)
+        backoff = Backoff()
+        while True:
+            request = inbound_service_pb2.WatchRepliesRequest(resume_token=token)
+            call = self.inbound.WatchReplies(request, metadata=self._metadata)
+            error: Error | None = None
+            try:
+                for response in call:
+                    backoff.reset()
+                    # The first response only says where the stream starts.
+                    if response.HasField("reply"):
+                        yield response.reply
+                    token = response.resume_token
                     if path is not None:
                         save_token(path, token)
             except grpc.RpcError as exc:
