@@ -190,7 +190,7 @@ def _read(path: Path) -> dict[str, Any]:
         ) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ProvidersFileError(f"providers file {path}: not valid TOML ({exc})") from None
-    unknown = sorted(set(document) - {"providers", "routes"})
+    unknown = sorted(set(document) - {"providers", "routes", "prices"})
     if unknown:
         raise ProvidersFileError(f"providers file {path}: unknown key {unknown[0]!r}")
     return document
