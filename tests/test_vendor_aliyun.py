@@ -145,6 +145,16 @@ async def test_business_limit_for_the_day_is_permanent(vendor: Vendor) -> None:
     assert result.outcome is OutcomeClass.PERMANENT
 
 
+async def test_a_blacklisted_keyword_is_permanent_and_opts_nobody_out(vendor: Vendor) -> None:
+    [result] = await vendor.provider.send_batch(batch(cn(1), code="阿里大鱼"))
+
+    assert (result.outcome, result.code, result.opted_out) == (
+        OutcomeClass.PERMANENT,
+        "isv.BLACK_KEY_CONTROL_LIMIT",
+        False,
+    )
+
+
 async def test_user_throttling_is_throttled(vendor: Vendor) -> None:
     vendor.fake.call_error = ("Throttling.User", "Request was denied due to user flow control.")
 

@@ -45,7 +45,9 @@ class AliyunFake:
     """One AccessKey with its approved signs and templates.
 
     ``illegal`` numbers make a whole call fail with isv.MOBILE_NUMBER_ILLEGAL,
-    as the vendor does; ``call_error`` refuses calls with (code, message).
+    as the vendor does, and so do ``black_keywords`` in template parameters
+    with isv.BLACK_KEY_CONTROL_LIMIT; ``call_error`` refuses calls with
+    (code, message).
     ``details`` holds a ``SmsSendDetailDTO`` per number sent (waiting for its
     report) and ``report`` gives one its outcome, as ``QuerySendDetails`` shows.
     """
@@ -55,6 +57,8 @@ class AliyunFake:
     signs: set[str] = field(default_factory=lambda: {"阿里云短信测试"})
     templates: set[str] = field(default_factory=lambda: {"SMS_154950909"})
     illegal: set[str] = field(default_factory=set)
+    # Keywords a template variable may not carry (isv.BLACK_KEY_CONTROL_LIMIT).
+    black_keywords: set[str] = field(default_factory=lambda: {"阿里大鱼"})
     call_error: tuple[str, str] | None = None
     controls: FakeControls = field(default_factory=FakeControls)
     calls: list[tuple[str, dict[str, str]]] = field(default_factory=list)
@@ -189,6 +193,8 @@ class AliyunFake:
                 json.loads(p)
             except ValueError:
                 return self._answer("isv.INVALID_JSON_PARAM", "JSON参数不合法")
+            if any(word in p for word in self.black_keywords):
+                return self._answer("isv.BLACK_KEY_CONTROL_LIMIT", "黑名单管控")
         biz_id = f"{secrets.randbelow(10**15):015d}^{secrets.randbelow(10)}"
         sent = _beijing_now().strftime("%Y-%m-%d %H:%M:%S")
         self.details.extend(

@@ -61,6 +61,12 @@ class AliyunConfig:
 
 _CODES: dict[str, OutcomeClass] = {
     "isv.DAY_LIMIT_CONTROL": OutcomeClass.PERMANENT,
+    # "Blacklist control" names a blacklisted keyword in the template's
+    # variables (the vendor's error-code table), not a recipient who
+    # unsubscribed: the content is at fault, so it never opts the number out.
+    # Dysmsapi's send calls have no code for an unsubscribed recipient; those
+    # show in receipts as UNDELIVERED (codes such as W-BLACK).
+    "isv.BLACK_KEY_CONTROL_LIMIT": OutcomeClass.PERMANENT,
     "isv.SYSTEM_ERROR": OutcomeClass.RETRYABLE,
     "isp.RAM_PERMISSION_DENY": OutcomeClass.PERMANENT,
     "InvalidAccessKeyId.NotFound": OutcomeClass.PERMANENT,
