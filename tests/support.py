@@ -1,8 +1,11 @@
-"""Helpers for tests: credentials metadata and decoding google.rpc details."""
+"""Helpers for tests: credentials metadata, decoding google.rpc details, and
+the README's sessions."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2
@@ -51,3 +54,27 @@ def details_of(err: grpc.aio.AioRpcError) -> Details:
             detail.Unpack(quota)
             out.quota_subjects += [v.subject for v in quota.violations]
     return out
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_block(marker: str, fence: str = "sh") -> str:
+    """The first ```fence code block after ``marker`` in the README."""
+    text = README.read_text()
+    return text[text.index(marker) :].split(f"```{fence}\n", 1)[1].split("```", 1)[0]
+
+
+async def run_shell(
+    block: str, *, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str, str]:
+    """Run ``block`` with ``bash -euo pipefail`` (as pasted into a terminal
+    that stops at the first error); its exit code, stdout and stderr. The
+    event loop keeps serving an in-process server meanwhile."""
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-euo", "pipefail", "-c", block, cwd=cwd, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), timeout=timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

@@ -14,6 +14,7 @@ from typing import Any
 
 from smsgate_server.runtime import Running
 
+from tests.support import readme_block, run_shell
 from tests.waiting import wait_until
 
 BUF = Path(sys.executable).parent / "buf"
@@ -93,10 +94,9 @@ async def test_missing_token_is_unauthenticated_with_error_info(server: Running)
 
 
 async def test_readme_template_session_works_when_pasted(server: Running, token: str) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
     marker = "<!-- readme-session: templates"
-    block = readme[readme.index(marker) :].split("```sh\n", 1)[1].split("```", 1)[0]
-    preview = readme[readme.index(marker) :].split("```json\n", 1)[1].split("```", 1)[0]
+    block = readme_block(marker)
+    preview = readme_block(marker, "json")
     # The block continues the first session, which set BUF, ADDR and TOKEN.
     env = {
         "PATH": os.environ["PATH"],
@@ -104,14 +104,10 @@ async def test_readme_template_session_works_when_pasted(server: Running, token:
         "ADDR": f"http://127.0.0.1:{server.grpc_port}",
         "TOKEN": token,
     }
-    process = await asyncio.create_subprocess_exec(
-        "bash", "-euo", "pipefail", "-c", block, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode == 0, out.decode() + err.decode()
+    returncode, out, err = await run_shell(block, env=env)
+    assert returncode == 0, out + err
     sign, created, rendered, sent, batch, _, code = json.loads(
-        "[" + out.decode().replace("}\n{", "},\n{") + "]"
+        "[" + out.replace("}\n{", "},\n{") + "]"
     )
     assert sign["signName"]["isDefault"]
     assert created["template"]["variables"] == ["order"]

@@ -8,8 +8,10 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,9 +24,11 @@ from smsgate_server.api.connect import JSON_SIZE_FACTOR
 from smsgate_server.api.limits import max_request_bytes
 from smsgate_server.runtime import SERVICE_NAMES, Running
 
+from tests.support import readme_block, run_shell
 from tests.waiting import wait_until
 
 ENVELOPE = struct.Struct(">BI")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -399,3 +403,32 @@ async def test_a_failed_stream_ends_with_its_error(http: httpx.AsyncClient) -> N
     error = json.loads(reply.content[ENVELOPE.size :])["error"]
     assert error["code"] == "unauthenticated"
     assert details(error)["google.rpc.ErrorInfo"]["reason"] == "MISSING_CREDENTIALS"
+
+
+async def test_readme_curl_session_works_when_pasted(
+    server: Running, token: str, tmp_path: Path
+) -> None:
+    block = readme_block("<!-- readme-session: curl")
+    # The session runs at the repository root beside `make serve`: give it a
+    # .venv, the protos, a .smsgate with the token, and the server's real port.
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    (tmp_path / "proto").symlink_to(ROOT / "proto")
+    (tmp_path / ".smsgate").mkdir()
+    (tmp_path / ".smsgate" / "dev-app.json").write_text(json.dumps({"token": token}))
+    block = block.replace("127.0.0.1:8080", f"127.0.0.1:{server.http_port}")
+
+    returncode, out, err = await run_shell(block, cwd=tmp_path)
+
+    assert returncode == 0, out + err
+    sent, got, error, status, streamed = out.split("\n", 4)
+    message_id = json.loads(sent)["message"]["id"]
+    assert json.loads(got)["message"]["status"] == "MESSAGE_STATUS_DELIVERED"
+    assert status == "HTTP 400"
+    fields = details(json.loads(error))["google.rpc.BadRequest"]["fieldViolations"]
+    assert [f["field"] for f in fields] == ["phone_number"]
+    # buf curl (a Connect client) printed the snapshot: delivered already.
+    events = [e["event"] for e in json.loads("[" + streamed.replace("}\n{", "},\n{") + "]")]
+    assert events, (out, err)
+    assert [(e["messageId"], e["status"]) for e in events][-1:] == [
+        (message_id, "MESSAGE_STATUS_DELIVERED")
+    ]
