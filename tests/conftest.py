@@ -97,6 +97,12 @@ def server_settings(redis_url: str, data_dir: Path, **overrides: Any) -> Setting
         "sweep_interval_seconds": 0.05,
         "shutdown_grace_seconds": 2,
         "log_format": "text",
+        # The sending policy's caps and quiet hours are on by default; tests of
+        # other features send one text to one number many times, at any hour.
+        # tests/test_policy.py turns them on.
+        "policy_same_content_seconds": 0,
+        "policy_per_number_day": 0,
+        "policy_quiet_hours": "off",
     }
     values.update(overrides)
     return Settings(**values)

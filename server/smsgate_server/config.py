@@ -7,12 +7,14 @@ import enum
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from smsgate_server.domain.codes import parse_secret
 from smsgate_server.domain.phone import parse_calling_code
+from smsgate_server.domain.policy import QuietHours
 from smsgate_server.redis_urls import is_cluster_url, parse_cluster_url
 
 __all__ = ["Role", "Settings", "parse_address", "unknown_variables"]
@@ -191,6 +193,22 @@ class Settings(BaseSettings):
     # list (``apps create --allow-country``) wins.
     verify_allowed_countries: Annotated[frozenset[int], NoDecode] = frozenset()
 
+    # Sending policy (services/policy.py). Per number, for notification and
+    # marketing messages (free text counts as a notification; codes have the
+    # caps above): the same content at most once per this many seconds, at most
+    # this many messages a calendar day (Tencent's defaults; 0: no cap). Per
+    # app, every kind: messages a day (0: no cap), with a metric of the share
+    # used and a warning past the ratio. Days are calendar days in the zone.
+    # Marketing due in the quiet hours of the recipient's local time
+    # (HH:MM-HH:MM, or off) is held until they end. An app's own values
+    # (``apps set-policy``) win.
+    policy_same_content_seconds: int = Field(default=30, ge=0, le=86_400)
+    policy_per_number_day: int = Field(default=10, ge=0, le=1_000_000)
+    policy_app_daily_cap: int = Field(default=0, ge=0)
+    policy_app_daily_warning: float = Field(default=0.8, gt=0, le=1)
+    policy_quiet_hours: str = "21:00-08:00"
+    policy_day_zone: str = "UTC"
+
     # Status events (WatchStatus).
     event_retention_seconds: int = Field(default=86_400, ge=60)
     watch_buffer: int = Field(default=10_000, ge=10)
@@ -255,6 +273,21 @@ class Settings(BaseSettings):
         if not words:
             raise ValueError("must name at least one keyword")
         return words
+
+    @field_validator("policy_quiet_hours")
+    @classmethod
+    def _quiet_hours(cls, value: str) -> str:
+        QuietHours.parse(value)  # ValueError says what is wrong
+        return value
+
+    @field_validator("policy_day_zone")
+    @classmethod
+    def _day_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is no IANA time zone (UTC, Asia/Shanghai, ...)") from None
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -5,12 +5,15 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "APP_DAILY_CAP_USED",
     "BREAKER_OPENS",
     "BREAKER_STATE",
     "PACE_RATE",
     "PACE_WAITS",
+    "POLICY_REFUSALS",
     "PROVIDER_CALLS",
     "PROVIDER_SECONDS",
+    "QUIET_HOURS_HELD",
     "RECEIPTS",
     "RPCS",
     "RPC_SECONDS",
@@ -47,6 +50,24 @@ RECEIPTS = Counter(
     " unknown (a vendor's receipt for no message of ours, acknowledged),"
     " reconciled_delivered and reconciled_undelivered (learned by asking the vendor).",
     ["provider", "result"],
+)
+# Sending policy (services/policy.py).
+POLICY_REFUSALS = Counter(
+    "smsgate_policy_refusals_total",
+    "Recipients refused by the sending policy, by cap: opted_out, same_content,"
+    " number_day_cap, app_daily_cap.",
+    ["cap"],
+)
+APP_DAILY_CAP_USED = Gauge(
+    "smsgate_app_daily_cap_used_ratio",
+    "The share of its daily message cap an app has used today, as last counted (apps with"
+    " a cap; alert at SMSGATE_POLICY_APP_DAILY_WARNING).",
+    ["app"],
+    multiprocess_mode="livemax",
+)
+QUIET_HOURS_HELD = Counter(
+    "smsgate_quiet_hours_held_total",
+    "Marketing messages held until the quiet hours of their recipient ended.",
 )
 WATCH_SUBSCRIPTIONS = Gauge(
     "smsgate_watch_subscriptions",

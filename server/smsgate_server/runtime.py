@@ -68,6 +68,7 @@ from smsgate_server.receipt_endpoints import inbound_routes, receipt_endpoints, 
 from smsgate_server.services.admission import Admission, AdmissionPolicy
 from smsgate_server.services.composing import Composer
 from smsgate_server.services.optouts import OptOutService
+from smsgate_server.services.policy import PolicySettings, SendingPolicy
 from smsgate_server.services.replies import ReplyService
 from smsgate_server.services.reply_watch import ReplyHub
 from smsgate_server.services.sending import SendingService, SendLimits
@@ -90,6 +91,7 @@ from smsgate_server.store.events import EventStore
 from smsgate_server.store.layout import record_shard_count
 from smsgate_server.store.messages import MessageStore
 from smsgate_server.store.optouts import OptOutStore
+from smsgate_server.store.policy import PolicyStore
 from smsgate_server.store.queue import DispatchQueue
 from smsgate_server.store.quota import QuotaStore
 from smsgate_server.store.replies import ReplyStore
@@ -569,6 +571,9 @@ def _add_services(
     templates = TemplateStore(redis.client, idempotency_ttl_seconds=ttl)
     signs = SignStore(redis.client)
     optouts = OptOutStore(redis.client)
+    policy = SendingPolicy(
+        PolicyStore(redis.client), PolicySettings.from_settings(settings), secret
+    )
     sending = SendingService(
         store,
         SendLimits.from_settings(settings),
@@ -576,7 +581,7 @@ def _add_services(
         texts=TextCipher(secret),
         admission=hub.admission,
         composer=Composer(templates, signs),
-        optouts=optouts,
+        policy=policy,
     )
     sms_service_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(sending, hub), server)
     verification = VerificationService(

@@ -9,6 +9,7 @@ import secrets
 from dataclasses import dataclass
 
 from smsgate_server.domain.phone import E164_ONLY, NumberPolicy
+from smsgate_server.domain.policy import SERVER_POLICY, PolicyOverrides
 
 __all__ = ["App", "Credentials", "hash_secret", "new_credentials", "parse_token", "secret_matches"]
 
@@ -30,6 +31,8 @@ class App:
     verify_per_minute: int | None = None
     # How its recipients' numbers are read and which types are refused.
     numbers: NumberPolicy = E164_ONLY
+    # Its own sending-policy values (caps, quiet hours) where it has them.
+    policy: PolicyOverrides = SERVER_POLICY
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ errors. The verification service sends its codes through it too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -25,6 +26,7 @@ from smsgate_server.domain.errors import (
     QuotaExceeded,
     RateLimited,
     Reason,
+    SmsgateError,
 )
 from smsgate_server.domain.ids import new_batch_id, new_message_id, shard_for_key, shard_of_id
 from smsgate_server.domain.message import HistoryEntry, NewMessage, StoredMessage
@@ -35,6 +37,7 @@ from smsgate_server.domain.phone import (
     NumberPolicy,
     recipient_e164,
 )
+from smsgate_server.domain.policy import SERVER_POLICY, PolicyOverrides, SendPolicy
 from smsgate_server.domain.sealed_text import TextCipher
 from smsgate_server.domain.status import Status
 from smsgate_server.domain.templates import TemplateKind, check_template_id
@@ -53,8 +56,8 @@ from smsgate_server.domain.validation import (
 )
 from smsgate_server.services.admission import Admission
 from smsgate_server.services.composing import Composed, Composer, PreparedTemplate, TemplateRef
+from smsgate_server.services.policy import PolicyCheck, SendingPolicy
 from smsgate_server.store.messages import MessageStore
-from smsgate_server.store.optouts import OptOutStore
 
 __all__ = [
     "BatchCommand",
@@ -119,6 +122,8 @@ class SendCommand:
     template: TemplateRef | None = None
     # How the app's numbers are read (its default region, number types).
     numbers: NumberPolicy = E164_ONLY
+    # The app's own sending-policy values (services.policy).
+    policy: PolicyOverrides = SERVER_POLICY
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +142,7 @@ class BatchCommand:
     template: TemplateRef | None = None
     recipient_params: list[Mapping[str, str]] = field(default_factory=list)
     numbers: NumberPolicy = E164_ONLY
+    policy: PolicyOverrides = SERVER_POLICY
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +180,7 @@ class SendingService:
         texts: TextCipher,
         admission: Admission | None = None,
         composer: Composer | None = None,
-        optouts: OptOutStore | None = None,
+        policy: SendingPolicy | None = None,
     ) -> None:
         self.store = store
         self.limits = limits
@@ -185,8 +191,8 @@ class SendingService:
         self.admission = admission
         # Templates and signs for template content (None: free text only).
         self.composer = composer
-        # Numbers that refuse marketing (None: no opt-out list).
-        self.optouts = optouts
+        # Opt-outs, frequency caps, daily caps, quiet hours (None: none of them).
+        self.policy = policy
 
     def _shard(self, app: str, request_id: str) -> int:
         if request_id:
@@ -206,13 +212,11 @@ class SendingService:
         prototype = self._prototype(cmd, now, violations)
         request_id = violations.check("", check_request_id, cmd.request_id)
         violations.raise_any()
+        kind = TemplateKind.VERIFICATION if cmd.sensitive else TemplateKind.NOTIFICATION
         if cmd.template is not None:
             prepared = await self._prepare(app, cmd.template)
-            if await self._opted_out(app, prepared, [phone]):
-                raise FailedPrecondition(
-                    "the recipient opted out of the app's marketing messages",
-                    reason=Reason.RECIPIENT_OPTED_OUT,
-                )
+            if not cmd.sensitive:
+                kind = prepared.template.kind
             composed = prepared.compose(
                 phone,
                 cmd.template.params,
@@ -222,12 +226,17 @@ class SendingService:
             prototype = _templated(prototype, prepared, composed)
         shard = self._shard(app, request_id)
         await self._admit(app, 1, shard, request_id)
+        policy = self.policy.policy_for(cmd.policy) if self.policy else None
+        check = await self._check_one(
+            app, policy, kind, phone, prototype.rendered, shard, request_id
+        )
         message = dataclasses.replace(
             prototype,
             id=new_message_id(now, shard),
             phone=phone,
             sensitive=cmd.sensitive,
             expire_at_ms=cmd.expire_at_ms,
+            send_at_ms=self._hold_until(policy, kind, phone, prototype.send_at_ms, now),
         )
         if message.sensitive:
             # Sealed before it leaves this process: Redis, its append-only file
@@ -238,15 +247,22 @@ class SendingService:
                 self.texts.seal(app, message.id, message.params_json) if message.params_json else ""
             )
             message = dataclasses.replace(message, text="", rendered=sealed, params_json=params)
-        outcome = await self.store.accept(
-            app,
-            shard,
-            [message],
-            request_id=request_id,
-            request_hash=_request_hash(cmd.fingerprint, request_id),
-            remember=message.id,
-            now_ms=now,
-        )
+        try:
+            outcome = await self.store.accept(
+                app,
+                shard,
+                [message],
+                request_id=request_id,
+                request_hash=_request_hash(cmd.fingerprint, request_id),
+                remember=message.id,
+                now_ms=now,
+            )
+        except SmsgateError:
+            await _refund(check, [0])
+            raise
+        if outcome.kind != "new":
+            # Stored by an earlier call (which counted it), or not at all.
+            await _refund(check, [0])
         if outcome.kind == "conflict":
             raise _request_id_reused(request_id)
         if outcome.kind == "dup":
@@ -281,12 +297,39 @@ class SendingService:
             encoding=message.encoding,
         )
 
-    async def _opted_out(self, app: str, prepared: PreparedTemplate, phones: list[str]) -> set[str]:
-        """Which of ``phones`` a marketing template must not reach; none for
-        other kinds (verification and notification are always sent)."""
-        if self.optouts is None or prepared.template.kind is not TemplateKind.MARKETING:
-            return set()
-        return await self.optouts.opted_out(app, phones)
+    async def _check_one(
+        self,
+        app: str,
+        policy: SendPolicy | None,
+        kind: TemplateKind,
+        phone: str,
+        rendered: str,
+        shard: int,
+        request_id: str,
+    ) -> PolicyCheck | None:
+        """The sending policy's check of one message; raises its refusal, unless
+        the request was stored before (its retry answers from the record)."""
+        if self.policy is None or policy is None:
+            return None
+        check = await self.policy.check(
+            app, policy, kind, [(phone, rendered)], request_id=request_id
+        )
+        refusal = check.refusals[0]
+        if refusal is not None:
+            if request_id and await self.store.has_request(app, shard, request_id):
+                return None
+            raise refusal
+        return check
+
+    def _hold_until(
+        self, policy: SendPolicy | None, kind: TemplateKind, phone: str, send_at_ms: int, now: int
+    ) -> int:
+        """``send_at_ms``, or for marketing due in quiet hours the time they end."""
+        if self.policy is None or policy is None:
+            return send_at_ms
+        due = max(send_at_ms, now)
+        held = self.policy.hold_until(policy, kind, phone, due)
+        return held if held > due else send_at_ms
 
     async def _prepare(self, app: str, ref: TemplateRef) -> PreparedTemplate:
         if self.composer is None:
@@ -429,33 +472,43 @@ class SendingService:
         checked: list[str | NewMessage | tuple[Reason, str]] = [
             *self._check_recipients(cmd.phones, cmd.numbers)
         ]
+        kind = TemplateKind.NOTIFICATION
         if cmd.template is not None:
             prepared = await self._prepare(app, cmd.template)
-            opted_out = await self._opted_out(
-                app, prepared, [c for c in checked if isinstance(c, str)]
-            )
-            checked = [
-                (
-                    Reason.RECIPIENT_OPTED_OUT,
-                    "the recipient opted out of the app's marketing messages",
-                )
-                if isinstance(c, str) and c in opted_out
-                else c
-                for c in checked
-            ]
+            kind = prepared.template.kind
             checked = self._compose_each(prepared, cmd, checked, prototype)
 
         shard = self._shard(app, request_id)
         batch_id = new_batch_id(now, shard)
-        messages = [
-            dataclasses.replace(c, id=new_message_id(now, shard))
-            if isinstance(c, NewMessage)
-            else dataclasses.replace(prototype, id=new_message_id(now, shard), phone=c)
+        pending = [
+            c if isinstance(c, NewMessage) else dataclasses.replace(prototype, phone=c)
             for c in checked
             if not isinstance(c, tuple)
         ]
         # Paid per chunk stored: a retry pays only for what the first call did not store.
-        await self._admit(app, len(messages), shard, request_id, pay=False)
+        await self._admit(app, len(pending), shard, request_id, pay=False)
+        policy = self.policy.policy_for(cmd.policy) if self.policy else None
+        check: PolicyCheck | None = None
+        if self.policy is not None and policy is not None:
+            check = await self.policy.check(
+                app, policy, kind, [(m.phone, m.rendered) for m in pending], request_id=request_id
+            )
+            refusals = iter(check.refusals)
+            checked = [
+                c if isinstance(c, tuple) else _rejection(next(refusals)) or c for c in checked
+            ]
+        # The policy's index of each message stored (refused ones are not).
+        admitted = [i for i in range(len(pending)) if check is None or check.refusals[i] is None]
+        messages = [
+            dataclasses.replace(
+                pending[i],
+                id=new_message_id(now, shard),
+                send_at_ms=self._hold_until(
+                    policy, kind, pending[i].phone, pending[i].send_at_ms, now
+                ),
+            )
+            for i in admitted
+        ]
         request_hash = _request_hash(cmd.fingerprint, request_id)
         ids: list[str] = []
         # Every chunk has its own idempotency record (the request id, then
@@ -465,16 +518,23 @@ class SendingService:
         for k, i in enumerate(range(0, max(len(messages), 1), ACCEPT_CHUNK)):
             chunk = messages[i : i + ACCEPT_CHUNK]
             chunk_ids = [m.id for m in chunk]
-            outcome = await self.store.accept(
-                app, shard, chunk, batch_id=batch_id,
-                request_id=f"{request_id}#{k}" if request_id and k else request_id,
-                request_hash=request_hash,
-                remember=batch_id + ";" + ",".join(chunk_ids),
-                now_ms=now,
-            )  # fmt: skip
+            try:
+                outcome = await self.store.accept(
+                    app, shard, chunk, batch_id=batch_id,
+                    request_id=f"{request_id}#{k}" if request_id and k else request_id,
+                    request_hash=request_hash,
+                    remember=batch_id + ";" + ",".join(chunk_ids),
+                    now_ms=now,
+                )  # fmt: skip
+            except SmsgateError:
+                # This chunk and those after it were not stored.
+                await _refund(check, admitted[i:])
+                raise
             if outcome.kind == "conflict":
+                await _refund(check, admitted[i:])
                 raise _request_id_reused(request_id)
             if outcome.kind == "dup":
+                await _refund(check, admitted[i : i + ACCEPT_CHUNK])
                 batch_id, _, stored = outcome.remembered.partition(";")
                 chunk_ids = stored.split(",") if stored else []
             elif self.admission is not None and chunk:
@@ -689,6 +749,20 @@ def _templated(message: NewMessage, prepared: PreparedTemplate, composed: Compos
         sign=prepared.sign,
         vendor_ids_json=prepared.vendor_ids_json,
     )
+
+
+def _rejection(refusal: SmsgateError | None) -> tuple[Reason, str] | None:
+    """A batch recipient's result for the policy's refusal (None: admitted)."""
+    return None if refusal is None else (refusal.reason, refusal.message)
+
+
+async def _refund(check: PolicyCheck | None, indexes: list[int]) -> None:
+    """Give back the policy's counts of messages not stored; a failure to is
+    logged by the store and left to the counters' expiry."""
+    if check is None:
+        return
+    with contextlib.suppress(SmsgateError):
+        await check.refund(indexes)
 
 
 def _request_hash(fingerprint: bytes, request_id: str) -> str:

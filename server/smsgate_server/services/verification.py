@@ -329,6 +329,8 @@ class VerificationService:
                     sender=sender,
                     sensitive=True,
                     expire_at_ms=expire_ms,
+                    # Codes count against the app's daily cap, its own one too.
+                    policy=app.policy,
                 ),
             )
             issued = IssuedCode(verification_id, expire_ms, resend_ms, message_id=message.id)

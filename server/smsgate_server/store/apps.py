@@ -19,6 +19,7 @@ from smsgate_server.domain.apps import (
 )
 from smsgate_server.domain.errors import Unavailable
 from smsgate_server.domain.phone import E164_ONLY, NumberPolicy
+from smsgate_server.domain.policy import PolicyOverrides
 from smsgate_server.store.connection import RedisClient
 from smsgate_server.store.errors import keep_cancellation, map_redis_errors, redis_edge
 from smsgate_server.store.keys import AppField, app_key, apps_index, revocations_channel
@@ -29,6 +30,11 @@ __all__ = ["AppListing", "AppStore"]
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _own_int(value: bytes | str | None) -> int | None:
+    """An app's own policy number; None (the server's) when unset or ''."""
+    return int(value) if value else None
 
 
 def _numbers_record(numbers: NumberPolicy) -> dict[FieldT, EncodableT]:
@@ -100,7 +106,18 @@ class AppStore:
     @redis_edge
     async def authenticate(self, key: str, secret: str) -> App | None:
         """The app when ``secret`` is its secret, else None."""
-        name, stored, countries, per_minute, region, mobile_only = await self.redis.hmget(
+        (
+            name,
+            stored,
+            countries,
+            per_minute,
+            region,
+            mobile_only,
+            same_content,
+            per_number_day,
+            daily_cap,
+            quiet_hours,
+        ) = await self.redis.hmget(
             app_key(key),
             [
                 AppField.NAME,
@@ -109,6 +126,10 @@ class AppStore:
                 AppField.VERIFY_PER_MINUTE,
                 AppField.DEFAULT_REGION,
                 AppField.MOBILE_ONLY,
+                AppField.SAME_CONTENT_SECONDS,
+                AppField.PER_NUMBER_DAY,
+                AppField.DAILY_CAP,
+                AppField.QUIET_HOURS,
             ],
         )
         if stored is None or not secret_matches(secret, _text(stored)):
@@ -124,6 +145,12 @@ class AppStore:
                 default_region=_text(region) if region else "",
                 mobile_only=mobile_only is not None and _text(mobile_only) == "1",
             ),
+            policy=PolicyOverrides(
+                same_content_seconds=_own_int(same_content),
+                per_number_day=_own_int(per_number_day),
+                daily_cap=_own_int(daily_cap),
+                quiet_hours=_text(quiet_hours) if quiet_hours else None,
+            ),
         )
 
     @redis_edge
@@ -132,6 +159,23 @@ class AppStore:
         is no such app. Every server process drops the app from its auth cache
         (the revocation channel), so the change applies to its next call."""
         fields = [x for pair in _numbers_record(numbers).items() for x in pair]
+        changed = bool(await self.scripts.update(keys=[app_key(key)], args=fields))
+        if changed:
+            await self.redis.publish(revocations_channel(), key)
+        return changed
+
+    @redis_edge
+    async def set_policy(self, key: str, policy: PolicyOverrides) -> bool:
+        """Set app ``key``'s own sending-policy values (None: back to the
+        server's); False when there is no such app. Applies at once, as
+        ``set_numbers``."""
+        record = {
+            AppField.SAME_CONTENT_SECONDS: policy.same_content_seconds,
+            AppField.PER_NUMBER_DAY: policy.per_number_day,
+            AppField.DAILY_CAP: policy.daily_cap,
+            AppField.QUIET_HOURS: policy.quiet_hours,
+        }
+        fields = [x for f, v in record.items() for x in (f, "" if v is None else v)]
         changed = bool(await self.scripts.update(keys=[app_key(key)], args=fields))
         if changed:
             await self.redis.publish(revocations_channel(), key)

@@ -146,6 +146,11 @@ class AppField(enum.StrEnum):
     MAX_HELD_MESSAGES = "max_held_messages"  # its own cap on messages held in Redis
     DEFAULT_REGION = "default_region"  # region of numbers written without + ('' = E.164 only)
     MOBILE_ONLY = "mobile_only"  # '1': numbers that may be fixed lines are refused
+    # Its own sending policy ('' or absent: the server's setting).
+    SAME_CONTENT_SECONDS = "same_content_seconds"  # same-content window per number, s
+    PER_NUMBER_DAY = "per_number_day"  # messages per number a day
+    DAILY_CAP = "daily_cap"  # messages of the app a day
+    QUIET_HOURS = "quiet_hours"  # marketing quiet hours, HH:MM-HH:MM or off
 
 
 class TemplateField(enum.StrEnum):

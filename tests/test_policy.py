@@ -1,0 +1,425 @@
+"""The sending policy, against a real server and Redis: per-number frequency
+caps, the app's daily cap and its metric, quiet hours for marketing (with an
+injected clock where time must pass), opt-outs per recipient of a batch, and
+a reason on every refusal. The other tests' servers run with the caps and
+quiet hours off (tests/conftest.py); these turn them on."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
+from smsgate.v1 import message_pb2 as mpb
+from smsgate.v1 import sms_service_pb2 as pb
+from smsgate.v1 import template_service_pb2 as tpb
+from smsgate.v1 import verification_service_pb2 as vpb
+from smsgate_server.config import Settings
+from smsgate_server.domain.policy import (
+    PolicyOverrides,
+    QuietHours,
+    policy_day,
+    quiet_release_ms,
+)
+from smsgate_server.domain.sealed_text import TextCipher
+from smsgate_server.domain.status import Status
+from smsgate_server.domain.templates import Template, TemplateKind
+from smsgate_server.domain.tokens import TokenSealer
+from smsgate_server.runtime import Running
+from smsgate_server.services.composing import Composer, TemplateRef
+from smsgate_server.services.policy import PolicySettings, SendingPolicy
+from smsgate_server.services.sending import BatchCommand, SendCommand, SendingService, SendLimits
+from smsgate_server.store.messages import MessageStore
+from smsgate_server.store.optouts import OptOutStore
+from smsgate_server.store.policy import PolicyStore
+from smsgate_server.store.signs import SignStore
+from smsgate_server.store.templates import TemplateStore
+
+from tests.conftest import ServerFactory
+from tests.test_sending_by_template import Api, fails
+
+CN = "+8613800138000"
+CN2 = "+8613800138001"
+CN3 = "+8613800138002"
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+class PolicyApi(Api):
+    """The stubs of one app on a server with the policy on, and the server."""
+
+    def __init__(self, channel: grpc.aio.Channel, token: str, server: Running) -> None:
+        super().__init__(channel, token)
+        self.server = server
+        self.app = token.partition(".")[0]
+
+
+ApiFactory = Callable[..., Awaitable[PolicyApi]]
+
+
+@pytest.fixture
+async def make_api(make_server: ServerFactory) -> AsyncIterator[ApiFactory]:
+    """A server with the vendors' default caps (quiet hours off unless given),
+    policy settings overridden, and an app on it (with its own ``own`` values)."""
+    channels: list[grpc.aio.Channel] = []
+
+    async def factory(own: PolicyOverrides | None = None, **policy: Any) -> PolicyApi:
+        settings = {
+            "policy_same_content_seconds": 30,
+            "policy_per_number_day": 10,
+            "policy_quiet_hours": "off",
+            **policy,
+        }
+        server = await make_server(**settings)
+        creds = await server.apps.create("policy")
+        if own is not None:
+            assert await server.apps.set_policy(creds.app_key, own)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        channels.append(channel)
+        return PolicyApi(channel, creds.token, server)
+
+    yield factory
+    for channel in channels:
+        await channel.close()
+
+
+async def send_text(api: Api, phone: str, text: str, **fields: Any) -> mpb.Message:
+    request = pb.SendSmsRequest(phone_number=phone, text=text, **fields)
+    return (await api.sms.SendSms(request, metadata=api.meta)).message
+
+
+async def batch(api: Api, phones: list[str], **content: Any) -> pb.BatchSendResponse:
+    request = pb.BatchSendRequest(
+        recipients=[pb.BatchRecipient(phone_number=p) for p in phones], **content
+    )
+    return await api.sms.BatchSend(request, metadata=api.meta)
+
+
+# --- frequency caps --------------------------------------------------------
+
+
+async def test_the_same_content_twice_within_the_window_is_refused_with_retry_info(
+    make_api: ApiFactory,
+) -> None:
+    api = await make_api()
+    assert (await send_text(api, CN, "Your order shipped")).id
+
+    details = await fails(send_text(api, CN, "Your order shipped"))
+
+    assert details.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details.reason == "SAME_CONTENT_TOO_SOON"
+    assert details.retry_delay is not None and 0 < details.retry_delay <= 30
+    # The number is named, masked.
+    assert details.quota_subjects == ["phone:+86138******00:same_content"]
+
+
+async def test_different_content_or_another_number_is_not_held_by_the_same_content_cap(
+    make_api: ApiFactory,
+) -> None:
+    api = await make_api()
+    assert (await send_text(api, CN, "Your order shipped")).id
+
+    assert (await send_text(api, CN, "Your order was delivered")).id
+    assert (await send_text(api, CN2, "Your order shipped")).id
+
+
+async def test_a_number_gets_at_most_its_day_cap_of_messages(
+    make_api: ApiFactory,
+) -> None:
+    api = await make_api(policy_per_number_day=3)
+    for i in range(3):
+        assert (await send_text(api, CN, f"update {i}")).id
+
+    details = await fails(send_text(api, CN, "update 3"))
+
+    assert details.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details.reason == "PHONE_DAILY_CAP"
+    _, day_left_ms = policy_day(int(datetime.now(UTC).timestamp() * 1000))
+    assert details.retry_delay is not None and 0 < details.retry_delay <= day_left_ms / 1000 + 1
+    assert details.quota_subjects == ["phone:+86138******00:day"]
+    # Another number has its own count.
+    assert (await send_text(api, CN2, "update 3")).id
+
+
+async def test_verification_codes_are_not_held_by_the_per_number_caps(
+    make_api: ApiFactory,
+) -> None:
+    api = await make_api(policy_per_number_day=1)
+    assert (await send_text(api, CN, "update")).id
+    await fails(send_text(api, CN, "another update"))
+
+    for scope in ("login", "reset"):
+        issued = await api.verification.GenerateCode(
+            vpb.GenerateCodeRequest(phone_number=CN, scope=scope, delivery=vpb.CODE_DELIVERY_SMS),
+            metadata=api.meta,
+        )
+        assert issued.message_id
+
+
+async def test_a_retry_with_the_same_request_id_returns_the_first_message(
+    make_api: ApiFactory,
+) -> None:
+    api = await make_api()
+    first = await send_text(api, CN, "Your order shipped", request_id="r-1")
+
+    again = await send_text(api, CN, "Your order shipped", request_id="r-1")
+
+    assert again.id == first.id
+
+
+async def test_what_a_request_that_was_not_stored_counted_is_given_back(
+    make_api: ApiFactory,
+) -> None:
+    api = await make_api()
+    await send_text(api, CN, "first text", request_id="r-1")
+    # The same request id with other content is refused after the policy
+    # counted "second text": the count must not hold the number.
+    details = await fails(send_text(api, CN, "second text", request_id="r-1"))
+    assert details.reason == "REQUEST_ID_REUSED"
+
+    assert (await send_text(api, CN, "second text")).id
+
+
+# --- the app's daily cap ---------------------------------------------------
+
+
+def used_ratio(app: str) -> float | None:
+    return REGISTRY.get_sample_value("smsgate_app_daily_cap_used_ratio", {"app": app})
+
+
+def refusals(cap: str) -> float:
+    return REGISTRY.get_sample_value("smsgate_policy_refusals_total", {"cap": cap}) or 0.0
+
+
+async def test_the_app_daily_cap_refuses_beyond_it_and_its_use_is_a_metric(
+    make_api: ApiFactory,
+) -> None:
+    api = await make_api(policy_app_daily_cap=4)
+    before = refusals("app_daily_cap")
+    await send_text(api, CN, "one")
+    await send_text(api, CN2, "two")
+    assert used_ratio(api.app) == 0.5
+
+    reply = await batch(api, [CN, CN2, CN3], text="three")
+
+    assert [r.WhichOneof("result") for r in reply.results] == ["message_id", "message_id", "error"]
+    assert reply.results[2].error.reason == "APP_DAILY_CAP"
+    assert used_ratio(api.app) == 1.0
+    details = await fails(send_text(api, CN3, "four"))
+    assert details.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details.reason == "APP_DAILY_CAP"
+    assert details.retry_delay is not None and details.retry_delay > 0
+    assert details.quota_subjects == [f"app:{api.app}:daily_messages"]
+    assert refusals("app_daily_cap") == before + 2
+
+
+async def test_an_apps_own_values_win_over_the_servers(make_api: ApiFactory) -> None:
+    api = await make_api(PolicyOverrides(daily_cap=1, same_content_seconds=0))
+    await send_text(api, CN, "one")
+
+    details = await fails(send_text(api, CN2, "two"))
+
+    assert details.reason == "APP_DAILY_CAP"
+
+
+# --- opt-outs and kinds in a batch -----------------------------------------
+
+
+async def test_a_marketing_batch_refuses_each_recipient_for_its_own_reason(
+    make_api: ApiFactory,
+) -> None:
+    api = await make_api()
+    await api.sign("Acme", default=True)
+    await api.template(id="promo", kind=tpb.TEMPLATE_KIND_MARKETING, body="Sale today")
+    await OptOutStore(api.server.redis.client).add(api.app, CN3)
+    await api.send(CN2, "promo")
+
+    reply = await batch(api, [CN, CN2, CN3], template=mpb.TemplateContent(template_id="promo"))
+
+    assert reply.results[0].message_id
+    assert reply.results[1].error.reason == "SAME_CONTENT_TOO_SOON"
+    assert reply.results[2].error.reason == "RECIPIENT_OPTED_OUT"
+    assert (reply.accepted_count, reply.rejected_count) == (1, 2)
+
+
+async def test_notification_batches_still_reach_opted_out_numbers(
+    make_api: ApiFactory,
+) -> None:
+    api = await make_api()
+    await api.sign("Acme", default=True)
+    await api.template(id="order", kind=tpb.TEMPLATE_KIND_NOTIFICATION, body="Order shipped")
+    await OptOutStore(api.server.redis.client).add(api.app, CN3)
+
+    reply = await batch(api, [CN, CN3], template=mpb.TemplateContent(template_id="order"))
+    text = await batch(api, [CN2, CN3], text="Order shipped, free text")
+
+    assert all(r.message_id for r in [*reply.results, *text.results])
+
+
+# --- quiet hours -------------------------------------------------------------
+
+
+def window_around(now: datetime, zone: ZoneInfo) -> tuple[str, datetime]:
+    """Quiet hours from an hour before to an hour after ``now`` in ``zone``, and their end."""
+    local = now.astimezone(zone).replace(second=0, microsecond=0)
+    start, end = local - timedelta(hours=1), local + timedelta(hours=1)
+    return f"{start:%H:%M}-{end:%H:%M}", end
+
+
+async def test_marketing_due_in_quiet_hours_is_held_until_they_end(
+    make_api: ApiFactory,
+) -> None:
+    quiet, end = window_around(datetime.now(UTC), SHANGHAI)
+    api = await make_api(policy_quiet_hours=quiet)
+    await api.sign("Acme", default=True)
+    await api.template(id="promo", kind=tpb.TEMPLATE_KIND_MARKETING, body="Sale today")
+    await api.template(id="order", kind=tpb.TEMPLATE_KIND_NOTIFICATION, body="Order shipped")
+
+    promo = await api.send(CN, "promo")
+    order = await api.send(CN, "order")
+
+    assert promo.status == mpb.MESSAGE_STATUS_SCHEDULED
+    assert promo.send_time.ToDatetime(UTC) == end.astimezone(UTC)
+    assert order.status != mpb.MESSAGE_STATUS_SCHEDULED
+
+
+class Clock:
+    def __init__(self, at: datetime) -> None:
+        self.now = at.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def clocked_service(
+    redis_client: aioredis.Redis, clock: Clock, **policy: Any
+) -> tuple[SendingService, MessageStore]:
+    settings = Settings(policy_same_content_seconds=0, policy_per_number_day=0, **policy)
+    store = MessageStore(
+        redis_client,
+        shards=2,
+        event_retention_seconds=3600,
+        message_retention_seconds=86_400,
+        idempotency_ttl_seconds=3600,
+        receipt_timeout_seconds=3600,
+        schedule_max_days=35,
+        max_message_age_seconds=86_400,
+        clock=clock,
+    )
+    templates = TemplateStore(redis_client, idempotency_ttl_seconds=3600)
+    signs = SignStore(redis_client)
+    sending = SendingService(
+        store,
+        SendLimits.from_settings(settings),
+        TokenSealer(b"k" * 32),
+        texts=TextCipher(b"k" * 32),
+        composer=Composer(templates, signs),
+        policy=SendingPolicy(
+            PolicyStore(redis_client), PolicySettings.from_settings(settings), b"s" * 32,
+            clock=clock,
+        ),
+    )  # fmt: skip
+    return sending, store
+
+
+async def marketing_template(redis_client: aioredis.Redis, app: str) -> None:
+    await SignStore(redis_client).create(app, "Acme", now_ms=0, make_default=True)
+    await TemplateStore(redis_client, idempotency_ttl_seconds=3600).create(
+        app, Template(id="promo", version=1, kind=TemplateKind.MARKETING, body="Sale today")
+    )
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> Any:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_a_held_marketing_message_is_released_when_the_window_opens(
+    redis_client: aioredis.Redis,
+) -> None:
+    clock = Clock(datetime(2026, 3, 2, 22, 30, tzinfo=SHANGHAI))
+    sending, store = await clocked_service(redis_client, clock, policy_quiet_hours="21:00-08:00")
+    await marketing_template(redis_client, "app")
+
+    held = await sending.send("app", SendCommand(phone=CN, text="", template=TemplateRef("promo")))
+    opens = datetime(2026, 3, 3, 8, 0, tzinfo=SHANGHAI)
+    assert held.status is Status.SCHEDULED
+    assert held.send_at_ms == int(opens.timestamp() * 1000)
+
+    clock.now = opens.timestamp() - 1
+    assert await promote_all(store) == 0
+    clock.now = opens.timestamp()
+    assert await promote_all(store) == 1
+    assert (await sending.get("app", held.id)).status is Status.QUEUED
+
+
+async def promote_all(store: MessageStore) -> int:
+    return sum([(await store.promote(s, 100))[0] for s in range(store.shards)])
+
+
+async def test_a_batch_holds_each_recipient_by_its_own_local_time(
+    redis_client: aioredis.Redis,
+) -> None:
+    # 13:30 UTC: 21:30 in Shanghai (quiet), 14:30 in London (not).
+    clock = Clock(datetime(2026, 3, 2, 13, 30, tzinfo=UTC))
+    sending, _ = await clocked_service(redis_client, clock, policy_quiet_hours="21:00-08:00")
+    await marketing_template(redis_client, "app")
+
+    outcome = await sending.send_batch(
+        "app",
+        BatchCommand(phones=[CN, "+447911123456"], text="", template=TemplateRef("promo")),
+    )
+
+    ids = [r for r in outcome.results if isinstance(r, str)]
+    shanghai, london = [await sending.get("app", i) for i in ids]
+    assert shanghai.status is Status.SCHEDULED
+    assert shanghai.send_at_ms == int(datetime(2026, 3, 3, 8, tzinfo=SHANGHAI).timestamp() * 1000)
+    assert london.status is Status.QUEUED
+
+
+# --- the domain rules ------------------------------------------------------
+
+
+def test_quiet_hours_parse_and_wrap_midnight() -> None:
+    quiet = QuietHours.parse("21:00-08:00")
+    assert quiet is not None and str(quiet) == "21:00-08:00"
+    assert quiet.contains(21 * 60) and quiet.contains(7 * 60 + 59)
+    assert not quiet.contains(8 * 60) and not quiet.contains(12 * 60)
+    assert QuietHours.parse("off") is None
+    for bad in ("21-8", "25:00-08:00", "08:00-08:00", "9pm"):
+        with pytest.raises(ValueError):
+            QuietHours.parse(bad)
+
+
+def test_a_number_of_several_zones_waits_until_every_zone_is_out_of_quiet_hours() -> None:
+    # A Russian mobile number may be anywhere from Kaliningrad to Kamchatka.
+    quiet = QuietHours(21 * 60, 8 * 60)
+    due = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # 15:00 Moscow, 00:00 Kamchatka
+
+    release = quiet_release_ms("+79161234567", int(due.timestamp() * 1000), quiet)
+
+    # 08:00 in Kamchatka (UTC+12) is 20:00 UTC; 23:00 in Moscow is then quiet
+    # too, so it waits for the next window open in every zone: 06:00 UTC
+    # (08:00 in Bucharest/Kaliningrad, 18:00 in Kamchatka).
+    at = datetime.fromtimestamp(release / 1000, UTC)
+    assert at == datetime(2026, 3, 3, 6, 0, tzinfo=UTC)
+
+
+def test_a_number_outside_quiet_hours_goes_when_due() -> None:
+    quiet = QuietHours(21 * 60, 8 * 60)
+    due = int(datetime(2026, 3, 2, 4, 0, tzinfo=UTC).timestamp() * 1000)  # 12:00 Shanghai
+    assert quiet_release_ms(CN, due, quiet) == due
+
+
+def test_settings_refuse_a_bad_quiet_window_or_zone(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="HH:MM-HH:MM"):
+        Settings(policy_quiet_hours="late")
+    with pytest.raises(ValueError, match="time zone"):
+        Settings(policy_day_zone="Mars/Olympus")
