@@ -41,6 +41,12 @@ def server_env(data_dir: Path, **settings: str) -> dict[str, str]:
         SMSGATE_SIM_LATENCY_MS="0",
         SMSGATE_SIM_RECEIPT_DELAY_MS="0",
         SMSGATE_SHUTDOWN_GRACE_SECONDS="2",
+        # As tests/conftest.py: the sending policy's caps and quiet hours are
+        # on by default; tests of other features send one text to one number
+        # many times, at any hour. tests/test_policy.py turns them on.
+        SMSGATE_POLICY_SAME_CONTENT_SECONDS="0",
+        SMSGATE_POLICY_PER_NUMBER_DAY="0",
+        SMSGATE_POLICY_QUIET_HOURS="off",
     )
     env.update({f"SMSGATE_{name.upper()}": value for name, value in settings.items()})
     return env
