@@ -104,6 +104,23 @@ class TencentFake:
             }
         )
 
+    def status_callbacks(self, since: int) -> list[dict[str, Any]]:
+        """The status callback entries (every one delivered) Tencent would push
+        for the numbers sent from ``self.sent[since]`` on, in its callback shape."""
+        now = datetime.now(UTC).astimezone(_BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+        return [
+            {
+                "user_receive_time": now,
+                "nationcode": "86" if s["PhoneNumber"].startswith("+86") else "1",
+                "mobile": s["PhoneNumber"].removeprefix("+86"),
+                "report_status": "SUCCESS",
+                "errmsg": "DELIVRD",
+                "description": "用户短信送达成功",
+                "sid": s["SerialNo"],
+            }
+            for s in self.sent[since:]
+        ]
+
     def _pull(self, params: dict[str, Any]) -> Response:
         self.pulls += 1
         if params.get("SmsSdkAppId") != self.sdk_app_id:
