@@ -1,6 +1,8 @@
 """Revoked apps: ``smsgate-server apps revoke KEY`` deletes an app, and every
 server process on the Redis refuses its token at once, cached or not; a
-process that was not listening when it happened drops its whole cache."""
+process that was not listening when it happened drops its whole cache.
+``apps rotate-secret KEY`` gives an app a new secret, and the old one is
+refused the same way."""
 
 from __future__ import annotations
 
@@ -73,6 +75,34 @@ async def test_a_revoked_app_is_refused_by_every_replica_though_cached(
     assert not await first.apps.revoke(creds.app_key), "revoked twice"
 
 
+async def test_a_rotated_secret_is_refused_by_every_replica_though_cached(
+    make_server: ServerFactory,
+) -> None:
+    first = await make_server(auth_cache_seconds=CACHE_SECONDS)
+    second = await make_server(auth_cache_seconds=CACHE_SECONDS)
+    old = await first.apps.create("rotating")
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{first.grpc_port}") as one,
+        grpc.aio.insecure_channel(f"127.0.0.1:{second.grpc_port}") as two,
+    ):
+        stubs: list[SmsServiceAsyncStub] = [SmsServiceStub(one), SmsServiceStub(two)]
+        for stub in stubs:  # both replicas have the old token cached now
+            assert await answer(stub, old.token) == "OK"
+
+        new = await first.apps.rotate_secret(old.app_key)
+
+        assert new is not None
+        assert (new.app_key, new.token != old.token) == (old.app_key, True)
+        for stub in stubs:
+            await wait_until(
+                lambda stub=stub: answer(stub, old.token),  # type: ignore[misc]
+                lambda code: code == "UNAUTHENTICATED",
+                what="the old secret to be refused",
+            )
+            assert await answer(stub, new.token) == "OK"
+    assert await first.apps.rotate_secret("ak_" + "0" * 20) is None, "no such app"
+
+
 async def test_a_revocation_missed_while_unsubscribed_drops_the_whole_cache(
     make_server: ServerFactory,
 ) -> None:
@@ -130,3 +160,38 @@ def test_apps_revoke_refuses_the_token_on_the_running_server(
     again = servers.run(data_dir, "apps", "revoke", creds["app_key"])
     assert again.returncode == 1
     assert "no app has the key" in again.stderr
+
+
+@pytest.mark.slow
+def test_apps_rotate_secret_prints_a_new_token_and_refuses_the_old(
+    servers: Servers, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    server = servers.start(data_dir, AUTH_CACHE_SECONDS=str(CACHE_SECONDS))
+    old = json.loads(servers.run(data_dir, "apps", "create", "demo", "--json").stdout)
+    stub = server.sms()
+
+    def code(token: str) -> str:
+        try:
+            stub.ListMessages(LIST, metadata=bearer(token), timeout=5)
+        except grpc.RpcError as err:
+            return str(err.code().name)
+        return "OK"
+
+    assert code(old["token"]) == "OK"
+    done = servers.run(data_dir, "apps", "rotate-secret", old["app_key"], "--json")
+    assert done.returncode == 0, done.stderr
+    new = json.loads(done.stdout)
+    assert new["app_key"] == old["app_key"]
+    assert new["token"] == f"{new['app_key']}.{new['app_secret']}" != old["token"]
+    wait_until_blocking(
+        lambda: code(old["token"]), lambda c: c == "UNAUTHENTICATED", what="the old to be refused"
+    )
+    assert code(new["token"]) == "OK"
+
+    text = servers.run(data_dir, "apps", "rotate-secret", old["app_key"])
+    assert text.returncode == 0, text.stderr
+    assert "app_secret: as_" in text.stdout and "(shown once" in text.stdout
+    missing = servers.run(data_dir, "apps", "rotate-secret", "ak_" + "0" * 20)
+    assert missing.returncode == 1
+    assert "no app has the key" in missing.stderr

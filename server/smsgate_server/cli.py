@@ -11,6 +11,8 @@ smsgate-server apps create NAME   create an app and print its credentials
 smsgate-server apps set-region KEY CC [--mobile-only]
                                   change an app's default region (and number types)
 smsgate-server apps revoke KEY    delete an app: every server refuses its token at once
+smsgate-server apps rotate-secret KEY [--json]
+                                  a new secret, printed once; the old one is refused
 smsgate-server apps list [--json] every app: key, name, creation time, default region
 smsgate-server --version          the server's and its client package's versions
 """
@@ -33,6 +35,7 @@ from pydantic import ValidationError
 
 from smsgate_server import __version__
 from smsgate_server.config import Settings, unknown_variables
+from smsgate_server.domain.apps import Credentials
 from smsgate_server.domain.errors import Unavailable
 from smsgate_server.domain.phone import E164_ONLY, NumberPolicy, is_region, parse_calling_code
 from smsgate_server.logs import configure_logging
@@ -132,6 +135,15 @@ async def _create_app(
             max_held_messages=max_held_messages,
             numbers=numbers,
         )
+    if not as_json:
+        print(f"app:        {name}")
+    _print_credentials(creds, as_json)
+    if not as_json:
+        print("\nSend it as gRPC metadata:  authorization: Bearer <token>")
+
+
+def _print_credentials(creds: Credentials, as_json: bool) -> None:
+    """Key, secret (its one showing) and token, as text or one JSON object."""
     if as_json:
         print(
             json.dumps(
@@ -139,11 +151,9 @@ async def _create_app(
             )
         )
     else:
-        print(f"app:        {name}")
         print(f"app_key:    {creds.app_key}")
         print(f"app_secret: {creds.app_secret}   (shown once; stored hashed)")
         print(f"token:      {creds.token}")
-        print("\nSend it as gRPC metadata:  authorization: Bearer <token>")
 
 
 async def _revoke_app(settings: Settings, key: str) -> None:
@@ -152,6 +162,16 @@ async def _revoke_app(settings: Settings, key: str) -> None:
     if not revoked:
         raise StartError(f"no app has the key {key!r}")
     print(f"revoked {key}: every server refuses its token from now on")
+
+
+async def _rotate_secret(settings: Settings, key: str, as_json: bool) -> None:
+    async with _app_store(settings) as apps:
+        creds = await apps.rotate_secret(key)
+    if creds is None:
+        raise StartError(f"no app has the key {key!r}")
+    _print_credentials(creds, as_json)
+    if not as_json:
+        print("\nThe old secret is refused from now on, by every server.")
 
 
 async def _list_apps(settings: Settings, as_json: bool) -> None:
@@ -268,6 +288,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_region.add_argument("--mobile-only", action="store_true", help=mobile_only_help)
     revoke = apps.add_parser("revoke", help="delete an app: every server refuses its token at once")
     revoke.add_argument("key", help="the app's key (ak_...)")
+    rotate = apps.add_parser(
+        "rotate-secret", help="give an app a new secret: every server refuses the old one at once"
+    )
+    rotate.add_argument("key", help="the app's key (ak_...)")
+    rotate.add_argument("--json", action="store_true", help="print the credentials as JSON")
     listing = apps.add_parser("list", help="every app: key, creation time, region, name")
     listing.add_argument("--json", action="store_true", help="print a JSON object per app")
     args = parser.parse_args(argv)
@@ -283,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "apps" and args.apps_command == "revoke":
             asyncio.run(_revoke_app(settings, args.key))
+        elif args.command == "apps" and args.apps_command == "rotate-secret":
+            asyncio.run(_rotate_secret(settings, args.key, args.json))
         elif args.command == "apps" and args.apps_command == "list":
             asyncio.run(_list_apps(settings, args.json))
         elif args.command == "apps" and args.apps_command == "set-region":
@@ -291,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "apps":
             if args.apps_command != "create":
                 parser.error(
-                    "apps: expected 'create NAME', 'list', 'set-region KEY CC' or 'revoke KEY'"
+                    "apps: expected 'create NAME', 'list', 'set-region KEY CC', "
+                    "'rotate-secret KEY' or 'revoke KEY'"
                 )
             asyncio.run(
                 _create_app(

@@ -50,7 +50,12 @@ class Credentials:
 
 def new_credentials() -> Credentials:
     """A random key (public, goes in logs) and secret (256 bits, never logged)."""
-    return Credentials("ak_" + secrets.token_hex(10), "as_" + secrets.token_urlsafe(32))
+    return Credentials("ak_" + secrets.token_hex(10), new_secret())
+
+
+def new_secret() -> str:
+    """A random app secret: 256 bits, never logged."""
+    return "as_" + secrets.token_urlsafe(32)
 
 
 def hash_secret(secret: str) -> str:

@@ -15,6 +15,7 @@ from smsgate_server.domain.apps import (
     Credentials,
     hash_secret,
     new_credentials,
+    new_secret,
     secret_matches,
 )
 from smsgate_server.domain.errors import Unavailable
@@ -194,6 +195,21 @@ class AppStore:
             pipe.publish(revocations_channel(), key)
             deleted, _, _ = await pipe.execute()
         return bool(deleted)
+
+    @redis_edge
+    async def rotate_secret(self, key: str) -> Credentials | None:
+        """Give app ``key`` a new secret (returned, stored only hashed) and
+        publish its key, so every server process drops the old one from its
+        auth cache; None when there is no such app. The old secret is refused
+        from then on: there is no overlap."""
+        secret = new_secret()
+        changed = await self.scripts.update(
+            keys=[app_key(key)], args=[AppField.SECRET_SHA256, hash_secret(secret)]
+        )
+        if not changed:
+            return None
+        await self.redis.publish(revocations_channel(), key)
+        return Credentials(key, secret)
 
     async def follow_revocations(
         self, revoked: Callable[[str], None], missed: Callable[[], None]
