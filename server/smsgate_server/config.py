@@ -134,6 +134,8 @@ class Settings(BaseSettings):
     provider: str = "simulator"
     # TOML file of vendor accounts ([providers.NAME]; providers/providers_file.py).
     providers_file: Path | None = None
+    # Days the per-day usage counts (GetUsage) are kept after their day.
+    usage_retention_days: int = Field(default=400, ge=1, le=3660)
     # The side port's URL as vendors call it (https://sms.example.com), when a
     # proxy stands between: Twilio signs the URL it called. Unset: the URL of
     # the request as it arrives.

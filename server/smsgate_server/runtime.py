@@ -38,6 +38,8 @@ from smsgate.v1 import (
     sms_service_pb2_grpc,
     template_service_pb2,
     template_service_pb2_grpc,
+    usage_service_pb2,
+    usage_service_pb2_grpc,
     verification_service_pb2,
     verification_service_pb2_grpc,
 )
@@ -52,6 +54,7 @@ from smsgate_server.api.replies import InboundServicer
 from smsgate_server.api.signs import SignServicer
 from smsgate_server.api.sms import SmsServicer
 from smsgate_server.api.templates import TemplateServicer
+from smsgate_server.api.usage import UsageServicer
 from smsgate_server.api.verification import VerificationServicer
 from smsgate_server.config import Role, Settings, parse_address
 from smsgate_server.dispatch.dispatcher import DispatchConfig, Dispatcher
@@ -63,6 +66,7 @@ from smsgate_server.domain.tokens import TokenSealer
 from smsgate_server.http import HttpSidePort, build_app
 from smsgate_server.providers.base import Provider
 from smsgate_server.providers.factory import UnknownProviderError, open_provider
+from smsgate_server.providers.prices import PricesError, load_prices
 from smsgate_server.providers.providers_file import ProvidersFileError, load_providers_file
 from smsgate_server.receipt_endpoints import inbound_routes, receipt_endpoints, receipt_routes
 from smsgate_server.services.admission import Admission, AdmissionPolicy
@@ -74,6 +78,7 @@ from smsgate_server.services.reply_watch import ReplyHub
 from smsgate_server.services.sending import SendingService, SendLimits
 from smsgate_server.services.signs import SignService
 from smsgate_server.services.templates import TemplateService
+from smsgate_server.services.usage import UsageMetrics, UsageService
 from smsgate_server.services.verification import CodePolicy, VerificationService
 from smsgate_server.services.watch import WatchHub
 from smsgate_server.start_error import StartError
@@ -97,6 +102,7 @@ from smsgate_server.store.quota import QuotaStore
 from smsgate_server.store.replies import ReplyStore
 from smsgate_server.store.signs import SignStore
 from smsgate_server.store.templates import TemplateStore
+from smsgate_server.store.usage import UsageStore
 
 __all__ = [
     "Running",
@@ -117,6 +123,7 @@ SERVICE_NAMES = [
     sign_service_pb2.DESCRIPTOR.services_by_name["SignService"].full_name,
     opt_out_service_pb2.DESCRIPTOR.services_by_name["OptOutService"].full_name,
     inbound_service_pb2.DESCRIPTOR.services_by_name["InboundService"].full_name,
+    usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
 ]
 # How long uvicorn may take to finish its requests once told to exit.
 HTTP_STOP_SECONDS = 5.0
@@ -286,6 +293,7 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
     )
     await reached(StartStep.HTTP)
     provider = await _provider(settings, stack)
+    await _usage(settings, UsageStore(redis.client, shards=settings.shards), stack)
     await reached(StartStep.PROVIDER)
 
     apps = AppStore(redis.client)
@@ -606,6 +614,21 @@ def _add_services(
     inbound_service_pb2_grpc.add_InboundServiceServicer_to_server(
         InboundServicer(ReplyService(reply_hub.store, hub.tokens), reply_hub), server
     )
+    usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
+        UsageServicer(UsageService(UsageStore(redis.client, shards=store.shards))), server
+    )
+
+
+async def _usage(settings: Settings, usage: UsageStore, stack: AsyncExitStack) -> None:
+    """Price the messages settled from now on by the providers file's price
+    table, and publish the usage totals as metrics until shutdown."""
+    try:
+        prices = load_prices(settings.providers_file)
+    except PricesError as exc:
+        raise StartError(str(exc)) from None
+    await usage.configure(prices, retention_seconds=settings.usage_retention_days * 86_400)
+    metrics = asyncio.create_task(UsageMetrics(usage).run(), name="usage-metrics")
+    stack.push_async_callback(cancel_and_wait, [metrics], timeout=2.0)
 
 
 def _admission(settings: Settings, redis: RedisConnection) -> Admission:

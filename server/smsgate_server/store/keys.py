@@ -101,6 +101,7 @@ class MessageField(enum.StrEnum):
     ERROR_CODE = "ec"  # the last error's code
     ERROR_REASON = "er"  # the last error, in words
     ERROR_RETRYABLE = "ery"  # '1' when the last error was retried
+    COST = "co"  # estimated cost in micro-units of its provider's currency (set on SENT)
     # Providers of its route that refused it, as "name code" joined by ',':
     # the next claim routes it past them (failover).
     REFUSED = "rf"
@@ -299,6 +300,26 @@ class ShardKeys:
         ``template_id`` and not yet handed to a provider (SCHEDULED, QUEUED,
         SENDING); gone at 0 (accept.lua, lib.lua)."""
         return f"{self.prefix}tu:{app}:{template_id}"
+
+    def usage(self, app: str, day: int) -> str:
+        """Hash of the app's usage in this shard on ``day`` (days since 1970-01-01,
+        UTC): ``<status>|<provider>|<country>|<currency>|n`` messages, ``|s``
+        segments, ``|c`` cost in micro-units; it expires a retention after the
+        day (lib.lua, store/usage.py)."""
+        return f"{self.prefix}u:{app}:{day}"
+
+    @property
+    def usage_totals(self) -> str:
+        """Hash of every app's usage in this shard since the data began, fields as
+        ``usage`` (bounded: statuses x providers x countries); the metrics."""
+        return self.prefix + "ut"
+
+    @property
+    def usage_config(self) -> str:
+        """Hash lib.lua prices messages from: ``<provider>|<country>`` and
+        ``<provider>|*`` (its default) micro-units per segment, ``<provider>|$``
+        its currency, ``r`` how long usage is kept (s); written at start."""
+        return self.prefix + "uc"
 
     def provider_id(self, provider: str, provider_message_id: str) -> str:
         """Maps a provider's message id back to ``app:id`` for delivery receipts."""

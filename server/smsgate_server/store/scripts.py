@@ -21,6 +21,7 @@ from typing import Any
 from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
+from smsgate_server.domain.country_prefixes import MAX_PREFIX_DIGITS, country_prefixes
 from smsgate_server.domain.status import TERMINAL, Status, can_enter
 from smsgate_server.store.connection import RedisClient, run_on_key_node
 from smsgate_server.store.keys import HELD_BUCKETS
@@ -34,6 +35,8 @@ __all__ = [
     "Scripts",
     "SignScripts",
     "TemplateScripts",
+    "UsageScripts",
+    "country_prelude",
     "status_prelude",
 ]
 
@@ -65,6 +68,18 @@ def status_prelude() -> str:
         f"local NEW = {_NEW}\n"
         f"local TERMINAL = {_lua_set([s.value for s in TERMINAL])}\n"
         f"local ALLOWED = {{{allowed}}}\n"
+    )
+
+
+def country_prelude() -> str:
+    """Lua ``country_prefixes()``, the table of ``domain.country_prefixes``, and
+    ``COUNTRY_PREFIX_DIGITS``. A function, so only a script that counts usage
+    builds the table (lib.lua), once per call."""
+    entries = ", ".join(f"['{k}'] = '{v}'" for k, v in sorted(country_prefixes().items()))
+    return (
+        "-- Generated from domain/country_prefixes.py by store/scripts.py.\n"
+        f"local COUNTRY_PREFIX_DIGITS = {MAX_PREFIX_DIGITS}\n"
+        f"local function country_prefixes() return {{{entries}}} end\n"
     )
 
 
@@ -111,7 +126,12 @@ class Scripts:
     """The scripts of the message store."""
 
     def __init__(self, redis: RedisClient) -> None:
-        lib = status_prelude() + f"local HELD_BUCKETS = {HELD_BUCKETS}\n" + _source("lib")
+        lib = (
+            status_prelude()
+            + country_prelude()
+            + f"local HELD_BUCKETS = {HELD_BUCKETS}\n"
+            + _source("lib")
+        )
 
         def message_script(name: str) -> LuaScript:
             return LuaScript(redis, lib + "\n" + _source(name))
@@ -173,3 +193,10 @@ class GuardScripts:
         self.breaker_check = LuaScript(redis, _source("breaker_check"))
         self.breaker_record = LuaScript(redis, _source("breaker_record"))
         self.pace = LuaScript(redis, _source("pace"))
+
+
+class UsageScripts:
+    """The usage-config script of one Redis client."""
+
+    def __init__(self, redis: RedisClient) -> None:
+        self.configure = LuaScript(redis, _source("usage_config"))

@@ -43,6 +43,51 @@ local function template_released(app, m)
   if redis.call('DECR', uses) <= 0 then redis.call('DEL', uses) end
 end
 
+-- Usage and cost (store/usage.py reads them). Each time a message enters SENT
+-- or a terminal status, the row (status, provider, country, currency) of its
+-- app's day in this shard counts it: field <row>|n messages, <row>|s segments,
+-- <row>|c cost in micro-units; P..'ut' counts the same without app or day (the
+-- Prometheus totals). On entering SENT the cost (segments x the provider's
+-- price for the country) is stored on the message ('co'), and later rows carry
+-- that; a message no provider took costs 0. Prices, currencies and the
+-- retention are in P..'uc', written at start from the providers file.
+-- The provider is the one settle.lua stored ('pv') before the move.
+local USAGE_DAY_MS, USAGE_RETAIN = 86400000, 400 * 86400
+local COUNTRIES
+local function country_of(phone)
+  if not COUNTRIES then COUNTRIES = country_prefixes() end
+  for n = math.min(#phone - 1, COUNTRY_PREFIX_DIGITS), 1, -1 do
+    local region = COUNTRIES[string.sub(phone, 2, n + 1)]
+    if region then return region end
+  end
+  return 'ZZ'
+end
+local function count_usage(app, m, status, t)
+  local f = redis.call('HMGET', m, 'p', 'pv', 'sg', 'co')
+  local provider, segments = f[2] or '', tonumber(f[3] or '') or 1
+  local country = country_of(f[1] or '')
+  local cfg = redis.call('HMGET', P .. 'uc', provider .. '|' .. country, provider .. '|*',
+    provider .. '|$', 'r')
+  local cost = tonumber(f[4] or '') or 0
+  if status == SENT then
+    cost = segments * tonumber(cfg[1] or cfg[2] or '0')
+    redis.call('HSET', m, 'co', cost)
+  end
+  local row = status .. '|' .. provider .. '|' .. country .. '|' .. (cfg[3] or '')
+  local day = math.floor(t / USAGE_DAY_MS)
+  local key = P .. 'u:' .. app .. ':' .. day
+  if redis.call('HINCRBY', key, row .. '|n', 1) == 1 then
+    redis.call('EXPIREAT', key, (day + 1) * 86400 + (tonumber(cfg[4] or '') or USAGE_RETAIN))
+  end
+  redis.call('HINCRBY', key, row .. '|s', segments)
+  redis.call('HINCRBY', P .. 'ut', row .. '|n', 1)
+  redis.call('HINCRBY', P .. 'ut', row .. '|s', segments)
+  if cost > 0 then
+    redis.call('HINCRBY', key, row .. '|c', cost)
+    redis.call('HINCRBY', P .. 'ut', row .. '|c', cost)
+  end
+end
+
 -- Record that message app/id moved from `from` (NEW when being accepted) to
 -- `status`: hash, history and event stream, at `at` (ms; NOW when nil: a
 -- vendor's receipt names its own time). A move domain/status.py does not
@@ -75,6 +120,7 @@ local function enter(app, id, batch, from, status, detail, ecode, ereason, at)
     redis.call('EXPIRE', h, RETAIN)
     held_ended(app)
   end
+  if status == SENT or TERMINAL[status] then count_usage(app, m, status, t) end
 end
 
 -- Current status and batch of a message, or nil when it does not exist.
