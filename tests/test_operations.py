@@ -1,5 +1,5 @@
 """Operations that do not surprise: a taken port, a Redis that would lose data,
-a misspelt setting, a changed shard count, liveness and readiness, and one
+a misspelt setting, liveness and readiness, and one
 ``/metrics`` view over every server process."""
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from smsgate.v1 import sms_service_pb2 as pb
 from smsgate_server.config import Settings, unknown_variables
 from smsgate_server.runtime import StartError, start
 from smsgate_server.store.embedded_redis import EmbeddedRedis, find_redis_server
-from smsgate_server.store.keys import shard_count_key
 
 from tests.conftest import server_settings
 from tests.processes import ServerProcess, Servers
@@ -254,42 +253,6 @@ async def test_the_embedded_redis_passes_the_durability_check_without_a_warning(
     assert not [
         r for r in caplog.records if "Redis" in r.getMessage() and r.levelno >= logging.WARNING
     ]
-
-
-# -- the shard count ---------------------------------------------------------------
-
-
-@pytest.mark.cluster
-async def test_a_shard_count_other_than_the_datas_is_refused(
-    redis_url: str, tmp_path: Path
-) -> None:
-    first = await start(server_settings(redis_url, tmp_path / "data", shards=4))
-    await first.stop()
-
-    with pytest.raises(StartError) as refused:
-        running = await start(server_settings(redis_url, tmp_path / "data", shards=8))
-        await running.stop()  # not reached when the start is refused
-
-    message = str(refused.value)
-    assert "SMSGATE_SHARDS=8, but the data in Redis" in message
-    assert "written with 4 shards" in message
-    assert "Set SMSGATE_SHARDS=4" in message
-    assert "online-growth path, not built yet" in message
-    again = await start(server_settings(redis_url, tmp_path / "data", shards=4))
-    await again.stop()
-
-
-async def test_data_from_before_the_shard_count_was_recorded_keeps_its_count(
-    redis_url: str, tmp_path: Path
-) -> None:
-    first = await start(server_settings(redis_url, tmp_path / "data", shards=4))
-    await first.stop()
-    with redis.Redis.from_url(redis_url) as client:
-        client.delete(shard_count_key())
-
-    with pytest.raises(StartError, match="written with 4 shards"):
-        running = await start(server_settings(redis_url, tmp_path / "data", shards=2))
-        await running.stop()  # not reached when the start is refused
 
 
 # -- one /metrics view -------------------------------------------------------------

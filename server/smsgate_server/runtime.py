@@ -58,6 +58,7 @@ from smsgate_server.api.usage import UsageServicer
 from smsgate_server.api.verification import VerificationServicer
 from smsgate_server.config import Role, Settings, parse_address
 from smsgate_server.dispatch.dispatcher import DispatchConfig, Dispatcher
+from smsgate_server.dispatch.leases import LEASE_SHARE_OF_VISIBILITY, ShardLeases
 from smsgate_server.dispatch.receipt_intake import ReceiptIntake
 from smsgate_server.domain.codes import CodeSigner, parse_secret
 from smsgate_server.domain.errors import Unavailable
@@ -94,6 +95,7 @@ from smsgate_server.store.durability import read_durability
 from smsgate_server.store.embedded_redis import EmbeddedRedis, running_url
 from smsgate_server.store.events import EventStore
 from smsgate_server.store.layout import record_shard_count
+from smsgate_server.store.leases import LeaseStore
 from smsgate_server.store.messages import MessageStore
 from smsgate_server.store.optouts import OptOutStore
 from smsgate_server.store.policy import PolicyStore
@@ -263,7 +265,8 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
         await reached(StartStep.EMBEDDED_REDIS)
     redis = await _redis(url, settings, stack)
     await _check_durability(redis, url, settings)
-    await _check_shard_count(redis, url, settings)
+    # Every shard that may hold data (new messages go to settings.shards of them).
+    shards = await _shard_count(redis, url, settings)
     await _check_replicas(redis, settings)
     await reached(StartStep.REDIS)
 
@@ -276,7 +279,8 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
 
     store = MessageStore(
         redis.client,
-        shards=settings.shards,
+        shards=shards,
+        write_shards=settings.shards,
         event_retention_seconds=settings.event_retention_seconds,
         message_retention_seconds=settings.message_retention_seconds,
         idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
@@ -303,11 +307,17 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
     if settings.role is not Role.API:
         dispatcher = Dispatcher(
             store,
-            DispatchQueue(redis, shards=settings.shards),
+            DispatchQueue(redis, shards=shards),
             provider,
             config=DispatchConfig.from_settings(settings),
             texts=TextCipher(secret),
             optouts=OptOutStore(redis.client),
+            leases=ShardLeases(
+                LeaseStore(redis.client),
+                process=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+                shards=shards,
+                lease_seconds=settings.visibility_timeout_seconds * LEASE_SHARE_OF_VISIBILITY,
+            ),
         )
         # Registered first: stop() also releases a start that failed half-way.
         stack.push_async_callback(dispatcher.stop, grace)
@@ -338,11 +348,11 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
     hub: WatchHub | None = None
     if settings.role is not Role.WORKER:
         hub = WatchHub(
-            EventStore(redis.client, redis.reader, settings.shards),
+            EventStore(redis.client, redis.reader, shards),
             TokenSealer(secret),
             buffer=settings.watch_buffer,
             retention_seconds=settings.event_retention_seconds,
-            admission=_admission(settings, redis),
+            admission=_admission(settings, redis, shards),
         )
         reply_hub = ReplyHub(ReplyStore(redis.client, redis.reader), hub.tokens)
         # Before server.stop(): open streams end with UNAVAILABLE, so their
@@ -466,19 +476,20 @@ async def _check_durability(redis: RedisConnection, url: str, settings: Settings
         )
 
 
-async def _check_shard_count(redis: RedisConnection, url: str, settings: Settings) -> None:
-    """Refuse a shard count other than the one the data was written with."""
+async def _shard_count(redis: RedisConnection, url: str, settings: Settings) -> int:
+    """The shards the data may use: the most ever recorded, raised to
+    SMSGATE_SHARDS (growing is online; a lower count drains the shards above it)."""
     try:
-        recorded = await record_shard_count(redis.client, settings.shards)
+        shards = await record_shard_count(redis.client, settings.shards)
     except Unavailable as exc:
         raise StartError(f"{exc}. Check SMSGATE_REDIS_URL.") from None
-    if recorded != settings.shards:
-        raise StartError(
-            f"SMSGATE_SHARDS={settings.shards}, but the data in Redis at {redact_url(url)} "
-            f"was written with {recorded} shards; serving it with another count would strand "
-            f"the messages of the shards that differ. Set SMSGATE_SHARDS={recorded}. Changing "
-            "the shard count of existing data needs an online-growth path, not built yet"
+    if shards > settings.shards:
+        log.warning(
+            "the data in Redis uses more shards than SMSGATE_SHARDS: new messages go to "
+            "the first SMSGATE_SHARDS of them, all are read",
+            extra={"shards": shards, "SMSGATE_SHARDS": settings.shards},
         )
+    return shards
 
 
 def _receipt_routes(settings: Settings, store: MessageStore) -> list[Route]:
@@ -631,12 +642,12 @@ async def _usage(settings: Settings, usage: UsageStore, stack: AsyncExitStack) -
     stack.push_async_callback(cancel_and_wait, [metrics], timeout=2.0)
 
 
-def _admission(settings: Settings, redis: RedisConnection) -> Admission:
+def _admission(settings: Settings, redis: RedisConnection, shards: int) -> Admission:
     """Each app's fair share (SMSGATE_APP_*, SMSGATE_REDIS_MAX_MEMORY_BYTES, ...)."""
     return Admission(
         QuotaStore(
             redis.client,
-            shards=settings.shards,
+            shards=shards,
             message_retention_seconds=settings.message_retention_seconds,
         ),
         AdmissionPolicy.from_settings(settings),

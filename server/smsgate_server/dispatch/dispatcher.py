@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from smsgate_server.aio import cancel_and_wait
 from smsgate_server.config import Settings
 from smsgate_server.dispatch.backoff import retry_delay
+from smsgate_server.dispatch.leases import LeasedReaders, ShardGroup, ShardLeases
 from smsgate_server.dispatch.receipts import ReceiptQueue
 from smsgate_server.dispatch.reconcile import Reconciler
 from smsgate_server.domain.errors import Unavailable
@@ -116,8 +117,12 @@ class Dispatcher:
         texts: TextCipher,
         rng: random.Random | None = None,
         optouts: OptOutStore | None = None,
+        leases: ShardLeases | None = None,
     ) -> None:
         self.store = store
+        # The shards this process reads, promotes and re-claims (all without leases).
+        self.leases = leases or ShardLeases.every_shard(store.shards)
+        self.readers = LeasedReaders(self.leases, self._read_loop, together=not queue.cluster)
         # Where a vendor's "this number unsubscribed" refusal lands (None: nowhere).
         self.optouts = optouts
         self.queue = queue
@@ -151,8 +156,9 @@ class Dispatcher:
 
     async def start(self) -> None:
         await self.queue.ensure_groups()
-        for shard in range(self.store.shards):
-            self._tasks.append(asyncio.create_task(self._read_loop(shard), name=f"read-{shard}"))
+        await self.leases.renew()
+        self._tasks.append(asyncio.create_task(self.leases.run(self._stopping), name="leases"))
+        self._tasks.append(asyncio.create_task(self.readers.run(self._stopping), name="readers"))
         self._tasks.append(asyncio.create_task(self._reclaim_loop(), name="reclaim"))
         self._tasks.append(asyncio.create_task(self._promote_loop(), name="promote"))
         self._tasks.append(asyncio.create_task(self.receipts.run(self._stopping), name="receipts"))
@@ -170,20 +176,24 @@ class Dispatcher:
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=grace)
             await cancel_and_wait(self._inflight, timeout=2.0)
+        await self.leases.release()
         # What was cancelled stays pending in the stream; another worker (or
         # this one after a restart) re-claims it.
 
     # --- reading -------------------------------------------------------
 
-    async def _read_loop(self, shard: int) -> None:
-        while not self._stopping.is_set():
+    async def _read_loop(self, group: ShardGroup) -> None:
+        """Read the queues of ``group()`` in one blocking call at a time, until
+        the group is empty (its leases went elsewhere)."""
+        while not self._stopping.is_set() and (shards := group()):
             try:
                 # Wait for a free slot, then read as many as are free.
                 await self._slots.acquire()
                 self._slots.release()
                 room = max(1, min(256, self.config.concurrency - len(self._inflight)))
-                entries = await self.queue.read(shard, self.consumer, room)
-                if entries:
+                # Per shard: every shard may answer; at least a few each.
+                count = max(16, -(-room // len(shards)))
+                for shard, entries in await self.queue.read_many(shards, self.consumer, count):
                     await self._take(shard, entries, reclaimed=False)
             except asyncio.CancelledError:
                 raise
@@ -191,7 +201,7 @@ class Dispatcher:
                 # Logged, with a count, where the store mapped it.
                 await asyncio.sleep(1.0)
             except Exception:
-                log.exception("queue read failed", extra={"shard": shard})
+                log.exception("queue read failed", extra={"shards": len(shards)})
                 await asyncio.sleep(1.0)
 
     async def _reclaim_loop(self) -> None:
@@ -199,7 +209,7 @@ class Dispatcher:
         min_idle = int(self.config.visibility_timeout * 1000)
         while not self._stopping.is_set():
             await asyncio.sleep(interval)
-            for shard in range(self.store.shards):
+            for shard in sorted(self.leases.owned):
                 try:
                     start = "0-0"
                     while True:
@@ -227,7 +237,7 @@ class Dispatcher:
 
     async def _promote_loop(self) -> None:
         while not self._stopping.is_set():
-            for shard in range(self.store.shards):
+            for shard in sorted(self.leases.owned):
                 try:
                     while True:
                         promoted, expired = await self.store.promote(shard, PROMOTE_BATCH)

@@ -197,8 +197,8 @@ class SendingService:
     def _shard(self, app: str, request_id: str) -> int:
         if request_id:
             # Retries of one request id must meet the same idempotency key.
-            return shard_for_key(f"{app}:{request_id}", self.store.shards)
-        return secrets.randbelow(self.store.shards)
+            return shard_for_key(f"{app}:{request_id}", self.store.write_shards)
+        return secrets.randbelow(self.store.write_shards)
 
     async def send(
         self, app: str, cmd: SendCommand, violations: Violations | None = None

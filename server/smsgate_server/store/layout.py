@@ -1,9 +1,11 @@
-"""The shard count the data in Redis was written with.
+"""The shard count the data in Redis may use: the most shards ever written to.
 
 A message's shard is part of its id and every shard has its own queue, due set
-and event stream, so data written with one shard count and served with another
-strands the messages of the shards that went away. The count is recorded in
-Redis at first start; later starts compare theirs with it.
+and event stream, so every shard that ever held a message must go on being
+read, whatever count a process writes new messages with. The count is recorded
+in Redis and only ever raised: a process started with more shards raises it
+(new messages spread over more shards, the old ones go on being read), one
+started with fewer writes to fewer but reads them all.
 """
 
 from __future__ import annotations
@@ -14,27 +16,36 @@ from smsgate_server.store.keys import ShardKeys, shard_count_key
 
 __all__ = ["record_shard_count"]
 
-# The most shards SMSGATE_SHARDS allows (config.Settings.shards).
+# The most shards SMSGATE_SHARDS allows (config.Settings.shards; two hex digits of an id).
 _MAX_SHARDS = 256
 
 
+# Raises the recorded count to ARGV[1] unless it is higher; returns the count.
+_RAISE = """
+local recorded = tonumber(redis.call('GET', KEYS[1]) or '0')
+local wanted = tonumber(ARGV[1])
+if wanted > recorded then
+  redis.call('SET', KEYS[1], wanted)
+  return wanted
+end
+return recorded
+"""
+
+
 async def record_shard_count(client: RedisClient, shards: int) -> int:
-    """The data's shard count: ``shards`` when none is recorded yet (it is then
-    recorded), else the recorded one, which the caller compares with its own."""
+    """The shards the data may use: the recorded count raised to ``shards``
+    (atomically: of processes starting together, the highest count stands)."""
     key = shard_count_key()
     with map_redis_errors():
-        recorded = await client.get(key)
-        if recorded is not None:
-            return int(recorded)
-        # Data from before the count was recorded: every shard's queue stream
-        # exists once a dispatcher has run, so the highest one present gives
-        # the count.
-        highest = await _highest_queue(client)
-        count = highest + 1 if highest is not None else shards
-        # NX: of processes starting together, the first one's count stands.
-        if await client.set(key, count, nx=True):
-            return count
-        return int(await client.get(key) or count)
+        count = shards
+        if await client.get(key) is None:
+            # Data from before the count was recorded: every shard's queue
+            # stream exists once a dispatcher has run, so the highest one
+            # present gives the count.
+            highest = await _highest_queue(client)
+            count = max(count, highest + 1 if highest is not None else 0)
+        # Once per start: not worth keeping a script cached for.
+        return int(await client.eval(_RAISE, 1, key, count))
 
 
 async def _highest_queue(client: RedisClient) -> int | None:

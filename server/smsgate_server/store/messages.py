@@ -143,6 +143,7 @@ class MessageStore:
         redis: RedisClient,
         *,
         shards: int,
+        write_shards: int | None = None,
         event_retention_seconds: int,
         message_retention_seconds: int,
         idempotency_ttl_seconds: int,
@@ -159,7 +160,10 @@ class MessageStore:
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self.scripts = Scripts(redis)
+        # Every shard that may hold messages (the most ever used), and how many
+        # of them new messages go to (SMSGATE_SHARDS; store.layout).
         self.shards = shards
+        self.write_shards = min(write_shards or shards, shards)
         self.shard_keys = [ShardKeys(i) for i in range(shards)]
         self._event_retention_ms = event_retention_seconds * 1000
         self._message_retention = message_retention_seconds

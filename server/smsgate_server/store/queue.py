@@ -4,9 +4,11 @@ dispatchers of every process through one consumer group."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from redis.exceptions import ResponseError
+from redis.typing import KeyT, StreamIdT
 
 from smsgate_server.store.connection import READ_BLOCK_MS, RedisConnection
 from smsgate_server.store.errors import redis_edge
@@ -35,6 +37,11 @@ class DispatchQueue:
         self.redis = redis
         self.keys = [ShardKeys(i) for i in range(shards)]
 
+    @property
+    def cluster(self) -> bool:
+        """Whether a read must stay on one shard (a multi-key call in one slot)."""
+        return self.redis.cluster
+
     @redis_edge
     async def ensure_groups(self) -> None:
         """Create each shard's consumer group (idempotent)."""
@@ -45,24 +52,37 @@ class DispatchQueue:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    @redis_edge
     async def read(self, shard: int, consumer: str, count: int) -> list[QueueEntry]:
-        """New entries for ``consumer``, waiting up to ``READ_BLOCK_MS`` for some."""
+        """New entries of one shard for ``consumer``, waiting up to ``READ_BLOCK_MS``."""
+        return [e for _, entries in await self.read_many([shard], consumer, count) for e in entries]
+
+    @redis_edge
+    async def read_many(
+        self, shards: Sequence[int], consumer: str, count: int
+    ) -> list[tuple[int, list[QueueEntry]]]:
+        """New entries for ``consumer`` of each of ``shards`` (up to ``count``
+        per shard), waiting up to ``READ_BLOCK_MS`` for some, in one blocking
+        call; on a cluster ``shards`` must be one shard (one slot per call)."""
+        streams: dict[KeyT, StreamIdT] = {self.keys[shard].queue: ">" for shard in shards}
         try:
             reply: Any = await self.redis.reader.xreadgroup(
-                GROUP, consumer, {self.keys[shard].queue: ">"}, count=count, block=READ_BLOCK_MS
+                GROUP, consumer, streams, count=count, block=READ_BLOCK_MS
             )
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             # Redis lost the group (flushed, or restarted without its data).
-            log.warning("dispatch group missing; creating it", extra={"shard": shard})
+            log.warning("dispatch group missing; creating it", extra={"shards": len(shards)})
             await self.ensure_groups()
             return []
+        shard_of = {self.keys[shard].queue: shard for shard in shards}
         return [
-            (_s(entry_id), _s(fields[_MEMBER]))
-            for _, items in reply or ()
-            for entry_id, fields in items
+            (
+                shard_of[_s(stream)],
+                [(_s(entry_id), _s(fields[_MEMBER])) for entry_id, fields in items],
+            )
+            for stream, items in reply or ()
+            if items
         ]
 
     @redis_edge
