@@ -27,9 +27,12 @@ from smsgate_server.runtime import Running, StartError
 from smsgate_server.services.usage import UsageMetrics
 from smsgate_server.store.usage import UsageStore
 
+from tests.chaos import free_port
 from tests.conftest import ServerFactory
 from tests.pipeline_support import TERMINAL, wait_for_statuses
+from tests.processes import Servers
 from tests.support import bearer, details_of
+from tests.waiting import wait_until_blocking
 
 if TYPE_CHECKING:  # the async stub types exist only in the .pyi
     from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
@@ -109,6 +112,7 @@ def micros(cost: str) -> int:
     return int(Decimal(cost) * 1_000_000)
 
 
+@pytest.mark.cluster
 async def test_usage_adds_up_the_messages_sent_with_their_cost(
     sms: SmsServiceAsyncStub, usage: UsageServiceAsyncStub, token: str
 ) -> None:
@@ -220,6 +224,7 @@ async def test_ninety_three_days_are_one_range(usage: UsageServiceAsyncStub, tok
     assert list(reply.rows) == []
 
 
+@pytest.mark.cluster
 async def test_the_counts_are_prometheus_counters_and_expire_with_their_retention(
     server: Running, sms: SmsServiceAsyncStub, token: str
 ) -> None:
@@ -297,3 +302,22 @@ def test_the_scripts_find_the_country_phonenumbers_finds() -> None:
             if found != expected and COUNTED_AS_MAIN.get(expected) != found:
                 wrong[e164] = (expected, found)
     assert wrong == {}
+
+
+def test_every_process_of_a_multi_process_server_serves_the_usage_counters(
+    servers: Servers, tmp_path: Path
+) -> None:
+    port = free_port()
+    server = servers.start(tmp_path / "data", GRPC_ADDRESS=f"127.0.0.1:{port}", PROCESSES="2")
+    serving = wait_until_blocking(
+        lambda: [e for e in server.events() if e.get("event") == "smsgate serving"],
+        lambda events: len(events) == 2,
+        what="both processes to serve",
+    )
+
+    for event in serving:
+        port = int(str(event["http_port"]))
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        # Merged from the processes' files, plus this process's reading of Redis.
+        assert "# TYPE smsgate_usage_messages_total counter" in text
+        assert "# TYPE smsgate_rpc_seconds histogram" in text

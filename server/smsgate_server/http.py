@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from smsgate_server.shared_metrics import ENV
+from smsgate_server.usage_metrics import USAGE_METRICS
 
 __all__ = ["HttpSidePort", "build_app"]
 
@@ -70,6 +71,8 @@ def _registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     # prometheus_client's multiprocess module is not annotated.
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    # Read from Redis, not from the processes' files: this process's reading.
+    registry.register(USAGE_METRICS)
     return registry
 
 
