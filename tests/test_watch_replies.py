@@ -123,6 +123,7 @@ async def test_a_stop_reply_shows_up_on_an_open_watch_as_opted_out(apps: Apps) -
     call.cancel()
 
 
+@pytest.mark.cluster
 async def test_a_resumed_watch_sends_every_later_reply_once(apps: Apps) -> None:
     call = apps.watch("a")
     start = await started(call)
@@ -160,6 +161,16 @@ async def test_an_app_sees_only_its_own_replies(apps: Apps) -> None:
     assert [t for t, _ in await texts(watch_a, 1)] == ["for a"]
     watch_a.cancel()
     watch_b.cancel()
+
+
+async def test_a_stopping_server_ends_the_stream_with_unavailable(apps: Apps) -> None:
+    call = apps.watch("a")
+    await started(call)
+
+    await apps.server.stop()
+
+    details = await refused(call)
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
 
 
 @pytest.mark.parametrize("token", ["x", "not-a-token-at-all", "A" * 40])
