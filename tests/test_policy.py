@@ -6,6 +6,7 @@ quiet hours off (tests/conftest.py); these turn them on."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from smsgate.v1 import message_pb2 as mpb
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import template_service_pb2 as tpb
 from smsgate.v1 import verification_service_pb2 as vpb
+from smsgate_server.cli import main as cli_main
 from smsgate_server.config import Settings
 from smsgate_server.domain.policy import (
     PolicyOverrides,
@@ -35,6 +37,7 @@ from smsgate_server.runtime import Running
 from smsgate_server.services.composing import Composer, TemplateRef
 from smsgate_server.services.policy import PolicySettings, SendingPolicy
 from smsgate_server.services.sending import BatchCommand, SendCommand, SendingService, SendLimits
+from smsgate_server.store.apps import AppStore
 from smsgate_server.store.messages import MessageStore
 from smsgate_server.store.optouts import OptOutStore
 from smsgate_server.store.policy import PolicyStore
@@ -423,3 +426,47 @@ def test_settings_refuse_a_bad_quiet_window_or_zone(tmp_path: Path) -> None:
         Settings(policy_quiet_hours="late")
     with pytest.raises(ValueError, match="time zone"):
         Settings(policy_day_zone="Mars/Olympus")
+
+
+# --- the admin command -----------------------------------------------------
+
+
+def test_apps_set_policy_changes_only_the_values_given(
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("SMSGATE_REDIS_URL", redis_url)
+    monkeypatch.setenv("SMSGATE_DATA_DIR", str(tmp_path))
+
+    async def create() -> str:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            return (await AppStore(client).create("cli")).app_key
+        finally:
+            await client.aclose()
+
+    async def own(key: str) -> PolicyOverrides | None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            return await AppStore(client).own_policy(key)
+        finally:
+            await client.aclose()
+
+    key = asyncio.run(create())
+    assert (
+        cli_main(["apps", "set-policy", key, "--daily-cap", "500", "--quiet-hours", "22:00-7:30"])
+        == 0
+    )
+    assert cli_main(["apps", "set-policy", key, "--per-number-day", "0"]) == 0
+    assert asyncio.run(own(key)) == PolicyOverrides(
+        per_number_day=0, daily_cap=500, quiet_hours="22:00-07:30"
+    )
+    assert cli_main(["apps", "set-policy", key, "--daily-cap", "default"]) == 0
+    assert asyncio.run(own(key)) == PolicyOverrides(per_number_day=0, quiet_hours="22:00-07:30")
+    assert "daily-cap server's" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit):
+        cli_main(["apps", "set-policy", key, "--quiet-hours", "late"])
+    assert cli_main(["apps", "set-policy", "ak_" + "0" * 20, "--daily-cap", "1"]) == 1

@@ -10,6 +10,9 @@ smsgate-server apps create NAME   create an app and print its credentials
     [--mobile-only]               refuse numbers that may be fixed lines (US, ...)
 smsgate-server apps set-region KEY CC [--mobile-only]
                                   change an app's default region (and number types)
+smsgate-server apps set-policy KEY [--same-content-seconds N] [--per-number-day N]
+    [--daily-cap N] [--quiet-hours HH:MM-HH:MM|off]
+                                  an app's own sending policy ('default': the server's)
 smsgate-server apps revoke KEY    delete an app: every server refuses its token at once
 smsgate-server apps rotate-secret KEY [--json]
                                   a new secret, printed once; the old one is refused
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -29,6 +33,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import smsgate
 from pydantic import ValidationError
@@ -38,6 +43,7 @@ from smsgate_server.config import Settings, unknown_variables
 from smsgate_server.domain.apps import Credentials
 from smsgate_server.domain.errors import Unavailable
 from smsgate_server.domain.phone import E164_ONLY, NumberPolicy, is_region, parse_calling_code
+from smsgate_server.domain.policy import QuietHours
 from smsgate_server.logs import configure_logging
 from smsgate_server.shared_metrics import shared_metrics_dir
 from smsgate_server.start_error import StartError
@@ -196,6 +202,46 @@ async def _set_region(settings: Settings, key: str, numbers: NumberPolicy) -> No
     print(f"{key}: default region {region}; numbers accepted: {types}")
 
 
+async def _set_policy(settings: Settings, key: str, changes: dict[str, int | str | None]) -> None:
+    async with _app_store(settings) as apps:
+        own = await apps.own_policy(key)
+        if own is None:
+            raise StartError(f"no app has the key {key!r}")
+        own = dataclasses.replace(own, **changes)  # type: ignore[arg-type]
+        if not await apps.set_policy(key, own):
+            raise StartError(f"no app has the key {key!r}")
+    shown = {
+        name: "server's" if value is None else value
+        for name, value in dataclasses.asdict(own).items()
+    }
+    print(f"{key}: " + ", ".join(f"{name.replace('_', '-')} {v}" for name, v in shown.items()))
+
+
+def _policy_number(text: str) -> int | None:
+    """A cap of ``apps set-policy``: a whole number (0: none), or 'default'."""
+    if text.strip().lower() == "default":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number (0: no cap) or 'default' (the server's)"
+        )
+    return value
+
+
+def _quiet_hours(text: str) -> str | None:
+    if text.strip().lower() == "default":
+        return None
+    try:
+        quiet = QuietHours.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return str(quiet) if quiet else "off"
+
+
 def _region(text: str) -> str:
     region = text.strip().upper()
     if region in ("", "NONE"):
@@ -213,6 +259,10 @@ def _calling_code(text: str) -> int:
         return parse_calling_code(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# An option of ``apps set-policy`` that was not given (None means "default").
+_UNSET: Any = object()
 
 
 def _positive(text: str) -> int:
@@ -286,6 +336,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_region.add_argument("key", help="the app's key (ak_...)")
     set_region.add_argument("region", type=_region, help="CN, US, ... or 'none' for E.164 only")
     set_region.add_argument("--mobile-only", action="store_true", help=mobile_only_help)
+    set_policy = apps.add_parser(
+        "set-policy",
+        help="set an app's own sending policy, 'default' for the server's (every server "
+        "applies it at once); values not given stay as they are",
+    )
+    set_policy.add_argument("key", help="the app's key (ak_...)")
+    for option, what in (
+        ("--same-content-seconds", "the same content to one number at most once per N s"),
+        ("--per-number-day", "notification and marketing messages per number a day"),
+        ("--daily-cap", "messages of the app a day"),
+    ):
+        set_policy.add_argument(option, type=_policy_number, default=_UNSET, help=what)
+    set_policy.add_argument(
+        "--quiet-hours",
+        type=_quiet_hours,
+        default=_UNSET,
+        help="marketing is held in these hours of the recipient's local time: "
+        "HH:MM-HH:MM, off, or default",
+    )
     revoke = apps.add_parser("revoke", help="delete an app: every server refuses its token at once")
     revoke.add_argument("key", help="the app's key (ak_...)")
     rotate = apps.add_parser(
@@ -312,13 +381,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_rotate_secret(settings, args.key, args.json))
         elif args.command == "apps" and args.apps_command == "list":
             asyncio.run(_list_apps(settings, args.json))
+        elif args.command == "apps" and args.apps_command == "set-policy":
+            names = ("same_content_seconds", "per_number_day", "daily_cap", "quiet_hours")
+            changes = {n: getattr(args, n) for n in names if getattr(args, n) is not _UNSET}
+            asyncio.run(_set_policy(settings, args.key, changes))
         elif args.command == "apps" and args.apps_command == "set-region":
             numbers = NumberPolicy(default_region=args.region, mobile_only=args.mobile_only)
             asyncio.run(_set_region(settings, args.key, numbers))
         elif args.command == "apps":
             if args.apps_command != "create":
                 parser.error(
-                    "apps: expected 'create NAME', 'list', 'set-region KEY CC', "
+                    "apps: expected 'create NAME', 'list', 'set-region KEY CC', 'set-policy KEY', "
                     "'rotate-secret KEY' or 'revoke KEY'"
                 )
             asyncio.run(

@@ -166,6 +166,28 @@ class AppStore:
         return changed
 
     @redis_edge
+    async def own_policy(self, key: str) -> PolicyOverrides | None:
+        """App ``key``'s own sending-policy values; None when there is no such app."""
+        name, same_content, per_number_day, daily_cap, quiet_hours = await self.redis.hmget(
+            app_key(key),
+            [
+                AppField.NAME,
+                AppField.SAME_CONTENT_SECONDS,
+                AppField.PER_NUMBER_DAY,
+                AppField.DAILY_CAP,
+                AppField.QUIET_HOURS,
+            ],
+        )
+        if name is None:
+            return None
+        return PolicyOverrides(
+            same_content_seconds=_own_int(same_content),
+            per_number_day=_own_int(per_number_day),
+            daily_cap=_own_int(daily_cap),
+            quiet_hours=_text(quiet_hours) if quiet_hours else None,
+        )
+
+    @redis_edge
     async def set_policy(self, key: str, policy: PolicyOverrides) -> bool:
         """Set app ``key``'s own sending-policy values (None: back to the
         server's); False when there is no such app. Applies at once, as
