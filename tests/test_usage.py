@@ -7,6 +7,9 @@ Prometheus counters, and a wrong price table stops the start naming its key."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import sys
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -31,7 +34,7 @@ from tests.chaos import free_port
 from tests.conftest import ServerFactory
 from tests.pipeline_support import TERMINAL, wait_for_statuses
 from tests.processes import Servers
-from tests.support import bearer, details_of
+from tests.support import bearer, details_of, readme_block, run_shell
 from tests.waiting import wait_until_blocking
 
 if TYPE_CHECKING:  # the async stub types exist only in the .pyi
@@ -321,3 +324,28 @@ def test_every_process_of_a_multi_process_server_serves_the_usage_counters(
         # Merged from the processes' files, plus this process's reading of Redis.
         assert "# TYPE smsgate_usage_messages_total counter" in text
         assert "# TYPE smsgate_rpc_seconds histogram" in text
+
+
+async def test_the_readme_usage_session_works_when_pasted(
+    server: Running, sms: SmsServiceAsyncStub, token: str
+) -> None:
+    sent = await send(sms, token, US[0], TWO_SEGMENTS)
+    await wait_for_statuses(sms, token, [sent], TERMINAL)
+    env = {
+        "PATH": os.environ["PATH"],
+        "BUF": str(Path(sys.executable).parent / "buf"),
+        "ADDR": f"http://127.0.0.1:{server.grpc_port}",
+        "TOKEN": token,
+    }
+
+    code, out, err = await run_shell(readme_block("<!-- readme-session: usage"), env=env)
+
+    assert code == 0, out + err
+    reply = json.loads(out)
+    assert reply["totals"] == [
+        {"currencyCode": "USD", "messages": "1", "segments": "2", "cost": "0.015"}
+    ]
+    assert {(r["status"], r["regionCode"], r["cost"]) for r in reply["rows"]} == {
+        ("MESSAGE_STATUS_SENT", "US", "0.015"),
+        ("MESSAGE_STATUS_DELIVERED", "US", "0.015"),
+    }
