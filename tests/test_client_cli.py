@@ -1,13 +1,22 @@
 """The ``smsgate`` command (the client's CLI) as a real process against a live
 server: each command's output, ``--json``, errors with their reason and field
-violations, and exit codes per class of failure."""
+violations, and exit codes per class of failure; on a (pseudo-)terminal, the
+progress bar and tables of its rich extra, and the plain fallback without it."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
+import pty
+import re
+import select
+import struct
+import subprocess
 import sys
+import termios
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +28,12 @@ from smsgate.v1 import template_service_pb2
 from smsgate_server.runtime import Running
 
 NUMBER = "+14155550123"
+# Terminal control sequences (colours, cursor moves), removed before checking text.
+ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07|[=>])")
+# The CLI with rich made unimportable, as when the cli extra is not installed.
+WITHOUT_RICH = (
+    "import sys; sys.modules['rich'] = None; from smsgate.cli import main; sys.exit(main())"
+)
 CLIENT_PYPROJECT = Path(__file__).resolve().parent.parent / "clients/python/pyproject.toml"
 
 
@@ -53,6 +68,47 @@ class Cli:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
         assert proc.returncode is not None
         return Ran(proc.returncode, out.decode(), err.decode())
+
+
+@dataclass(frozen=True)
+class Terminal:
+    """Runs the CLI with a pseudo-terminal as stdin, stdout and stderr, as a
+    person at a terminal would: 120 columns wide."""
+
+    cli: Cli
+
+    def run(self, args: list[str], timeout: float) -> Ran:
+        env = {**os.environ, "SMSGATE_TARGET": self.cli.target, "SMSGATE_TOKEN": self.cli.token}
+        env |= {"TERM": "xterm-256color", "PYTHONIOENCODING": "utf-8"}
+        env.pop("NO_COLOR", None)
+        main, child = pty.openpty()
+        fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 120, 0, 0))
+        process = subprocess.Popen(args, stdin=child, stdout=child, stderr=child, env=env)
+        os.close(child)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([main], [], [], deadline - time.monotonic())
+                if not ready:
+                    break
+                try:
+                    data = os.read(main, 65536)
+                except OSError:  # EIO: the child's side is closed
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            code = process.wait(timeout=5)
+        finally:
+            process.kill()
+            os.close(main)
+        text = ANSI.sub("", b"".join(chunks).decode(errors="replace")).replace("\r\n", "\n")
+        return Ran(code, text, "")
+
+    async def __call__(self, *args: str, rich: bool = True, timeout: float = 30.0) -> Ran:
+        start = ["-m", "smsgate"] if rich else ["-c", WITHOUT_RICH]
+        return await asyncio.to_thread(self.run, [sys.executable, *start, *args], timeout)
 
 
 @pytest.fixture
@@ -187,3 +243,63 @@ async def test_usage_errors_exit_2(cli: Cli) -> None:
     both = await cli("send", NUMBER, "text", "--template", "t")
     assert both.code == 2
     assert "give either TEXT or --template" in both.stderr
+
+
+@pytest.fixture
+def terminal(cli: Cli) -> Terminal:
+    return Terminal(cli)
+
+
+async def test_batch_on_a_terminal_shows_progress_and_summary_tables(
+    terminal: Terminal, tmp_path: Path
+) -> None:
+    csv = tmp_path / "people.csv"
+    csv.write_text("phone\n+14155550101\n+14155550102\n12\n")
+
+    ran = await terminal("batch", str(csv), "--text", "hi all", "--wait")
+
+    assert ran.code == 0, ran.stdout
+    assert re.search(r"waiting.*2/2.*2 delivered", ran.stdout), ran.stdout
+    assert "Rejected recipients" in ran.stdout
+    assert re.search(r"12\s*[│┃|]\s*INVALID_PHONE_NUMBER", ran.stdout), ran.stdout
+    bar = r"\s*[│┃|]\s*"
+    header = bar.join(["accepted", "rejected", "delivered", "not delivered"])
+    assert re.search(header, ran.stdout), ran.stdout
+    assert re.search(bar + bar.join("2120") + bar, ran.stdout), ran.stdout
+
+
+async def test_batch_on_a_terminal_without_rich_counts_on_one_line(
+    terminal: Terminal, tmp_path: Path
+) -> None:
+    csv = tmp_path / "people.csv"
+    csv.write_text("phone\n+14155550101\n+14155550102\n12\n")
+
+    ran = await terminal("batch", str(csv), "--text", "hi all", "--wait", rich=False)
+
+    assert ran.code == 0, ran.stdout
+    assert "\r2/2 done (2 delivered)" in ran.stdout
+    assert "  rejected 12: INVALID_PHONE_NUMBER" in ran.stdout
+    assert ": 2 accepted, 1 rejected, 2 delivered, 0 not delivered" in ran.stdout
+    assert "│" not in ran.stdout and "━" not in ran.stdout
+
+
+async def test_watch_on_a_terminal_is_a_live_table(cli: Cli, terminal: Terminal) -> None:
+    sent = await cli("send", NUMBER, "done already", "--wait")
+    message_id = sent.stdout.split()[0]
+
+    ran = await terminal("watch", "--id", message_id, "--count", "1")
+
+    assert ran.code == 0, ran.stdout
+    assert "watch: 1 events" in ran.stdout
+    row = rf"{message_id}\s*[│┃|]\s*DELIVERED \(snapshot\)\s*[│┃|]\s*\d{{4}}-\d\d-\d\d"
+    assert re.search(row, ran.stdout), ran.stdout
+
+
+async def test_watch_on_a_terminal_without_rich_prints_lines(cli: Cli, terminal: Terminal) -> None:
+    sent = await cli("send", NUMBER, "done already", "--wait")
+    message_id = sent.stdout.split()[0]
+
+    ran = await terminal("watch", "--id", message_id, "--count", "1", rich=False)
+
+    assert ran.code == 0, ran.stdout
+    assert ran.stdout.split()[2:] == [message_id, "DELIVERED", "(snapshot)"]

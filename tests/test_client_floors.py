@@ -26,6 +26,7 @@ SCRIPT = """
 import importlib, json, pkgutil, sys
 from importlib import metadata
 import smsgate, smsgate.v1
+import smsgate.cli, smsgate.terminal  # the CLI imports without its rich extra
 for module in pkgutil.iter_modules(smsgate.v1.__path__):
     importlib.import_module("smsgate.v1." + module.name)
 with smsgate.Client(sys.argv[1], sys.argv[2]) as client:
@@ -91,3 +92,4 @@ async def test_the_client_works_on_its_lowest_declared_dependencies(
     assert seen["status"] == "MESSAGE_STATUS_DELIVERED"
     assert seen["error"] == ["INVALID_PHONE_NUMBER", ["phone_number"]]
     assert not set(SERVER_ONLY) & set(seen["installed"]), seen["installed"]
+    assert "rich" not in seen["installed"], "the CLI's rich is an extra (smsgate[cli])"

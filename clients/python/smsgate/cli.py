@@ -13,7 +13,9 @@ SMSGATE_TLS*); ``--target`` overrides the address. ``--json`` prints protobuf
 JSON (one object per line for ``list`` and ``watch``). A failed call prints its
 code, reason and field violations on stderr and exits with its class's code
 (EXIT_CODES). Arguments are parsed with argparse: the client stays on grpcio,
-protobuf and googleapis-common-protos alone.
+protobuf and googleapis-common-protos alone. With the ``smsgate[cli]`` extra
+(rich) on a terminal, ``batch --wait`` shows a progress bar and tables, and
+``watch`` a table redrawn in place (terminal.py); otherwise plain lines.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from smsgate.build import TERMINAL, Recipient
 from smsgate.client import Client
 from smsgate.connection import Connection
 from smsgate.errors import DeadlineExceeded, Error, error_from_rpc
+from smsgate.terminal import WaitProgress, WatchTable, batch_summary, rich_console
 from smsgate.v1 import (
     message_pb2,
     sms_service_pb2,
@@ -210,14 +213,15 @@ def _batch(client: Client, args: argparse.Namespace, out: Output) -> int:
             body["delivered_count"] = delivered
         out.line(json.dumps(body, ensure_ascii=False, indent=2))
     else:
-        for r in result.results:
-            if not r.message_id:
-                out.line(f"  rejected {r.phone_number}: {r.error.reason} {r.error.description}")
-        summary = f"batch {result.batch_id}: {result.accepted_count} accepted, "
-        summary += f"{result.rejected_count} rejected"
+        rejected = [
+            (r.phone_number, r.error.reason, r.error.description)
+            for r in result.results
+            if not r.message_id
+        ]
+        counts = {"accepted": result.accepted_count, "rejected": result.rejected_count}
         if args.wait:
-            summary += f", {delivered} delivered, {len(final) - delivered} not delivered"
-        out.line(summary)
+            counts |= {"delivered": delivered, "not delivered": len(final) - delivered}
+        batch_summary(out.out, result.batch_id, counts, rejected)
     return EXIT_TIMEOUT if timed_out else 0
 
 
@@ -231,28 +235,25 @@ def _wait_for_batch(
     """Follow the batch until every id is terminal (True) or the timeout passes;
     ``final`` gets each terminal status. The watch opens with a snapshot of each
     message, so those finished before it opened are counted too."""
-    progress = sys.stderr.isatty()
     request = sms_service_pb2.WatchStatusRequest(batch_id=batch_id)
     call = client.sms.WatchStatus(
         request, metadata=client.connection.metadata, timeout=args.timeout
     )
     try:
-        for response in call:
-            e = response.event
-            if e.message_id in ids and e.status in TERMINAL:
-                final[e.message_id] = e.status
-                if progress:
-                    print(f"\r{len(final)}/{len(ids)} done", end="", file=sys.stderr, flush=True)
-                if len(final) == len(ids):
-                    return True
+        with WaitProgress(len(ids), sys.stderr) as progress:
+            for response in call:
+                e = response.event
+                if e.message_id in ids and e.status in TERMINAL and e.message_id not in final:
+                    final[e.message_id] = e.status
+                    progress.finished(_status_name(e.status))
+                    if len(final) == len(ids):
+                        return True
     except grpc.RpcError as exc:
         error = error_from_rpc(exc)
         if not isinstance(error, DeadlineExceeded):
             raise error from None
     finally:
         call.cancel()
-        if progress:
-            print(file=sys.stderr)
     return False
 
 
@@ -278,10 +279,18 @@ def _watch(client: Client, args: argparse.Namespace, out: Output) -> int:
         resume_token=args.resume_token,
         token_file=args.token_file,
     )
-    for n, e in enumerate(events, start=1):
-        out.event(e)
-        if args.count and n >= args.count:
-            break
+    console = None if out.as_json else rich_console(out.out)
+    if console is None:
+        for n, e in enumerate(events, start=1):
+            out.event(e)
+            if args.count and n >= args.count:
+                break
+        return 0
+    with WatchTable(console) as table:
+        for n, e in enumerate(events, start=1):
+            table.add(e.message_id, _status_name(e.status), _time(e.time), e.detail, e.snapshot)
+            if args.count and n >= args.count:
+                break
     return 0
 
 
@@ -372,7 +381,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--limit", type=int, default=50)
     c.set_defaults(run=_list)
 
-    c = sub.add_parser("watch", help="status events as they happen, a line each")
+    c = sub.add_parser("watch", help="status events as they happen: a live table, or a line each")
     c.add_argument("--id", action="append", default=[], help="a message id (repeatable)")
     c.add_argument("--batch", default="")
     c.add_argument("--status", type=_status, action="append", default=[])

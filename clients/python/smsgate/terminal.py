@@ -1,0 +1,177 @@
+"""Terminal output of the ``smsgate`` CLI for people: with ``rich`` (the
+``smsgate[cli]`` extra) on a terminal, a progress bar, tables and a watch
+redrawn in place; without rich, or when the output is a pipe or a file, plain
+lines a script can read (and ``--json`` is always plain).
+
+``rich`` is imported here only, and only when used: the client distribution
+itself depends on grpcio, protobuf and googleapis-common-protos alone.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.progress import Progress, TaskID
+    from rich.table import Table
+
+__all__ = ["MAX_WATCH_ROWS", "WaitProgress", "WatchTable", "batch_summary", "rich_console"]
+
+#: The live watch table shows this many messages, the most recently changed.
+MAX_WATCH_ROWS = 40
+_STYLES = {"DELIVERED": "green", "FAILED": "red", "UNDELIVERABLE": "red", "EXPIRED": "yellow"}
+
+
+def rich_console(stream: TextIO) -> Console | None:
+    """A rich Console writing to ``stream`` when rich is installed and
+    ``stream`` is a terminal; None for plain output."""
+    if not stream.isatty():
+        return None
+    try:
+        from rich.console import Console
+    except ImportError:
+        return None
+    return Console(file=stream)
+
+
+class WaitProgress:
+    """How many of ``total`` messages reached a terminal status, by status: a
+    rich progress bar, a counter redrawn on one line of a plain terminal, or
+    nothing when ``stream`` is not a terminal."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.stream = stream
+        self.counts: Counter[str] = Counter()
+        self._console = rich_console(stream)
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> WaitProgress:
+        if self._console is not None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("waiting"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[counts]}"),
+                console=self._console,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("waiting", total=self.total, counts="")
+        return self
+
+    def finished(self, status: str) -> None:
+        """One more message reached ``status`` (DELIVERED, FAILED, ...)."""
+        self.counts[status] += 1
+        done = sum(self.counts.values())
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, completed=done, counts=self.describe())
+        elif self.stream.isatty():
+            line = f"\r{done}/{self.total} done ({self.describe()})"
+            print(line, end="", file=self.stream, flush=True)
+
+    def describe(self) -> str:
+        return ", ".join(f"{n} {status.lower()}" for status, n in sorted(self.counts.items()))
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        elif self.stream.isatty():
+            print(file=self.stream)
+
+
+def batch_summary(
+    stream: TextIO,
+    batch_id: str,
+    counts: dict[str, int],
+    rejected: Sequence[tuple[str, str, str]],
+) -> None:
+    """Print a batch's ``counts`` (accepted, rejected and, after a wait,
+    delivered and not delivered) and its ``rejected`` recipients (number,
+    reason, description): tables on a rich terminal, lines otherwise."""
+    console = rich_console(stream)
+    if console is None:
+        for phone, reason, description in rejected:
+            print(f"  rejected {phone}: {reason} {description}", file=stream)
+        shown = ", ".join(f"{n} {name}" for name, n in counts.items())
+        print(f"batch {batch_id}: {shown}", file=stream, flush=True)
+        return
+    from rich.table import Table
+
+    if rejected:
+        table = Table("rejected", "reason", "description", title="Rejected recipients")
+        for phone, reason, description in rejected:
+            table.add_row(phone, reason, description, style="red")
+        console.print(table)
+    summary = Table(*counts, title=f"batch {batch_id}")
+    summary.add_row(*(str(n) for n in counts.values()))
+    console.print(summary)
+
+
+class WatchTable:
+    """The latest status of each watched message, redrawn in place on a rich
+    terminal. It keeps the ``MAX_WATCH_ROWS`` most recently changed messages,
+    so an endless watch holds a bounded table."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        # message id -> (time, status, detail, snapshot), least recent first
+        self._rows: OrderedDict[str, tuple[str, str, str, bool]] = OrderedDict()
+        self._events = 0
+        self._live: Live | None = None
+
+    def __enter__(self) -> WatchTable:
+        from rich.live import Live
+
+        self._live = Live(self._render(), console=self.console, auto_refresh=False)
+        self._live.start()
+        return self
+
+    def add(self, message_id: str, status: str, time: str, detail: str, snapshot: bool) -> None:
+        """An event: ``message_id`` is now ``status``."""
+        self._events += 1
+        self._rows[message_id] = (time, status, detail, snapshot)
+        self._rows.move_to_end(message_id)
+        while len(self._rows) > MAX_WATCH_ROWS:
+            self._rows.popitem(last=False)
+        if self._live is not None:
+            self._live.update(self._render(), refresh=True)
+
+    def _render(self) -> Table:
+        from rich.table import Table
+
+        table = Table(
+            "message", "status", "time (UTC)", "detail", title=f"watch: {self._events} events"
+        )
+        for message_id, (time, status, detail, snapshot) in reversed(self._rows.items()):
+            shown = f"{status} (snapshot)" if snapshot else status
+            table.add_row(message_id, shown, time, detail, style=_STYLES.get(status))
+        return table
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if self._live is not None:
+            self._live.stop()
