@@ -296,8 +296,8 @@ class RecipientError(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
-    """Output only. An ErrorReason without its prefix: "INVALID_PHONE_NUMBER" or
-    "DUPLICATE_RECIPIENT".
+    """Output only. An ErrorReason without its prefix: "INVALID_PHONE_NUMBER",
+    "DUPLICATE_RECIPIENT", "RECIPIENT_OPTED_OUT", "SAME_CONTENT_TOO_SOON", ...
     """
     description: _builtins.str
     """Output only. A human-readable explanation."""

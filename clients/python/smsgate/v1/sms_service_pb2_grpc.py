@@ -100,15 +100,21 @@ class SmsServiceServicer:
         """Accepts one message for one recipient, now or at `send_time`.
 
         Returns once the message is durably stored and queued; from then on it
-        reaches a terminal status. Errors: INVALID_ARGUMENT (bad phone number,
-        empty or oversized text, `send_time` out of range, bad `request_id`,
-        `sender_id` or labels), ALREADY_EXISTS (`request_id` reused with different
-        content), NOT_FOUND (TEMPLATE_NOT_FOUND: no such template or version),
-        FAILED_PRECONDITION (SIGN_NOT_REGISTERED), RESOURCE_EXHAUSTED with RetryInfo (APP_RATE_LIMITED: the app's
+        reaches a terminal status. The app's sending policy applies: a marketing
+        template due in the quiet hours of the recipient's local time is held
+        (SCHEDULED, `send_time` the end of the quiet hours). Errors:
+        INVALID_ARGUMENT (bad phone number, empty or oversized text, `send_time`
+        out of range, bad `request_id`, `sender_id` or labels), ALREADY_EXISTS
+        (`request_id` reused with different content), NOT_FOUND
+        (TEMPLATE_NOT_FOUND: no such template or version), FAILED_PRECONDITION
+        (SIGN_NOT_REGISTERED; RECIPIENT_OPTED_OUT: marketing to an opted-out
+        number), RESOURCE_EXHAUSTED with RetryInfo (APP_RATE_LIMITED: the app's
         accept rate; STORAGE_FULL: storage nearly full) or QuotaFailure
-        (APP_HELD_MESSAGES_CAP: the messages the app may hold), UNAUTHENTICATED,
-        UNAVAILABLE (storage unreachable or shutting down; retry, with the same
-        `request_id`).
+        (APP_HELD_MESSAGES_CAP: the messages the app may hold) or both
+        (SAME_CONTENT_TOO_SOON, PHONE_DAILY_CAP: the per-number caps of
+        notification and marketing messages; APP_DAILY_CAP: the app's daily
+        cap), UNAUTHENTICATED, UNAVAILABLE (storage unreachable or shutting down;
+        retry, with the same `request_id`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,7 +125,10 @@ class SmsServiceServicer:
         parameters.
 
         Each recipient is validated on its own: the response gives each one a
-        message id or its own error. Errors for the whole call: INVALID_ARGUMENT
+        message id or its own error, the sending policy's refusals included
+        (RECIPIENT_OPTED_OUT, SAME_CONTENT_TOO_SOON, PHONE_DAILY_CAP, and
+        APP_DAILY_CAP for the recipients beyond the app's daily cap); marketing is
+        held per recipient by its own local time. Errors for the whole call: INVALID_ARGUMENT
         (no recipients, too many, bad text, `send_time`, `request_id`, `sender_id`
         or labels), ALREADY_EXISTS (`request_id` reused with different content),
         NOT_FOUND (TEMPLATE_NOT_FOUND), FAILED_PRECONDITION (SIGN_NOT_REGISTERED:
