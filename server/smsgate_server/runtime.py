@@ -58,6 +58,7 @@ from smsgate_server.api.usage import UsageServicer
 from smsgate_server.api.verification import VerificationServicer
 from smsgate_server.config import Role, Settings, parse_address
 from smsgate_server.dispatch.dispatcher import DispatchConfig, Dispatcher
+from smsgate_server.dispatch.guard import RedisProviderGate, gate_from_settings
 from smsgate_server.dispatch.leases import LEASE_SHARE_OF_VISIBILITY, ShardLeases
 from smsgate_server.dispatch.receipt_intake import ReceiptIntake
 from smsgate_server.domain.codes import CodeSigner, parse_secret
@@ -65,6 +66,7 @@ from smsgate_server.domain.errors import Unavailable
 from smsgate_server.domain.sealed_text import TextCipher
 from smsgate_server.domain.tokens import TokenSealer
 from smsgate_server.http import HttpSidePort, build_app
+from smsgate_server.provider_endpoints import provider_routes
 from smsgate_server.providers.base import Provider
 from smsgate_server.providers.factory import UnknownProviderError, open_provider
 from smsgate_server.providers.prices import PricesError, load_prices
@@ -292,8 +294,14 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
     )
     # The API over HTTP/JSON answers UNAVAILABLE until the services exist.
     connect = ConnectFace(max_body_bytes=JSON_SIZE_FACTOR * _max_request_bytes(settings))
+    gate, accounts = _provider_gate(settings, redis)
     http_port = await _http_side_port(
-        settings.http_address, ready, _receipt_routes(settings, store), stack, connect.routes()
+        settings.http_address,
+        ready,
+        _receipt_routes(settings, store),
+        stack,
+        connect.routes(),
+        provider_routes(gate, accounts),
     )
     await reached(StartStep.HTTP)
     provider = await _provider(settings, stack)
@@ -519,14 +527,29 @@ async def _http_side_port(
     receipts: list[Route],
     stack: AsyncExitStack,
     api: list[BaseRoute],
+    providers: list[Route],
 ) -> int:
     """Bind and serve the side port; its port number."""
     sock = _bind_http(address)
     stack.callback(sock.close)
-    http = HttpSidePort(build_app(ready, receipts, api), *parse_address(address))
+    http = HttpSidePort(build_app(ready, receipts, api, providers), *parse_address(address))
     task = asyncio.create_task(http.serve(sock), name="http")
     stack.push_async_callback(_stop_http, http, task)
     return int(sock.getsockname()[1])
+
+
+def _provider_gate(
+    settings: Settings, redis: RedisConnection
+) -> tuple[RedisProviderGate, list[str]]:
+    """The provider accounts' breakers and pace (shared by every replica through
+    Redis), and the accounts /providers shows: SMSGATE_PROVIDER's, then the
+    providers file's."""
+    try:
+        entries = load_providers_file(settings.providers_file) if settings.providers_file else {}
+    except ProvidersFileError as exc:
+        raise StartError(str(exc)) from None
+    accounts = [settings.provider, *(n for n in entries if n != settings.provider)]
+    return gate_from_settings(settings, redis.client, entries), accounts
 
 
 async def _stop_http(http: HttpSidePort, task: asyncio.Task[None]) -> None:
