@@ -26,10 +26,12 @@ CODE_SCRIPTS = ["code_issue", "code_verify"]
 TEMPLATE_SCRIPTS = ["template_create", "template_delete", "template_update"]
 
 
-def calls(source: str, command: str) -> list[list[str]]:
-    """The argument expressions of every ``redis.call('<command>', ...)``."""
+def calls(source: str, command: str, *, call: str = "") -> list[list[str]]:
+    """The argument expressions of every ``redis.call('<command>', ...)`` (or,
+    with ``call``, of every call that starts so, such as ``f(``)."""
     found = []
-    for match in re.finditer(rf"redis\.call\('{command}',", source):
+    start_of = re.escape(call) if call else rf"redis\.call\('{command}',"
+    for match in re.finditer(start_of, source):
         args, depth, start, i = [], 0, match.end(), match.end()
         while True:
             c = source[i]
@@ -59,6 +61,9 @@ def literal_fields(source: str) -> set[str]:
         names += args[1:]
     for args in calls(source, "XADD"):
         names += args[args.index("'*'") + 1 :: 2]
+    # accept.lua's HSET of only the fields that are set.
+    for args in calls(source, "HSET", call="hset_present("):
+        names += args[1::2]
     return {n.strip("'") for n in names if re.fullmatch(r"'[a-z_]+'", n)}
 
 

@@ -75,17 +75,17 @@ GROUP = "dispatch"
 class MessageField(enum.StrEnum):
     """Fields of a message hash (``m:<app>:<id>``)."""
 
-    ID = "id"  # the message id
+    ID = "id"  # the message id (written until the key's id was read instead)
     BATCH = "b"  # its batch id ('' when sent alone)
     PHONE = "p"  # the recipient, E.164
-    TEXT = "tx"  # the free text as requested
+    TEXT = "tx"  # the free text as requested (absent: the same as RENDERED)
     TEMPLATE = "tp"  # the template id ('' for free text)
     PARAMS = "pa"  # the template parameters in placeholder order, JSON (sealed when sensitive)
     TEMPLATE_VERSION = "tv"  # the template version rendered
     SIGN = "sn"  # the sign name sent under ('' for none)
     VENDOR_IDS = "vt"  # the template's vendor template id per provider, JSON
     ENCODING = "en"  # Encoding number of the rendered text (1 GSM-7, 2 UCS-2)
-    RENDERED = "r"  # the text handed to the provider
+    RENDERED = "r"  # the text handed to the provider (absent: its batch's, ShardKeys.batch_text)
     SEGMENTS = "sg"  # SMS segments of the rendered text
     CREATED = "ct"  # acceptance time, ms
     SEND_AT = "sa"  # requested send time, ms (at or before CREATED: send now)
@@ -101,6 +101,9 @@ class MessageField(enum.StrEnum):
     ERROR_CODE = "ec"  # the last error's code
     ERROR_REASON = "er"  # the last error, in words
     ERROR_RETRYABLE = "ery"  # '1' when the last error was retried
+    # The status history, a line per change: "status|ms since CREATED|detail"
+    # (lib.lua; absent in messages accepted before it, whose history is a list).
+    HISTORY = "hs"
     COST = "co"  # estimated cost in micro-units of its provider's currency (set on SENT)
     # Providers of its route that refused it, as "name code" joined by ',':
     # the next claim routes it past them (failover).
@@ -271,6 +274,8 @@ class ShardKeys:
         return f"{self.prefix}m:{app}:{message_id}"
 
     def history(self, app: str, message_id: str) -> str:
+        """List of the history of a message accepted before its history moved
+        into the hash (``MessageField.HISTORY``); lib.lua keeps appending to it."""
         return f"{self.prefix}h:{app}:{message_id}"
 
     def index(self, app: str) -> str:
@@ -281,6 +286,11 @@ class ShardKeys:
     def batch(self, app: str, batch_id: str) -> str:
         """List of a batch's message ids, in request order."""
         return f"{self.prefix}b:{app}:{batch_id}"
+
+    def batch_text(self, app: str, batch_id: str) -> str:
+        """The text a batch's recipients share, stored once (accept.lua); their
+        hashes then hold no text of their own."""
+        return f"{self.prefix}bt:{app}:{batch_id}"
 
     def idempotency(self, app: str, request_id: str) -> str:
         return f"{self.prefix}idem:{app}:{request_id}"
@@ -322,7 +332,8 @@ class ShardKeys:
         return self.prefix + "uc"
 
     def provider_id(self, provider: str, provider_message_id: str) -> str:
-        """Maps a provider's message id back to ``app:id`` for delivery receipts."""
+        """Maps a provider's message id back to ``app:id`` for delivery receipts,
+        from SENT until a receipt ends the message (receipt.lua drops it)."""
         return f"{self.prefix}pm:{provider}:{provider_message_id}"
 
 

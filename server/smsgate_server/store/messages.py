@@ -269,11 +269,47 @@ class MessageStore:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for shard, message_id in refs:
-                keys = self.shard_keys[shard]
-                pipe.hgetall(keys.message(app, message_id))
-                pipe.lrange(keys.history(app, message_id), 0, -1)
-            raw = await pipe.execute()
-        return [_to_message(raw[i], raw[i + 1]) if raw[i] else None for i in range(0, len(raw), 2)]
+                pipe.hgetall(self.shard_keys[shard].message(app, message_id))
+            raw: list[dict[bytes, bytes]] = await pipe.execute()
+        fields = [{k.decode(): v.decode() for k, v in f.items()} if f else None for f in raw]
+        # A second round trip only for what is not in the hash: the text a
+        # batch's recipients share, and the history list of a message accepted
+        # before the history moved into the hash.
+        more: list[tuple[str, int, str]] = []
+        for (shard, message_id), d in zip(refs, fields, strict=True):
+            if d is None:
+                continue
+            if MessageField.RENDERED not in d and d.get(MessageField.BATCH):
+                more.append(("bt", shard, d[MessageField.BATCH]))
+            if MessageField.HISTORY not in d:
+                more.append(("h", shard, message_id))
+        found: dict[tuple[str, int, str], Any] = {}
+        if more:
+            wanted = list(dict.fromkeys(more))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for kind, shard, name in wanted:
+                    keys = self.shard_keys[shard]
+                    if kind == "bt":
+                        pipe.get(keys.batch_text(app, name))
+                    else:
+                        pipe.lrange(keys.history(app, name), 0, -1)
+                found = dict(zip(wanted, await pipe.execute(), strict=True))
+        out: list[StoredMessage | None] = []
+        for (shard, message_id), d in zip(refs, fields, strict=True):
+            if d is None:
+                out.append(None)
+                continue
+            shared = found.get(("bt", shard, d.get(MessageField.BATCH, "")))
+            legacy = found.get(("h", shard, message_id))
+            out.append(
+                _to_message(
+                    message_id,
+                    d,
+                    shared.decode() if shared else "",
+                    [x.decode() for x in legacy] if legacy is not None else None,
+                )
+            )
+        return out
 
     @redis_edge
     async def has_request(self, app: str, shard: int, request_id: str) -> bool:
@@ -492,30 +528,49 @@ class MessageStore:
 _STATUS_OF = {str(s.value): s for s in Status}
 
 
-def _to_message(f: dict[bytes, bytes], history: list[bytes]) -> StoredMessage:
-    # Decoded once: ListMessages turns hundreds of these per call, on the event loop.
-    d = {k.decode(): v.decode() for k, v in f.items()}
+def _history(d: dict[str, str], created_ms: int, legacy: list[str] | None) -> list[HistoryEntry]:
+    """The history lines of the hash (times relative to creation), or of the
+    list of a message accepted before they moved there (absolute times)."""
+    if legacy is not None:
+        base, lines = 0, legacy
+    else:
+        base, lines = created_ms, d.get(MessageField.HISTORY, "").split("\n")
+    entries = []
+    for line in lines:
+        if line:
+            status, ts, detail = line.split("|", 2)
+            entries.append(HistoryEntry(_STATUS_OF[status], base + int(ts), detail))
+    return entries
+
+
+def _to_message(
+    message_id: str, d: dict[str, str], batch_text: str, legacy_history: list[str] | None
+) -> StoredMessage:
+    """A message from its decoded hash; ``batch_text`` is its batch's shared
+    text (used when the hash has none of its own)."""
 
     def n(name: MessageField) -> int:
         return int(d.get(name) or 0)
 
     F = MessageField
-
-    entries = []
-    for raw in history:
-        status, ts, detail = raw.decode().split("|", 2)
-        entries.append(HistoryEntry(_STATUS_OF[status], int(ts), detail))
+    created_ms = n(F.CREATED)
+    rendered = d.get(F.RENDERED, batch_text)
+    template_id = d.get(F.TEMPLATE, "")
+    sensitive = d.get(F.SENSITIVE) == "1"
+    # Free text is stored once, as the rendered text (accept.lua); a code's
+    # rendered text is sealed and never its text.
+    text = d.get(F.TEXT, "" if template_id or sensitive else rendered)
     return StoredMessage(
-        id=d.get(F.ID, ""),
+        id=message_id,
         batch_id=d.get(F.BATCH, ""),
         phone=d.get(F.PHONE, ""),
-        text=d.get(F.TEXT, ""),
-        template_id=d.get(F.TEMPLATE, ""),
+        text=text,
+        template_id=template_id,
         params_json=d.get(F.PARAMS, ""),
-        rendered=d.get(F.RENDERED, ""),
+        rendered=rendered,
         segments=n(F.SEGMENTS),
         status=_STATUS_OF[d[F.STATUS]],
-        created_ms=n(F.CREATED),
+        created_ms=created_ms,
         send_at_ms=n(F.SEND_AT),
         updated_ms=n(F.UPDATED),
         provider=d.get(F.PROVIDER, ""),
@@ -526,8 +581,8 @@ def _to_message(f: dict[bytes, bytes], history: list[bytes]) -> StoredMessage:
         error_retryable=d.get(F.ERROR_RETRYABLE) == "1",
         sender=d.get(F.SENDER, ""),
         labels_json=d.get(F.LABELS, ""),
-        history=entries,
-        sensitive=d.get(F.SENSITIVE) == "1",
+        history=_history(d, created_ms, legacy_history),
+        sensitive=sensitive,
         template_version=n(F.TEMPLATE_VERSION),
         sign=d.get(F.SIGN, ""),
         vendor_ids_json=d.get(F.VENDOR_IDS, ""),

@@ -10,9 +10,17 @@
 -- ms (0: never), encoding, template version, sign name, vendor ids json (the
 -- last three only with a template id, which the message counts toward its
 -- template's uses until it is handed to a provider: lib.lua).
--- Returns {'new'} | {'dup', remembered result} | {'conflict'}.
+-- Returns {'new'} | {'dup', remembered result} | {'conflict'}. A call whose
+-- messages exist already is a 'dup' of itself: {'dup', ARGV[9]}.
 local app, rhash, ttl, batch, remember, F, horizon =
   ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
+-- Ids are random, so only a repeated call (a retry whose first run was stored
+-- after all, say before a failover) names a message that exists; one script
+-- stores all of a call's messages or none, so its first id tells. Storing them
+-- again would send them twice: answer as the first run would be remembered.
+if #ARGV >= 12 and redis.call('EXISTS', mkey(app, ARGV[12])) == 1 then
+  return {'dup', remember}
+end
 if rhash ~= '' then
   local seen = redis.call('GET', KEYS[2])
   if seen then
@@ -27,14 +35,49 @@ end
 -- Ids start with their creation time in hex: index entries older than the
 -- horizon belong to messages long gone.
 redis.call('ZREMRANGEBYLEX', KEYS[5], '-', '(' .. string.format('%012x', math.max(NOW - horizon, 0)))
+-- A batch's text is stored once per shard (bt:<app>:<batch>, read by claim.lua
+-- and store/messages.py), not in each recipient's hash: messages whose text is
+-- the batch's have no 'r' (nor 'tx'). The first text accepted for the batch
+-- in this shard is the batch's; recipients with a text of their own (their own
+-- template params) keep it in their hash.
+local shared = false
+if batch ~= '' then
+  local bt = P .. 'bt:' .. app .. ':' .. batch
+  shared = redis.call('GET', bt)
+  -- Worth a key only when the batch has two or more recipients here; a
+  -- verification code's text is sealed per message and never shared.
+  if not shared and #ARGV >= 12 + 2 * F and ARGV[12 + 10] ~= '1' then
+    shared = ARGV[12 + 5]
+    redis.call('SET', bt, shared, 'PX', horizon)
+  end
+end
+-- Only what is not empty (or 0) is stored: readers take a missing field as
+-- its empty value, and every field written costs bytes for the message's life.
+local function hset_present(key, ...)
+  local f, n = {...}, select('#', ...)
+  local kept = {}
+  for k = 1, n, 2 do
+    local v = f[k + 1]
+    if v ~= '' and v ~= '0' and v ~= 0 then
+      kept[#kept + 1] = f[k]
+      kept[#kept + 1] = v
+    end
+  end
+  redis.call('HSET', key, unpack(kept))
+end
 for i = 12, #ARGV, F do
   local id, send_at = ARGV[i], tonumber(ARGV[i + 7])
-  redis.call('HSET', mkey(app, id), 'id', id, 'b', batch, 'p', ARGV[i + 1],
-    'tx', ARGV[i + 2], 'tp', ARGV[i + 3], 'pa', ARGV[i + 4], 'r', ARGV[i + 5],
-    'sg', ARGV[i + 6], 'ct', NOW, 'sa', send_at, 'snd', ARGV[i + 8], 'lb', ARGV[i + 9],
-    'at', 0, 'sen', ARGV[i + 10], 'ex', ARGV[i + 11], 'en', ARGV[i + 12])
+  local m = mkey(app, id)
+  local text, rendered = ARGV[i + 2], ARGV[i + 5]
+  if shared and rendered == shared and ARGV[i + 10] ~= '1' then rendered = '' end
+  -- Free text is its own rendering: stored once.
+  if text == ARGV[i + 5] then text = '' end
+  hset_present(m, 'b', batch, 'p', ARGV[i + 1], 'tx', text, 'tp', ARGV[i + 3],
+    'pa', ARGV[i + 4], 'r', rendered, 'sg', ARGV[i + 6], 'ct', NOW, 'sa', send_at,
+    'snd', ARGV[i + 8], 'lb', ARGV[i + 9], 'sen', ARGV[i + 10], 'ex', ARGV[i + 11],
+    'en', ARGV[i + 12])
   if ARGV[i + 3] ~= '' then
-    redis.call('HSET', mkey(app, id), 'tv', ARGV[i + 13], 'sn', ARGV[i + 14], 'vt', ARGV[i + 15])
+    hset_present(m, 'tv', ARGV[i + 13], 'sn', ARGV[i + 14], 'vt', ARGV[i + 15])
     redis.call('INCR', P .. 'tu:' .. app .. ':' .. ARGV[i + 3])
   end
   redis.call('ZADD', KEYS[5], 0, id)

@@ -30,6 +30,12 @@ for i = 8, #ARGV, 2 do
     local attempts = redis.call('HINCRBY', mkey(app, id), 'at', 1)
     local v = redis.call('HMGET', mkey(app, id), 'p', 'r', 'snd', 'ct', 'b', 'sa', 'sen',
       'tp', 'pa', 'sn', 'vt')
+    -- accept.lua stores only fields that are set: a missing one is empty, and
+    -- a batch recipient without a text of its own has the batch's.
+    v[3], v[5], v[6] = v[3] or '', v[5] or '', v[6] or '0'
+    if not v[2] then
+      v[2] = v[5] ~= '' and redis.call('GET', P .. 'bt:' .. app .. ':' .. v[5]) or ''
+    end
     enter(app, id, v[5], st, SENDING, 'attempt ' .. attempts)
     out[#out + 1] = {entry, app, id, v[1], v[2], v[3], attempts, v[4], v[5], v[6], v[7],
       v[8] or '', v[9] or '', v[10] or '', v[11] or ''}

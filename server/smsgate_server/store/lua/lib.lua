@@ -92,16 +92,34 @@ end
 -- `status`: hash, history and event stream, at `at` (ms; NOW when nil: a
 -- vendor's receipt names its own time). A move domain/status.py does not
 -- allow is a bug: the script stops with an error.
+--
+-- The history lives in the message hash (field 'hs'), one line per status
+-- change, "status|ms since creation|detail" (store/messages.py reads it): one
+-- key per message instead of two, and short enough for the hash to stay in
+-- Redis's compact encoding. Messages accepted before 'hs' existed keep their
+-- history list (h:<app>:<id>) to the end.
 local function enter(app, id, batch, from, status, detail, ecode, ereason, at)
   if not ALLOWED[status][from] then
     error('illegal transition ' .. from .. ' -> ' .. status .. ' of ' .. id)
   end
   local m, h = mkey(app, id), hkey(app, id)
   local t = at or NOW
-  if from == NEW then redis.call('INCR', P .. 'live:' .. app) end
-  redis.call('HSET', m, 'st', status, 'ut', t)
+  local hs, ct = '', NOW
+  if from == NEW then
+    redis.call('INCR', P .. 'live:' .. app)
+  else
+    local f = redis.call('HMGET', m, 'hs', 'ct')
+    hs, ct = f[1], tonumber(f[2]) or 0
+  end
+  if hs then
+    -- A line per change: a detail never breaks one (vendors' words may hold anything).
+    local line = status .. '|' .. (t - ct) .. '|' .. (string.gsub(detail, '\n', ' '))
+    redis.call('HSET', m, 'st', status, 'ut', t, 'hs', hs == '' and line or hs .. '\n' .. line)
+  else
+    redis.call('HSET', m, 'st', status, 'ut', t)
+    redis.call('RPUSH', h, status .. '|' .. t .. '|' .. detail)
+  end
   if USES_TEMPLATE[from] and not USES_TEMPLATE[status] then template_released(app, m) end
-  redis.call('RPUSH', h, status .. '|' .. t .. '|' .. detail)
   if trimmed then
     redis.call('XADD', EVENTS, '*', 'a', app, 'm', id, 'b', batch,
       's', status, 't', t, 'd', detail, 'ec', ecode or '', 'er', ereason or '')
@@ -117,7 +135,7 @@ local function enter(app, id, batch, from, status, detail, ecode, ereason, at)
       redis.call('HSET', m, 'tx', '', 'r', '', 'pa', '')
     end
     redis.call('EXPIRE', m, RETAIN)
-    redis.call('EXPIRE', h, RETAIN)
+    if not hs then redis.call('EXPIRE', h, RETAIN) end
     held_ended(app)
   end
   if status == SENT or TERMINAL[status] then count_usage(app, m, status, t) end

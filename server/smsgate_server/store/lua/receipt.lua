@@ -5,6 +5,8 @@
 -- when it names none). Returns per receipt: 1 applied, 0 ignored (the message
 -- ended already, or is gone), -1 too early (the message is still SENDING: its
 -- send outcome is not stored yet).
+-- How long (s) a provider id still leads to its ended message.
+local REPEAT_WINDOW = 600
 local out = {}
 for i = 5, #ARGV, 6 do
   local app, id, code = ARGV[i], ARGV[i + 1], ARGV[i + 3]
@@ -12,13 +14,20 @@ for i = 5, #ARGV, 6 do
   if st == SENT then
     local m = mkey(app, id)
     redis.call('ZREM', KEYS[2], app .. ':' .. id)
+    local f = redis.call('HMGET', m, 'ut', 'pv', 'pid')
     -- The vendor's clock, kept between the SENT entry and now, so the
     -- history stays in order whatever the skew.
     local at = tonumber(ARGV[i + 5])
     if at == 0 then
       at = nil
     else
-      at = math.min(NOW, math.max(at, tonumber(redis.call('HGET', m, 'ut') or '0')))
+      at = math.min(NOW, math.max(at, tonumber(f[1] or '0')))
+    end
+    -- The provider's id led receipts here; this one ends the message, so the
+    -- map is kept only while the vendor may repeat it (a repeat then finds
+    -- the ended message and is ignored), not for the receipt timeout.
+    if f[3] and f[3] ~= '' then
+      redis.call('EXPIRE', P .. 'pm:' .. (f[2] or '') .. ':' .. f[3], REPEAT_WINDOW)
     end
     if ARGV[i + 2] == '1' then
       enter(app, id, batch, st, DELIVERED, code, nil, nil, at)

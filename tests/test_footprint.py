@@ -1,0 +1,187 @@
+"""What a message costs in Redis (issue 16): one compact hash with its history,
+a batch's text stored once, the provider-id map dropped soon after the receipt,
+and messages written in the previous layout still read and moved."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from smsgate_server.config import Settings
+from smsgate_server.domain.ids import new_message_id
+from smsgate_server.domain.message import NewMessage
+from smsgate_server.domain.status import Status
+from smsgate_server.store.connection import RedisConnection
+from smsgate_server.store.keys import MessageField
+from smsgate_server.store.messages import (
+    Accepted,
+    MessageStore,
+    Outcome,
+    Receipt,
+    ReceiptResult,
+    SendOutcome,
+)
+from smsgate_server.store.queue import DispatchQueue
+
+from tests.test_store import Clock, store_for
+
+# Longer than Redis's default compact-hash value limit (64 bytes).
+TEXT = "Your order 4711 has shipped and arrives tomorrow. Track it at example.com/t/9f3k"
+APP = "ak_footprint"
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def queue(redis: Redis) -> DispatchQueue:
+    queue = DispatchQueue(RedisConnection(client=redis, reader=redis), shards=1)
+    await queue.ensure_groups()
+    return queue
+
+
+def new(now_ms: int, text: str = TEXT, phone: str = "+14155550123") -> NewMessage:
+    return NewMessage(
+        id=new_message_id(now_ms, 0), phone=phone, rendered=text, segments=1,
+        send_at_ms=0, text=text,
+    )  # fmt: skip
+
+
+async def deliver(store: MessageStore, queue: DispatchQueue, clock: Clock) -> None:
+    """Claim, send and deliver every queued message, 5 ms apart."""
+    entries = await queue.read(0, "w1", 100)
+    claimed = await store.claim(0, entries, reclaimed=False, max_attempts=3)
+    clock.ms += 5
+    await store.settle(0, [SendOutcome(c, Outcome.SENT, "sim", f"pid-{c.id}") for c in claimed])
+    clock.ms += 5
+    results = await store.apply_receipts(0, [Receipt(APP, c.id, True) for c in claimed])
+    assert set(results) == {ReceiptResult.APPLIED}
+
+
+async def test_a_delivered_message_is_one_compact_hash_with_its_history(
+    redis: Redis, queue: DispatchQueue
+) -> None:
+    clock = Clock(1_700_000_000_000)
+    store = store_for(redis, Settings(), clock)
+    sent = new(clock.ms)
+    await store.accept(APP, 0, [sent])
+    await deliver(store, queue, clock)
+
+    key = store.shard_keys[0].message(APP, sent.id)
+    # The embedded Redis keeps hashes with values up to 1 KiB compact.
+    assert await redis.object("encoding", key) in (b"ziplist", b"listpack")
+    assert not await redis.exists(store.shard_keys[0].history(APP, sent.id))
+    (got,) = await store.get_many(APP, [(0, sent.id)])
+    assert got is not None
+    assert (got.id, got.text, got.rendered, got.status) == (
+        sent.id, TEXT, TEXT, Status.DELIVERED,
+    )  # fmt: skip
+    assert [(h.status, h.time_ms - got.created_ms, h.detail) for h in got.history] == [
+        (Status.QUEUED, 0, ""),
+        (Status.SENDING, 0, "attempt 1"),
+        (Status.SENT, 5, f"sim pid-{sent.id}"),
+        (Status.DELIVERED, 10, ""),
+    ]
+
+
+async def test_a_batch_text_is_stored_once_and_every_recipient_reads_and_sends_it(
+    redis: Redis, queue: DispatchQueue
+) -> None:
+    clock = Clock(1_700_000_000_000)
+    store = store_for(redis, Settings(), clock)
+    shared = [new(clock.ms, phone=f"+1415555010{i}") for i in range(3)]
+    own = new(clock.ms, text="A text of its own", phone="+14155550199")
+    await store.accept(APP, 0, [*shared, own], batch_id="b1")
+
+    keys = store.shard_keys[0]
+    assert await redis.get(keys.batch_text(APP, "b1")) == TEXT.encode()
+    for m in shared:
+        stored = await redis.hkeys(keys.message(APP, m.id))
+        assert MessageField.RENDERED.encode() not in stored
+        assert MessageField.TEXT.encode() not in stored
+    read = await store.get_many(APP, [(0, m.id) for m in [*shared, own]])
+    assert [(m.text, m.rendered) for m in read if m is not None] == [
+        *[(TEXT, TEXT)] * 3,
+        ("A text of its own", "A text of its own"),
+    ]
+    claimed = await store.claim(0, await queue.read(0, "w1", 10), reclaimed=False, max_attempts=3)
+    assert sorted(c.rendered for c in claimed) == sorted([TEXT] * 3 + ["A text of its own"])
+    assert {c.batch_id for c in claimed} == {"b1"}
+
+
+async def test_a_repeated_accept_call_stores_and_queues_nothing_again(
+    redis: Redis, queue: DispatchQueue
+) -> None:
+    clock = Clock(1_700_000_000_000)
+    store = store_for(redis, Settings(), clock)
+    batch = [new(clock.ms, phone=f"+1415555010{i}") for i in range(2)]
+
+    first = await store.accept(APP, 0, batch, batch_id="b1", remember="b1;ids")
+    # The same call again, as a retry after a failover sends it.
+    again = await store.accept(APP, 0, batch, batch_id="b1", remember="b1;ids")
+
+    assert first.kind is Accepted.NEW
+    assert (again.kind, again.remembered) == (Accepted.DUPLICATE, "b1;ids")
+    keys = store.shard_keys[0]
+    assert await redis.xlen(keys.queue) == 2
+    assert await store.batch_ids(APP, 0, "b1") == [m.id for m in batch]
+    (one,) = await store.get_many(APP, [(0, batch[0].id)])
+    assert one is not None and [h.status for h in one.history] == [Status.QUEUED]
+
+
+async def test_a_receipt_leaves_the_provider_id_map_only_for_repeats(
+    redis: Redis, queue: DispatchQueue
+) -> None:
+    clock = Clock(1_700_000_000_000)
+    store = store_for(redis, Settings(), clock)
+    sent = new(clock.ms)
+    await store.accept(APP, 0, [sent])
+    await deliver(store, queue, clock)
+
+    pm = store.shard_keys[0].provider_id("sim", f"pid-{sent.id}")
+    assert 0 < await redis.ttl(pm) <= 600  # was the receipt timeout and an hour
+    assert await store.lookup_provider_ids("sim", [f"pid-{sent.id}"]) == [f"{APP}:{sent.id}"]
+
+
+async def test_a_message_stored_in_the_previous_layout_reads_and_moves_on(
+    redis: Redis, queue: DispatchQueue
+) -> None:
+    clock = Clock(1_700_000_000_000)
+    store = store_for(redis, Settings(), clock)
+    keys = store.shard_keys[0]
+    old_id = new_message_id(clock.ms, 0)
+    # What accept.lua wrote before this issue: every field, the text twice,
+    # and the history as a list of "status|absolute ms|detail".
+    await redis.hset(
+        keys.message(APP, old_id),
+        mapping={
+            "id": old_id, "b": "", "p": "+14155550123", "tx": TEXT, "tp": "", "pa": "",
+            "r": TEXT, "sg": 2, "ct": clock.ms, "sa": clock.ms, "snd": "", "lb": "",
+            "at": 0, "sen": "", "ex": 0, "en": 1, "st": int(Status.QUEUED), "ut": clock.ms,
+        },
+    )  # fmt: skip
+    await redis.rpush(keys.history(APP, old_id), f"{int(Status.QUEUED)}|{clock.ms}|")
+    await redis.xadd(keys.queue, {"m": f"{APP}:{old_id}"})
+
+    (before,) = await store.get_many(APP, [(0, old_id)])
+    assert before is not None
+    assert (before.text, before.rendered, before.segments) == (TEXT, TEXT, 2)
+    assert [(h.status, h.time_ms) for h in before.history] == [(Status.QUEUED, clock.ms)]
+
+    await deliver(store, queue, clock)
+
+    (after,) = await store.get_many(APP, [(0, old_id)])
+    assert after is not None and after.status is Status.DELIVERED
+    assert [(h.status, h.time_ms - clock.ms) for h in after.history] == [
+        (Status.QUEUED, -10),
+        (Status.SENDING, -10),
+        (Status.SENT, -5),
+        (Status.DELIVERED, 0),
+    ]
+    # Its history list ends with the message, not before.
+    assert 0 < await redis.ttl(keys.history(APP, old_id)) <= Settings().message_retention_seconds
