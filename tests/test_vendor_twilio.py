@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from smsgate_server.providers.base import OutboundBatch, OutcomeClass, Recipient
+from smsgate_server.providers.base import OutboundBatch, OutcomeClass, Recipient, StatusQuery
 from smsgate_server.providers.twilio import TwilioConfig, TwilioProvider
 
 from tests.vendor_fakes.loopback import serve
@@ -120,6 +122,60 @@ async def test_timeout_after_the_request_was_written_is_unknown(vendor: Vendor) 
 
     assert (result.outcome, result.code) == (OutcomeClass.UNKNOWN, "NO_ANSWER")
     assert len(vendor.fake.messages) == 1
+
+
+async def unknown_send(vendor: Vendor, phone: str) -> tuple[TwilioProvider, int]:
+    """A send whose answer is lost after Twilio created the message; the
+    provider and the message's SENT time, as the reconciler knows them."""
+    vendor.fake.controls.stalled = True
+    provider = vendor.provider(timeout=0.2)
+    [result] = await provider.send_batch(batch(phone))
+    assert result.outcome is OutcomeClass.UNKNOWN
+    vendor.fake.controls.release()
+    vendor.fake.controls.stalled = False
+    return provider, int(time.time() * 1000)
+
+
+async def test_a_send_of_unknown_outcome_is_found_by_its_number_and_time(vendor: Vendor) -> None:
+    provider, sent_ms = await unknown_send(vendor, "+14155550123")
+    [sid] = vendor.fake.resources
+    vendor.fake.set_status(sid, "undelivered", 30003)
+
+    answer = await provider.query_status([StatusQuery("msg0", "+14155550123", "", sent_ms)])
+
+    [status] = answer.statuses
+    assert status is not None and (status.delivered, status.code) == (False, "30003")
+    assert vendor.fake.lists[-1] == {
+        "To": "+14155550123",
+        "From": "+15005550006",
+        "PageSize": "100",
+    }
+
+
+async def test_two_messages_to_the_number_at_that_time_are_no_answer(vendor: Vendor) -> None:
+    provider, sent_ms = await unknown_send(vendor, "+14155550123")
+    await provider.send_batch(batch("+14155550123"))
+    for sid in vendor.fake.resources:
+        vendor.fake.set_status(sid, "delivered")
+
+    answer = await provider.query_status([StatusQuery("msg0", "+14155550123", "", sent_ms)])
+
+    assert answer.statuses == [None]
+
+
+async def test_only_a_message_created_while_the_call_ran_is_taken(vendor: Vendor) -> None:
+    provider, sent_ms = await unknown_send(vendor, "+14155550123")
+    [sid] = vendor.fake.resources
+    vendor.fake.set_status(sid, "delivered")
+    query = StatusQuery("msg0", "+14155550123", "", sent_ms)
+    # Created an hour before: another message; the request never arrived.
+    vendor.fake.created_at(sid, datetime.now(UTC) - timedelta(hours=1))
+
+    assert (await provider.query_status([query])).statuses == [None]
+
+    vendor.fake.created_at(sid, datetime.now(UTC))
+    [status] = (await provider.query_status([query])).statuses
+    assert status is not None and status.delivered
 
 
 async def test_a_wrong_auth_token_is_permanent(vendor: Vendor) -> None:

@@ -1,7 +1,8 @@
 """Twilio's ``POST /2010-04-01/Accounts/{Sid}/Messages.json`` as the vendor
 answers it: HTTP basic auth (account SID and token, or an API key), 201 with
 the Message resource, or a 4xx/5xx with Twilio's error object; and
-``GET .../Messages/{MessageSid}.json``, the resource as it is now."""
+``GET .../Messages/{MessageSid}.json``, the resource as it is now, and
+``GET .../Messages.json``, the list by number."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ class TwilioFake:
 
     ``opted_out`` numbers answered STOP (21610); ``throttled`` answers that
     many next messages with 429 / 20429. ``resources`` holds each message
-    created, by sid; ``set_status`` moves one on as the carrier would.
+    created, by sid; ``set_status`` moves one on as the carrier would;
+    ``created_at`` back-dates one (its ``date_created``).
     """
 
     account_sid: str = "AC" + "f" * 32
@@ -46,12 +48,14 @@ class TwilioFake:
     messages: list[dict[str, str]] = field(default_factory=list)
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)
     fetches: list[str] = field(default_factory=list)
+    lists: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def app(self) -> Starlette:
         return Starlette(
             routes=[
                 Route("/2010-04-01/Accounts/{sid}/Messages.json", self._create, methods=["POST"]),
+                Route("/2010-04-01/Accounts/{sid}/Messages.json", self._list, methods=["GET"]),
                 Route(
                     "/2010-04-01/Accounts/{sid}/Messages/{message_sid}.json",
                     self._fetch,
@@ -70,7 +74,13 @@ class TwilioFake:
         if request.path_params["sid"] != self.account_sid:
             return self._error(20404, "The requested resource was not found", 404)
         self.messages.append(form)
+        # Decided (and a message created) before any stall: a client that
+        # times out after writing its request leaves the message at Twilio.
+        answer = self._answer(form)
         await self.controls.maybe_stall()
+        return answer
+
+    def _answer(self, form: dict[str, str]) -> Response:
         if self.throttled:
             self.throttled -= 1
             return self._error(20429, "Too Many Requests", 429)
@@ -105,12 +115,46 @@ class TwilioFake:
             return self._error(20404, "The requested resource was not found", 404)
         return JSONResponse(resource)
 
+    async def _list(self, request: Request) -> Response:
+        """The account's messages, newest first, filtered by ``To`` and
+        ``From`` and cut to ``PageSize`` (one page: ``next_page_uri`` null)."""
+        if not self._authenticated(request):
+            return self._error(20003, "Authenticate", 401)
+        if request.path_params["sid"] != self.account_sid:
+            return self._error(20404, "The requested resource was not found", 404)
+        self.lists.append(dict(request.query_params))
+        to, sender = request.query_params.get("To"), request.query_params.get("From")
+        size = int(request.query_params.get("PageSize", "50"))
+        found = [
+            r
+            for r in reversed(self.resources.values())
+            if (to is None or r["to"] == to) and (sender is None or r["from"] == sender)
+        ][:size]
+        uri = f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
+        return JSONResponse(
+            {
+                "messages": found,
+                "end": len(found) - 1,
+                "first_page_uri": f"{uri}?PageSize={size}&Page=0",
+                "next_page_uri": None,
+                "page": 0,
+                "page_size": size,
+                "previous_page_uri": None,
+                "start": 0,
+                "uri": f"{uri}?PageSize={size}&Page=0",
+            }
+        )
+
     def set_status(self, sid: str, status: str, error_code: int | None = None) -> None:
         """The carrier's word on a message (``delivered``, ``undelivered``, ...)."""
         resource = self.resources[sid]
         resource["status"] = status
         resource["error_code"] = error_code
         resource["date_updated"] = format_datetime(datetime.now(UTC), usegmt=True)
+
+    def created_at(self, sid: str, when: datetime) -> None:
+        """Back-date a message's ``date_created`` (Twilio's whole seconds)."""
+        self.resources[sid]["date_created"] = format_datetime(when, usegmt=True)
 
     def _authenticated(self, request: Request) -> bool:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")

@@ -27,6 +27,11 @@ from smsgate_server.providers.calls import CallFailed, vendor_call, vendor_post
 __all__ = ["TwilioConfig", "TwilioProvider", "classify_twilio"]
 
 OPTED_OUT = 21610
+# Finding a send of unknown outcome in the number's messages: the clock skew
+# allowed between Twilio's date_created (whole seconds) and ours, and how many
+# of the number's latest messages are read.
+FIND_SKEW_MS = 5_000
+FIND_PAGE = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,18 +141,47 @@ class TwilioProvider:
         )
 
     async def query_status(self, queries: Sequence[StatusQuery]) -> StatusAnswer:
-        """``GET Messages/{Sid}.json`` per message; a message sent with an
-        unknown outcome has no sid to ask about."""
+        """``GET Messages/{Sid}.json`` per message; one sent with an unknown
+        outcome has no sid, and is looked for in the list of the number's
+        messages (``_find``)."""
         return StatusAnswer(list(await asyncio.gather(*(self._query(q) for q in queries))))
 
     async def _query(self, query: StatusQuery) -> VendorStatus | None:
         if not query.vendor_id:
+            return await self._find(query)
+        url = self._url.removesuffix(".json") + f"/{quote(query.vendor_id, safe='')}.json"
+        body = await self._get(url)
+        return _final_status(body) if body is not None else None
+
+    async def _find(self, query: StatusQuery) -> VendorStatus | None:
+        """The fate of a send whose answer was lost: the one message to the
+        number (from our number, when we send from one) that Twilio created
+        while our call could have reached it, from the call's start (a timeout
+        before the SENT time) to the SENT time, give or take clock skew. None
+        when there is none (the request never arrived), several (no guess), or
+        the page does not reach back that far."""
+        latest = query.sent_ms + FIND_SKEW_MS
+        earliest = query.sent_ms - int(self._timeout * 1000) - FIND_SKEW_MS
+        params = {"To": query.phone, "PageSize": str(FIND_PAGE)}
+        if self._config.from_number and not self._config.messaging_service_sid:
+            params["From"] = self._config.from_number
+        body = await self._get(f"{self._url}?{urlencode(params)}")
+        listed = body.get("messages") if body is not None else None
+        if not isinstance(listed, list):
             return None
+        times = [_time_ms(m.get("date_created")) if isinstance(m, dict) else 0 for m in listed]
+        if len(listed) >= FIND_PAGE and min(times, default=0) > earliest:
+            return None
+        found = [m for m, at in zip(listed, times, strict=True) if earliest <= at <= latest]
+        return _final_status(found[0]) if len(found) == 1 else None
+
+    async def _get(self, url: str) -> dict[str, object] | None:
+        """The JSON object a GET answers, or None when it could not be had."""
         try:
             response, body = await vendor_call(
                 self._http,
                 "GET",
-                self._url.removesuffix(".json") + f"/{quote(query.vendor_id, safe='')}.json",
+                url,
                 vendor=self.name,
                 headers={"accept": "application/json"},
                 timeout=self._timeout,
@@ -156,21 +190,24 @@ class TwilioProvider:
             )
         except CallFailed:
             return None
-        if not response.is_success:
-            return None
-        # Read as its status callback is (providers/receipts.py): same codes.
-        status = str(body.get("status", ""))
-        at = _time_ms(body.get("date_updated"))
-        if status in ("delivered", "read"):
-            return VendorStatus(True, status, "", at)
-        if status in ("undelivered", "failed", "canceled"):
-            code = body.get("error_code")
-            return VendorStatus(False, str(code) if code is not None else status, status, at)
-        # queued, sending, sent, ...: no final word yet.
-        return None
+        return body if response.is_success else None
 
     async def aclose(self) -> None:
         """Nothing of its own to release; the HTTP client belongs to the caller."""
+
+
+def _final_status(body: dict[str, object]) -> VendorStatus | None:
+    """A Message resource's final word, read as its status callback is
+    (providers/receipts.py): same codes; None while it has none."""
+    status = str(body.get("status", ""))
+    at = _time_ms(body.get("date_updated"))
+    if status in ("delivered", "read"):
+        return VendorStatus(True, status, "", at)
+    if status in ("undelivered", "failed", "canceled"):
+        code = body.get("error_code")
+        return VendorStatus(False, str(code) if code is not None else status, status, at)
+    # queued, sending, sent, ...: no final word yet.
+    return None
 
 
 def _retry_after(response: httpx.Response) -> float:
