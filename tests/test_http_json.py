@@ -40,7 +40,7 @@ async def http(server: Running) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def call(
-    http: httpx.AsyncClient, method: str, body: dict[str, Any], token: str | None
+    http: httpx.AsyncClient, method: str, body: Any, token: str | None
 ) -> httpx.Response:
     """POST ``body`` as JSON to /smsgate.v1.<method>."""
     headers = {"content-type": "application/json"}
@@ -177,6 +177,10 @@ async def test_every_unary_rpc_answers_over_http_json(http: httpx.AsyncClient, t
 
     assert await rpc("InboundService/ListReplies", {}) == {}
 
+    today = datetime.now(UTC).date().isoformat()
+    usage = await rpc("UsageService/GetUsage", {"startDate": today, "endDate": today})
+    assert isinstance(usage, dict)
+
     assert called == unary_methods()
 
 
@@ -245,6 +249,27 @@ async def test_an_unknown_json_field_is_named_not_ignored(
     violations = details(reply.json())["google.rpc.BadRequest"]["fieldViolations"]
     assert [v["field"] for v in violations] == ["phone"]
     assert "phoneNumber" in violations[0]["description"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"template": {"templateId": "x", "parms": {}}}, "template.parms"),
+        ({"phoneNumber": "+14155550123", "text": "x", "sendTime": "tomorrow"}, "sendTime"),
+        ({"phoneNumber": 14155550123, "text": "x"}, "phoneNumber"),
+        ([{"phoneNumber": "+14155550123"}], ""),
+    ],
+)
+async def test_a_body_that_is_not_the_message_names_where(
+    http: httpx.AsyncClient, token: str, body: Any, field: str
+) -> None:
+    reply = await call(http, "SmsService/SendSms", body, token)
+
+    assert reply.status_code == 400
+    found = details(reply.json())
+    assert found["google.rpc.ErrorInfo"]["reason"] == "MALFORMED_REQUEST"
+    violations = found["google.rpc.BadRequest"]["fieldViolations"]
+    assert [v.get("field", "") for v in violations] == [field]
 
 
 async def test_a_missing_token_is_unauthenticated(http: httpx.AsyncClient) -> None:

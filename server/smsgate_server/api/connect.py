@@ -84,8 +84,11 @@ _END_STREAM = 0b10
 _COMPRESSED = 0b01
 # Connect-Timeout-Ms: at most 10 digits.
 _TIMEOUT = re.compile(r"[0-9]{1,10}")
-# What json_format's ParseError says about a field, to name it in the violation.
-_PARSE_FIELD = re.compile(r'no field named "([^"]+)"|Failed to parse (\w+) field')
+# What json_format's ParseError says about a field, to name it in the violation:
+# an unknown field and where it is, or a bad value's path (or its name alone).
+_UNKNOWN_FIELD = re.compile(r'no field named "([^"]+)" at "\w+\.?([^"]*)"')
+_BAD_VALUE_AT = re.compile(r" at \w+\.([\w.\[\]]+?)\.?$")
+_BAD_VALUE = re.compile(r"Failed to parse (\w+) field")
 MAX_PARSE_ERROR_CHARS = 300
 # The google.rpc details the guard sets, rendered as "debug" in errors.
 _DETAIL_TYPES: dict[str, type[Message]] = {
@@ -362,7 +365,10 @@ def _decode(body: bytes | Undecodable, cls: type[Message], codec: str) -> Messag
             message.ParseFromString(body)
         elif body.strip():
             # An empty body is the empty message, as in protobuf.
-            json_format.Parse(body, message, ignore_unknown_fields=False)
+            document = json.loads(body)
+            if not isinstance(document, dict):
+                return Undecodable(FieldViolation("", "the request body must be a JSON object"))
+            json_format.ParseDict(document, message, ignore_unknown_fields=False)
     except Exception as exc:  # any parser failure is the caller's bad body
         return Undecodable(_parse_violation(exc, codec))
     return message
@@ -371,9 +377,14 @@ def _decode(body: bytes | Undecodable, cls: type[Message], codec: str) -> Messag
 def _parse_violation(exc: Exception, codec: str) -> FieldViolation:
     if codec == "proto":
         return FieldViolation("", "the request body is not a valid protobuf request message")
-    text = str(exc).replace("\n", " ")
-    found = _PARSE_FIELD.search(text)
-    field = next((g for g in found.groups() if g), "") if found else ""
+    text = str(exc).replace("\n", " ").strip()
+    field = ""
+    if unknown := _UNKNOWN_FIELD.search(text):
+        field = ".".join(part for part in (unknown[2], unknown[1]) if part)
+    elif at := _BAD_VALUE_AT.search(text):
+        field = at[1]
+    elif named := _BAD_VALUE.search(text):
+        field = named[1]
     if len(text) > MAX_PARSE_ERROR_CHARS:
         text = text[: MAX_PARSE_ERROR_CHARS - 1] + "…"
     return FieldViolation(field, f"the request body is not the request message in JSON: {text}")
