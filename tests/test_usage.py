@@ -6,6 +6,7 @@ Prometheus counters, and a wrong price table stops the start naming its key."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -19,6 +20,7 @@ import grpc
 import httpx
 import phonenumbers
 import pytest
+import smsgate
 from smsgate.v1 import message_pb2 as mpb
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import usage_service_pb2 as upb
@@ -93,6 +95,12 @@ def today() -> str:
     return dt.datetime.now(dt.UTC).date().isoformat()
 
 
+def yesterday() -> str:
+    # The start of the default range: a test that runs across midnight (UTC)
+    # still finds the rows of the day it started.
+    return (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
+
+
 async def send(sms: SmsServiceAsyncStub, token: str, phone: str, text: str = "hello") -> str:
     reply = await sms.SendSms(
         pb.SendSmsRequest(phone_number=phone, text=text), metadata=bearer(token)
@@ -103,7 +111,7 @@ async def send(sms: SmsServiceAsyncStub, token: str, phone: str, text: str = "he
 async def get_usage(
     usage: UsageServiceAsyncStub, token: str, start: str = "", end: str = ""
 ) -> upb.GetUsageResponse:
-    request = upb.GetUsageRequest(start_date=start or today(), end_date=end or today())
+    request = upb.GetUsageRequest(start_date=start or yesterday(), end_date=end or today())
     return await usage.GetUsage(request, metadata=bearer(token))
 
 
@@ -349,3 +357,26 @@ async def test_the_readme_usage_session_works_when_pasted(
         ("MESSAGE_STATUS_SENT", "US", "0.015"),
         ("MESSAGE_STATUS_DELIVERED", "US", "0.015"),
     }
+
+
+async def test_the_python_clients_read_the_usage(
+    server: Running, sms: SmsServiceAsyncStub, token: str
+) -> None:
+    sent = await send(sms, token, CN)
+    await wait_for_statuses(sms, token, [sent], TERMINAL)
+    target = f"127.0.0.1:{server.grpc_port}"
+    day = dt.datetime.now(dt.UTC).date()
+
+    async with smsgate.AsyncClient(target, token) as client:
+        async_reply = await client.get_usage(day - dt.timedelta(days=1), day)
+
+    def read_blocking() -> upb.GetUsageResponse:
+        with smsgate.Client(target, token) as client:
+            return client.get_usage(day - dt.timedelta(days=1), day.isoformat())
+
+    # In a thread: the event loop goes on serving the in-process server.
+    blocking_reply = await asyncio.to_thread(read_blocking)
+    for reply in (async_reply, blocking_reply):
+        assert [(t.currency_code, t.messages, t.segments, t.cost) for t in reply.totals] == [
+            ("USD", 1, 1, "0.05")
+        ]

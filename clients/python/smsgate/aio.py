@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TypeAlias, TypeVar
 
@@ -32,6 +32,8 @@ from smsgate.v1 import (
     sms_service_pb2_grpc,
     template_service_pb2,
     template_service_pb2_grpc,
+    usage_service_pb2,
+    usage_service_pb2_grpc,
     verification_service_pb2,
     verification_service_pb2_grpc,
 )
@@ -60,6 +62,7 @@ class AsyncClient:
         self.templates = template_service_pb2_grpc.TemplateServiceStub(self._channel)
         self.verification = verification_service_pb2_grpc.VerificationServiceStub(self._channel)
         self.inbound = inbound_service_pb2_grpc.InboundServiceStub(self._channel)
+        self.usage = usage_service_pb2_grpc.UsageServiceStub(self._channel)
 
     @classmethod
     def from_env(cls) -> AsyncClient:
@@ -469,3 +472,15 @@ class AsyncClient:
         elif region_code:
             request.region_code = region_code
         return await self._call(self.templates.RenderTemplate, request, timeout)
+
+    # -- usage ------------------------------------------------------------
+
+    async def get_usage(
+        self, start: date | str, end: date | str | None = None, *, timeout: float | None = 30.0
+    ) -> usage_service_pb2.GetUsageResponse:
+        """The app's messages, segments and cost per day (UTC) from ``start`` to
+        ``end`` (included; ``start`` alone: that one day), at most 93 days."""
+        request = usage_service_pb2.GetUsageRequest(
+            start_date=str(start), end_date=str(start if end is None else end)
+        )
+        return await self._call(self.usage.GetUsage, request, timeout)

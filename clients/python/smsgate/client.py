@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TypeAlias, TypeVar
 
@@ -31,6 +31,8 @@ from smsgate.v1 import (
     sms_service_pb2_grpc,
     template_service_pb2,
     template_service_pb2_grpc,
+    usage_service_pb2,
+    usage_service_pb2_grpc,
     verification_service_pb2,
     verification_service_pb2_grpc,
 )
@@ -59,6 +61,7 @@ class Client:
         self.templates = template_service_pb2_grpc.TemplateServiceStub(self._channel)
         self.verification = verification_service_pb2_grpc.VerificationServiceStub(self._channel)
         self.inbound = inbound_service_pb2_grpc.InboundServiceStub(self._channel)
+        self.usage = usage_service_pb2_grpc.UsageServiceStub(self._channel)
 
     @classmethod
     def from_env(cls) -> Client:
@@ -473,3 +476,15 @@ class Client:
         elif region_code:
             request.region_code = region_code
         return self._call(self.templates.RenderTemplate, request, timeout)
+
+    # -- usage ------------------------------------------------------------
+
+    def get_usage(
+        self, start: date | str, end: date | str | None = None, *, timeout: float | None = 30.0
+    ) -> usage_service_pb2.GetUsageResponse:
+        """The app's messages, segments and cost per day (UTC) from ``start`` to
+        ``end`` (included; ``start`` alone: that one day), at most 93 days."""
+        request = usage_service_pb2.GetUsageRequest(
+            start_date=str(start), end_date=str(start if end is None else end)
+        )
+        return self._call(self.usage.GetUsage, request, timeout)
