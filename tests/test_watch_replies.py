@@ -217,6 +217,35 @@ async def test_the_python_client_follows_replies_and_resumes_from_its_token_file
         await again.aclose()
 
 
+async def test_the_sync_python_client_follows_replies_too(apps: Apps, tmp_path: Path) -> None:
+    path = tmp_path / "replies.token"
+    target = f"127.0.0.1:{apps.server.grpc_port}"
+    with smsgate.Client(target, apps.tokens["a"]) as client:
+        replies = client.watch_replies(token_file=path)
+        first = asyncio.create_task(asyncio.to_thread(next, replies))
+        await wait_until(lambda: _exists(path), what="the start token saved")
+        await apps.reply("tencent", "sync")
+        assert (await asyncio.wait_for(first, 10)).text == "sync"
+
+
+async def test_an_app_holds_at_most_so_many_watches_per_process(redis_url: str) -> None:
+    connection = await connect(redis_url, pool_size=8)
+    hub = ReplyHub(ReplyStore(connection.client, connection.reader), TokenSealer(b"s" * 32))
+    hub.max_per_app = 1
+    try:
+        first = await hub.open("capped-app", "")
+        with pytest.raises(RateLimited) as refused:
+            await hub.open("capped-app", "")
+        assert refused.value.reason is Reason.TOO_MANY_CONCURRENT_QUERIES
+        other = await hub.open("another-app", "")
+        first.close()
+        (await hub.open("capped-app", "")).close()
+        other.close()
+    finally:
+        await hub.close()
+        await connection.aclose()
+
+
 async def _exists(path: Path) -> bool:
     return await asyncio.to_thread(path.exists)
 
