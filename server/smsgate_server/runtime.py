@@ -68,7 +68,7 @@ from smsgate_server.domain.tokens import TokenSealer
 from smsgate_server.http import HttpSidePort, build_app
 from smsgate_server.provider_endpoints import provider_routes
 from smsgate_server.providers.base import Provider
-from smsgate_server.providers.factory import UnknownProviderError, open_provider
+from smsgate_server.providers.factory import ProviderSet, UnknownProviderError, open_providers
 from smsgate_server.providers.prices import PricesError, load_prices
 from smsgate_server.providers.providers_file import ProvidersFileError, load_providers_file
 from smsgate_server.receipt_endpoints import inbound_routes, receipt_endpoints, receipt_routes
@@ -139,7 +139,7 @@ class StartStep(enum.StrEnum):
     EMBEDDED_REDIS = "embedded_redis"  # the private redis-server (no SMSGATE_REDIS_URL)
     REDIS = "redis"  # the Redis clients, checked: PING, persistence, eviction, shard count
     HTTP = "http"  # the HTTP side port, bound and serving (/readyz 503 until SERVING)
-    PROVIDER = "provider"  # the SMS provider named by SMSGATE_PROVIDER, with its HTTP client
+    PROVIDER = "provider"  # SMSGATE_PROVIDER's and every routed provider, with their HTTP client
     DISPATCHER = "dispatcher"  # queue readers and promoter (roles worker and all)
     GRPC = "grpc"  # the gRPC server with its services, bound
     SERVING = "serving"  # the gRPC server started, health SERVING; the dev app on first start
@@ -304,7 +304,8 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
         provider_routes(gate, accounts),
     )
     await reached(StartStep.HTTP)
-    provider = await _provider(settings, stack)
+    providers = await _providers(settings, stack)
+    provider = providers.default
     await _usage(settings, UsageStore(redis.client, shards=settings.shards), stack)
     await reached(StartStep.PROVIDER)
 
@@ -320,6 +321,8 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
             config=DispatchConfig.from_settings(settings),
             texts=TextCipher(secret),
             optouts=OptOutStore(redis.client),
+            providers=providers.by_name,
+            routes=providers.routes,
             leases=ShardLeases(
                 LeaseStore(redis.client),
                 process=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
@@ -558,9 +561,9 @@ async def _stop_http(http: HttpSidePort, task: asyncio.Task[None]) -> None:
     await cancel_and_wait([task], timeout=1.0)
 
 
-async def _provider(settings: Settings, stack: AsyncExitStack) -> Provider:
+async def _providers(settings: Settings, stack: AsyncExitStack) -> ProviderSet:
     try:
-        return await stack.enter_async_context(open_provider(settings))
+        return await stack.enter_async_context(open_providers(settings))
     except (UnknownProviderError, ProvidersFileError) as exc:
         raise StartError(str(exc)) from None
 

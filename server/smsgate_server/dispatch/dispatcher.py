@@ -19,15 +19,17 @@ import secrets
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from smsgate_server.aio import cancel_and_wait
 from smsgate_server.config import Settings
 from smsgate_server.dispatch.backoff import retry_delay
+from smsgate_server.dispatch.gate import OpenGate, ProviderGate
 from smsgate_server.dispatch.leases import LeasedReaders, ShardGroup, ShardLeases
 from smsgate_server.dispatch.receipts import ReceiptQueue
 from smsgate_server.dispatch.reconcile import Reconciler
+from smsgate_server.dispatch.routing import RouteChoice, Router
 from smsgate_server.domain.errors import Unavailable
 from smsgate_server.domain.sealed_text import TextCipher, UnreadableText
 from smsgate_server.logs import RepeatedLog
@@ -41,6 +43,8 @@ from smsgate_server.providers.base import (
     RecipientResult,
     StatusSource,
 )
+from smsgate_server.providers.providers_file import Route
+from smsgate_server.providers.refusals import about_recipient
 from smsgate_server.store.messages import Claimed, MessageStore, Outcome, SendOutcome
 from smsgate_server.store.optouts import OptOutStore
 from smsgate_server.store.queue import DispatchQueue, QueueEntry
@@ -53,6 +57,18 @@ log = logging.getLogger("smsgate.dispatch")
 DEAD_CONSUMER_MS = 3_600_000
 # Due messages queued (and overdue receipts expired) per script call.
 PROMOTE_BATCH = 500
+# A pace wait up to this long (seconds) is slept through, holding the slot; a
+# longer one puts the chunk back in the due set: a backlog waits in Redis, not
+# in this process.
+PACE_SLEEP_MAX = 0.5
+# Messages whose route's providers all have their breaker open wait this long
+# (seconds, with jitter) before they are routed again.
+BREAKER_WAIT = 1.0
+# What ends a message no provider is left for (smsgate's own codes, beside the
+# vendors' in Message.error.code).
+NO_ROUTE = "NO_ROUTE"
+ALL_PROVIDERS_REFUSED = "ALL_PROVIDERS_REFUSED"
+PROVIDERS_UNAVAILABLE = "PROVIDERS_UNAVAILABLE"
 # A blip while storing outcomes is retried with this backoff (seconds).
 SETTLE_RETRY_BASE = 0.05
 SETTLE_RETRY_MAX = 1.0
@@ -61,6 +77,9 @@ _settle_failed = RepeatedLog(
 )
 _optout_failed = RepeatedLog(
     log, "cannot add a number the vendor reports opted out", every=5.0, level=logging.WARNING
+)
+_gate_failed = RepeatedLog(
+    log, "provider gate unanswered; calls go ahead unguarded", every=5.0, level=logging.WARNING
 )
 _unreadable = RepeatedLog(
     log,
@@ -118,6 +137,9 @@ class Dispatcher:
         rng: random.Random | None = None,
         optouts: OptOutStore | None = None,
         leases: ShardLeases | None = None,
+        providers: Mapping[str, Provider] | None = None,
+        routes: Sequence[Route] = (),
+        gate: ProviderGate | None = None,
     ) -> None:
         self.store = store
         # The shards this process reads, promotes and re-claims (all without leases).
@@ -126,31 +148,45 @@ class Dispatcher:
         # Where a vendor's "this number unsubscribed" refusal lands (None: nowhere).
         self.optouts = optouts
         self.queue = queue
+        # The default provider (SMSGATE_PROVIDER), and by name every provider
+        # the routes may choose.
         self.provider = provider
+        self.providers: dict[str, Provider] = {provider.name: provider, **(providers or {})}
+        # Breakers and pacing of the provider accounts (OpenGate: none).
+        self.gate: ProviderGate = gate or OpenGate()
         self.config = config
         # Opens sealed texts (verification codes) for the provider, and only for it.
         self.texts = texts
         self.rng = rng or random.Random()
+        self.router = Router(
+            routes,
+            {name: p.capabilities for name, p in self.providers.items()},
+            default=provider.name,
+            rng=self.rng,
+        )
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._slots = asyncio.Semaphore(config.concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
-        self.receipts = ReceiptQueue(store, provider.name, rng=self.rng)
+        # Receipts a provider reports itself (the simulator), one queue per
+        # provider: a receipt names the provider's id, unique per provider only.
+        self.receipt_queues = {
+            name: ReceiptQueue(store, name, rng=self.rng)
+            for name, p in self.providers.items()
+            if isinstance(p, ReceiptSource) or p is provider
+        }
+        self.receipts = self.receipt_queues[provider.name]
+        for name, p in self.providers.items():
+            if isinstance(p, ReceiptSource):
+                p.set_receipt_sink(self.receipt_queues[name].receive)
         # Queue entries this process is sending now: never re-claimed by itself.
         self._held: set[str] = set()
-        if isinstance(provider, ReceiptSource):
-            provider.set_receipt_sink(self.receipts.receive)
         # Providers that answer status queries get their lost receipts pulled.
+        sources = {n: p for n, p in self.providers.items() if isinstance(p, StatusSource)}
         self.reconciler = (
-            Reconciler(
-                store,
-                provider,
-                provider.name,
-                interval=config.reconcile_after,
-                tick=config.sweep_interval,
-            )
-            if isinstance(provider, StatusSource)
+            Reconciler(store, sources, interval=config.reconcile_after, tick=config.sweep_interval)
+            if sources
             else None
         )
 
@@ -161,7 +197,10 @@ class Dispatcher:
         self._tasks.append(asyncio.create_task(self.readers.run(self._stopping), name="readers"))
         self._tasks.append(asyncio.create_task(self._reclaim_loop(), name="reclaim"))
         self._tasks.append(asyncio.create_task(self._promote_loop(), name="promote"))
-        self._tasks.append(asyncio.create_task(self.receipts.run(self._stopping), name="receipts"))
+        for name, receipts in self.receipt_queues.items():
+            self._tasks.append(
+                asyncio.create_task(receipts.run(self._stopping), name=f"receipts-{name}")
+            )
         if self.reconciler is not None:
             self._tasks.append(
                 asyncio.create_task(self.reconciler.run(self._stopping), name="reconcile")
@@ -259,44 +298,159 @@ class Dispatcher:
             shard, entries, reclaimed=reclaimed, max_attempts=self.config.max_attempts
         )
         self._held.update(c.entry for c in claimed)
-        # Messages of one app sharing sender, sign and template go to the provider
-        # together (each with its own text and params), up to its call limit.
-        groups: dict[tuple[str, ...], list[Claimed]] = defaultdict(list)
-        for c in claimed:
-            groups[(c.app, c.sender, c.sign, c.template_id, c.vendor_ids_json)].append(c)
-        size = max(1, self.provider.capabilities.max_recipients)
-        for group in groups.values():
-            for i in range(0, len(group), size):
-                chunk = group[i : i + size]
+        routed = [(c, self._route(c)) for c in claimed]
+        usable = await self._usable({n for _, choice in routed for n in choice.candidates})
+        # Messages of one app sharing sender, sign and template go to their
+        # chosen provider together (each with its own text and params), up to
+        # its call limit; those no provider can take now are settled at once.
+        groups: dict[tuple[str, ...], list[tuple[Claimed, RouteChoice]]] = defaultdict(list)
+        unsent: list[SendOutcome] = []
+        for c, choice in routed:
+            chosen = next((n for n in choice.candidates if n in usable), None)
+            if chosen is None:
+                unsent.append(self._unroutable(c, choice))
+            else:
+                group = (chosen, c.app, c.sender, c.sign, c.template_id, c.vendor_ids_json)
+                groups[group].append((c, choice))
+        if unsent:
+            task = asyncio.create_task(self._settle_unsent(shard, unsent))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        for (name, *_), members in groups.items():
+            size = max(1, self.providers[name].capabilities.max_recipients)
+            for i in range(0, len(members), size):
+                chunk = members[i : i + size]
                 await self._slots.acquire()
-                task = asyncio.create_task(self._send(shard, chunk))
+                task = asyncio.create_task(self._send(shard, name, chunk))
                 self._inflight.add(task)
                 task.add_done_callback(self._done)
+
+    def _route(self, c: Claimed) -> RouteChoice:
+        if not self.router.routed:
+            return self.router.route(c.app, c.phone, template=False, vendor_ids={})
+        vendor_ids = json.loads(c.vendor_ids_json) if c.vendor_ids_json else {}
+        return self.router.route(
+            c.app,
+            c.phone,
+            template=bool(c.template_id),
+            vendor_ids=vendor_ids,
+            refused=c.refused_by().keys(),
+        )
+
+    async def _usable(self, names: set[str]) -> set[str]:
+        """Those of ``names`` whose breaker lets calls through; all of them when
+        the gate cannot answer (a breaker is a guard, not a reason to stall)."""
+        if not names:
+            return names
+        try:
+            return set(await self.gate.usable(sorted(names)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _gate_failed.occurred(type(exc).__name__)
+            return names
+
+    def _unroutable(self, c: Claimed, choice: RouteChoice) -> SendOutcome:
+        """The outcome of a message no provider can take now: no route or every
+        provider refused it (it fails), or every breaker open (it waits)."""
+        route = choice.label
+        refused = c.refused_by()
+        if not choice.candidates and refused:
+            reason = "every provider of its route refused it: " + ", ".join(
+                f"{name} {code}" for name, code in refused.items()
+            )
+            return SendOutcome(c, Outcome.FAIL, "", "", ALL_PROVIDERS_REFUSED, reason, route=route)
+        if not choice.candidates:
+            return SendOutcome(c, Outcome.FAIL, "", "", NO_ROUTE, choice.why_none(), route=route)
+        if self._age(c) >= self.config.max_message_age:
+            reason = f"breaker open for {', '.join(choice.candidates)} until it was too old"
+            return SendOutcome(c, Outcome.FAIL, "", "", PROVIDERS_UNAVAILABLE, reason, route=route)
+        at_ms = self.store.now_ms() + int(BREAKER_WAIT * (1 + self.rng.random()) * 1000)
+        waits_for = ", ".join(choice.candidates) + " (breaker open)"
+        return SendOutcome(c, Outcome.DEFER, waits_for, retry_at_ms=at_ms, route=route)
+
+    async def _settle_unsent(self, shard: int, outcomes: list[SendOutcome]) -> None:
+        try:
+            for o in outcomes:
+                SEND_OUTCOMES.labels("none", o.outcome).inc()
+            await self._settle(shard, outcomes, reconcile_after_ms=0)
+        finally:
+            self._held.difference_update(o.claimed.entry for o in outcomes)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         self._slots.release()
 
-    async def _send(self, shard: int, chunk: list[Claimed]) -> None:
+    async def _send(self, shard: int, name: str, chunk: list[tuple[Claimed, RouteChoice]]) -> None:
+        claimed = [c for c, _ in chunk]
+        provider = self.providers[name]
         try:
-            batch = self._batch(chunk)
-        except UnreadableText as exc:
-            # Sealed under another server secret: a replica set up differently
-            # took it. Retried, so a replica with the right secret may send it.
-            _unreadable.occurred()
-            unread = RecipientResult(OutcomeClass.RETRYABLE, "", "UNREADABLE_TEXT", str(exc))
-            results = [unread] * len(chunk)
-        else:
-            results = await self._call_provider(batch)
-        outcomes = [self._outcome(c, r) for c, r in zip(chunk, results, strict=True)]
-        for o in outcomes:
-            SEND_OUTCOMES.labels(self.provider.name, o.outcome).inc()
-        try:
+            try:
+                batch = self._batch(claimed)
+            except UnreadableText as exc:
+                # Sealed under another server secret: a replica set up differently
+                # took it. Retried, so a replica with the right secret may send it.
+                _unreadable.occurred()
+                unread = RecipientResult(OutcomeClass.RETRYABLE, "", "UNREADABLE_TEXT", str(exc))
+                results = [unread] * len(chunk)
+            else:
+                wait = await self._pace(name, len(chunk))
+                if wait > 0:
+                    at_ms = self.store.now_ms() + int(wait * 1000)
+                    await self._settle(
+                        shard,
+                        [SendOutcome(c, Outcome.DEFER, name, retry_at_ms=at_ms) for c in claimed],
+                        reconcile_after_ms=0,
+                    )
+                    return
+                results = await self._call_provider(provider, batch)
+                await self._record(name, results)
+            outcomes = [
+                self._outcome(name, c, choice, r)
+                for (c, choice), r in zip(chunk, results, strict=True)
+            ]
+            for o in outcomes:
+                SEND_OUTCOMES.labels(name, o.outcome).inc()
             # First: once a message shows it failed as unsubscribed, the list has the number.
-            await self._opt_out(c for c, r in zip(chunk, results, strict=True) if r.opted_out)
-            await self._settle(shard, outcomes)
+            await self._opt_out(c for c, r in zip(claimed, results, strict=True) if r.opted_out)
+            await self._settle(
+                shard,
+                outcomes,
+                reconcile_after_ms=(
+                    self.reconciler.interval_ms
+                    if self.reconciler is not None and name in self.reconciler.sources
+                    else 0
+                ),
+            )
         finally:
-            self._held.difference_update(c.entry for c in chunk)
+            self._held.difference_update(c.entry for c in claimed)
+
+    async def _pace(self, name: str, messages: int) -> float:
+        """0.0 once the pace of ``name`` has room for one call of ``messages``
+        (short waits slept through), else the seconds to wait in the due set."""
+        slept = 0.0
+        while True:
+            try:
+                wait = await self.gate.pace(name, messages)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _gate_failed.occurred(type(exc).__name__)
+                return 0.0
+            if wait <= 0:
+                return 0.0
+            if wait > PACE_SLEEP_MAX or slept + wait > 2 * PACE_SLEEP_MAX:
+                return wait
+            await asyncio.sleep(wait)
+            slept += wait
+
+    async def _record(self, name: str, results: list[RecipientResult]) -> None:
+        try:
+            await self.gate.record(name, results)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _gate_failed.occurred(type(exc).__name__)
 
     def _batch(self, chunk: list[Claimed]) -> OutboundBatch:
         """What the provider needs of a chunk that shares app, sender, sign and template."""
@@ -318,15 +472,17 @@ class Dispatcher:
         ordered = tuple(json.loads(params).items()) if params else ()
         return Recipient(c.id, c.phone, text, ordered)
 
-    async def _call_provider(self, batch: OutboundBatch) -> list[RecipientResult]:
+    async def _call_provider(
+        self, provider: Provider, batch: OutboundBatch
+    ) -> list[RecipientResult]:
         """The provider's result per recipient; a call that failed or ran out of
         time is an unknown outcome for each (it may have reached the vendor)."""
-        name = self.provider.name
+        name = provider.name
         count = len(batch.recipients)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.config.provider_timeout):
-                results = await self.provider.send_batch(batch)
+                results = await provider.send_batch(batch)
             if len(results) != count:
                 raise RuntimeError("provider returned a wrong number of results")
             PROVIDER_CALLS.labels(name, "ok").inc()
@@ -351,20 +507,16 @@ class Dispatcher:
             except Unavailable as exc:
                 _optout_failed.occurred(type(exc).__name__)
 
-    async def _settle(self, shard: int, outcomes: list[SendOutcome]) -> None:
+    async def _settle(
+        self, shard: int, outcomes: list[SendOutcome], *, reconcile_after_ms: int
+    ) -> None:
         """Store outcomes, retrying a Redis blip for up to half the visibility
         timeout: giving up means the entries are re-claimed and sent again."""
         deadline = time.monotonic() + self.config.visibility_timeout / 2
         attempt = 0
         while True:
             try:
-                await self.store.settle(
-                    shard,
-                    outcomes,
-                    reconcile_after_ms=(
-                        self.reconciler.interval_ms if self.reconciler is not None else 0
-                    ),
-                )
+                await self.store.settle(shard, outcomes, reconcile_after_ms=reconcile_after_ms)
                 return
             except asyncio.CancelledError:
                 raise
@@ -382,24 +534,44 @@ class Dispatcher:
                     return
                 await asyncio.sleep(delay)
 
-    def _outcome(self, c: Claimed, r: RecipientResult) -> SendOutcome:
-        name = self.provider.name
-        if r.outcome is OutcomeClass.ACCEPTED:
-            return SendOutcome(c, Outcome.SENT, name, r.vendor_id)
-        if r.outcome is OutcomeClass.UNKNOWN:
-            # Sending again could deliver it twice: it waits for a receipt instead.
-            return SendOutcome(c, Outcome.UNKNOWN, name, "", r.code, r.reason)
-        if r.outcome is OutcomeClass.PERMANENT:
-            return SendOutcome(c, Outcome.FAIL, name, "", r.code, r.reason)
-        now_ms = self.store.now_ms()
+    def _age(self, c: Claimed) -> float:
         # A scheduled message's life starts at its send time, not at acceptance.
-        age = (now_ms - max(c.created_ms, c.send_at_ms)) / 1000
-        if c.attempts < self.config.max_attempts and age < self.config.max_message_age:
+        return (self.store.now_ms() - max(c.created_ms, c.send_at_ms)) / 1000
+
+    def _outcome(
+        self, name: str, c: Claimed, choice: RouteChoice, r: RecipientResult
+    ) -> SendOutcome:
+        route = f"{choice.label}: {', '.join(choice.candidates)}" if choice.label else ""
+        if r.outcome is OutcomeClass.ACCEPTED:
+            return SendOutcome(c, Outcome.SENT, name, r.vendor_id, route=route)
+        if r.outcome is OutcomeClass.UNKNOWN:
+            # Sending again (here or at another vendor) could deliver it twice:
+            # it waits for a receipt or the vendor's answer to a status query.
+            return SendOutcome(c, Outcome.UNKNOWN, name, "", r.code, r.reason, route=route)
+        # A proven refusal moves it to the next provider of its route, unless
+        # the refusal is about the recipient: another vendor would repeat it.
+        others = [n for n in choice.candidates if n != name]
+        refusal = r.outcome in (OutcomeClass.PERMANENT, OutcomeClass.THROTTLED)
+        if refusal and others and not about_recipient(r):
+            return SendOutcome(c, Outcome.FAILOVER, name, "", r.code, r.reason, route=route)
+        if r.outcome is OutcomeClass.PERMANENT:
+            refused = c.refused_by()
+            if refused and not about_recipient(r):
+                reason = "every provider of its route refused it: " + ", ".join(
+                    f"{n} {code}" for n, code in [*refused.items(), (name, r.code)]
+                )
+                reason += f" ({r.reason})" if r.reason else ""
+                return SendOutcome(
+                    c, Outcome.FAIL, name, "", ALL_PROVIDERS_REFUSED, reason, route=route
+                )
+            return SendOutcome(c, Outcome.FAIL, name, "", r.code, r.reason, route=route)
+        now_ms = self.store.now_ms()
+        if c.attempts < self.config.max_attempts and self._age(c) < self.config.max_message_age:
             delay = retry_delay(
                 c.attempts, base=self.config.retry_base, cap=self.config.retry_max, rng=self.rng
             )
             # A throttle that names its window is waited out.
             at_ms = now_ms + int(max(delay, r.retry_after) * 1000)
-            return SendOutcome(c, Outcome.RETRY, name, "", r.code, r.reason, at_ms)
+            return SendOutcome(c, Outcome.RETRY, name, "", r.code, r.reason, at_ms, route=route)
         reason = f"{r.reason} (gave up after {c.attempts} attempts)"
-        return SendOutcome(c, Outcome.FAIL, name, "", r.code, reason)
+        return SendOutcome(c, Outcome.FAIL, name, "", r.code, reason, route=route)

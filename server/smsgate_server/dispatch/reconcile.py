@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
+from collections.abc import Mapping
 
 from smsgate_server.dispatch.receipt_intake import ReceiptIntake
 from smsgate_server.domain.errors import Unavailable
@@ -20,7 +22,12 @@ from smsgate_server.logs import RepeatedLog
 from smsgate_server.metrics import RECEIPTS
 from smsgate_server.providers.base import StatusQuery, StatusSource
 from smsgate_server.providers.receipts import VendorReceipt
-from smsgate_server.store.messages import MessageStore, Receipt, ReceiptResult
+from smsgate_server.store.messages import (
+    AwaitingReceipt,
+    MessageStore,
+    Receipt,
+    ReceiptResult,
+)
 
 __all__ = ["RECONCILE_BATCH", "Reconciler"]
 
@@ -32,22 +39,23 @@ _failed = RepeatedLog(log, "reconciliation failed", every=5.0, level=logging.WAR
 
 
 class Reconciler:
-    """Asks ``provider`` (named ``name``) about the SENT messages of every shard
-    that waited ``interval`` seconds for their receipt."""
+    """Asks each provider of ``sources`` (by name) about its SENT messages of
+    every shard that waited ``interval`` seconds for their receipt."""
 
     def __init__(
         self,
         store: MessageStore,
-        provider: StatusSource,
-        name: str,
+        sources: Mapping[str, StatusSource],
         *,
         interval: float,
         tick: float,
         batch: int = RECONCILE_BATCH,
     ) -> None:
         self.store = store
-        self.provider = provider
-        self.name = name
+        # One reconciler for every provider: the script that picks due messages
+        # puts each back for the next interval, so a reconciler per provider
+        # would take (and skip) the others' messages.
+        self.sources = dict(sources)
         self.interval_ms = max(1, int(interval * 1000))
         self.tick = tick
         self.batch = batch
@@ -76,17 +84,26 @@ class Reconciler:
     async def reconcile_shard(self, shard: int) -> int:
         """Ask about one batch of the shard's due messages; how many it ended."""
         due = await self.store.claim_reconcile(shard, self.batch, self.interval_ms)
-        # Sent by another provider (SMSGATE_PROVIDER changed since): this one
-        # cannot know them; they wait for their receipt or their expiry.
-        mine = [m for m in due if m.provider == self.name]
-        if not mine:
-            return 0
-        answer = await self.provider.query_status(
+        by_provider: dict[str, list[AwaitingReceipt]] = defaultdict(list)
+        for m in due:
+            # Sent by a provider that answers no queries (or one no longer
+            # configured): it waits for its receipt or its expiry.
+            if m.provider in self.sources:
+                by_provider[m.provider].append(m)
+        ended = 0
+        for name, mine in by_provider.items():
+            ended += await self._ask(shard, name, mine)
+        if ended:
+            log.info("reconciled", extra={"shard": shard, "count": ended})
+        return ended
+
+    async def _ask(self, shard: int, name: str, mine: list[AwaitingReceipt]) -> int:
+        answer = await self.sources[name].query_status(
             [StatusQuery(m.id, m.phone, m.provider_message_id, m.sent_ms) for m in mine]
         )
         if answer.others:
             await self.intake.store_receipts(
-                self.name,
+                name,
                 [
                     VendorReceipt(vendor_id, s.delivered, s.code, s.reason, s.time_ms)
                     for vendor_id, s in answer.others
@@ -105,7 +122,5 @@ class Reconciler:
             if result is ReceiptResult.APPLIED:
                 ended += 1
                 fate = "reconciled_delivered" if r.delivered else "reconciled_undelivered"
-                RECEIPTS.labels(self.name, fate).inc()
-        if ended:
-            log.info("reconciled", extra={"shard": shard, "count": ended})
+                RECEIPTS.labels(name, fate).inc()
         return ended

@@ -1,8 +1,10 @@
-"""The provider named by ``SMSGATE_PROVIDER``, built from a registry of adapters.
+"""The providers a process sends through, built from a registry of adapters:
+the one named by ``SMSGATE_PROVIDER`` (the default), and every one the routes
+of the providers file name.
 
 A provider plugs in with one entry in ``PROVIDERS``: its name and a builder
 that takes the settings and, when it talks HTTP, the shared
-``httpx.AsyncClient`` (created on first request, closed after the provider).
+``httpx.AsyncClient`` (created on first request, closed after the providers).
 Each account in the providers file (``SMSGATE_PROVIDERS_FILE``) adds one.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
@@ -18,13 +21,23 @@ import httpx
 from smsgate_server.config import Settings
 from smsgate_server.providers.base import Provider
 from smsgate_server.providers.providers_file import (
+    Route,
     VendorEntry,
     build_vendor,
     load_providers_file,
+    load_routes,
 )
 from smsgate_server.providers.simulator import SimulatorProvider
 
-__all__ = ["PROVIDERS", "HttpClient", "ProviderBuilder", "UnknownProviderError", "open_provider"]
+__all__ = [
+    "PROVIDERS",
+    "HttpClient",
+    "ProviderBuilder",
+    "ProviderSet",
+    "UnknownProviderError",
+    "open_provider",
+    "open_providers",
+]
 
 # Per request; a vendor may pass its own. The dispatcher bounds a whole call.
 HTTP_TIMEOUT_SECONDS = 10.0
@@ -79,19 +92,47 @@ def _registry(
     return registry
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderSet:
+    """The open providers: ``default`` (``SMSGATE_PROVIDER``'s), and by name
+    every provider a process may send through (the default and each one the
+    routes name); ``routes`` as the providers file gives them (empty: the
+    default takes everything)."""
+
+    default: Provider
+    by_name: Mapping[str, Provider]
+    routes: list[Route] = field(default_factory=list)
+
+
 @asynccontextmanager
 async def open_provider(
     settings: Settings, *, builders: Mapping[str, ProviderBuilder] = PROVIDERS
 ) -> AsyncIterator[Provider]:
     """The provider ``settings.provider`` names; on exit it is closed, then its HTTP client."""
+    async with open_providers(settings, builders=builders) as providers:
+        yield providers.default
+
+
+@asynccontextmanager
+async def open_providers(
+    settings: Settings, *, builders: Mapping[str, ProviderBuilder] = PROVIDERS
+) -> AsyncIterator[ProviderSet]:
+    """The default provider and every provider the routes name; on exit they
+    are closed, then their HTTP client."""
     registry = _registry(settings, builders)
-    try:
-        build = registry[settings.provider]
-    except KeyError:
+    if settings.provider not in registry:
         raise UnknownProviderError(
             f"SMSGATE_PROVIDER={settings.provider!r} is not a known provider; "
             f"known: {', '.join(sorted(registry))}"
-        ) from None
+        )
+    routes = (
+        load_routes(settings.providers_file, registry)
+        if settings.providers_file is not None
+        else []
+    )
+    names = [settings.provider]
+    for route in routes:
+        names += [n for n in route.providers if n not in names]
     async with AsyncExitStack() as stack:
         client: httpx.AsyncClient | None = None
 
@@ -107,6 +148,9 @@ async def open_provider(
                 stack.push_async_callback(client.aclose)
             return client
 
-        provider = build(settings, http)
-        stack.push_async_callback(provider.aclose)
-        yield provider
+        opened: dict[str, Provider] = {}
+        for name in names:
+            provider = registry[name](settings, http)
+            stack.push_async_callback(provider.aclose)
+            opened[name] = provider
+        yield ProviderSet(opened[settings.provider], opened, routes)

@@ -48,6 +48,12 @@ class Outcome(enum.StrEnum):
     UNKNOWN = "unknown"
     RETRY = "retry"  # not taken, may be tried again: queue it for ``retry_at_ms``
     FAIL = "fail"  # not taken, and never will be: FAILED
+    # Refused by this provider, not about the recipient, and the route has
+    # another: queued again at once, this provider recorded as having refused.
+    FAILOVER = "failover"
+    # The provider's pace had no room: back to the due set for ``retry_at_ms``,
+    # the attempt given back (it never reached the provider).
+    DEFER = "defer"
 
 
 class ReceiptResult(enum.IntEnum):
@@ -90,6 +96,15 @@ class Claimed:
     params_json: str = ""
     sign: str = ""
     vendor_ids_json: str = ""
+    # Providers that refused it so far: "name code" joined by ','.
+    refused: str = ""
+
+    def refused_by(self) -> dict[str, str]:
+        """The providers that refused it, with the code each gave."""
+        if not self.refused:
+            return {}
+        pairs = (item.partition(" ") for item in self.refused.split(","))
+        return {name: code for name, _, code in pairs}
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +118,8 @@ class SendOutcome:
     error_code: str = ""
     error_reason: str = ""
     retry_at_ms: int = 0
+    # The route taken, for the history ("" without routes).
+    route: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +426,7 @@ class MessageStore:
                 params_json=_s(r[12]),
                 sign=_s(r[13]),
                 vendor_ids_json=_s(r[14]),
+                refused=_s(r[15]) if len(r) > 15 else "",
             )
             for r in rows
         ]
@@ -441,6 +459,7 @@ class MessageStore:
                 o.error_code,
                 o.error_reason,
                 o.retry_at_ms,
+                o.route,
             ]
         return int(
             await self.scripts.settle(

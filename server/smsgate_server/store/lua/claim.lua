@@ -5,7 +5,8 @@
 -- Returns, per message to send: {entry, app, id, phone, rendered, sender,
 -- attempts, created ms, batch, send_at ms, sensitive ('1': rendered and
 -- params are sealed), template id, template params json, sign name, vendor
--- template ids json (the last four '' for free text)}. Entries of gone, canceled or finished messages are acknowledged
+-- template ids json (the last four '' for free text), providers that refused
+-- it ("name code" joined by ',')}. Entries of gone, canceled or finished messages are acknowledged
 -- and dropped here; a re-claimed message out of attempts fails.
 local group, reclaimed, max_attempts = ARGV[5], ARGV[6] == '1', tonumber(ARGV[7])
 local out = {}
@@ -29,7 +30,7 @@ for i = 8, #ARGV, 2 do
   elseif st == QUEUED or (reclaimed and st == SENDING) then
     local attempts = redis.call('HINCRBY', mkey(app, id), 'at', 1)
     local v = redis.call('HMGET', mkey(app, id), 'p', 'r', 'snd', 'ct', 'b', 'sa', 'sen',
-      'tp', 'pa', 'sn', 'vt')
+      'tp', 'pa', 'sn', 'vt', 'rf')
     -- accept.lua stores only fields that are set: a missing one is empty, and
     -- a batch recipient without a text of its own has the batch's.
     v[3], v[5], v[6] = v[3] or '', v[5] or '', v[6] or '0'
@@ -38,7 +39,7 @@ for i = 8, #ARGV, 2 do
     end
     enter(app, id, v[5], st, SENDING, 'attempt ' .. attempts)
     out[#out + 1] = {entry, app, id, v[1], v[2], v[3], attempts, v[4], v[5], v[6], v[7],
-      v[8] or '', v[9] or '', v[10] or '', v[11] or ''}
+      v[8] or '', v[9] or '', v[10] or '', v[11] or '', v[12] or ''}
   else
     redis.call('XACK', KEYS[2], group, entry)
     redis.call('XDEL', KEYS[2], entry)

@@ -21,6 +21,20 @@ for _, member in ipairs(late) do
   redis.call('ZREM', KEYS[4], member)
   local app, id = split(member)
   local st, batch = state(app, id)
-  if st == SENT then enter(app, id, batch, st, EXPIRED, 'no delivery receipt') end
+  if st == SENT then
+    local m = mkey(app, id)
+    local f = redis.call('HMGET', m, 'pid', 'ec', 'pv')
+    if (f[1] or '') == '' and (f[2] or '') ~= '' then
+      -- Its send got no answer (settle's 'unknown') and nothing was heard
+      -- since: it may or may not have reached the phone. It was never sent
+      -- again; say so rather than a bare expiry.
+      local reason = (f[3] or '') .. ' gave no answer (' .. f[2] .. ') and no receipt or'
+        .. ' status query settled it: it may or may not have reached the phone'
+      redis.call('HSET', m, 'ec', 'OUTCOME_UNKNOWN', 'er', reason, 'ery', 0)
+      enter(app, id, batch, st, EXPIRED, 'OUTCOME_UNKNOWN', 'OUTCOME_UNKNOWN', reason)
+    else
+      enter(app, id, batch, st, EXPIRED, 'no delivery receipt')
+    end
+  end
 end
 return {promoted, #late}

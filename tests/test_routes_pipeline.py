@@ -1,0 +1,524 @@
+"""Routes and failover through a real server and the vendor fakes: weights
+split the traffic, a proven refusal moves a message to the next provider of
+its route, an unknown outcome never does, and a bad route stops the start."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+import grpc
+import httpx
+import pytest
+from smsgate.v1 import message_pb2 as mpb
+from smsgate.v1 import sign_service_pb2 as spb
+from smsgate.v1 import sms_service_pb2 as pb
+from smsgate.v1 import template_service_pb2 as tpb
+from smsgate_server.providers.signing import twilio_signature
+from smsgate_server.runtime import Running, StartError
+
+from tests.conftest import ServerFactory
+from tests.test_buf_curl import buf_curl
+from tests.test_receipt_endpoints import beijing
+from tests.test_vendor_pipeline import CN, ENDED, US, Client, Connect
+from tests.vendor_fakes.aliyun import AliyunFake
+from tests.vendor_fakes.loopback import serve
+from tests.vendor_fakes.tencent import TencentFake
+from tests.vendor_fakes.twilio import TwilioFake
+from tests.waiting import wait_until
+
+S = mpb.MessageStatus
+TOKEN = "tok-0123456789abcdef"
+SIGN = "阿里云短信测试"
+# A Tencent refusal about the account (its sign), not the recipient: fails over.
+SIGN_REFUSED = "FailedOperation.SignatureIncorrectOrUnapproved"
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Opens a client of a fresh app on a server; its channel closes after the test."""
+    channels: list[grpc.aio.Channel] = []
+
+    async def open_client(server: Running) -> Client:
+        token = (await server.apps.create("routes-app")).token
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        channels.append(channel)
+        return Client(channel, token)
+
+    yield open_client
+    for channel in channels:
+        await channel.close()
+
+
+@dataclass
+class Fakes:
+    """The three vendors' fakes, served on loopback, and a providers file naming them."""
+
+    tencent: TencentFake = field(default_factory=TencentFake)
+    aliyun: AliyunFake = field(default_factory=AliyunFake)
+    twilio: TwilioFake = field(default_factory=TwilioFake)
+    urls: dict[str, str] = field(default_factory=dict)
+
+    def providers_file(self, path: Path, routes: str, *, tencent_timeout: float = 10.0) -> Path:
+        path.write_text(
+            '[providers.tencent]\ntype = "tencent"\n'
+            f'secret_id = "{self.tencent.secret_id}"\nsecret_key = "{self.tencent.secret_key}"\n'
+            f'sdk_app_id = "{self.tencent.sdk_app_id}"\nendpoint = "{self.urls["tencent"]}"\n'
+            f'receipt_token = "{TOKEN}"\ntimeout_seconds = {tencent_timeout}\n'
+            '[providers.aliyun]\ntype = "aliyun"\n'
+            f'access_key_id = "{self.aliyun.access_key_id}"\n'
+            f'access_key_secret = "{self.aliyun.access_key_secret}"\n'
+            f'endpoint = "{self.urls["aliyun"]}"\nreceipt_token = "{TOKEN}"\n'
+            '[providers.twilio]\ntype = "twilio"\n'
+            f'account_sid = "{self.twilio.account_sid}"\n'
+            f'auth_token = "{self.twilio.auth_token}"\nfrom_number = "+15005550006"\n'
+            f'base_url = "{self.urls["twilio"]}"\n' + routes,
+            encoding="utf-8",
+        )
+        return path
+
+    def tencent_numbers(self) -> Counter[str]:
+        """Numbers Tencent took (refused calls take none)."""
+        return Counter(s["PhoneNumber"] for s in self.tencent.sent)
+
+    def aliyun_numbers(self) -> Counter[str]:
+        """Numbers Aliyun took, as E.164."""
+        return Counter(
+            "+86" + d["PhoneNum"] if len(d["PhoneNum"]) == 11 else "+" + d["PhoneNum"]
+            for d in self.aliyun.details
+        )
+
+
+@asynccontextmanager
+async def vendors() -> AsyncIterator[Fakes]:
+    fakes = Fakes()
+    async with AsyncExitStack() as stack:
+        for name, app in [
+            ("tencent", fakes.tencent.app),
+            ("aliyun", fakes.aliyun.app),
+            ("twilio", fakes.twilio.app),
+        ]:
+            fakes.urls[name] = await stack.enter_async_context(serve(app))
+        yield fakes
+        # A stalled fake lets its requests go, so the servers can stop.
+        for controls in (fakes.tencent.controls, fakes.aliyun.controls):
+            controls.release()
+
+
+async def shipped_template(client: Client) -> None:
+    """A template with vendor ids at both Chinese clouds, under a sign both know."""
+    await client.signs.CreateSignName(
+        spb.CreateSignNameRequest(sign_name=spb.SignName(name=SIGN)), metadata=client.meta
+    )
+    await client.templates.CreateTemplate(
+        tpb.CreateTemplateRequest(
+            template=tpb.Template(
+                id="shipped",
+                kind=tpb.TEMPLATE_KIND_NOTIFICATION,
+                body="您的订单{order}已发货",
+                sign_name=SIGN,
+                provider_template_ids={"tencent": "1110001", "aliyun": "SMS_154950909"},
+            )
+        ),
+        metadata=client.meta,
+    )
+
+
+def shipped(order: str = "A1") -> mpb.TemplateContent:
+    return mpb.TemplateContent(template_id="shipped", params={"order": order})
+
+
+def cn_numbers(count: int) -> list[str]:
+    return [f"+86138{i:08d}" for i in range(count)]
+
+
+async def batch_send(client: Client, phones: list[str]) -> list[str]:
+    """BatchSend the shipped template to ``phones``, 1,000 per call; the ids."""
+    ids: list[str] = []
+    for start in range(0, len(phones), 1000):
+        reply = await client.sms.BatchSend(
+            pb.BatchSendRequest(
+                recipients=[
+                    pb.BatchRecipient(phone_number=p) for p in phones[start : start + 1000]
+                ],
+                template=shipped(),
+            ),
+            metadata=client.meta,
+            timeout=60,
+        )
+        assert reply.rejected_count == 0
+        ids += [r.message_id for r in reply.results]
+    return ids
+
+
+async def count_statuses(client: Client) -> Counter[str]:
+    """How many of the app's messages are in each status (ListMessages, all pages)."""
+    counts: Counter[str] = Counter()
+    token = ""
+    while True:
+        page = await client.sms.ListMessages(
+            pb.ListMessagesRequest(page_size=500, page_token=token), metadata=client.meta
+        )
+        counts.update(S.Name(m.status) for m in page.messages)
+        token = page.next_page_token
+        if not token:
+            return counts
+
+
+def details(message: mpb.Message) -> list[str]:
+    return [f"{S.Name(h.status)} {h.detail}" for h in message.history]
+
+
+async def post(url: str, **kwargs: object) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=30) as http:
+        return await http.post(url, **kwargs)  # type: ignore[arg-type]
+
+
+# --- weights -----------------------------------------------------------------
+
+
+async def test_a_70_30_route_splits_2000_messages_within_tolerance(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        routes = (
+            '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
+            "weights = [70, 30]\n"
+        )
+        server = await make_server(
+            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes)
+        )
+        client = await connect(server)
+        await shipped_template(client)
+        phones = cn_numbers(2000)
+
+        await batch_send(client, phones)
+        await wait_until(
+            lambda: asyncio.sleep(0, fakes.tencent_numbers() + fakes.aliyun_numbers()),
+            lambda taken: sum(taken.values()) >= 2000,
+            what="2,000 numbers taken by Tencent and Aliyun together",
+            timeout=30,
+            describe=lambda taken: f"{sum(taken.values())} taken",
+        )
+
+    tencent, aliyun = fakes.tencent_numbers(), fakes.aliyun_numbers()
+    # Each number once, at one vendor.
+    assert set(tencent) | set(aliyun) == set(phones)
+    assert not set(tencent) & set(aliyun)
+    assert max((tencent + aliyun).values()) == 1
+    # 70% of 2,000 is 1,400, with a standard deviation of about 20.5: five of them.
+    assert 1300 <= len(tencent) <= 1500, (len(tencent), len(aliyun))
+
+
+# --- failover ------------------------------------------------------------------
+
+
+async def test_a_permanent_refusal_at_tencent_fails_over_to_aliyun_with_both_attempts_in_history(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        fakes.tencent.call_error = SIGN_REFUSED
+        routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
+        server = await make_server(
+            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes)
+        )
+        client = await connect(server)
+        await shipped_template(client)
+
+        reply = await client.sms.SendSms(
+            pb.SendSmsRequest(phone_number=CN, template=shipped()), metadata=client.meta
+        )
+        message = await client.wait(reply.message.id, {S.MESSAGE_STATUS_SENT})
+
+    assert (message.provider, message.attempts) == ("aliyun", 2)
+    assert len(fakes.tencent.calls) == 1
+    assert fakes.aliyun_numbers() == Counter({CN: 1})
+    assert [h.status for h in message.history] == [
+        S.MESSAGE_STATUS_QUEUED,
+        S.MESSAGE_STATUS_SENDING,
+        S.MESSAGE_STATUS_QUEUED,
+        S.MESSAGE_STATUS_SENDING,
+        S.MESSAGE_STATUS_SENT,
+    ]
+    refused, sent = message.history[2].detail, message.history[4].detail
+    assert refused.startswith(f"tencent refused {SIGN_REFUSED}: failover to the next provider")
+    assert "route CN: tencent, aliyun" in refused
+    assert sent.startswith("aliyun ") and "route CN: aliyun" in sent
+
+
+async def test_a_refusal_about_the_recipient_ends_the_message_without_failover(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        fakes.tencent.number_codes[CN] = "InvalidParameterValue.IncorrectPhoneNumber"
+        routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
+        server = await make_server(
+            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes)
+        )
+        client = await connect(server)
+        await shipped_template(client)
+
+        reply = await client.sms.SendSms(
+            pb.SendSmsRequest(phone_number=CN, template=shipped()), metadata=client.meta
+        )
+        message = await client.wait(reply.message.id, ENDED)
+
+    assert message.status == S.MESSAGE_STATUS_FAILED
+    assert message.error.code == "InvalidParameterValue.IncorrectPhoneNumber"
+    assert fakes.aliyun.calls == []
+
+
+async def test_every_provider_refusing_fails_the_message_naming_each_code(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        fakes.tencent.call_error = SIGN_REFUSED
+        fakes.aliyun.call_error = ("isv.AMOUNT_NOT_ENOUGH", "账户余额不足")
+        routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
+        server = await make_server(
+            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes)
+        )
+        client = await connect(server)
+        await shipped_template(client)
+
+        reply = await client.sms.SendSms(
+            pb.SendSmsRequest(phone_number=CN, template=shipped()), metadata=client.meta
+        )
+        message = await client.wait(reply.message.id, ENDED)
+
+    assert (message.status, message.error.code) == (
+        S.MESSAGE_STATUS_FAILED,
+        "ALL_PROVIDERS_REFUSED",
+    )
+    assert f"tencent {SIGN_REFUSED}, aliyun isv.AMOUNT_NOT_ENOUGH" in message.error.reason
+
+
+async def test_a_tencent_timeout_never_fails_over_and_ends_outcome_unknown(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        fakes.tencent.controls.stalled = True
+        routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
+        server = await make_server(
+            providers_file=fakes.providers_file(
+                tmp_path / "providers.toml", routes, tencent_timeout=0.3
+            ),
+            receipt_timeout_seconds=2.0,
+            reconcile_after_seconds=0.5,
+        )
+        client = await connect(server)
+        await shipped_template(client)
+
+        reply = await client.sms.SendSms(
+            pb.SendSmsRequest(phone_number=CN, template=shipped()), metadata=client.meta
+        )
+        sent = await client.wait(reply.message.id, {S.MESSAGE_STATUS_SENT})
+        ended = await client.wait(reply.message.id, ENDED)
+
+    assert (sent.provider, sent.provider_message_id) == ("tencent", "")
+    # One call written to Tencent, none to Aliyun: the message may have gone out.
+    assert len(fakes.tencent.calls) == 1
+    assert fakes.aliyun.calls == []
+    # Tencent was asked about it (pull reconciliation) and never knew.
+    assert fakes.tencent.pulls >= 1
+    assert (ended.status, ended.error.code) == (S.MESSAGE_STATUS_EXPIRED, "OUTCOME_UNKNOWN")
+    assert "may or may not have reached the phone" in ended.error.reason
+    assert ended.attempts == 1
+
+
+# --- skipping what a vendor cannot send ----------------------------------------
+
+
+async def test_free_text_skips_a_templates_only_vendor_of_its_route(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        routes = '[[routes]]\ndestination = "default"\nproviders = ["tencent", "twilio"]\n'
+        server = await make_server(
+            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes)
+        )
+        client = await connect(server)
+
+        message = await client.wait(await client.text(CN), {S.MESSAGE_STATUS_SENT})
+
+    assert message.provider == "twilio"
+    assert fakes.tencent.calls == []
+    assert [m["To"] for m in fakes.twilio.messages] == [CN]
+    assert "route default: twilio" in message.history[-1].detail
+
+
+async def test_a_message_no_route_can_take_fails_with_no_route(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent"]\n'
+        server = await make_server(
+            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes)
+        )
+        client = await connect(server)
+
+        free_text = await client.wait(await client.text(CN), ENDED)
+        elsewhere = await client.wait(await client.text(US), ENDED)
+
+    assert (free_text.status, free_text.error.code) == (S.MESSAGE_STATUS_FAILED, "NO_ROUTE")
+    assert "tencent sends templates only" in free_text.error.reason
+    assert (elsewhere.error.code, elsewhere.error.reason) == ("NO_ROUTE", "no route for US")
+    assert fakes.tencent.calls == [] and fakes.twilio.messages == []
+
+
+async def test_a_bad_route_refuses_to_start_naming_the_key(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "alyun"]\n'
+        path = fakes.providers_file(tmp_path / "providers.toml", routes)
+
+        with pytest.raises(StartError, match=r"routes\[0\]\.providers\[1\]: 'alyun' is not"):
+            await make_server(providers_file=path)
+
+
+# --- issue 13, done when -----------------------------------------------------------
+
+
+async def test_5000_through_the_working_vendor_of_a_route_with_zero_double_sends(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        fakes.tencent.call_error = SIGN_REFUSED
+        routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
+        server = await make_server(
+            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes)
+        )
+        client = await connect(server)
+        await shipped_template(client)
+        phones = cn_numbers(5000)
+
+        await batch_send(client, phones)
+        await wait_until(
+            lambda: asyncio.sleep(0, fakes.aliyun_numbers()),
+            lambda taken: len(taken) >= 5000,
+            what="5,000 numbers taken by Aliyun",
+            timeout=60,
+            describe=lambda taken: f"{len(taken)} taken",
+        )
+        # Aliyun reports each delivered, as its SmsReport push does.
+        now = beijing(int(time.time() * 1000))
+        reports = [
+            {
+                "phone_number": d["PhoneNum"],
+                "send_time": d["SendDate"],
+                "report_time": now,
+                "success": True,
+                "err_code": "DELIVERED",
+                "err_msg": "用户接收成功",
+                "sms_size": "1",
+                "biz_id": d["BizId"],
+                "out_id": d["OutId"],
+            }
+            for d in fakes.aliyun.details
+        ]
+        for start in range(0, len(reports), 1000):
+            reply = await post(
+                f"http://127.0.0.1:{server.http_port}/receipts/aliyun/{TOKEN}",
+                content=json.dumps(reports[start : start + 1000], ensure_ascii=False).encode(),
+                headers={"content-type": "application/json"},
+            )
+            assert reply.json() == {"code": 0, "msg": "成功"}
+        statuses = await wait_until(
+            lambda: count_statuses(client),
+            lambda counts: counts["MESSAGE_STATUS_DELIVERED"] == 5000,
+            what="5,000 messages DELIVERED",
+            timeout=60,
+        )
+
+    assert statuses == Counter({"MESSAGE_STATUS_DELIVERED": 5000})
+    # Zero double sends: every number taken once, by Aliyun only.
+    assert fakes.aliyun_numbers() == Counter(dict.fromkeys(phones, 1))
+    assert fakes.tencent_numbers() == Counter()
+
+
+# --- issue 12, done when -----------------------------------------------------------
+
+
+async def test_buf_curl_sends_cn_through_tencent_and_us_through_twilio_both_delivered(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    public = "https://sms.example.com"
+    async with vendors() as fakes:
+        routes = (
+            '[[routes]]\ndestination = "CN"\nproviders = ["tencent"]\n'
+            '[[routes]]\ndestination = "US"\nproviders = ["twilio"]\n'
+        )
+        providers = fakes.providers_file(tmp_path / "providers.toml", routes)
+        providers.write_text(
+            providers.read_text(encoding="utf-8").replace(
+                'from_number = "+15005550006"\n',
+                f'from_number = "+15005550006"\nstatus_callback = "{public}/receipts/twilio"\n',
+            ),
+            encoding="utf-8",
+        )
+        server = await make_server(providers_file=providers, public_base_url=public)
+        client = await connect(server)
+        await shipped_template(client)
+        url = f"http://127.0.0.1:{server.grpc_port}/smsgate.v1.SmsService/SendSms"
+        auth = f"authorization: Bearer {client.token}"
+        bodies = [
+            {"phone_number": CN, "template": {"template_id": "shipped", "params": {"order": "A1"}}},
+            {"phone_number": US, "text": "Your order has shipped"},
+        ]
+        ids = []
+        for body in bodies:
+            code, out, err = await buf_curl("-H", auth, "-d", json.dumps(body), url)
+            assert code == 0, err
+            ids.append(json.loads(out)["message"]["id"])
+        cn, us = [await client.wait(i, {S.MESSAGE_STATUS_SENT}) for i in ids]
+
+        # Each vendor reports delivery to its receipt endpoint.
+        [status] = fakes.tencent.sent
+        tencent_report = {
+            "user_receive_time": beijing(int(time.time() * 1000)),
+            "nationcode": "86",
+            "mobile": CN.removeprefix("+86"),
+            "report_status": "SUCCESS",
+            "errmsg": "DELIVRD",
+            "description": "用户短信送达成功",
+            "sid": status["SerialNo"],
+        }
+        reply = await post(
+            f"http://127.0.0.1:{server.http_port}/receipts/tencent/{TOKEN}", json=[tencent_report]
+        )
+        assert reply.json() == {"result": 0, "errmsg": "OK"}
+        form = {
+            "AccountSid": fakes.twilio.account_sid,
+            "MessageSid": us.provider_message_id,
+            "MessageStatus": "delivered",
+            "To": US,
+        }
+        signature = twilio_signature(
+            fakes.twilio.auth_token, f"{public}/receipts/twilio", form.items()
+        )
+        reply = await post(
+            f"http://127.0.0.1:{server.http_port}/receipts/twilio",
+            content=urlencode(form),
+            headers={
+                "content-type": "application/x-www-form-urlencoded",
+                "x-twilio-signature": signature,
+            },
+        )
+        assert reply.is_success, reply.text
+        delivered = [await client.wait(i, {S.MESSAGE_STATUS_DELIVERED}) for i in ids]
+
+    assert [(m.provider, m.status) for m in delivered] == [
+        ("tencent", S.MESSAGE_STATUS_DELIVERED),
+        ("twilio", S.MESSAGE_STATUS_DELIVERED),
+    ]
+    assert (cn.provider, us.provider) == ("tencent", "twilio")
+    assert [m["To"] for m in fakes.twilio.messages] == [US]
+    assert [c["PhoneNumberSet"] for c in fakes.tencent.calls] == [[CN]]
