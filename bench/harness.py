@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import platform
 import queue
+import re
 import shlex
 import shutil
 import socket
@@ -33,11 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from smsgate.v1 import message_pb2, sms_service_pb2, verification_service_pb2
 from smsgate.v1 import sms_service_pb2_grpc as sms_grpc
 from smsgate.v1 import verification_service_pb2_grpc as ver_grpc
+from smsgate_server.domain.apps import parse_token
+from smsgate_server.domain.ids import shard_of_id
 from smsgate_server.store.embedded_redis import EmbeddedRedis
+from smsgate_server.store.keys import ShardKeys, shard_count_key
 
 from bench.load import ClientResult, ClientSpec, run_client
 from bench.procstat import TreeSample, cpu_percent, sample_tree
@@ -61,13 +66,16 @@ class Profile:
     watch_subscribers: int
     watch_rate: float
     scenarios: tuple[str, ...]
+    # The footprint scenario: Redis bytes per message measured after this many
+    # messages have been delivered.
+    footprint_messages: int = 20_000
 
 
-ALL = ("sendsms", "getmessage", "batchsend", "e2e", "verify", "watch", "noisy")
+ALL = ("sendsms", "getmessage", "batchsend", "e2e", "verify", "watch", "noisy", "footprint")
 PROFILES = {
-    "full": Profile("full", 3.0, 15.0, 2, 20_000, 100, 500.0, ALL),
-    "quick": Profile("quick", 1.0, 5.0, 2, 5_000, 20, 300.0, ALL),
-    "smoke": Profile("smoke", 0.3, 1.0, 1, 200, 2, 50.0, ("sendsms",)),
+    "full": Profile("full", 3.0, 15.0, 2, 20_000, 100, 500.0, ALL, 50_000),
+    "quick": Profile("quick", 1.0, 5.0, 2, 5_000, 20, 300.0, ALL, 20_000),
+    "smoke": Profile("smoke", 0.3, 1.0, 1, 200, 2, 50.0, ("sendsms",), 1_000),
 }
 CONCURRENCY = {
     "sendsms": 64,
@@ -78,6 +86,8 @@ CONCURRENCY = {
     "watch": 8,
     # The neighbour's GetMessage workers; the noisy app runs NOISY_CLIENTS loops.
     "noisy": 4,
+    # BatchSends of 1,000 in flight while the footprint's messages are accepted.
+    "footprint": 4,
 }
 UNITS = {
     "echo": "req",
@@ -89,6 +99,7 @@ UNITS = {
     "watch": "event",
     "noisy": "req",
     "listmessages": "req",
+    "footprint": "byte/msg",
 }
 # The noisy-neighbour scenario: app A holds this many messages and this many
 # client processes loop ListMessages (no filter) over them.
@@ -699,6 +710,141 @@ def run_noisy(run: Run, servers: Servers) -> Row:
     return row
 
 
+# --- footprint ---------------------------------------------------------------
+
+# Key kinds of a shard (``sg:{sgN}:<kind>:...``) measured by the footprint
+# scenario; every key of these kinds is summed with MEMORY USAGE.
+_SHARD_KEY = re.compile(rb"^sg:\{sg\d+\}:([a-z]+)")
+
+
+def _by_kind(r: redis.Redis) -> tuple[dict[str, int], dict[str, int]]:
+    """(bytes, keys) per shard key kind, over every shard key in Redis."""
+    size: dict[str, int] = {}
+    count: dict[str, int] = {}
+    batch: list[tuple[str, bytes]] = []
+
+    def flush() -> None:
+        pipe = r.pipeline(transaction=False)
+        for _, key in batch:
+            pipe.memory_usage(key, samples=0)
+        for (kind, _), used in zip(batch, pipe.execute(), strict=True):
+            size[kind] = size.get(kind, 0) + int(used or 0)
+            count[kind] = count.get(kind, 0) + 1
+        batch.clear()
+
+    for key in r.scan_iter(match="sg:{sg*", count=5000):
+        m = _SHARD_KEY.match(key)
+        if m:
+            batch.append((m[1].decode(), key))
+            if len(batch) >= 2000:
+                flush()
+    flush()
+    return size, count
+
+
+async def _accept(target: str, token: str, n: int, *, batched: bool) -> list[str]:
+    """Accept ``n`` messages for the app of ``token``: BatchSends of 1,000 (4 in
+    flight) or SendSms calls (64 in flight). Their ids."""
+    md = (("authorization", f"Bearer {token}"),)
+    ids: list[str] = []
+    async with grpc.aio.insecure_channel(target) as ch:
+        sms: Any = sms_grpc.SmsServiceStub(ch)
+        if batched:
+            sem = asyncio.Semaphore(CONCURRENCY["footprint"])
+
+            async def batch(k: int) -> None:
+                async with sem:
+                    size = min(1000, n - k * 1000)
+                    reply = await sms.BatchSend(
+                        batch_request(97, k, size), metadata=md, timeout=120
+                    )
+                ids.extend(r.message_id for r in reply.results if r.message_id)
+
+            await asyncio.gather(*(batch(k) for k in range(math.ceil(n / 1000))))
+        else:
+
+            async def worker(w: int) -> None:
+                for i in range(w, n, 64):
+                    request = sms_service_pb2.SendSmsRequest(phone_number=phone(96, i), text=TEXT)
+                    reply = await sms.SendSms(request, metadata=md, timeout=60)
+                    ids.append(reply.message.id)
+
+            await asyncio.gather(*(worker(w) for w in range(64)))
+    return ids
+
+
+def _shards(r: redis.Redis) -> int:
+    return int(r.get(shard_count_key()) or 0)
+
+
+def _wait_ended(r: redis.Redis, app: str, timeout: float) -> None:
+    """Wait until no message of ``app`` is live (every one reached a terminal
+    status: the scripts count them in each shard's ``live:<app>``)."""
+    keys = [ShardKeys(i).live(app) for i in range(_shards(r))]
+    deadline = time.monotonic() + timeout
+    live = -1
+    while time.monotonic() < deadline:
+        live = sum(int(v or 0) for v in r.mget(keys))
+        if live == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{live} messages of the footprint app still live after {timeout}s")
+
+
+def run_footprint(run: Run, servers: Servers, *, batched: bool) -> Row:
+    """Redis bytes per message retained once delivered: INFO used_memory before
+    and after accepting N messages and waiting until every one has ended, with
+    the bytes of each key kind (MEMORY USAGE) in the note."""
+    n = run.profile.footprint_messages if batched else run.profile.footprint_messages // 4
+    token = servers.create_app("footprint-batch" if batched else "footprint-single")
+    parsed = parse_token(token)
+    assert parsed is not None
+    r = redis.Redis.from_url(servers.redis.url)
+    try:
+        settle(run.server_pid, 60)
+        size0, count0 = _by_kind(r)
+        used0 = int(r.info("memory")["used_memory"])
+        began = time.monotonic()
+        ids = asyncio.run(_accept(run.target, token, n, batched=batched))
+        _wait_ended(r, parsed[0], 300)
+        took = time.monotonic() - began
+        used1 = int(r.info("memory")["used_memory"])
+        size1, count1 = _by_kind(r)
+        shards = _shards(r)
+        pipe = r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hget(ShardKeys(shard_of_id(i, shards) or 0).message(parsed[0], i), "st")
+        delivered = sum(1 for st in pipe.execute() if st == str(int(DELIVERED)).encode())
+    finally:
+        r.close()
+    after_delivery = (used1 - used0) / len(ids)
+    # The provider-id map of a delivered message lasts 10 minutes after its
+    # receipt (receipt.lua), not for the message's retention.
+    transient = size1.get("pm", 0) - size0.get("pm", 0)
+    per = (used1 - used0 - transient) / len(ids)
+    name = "footprint-batch" if batched else "footprint-single"
+    row = Row(name, UNITS["footprint"], CONCURRENCY["footprint"] if batched else 64, 1)
+    row.rate = per
+    row.units = len(ids)
+    kinds = sorted(
+        {k for k in size1 if size1[k] != size0.get(k, 0)},
+        key=lambda k: size0.get(k, 0) - size1[k],
+    )
+    parts = ", ".join(
+        f"{k} {(size1[k] - size0.get(k, 0)) / len(ids):.0f}"
+        f" ({count1.get(k, 0) - count0.get(k, 0):+d} keys)"
+        for k in kinds
+    )
+    row.note = (
+        f"{len(ids)} messages by {'BatchSend of 1,000' if batched else 'SendSms'}, "
+        f"{delivered} delivered, all ended after {took:.1f}s; used_memory "
+        f"+{(used1 - used0) / 2**20:.1f} MiB = {after_delivery:.0f} bytes per message, "
+        f"{per:.0f} retained (without the provider-id map, gone 10 min after the receipt); "
+        f"MEMORY USAGE per message by key kind: {parts}"
+    )
+    return row
+
+
 # --- output ----------------------------------------------------------------
 
 
@@ -749,7 +895,14 @@ def goals(rows: list[Row]) -> list[tuple[str, str, bool]]:
                 r.neighbour_p99_ratio <= 2,
             )
         )
-    smsgate = [x for x in rows if not x.skipped and not x.scenario.startswith("echo")]
+    for name in ("footprint-single", "footprint-batch"):
+        if r := by.get(name):
+            out.append(
+                (f"Redis <= 600 bytes/message ({name[10:]})", f"{r.rate:.0f}", r.rate <= 600)
+            )
+    smsgate = [
+        x for x in rows if not x.skipped and not x.scenario.startswith(("echo", "footprint"))
+    ]
     if smsgate:
         rss = max(x.server_rss_mb for x in smsgate)
         out.append(("server RSS <= 150 MB under load", f"{rss:.0f} MB", rss <= 150))
@@ -854,7 +1007,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 {
                     concurrency[s]
                     for s in profile.scenarios
-                    if s not in ("batchsend", "watch", "noisy")
+                    if s not in ("batchsend", "watch", "noisy", "footprint")
                 },
                 reverse=True,
             ) or [concurrency["sendsms"]]
@@ -897,13 +1050,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     row = run_watch(run)
                 elif name == "noisy":
                     row = run_noisy(run, servers)
+                elif name == "footprint":
+                    rows.append(run_footprint(run, servers, batched=False))
+                    print(f"measured footprint-single: {rows[-1].rate:.0f} bytes/message")
+                    row = run_footprint(run, servers, batched=True)
                 else:
                     row = run.timed(name, c)
                 base = echo.get(c) or echo[levels[0]]
-                if name not in ("watch", "noisy"):  # not comparable with one call
+                if name not in ("watch", "noisy", "footprint"):  # not comparable with one call
                     row.echo_rate_ratio = _ratio(row.rate, base.rate)
                     row.echo_p99_ratio = _ratio(row.p99_ms, base.p99_ms)
-                if c not in echo and name not in ("watch", "noisy"):
+                if c not in echo and name not in ("watch", "noisy", "footprint"):
                     row.note = (row.note + "; " if row.note else "") + f"ratios vs echo@{levels[0]}"
                 rows.append(row)
                 print(f"measured {name}: {row.rate:.0f} {row.unit}/s", flush=True)
