@@ -175,17 +175,34 @@ async def test_a_retry_with_the_same_request_id_returns_the_first_message(
     assert again.id == first.id
 
 
+@pytest.fixture
+async def two_servers(make_server: ServerFactory) -> AsyncIterator[tuple[Api, Api]]:
+    """One app on two servers of one Redis: one without the per-number caps
+    (it runs no policy script, so remembers no verdicts), one with them."""
+    plain = await make_server()
+    capped = await make_server(policy_same_content_seconds=30, policy_per_number_day=10)
+    token = (await plain.apps.create("two")).token
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") for server in (plain, capped)
+    ]
+    yield Api(channels[0], token), Api(channels[1], token)
+    for channel in channels:
+        await channel.close()
+
+
 async def test_what_a_request_that_was_not_stored_counted_is_given_back(
-    make_api: ApiFactory,
+    two_servers: tuple[Api, Api],
 ) -> None:
-    api = await make_api()
-    await send_text(api, CN, "first text", request_id="r-1")
-    # The same request id with other content is refused after the policy
-    # counted "second text": the count must not hold the number.
-    details = await fails(send_text(api, CN, "second text", request_id="r-1"))
+    plain, capped = two_servers
+    await send_text(plain, CN, "first text", request_id="r-1")
+    # The same request id with other content: the policy counts "second text"
+    # (no verdicts remembered for r-1), then the accept refuses the request.
+    details = await fails(send_text(capped, CN, "second text", request_id="r-1"))
     assert details.reason == "REQUEST_ID_REUSED"
 
-    assert (await send_text(api, CN, "second text")).id
+    # Had the count stayed, this would be SAME_CONTENT_TOO_SOON.
+    assert (await send_text(capped, CN, "second text")).id
+    await fails(send_text(capped, CN, "second text"))
 
 
 # --- the app's daily cap ---------------------------------------------------
@@ -470,3 +487,21 @@ def test_apps_set_policy_changes_only_the_values_given(
     with pytest.raises(SystemExit):
         cli_main(["apps", "set-policy", key, "--quiet-hours", "late"])
     assert cli_main(["apps", "set-policy", "ak_" + "0" * 20, "--daily-cap", "1"]) == 1
+
+
+async def test_a_batch_of_several_policy_chunks_is_idempotent_and_refunded_whole(
+    two_servers: tuple[Api, Api],
+) -> None:
+    plain, capped = two_servers
+    phones = [f"+861390000{i:04d}" for i in range(1_200)]
+    first = await batch(capped, phones, text="Your parcel is out", request_id="b-1")
+    assert first.accepted_count == 1_200
+
+    again = await batch(capped, phones, text="Your parcel is out", request_id="b-1")
+    assert [r.message_id for r in again.results] == [r.message_id for r in first.results]
+
+    await batch(plain, phones, text="Your parcel is in", request_id="b-2")
+    other = await fails(batch(capped, phones, text="Your parcel is on its way", request_id="b-2"))
+    assert other.reason == "REQUEST_ID_REUSED"
+    # What the refused request counted in each of its two chunks was given back.
+    assert (await batch(capped, phones, text="Your parcel is on its way")).accepted_count == 1_200

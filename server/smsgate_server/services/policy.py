@@ -52,6 +52,8 @@ __all__ = ["PolicyCheck", "PolicySettings", "SendingPolicy"]
 
 log = logging.getLogger(__name__)
 
+# Recipients per script call: a 1,000-recipient call takes Redis about 10 ms.
+POLICY_CHUNK = 1_000
 # Apps whose daily-cap warning was logged, remembered per process (for one
 # day each); beyond this many the oldest are forgotten (and may log again).
 WARNED_APPS = 10_000
@@ -82,6 +84,16 @@ class PolicySettings:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Counted:
+    """One script call of a check: its recipients from ``first`` on, and
+    whether its verdicts are an earlier call's (nothing of them to give back)."""
+
+    first: int
+    call: PolicyCall
+    replayed: bool
+
+
 @dataclass(slots=True)
 class PolicyCheck:
     """The policy's answer for the recipients of one request: per recipient
@@ -89,22 +101,25 @@ class PolicyCheck:
     counted for admitted recipients whose messages were not stored."""
 
     refusals: list[SmsgateError | None]
-    replayed: bool = False
     _store: PolicyStore | None = None
     _app: str = ""
-    _call: PolicyCall | None = None
+    _calls: list[_Counted] = field(default_factory=list)
     _refunded: set[int] = field(default_factory=set)
 
     async def refund(self, indexes: Sequence[int]) -> None:
         """Give back the counts of the admitted recipients at ``indexes``
         (each once); nothing for verdicts an earlier call counted."""
-        if self._store is None or self._call is None or self.replayed:
+        todo = {i for i in indexes if self.refusals[i] is None} - self._refunded
+        if self._store is None or not todo:
             return
-        todo = [i for i in indexes if self.refusals[i] is None and i not in self._refunded]
-        if not todo:
-            return
-        self._refunded.update(todo)
-        await self._store.refund(self._app, self._call, todo)
+        self._refunded |= todo
+        for counted in self._calls:
+            if counted.replayed:
+                continue
+            end = counted.first + len(counted.call.phones)
+            mine = sorted(i - counted.first for i in todo if counted.first <= i < end)
+            if mine:
+                await self._store.refund(self._app, counted.call, mine)
 
 
 class SendingPolicy:
@@ -146,33 +161,37 @@ class SendingPolicy:
         if not recipients or not (optouts or same_content or per_day or policy.daily_cap):
             return PolicyCheck([None] * len(recipients))
         day, day_left_ms = policy_day(int(self.clock() * 1000), self.settings.day_zone)
-        phones = [phone for phone, _ in recipients]
-        call = PolicyCall(
-            request_id=request_id,
-            request_ttl_ms=self.settings.request_ttl_ms,
-            check_optouts=optouts,
-            same_content_ms=same_content * 1000,
-            per_number_day=per_day,
-            daily_cap=policy.daily_cap,
-            day=day,
-            day_left_ms=day_left_ms,
-            token=secrets.token_hex(8),
-            phones=phones,
-            tags=[self._tag(phone) for phone in phones],
-            # Only the same-content cap reads the digest.
-            digests=[content_digest(text) if same_content else "" for _, text in recipients],
-        )
-        taken = await self.store.take(app, call)
-        refusals = [
-            self._refusal(app, phone, verdict, wait_ms, policy)
-            for phone, (verdict, wait_ms) in zip(phones, taken.verdicts, strict=True)
-        ]
-        for (verdict, _), refusal in zip(taken.verdicts, refusals, strict=True):
-            if refusal is not None:
-                metrics.POLICY_REFUSALS.labels(verdict.name.lower()).inc()
-        if policy.daily_cap:
-            self._observe_daily(app, day, taken.app_today, policy.daily_cap)
-        return PolicyCheck(refusals, taken.replayed, self.store, app, call)
+        check = PolicyCheck([], self.store, app)
+        # In chunks: one script call does not hold Redis for long. Each chunk
+        # of a request with an id remembers its verdicts under its own id.
+        for k, first in enumerate(range(0, len(recipients), POLICY_CHUNK)):
+            chunk = recipients[first : first + POLICY_CHUNK]
+            phones = [phone for phone, _ in chunk]
+            call = PolicyCall(
+                request_id=f"{request_id}#{k}" if request_id and k else request_id,
+                request_ttl_ms=self.settings.request_ttl_ms,
+                check_optouts=optouts,
+                same_content_ms=same_content * 1000,
+                per_number_day=per_day,
+                daily_cap=policy.daily_cap,
+                day=day,
+                day_left_ms=day_left_ms,
+                token=secrets.token_hex(8),
+                phones=phones,
+                tags=[self._tag(phone) for phone in phones],
+                # Only the same-content cap reads the digest.
+                digests=[content_digest(text) if same_content else "" for _, text in chunk],
+            )
+            taken = await self.store.take(app, call)
+            check._calls.append(_Counted(first, call, taken.replayed))
+            for phone, (verdict, wait_ms) in zip(phones, taken.verdicts, strict=True):
+                refusal = self._refusal(app, phone, verdict, wait_ms, policy)
+                if refusal is not None:
+                    metrics.POLICY_REFUSALS.labels(verdict.name.lower()).inc()
+                check.refusals.append(refusal)
+            if policy.daily_cap:
+                self._observe_daily(app, day, taken.app_today, policy.daily_cap)
+        return check
 
     def hold_until(self, policy: SendPolicy, kind: TemplateKind, phone: str, due_ms: int) -> int:
         """When a message of ``kind`` to ``phone`` due at ``due_ms`` may go:
