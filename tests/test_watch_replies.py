@@ -5,6 +5,9 @@ reply after its token once, and a foreign or forged token is refused."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,6 +229,42 @@ async def test_the_sync_python_client_follows_replies_too(apps: Apps, tmp_path: 
         await wait_until(lambda: _exists(path), what="the start token saved")
         await apps.reply("tencent", "sync")
         assert (await asyncio.wait_for(first, 10)).text == "sync"
+
+
+async def test_the_cli_prints_a_json_line_per_reply(apps: Apps, tmp_path: Path) -> None:
+    path = tmp_path / "replies.token"
+    env = {
+        **os.environ,
+        "SMSGATE_TARGET": f"127.0.0.1:{apps.server.grpc_port}",
+        "SMSGATE_TOKEN": apps.tokens["a"],
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "smsgate",
+        "--json",
+        "replies",
+        "--count",
+        "1",
+        "--token-file",
+        str(path),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await wait_until(lambda: _exists(path), what="the CLI's start token saved")
+        await apps.reply("tencent", "TD")
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    assert proc.returncode == 0, err.decode()
+    [line] = out.decode().splitlines()
+    reply = json.loads(line)
+    assert (reply["phone_number"], reply["text"], reply["opted_out"]) == (CN, "TD", True)
 
 
 async def test_an_app_holds_at_most_so_many_watches_per_process(redis_url: str) -> None:

@@ -4,13 +4,14 @@ smsgate send PHONE (TEXT | --template ID [--param K=V]...) [--wait]
 smsgate batch FILE.csv (--text TEXT | --template ID [--param K=V]...) [--wait]
 smsgate get ID | list [--status S]... [--phone P] [--batch ID] [--limit N]
 smsgate watch [--id ID]... [--batch ID] [--status S]... [--count N]
+smsgate replies [--resume-token T] [--token-file F] [--count N]
 smsgate verify generate PHONE --scope S [--caller]
 smsgate verify check CODE (--id V | --phone P --scope S)
 smsgate templates list | templates preview (ID | --body TEXT) [--param K=V]...
 
 It connects as ``Client.from_env()`` does (SMSGATE_TARGET, SMSGATE_TOKEN,
 SMSGATE_TLS*); ``--target`` overrides the address. ``--json`` prints protobuf
-JSON (one object per line for ``list`` and ``watch``). A failed call prints its
+JSON (one object per line for ``list``, ``watch`` and ``replies``). A failed call prints its
 code, reason and field violations on stderr and exits with its class's code
 (EXIT_CODES). Arguments are parsed with argparse: the client stays on grpcio,
 protobuf and googleapis-common-protos alone. With the ``smsgate[cli]`` extra
@@ -294,6 +295,17 @@ def _watch(client: Client, args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _replies(client: Client, args: argparse.Namespace, out: Output) -> int:
+    replies = client.watch_replies(resume_token=args.resume_token, token_file=args.token_file)
+    for n, r in enumerate(replies, start=1):
+        mark = "  (opted out)" if r.opted_out else ""
+        text = f"{_time(r.receive_time)}  {r.phone_number}  {r.provider}  {r.text}{mark}"
+        out.proto(r, text, one_line=True)
+        if args.count and n >= args.count:
+            break
+    return 0
+
+
 def _verify_generate(client: Client, args: argparse.Namespace, out: Output) -> int:
     delivery = (
         verification_service_pb2.CODE_DELIVERY_CALLER
@@ -389,6 +401,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--token-file", help="resume from, and save each event's token to, a file")
     c.add_argument("--count", type=int, default=0, help="stop after this many events")
     c.set_defaults(run=_watch)
+
+    c = sub.add_parser("replies", help="replies to the app as they come, a line each")
+    c.add_argument("--resume-token", default="")
+    c.add_argument("--token-file", help="resume from, and save each reply's token to, a file")
+    c.add_argument("--count", type=int, default=0, help="stop after this many replies")
+    c.set_defaults(run=_replies)
 
     verify = sub.add_parser("verify", help="verification codes").add_subparsers(
         dest="verify_command", required=True, metavar="generate|check"
