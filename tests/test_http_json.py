@@ -5,6 +5,7 @@ method, wrong content type, oversized body), each with Connect's error JSON."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import struct
@@ -24,6 +25,7 @@ from smsgate_server.api.connect import JSON_SIZE_FACTOR
 from smsgate_server.api.limits import max_request_bytes
 from smsgate_server.runtime import SERVICE_NAMES, Running
 
+from tests.conftest import ServerFactory
 from tests.support import readme_block, run_shell
 from tests.waiting import wait_until
 
@@ -413,6 +415,45 @@ async def test_watch_status_streams_until_delivered(
 async def _count(server: Running) -> int:
     assert server.hub is not None
     return server.hub.subscriber_count
+
+
+async def test_shutdown_ends_a_stream_with_unavailable(make_server: ServerFactory) -> None:
+    server = await make_server()
+    token = (await server.apps.create("a")).token
+    async with (
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.http_port}", timeout=30) as http,
+        http.stream(
+            "POST",
+            "/smsgate.v1.SmsService/WatchStatus",
+            content=envelope({}),
+            headers=stream_headers(token),
+        ) as reply,
+    ):
+        await wait_until(
+            lambda: _count(server), lambda n: n == 1, what="the watch to subscribe", describe=str
+        )
+        stopping = asyncio.create_task(server.stop())
+        received = [item async for item in read_envelopes(reply)]
+        await stopping
+
+    assert [flags for flags, _ in received] == [2]
+    assert received[0][1]["error"]["code"] == "unavailable"
+
+
+async def test_the_api_is_off_the_side_port_with_http_api_false(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(http_api=False)
+    token = (await server.apps.create("a")).token
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{server.http_port}", timeout=30
+    ) as http:
+        reply = await call(http, "SmsService/SendSms", {"phoneNumber": "+14155550123"}, token)
+        probe = await http.get("/livez")
+
+    assert reply.status_code == 404
+    assert "code" not in reply.text
+    assert probe.status_code == 200
 
 
 async def test_a_failed_stream_ends_with_its_error(http: httpx.AsyncClient) -> None:

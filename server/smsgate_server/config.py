@@ -66,6 +66,9 @@ class Settings(BaseSettings):
 
     grpc_address: str = "127.0.0.1:50051"
     http_address: str = "127.0.0.1:8080"
+    # The API over HTTP/JSON (Connect) on the side port; off where that port
+    # is published for vendors' receipts and callers must use gRPC.
+    http_api: bool = True
     data_dir: Path = Path(".smsgate")
     redis_url: str | None = None
     # Start on a Redis that persists nothing or evicts keys (see runtime's

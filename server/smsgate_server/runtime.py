@@ -300,7 +300,8 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
         ready,
         _receipt_routes(settings, store),
         stack,
-        connect.routes(),
+        # Off: the side port serves probes, metrics and receipts only.
+        connect.routes() if settings.http_api else [],
         provider_routes(gate, accounts),
     )
     await reached(StartStep.HTTP)
