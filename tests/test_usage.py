@@ -141,6 +141,14 @@ async def test_usage_adds_up_the_messages_sent_with_their_cost(
     for m in messages.values():
         region = region_of(m.phone_number)
         taken = any(h.status == S.MESSAGE_STATUS_SENT for h in m.history)
+        # The message records its own estimated cost once a provider took it.
+        if taken:
+            assert (micros(m.estimated_cost), m.cost_currency_code) == (
+                m.segments * price(region),
+                "USD",
+            )
+        else:
+            assert (m.estimated_cost, m.cost_currency_code) == ("", "")
         for h in m.history:
             if h.status in COUNTED:
                 day = h.time.ToDatetime(dt.UTC).date().isoformat()

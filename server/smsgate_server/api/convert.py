@@ -11,6 +11,7 @@ from smsgate.v1 import message_pb2
 from smsgate_server.domain.errors import InvalidArgument
 from smsgate_server.domain.events import StatusEvent
 from smsgate_server.domain.message import StoredMessage
+from smsgate_server.domain.prices import format_micros
 
 __all__ = ["event_to_proto", "message_to_proto", "ms_from_timestamp", "timestamp_from_ms"]
 
@@ -55,6 +56,9 @@ def message_to_proto(m: StoredMessage) -> message_pb2.Message:
         sender_id=m.sender,
         encoding=m.encoding,  # type: ignore[arg-type]
     )
+    if m.cost_micros is not None:
+        out.estimated_cost = format_micros(m.cost_micros)
+        out.cost_currency_code = m.cost_currency
     if m.template_id:
         out.template.template_id = m.template_id
         out.template.version = m.template_version

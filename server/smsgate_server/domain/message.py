@@ -80,3 +80,7 @@ class StoredMessage:
     sign: str = ""
     vendor_ids_json: str = ""
     encoding: int = 0
+    # Its estimated cost in micro-units of ``cost_currency`` ('' when its
+    # provider has no prices), fixed when it entered SENT; None before.
+    cost_micros: int | None = None
+    cost_currency: str = ""

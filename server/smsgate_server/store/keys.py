@@ -105,6 +105,7 @@ class MessageField(enum.StrEnum):
     # (lib.lua; absent in messages accepted before it, whose history is a list).
     HISTORY = "hs"
     COST = "co"  # estimated cost in micro-units of its provider's currency (set on SENT)
+    COST_CURRENCY = "cu"  # that currency, ISO 4217 (absent: the provider has no prices)
     # Providers of its route that refused it, as "name code" joined by ',':
     # the next claim routes it past them (failover).
     REFUSED = "rf"

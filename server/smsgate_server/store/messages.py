@@ -606,4 +606,6 @@ def _to_message(
         sign=d.get(F.SIGN, ""),
         vendor_ids_json=d.get(F.VENDOR_IDS, ""),
         encoding=n(F.ENCODING),
+        cost_micros=int(d[F.COST]) if F.COST in d else None,
+        cost_currency=d.get(F.COST_CURRENCY, ""),
     )

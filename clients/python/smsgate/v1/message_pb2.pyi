@@ -277,6 +277,8 @@ class Message(_message.Message):
     SENDER_ID_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     ENCODING_FIELD_NUMBER: _builtins.int
+    ESTIMATED_COST_FIELD_NUMBER: _builtins.int
+    COST_CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The message id, unique within the app."""
     batch_id: _builtins.str
@@ -302,6 +304,17 @@ class Message(_message.Message):
     encoding: _template_service_pb2.TextEncoding.ValueType
     """Output only. The encoding of `rendered_text`, which with `segments` is
     what the vendor bills.
+    """
+    estimated_cost: _builtins.str
+    """Output only. The estimated cost, an exact decimal in `cost_currency_code`
+    ("0.015"): `segments` x the price, in the providers file, of the provider
+    that took it for the country of the number, fixed when the message
+    entered SENT ("0" when that provider has no price for it). Empty before
+    SENT and for a message no provider took.
+    """
+    cost_currency_code: _builtins.str
+    """Output only. ISO 4217 currency of `estimated_cost` (CNY, USD); empty
+    when the provider has no price table.
     """
     @_builtins.property
     def template(self) -> Global___TemplateContent:
@@ -356,10 +369,12 @@ class Message(_message.Message):
         sender_id: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         encoding: _template_service_pb2.TextEncoding.ValueType = ...,
+        estimated_cost: _builtins.str = ...,
+        cost_currency_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "create_time", b"create_time", "error", b"error", "send_time", b"send_time", "template", b"template", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "batch_id", b"batch_id", "content", b"content", "create_time", b"create_time", "encoding", b"encoding", "error", b"error", "history", b"history", "id", b"id", "labels", b"labels", "phone_number", b"phone_number", "provider", b"provider", "provider_message_id", b"provider_message_id", "rendered_text", b"rendered_text", "segments", b"segments", "send_time", b"send_time", "sender_id", b"sender_id", "status", b"status", "template", b"template", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "batch_id", b"batch_id", "content", b"content", "cost_currency_code", b"cost_currency_code", "create_time", b"create_time", "encoding", b"encoding", "error", b"error", "estimated_cost", b"estimated_cost", "history", b"history", "id", b"id", "labels", b"labels", "phone_number", b"phone_number", "provider", b"provider", "provider_message_id", b"provider_message_id", "rendered_text", b"rendered_text", "segments", b"segments", "send_time", b"send_time", "sender_id", b"sender_id", "status", b"status", "template", b"template", "text", b"text", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["text", "template"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015

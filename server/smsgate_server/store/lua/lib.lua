@@ -48,9 +48,10 @@ end
 -- app's day in this shard counts it: field <row>|n messages, <row>|s segments,
 -- <row>|c cost in micro-units; P..'ut' counts the same without app or day (the
 -- Prometheus totals). On entering SENT the cost (segments x the provider's
--- price for the country) is stored on the message ('co'), and later rows carry
--- that; a message no provider took costs 0. Prices, currencies and the
--- retention are in P..'uc', written at start from the providers file.
+-- price for the country) is stored on the message ('co', its currency 'cu'),
+-- and later rows carry that; a message no provider took costs 0. Prices,
+-- currencies and the retention are in P..'uc', written at start from the
+-- providers file.
 -- The provider is the one settle.lua stored ('pv') before the move.
 local USAGE_DAY_MS, USAGE_RETAIN = 86400000, 400 * 86400
 local COUNTRIES
@@ -72,6 +73,7 @@ local function count_usage(app, m, status, t)
   if status == SENT then
     cost = segments * tonumber(cfg[1] or cfg[2] or '0')
     redis.call('HSET', m, 'co', cost)
+    if cfg[3] then redis.call('HSET', m, 'cu', cfg[3]) end
   end
   local row = status .. '|' .. provider .. '|' .. country .. '|' .. (cfg[3] or '')
   local day = math.floor(t / USAGE_DAY_MS)
