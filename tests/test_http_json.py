@@ -67,6 +67,7 @@ def details(error: dict[str, Any]) -> dict[str, dict[str, Any]]:
         cls = {
             "google.rpc.ErrorInfo": error_details_pb2.ErrorInfo,
             "google.rpc.BadRequest": error_details_pb2.BadRequest,
+            "google.rpc.RetryInfo": error_details_pb2.RetryInfo,
         }.get(detail["type"])
         if cls is not None:
             assert MessageToDict(cls.FromString(value)) == detail["debug"]
@@ -272,6 +273,66 @@ async def test_a_body_that_is_not_the_message_names_where(
     assert found["google.rpc.ErrorInfo"]["reason"] == "MALFORMED_REQUEST"
     violations = found["google.rpc.BadRequest"]["fieldViolations"]
     assert [v.get("field", "") for v in violations] == [field]
+
+
+async def test_an_app_over_its_rate_is_429_with_retry_info(make_server: ServerFactory) -> None:
+    server = await make_server(app_accept_burst_seconds=1)
+    slow = (await server.apps.create("slow", accept_per_second=2)).token
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{server.http_port}", timeout=30
+    ) as http:
+        body = {"phoneNumber": "+14155550123", "text": "x"}
+        for _ in range(2):
+            await ok(http, "SmsService/SendSms", body, slow)
+
+        reply = await call(http, "SmsService/SendSms", body, slow)
+
+    assert reply.status_code == 429
+    error = reply.json()
+    assert error["code"] == "resource_exhausted"
+    found = details(error)
+    assert found["google.rpc.ErrorInfo"]["reason"] == "APP_RATE_LIMITED"
+    assert found["google.rpc.RetryInfo"]["retryDelay"].endswith("s")
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "status", "code"),
+    [
+        ("connect-protocol-version", "2", 400, "invalid_argument"),
+        ("content-encoding", "gzip", 501, "unimplemented"),
+        ("connect-timeout-ms", "soon", 400, "invalid_argument"),
+    ],
+)
+async def test_protocol_headers_it_cannot_honour_are_refused(
+    http: httpx.AsyncClient, token: str, header: str, value: str, status: int, code: str
+) -> None:
+    reply = await http.post(
+        "/smsgate.v1.SmsService/GetMessage",
+        content=b"{}",
+        headers={
+            "content-type": "application/json",
+            "authorization": f"Bearer {token}",
+            header: value,
+        },
+    )
+
+    assert reply.status_code == status
+    assert reply.json()["code"] == code
+
+
+async def test_a_stream_ends_with_deadline_exceeded_at_its_timeout(
+    http: httpx.AsyncClient, token: str
+) -> None:
+    reply = await http.post(
+        "/smsgate.v1.SmsService/WatchStatus",
+        content=envelope({}),
+        headers=stream_headers(token) | {"connect-timeout-ms": "200"},
+    )
+
+    assert reply.status_code == 200
+    flags, _ = ENVELOPE.unpack_from(reply.content)
+    assert flags == 2
+    assert json.loads(reply.content[ENVELOPE.size :])["error"]["code"] == "deadline_exceeded"
 
 
 async def test_a_missing_token_is_unauthenticated(http: httpx.AsyncClient) -> None:
