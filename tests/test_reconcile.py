@@ -144,6 +144,43 @@ async def test_twilio_no_final_word_leaves_it_sent_until_it_expires(
     assert message.status == S.MESSAGE_STATUS_EXPIRED
 
 
+async def test_twilio_a_send_of_unknown_outcome_is_found_by_number_and_time(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    fake = TwilioFake()
+    # Twilio creates the message, then the answer never comes: our call times out.
+    fake.controls.stalled = True
+    async with serve(fake.app) as url:
+        providers = tmp_path / "providers.toml"
+        providers.write_text(
+            "[providers.twilio]\n"
+            'type = "twilio"\n'
+            f'account_sid = "{fake.account_sid}"\n'
+            f'auth_token = "{fake.auth_token}"\n'
+            'from_number = "+15005550006"\n'
+            f'base_url = "{url}"\n'
+            "timeout_seconds = 0.3\n"
+        )
+        server = await make_server(provider="twilio", providers_file=providers, **FAST)
+        token = (await server.apps.create("unknown-app")).token
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            sender = Sender(server, channel, token)
+            message_id = await sender.text(US)
+            sent = await sender.wait(message_id, S.MESSAGE_STATUS_SENT)
+            assert sent.provider_message_id == ""
+            fake.controls.release()
+            [sid] = fake.resources
+            fake.set_status(sid, "delivered")
+
+            message = await sender.wait(
+                message_id, S.MESSAGE_STATUS_DELIVERED, S.MESSAGE_STATUS_EXPIRED
+            )
+
+    assert message.status == S.MESSAGE_STATUS_DELIVERED
+    assert len(fake.messages) == 1
+    assert fake.lists and fake.lists[0]["To"] == US
+
+
 async def test_a_message_is_picked_by_one_reconciler_per_interval(
     twilio: tuple[TwilioFake, Sender],
 ) -> None:
