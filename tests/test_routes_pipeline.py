@@ -23,8 +23,11 @@ from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import template_service_pb2 as tpb
 from smsgate_server.providers.signing import twilio_signature
 from smsgate_server.runtime import Running, StartError
+from starlette.requests import Request
+from starlette.responses import Response
 
 from tests.conftest import ServerFactory
+from tests.pipeline_support import wait_for_statuses
 from tests.test_buf_curl import buf_curl
 from tests.test_receipt_endpoints import beijing
 from tests.test_vendor_pipeline import CN, ENDED, US, Client, Connect
@@ -58,15 +61,52 @@ async def connect() -> AsyncIterator[Connect]:
 
 
 @dataclass
+class TimedAliyun(AliyunFake):
+    """The Aliyun fake, noting when each send it took came and with how many numbers."""
+
+    taken: list[tuple[float, int]] = field(default_factory=list)
+
+    def _send(
+        self,
+        numbers: list[str],
+        signs: list[str],
+        params: list[str],
+        form: dict[str, str],
+        limit: int,
+    ) -> Response:
+        self.taken.append((time.monotonic(), len(numbers)))
+        return super()._send(numbers, signs, params, form, limit)
+
+
+@dataclass
+class TimedTwilio(TwilioFake):
+    """The Twilio fake, noting when each message create came."""
+
+    times: list[float] = field(default_factory=list)
+
+    async def _create(self, request: Request) -> Response:
+        self.times.append(time.monotonic())
+        return await super()._create(request)
+
+
+@dataclass
 class Fakes:
     """The three vendors' fakes, served on loopback, and a providers file naming them."""
 
     tencent: TencentFake = field(default_factory=TencentFake)
-    aliyun: AliyunFake = field(default_factory=AliyunFake)
-    twilio: TwilioFake = field(default_factory=TwilioFake)
+    aliyun: TimedAliyun = field(default_factory=TimedAliyun)
+    twilio: TimedTwilio = field(default_factory=TimedTwilio)
     urls: dict[str, str] = field(default_factory=dict)
 
-    def providers_file(self, path: Path, routes: str, *, tencent_timeout: float = 10.0) -> Path:
+    def providers_file(
+        self,
+        path: Path,
+        routes: str,
+        *,
+        tencent_timeout: float = 10.0,
+        aliyun_extra: str = "",
+        twilio_extra: str = "",
+    ) -> Path:
         path.write_text(
             '[providers.tencent]\ntype = "tencent"\n'
             f'secret_id = "{self.tencent.secret_id}"\nsecret_key = "{self.tencent.secret_key}"\n'
@@ -75,11 +115,11 @@ class Fakes:
             '[providers.aliyun]\ntype = "aliyun"\n'
             f'access_key_id = "{self.aliyun.access_key_id}"\n'
             f'access_key_secret = "{self.aliyun.access_key_secret}"\n'
-            f'endpoint = "{self.urls["aliyun"]}"\nreceipt_token = "{TOKEN}"\n'
+            f'endpoint = "{self.urls["aliyun"]}"\nreceipt_token = "{TOKEN}"\n{aliyun_extra}'
             '[providers.twilio]\ntype = "twilio"\n'
             f'account_sid = "{self.twilio.account_sid}"\n'
             f'auth_token = "{self.twilio.auth_token}"\nfrom_number = "+15005550006"\n'
-            f'base_url = "{self.urls["twilio"]}"\n' + routes,
+            f'base_url = "{self.urls["twilio"]}"\n{twilio_extra}' + routes,
             encoding="utf-8",
         )
         return path
@@ -172,8 +212,17 @@ async def count_statuses(client: Client) -> Counter[str]:
             return counts
 
 
-def details(message: mpb.Message) -> list[str]:
-    return [f"{S.Name(h.status)} {h.detail}" for h in message.history]
+def assert_paced(taken: list[tuple[float, int]], rate: float, burst: float) -> None:
+    """No stretch of the sends ``taken`` (time, messages) carries more than the
+    bucket (``burst`` messages) plus ``rate`` a second, give or take 50 ms of
+    clock and loopback jitter."""
+    taken = sorted(taken)
+    for i, (start, _) in enumerate(taken):
+        total = 0
+        for end, count in taken[i:]:
+            total += count
+            allowed = burst + rate * (end - start + 0.05)
+            assert total <= allowed, f"{total} messages in {end - start:.3f} s (allowed {allowed})"
 
 
 async def post(url: str, **kwargs: object) -> httpx.Response:
@@ -393,8 +442,12 @@ async def test_5000_through_the_working_vendor_of_a_route_with_zero_double_sends
     async with vendors() as fakes:
         fakes.tencent.call_error = SIGN_REFUSED
         routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
+        # The Aliyun account's rate: 2,000 messages a second, a second's worth at once.
+        rate = "rate_messages_per_second = 2000\nrate_burst_seconds = 1\n"
         server = await make_server(
-            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes)
+            providers_file=fakes.providers_file(
+                tmp_path / "providers.toml", routes, aliyun_extra=rate
+            )
         )
         client = await connect(server)
         await shipped_template(client)
@@ -442,6 +495,37 @@ async def test_5000_through_the_working_vendor_of_a_route_with_zero_double_sends
     # Zero double sends: every number taken once, by Aliyun only.
     assert fakes.aliyun_numbers() == Counter(dict.fromkeys(phones, 1))
     assert fakes.tencent_numbers() == Counter()
+    # The account's rate held at the fake: 5,000 took at least 1.5 s after the burst.
+    assert_paced(fakes.aliyun.taken, rate=2000, burst=2000)
+    assert fakes.aliyun.taken[-1][0] - fakes.aliyun.taken[0][0] >= 1.4
+
+
+async def test_a_pace_wait_puts_the_message_back_in_the_queue_without_an_attempt(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        routes = '[[routes]]\ndestination = "US"\nproviders = ["twilio"]\n'
+        rate = "rate_messages_per_second = 1\nrate_burst_seconds = 1\n"
+        server = await make_server(
+            providers_file=fakes.providers_file(
+                tmp_path / "providers.toml", routes, twilio_extra=rate
+            )
+        )
+        client = await connect(server)
+        phones = [f"+1415555{i:04d}" for i in range(3)]
+
+        ids = [await client.text(phone) for phone in phones]
+        sent = await wait_for_statuses(
+            client.sms, client.token, ids, {S.MESSAGE_STATUS_SENT}, timeout=20
+        )
+
+    # Twilio takes one number a call: one went at once, the others waited
+    # for their turn in the due set, each sent once, after a second apiece.
+    assert sorted(m["To"] for m in fakes.twilio.messages) == phones
+    assert_paced([(t, 1) for t in fakes.twilio.times], rate=1, burst=1)
+    assert [m.attempts for m in sent.values()] == [1, 1, 1]
+    waited = [h.detail for m in sent.values() for h in m.history if "waits for twilio" in h.detail]
+    assert len(waited) >= 2
 
 
 # --- issue 12, done when -----------------------------------------------------------

@@ -324,6 +324,7 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
             optouts=OptOutStore(redis.client),
             providers=providers.by_name,
             routes=providers.routes,
+            gate=gate,
             leases=ShardLeases(
                 LeaseStore(redis.client),
                 process=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
