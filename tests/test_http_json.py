@@ -75,13 +75,14 @@ def details(error: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def unary_methods() -> set[str]:
+def methods(*, streaming: bool) -> set[str]:
+    """``Service/Method`` of every smsgate RPC, unary or server-streaming."""
     pool = descriptor_pool.Default()
     return {
         f"{name.removeprefix('smsgate.v1.')}/{m.name}"
         for name in SERVICE_NAMES
         for m in pool.FindServiceByName(name).methods
-        if not m.server_streaming
+        if m.server_streaming == streaming
     }
 
 
@@ -184,7 +185,7 @@ async def test_every_unary_rpc_answers_over_http_json(http: httpx.AsyncClient, t
     usage = await rpc("UsageService/GetUsage", {"startDate": today, "endDate": today})
     assert isinstance(usage, dict)
 
-    assert called == unary_methods()
+    assert called == methods(streaming=False)
 
 
 async def test_a_message_sent_over_http_is_delivered(http: httpx.AsyncClient, token: str) -> None:
@@ -320,19 +321,21 @@ async def test_protocol_headers_it_cannot_honour_are_refused(
     assert reply.json()["code"] == code
 
 
-async def test_a_stream_ends_with_deadline_exceeded_at_its_timeout(
-    http: httpx.AsyncClient, token: str
-) -> None:
-    reply = await http.post(
-        "/smsgate.v1.SmsService/WatchStatus",
-        content=envelope({}),
-        headers=stream_headers(token) | {"connect-timeout-ms": "200"},
-    )
+async def test_every_stream_runs_until_its_timeout(http: httpx.AsyncClient, token: str) -> None:
+    streams = methods(streaming=True)
+    assert "SmsService/WatchStatus" in streams
+    for method in streams:
+        reply = await http.post(
+            f"/smsgate.v1.{method}",
+            content=envelope({}),
+            headers=stream_headers(token) | {"connect-timeout-ms": "200"},
+        )
 
-    assert reply.status_code == 200
-    flags, _ = ENVELOPE.unpack_from(reply.content)
-    assert flags == 2
-    assert json.loads(reply.content[ENVELOPE.size :])["error"]["code"] == "deadline_exceeded"
+        assert reply.status_code == 200
+        received = envelopes(reply.content)
+        # Messages (WatchReplies opens with its start token), then the end.
+        assert [flags for flags, _ in received] == [0] * (len(received) - 1) + [2], method
+        assert received[-1][1]["error"]["code"] == "deadline_exceeded", (method, received)
 
 
 async def test_a_missing_token_is_unauthenticated(http: httpx.AsyncClient) -> None:
@@ -431,6 +434,16 @@ async def read_envelopes(reply: httpx.Response) -> AsyncIterator[tuple[int, dict
                 break
             yield flags, json.loads(buffer[ENVELOPE.size : ENVELOPE.size + length])
             buffer = buffer[ENVELOPE.size + length :]
+
+
+def envelopes(body: bytes) -> list[tuple[int, dict[str, Any]]]:
+    """(flags, JSON) of each envelope of a whole Connect stream body."""
+    found = []
+    while body:
+        flags, length = ENVELOPE.unpack_from(body)
+        found.append((flags, json.loads(body[ENVELOPE.size : ENVELOPE.size + length])))
+        body = body[ENVELOPE.size + length :]
+    return found
 
 
 def stream_headers(token: str | None) -> dict[str, str]:
