@@ -180,7 +180,17 @@ class DeliveryError(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     RETRYABLE_FIELD_NUMBER: _builtins.int
     code: _builtins.str
-    """Output only. The provider's (or smsgate's) machine-readable error code."""
+    """Output only. The provider's (or smsgate's) machine-readable error code.
+    smsgate's own: NO_ROUTE (no route of the providers file takes the
+    destination, or none of its providers can send this content),
+    ALL_PROVIDERS_REFUSED (every provider of the route refused it; the reason
+    names each one's code), PROVIDERS_UNAVAILABLE (every breaker of the route
+    stayed open until the message was too old), OUTCOME_UNKNOWN (EXPIRED: the
+    provider never answered the send and no receipt or status query settled
+    it, so it may or may not have reached the phone; it was never sent again),
+    PROVIDER_TIMEOUT / PROVIDER_ERROR (no answer yet), NO_OUTCOME,
+    NO_VENDOR_TEMPLATE.
+    """
     reason: _builtins.str
     """Output only. A human-readable explanation."""
     retryable: _builtins.bool
