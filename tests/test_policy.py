@@ -281,6 +281,50 @@ async def test_notification_batches_still_reach_opted_out_numbers(
     assert all(r.message_id for r in [*reply.results, *text.results])
 
 
+async def test_free_text_named_marketing_honours_opt_outs_and_quiet_hours(
+    make_api: ApiFactory,
+) -> None:
+    quiet, end = window_around(datetime.now(UTC), SHANGHAI)
+    api = await make_api(policy_quiet_hours=quiet)
+    await OptOutStore(api.server.redis.client).add(api.app, CN3)
+    marketing = tpb.TEMPLATE_KIND_MARKETING
+
+    held = await send_text(api, CN, "Sale today", kind=marketing)
+    refused = await fails(send_text(api, CN3, "Sale today", kind=marketing))
+    reply = await batch(api, [CN2, CN3], text="Sale tomorrow", kind=marketing)
+    # Unnamed, free text is a notification: neither held nor refused.
+    plain = await send_text(api, CN3, "Your order shipped")
+
+    assert held.status == mpb.MESSAGE_STATUS_SCHEDULED
+    assert held.send_time.ToDatetime(UTC) == end.astimezone(UTC)
+    assert refused.reason == "RECIPIENT_OPTED_OUT"
+    assert reply.results[0].message_id and reply.results[1].error.reason == "RECIPIENT_OPTED_OUT"
+    assert plain.status != mpb.MESSAGE_STATUS_SCHEDULED
+
+
+async def test_a_kind_free_text_cannot_have_is_invalid_naming_the_field(
+    make_api: ApiFactory,
+) -> None:
+    api = await make_api()
+    await api.sign("Acme", default=True)
+    await api.template(id="order", kind=tpb.TEMPLATE_KIND_NOTIFICATION, body="Order shipped")
+
+    for kind in (tpb.TEMPLATE_KIND_VERIFICATION, 7):
+        details = await fails(send_text(api, CN, "Your code is 1234", kind=kind))
+        assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "kind" in details.fields
+
+    def by_template(kind: int) -> Any:
+        request = pb.SendSmsRequest(
+            phone_number=CN, template=mpb.TemplateContent(template_id="order"), kind=kind
+        )
+        return api.sms.SendSms(request, metadata=api.meta)
+
+    other = await fails(by_template(tpb.TEMPLATE_KIND_MARKETING))
+    assert other.code == grpc.StatusCode.INVALID_ARGUMENT and "kind" in other.fields
+    assert (await by_template(tpb.TEMPLATE_KIND_NOTIFICATION)).message.id
+
+
 # --- quiet hours -------------------------------------------------------------
 
 

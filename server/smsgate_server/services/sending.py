@@ -124,6 +124,8 @@ class SendCommand:
     numbers: NumberPolicy = E164_ONLY
     # The app's own sending-policy values (services.policy).
     policy: PolicyOverrides = SERVER_POLICY
+    # The TemplateKind number the request names (0: none): what free text is for.
+    kind: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +145,7 @@ class BatchCommand:
     recipient_params: list[Mapping[str, str]] = field(default_factory=list)
     numbers: NumberPolicy = E164_ONLY
     policy: PolicyOverrides = SERVER_POLICY
+    kind: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +215,10 @@ class SendingService:
         prototype = self._prototype(cmd, now, violations)
         request_id = violations.check("", check_request_id, cmd.request_id)
         violations.raise_any()
-        kind = TemplateKind.VERIFICATION if cmd.sensitive else TemplateKind.NOTIFICATION
+        kind = TemplateKind.VERIFICATION if cmd.sensitive else _free_text_kind(cmd)
         if cmd.template is not None:
             prepared = await self._prepare(app, cmd.template)
+            _check_template_kind(cmd, prepared)
             if not cmd.sensitive:
                 kind = prepared.template.kind
             composed = prepared.compose(
@@ -362,6 +366,20 @@ class SendingService:
         )
         sender = violations.check("", check_sender, cmd.sender)
         violations.check(None, check_labels, cmd.labels, limits.max_labels)
+        if cmd.kind not in _KINDS:
+            violations.add(
+                InvalidArgument.field(
+                    "kind", "must be TEMPLATE_KIND_NOTIFICATION or TEMPLATE_KIND_MARKETING"
+                )
+            )
+        elif cmd.kind == TemplateKind.VERIFICATION and cmd.template is None:
+            violations.add(
+                InvalidArgument.field(
+                    "kind",
+                    "free text cannot be a verification code: VerificationService.GenerateCode "
+                    "sends codes",
+                )
+            )
         return NewMessage(
             id="",
             phone="",
@@ -472,9 +490,10 @@ class SendingService:
         checked: list[str | NewMessage | tuple[Reason, str]] = [
             *self._check_recipients(cmd.phones, cmd.numbers)
         ]
-        kind = TemplateKind.NOTIFICATION
+        kind = _free_text_kind(cmd)
         if cmd.template is not None:
             prepared = await self._prepare(app, cmd.template)
+            _check_template_kind(cmd, prepared)
             kind = prepared.template.kind
             checked = self._compose_each(prepared, cmd, checked, prototype)
 
@@ -749,6 +768,26 @@ def _templated(message: NewMessage, prepared: PreparedTemplate, composed: Compos
         sign=prepared.sign,
         vendor_ids_json=prepared.vendor_ids_json,
     )
+
+
+# The kinds a request may name (0: none).
+_KINDS = frozenset({0, *(k.value for k in TemplateKind)})
+
+
+def _free_text_kind(cmd: SendCommand | BatchCommand) -> TemplateKind:
+    """What free text is for: the kind the request names, else a notification."""
+    return TemplateKind(cmd.kind) if cmd.kind else TemplateKind.NOTIFICATION
+
+
+def _check_template_kind(cmd: SendCommand | BatchCommand, prepared: PreparedTemplate) -> None:
+    """A kind named beside template content must be the template's."""
+    own = prepared.template.kind
+    if cmd.kind and cmd.kind != own:
+        raise InvalidArgument.field(
+            "kind",
+            f"is {TemplateKind(cmd.kind).name}, but template {prepared.template.id!r} is "
+            f"{own.name}; leave it unset for template content",
+        )
 
 
 def _rejection(refusal: SmsgateError | None) -> tuple[Reason, str] | None:

@@ -15,9 +15,10 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from smsgate.v1 import message_pb2 as smsgate_dot_v1_dot_message__pb2
+from smsgate.v1 import template_service_pb2 as smsgate_dot_v1_dot_template__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csmsgate/v1/sms_service.proto\x12\nsmsgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18smsgate/v1/message.proto\"\xaf\x02\n\x0eSendSmsRequest\x12\x14\n\x0cphone_number\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12/\n\x08template\x18\x03 \x01(\x0b\x32\x1b.smsgate.v1.TemplateContentH\x00\x12-\n\tsend_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x11\n\tsender_id\x18\x06 \x01(\t\x12\x36\n\x06labels\x18\x07 \x03(\x0b\x32&.smsgate.v1.SendSmsRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07\x63ontent\"7\n\x0fSendSmsResponse\x12$\n\x07message\x18\x01 \x01(\x0b\x32\x13.smsgate.v1.Message\"\x8d\x01\n\x0e\x42\x61tchRecipient\x12\x14\n\x0cphone_number\x18\x01 \x01(\t\x12\x36\n\x06params\x18\x02 \x03(\x0b\x32&.smsgate.v1.BatchRecipient.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcd\x02\n\x10\x42\x61tchSendRequest\x12.\n\nrecipients\x18\x01 \x03(\x0b\x32\x1a.smsgate.v1.BatchRecipient\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12/\n\x08template\x18\x03 \x01(\x0b\x32\x1b.smsgate.v1.TemplateContentH\x00\x12-\n\tsend_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x11\n\tsender_id\x18\x06 \x01(\t\x12\x38\n\x06labels\x18\x07 \x03(\x0b\x32(.smsgate.v1.BatchSendRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07\x63ontent\"5\n\x0eRecipientError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\x88\x01\n\x14\x42\x61tchRecipientResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x14\n\x0cphone_number\x18\x02 \x01(\t\x12\x14\n\nmessage_id\x18\x03 \x01(\tH\x00\x12+\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1a.smsgate.v1.RecipientErrorH\x00\x42\x08\n\x06result\"\x88\x01\n\x11\x42\x61tchSendResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x31\n\x07results\x18\x02 \x03(\x0b\x32 .smsgate.v1.BatchRecipientResult\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x03 \x01(\x05\x12\x16\n\x0erejected_count\x18\x04 \x01(\x05\"\'\n\x11GetMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\":\n\x12GetMessageResponse\x12$\n\x07message\x18\x01 \x01(\x0b\x32\x13.smsgate.v1.Message\"\xef\x01\n\x13ListMessagesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12+\n\x08statuses\x18\x03 \x03(\x0e\x32\x19.smsgate.v1.MessageStatus\x12\x14\n\x0cphone_number\x18\x04 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x14ListMessagesResponse\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.smsgate.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14\x43\x61ncelMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"=\n\x15\x43\x61ncelMessageResponse\x12$\n\x07message\x18\x01 \x01(\x0b\x32\x13.smsgate.v1.Message\"&\n\x12\x43\x61ncelBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"I\n\x13\x43\x61ncelBatchResponse\x12\x16\n\x0e\x63\x61nceled_count\x18\x01 \x01(\x05\x12\x1a\n\x12not_canceled_count\x18\x02 \x01(\x05\"~\n\x12WatchStatusRequest\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12+\n\x08statuses\x18\x03 \x03(\x0e\x32\x19.smsgate.v1.MessageStatus\x12\x14\n\x0cresume_token\x18\x04 \x01(\t\"=\n\x13WatchStatusResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.smsgate.v1.StatusEvent2\xb2\x04\n\nSmsService\x12\x42\n\x07SendSms\x12\x1a.smsgate.v1.SendSmsRequest\x1a\x1b.smsgate.v1.SendSmsResponse\x12H\n\tBatchSend\x12\x1c.smsgate.v1.BatchSendRequest\x1a\x1d.smsgate.v1.BatchSendResponse\x12K\n\nGetMessage\x12\x1d.smsgate.v1.GetMessageRequest\x1a\x1e.smsgate.v1.GetMessageResponse\x12Q\n\x0cListMessages\x12\x1f.smsgate.v1.ListMessagesRequest\x1a .smsgate.v1.ListMessagesResponse\x12T\n\rCancelMessage\x12 .smsgate.v1.CancelMessageRequest\x1a!.smsgate.v1.CancelMessageResponse\x12N\n\x0b\x43\x61ncelBatch\x12\x1e.smsgate.v1.CancelBatchRequest\x1a\x1f.smsgate.v1.CancelBatchResponse\x12P\n\x0bWatchStatus\x12\x1e.smsgate.v1.WatchStatusRequest\x1a\x1f.smsgate.v1.WatchStatusResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csmsgate/v1/sms_service.proto\x12\nsmsgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18smsgate/v1/message.proto\x1a!smsgate/v1/template_service.proto\"\xd7\x02\n\x0eSendSmsRequest\x12\x14\n\x0cphone_number\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12/\n\x08template\x18\x03 \x01(\x0b\x32\x1b.smsgate.v1.TemplateContentH\x00\x12-\n\tsend_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x11\n\tsender_id\x18\x06 \x01(\t\x12\x36\n\x06labels\x18\x07 \x03(\x0b\x32&.smsgate.v1.SendSmsRequest.LabelsEntry\x12&\n\x04kind\x18\x08 \x01(\x0e\x32\x18.smsgate.v1.TemplateKind\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07\x63ontent\"7\n\x0fSendSmsResponse\x12$\n\x07message\x18\x01 \x01(\x0b\x32\x13.smsgate.v1.Message\"\x8d\x01\n\x0e\x42\x61tchRecipient\x12\x14\n\x0cphone_number\x18\x01 \x01(\t\x12\x36\n\x06params\x18\x02 \x03(\x0b\x32&.smsgate.v1.BatchRecipient.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf5\x02\n\x10\x42\x61tchSendRequest\x12.\n\nrecipients\x18\x01 \x03(\x0b\x32\x1a.smsgate.v1.BatchRecipient\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12/\n\x08template\x18\x03 \x01(\x0b\x32\x1b.smsgate.v1.TemplateContentH\x00\x12-\n\tsend_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x11\n\tsender_id\x18\x06 \x01(\t\x12\x38\n\x06labels\x18\x07 \x03(\x0b\x32(.smsgate.v1.BatchSendRequest.LabelsEntry\x12&\n\x04kind\x18\x08 \x01(\x0e\x32\x18.smsgate.v1.TemplateKind\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07\x63ontent\"5\n\x0eRecipientError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\x88\x01\n\x14\x42\x61tchRecipientResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x14\n\x0cphone_number\x18\x02 \x01(\t\x12\x14\n\nmessage_id\x18\x03 \x01(\tH\x00\x12+\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1a.smsgate.v1.RecipientErrorH\x00\x42\x08\n\x06result\"\x88\x01\n\x11\x42\x61tchSendResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x31\n\x07results\x18\x02 \x03(\x0b\x32 .smsgate.v1.BatchRecipientResult\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x03 \x01(\x05\x12\x16\n\x0erejected_count\x18\x04 \x01(\x05\"\'\n\x11GetMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\":\n\x12GetMessageResponse\x12$\n\x07message\x18\x01 \x01(\x0b\x32\x13.smsgate.v1.Message\"\xef\x01\n\x13ListMessagesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12+\n\x08statuses\x18\x03 \x03(\x0e\x32\x19.smsgate.v1.MessageStatus\x12\x14\n\x0cphone_number\x18\x04 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x14ListMessagesResponse\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.smsgate.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"*\n\x14\x43\x61ncelMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"=\n\x15\x43\x61ncelMessageResponse\x12$\n\x07message\x18\x01 \x01(\x0b\x32\x13.smsgate.v1.Message\"&\n\x12\x43\x61ncelBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"I\n\x13\x43\x61ncelBatchResponse\x12\x16\n\x0e\x63\x61nceled_count\x18\x01 \x01(\x05\x12\x1a\n\x12not_canceled_count\x18\x02 \x01(\x05\"~\n\x12WatchStatusRequest\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12+\n\x08statuses\x18\x03 \x03(\x0e\x32\x19.smsgate.v1.MessageStatus\x12\x14\n\x0cresume_token\x18\x04 \x01(\t\"=\n\x13WatchStatusResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.smsgate.v1.StatusEvent2\xb2\x04\n\nSmsService\x12\x42\n\x07SendSms\x12\x1a.smsgate.v1.SendSmsRequest\x1a\x1b.smsgate.v1.SendSmsResponse\x12H\n\tBatchSend\x12\x1c.smsgate.v1.BatchSendRequest\x1a\x1d.smsgate.v1.BatchSendResponse\x12K\n\nGetMessage\x12\x1d.smsgate.v1.GetMessageRequest\x1a\x1e.smsgate.v1.GetMessageResponse\x12Q\n\x0cListMessages\x12\x1f.smsgate.v1.ListMessagesRequest\x1a .smsgate.v1.ListMessagesResponse\x12T\n\rCancelMessage\x12 .smsgate.v1.CancelMessageRequest\x1a!.smsgate.v1.CancelMessageResponse\x12N\n\x0b\x43\x61ncelBatch\x12\x1e.smsgate.v1.CancelBatchRequest\x1a\x1f.smsgate.v1.CancelBatchResponse\x12P\n\x0bWatchStatus\x12\x1e.smsgate.v1.WatchStatusRequest\x1a\x1f.smsgate.v1.WatchStatusResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -30,46 +31,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHRECIPIENT_PARAMSENTRY']._serialized_options = b'8\001'
   _globals['_BATCHSENDREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_BATCHSENDREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_SENDSMSREQUEST']._serialized_start=104
-  _globals['_SENDSMSREQUEST']._serialized_end=407
-  _globals['_SENDSMSREQUEST_LABELSENTRY']._serialized_start=351
-  _globals['_SENDSMSREQUEST_LABELSENTRY']._serialized_end=396
-  _globals['_SENDSMSRESPONSE']._serialized_start=409
-  _globals['_SENDSMSRESPONSE']._serialized_end=464
-  _globals['_BATCHRECIPIENT']._serialized_start=467
-  _globals['_BATCHRECIPIENT']._serialized_end=608
-  _globals['_BATCHRECIPIENT_PARAMSENTRY']._serialized_start=563
-  _globals['_BATCHRECIPIENT_PARAMSENTRY']._serialized_end=608
-  _globals['_BATCHSENDREQUEST']._serialized_start=611
-  _globals['_BATCHSENDREQUEST']._serialized_end=944
-  _globals['_BATCHSENDREQUEST_LABELSENTRY']._serialized_start=351
-  _globals['_BATCHSENDREQUEST_LABELSENTRY']._serialized_end=396
-  _globals['_RECIPIENTERROR']._serialized_start=946
-  _globals['_RECIPIENTERROR']._serialized_end=999
-  _globals['_BATCHRECIPIENTRESULT']._serialized_start=1002
-  _globals['_BATCHRECIPIENTRESULT']._serialized_end=1138
-  _globals['_BATCHSENDRESPONSE']._serialized_start=1141
-  _globals['_BATCHSENDRESPONSE']._serialized_end=1277
-  _globals['_GETMESSAGEREQUEST']._serialized_start=1279
-  _globals['_GETMESSAGEREQUEST']._serialized_end=1318
-  _globals['_GETMESSAGERESPONSE']._serialized_start=1320
-  _globals['_GETMESSAGERESPONSE']._serialized_end=1378
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=1381
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=1620
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1622
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1708
-  _globals['_CANCELMESSAGEREQUEST']._serialized_start=1710
-  _globals['_CANCELMESSAGEREQUEST']._serialized_end=1752
-  _globals['_CANCELMESSAGERESPONSE']._serialized_start=1754
-  _globals['_CANCELMESSAGERESPONSE']._serialized_end=1815
-  _globals['_CANCELBATCHREQUEST']._serialized_start=1817
-  _globals['_CANCELBATCHREQUEST']._serialized_end=1855
-  _globals['_CANCELBATCHRESPONSE']._serialized_start=1857
-  _globals['_CANCELBATCHRESPONSE']._serialized_end=1930
-  _globals['_WATCHSTATUSREQUEST']._serialized_start=1932
-  _globals['_WATCHSTATUSREQUEST']._serialized_end=2058
-  _globals['_WATCHSTATUSRESPONSE']._serialized_start=2060
-  _globals['_WATCHSTATUSRESPONSE']._serialized_end=2121
-  _globals['_SMSSERVICE']._serialized_start=2124
-  _globals['_SMSSERVICE']._serialized_end=2686
+  _globals['_SENDSMSREQUEST']._serialized_start=139
+  _globals['_SENDSMSREQUEST']._serialized_end=482
+  _globals['_SENDSMSREQUEST_LABELSENTRY']._serialized_start=426
+  _globals['_SENDSMSREQUEST_LABELSENTRY']._serialized_end=471
+  _globals['_SENDSMSRESPONSE']._serialized_start=484
+  _globals['_SENDSMSRESPONSE']._serialized_end=539
+  _globals['_BATCHRECIPIENT']._serialized_start=542
+  _globals['_BATCHRECIPIENT']._serialized_end=683
+  _globals['_BATCHRECIPIENT_PARAMSENTRY']._serialized_start=638
+  _globals['_BATCHRECIPIENT_PARAMSENTRY']._serialized_end=683
+  _globals['_BATCHSENDREQUEST']._serialized_start=686
+  _globals['_BATCHSENDREQUEST']._serialized_end=1059
+  _globals['_BATCHSENDREQUEST_LABELSENTRY']._serialized_start=426
+  _globals['_BATCHSENDREQUEST_LABELSENTRY']._serialized_end=471
+  _globals['_RECIPIENTERROR']._serialized_start=1061
+  _globals['_RECIPIENTERROR']._serialized_end=1114
+  _globals['_BATCHRECIPIENTRESULT']._serialized_start=1117
+  _globals['_BATCHRECIPIENTRESULT']._serialized_end=1253
+  _globals['_BATCHSENDRESPONSE']._serialized_start=1256
+  _globals['_BATCHSENDRESPONSE']._serialized_end=1392
+  _globals['_GETMESSAGEREQUEST']._serialized_start=1394
+  _globals['_GETMESSAGEREQUEST']._serialized_end=1433
+  _globals['_GETMESSAGERESPONSE']._serialized_start=1435
+  _globals['_GETMESSAGERESPONSE']._serialized_end=1493
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=1496
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=1735
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1737
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1823
+  _globals['_CANCELMESSAGEREQUEST']._serialized_start=1825
+  _globals['_CANCELMESSAGEREQUEST']._serialized_end=1867
+  _globals['_CANCELMESSAGERESPONSE']._serialized_start=1869
+  _globals['_CANCELMESSAGERESPONSE']._serialized_end=1930
+  _globals['_CANCELBATCHREQUEST']._serialized_start=1932
+  _globals['_CANCELBATCHREQUEST']._serialized_end=1970
+  _globals['_CANCELBATCHRESPONSE']._serialized_start=1972
+  _globals['_CANCELBATCHRESPONSE']._serialized_end=2045
+  _globals['_WATCHSTATUSREQUEST']._serialized_start=2047
+  _globals['_WATCHSTATUSREQUEST']._serialized_end=2173
+  _globals['_WATCHSTATUSRESPONSE']._serialized_start=2175
+  _globals['_WATCHSTATUSRESPONSE']._serialized_end=2236
+  _globals['_SMSSERVICE']._serialized_start=2239
+  _globals['_SMSSERVICE']._serialized_end=2801
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from smsgate.v1 import message_pb2 as _message_pb2
+from smsgate.v1 import template_service_pb2 as _template_service_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -53,6 +54,7 @@ class SendSmsRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SENDER_ID_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     phone_number: _builtins.str
     """Required. The recipient, for example "+8613800138000": in E.164 form, or
     in the national format of the app's default region ("13800138000" for an
@@ -75,6 +77,14 @@ class SendSmsRequest(_message.Message):
     """Optional. The sender id: a signature (Chinese vendors) or an originating
     number or alphanumeric sender (others). At most 32 characters; longer is
     INVALID_ARGUMENT. Empty leaves it to the provider's account default.
+    """
+    kind: _template_service_pb2.TemplateKind.ValueType
+    """Optional. What free text is for, as the sending policy reads it:
+    TEMPLATE_KIND_NOTIFICATION (the default when unset) or
+    TEMPLATE_KIND_MARKETING, which the app's opt-out list and the quiet hours
+    of the recipient apply to. TEMPLATE_KIND_VERIFICATION is INVALID_ARGUMENT
+    (codes go through VerificationService). With template content the
+    template's kind applies: unset, or that kind; another is INVALID_ARGUMENT.
     """
     @_builtins.property
     def template(self) -> _message_pb2.TemplateContent:
@@ -108,10 +118,11 @@ class SendSmsRequest(_message.Message):
         request_id: _builtins.str = ...,
         sender_id: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        kind: _template_service_pb2.TemplateKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "send_time", b"send_time", "template", b"template", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "labels", b"labels", "phone_number", b"phone_number", "request_id", b"request_id", "send_time", b"send_time", "sender_id", b"sender_id", "template", b"template", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "kind", b"kind", "labels", b"labels", "phone_number", b"phone_number", "request_id", b"request_id", "send_time", b"send_time", "sender_id", b"sender_id", "template", b"template", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["text", "template"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
@@ -234,6 +245,7 @@ class BatchSendRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SENDER_ID_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Free text, the same for every recipient, as in SendSmsRequest (at most
     10 SMS segments).
@@ -242,6 +254,8 @@ class BatchSendRequest(_message.Message):
     """Optional. Idempotency key, as in SendSmsRequest (1-128 characters)."""
     sender_id: _builtins.str
     """Optional. The sender id, as in SendSmsRequest (at most 32 characters)."""
+    kind: _template_service_pb2.TemplateKind.ValueType
+    """Optional. What free text is for, as in SendSmsRequest."""
     @_builtins.property
     def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchRecipient]:
         """Required. The recipients; at most 10,000 (a server setting); none or more
@@ -276,10 +290,11 @@ class BatchSendRequest(_message.Message):
         request_id: _builtins.str = ...,
         sender_id: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        kind: _template_service_pb2.TemplateKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "send_time", b"send_time", "template", b"template", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "labels", b"labels", "recipients", b"recipients", "request_id", b"request_id", "send_time", b"send_time", "sender_id", b"sender_id", "template", b"template", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "kind", b"kind", "labels", b"labels", "recipients", b"recipients", "request_id", b"request_id", "send_time", b"send_time", "sender_id", b"sender_id", "template", b"template", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["text", "template"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
