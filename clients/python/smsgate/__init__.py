@@ -34,6 +34,7 @@ from smsgate.errors import (
     Unimplemented,
     Unknown,
 )
+from smsgate.v1.inbound_service_pb2 import Reply
 from smsgate.v1.message_pb2 import Message, MessageStatus, StatusEvent
 
 __version__ = "0.1.0"
@@ -61,6 +62,7 @@ __all__ = [
     "PermissionDenied",
     "QuotaViolation",
     "Recipient",
+    "Reply",
     "ResourceExhausted",
     "StatusEvent",
     "Unauthenticated",
