@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     # Redis layout. Data served with another shard count than it was written
     # with would strand messages: the first start records the count in Redis,
     # later starts with another one are refused (store/layout.py).
-    shards: int = Field(default=4, ge=1, le=256)
+    shards: int = Field(default=64, ge=1, le=256)
     redis_pool_size: int = Field(default=64, ge=4, le=4096)
     # Redis replicates asynchronously: a master that fails right after a write
     # takes it along. Accepting waits until this many replicas have the messages

@@ -276,7 +276,14 @@ class Dispatcher:
 
     async def _promote_loop(self) -> None:
         while not self._stopping.is_set():
-            for shard in sorted(self.leases.owned):
+            try:
+                due = await self.queue.due_shards(sorted(self.leases.owned), self.store.now_ms())
+            except Unavailable:
+                due = []  # the next tick tries again
+            except Exception:
+                log.exception("promote check failed")
+                due = []
+            for shard in due:
                 try:
                     while True:
                         promoted, expired = await self.store.promote(shard, PROMOTE_BATCH)

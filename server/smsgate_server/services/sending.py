@@ -744,12 +744,8 @@ class SendingService:
         self, app: str, *, below: str, at_least: str, limit: int
     ) -> list[tuple[int, str]]:
         """The newest ``limit`` ids below ``below`` across every shard."""
-        merged: list[tuple[int, str]] = []
-        for shard in range(self.store.shards):
-            ids = await self.store.index_page(
-                app, shard, below=below, at_least=at_least, limit=limit
-            )
-            merged += [(shard, i) for i in ids]
+        pages = await self.store.index_pages(app, below=below, at_least=at_least, limit=limit)
+        merged = [(shard, i) for shard, ids in enumerate(pages) for i in ids]
         merged.sort(key=lambda ref: ref[1], reverse=True)
         return merged[:limit]
 

@@ -142,7 +142,12 @@ class WatchHub:
             return
         shards = len(self.events.keys)
         self.positions = [await self.events.last_id(s) for s in range(shards)]
-        self._tasks = [asyncio.create_task(self._read(s), name=f"watch-{s}") for s in range(shards)]
+        # One blocking read over every shard where Redis allows it (one
+        # connection), else one per shard.
+        groups = [tuple(range(shards))] if self.events.together else [(s,) for s in range(shards)]
+        self._tasks = [
+            asyncio.create_task(self._read(group), name=f"watch-{group[0]}") for group in groups
+        ]
 
     async def close(self) -> None:
         """End every stream with UNAVAILABLE (clients reconnect) and stop reading."""
@@ -163,7 +168,7 @@ class WatchHub:
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subscribers.values())
 
-    async def _read(self, shard: int) -> None:
+    async def _read(self, shards: tuple[int, ...]) -> None:
         # Checked each turn as well as cancelled: a cancellation that lands
         # inside redis-py can surface as a connection error instead. With no
         # subscriber left the reader stops (no await between the check and
@@ -172,11 +177,10 @@ class WatchHub:
             try:
                 # Never more per read than half a subscriber's buffer: a batch is
                 # offered in one go, before any subscriber gets to drain.
-                batch = await self.events.wait_after(
-                    shard,
-                    self.positions[shard],
+                batch = await self.events.wait_after_many(
+                    {shard: self.positions[shard] for shard in shards},
                     block_ms=self.block_ms,
-                    count=max(1, min(1000, self.buffer // 2)),
+                    count=max(1, min(1000, self.buffer // 2) // len(shards)),
                 )
             except asyncio.CancelledError:
                 raise
@@ -185,11 +189,11 @@ class WatchHub:
                 await asyncio.sleep(1.0)
                 continue
             except Exception:
-                log.exception("event read failed", extra={"shard": shard})
+                log.exception("event read failed", extra={"shards": len(shards)})
                 await asyncio.sleep(1.0)
                 continue
             for event in batch:
-                self.positions[shard] = event.stream_id
+                self.positions[event.shard] = event.stream_id
                 for sub in self._subscribers.get(event.app, ()):
                     sub.offer(event)
 

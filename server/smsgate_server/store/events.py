@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+from redis.typing import KeyT, StreamIdT
 
 from smsgate_server.domain.events import StatusEvent
 from smsgate_server.domain.status import Status
@@ -32,6 +36,10 @@ def _event(shard: int, entry_id: bytes | str, f: dict[bytes, bytes]) -> StatusEv
         error_code=g(F.ERROR_CODE),
         error_reason=g(F.ERROR_REASON),
     )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class EventStore:
@@ -72,16 +80,26 @@ class EventStore:
         )
         return [_event(shard, entry_id, fields) for entry_id, fields in raw]
 
+    @property
+    def together(self) -> bool:
+        """Whether one blocking read may wait on every shard's stream (one
+        Redis server; on a cluster a multi-key read must stay in one slot)."""
+        return not isinstance(self.reader, RedisCluster)
+
     @redis_edge
-    async def wait_after(
-        self, shard: int, after_id: str, *, block_ms: int, count: int = 1000
+    async def wait_after_many(
+        self, positions: Mapping[int, str], *, block_ms: int, count: int = 1000
     ) -> list[StatusEvent]:
-        """Like ``after`` but blocks up to ``block_ms`` for new events."""
-        raw: Any = await self.reader.xread(
-            {self.keys[shard].events: after_id}, count=count, block=block_ms
-        )
+        """Events after each shard's position (up to ``count`` per shard),
+        waiting up to ``block_ms`` for some, in one blocking call; on a cluster
+        ``positions`` must name one shard."""
+        streams: dict[KeyT, StreamIdT] = {
+            self.keys[shard].events: after for shard, after in positions.items()
+        }
+        raw: Any = await self.reader.xread(streams, count=count, block=block_ms)
+        shard_of = {self.keys[shard].events: shard for shard in positions}
         return [
-            _event(shard, entry_id, fields)
-            for _, entries in raw or ()
+            _event(shard_of[_text(stream)], entry_id, fields)
+            for stream, entries in raw or ()
             for entry_id, fields in entries
         ]

@@ -354,15 +354,17 @@ class MessageStore:
         ]
 
     @redis_edge
-    async def index_page(
-        self, app: str, shard: int, *, below: str, at_least: str, limit: int
-    ) -> list[str]:
-        """Up to ``limit`` of the app's ids in a shard, newest first, with
-        ``at_least <= id < below`` (ids sort by creation time)."""
-        raw = await self.redis.zrevrangebylex(
-            self.shard_keys[shard].index(app), f"({below}", f"[{at_least}", start=0, num=limit
-        )
-        return [_s(x) for x in raw]
+    async def index_pages(
+        self, app: str, *, below: str, at_least: str, limit: int
+    ) -> list[list[str]]:
+        """Per shard, up to ``limit`` of the app's ids, newest first, with
+        ``at_least <= id < below`` (ids sort by creation time); one pipeline
+        for every shard."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys in self.shard_keys:
+                pipe.zrevrangebylex(keys.index(app), f"({below}", f"[{at_least}", 0, limit)
+            raw = await pipe.execute()
+        return [[_s(x) for x in ids] for ids in raw]
 
     @redis_edge
     async def forget(self, app: str, refs: Sequence[tuple[int, str]]) -> None:

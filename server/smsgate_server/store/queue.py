@@ -86,6 +86,21 @@ class DispatchQueue:
         ]
 
     @redis_edge
+    async def due_shards(self, shards: Sequence[int], now_ms: int) -> list[int]:
+        """Those of ``shards`` with a message due (scheduled, retried) or a
+        receipt overdue at ``now_ms``, in one pipeline: an idle shard costs two
+        cheap reads per tick instead of the promote script."""
+        if not shards:
+            return []
+        async with self.redis.client.pipeline(transaction=False) as pipe:
+            for shard in shards:
+                keys = self.keys[shard]
+                pipe.zrangebyscore(keys.due, "-inf", now_ms, start=0, num=1)
+                pipe.zrangebyscore(keys.receipts, "-inf", now_ms, start=0, num=1)
+            found = await pipe.execute()
+        return [shard for i, shard in enumerate(shards) if found[2 * i] or found[2 * i + 1]]
+
+    @redis_edge
     async def reclaim(
         self, shard: int, consumer: str, *, min_idle_ms: int, start: str, count: int = 100
     ) -> tuple[str, list[QueueEntry]]:
