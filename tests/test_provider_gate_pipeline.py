@@ -1,0 +1,234 @@
+"""Breakers and pacing through real servers and the vendor fakes: a Tencent that
+answers 5xx opens its breaker and routes go to Aliyun, servers on one Redis
+keep an account's rate at the fake, and /providers shows it all."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from smsgate.v1 import message_pb2 as mpb
+from smsgate.v1 import sign_service_pb2 as spb
+from smsgate.v1 import sms_service_pb2 as pb
+from smsgate.v1 import template_service_pb2 as tpb
+from smsgate_server.runtime import Running
+from starlette.responses import Response
+
+from tests.conftest import ServerFactory
+from tests.test_vendor_pipeline import ENDED, Client, Connect
+from tests.vendor_fakes.aliyun import AliyunFake
+from tests.vendor_fakes.loopback import serve
+from tests.vendor_fakes.tencent import TencentFake
+
+S = mpb.MessageStatus
+# Handed to the vendor, or ended (the fakes send no receipts unless told).
+DONE = ENDED | {S.MESSAGE_STATUS_SENT}
+SIGN = "阿里云短信测试"
+
+
+@dataclass
+class TimedTencent(TencentFake):
+    """The Tencent fake, noting when each SendSms came and how many numbers it carried."""
+
+    times: list[tuple[float, int]] = field(default_factory=list)
+
+    def _send_sms(self, params: dict[str, Any]) -> Response:
+        self.times.append((time.monotonic(), len(params.get("PhoneNumberSet", []))))
+        return super()._send_sms(params)
+
+
+@dataclass
+class Fakes:
+    tencent: TimedTencent = field(default_factory=TimedTencent)
+    aliyun: AliyunFake = field(default_factory=AliyunFake)
+    urls: dict[str, str] = field(default_factory=dict)
+
+    def providers_file(self, path: Path, *, tencent_extra: str = "", routes: str = "") -> Path:
+        path.write_text(
+            '[providers.tencent]\ntype = "tencent"\n'
+            f'secret_id = "{self.tencent.secret_id}"\nsecret_key = "{self.tencent.secret_key}"\n'
+            f'sdk_app_id = "{self.tencent.sdk_app_id}"\nendpoint = "{self.urls["tencent"]}"\n'
+            + tencent_extra
+            + '[providers.aliyun]\ntype = "aliyun"\n'
+            f'access_key_id = "{self.aliyun.access_key_id}"\n'
+            f'access_key_secret = "{self.aliyun.access_key_secret}"\n'
+            f'endpoint = "{self.urls["aliyun"]}"\n' + routes,
+            encoding="utf-8",
+        )
+        return path
+
+
+@asynccontextmanager
+async def vendors() -> AsyncIterator[Fakes]:
+    fakes = Fakes()
+    async with AsyncExitStack() as stack:
+        fakes.urls["tencent"] = await stack.enter_async_context(serve(fakes.tencent.app))
+        fakes.urls["aliyun"] = await stack.enter_async_context(serve(fakes.aliyun.app))
+        yield fakes
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    channels: list[grpc.aio.Channel] = []
+
+    async def open_client(server: Running) -> Client:
+        token = (await server.apps.create("gate-app")).token
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+        channels.append(channel)
+        return Client(channel, token)
+
+    yield open_client
+    for channel in channels:
+        await channel.close()
+
+
+async def shipped_template(client: Client) -> None:
+    """A template both Chinese clouds know, under a sign both know."""
+    await client.signs.CreateSignName(
+        spb.CreateSignNameRequest(sign_name=spb.SignName(name=SIGN)), metadata=client.meta
+    )
+    await client.templates.CreateTemplate(
+        tpb.CreateTemplateRequest(
+            template=tpb.Template(
+                id="shipped",
+                kind=tpb.TEMPLATE_KIND_NOTIFICATION,
+                body="您的订单{order}已发货",
+                sign_name=SIGN,
+                provider_template_ids={"tencent": "1110001", "aliyun": "SMS_154950909"},
+            )
+        ),
+        metadata=client.meta,
+    )
+
+
+async def send(client: Client, phone: str) -> str:
+    reply = await client.sms.SendSms(
+        pb.SendSmsRequest(
+            phone_number=phone,
+            template=mpb.TemplateContent(template_id="shipped", params={"order": "A1"}),
+        ),
+        metadata=client.meta,
+    )
+    return reply.message.id
+
+
+async def providers_view(server: Running) -> dict[str, dict[str, Any]]:
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.get(f"http://127.0.0.1:{server.http_port}/providers")
+    assert response.status_code == 200, response.text
+    return {p["name"]: p for p in response.json()["providers"]}
+
+
+async def test_a_failing_vendor_opens_its_breaker_and_routes_skip_it(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        fakes.tencent.controls.server_errors = [503] * 100
+        providers = fakes.providers_file(
+            tmp_path / "providers.toml",
+            routes='[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n',
+        )
+        server = await make_server(
+            provider="tencent",
+            providers_file=providers,
+            breaker_consecutive_failures=2,
+            breaker_cooldown_seconds=600,
+            breaker_cache_seconds=0,
+            retry_base_seconds=0.01,
+            retry_max_seconds=0.02,
+        )
+        client = await connect(server)
+        await shipped_template(client)
+
+        first = await client.wait(await send(client, "+8613800000001"), DONE)
+        tencent_calls = 100 - len(fakes.tencent.controls.server_errors)
+        rest = [await send(client, f"+861380000001{i}") for i in range(5)]
+        later = [await client.wait(m, DONE) for m in rest]
+        view = await providers_view(server)
+
+    # Two 503s opened the breaker; the retry went to Aliyun, and so did the rest.
+    assert tencent_calls == 2
+    assert 100 - len(fakes.tencent.controls.server_errors) == 2
+    assert [m.provider for m in [first, *later]] == ["aliyun"] * 6
+    assert {m.status for m in [first, *later]} == {S.MESSAGE_STATUS_SENT}
+    tencent = view["tencent"]["breaker"]
+    assert (tencent["state"], tencent["opens"], tencent["last_failure_code"]) == (
+        "open",
+        1,
+        "HTTP_503",
+    )
+    assert view["aliyun"]["breaker"]["state"] == "closed"
+
+
+async def test_providers_shows_each_account_and_no_secret(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        providers = fakes.providers_file(
+            tmp_path / "providers.toml",
+            tencent_extra="rate_messages_per_second = 50\nrate_calls_per_second = 5\n",
+        )
+        server = await make_server(provider="tencent", providers_file=providers)
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.get(f"http://127.0.0.1:{server.http_port}/providers")
+
+    assert response.status_code == 200
+    assert [p["name"] for p in response.json()["providers"]] == ["tencent", "aliyun"]
+    tencent, aliyun = response.json()["providers"]
+    assert tencent["breaker"]["state"] == "closed"
+    assert tencent["rate"] == {
+        "messages_per_second": 50,
+        "calls_per_second": 5,
+        "burst_seconds": 1.0,
+        "factor": 1.0,
+        "effective_messages_per_second": 50,
+        "effective_calls_per_second": 5,
+    }
+    assert aliyun["rate"]["messages_per_second"] is None
+    for secret in (
+        fakes.tencent.secret_key,
+        fakes.tencent.secret_id,
+        fakes.aliyun.access_key_secret,
+    ):
+        assert secret not in response.text
+
+
+async def test_two_servers_keep_an_accounts_rate_at_the_vendor(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    rate, count = 30, 90
+    async with vendors() as fakes:
+        providers = fakes.providers_file(
+            tmp_path / "providers.toml", tencent_extra=f"rate_messages_per_second = {rate}\n"
+        )
+        servers = [
+            await make_server(provider="tencent", providers_file=providers) for _ in range(2)
+        ]
+        clients = [await connect(s) for s in servers]
+        await shipped_template(clients[0])
+        # One app, sending through both servers at once.
+        clients[1].token, clients[1].meta = clients[0].token, clients[0].meta
+        started = time.monotonic()
+        ids = await asyncio.gather(*(send(clients[i % 2], f"+86139{i:08d}") for i in range(count)))
+        for i, m in enumerate(ids):
+            await clients[i % 2].wait(m, DONE)
+
+    sent = sum(n for _, n in fakes.tencent.times)
+    span = max(t for t, _ in fakes.tencent.times) - started
+    # A call larger than the bucket goes once it is full, leaving a debt.
+    debt = max(0, max(n for _, n in fakes.tencent.times) - rate)
+    assert sent == count
+    # At most a full bucket (one second of the rate) and the rate since.
+    assert sent <= rate + rate * span + debt, (span, fakes.tencent.times)
+    # Paced, not merely fast: unpaced, the whole lot goes in well under a
+    # second; paced, it needs (count - bucket) / rate seconds of Redis's clock
+    # (a tenth off for the millisecond clock and the two clocks' ticks).
+    assert span >= 0.9 * (count - rate - debt) / rate, (span, fakes.tencent.times)
