@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from smsgate_server.store.connection import RedisClient
 from smsgate_server.store.errors import redis_edge
 from smsgate_server.store.keys import optouts_key, policy_prefix
-from smsgate_server.store.scripts import LuaScript, _source
+from smsgate_server.store.scripts import PolicyScripts
 
 __all__ = ["PolicyCall", "PolicyStore", "PolicyTake", "Verdict"]
 
@@ -67,8 +67,7 @@ class PolicyStore:
 
     def __init__(self, redis: RedisClient) -> None:
         self.redis = redis
-        self._take = LuaScript(redis, _source("policy_take"))
-        self._refund = LuaScript(redis, _source("policy_refund"))
+        self.scripts = PolicyScripts(redis)
 
     @redis_edge
     async def take(self, app: str, call: PolicyCall) -> PolicyTake:
@@ -87,7 +86,7 @@ class PolicyStore:
         ]
         for phone, tag, digest in zip(call.phones, call.tags, call.digests, strict=True):
             args += (phone, tag, digest)
-        raw = await self._take(keys=[optouts_key(app)], args=args)
+        raw = await self.scripts.take(keys=[optouts_key(app)], args=args)
         values = [int(v) for v in raw]
         pairs = values[2:]
         return PolicyTake(
@@ -111,4 +110,4 @@ class PolicyStore:
         ]
         for i in admitted:
             args += (call.tags[i], call.digests[i])
-        await self._refund(keys=[optouts_key(app)], args=args)
+        await self.scripts.refund(keys=[optouts_key(app)], args=args)

@@ -31,6 +31,7 @@ __all__ = [
     "CodeScripts",
     "GuardScripts",
     "LuaScript",
+    "PolicyScripts",
     "QuotaScripts",
     "Scripts",
     "SignScripts",
@@ -177,6 +178,14 @@ class AppScripts:
 
     def __init__(self, redis: RedisClient) -> None:
         self.update = LuaScript(redis, _source("app_update"))
+
+
+class PolicyScripts:
+    """The sending-policy scripts of one Redis client."""
+
+    def __init__(self, redis: RedisClient) -> None:
+        self.take = LuaScript(redis, _source("policy_take"))
+        self.refund = LuaScript(redis, _source("policy_refund"))
 
 
 class QuotaScripts:
