@@ -27,6 +27,7 @@ from tests.test_vendor_pipeline import ENDED, Client, Connect
 from tests.vendor_fakes.aliyun import AliyunFake
 from tests.vendor_fakes.loopback import serve
 from tests.vendor_fakes.tencent import TencentFake
+from tests.waiting import wait_until
 
 S = mpb.MessageStatus
 # Handed to the vendor, or ended (the fakes send no receipts unless told).
@@ -166,6 +167,73 @@ async def test_a_failing_vendor_opens_its_breaker_and_routes_skip_it(
         "HTTP_503",
     )
     assert view["aliyun"]["breaker"]["state"] == "closed"
+
+
+async def test_after_the_cooldown_a_successful_probe_closes_the_breaker(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        fakes.tencent.controls.server_errors = [503, 503]
+        providers = fakes.providers_file(
+            tmp_path / "providers.toml",
+            routes='[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n',
+        )
+        server = await make_server(
+            provider="tencent",
+            providers_file=providers,
+            breaker_consecutive_failures=2,
+            breaker_cooldown_seconds=1,
+            breaker_cache_seconds=0,
+            retry_base_seconds=0.01,
+            retry_max_seconds=0.02,
+        )
+        client = await connect(server)
+        await shipped_template(client)
+        opened = await client.wait(await send(client, "+8613800000001"), DONE)
+        assert (await providers_view(server))["tencent"]["breaker"]["state"] == "open"
+        # The vendor is well again; once the cooldown is over, the next message probes it.
+        await wait_until(
+            lambda: providers_view(server),
+            lambda view: view["tencent"]["breaker"]["state"] == "half_open",
+            what="the cooldown to end",
+        )
+        probe = await client.wait(await send(client, "+8613800000002"), DONE)
+        view = await providers_view(server)
+
+    assert (opened.provider, probe.provider) == ("aliyun", "tencent")
+    assert view["tencent"]["breaker"]["state"] == "closed"
+    assert view["tencent"]["breaker"]["opens"] == 1
+
+
+async def test_a_throttled_account_is_paced_at_half_its_rate(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        fakes.tencent.call_error = "RequestLimitExceeded"
+        providers = fakes.providers_file(
+            tmp_path / "providers.toml", tencent_extra="rate_messages_per_second = 100\n"
+        )
+        server = await make_server(
+            provider="tencent",
+            providers_file=providers,
+            retry_base_seconds=0.01,
+            retry_max_seconds=0.02,
+        )
+        client = await connect(server)
+        await shipped_template(client)
+        message = await send(client, "+8613800000001")
+        view = await wait_until(
+            lambda: providers_view(server),
+            lambda view: view["tencent"]["rate"]["factor"] < 1,
+            what="the throttle to lower the rate",
+        )
+        fakes.tencent.call_error = ""
+        await client.wait(message, DONE)
+
+    assert view["tencent"]["rate"]["factor"] == 0.5
+    assert view["tencent"]["rate"]["effective_messages_per_second"] == 50
+    # A throttle is the vendor working: it does not count against the breaker.
+    assert view["tencent"]["breaker"]["consecutive_failures"] == 0
 
 
 async def test_providers_shows_each_account_and_no_secret(
