@@ -250,6 +250,7 @@ async def test_an_apps_own_values_win_over_the_servers(make_api: ApiFactory) -> 
 # --- opt-outs and kinds in a batch -----------------------------------------
 
 
+@pytest.mark.cluster
 async def test_a_marketing_batch_refuses_each_recipient_for_its_own_reason(
     make_api: ApiFactory,
 ) -> None:
@@ -533,6 +534,7 @@ def test_apps_set_policy_changes_only_the_values_given(
     assert cli_main(["apps", "set-policy", "ak_" + "0" * 20, "--daily-cap", "1"]) == 1
 
 
+@pytest.mark.cluster
 async def test_a_batch_of_several_policy_chunks_is_idempotent_and_refunded_whole(
     two_servers: tuple[Api, Api],
 ) -> None:
