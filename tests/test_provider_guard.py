@@ -5,13 +5,22 @@ the multi-process test), so nothing here depends on how fast the machine is."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from smsgate_server.dispatch.guard import AccountPace, RedisProviderGate, judge_call
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from smsgate_server.dispatch.guard import (
+    UNAVAILABLE_WAIT_SECONDS,
+    AccountPace,
+    RedisProviderGate,
+    judge_call,
+)
 from smsgate_server.providers.base import OutcomeClass, RecipientResult
 from smsgate_server.store.connection import RedisConnection, connect
 from smsgate_server.store.provider_guard import (
@@ -69,6 +78,12 @@ async def redis(redis_url: str) -> AsyncIterator[RedisConnection]:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def make_gate(
@@ -384,3 +399,27 @@ async def test_two_processes_never_exceed_the_rate_on_redis_time(redis_url: str)
     assert sum(counts) <= rate * 1 + rate * elapsed, counts
     # Both took part: the bucket is shared, not per process.
     assert min(counts) > 0, counts
+
+
+async def test_without_redis_the_gate_guards_nothing_and_paces_by_waiting(clock: Clock) -> None:
+    # Nothing listens on the port: every script call fails at once.
+    # No retries: redis-py's default backoff would only make the test slow.
+    dead = Redis(
+        host="127.0.0.1", port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        store = ProviderGuardStore(dead, breaker=BREAKER, pace=PACE, clock=clock)
+        gate = RedisProviderGate(
+            store,
+            paces={"tencent": AccountPace(messages_per_second=10)},
+            cache_seconds=0,
+            monotonic=clock,
+        )
+        # A breaker is a guard, not a reason to stall: every provider usable...
+        assert await gate.usable(["tencent", "aliyun"]) == ["tencent", "aliyun"]
+        # ...but a rate shared with replicas cannot be kept alone: calls wait.
+        assert await gate.pace("tencent", 1) == UNAVAILABLE_WAIT_SECONDS
+        assert await gate.pace("aliyun", 1) == 0.0  # not paced at all
+        await gate.record("tencent", [DOWN])
+    finally:
+        await dead.aclose()
