@@ -120,7 +120,8 @@ class UsageRow(_message.Message):
     """
     currency_code: _builtins.str
     """Output only. ISO 4217 currency of the provider's prices (CNY, USD);
-    empty when the provider has no price table.
+    empty when the messages cost nothing: no provider took them (FAILED,
+    CANCELED, EXPIRED unsent), or it has no price table.
     """
     def __init__(
         self,
@@ -153,7 +154,9 @@ class UsageTotal(_message.Message):
     SEGMENTS_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
     currency_code: _builtins.str
-    """Output only. ISO 4217 currency; empty for providers without prices."""
+    """Output only. ISO 4217 currency; empty for the messages of providers
+    without prices.
+    """
     messages: _builtins.int
     """Output only. Messages that entered SENT."""
     segments: _builtins.int

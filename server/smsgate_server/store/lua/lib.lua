@@ -49,9 +49,9 @@ end
 -- <row>|c cost in micro-units; P..'ut' counts the same without app or day (the
 -- Prometheus totals). On entering SENT the cost (segments x the provider's
 -- price for the country) is stored on the message ('co', its currency 'cu'),
--- and later rows carry that; a message no provider took costs 0. Prices,
--- currencies and the retention are in P..'uc', written at start from the
--- providers file.
+-- and later rows carry both; a message no provider took costs 0, in no
+-- currency. Prices, currencies and the retention are in P..'uc', written at
+-- start from the providers file.
 -- The provider is the one settle.lua stored ('pv') before the move.
 local USAGE_DAY_MS, USAGE_RETAIN = 86400000, 400 * 86400
 local COUNTRIES
@@ -64,22 +64,28 @@ local function country_of(phone)
   return 'ZZ'
 end
 local function count_usage(app, m, status, t)
-  local f = redis.call('HMGET', m, 'p', 'pv', 'sg', 'co')
+  local f = redis.call('HMGET', m, 'p', 'pv', 'sg', 'co', 'cu')
   local provider, segments = f[2] or '', tonumber(f[3] or '') or 1
   local country = country_of(f[1] or '')
-  local cfg = redis.call('HMGET', P .. 'uc', provider .. '|' .. country, provider .. '|*',
-    provider .. '|$', 'r')
-  local cost = tonumber(f[4] or '') or 0
+  local cost, currency = tonumber(f[4] or '') or 0, f[5] or ''
+  local cfg = P .. 'uc'
   if status == SENT then
-    cost = segments * tonumber(cfg[1] or cfg[2] or '0')
-    redis.call('HSET', m, 'co', cost)
-    if cfg[3] then redis.call('HSET', m, 'cu', cfg[3]) end
+    local c = redis.call('HMGET', cfg, provider .. '|' .. country, provider .. '|*',
+      provider .. '|$')
+    cost, currency = segments * tonumber(c[1] or c[2] or '0'), c[3] or ''
+    if currency ~= '' then
+      redis.call('HSET', m, 'co', cost, 'cu', currency)
+    else
+      redis.call('HSET', m, 'co', cost)
+    end
   end
-  local row = status .. '|' .. provider .. '|' .. country .. '|' .. (cfg[3] or '')
+  local row = status .. '|' .. provider .. '|' .. country .. '|' .. currency
   local day = math.floor(t / USAGE_DAY_MS)
   local key = P .. 'u:' .. app .. ':' .. day
   if redis.call('HINCRBY', key, row .. '|n', 1) == 1 then
-    redis.call('EXPIREAT', key, (day + 1) * 86400 + (tonumber(cfg[4] or '') or USAGE_RETAIN))
+    -- A new row (rare): its day's hash goes a retention after the day.
+    local retain = tonumber(redis.call('HGET', cfg, 'r') or '') or USAGE_RETAIN
+    redis.call('EXPIREAT', key, (day + 1) * 86400 + retain)
   end
   redis.call('HINCRBY', key, row .. '|s', segments)
   redis.call('HINCRBY', P .. 'ut', row .. '|n', 1)

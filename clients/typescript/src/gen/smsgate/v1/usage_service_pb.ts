@@ -135,7 +135,8 @@ export type UsageRow = Message<"smsgate.v1.UsageRow"> & {
 
   /**
    * Output only. ISO 4217 currency of the provider's prices (CNY, USD);
-   * empty when the provider has no price table.
+   * empty when the messages cost nothing: no provider took them (FAILED,
+   * CANCELED, EXPIRED unsent), or it has no price table.
    *
    * @generated from field: string currency_code = 8;
    */
@@ -156,7 +157,8 @@ export const UsageRowSchema: GenMessage<UsageRow> = /*@__PURE__*/
  */
 export type UsageTotal = Message<"smsgate.v1.UsageTotal"> & {
   /**
-   * Output only. ISO 4217 currency; empty for providers without prices.
+   * Output only. ISO 4217 currency; empty for the messages of providers
+   * without prices.
    *
    * @generated from field: string currency_code = 1;
    */
