@@ -21,6 +21,7 @@ import httpx
 import phonenumbers
 import pytest
 import smsgate
+from redis.asyncio import Redis
 from smsgate.v1 import message_pb2 as mpb
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import usage_service_pb2 as upb
@@ -30,6 +31,7 @@ from smsgate_server.domain.phone import region_of
 from smsgate_server.providers.prices import PricesError, load_prices
 from smsgate_server.runtime import Running, StartError
 from smsgate_server.services.usage import UsageMetrics
+from smsgate_server.store import scripts
 from smsgate_server.store.usage import UsageStore
 
 from tests.chaos import free_port
@@ -45,6 +47,7 @@ if TYPE_CHECKING:  # the async stub types exist only in the .pyi
 
 S = mpb.MessageStatus
 COUNTED = {S.MESSAGE_STATUS_SENT, *TERMINAL}
+MOBILE = phonenumbers.PhoneNumberType.MOBILE
 PROVIDERS = """
 [providers.tencent]
 type = "tencent"
@@ -388,3 +391,30 @@ async def test_the_python_clients_read_the_usage(
         assert [(t.currency_code, t.messages, t.segments, t.cost) for t in reply.totals] == [
             ("USD", 1, 1, "0.05")
         ]
+
+
+async def test_lib_lua_finds_the_country_the_prefix_table_gives(redis_url: str) -> None:
+    # lib.lua's own country_of, run by Redis on example numbers of every region.
+    lib = (Path(scripts.__file__).parent / "lua" / "lib.lua").read_text()
+    country_of = lib[lib.index("local COUNTRIES\n") : lib.index("local function count_usage")]
+    numbers = sorted(
+        {
+            phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
+            for region in phonenumbers.SUPPORTED_REGIONS
+            if (example := phonenumbers.example_number_for_type(region, MOBILE)) is not None
+        }
+        | {"+1", "+999", ""}
+    )
+    source = (
+        scripts.country_prelude()
+        + country_of
+        + "local out = {}\nfor i, p in ipairs(ARGV) do out[i] = country_of(p) end\nreturn out\n"
+    )
+    client = Redis.from_url(redis_url)
+    try:
+        found = [r.decode() for r in await client.eval(source, 0, *numbers)]
+    finally:
+        await client.aclose()
+
+    assert len(numbers) > 200
+    assert dict(zip(numbers, found, strict=True)) == {n: region_by_prefix(n) for n in numbers}
