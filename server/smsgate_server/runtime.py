@@ -307,7 +307,7 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
     await reached(StartStep.HTTP)
     providers = await _providers(settings, stack)
     provider = providers.default
-    await _usage(settings, UsageStore(redis.client, shards=settings.shards), stack)
+    await _usage(settings, UsageStore(redis.client, shards=shards), stack)
     await reached(StartStep.PROVIDER)
 
     apps = AppStore(redis.client)
