@@ -59,6 +59,16 @@ class Apps:
             response = await http.post(url, json=body)
         assert (response.status_code, response.json()) == (200, {"result": 0, "errmsg": "OK"})
 
+    async def metric(self, sample: str) -> float:
+        """The value of one sample (name and labels) on the server's /metrics."""
+        url = f"http://127.0.0.1:{self.server.http_port}/metrics"
+        async with httpx.AsyncClient(timeout=5) as http:
+            text = (await http.get(url)).text
+        prefix = sample + " "
+        return sum(
+            float(row.removeprefix(prefix)) for row in text.splitlines() if row.startswith(prefix)
+        )
+
     def watch(self, app: str, token: str = "") -> Any:
         return self.inbound.WatchReplies(
             ipb.WatchRepliesRequest(resume_token=token), metadata=self.meta[app]
@@ -109,8 +119,11 @@ async def refused(call: Any) -> Details:
 
 
 async def test_a_stop_reply_shows_up_on_an_open_watch_as_opted_out(apps: Apps) -> None:
+    stopped = 'smsgate_replies_total{opted_out="true",provider="tencent"}'
+    before = await apps.metric(stopped)
     call = apps.watch("a")
     await started(call)
+    assert await apps.metric("smsgate_reply_watch_subscriptions") >= 1
 
     await apps.reply("tencent", "退订")
 
@@ -123,6 +136,7 @@ async def test_a_stop_reply_shows_up_on_an_open_watch_as_opted_out(apps: Apps) -
         True,
     )
     assert reply.receive_time.ToMilliseconds() > 0
+    assert await apps.metric(stopped) == before + 1
     call.cancel()
 
 

@@ -15,6 +15,8 @@ __all__ = [
     "PROVIDER_SECONDS",
     "QUIET_HOURS_HELD",
     "RECEIPTS",
+    "REPLIES",
+    "REPLY_WATCH_SUBSCRIPTIONS",
     "RPCS",
     "RPC_SECONDS",
     "SEND_OUTCOMES",
@@ -73,6 +75,17 @@ WATCH_SUBSCRIPTIONS = Gauge(
     "smsgate_watch_subscriptions",
     "WatchStatus streams open (summed over the live worker processes).",
     multiprocess_mode="livesum",
+)
+REPLY_WATCH_SUBSCRIPTIONS = Gauge(
+    "smsgate_reply_watch_subscriptions",
+    "WatchReplies streams open (summed over the live worker processes).",
+    multiprocess_mode="livesum",
+)
+REPLIES = Counter(
+    "smsgate_replies_total",
+    "Replies (MO) stored for an app, by provider account and whether they opted the"
+    " sender out (a STOP keyword).",
+    ["provider", "opted_out"],
 )
 
 # Provider breakers and pacing (dispatch/guard.py).

@@ -36,6 +36,7 @@ from starlette.routing import Route
 from smsgate_server.dispatch.receipt_intake import ReceiptIntake
 from smsgate_server.domain.errors import Unavailable
 from smsgate_server.logs import RepeatedLog
+from smsgate_server.metrics import REPLIES
 from smsgate_server.providers.inbound import (
     InboundSms,
     is_stop,
@@ -205,6 +206,7 @@ def inbound_routes(
                     provider=endpoint.provider,
                     opted_out=stop,
                 )
+                REPLIES.labels(endpoint.provider, "true" if stop else "false").inc()
         except Unavailable:
             return False
         return True

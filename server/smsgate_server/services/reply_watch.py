@@ -33,6 +33,7 @@ from smsgate_server.domain.errors import (
 )
 from smsgate_server.domain.events import stream_id_key
 from smsgate_server.domain.tokens import InvalidToken, TokenKind, TokenSealer
+from smsgate_server.metrics import REPLY_WATCH_SUBSCRIPTIONS
 from smsgate_server.services.watch import CLOSING, Subscriber, ending, sweep
 from smsgate_server.store.replies import FEED_LENGTH, MAX_REPLIES, ReplyStore, StoredReply
 
@@ -122,6 +123,7 @@ class ReplyHub:
             position = self._positions.setdefault(app, now)
             sub = Subscriber[StoredReply](app, _any, asyncio.Queue(self.buffer), task)
             self._subscribers.setdefault(app, set()).add(sub)
+            REPLY_WATCH_SUBSCRIPTIONS.inc()
         return ReplyWatch(self, sub, after or position)
 
     def _token_position(self, app: str, token: str) -> str:
@@ -206,8 +208,9 @@ class ReplyHub:
 
     def _unsubscribe(self, sub: Subscriber[StoredReply]) -> None:
         subs = self._subscribers.get(sub.app)
-        if subs is not None:
-            subs.discard(sub)
+        if subs is not None and sub in subs:
+            subs.remove(sub)
+            REPLY_WATCH_SUBSCRIPTIONS.dec()
             if not subs:
                 del self._subscribers[sub.app]
                 self._positions.pop(sub.app, None)
