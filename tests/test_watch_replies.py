@@ -166,6 +166,22 @@ async def test_a_resumed_watch_sends_every_later_reply_once(apps: Apps) -> None:
     from_start.cancel()
 
 
+async def test_a_reply_taken_by_another_replica_reaches_the_watch(
+    apps: Apps, make_server: ServerFactory
+) -> None:
+    other = await make_server(providers_file=apps.server.settings.providers_file)
+    call = apps.watch("a")
+    await started(call)
+
+    url = f"http://127.0.0.1:{other.http_port}/inbound/tencent/{TOKEN}"
+    body = {"nationcode": "86", "mobile": "13800138000", "text": "via b", "time": 1}
+    async with httpx.AsyncClient(timeout=10) as http:
+        assert (await http.post(url, json=body)).status_code == 200
+
+    assert [t for t, _ in await texts(call, 1)] == ["via b"]
+    call.cancel()
+
+
 async def test_an_app_sees_only_its_own_replies(apps: Apps) -> None:
     watch_a, watch_b = apps.watch("a"), apps.watch("b")
     await started(watch_a)
