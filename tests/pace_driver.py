@@ -1,6 +1,8 @@
 """A replica's dispatcher, reduced to its pace: takes one-message calls of the
 account ``tencent`` as fast as its gate lets it, on Redis's clock, for a while,
-then prints how many went (test_provider_guard.py runs two at once).
+then prints how many went (test_provider_guard.py runs two at once). It
+prints ``ready`` once connected and starts on a line on its stdin, so two
+drivers run at the same time however long each took to start.
 
 Usage: python -m tests.pace_driver REDIS_URL MESSAGES_PER_SECOND SECONDS
 """
@@ -27,6 +29,8 @@ async def main(url: str, rate: float, seconds: float) -> int:
         gate = RedisProviderGate(
             store, paces={"tencent": AccountPace(messages_per_second=rate)}, cache_seconds=0.25
         )
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
         went = 0
         end = time.monotonic() + seconds
         while time.monotonic() < end:
