@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 import redis.asyncio as aioredis
+import smsgate
 from prometheus_client import REGISTRY
 from smsgate.v1 import message_pb2 as mpb
 from smsgate.v1 import sms_service_pb2 as pb
@@ -315,7 +316,7 @@ async def test_a_kind_free_text_cannot_have_is_invalid_naming_the_field(
         assert details.code == grpc.StatusCode.INVALID_ARGUMENT
         assert "kind" in details.fields
 
-    def by_template(kind: int) -> Any:
+    def by_template(kind: tpb.TemplateKind.ValueType) -> Any:
         request = pb.SendSmsRequest(
             phone_number=CN, template=mpb.TemplateContent(template_id="order"), kind=kind
         )
@@ -551,3 +552,25 @@ async def test_a_batch_of_several_policy_chunks_is_idempotent_and_refunded_whole
     assert other.reason == "REQUEST_ID_REUSED"
     # What the refused request counted in each of its two chunks was given back.
     assert (await batch(capped, phones, text="Your parcel is on its way")).accepted_count == 1_200
+
+
+# --- the Python client -----------------------------------------------------
+
+
+async def test_the_python_client_marks_free_text_marketing_and_types_the_refusals(
+    make_api: ApiFactory,
+) -> None:
+    api = await make_api()
+    await OptOutStore(api.server.redis.client).add(api.app, CN3)
+    async with smsgate.AsyncClient(f"127.0.0.1:{api.server.grpc_port}", api.token) as client:
+        with pytest.raises(smsgate.errors.FailedPrecondition) as opted_out:
+            await client.send(CN3, "Sale today", marketing=True)
+        assert (await client.send(CN3, "Your order shipped")).id
+        with pytest.raises(smsgate.errors.ResourceExhausted) as too_soon:
+            await client.send(CN3, "Your order shipped")
+        reply = await client.send_batch([CN, CN3], "Sale tomorrow", marketing=True)
+
+    assert opted_out.value.reason == "RECIPIENT_OPTED_OUT"
+    assert too_soon.value.reason == "SAME_CONTENT_TOO_SOON"
+    assert too_soon.value.retry_after is not None and 0 < too_soon.value.retry_after <= 30
+    assert [r.error.reason for r in reply.results] == ["", "RECIPIENT_OPTED_OUT"]

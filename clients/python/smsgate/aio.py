@@ -106,11 +106,13 @@ class AsyncClient:
         sender_id: str = "",
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        marketing: bool = False,
         timeout: float | None = 30.0,
     ) -> message_pb2.Message:
         """Send ``text`` (or the template ``template_id`` with ``params``) to one
         number; returns the accepted message. A request id (uuid4) is made when
-        none is given, so the automatic retries of UNAVAILABLE are safe."""
+        none is given, so the automatic retries of UNAVAILABLE are safe.
+        ``marketing`` marks free text as marketing (opt-outs and quiet hours apply)."""
         request = send_request(
             phone_number,
             text,
@@ -122,6 +124,7 @@ class AsyncClient:
             sender_id=sender_id,
             labels=labels,
             request_id=request_id,
+            marketing=marketing,
         )
         return (await self._call(self.sms.SendSms, request, timeout)).message
 
@@ -138,6 +141,7 @@ class AsyncClient:
         sender_id: str = "",
         labels: Mapping[str, str] | None = None,
         request_id: str | None = None,
+        marketing: bool = False,
         timeout: float | None = 60.0,
     ) -> sms_service_pb2.BatchSendResponse:
         """Send one content to many numbers (each a number, or a number with its
@@ -153,6 +157,7 @@ class AsyncClient:
             sender_id=sender_id,
             labels=labels,
             request_id=request_id,
+            marketing=marketing,
         )
         return await self._call(self.sms.BatchSend, request, timeout)
 

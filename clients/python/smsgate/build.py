@@ -12,7 +12,7 @@ from pathlib import Path
 from google.protobuf import timestamp_pb2
 
 from smsgate.errors import Error, ResourceExhausted, Unavailable
-from smsgate.v1 import message_pb2, sms_service_pb2
+from smsgate.v1 import message_pb2, sms_service_pb2, template_service_pb2
 
 __all__ = [
     "TERMINAL",
@@ -89,6 +89,7 @@ def send_request(
     sender_id: str,
     labels: Mapping[str, str] | None,
     request_id: str | None,
+    marketing: bool = False,
 ) -> sms_service_pb2.SendSmsRequest:
     """A SendSmsRequest; a fresh uuid4 request id unless one is given, so that a
     retry (gRPC's, or the caller's with the same id) never sends twice."""
@@ -98,6 +99,7 @@ def send_request(
         request_id=request_id or new_request_id(),
         sender_id=sender_id,
         labels=labels,
+        kind=_kind(marketing),
         **_content(text, template_id, params, template_version, sign_name),  # type: ignore[arg-type]
     )
 
@@ -114,6 +116,7 @@ def batch_request(
     sender_id: str,
     labels: Mapping[str, str] | None,
     request_id: str | None,
+    marketing: bool = False,
 ) -> sms_service_pb2.BatchSendRequest:
     """A BatchSendRequest, with a fresh uuid4 request id unless one is given."""
     entries = [
@@ -128,7 +131,18 @@ def batch_request(
         request_id=request_id or new_request_id(),
         sender_id=sender_id,
         labels=labels,
+        kind=_kind(marketing),
         **_content(text, template_id, params, template_version, sign_name),  # type: ignore[arg-type]
+    )
+
+
+def _kind(marketing: bool) -> template_service_pb2.TemplateKind.ValueType:
+    """The kind free text names: marketing (the opt-out list and quiet hours
+    apply) or unset (a notification; a template's own kind applies)."""
+    return (
+        template_service_pb2.TEMPLATE_KIND_MARKETING
+        if marketing
+        else template_service_pb2.TEMPLATE_KIND_UNSPECIFIED
     )
 
 
