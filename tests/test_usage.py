@@ -39,6 +39,14 @@ from tests.conftest import ServerFactory
 from tests.pipeline_support import TERMINAL, wait_for_statuses
 from tests.processes import Servers
 from tests.support import bearer, details_of, readme_block, run_shell
+from tests.test_routes_pipeline import (
+    SIGN_REFUSED,
+    batch_send,
+    cn_numbers,
+    shipped_template,
+    vendors,
+)
+from tests.test_vendor_pipeline import Client
 from tests.waiting import wait_until_blocking
 
 if TYPE_CHECKING:  # the async stub types exist only in the .pyi
@@ -418,3 +426,39 @@ async def test_lib_lua_finds_the_country_the_prefix_table_gives(redis_url: str) 
 
     assert len(numbers) > 200
     assert dict(zip(numbers, found, strict=True)) == {n: region_by_prefix(n) for n in numbers}
+
+
+async def test_after_a_failover_the_usage_is_the_provider_that_took_it_at_its_price(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    prices = (
+        '[prices.tencent]\ncurrency = "CNY"\nCN = "0.04"\n'
+        '[prices.aliyun]\ncurrency = "CNY"\ndefault = "0.05"\nCN = "0.045"\n'
+    )
+    async with vendors() as fakes:
+        # Tencent refuses every call about the account: all fail over to Aliyun.
+        fakes.tencent.call_error = SIGN_REFUSED
+        routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
+        server = await make_server(
+            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes + prices)
+        )
+        token = (await server.apps.create("usage-app")).token
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            client = Client(channel, token)
+            await shipped_template(client)
+            ids = await batch_send(client, cn_numbers(10))
+            taken = {S.MESSAGE_STATUS_SENT, *TERMINAL}
+            messages = await wait_for_statuses(client.sms, token, ids, taken)
+            reply = await get_usage(usage_service_pb2_grpc.UsageServiceStub(channel), token)
+
+    assert {m.provider for m in messages.values()} == {"aliyun"}
+    assert {(m.estimated_cost, m.cost_currency_code) for m in messages.values()} == {
+        ("0.045", "CNY")
+    }
+    sent = [r for r in reply.rows if r.status == S.MESSAGE_STATUS_SENT]
+    assert [(r.provider, r.region_code, r.messages, r.cost, r.currency_code) for r in sent] == [
+        ("aliyun", "CN", 10, "0.45", "CNY")
+    ]
+    # Tencent refused before taking anything: no row of its own, nothing spent there.
+    assert all(r.provider == "aliyun" for r in reply.rows)
+    assert [(t.currency_code, t.messages, t.cost) for t in reply.totals] == [("CNY", 10, "0.45")]
