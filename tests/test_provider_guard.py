@@ -433,3 +433,18 @@ async def test_without_redis_the_gate_guards_nothing_and_paces_by_waiting(clock:
         await gate.record("tencent", [DOWN])
     finally:
         await dead.aclose()
+
+
+async def test_the_probe_is_one_call_even_when_its_caller_routes_several_to_it(
+    redis: RedisConnection, clock: Clock
+) -> None:
+    gate = make_gate(redis, clock)
+    await open_breaker(gate, "tencent")
+    clock.advance(BREAKER.cooldown_ms / 1000)
+    assert await gate.usable(["tencent"]) == ["tencent"]
+    # Two chunks of one claim went to it: the first call probes, the second waits.
+    assert await gate.pace("tencent", 1) == 0.0
+    assert await gate.pace("tencent", 1) > 0
+    await gate.record("tencent", [OK])
+    assert await gate.pace("tencent", 1) == 0.0
+    assert await gate.usable(["tencent"]) == ["tencent"]

@@ -18,7 +18,9 @@ cooldown ends, which no other process can shorten. Results recorded here
 update the cache at once.
 
 Probe. Half-open, the probe goes to one gate (one process) at a time, for a
-lease; within the process, to one call at a time. A caller that was handed
+lease; within the process, to one call: ``usable`` refuses the provider to
+other callers, and ``pace`` asks any further call of the caller that got it to
+wait (``PROBE_WAIT_SECONDS``) until the probe's result is recorded. A caller that was handed
 the probe but never called (its route took another provider) holds it until
 the lease ends; so does one that died, after which any process may take it.
 
@@ -85,6 +87,8 @@ PER_NUMBER_THROTTLES = ("LimitExceeded.PhoneNumber", "isv.BUSINESS_LIMIT_CONTROL
 # How long a pace answer asks to wait when Redis cannot be asked: the shared
 # rate cannot be kept without it, so calls wait rather than go unpaced.
 UNAVAILABLE_WAIT_SECONDS = 1.0
+# How long a call waits while this process's probe of its provider is out.
+PROBE_WAIT_SECONDS = 1.0
 _CALL_FAULTS = frozenset({OutcomeClass.RETRYABLE, OutcomeClass.UNKNOWN})
 
 
@@ -212,6 +216,8 @@ class RedisProviderGate:
         self._seen: dict[str, _Seen] = {}
         # Providers whose probe a caller of this process holds, until when.
         self._probing: dict[str, float] = {}
+        # Of those, the ones whose probe call has gone (pace let it through).
+        self._probed: set[str] = set()
 
     async def usable(self, names: Sequence[str]) -> list[str]:
         views = await asyncio.gather(*(self._lets_through(n) for n in names))
@@ -234,6 +240,7 @@ class RedisProviderGate:
         self._remember(name, view)
         if view.probe:
             self._probing[name] = self.monotonic() + self.store.breaker.probe_lease_ms / 1000
+            self._probed.discard(name)
             return True
         return view.state is BreakerState.CLOSED
 
@@ -248,6 +255,13 @@ class RedisProviderGate:
         BREAKER_STATE.labels(name).set(int(view.state))
 
     async def pace(self, name: str, messages: int) -> float:
+        if self._probing.get(name, 0.0) > self.monotonic():
+            # The caller that got the probe may route several calls to it at
+            # once: the first is the probe, the others wait for its verdict.
+            if name in self._probed:
+                PACE_WAITS.labels(name).inc()
+                return PROBE_WAIT_SECONDS
+            self._probed.add(name)
         account = self.paces.get(name)
         if account is None or not account.limited:
             return 0.0
@@ -283,6 +297,7 @@ class RedisProviderGate:
             return
         finally:
             self._probing.pop(name, None)
+            self._probed.discard(name)
         if view.opened:
             BREAKER_OPENS.labels(name).inc()
             log.warning(
