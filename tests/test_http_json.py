@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import shlex
 import struct
 import sys
 from collections.abc import AsyncIterator
@@ -543,6 +544,31 @@ async def test_a_failed_stream_ends_with_its_error(http: httpx.AsyncClient) -> N
     error = json.loads(reply.content[ENVELOPE.size :])["error"]
     assert error["code"] == "unauthenticated"
     assert details(error)["google.rpc.ErrorInfo"]["reason"] == "MISSING_CREDENTIALS"
+
+
+async def test_a_connect_client_sends_and_reads_the_error_details(
+    server: Running, token: str
+) -> None:
+    """buf curl speaks Connect (connect-go): unary calls in its own encoding,
+    and an error it decodes, details included."""
+
+    async def buf_curl(body: dict[str, Any]) -> tuple[int, str, str]:
+        url = f"http://127.0.0.1:{server.http_port}/smsgate.v1.SmsService/SendSms"
+        command = [str(Path(sys.executable).parent / "buf"), "curl", "--protocol", "connect"]
+        command += ["--schema", "proto", "-H", f"authorization: Bearer {token}"]
+        command += ["-d", json.dumps(body), url]
+        return await run_shell(shlex.join(command), cwd=ROOT)
+
+    code, out, err = await buf_curl({"phoneNumber": "+14155550123", "text": "via connect"})
+    assert code == 0, err
+    assert json.loads(out)["message"]["text"] == "via connect"
+
+    code, out, err = await buf_curl({"phoneNumber": "12", "text": "x"})
+    assert code != 0
+    error = json.loads(err)
+    assert error["code"] == "invalid_argument"
+    bad = [d for d in error["details"] if d["type"] == "google.rpc.BadRequest"]
+    assert bad[0]["debug"]["fieldViolations"][0]["field"] == "phone_number"
 
 
 async def test_readme_curl_session_works_when_pasted(
