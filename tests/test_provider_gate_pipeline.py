@@ -154,6 +154,8 @@ async def test_a_failing_vendor_opens_its_breaker_and_routes_skip_it(
         rest = [await send(client, f"+861380000001{i}") for i in range(5)]
         later = [await client.wait(m, DONE) for m in rest]
         view = await providers_view(server)
+        async with httpx.AsyncClient(timeout=10) as http:
+            metrics = (await http.get(f"http://127.0.0.1:{server.http_port}/metrics")).text
 
     # Two 503s opened the breaker; the retry went to Aliyun, and so did the rest.
     assert tencent_calls == 2
@@ -167,6 +169,9 @@ async def test_a_failing_vendor_opens_its_breaker_and_routes_skip_it(
         "HTTP_503",
     )
     assert view["aliyun"]["breaker"]["state"] == "closed"
+    assert 'smsgate_provider_breaker_state{provider="tencent"} 1.0' in metrics
+    assert 'smsgate_provider_breaker_state{provider="aliyun"} 0.0' in metrics
+    assert 'smsgate_provider_breaker_opens_total{provider="tencent"}' in metrics
 
 
 async def test_after_the_cooldown_a_successful_probe_closes_the_breaker(
@@ -229,9 +234,12 @@ async def test_a_throttled_account_is_paced_at_half_its_rate(
         )
         fakes.tencent.call_error = ""
         await client.wait(message, DONE)
+        async with httpx.AsyncClient(timeout=10) as http:
+            metrics = (await http.get(f"http://127.0.0.1:{server.http_port}/metrics")).text
 
     assert view["tencent"]["rate"]["factor"] == 0.5
     assert view["tencent"]["rate"]["effective_messages_per_second"] == 50
+    assert 'smsgate_provider_rate{provider="tencent",unit="messages"} 50.0' in metrics
     # A throttle is the vendor working: it does not count against the breaker.
     assert view["tencent"]["breaker"]["consecutive_failures"] == 0
 
