@@ -34,6 +34,7 @@ from smsgate.v1 import (
     sms_service_pb2_grpc,
     template_service_pb2,
     template_service_pb2_grpc,
+    usage_service_pb2,
     verification_service_pb2,
     verification_service_pb2_grpc,
 )
@@ -57,6 +58,7 @@ SERVICES = [
     sms_service_pb2.DESCRIPTOR.services_by_name["SmsService"],
     verification_service_pb2.DESCRIPTOR.services_by_name["VerificationService"],
     template_service_pb2.DESCRIPTOR.services_by_name["TemplateService"],
+    usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"],
 ]
 METHODS = [method for service in SERVICES for method in service.methods]
 METHOD_IDS = [f"{m.containing_service.name}.{m.name}" for m in METHODS]
