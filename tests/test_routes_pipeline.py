@@ -302,6 +302,60 @@ async def test_a_permanent_refusal_at_tencent_fails_over_to_aliyun_with_both_att
     assert sent.startswith("aliyun ") and "route CN: aliyun" in sent
 
 
+async def test_a_throttled_account_fails_over_to_the_next_provider(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        fakes.twilio.throttled = 1
+        routes = '[[routes]]\ndestination = "US"\nproviders = ["twilio", "simulator"]\n'
+        server = await make_server(
+            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes)
+        )
+        client = await connect(server)
+
+        # The simulator reports delivery at once.
+        message = await client.wait(
+            await client.text(US), {S.MESSAGE_STATUS_SENT, S.MESSAGE_STATUS_DELIVERED}
+        )
+
+    assert (message.provider, message.attempts) == ("simulator", 2)
+    assert len(fakes.twilio.messages) == 1
+    assert message.history[2].detail.startswith("twilio refused 20429: failover")
+
+
+async def test_routes_skip_a_provider_whose_breaker_opened(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        # Tencent's gateway fails every call: retried, until its breaker opens.
+        fakes.tencent.controls.server_errors = [502] * 100
+        routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
+        server = await make_server(
+            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes),
+            breaker_consecutive_failures=2,
+            retry_base_seconds=0.01,
+            retry_max_seconds=0.02,
+        )
+        client = await connect(server)
+        await shipped_template(client)
+
+        first = await client.sms.SendSms(
+            pb.SendSmsRequest(phone_number=CN, template=shipped()), metadata=client.meta
+        )
+        sent = await client.wait(first.message.id, {S.MESSAGE_STATUS_SENT})
+        later = await client.sms.SendSms(
+            pb.SendSmsRequest(phone_number="+8613800138001", template=shipped("B2")),
+            metadata=client.meta,
+        )
+        skipped = await client.wait(later.message.id, {S.MESSAGE_STATUS_SENT})
+
+    # Two failed calls opened it; the retry and the next message went to Aliyun.
+    assert (sent.provider, sent.attempts) == ("aliyun", 3)
+    assert (skipped.provider, skipped.attempts) == ("aliyun", 1)
+    assert 100 - len(fakes.tencent.controls.server_errors) == 2
+    assert fakes.aliyun_numbers() == Counter({CN: 1, "+8613800138001": 1})
+
+
 async def test_a_refusal_about_the_recipient_ends_the_message_without_failover(
     make_server: ServerFactory, connect: Connect, tmp_path: Path
 ) -> None:
