@@ -116,10 +116,16 @@ class PolicyCheck:
         for counted in self._calls:
             if counted.replayed:
                 continue
-            end = counted.first + len(counted.call.phones)
-            mine = sorted(i - counted.first for i in todo if counted.first <= i < end)
-            if mine:
-                await self._store.refund(self._app, counted.call, mine)
+            span = range(counted.first, counted.first + len(counted.call.phones))
+            mine = sorted(i - counted.first for i in todo if i in span)
+            if not mine:
+                continue
+            # The call's verdicts are forgotten only once none of its messages
+            # was stored: a retry must meet the same verdicts while any was,
+            # or its messages would not line up with the stored ones.
+            admitted = {i for i in span if self.refusals[i] is None}
+            forget = admitted <= self._refunded
+            await self._store.refund(self._app, counted.call, mine, forget=forget)
 
 
 class SendingPolicy:

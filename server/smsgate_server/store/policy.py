@@ -96,12 +96,14 @@ class PolicyStore:
         )
 
     @redis_edge
-    async def refund(self, app: str, call: PolicyCall, admitted: Sequence[int]) -> None:
+    async def refund(
+        self, app: str, call: PolicyCall, admitted: Sequence[int], *, forget: bool = True
+    ) -> None:
         """Give back the counts of ``call``'s recipients at ``admitted`` (their
-        messages were not stored) and forget its verdicts."""
+        messages were not stored); with ``forget``, forget its verdicts too."""
         args: list[str | int] = [
             policy_prefix(app),
-            call.request_id,
+            call.request_id if forget else "",
             "1" if call.same_content_ms else "0",
             "1" if call.per_number_day else "0",
             "1" if call.daily_cap else "0",
