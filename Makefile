@@ -11,7 +11,7 @@ PY_SRC := server tests clients/python $(wildcard bench)
 TS       := clients/typescript
 TS_STAMP := $(TS)/node_modules/.installed-stamp
 
-.PHONY: serve test ts-deps lint typecheck gen check-gen format bench bench-quick bench-vendor chaos cluster clean
+.PHONY: serve test ts-deps lint typecheck gen check-gen format bench bench-quick bench-vendor bench-cluster chaos cluster clean
 
 # Two distributions: the client (clients/python), which the server's pyproject.toml
 # requires by name, and the server with its dev tools.
@@ -74,6 +74,11 @@ bench-quick: $(STAMP)
 ## End-to-end delivered/s through the Tencent fake beside the simulator (about a minute).
 bench-vendor: $(STAMP)
 	$(BIN)/python -m bench.vendor
+
+## smsgate on the 3-master Redis Cluster beside one Redis server (api and worker
+## processes apart), a scaling table and the 10k/100k msg/s projection (about 10 minutes).
+bench-cluster: $(STAMP)
+	$(BIN)/python -m bench.cluster
 
 ## The fault suite (README "Fault suite"): 100,000 messages through three server kills
 ## and a Redis kill, then a longer fuzz of every RPC. Bounded; a few minutes on 2 cores.
