@@ -21,16 +21,20 @@ import httpx
 import phonenumbers
 import pytest
 import smsgate
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 from smsgate.v1 import message_pb2 as mpb
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import usage_service_pb2 as upb
 from smsgate.v1 import usage_service_pb2_grpc
 from smsgate_server.domain.country_prefixes import region_by_prefix
+from smsgate_server.domain.errors import InvalidArgument
 from smsgate_server.domain.phone import region_of
+from smsgate_server.domain.prices import MAX_PRICE, format_micros, to_micros
 from smsgate_server.providers.prices import PricesError, load_prices
 from smsgate_server.runtime import Running, StartError
-from smsgate_server.services.usage import UsageMetrics
+from smsgate_server.services.usage import UsageMetrics, UsageService
 from smsgate_server.store import scripts
 from smsgate_server.store.usage import UsageStore
 
@@ -462,3 +466,21 @@ async def test_after_a_failover_the_usage_is_the_provider_that_took_it_at_its_pr
     # Tencent refused before taking anything: no row of its own, nothing spent there.
     assert all(r.provider == "aliyun" for r in reply.rows)
     assert [(t.currency_code, t.messages, t.cost) for t in reply.totals] == [("CNY", 10, "0.45")]
+
+
+@given(st.decimals(min_value=0, max_value=MAX_PRICE, places=6, allow_nan=False))
+def test_a_price_round_trips_exactly_through_micro_units(price: Decimal) -> None:
+    micros = to_micros(price)
+
+    assert Decimal(format_micros(micros)) == price
+    assert Decimal(format_micros(micros * 3)) == price * 3
+
+
+@given(st.text(max_size=12), st.text(max_size=12))
+def test_any_date_text_is_a_day_or_a_violation_naming_its_field(start: str, end: str) -> None:
+    # A store of no shards: the request is checked, and nothing is read.
+    service = UsageService(UsageStore(Redis(), shards=0))
+    try:
+        asyncio.run(service.get("ak", start, end))
+    except InvalidArgument as exc:
+        assert [v.field for v in exc.violations] in (["start_date"], ["end_date"])
