@@ -220,16 +220,25 @@ class RedisProviderGate:
         self._probed: set[str] = set()
 
     async def usable(self, names: Sequence[str]) -> list[str]:
-        views = await asyncio.gather(*(self._lets_through(n) for n in names))
-        return [n for n, ok in zip(names, views, strict=True) if ok]
-
-    async def _lets_through(self, name: str) -> bool:
+        # What the cache answers costs no task; only the rest ask Redis.
         now = self.monotonic()
+        known = {n: self._known(n, now) for n in names}
+        ask = [n for n, ok in known.items() if ok is None]
+        if ask:
+            known.update(zip(ask, await asyncio.gather(*(self._ask(n) for n in ask)), strict=True))
+        return [n for n in names if known[n]]
+
+    def _known(self, name: str, now: float) -> bool | None:
+        """Whether ``name`` lets a call through, as far as this process knows
+        for sure now (None: ask Redis)."""
         if self._probing.get(name, 0.0) > now:
             return False  # one call of this process is the probe already
         seen = self._seen.get(name)
         if seen is not None and seen.until > now:
             return seen.state is BreakerState.CLOSED
+        return None
+
+    async def _ask(self, name: str) -> bool:
         try:
             view = await self.store.check(name, self.token)
         except Unavailable as exc:
