@@ -4,8 +4,8 @@ provider and country (counted by the message scripts; store/usage.py)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
+import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -13,11 +13,16 @@ from dataclasses import dataclass
 from smsgate_server.domain.errors import InvalidArgument, Unavailable
 from smsgate_server.domain.prices import MICROS
 from smsgate_server.domain.status import Status
+from smsgate_server.logs import RepeatedLog
 from smsgate_server.store.usage import UsageRow, UsageStore
 from smsgate_server.usage_metrics import REFRESH_SECONDS, USAGE_METRICS, UsageCount
 
 __all__ = ["MAX_DAYS", "CurrencyTotal", "Usage", "UsageMetrics", "UsageService", "day_date"]
 
+log = logging.getLogger("smsgate.usage")
+_refresh_failed = RepeatedLog(
+    log, "cannot read the usage totals for /metrics", every=60.0, level=logging.ERROR
+)
 # The longest range one call reads: a quarter (and a row per day, status,
 # provider and country stays a bounded answer).
 MAX_DAYS = 93
@@ -117,9 +122,16 @@ class UsageMetrics:
         )
 
     async def run(self) -> None:
-        """Refresh until cancelled; a Redis outage skips a reading (the store
-        logs it), the last one stays published."""
+        """Refresh until cancelled; a failed reading is skipped (a Redis outage
+        is logged by the store, anything else here), the last one stays
+        published."""
         while True:
-            with contextlib.suppress(Unavailable):
+            try:
                 await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Unavailable:
+                pass
+            except Exception as exc:
+                _refresh_failed.occurred(type(exc).__name__, exc=exc)
             await asyncio.sleep(self.interval)
