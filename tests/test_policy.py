@@ -574,3 +574,20 @@ async def test_the_python_client_marks_free_text_marketing_and_types_the_refusal
     assert too_soon.value.reason == "SAME_CONTENT_TOO_SOON"
     assert too_soon.value.retry_after is not None and 0 < too_soon.value.retry_after <= 30
     assert [r.error.reason for r in reply.results] == ["", "RECIPIENT_OPTED_OUT"]
+
+
+async def test_a_batch_refused_whole_answers_its_retry_as_the_first_time(
+    make_api: ApiFactory,
+) -> None:
+    api = await make_api()
+    optouts = OptOutStore(api.server.redis.client)
+    await optouts.add(api.app, CN3)
+    marketing = tpb.TEMPLATE_KIND_MARKETING
+    first = await batch(api, [CN3], text="Sale today", kind=marketing, request_id="b-all")
+    # Opted in again before the retry: the retry still returns the first answer.
+    await optouts.remove(api.app, CN3)
+
+    again = await batch(api, [CN3], text="Sale today", kind=marketing, request_id="b-all")
+
+    assert first.results[0].error.reason == "RECIPIENT_OPTED_OUT"
+    assert again == first

@@ -159,9 +159,12 @@ class SendingPolicy:
         recipients: Sequence[tuple[str, str]],
         *,
         request_id: str = "",
+        batch: bool = False,
     ) -> PolicyCheck:
         """Check ``recipients`` (number, rendered text) of one request of ``kind``
-        and count those admitted; no Redis call when nothing applies."""
+        and count those admitted; no Redis call when nothing applies. A
+        ``batch`` remembers its verdicts under its request id even when every
+        recipient is refused, as its accept remembers an empty batch."""
         same_content, per_day = policy.number_caps(kind)
         optouts = kind is TemplateKind.MARKETING
         if not recipients or not (optouts or same_content or per_day or policy.daily_cap):
@@ -187,6 +190,7 @@ class SendingPolicy:
                 tags=[self._tag(phone) for phone in phones],
                 # Only the same-content cap reads the digest.
                 digests=[content_digest(text) if same_content else "" for _, text in chunk],
+                remember_all=batch,
             )
             taken = await self.store.take(app, call)
             check._calls.append(_Counted(first, call, taken.replayed))

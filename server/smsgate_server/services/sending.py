@@ -510,7 +510,12 @@ class SendingService:
         check: PolicyCheck | None = None
         if self.policy is not None and policy is not None:
             check = await self.policy.check(
-                app, policy, kind, [(m.phone, m.rendered) for m in pending], request_id=request_id
+                app,
+                policy,
+                kind,
+                [(m.phone, m.rendered) for m in pending],
+                request_id=request_id,
+                batch=True,
             )
             refusals = iter(check.refusals)
             checked = [

@@ -50,6 +50,8 @@ class PolicyCall:
     phones: Sequence[str]
     tags: Sequence[str]
     digests: Sequence[str]
+    # Remember the verdicts even when every recipient is refused (a batch).
+    remember_all: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,7 @@ class PolicyStore:
             call.day,
             call.day_left_ms,
             call.token,
+            "1" if call.remember_all else "0",
         ]
         for phone, tag, digest in zip(call.phones, call.tags, call.digests, strict=True):
             args += (phone, tag, digest)

@@ -9,8 +9,10 @@
 -- the same-content window (ms), ARGV[6] the per-number day cap, ARGV[7] the
 -- app's daily cap (each 0: none), ARGV[8] the day number, ARGV[9] ms until
 -- the day ends, ARGV[10] a token of this call (the same-content marks it sets
--- hold it, so its refund removes its own marks only); then per recipient its
--- number, its number's tag and its content's digest.
+-- hold it, so its refund removes its own marks only), ARGV[11] '1' to remember
+-- the verdicts even when every recipient is refused (a batch: its accept
+-- remembers even an empty batch); then per recipient its number, its
+-- number's tag and its content's digest.
 -- Returns {the app's messages today, 1 when replayed, then per recipient a
 -- verdict and a wait (ms)}: 0 admitted, 1 opted out, 2 the same content too
 -- soon, 3 the number's day cap, 4 the app's daily cap.
@@ -18,7 +20,8 @@ local P, RID, RID_TTL = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local OPTOUT = ARGV[4] == '1'
 local SAME_MS, PER_DAY, APP_CAP = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local DAY, DAY_LEFT, TOKEN = ARGV[8], tonumber(ARGV[9]), ARGV[10]
-local FIRST = 11
+local REMEMBER_ALL = ARGV[11] == '1'
+local FIRST = 12
 local n = (#ARGV - FIRST + 1) / 3
 -- Day counters outlive their day by an hour: clocks of replicas differ a little.
 local DAY_TTL = DAY_LEFT + 3600000
@@ -71,9 +74,9 @@ if APP_CAP > 0 and admitted > 0 then
     redis.call('PEXPIRE', app_day, DAY_TTL)
   end
 end
--- Only a request that counted someone is remembered: one refused whole is
--- asked again when retried (it may fit by then).
-if RID ~= '' and admitted > 0 then
+-- A send refused whole is not remembered: nothing of it was stored, and its
+-- retry is asked again (it may fit by then).
+if RID ~= '' and (admitted > 0 or REMEMBER_ALL) then
   redis.call('SET', P .. 'rq:' .. RID, table.concat(refused, ','), 'PX', RID_TTL)
 end
 out[1] = count
