@@ -180,6 +180,28 @@ async def test_batch_from_csv_summarises_accepted_rejected_and_delivered(
     assert lines[-1].endswith(": 2 accepted, 1 rejected, 2 delivered, 0 not delivered")
 
 
+async def test_a_long_csv_goes_as_several_batches_summed_up(cli: Cli, tmp_path: Path) -> None:
+    csv = tmp_path / "people.csv"
+    csv.write_text("phone\n+14155550101\n+14155550102\n12\n+14155550104\n+14155550105\n")
+
+    ran = await cli("batch", str(csv), "--text", "hi all", "--wait", "--chunk-size", "2")
+
+    assert ran.code == 0, ran.stderr
+    batches, summary = ran.stdout.splitlines()[-1].split(": ")
+    assert len(batches.removeprefix("batch ").split(", ")) == 3
+    assert summary == "4 accepted, 1 rejected, 4 delivered, 0 not delivered"
+
+    as_json = await cli("--json", "batch", str(csv), "--text", "again", "--chunk-size", "2")
+    body = as_json.json()
+    assert isinstance(body, dict)
+    assert [b["accepted_count"] for b in body["batches"]] == [2, 1, 1]
+    assert (body["accepted_count"], body["rejected_count"]) == (4, 1)
+
+    zero = await cli("batch", str(csv), "--text", "x", "--chunk-size", "0")
+    assert zero.code == 2
+    assert "'0' is not a positive whole number" in zero.stderr
+
+
 async def test_batch_with_per_recipient_params_fills_the_template(
     cli: Cli, server: Running, tmp_path: Path
 ) -> None:
@@ -266,6 +288,20 @@ async def test_batch_on_a_terminal_shows_progress_and_summary_tables(
     header = bar.join(["accepted", "rejected", "delivered", "not delivered"])
     assert re.search(header, ran.stdout), ran.stdout
     assert re.search(bar + bar.join("2120") + bar, ran.stdout), ran.stdout
+
+
+async def test_a_long_csv_on_a_terminal_shows_its_sending_progress(
+    terminal: Terminal, tmp_path: Path
+) -> None:
+    csv = tmp_path / "people.csv"
+    csv.write_text("phone\n+14155550101\n+14155550102\n12\n+14155550104\n+14155550105\n")
+
+    ran = await terminal("batch", str(csv), "--text", "hi all", "--chunk-size", "2")
+
+    assert ran.code == 0, ran.stdout
+    assert re.search(r"sending.*5/5.*4 accepted, 1 rejected", ran.stdout), ran.stdout
+    plain = await terminal("batch", str(csv), "--text", "hi", "--chunk-size", "2", rich=False)
+    assert "\r5/5 sent (4 accepted, 1 rejected)" in plain.stdout, plain.stdout
 
 
 async def test_batch_on_a_terminal_without_rich_counts_on_one_line(

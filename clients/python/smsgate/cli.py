@@ -2,6 +2,7 @@
 
 smsgate send PHONE (TEXT | --template ID [--param K=V]...) [--wait]
 smsgate batch FILE.csv (--text TEXT | --template ID [--param K=V]...) [--wait]
+    [--chunk-size N]
 smsgate get ID | list [--status S]... [--phone P] [--batch ID] [--limit N]
 smsgate watch [--id ID]... [--batch ID] [--status S]... [--count N]
 smsgate replies [--resume-token T] [--token-file F] [--count N]
@@ -25,9 +26,10 @@ import argparse
 import csv
 import json
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 import grpc
 from google.protobuf import json_format
@@ -37,7 +39,7 @@ from smsgate.build import TERMINAL, Recipient
 from smsgate.client import Client
 from smsgate.connection import Connection
 from smsgate.errors import DeadlineExceeded, Error, error_from_rpc
-from smsgate.terminal import WaitProgress, WatchTable, batch_summary, rich_console
+from smsgate.terminal import SendProgress, WaitProgress, WatchTable, batch_summary, rich_console
 from smsgate.v1 import (
     message_pb2,
     sms_service_pb2,
@@ -65,6 +67,9 @@ EXIT_CODES: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNAVAILABLE: 7,
     grpc.StatusCode.DEADLINE_EXCEEDED: 7,
 }
+#: Recipients per BatchSend of ``smsgate batch``: the server's default limit
+#: (SMSGATE_BATCH_MAX_RECIPIENTS); a longer CSV is sent as several batches.
+CHUNK_SIZE = 10_000
 #: Any other failed call, or a verification code that did not verify.
 EXIT_FAILED = 1
 #: ``--wait`` ended before every message was terminal.
@@ -82,6 +87,16 @@ def _status(text: str) -> message_pb2.MessageStatus.ValueType:
     except ValueError:
         choices = ", ".join(_status_name(v) for v in S.values() if v)
         raise argparse.ArgumentTypeError(f"{text!r} is not one of {choices}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
 
 
 def _param(text: str) -> tuple[str, str]:
@@ -198,17 +213,19 @@ def _batch(client: Client, args: argparse.Namespace, out: Output) -> int:
         raise _Usage("give either --text or --template")
     with open(args.file, newline="", encoding="utf-8") as f:
         recipients = _recipients(f)
-    result = client.send_batch(
-        recipients, args.text, template_id=args.template, params=dict(args.param) or None
-    )
-    accepted = [r.message_id for r in result.results if r.message_id]
+    results = _send_chunks(client, recipients, args)
     final: dict[str, int] = {}
     timed_out = False
-    if args.wait and accepted:
-        timed_out = not _wait_for_batch(client, result.batch_id, set(accepted), final, args)
+    if args.wait:
+        timed_out = not _wait_for_batches(client, results, final, args.timeout)
     delivered = sum(1 for s in final.values() if s == S.MESSAGE_STATUS_DELIVERED)
     if out.as_json:
-        body = json_format.MessageToDict(result, preserving_proto_field_name=True)
+        bodies = [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in results]
+        # One batch: its response as it is; several: each, with the totals.
+        body: dict[str, Any] = bodies[0] if len(bodies) == 1 else {"batches": bodies}
+        if len(bodies) > 1:
+            body["accepted_count"] = sum(r.accepted_count for r in results)
+            body["rejected_count"] = sum(r.rejected_count for r in results)
         if args.wait:
             body["final_statuses"] = {i: _status_name(s) for i, s in final.items()}
             body["delivered_count"] = delivered
@@ -216,14 +233,73 @@ def _batch(client: Client, args: argparse.Namespace, out: Output) -> int:
     else:
         rejected = [
             (r.phone_number, r.error.reason, r.error.description)
+            for result in results
             for r in result.results
             if not r.message_id
         ]
-        counts = {"accepted": result.accepted_count, "rejected": result.rejected_count}
+        counts = {
+            "accepted": sum(r.accepted_count for r in results),
+            "rejected": sum(r.rejected_count for r in results),
+        }
         if args.wait:
             counts |= {"delivered": delivered, "not delivered": len(final) - delivered}
-        batch_summary(out.out, result.batch_id, counts, rejected)
+        batch_summary(out.out, ", ".join(r.batch_id for r in results), counts, rejected)
     return EXIT_TIMEOUT if timed_out else 0
+
+
+def _send_chunks(
+    client: Client, recipients: list[Recipient], args: argparse.Namespace
+) -> list[sms_service_pb2.BatchSendResponse]:
+    """One BatchSend per ``--chunk-size`` recipients (a batch each), with a
+    progress bar when there are several. A failed call stops the rest: what
+    was sent before it is said on stderr, then the error is reported."""
+    size = args.chunk_size
+    chunks = [recipients[i : i + size] for i in range(0, len(recipients), size)] or [[]]
+    results: list[sms_service_pb2.BatchSendResponse] = []
+    with SendProgress(len(recipients) if len(chunks) > 1 else 0, sys.stderr) as progress:
+        for chunk in chunks:
+            try:
+                result = client.send_batch(
+                    chunk, args.text, template_id=args.template, params=dict(args.param) or None
+                )
+            except Error:
+                if results:
+                    sent = sum(len(r.results) for r in results)
+                    batches = ", ".join(r.batch_id for r in results)
+                    print(
+                        f"smsgate: stopped after {sent} of {len(recipients)} recipients, "
+                        f"sent in batches {batches}",
+                        file=sys.stderr,
+                    )
+                raise
+            results.append(result)
+            progress.sent(result.accepted_count, result.rejected_count)
+    return results
+
+
+def _wait_for_batches(
+    client: Client,
+    results: Sequence[sms_service_pb2.BatchSendResponse],
+    final: dict[str, int],
+    timeout: float,
+) -> bool:
+    """Follow each batch until every accepted message is terminal (True) or
+    ``timeout`` seconds pass; ``final`` gets each terminal status. Each watch
+    opens with a snapshot of its messages, so those that finished before it
+    opened (while an earlier batch was followed) are counted too."""
+    deadline = time.monotonic() + timeout
+    accepted = sum(r.accepted_count for r in results)
+    with WaitProgress(accepted, sys.stderr) as progress:
+        for result in results:
+            ids = {r.message_id for r in result.results if r.message_id}
+            if not ids:
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or not _wait_for_batch(
+                client, result.batch_id, ids, final, left, progress
+            ):
+                return False
+    return True
 
 
 def _wait_for_batch(
@@ -231,24 +307,20 @@ def _wait_for_batch(
     batch_id: str,
     ids: set[str],
     final: dict[str, int],
-    args: argparse.Namespace,
+    timeout: float,
+    progress: WaitProgress,
 ) -> bool:
-    """Follow the batch until every id is terminal (True) or the timeout passes;
-    ``final`` gets each terminal status. The watch opens with a snapshot of each
-    message, so those finished before it opened are counted too."""
+    """Follow one batch until every id is terminal (True) or the timeout passes."""
     request = sms_service_pb2.WatchStatusRequest(batch_id=batch_id)
-    call = client.sms.WatchStatus(
-        request, metadata=client.connection.metadata, timeout=args.timeout
-    )
+    call = client.sms.WatchStatus(request, metadata=client.connection.metadata, timeout=timeout)
     try:
-        with WaitProgress(len(ids), sys.stderr) as progress:
-            for response in call:
-                e = response.event
-                if e.message_id in ids and e.status in TERMINAL and e.message_id not in final:
-                    final[e.message_id] = e.status
-                    progress.finished(_status_name(e.status))
-                    if len(final) == len(ids):
-                        return True
+        for response in call:
+            e = response.event
+            if e.message_id in ids and e.status in TERMINAL and e.message_id not in final:
+                final[e.message_id] = e.status
+                progress.finished(_status_name(e.status))
+                if ids <= final.keys():
+                    return True
     except grpc.RpcError as exc:
         error = error_from_rpc(exc)
         if not isinstance(error, DeadlineExceeded):
@@ -379,6 +451,13 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("batch", help="send to the numbers of a CSV (phone,param,...)")
     c.add_argument("file")
     c.add_argument("--text")
+    c.add_argument(
+        "--chunk-size",
+        type=_positive,
+        default=CHUNK_SIZE,
+        help=f"recipients per BatchSend, a batch each (default {CHUNK_SIZE:,}, the server's "
+        "default limit)",
+    )
     content(c)
     c.set_defaults(run=_batch)
 

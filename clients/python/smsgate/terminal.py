@@ -20,7 +20,14 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
     from rich.table import Table
 
-__all__ = ["MAX_WATCH_ROWS", "WaitProgress", "WatchTable", "batch_summary", "rich_console"]
+__all__ = [
+    "MAX_WATCH_ROWS",
+    "SendProgress",
+    "WaitProgress",
+    "WatchTable",
+    "batch_summary",
+    "rich_console",
+]
 
 #: The live watch table shows this many messages, the most recently changed.
 MAX_WATCH_ROWS = 40
@@ -96,6 +103,57 @@ class WaitProgress:
         if self._bar is not None:
             self._bar.stop()
         elif self.stream.isatty():
+            print(file=self.stream)
+
+
+class SendProgress:
+    """Recipients sent of ``total``, chunk by chunk, with how many were
+    accepted and rejected: a rich progress bar, a counter line on a plain
+    terminal, nothing when ``stream`` is not a terminal or ``total`` is 0."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.stream = stream
+        self.accepted = self.rejected = 0
+        self._console = rich_console(stream) if total else None
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> SendProgress:
+        if self._console is not None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._bar = Progress(
+                TextColumn("sending"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[counts]}"),
+                console=self._console,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("sending", total=self.total, counts="")
+        return self
+
+    def sent(self, accepted: int, rejected: int) -> None:
+        """One more chunk answered."""
+        self.accepted += accepted
+        self.rejected += rejected
+        counts = f"{self.accepted} accepted, {self.rejected} rejected"
+        done = self.accepted + self.rejected
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, completed=done, counts=counts)
+        elif self.total and self.stream.isatty():
+            print(f"\r{done}/{self.total} sent ({counts})", end="", file=self.stream, flush=True)
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        elif self.total and self.stream.isatty():
             print(file=self.stream)
 
 
