@@ -254,6 +254,58 @@ async def test_an_accept_no_replica_confirms_is_unavailable_and_its_retry_is_saf
     assert [m.id for m in listed.messages] == [first]
 
 
+@pytest.mark.cluster(only=True)
+async def test_issuing_and_using_a_code_wait_for_a_replica(
+    redis_cluster: LocalCluster, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A code's issue and its use are confirmed by a replica before the answer
+    (or logged when none confirms in time); a wrong guess is not waited for."""
+    server = await make_server(redis_wait_timeout_ms=200)
+    token = (await server.apps.create("codes")).token
+    replicas = [n for n in redis_cluster.nodes if n.info("replication")["role"] == "slave"]
+
+    def unconfirmed() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "not on a replica yet" in r.getMessage()]
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        codes: VerificationServiceAsyncStub = verify_grpc.VerificationServiceStub(channel)
+        confirmed = await codes.GenerateCode(
+            verify_pb.GenerateCodeRequest(
+                phone_number="+14155550100", scope="login", delivery=verify_pb.CODE_DELIVERY_CALLER
+            ),
+            metadata=bearer(token),
+        )
+        assert unconfirmed() == []
+        with redis_cluster.paused(replicas):
+            issued = await codes.GenerateCode(
+                verify_pb.GenerateCodeRequest(
+                    phone_number="+14155550123",
+                    scope="login",
+                    delivery=verify_pb.CODE_DELIVERY_CALLER,
+                ),
+                metadata=bearer(token),
+            )
+            assert len(unconfirmed()) == 1
+            wrong = await codes.VerifyCode(
+                verify_pb.VerifyCodeRequest(
+                    verification_id=issued.verification_id,
+                    code="0" if issued.code != "0" * len(issued.code) else "1",
+                ),
+                metadata=bearer(token),
+            )
+            assert wrong.result != verify_pb.VerificationResult.VERIFICATION_RESULT_VERIFIED
+            assert len(unconfirmed()) == 1
+            used = await codes.VerifyCode(
+                verify_pb.VerifyCodeRequest(
+                    verification_id=issued.verification_id, code=issued.code
+                ),
+                metadata=bearer(token),
+            )
+            assert used.result == verify_pb.VerificationResult.VERIFICATION_RESULT_VERIFIED
+            assert len(unconfirmed()) == 2
+    assert confirmed.code
+
+
 @pytest.mark.cluster
 async def test_a_server_whose_accepts_cannot_be_confirmed_says_so_at_start(
     make_server: ServerFactory, redis_kind: str, caplog: pytest.LogCaptureFixture

@@ -632,7 +632,11 @@ def _add_services(
     )
     sms_service_pb2_grpc.add_SmsServiceServicer_to_server(SmsServicer(sending, hub), server)
     verification = VerificationService(
-        CodeStore(redis.client),
+        CodeStore(
+            redis.client,
+            wait_replicas=settings.wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+        ),
         sending,
         CodeSigner(secret),
         CodePolicy.from_settings(settings),

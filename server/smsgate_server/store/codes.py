@@ -4,22 +4,41 @@ send logs and per-app rate windows in Redis.
 Every read-modify-write is one Lua script over the keys of one phone number
 (``store.keys.CodeKeys``), so it is atomic and runs unchanged on Redis Cluster.
 Plain codes never reach this module.
+
+With replicas (``wait_replicas``), issuing a code and consuming one wait for a
+replica's acknowledgement (``WAIT``) before they answer: a failover right
+after would otherwise lose a code the caller was given (it then fails to
+verify) or bring back one just consumed (it could verify a second time). A
+replica that does not confirm in time is logged and the answer stands: the
+code is stored on the master either way, and failing the call would not
+help, since a new code is refused by the cooldown and a verified code is
+gone.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.typing import EncodableT
+
+from smsgate_server.logs import RepeatedLog
 from smsgate_server.store.connection import RedisClient
 from smsgate_server.store.errors import redis_edge
 from smsgate_server.store.keys import CodeKeys, verify_rate_key
-from smsgate_server.store.scripts import CodeScripts
+from smsgate_server.store.scripts import CodeScripts, LuaScript
 
 __all__ = ["CodeCheck", "CodeStore", "IssueKind", "IssueOutcome", "NewCode", "VerifyOutcome"]
 
 WINDOW_MS = 60_000
+
+log = logging.getLogger("smsgate.store")
+_unconfirmed = RepeatedLog(
+    log, "a verification code change is not on a replica yet: a failover could undo it", every=5.0
+)
 
 
 def _s(value: Any) -> str:
@@ -80,18 +99,44 @@ class VerifyOutcome:
 class CodeStore:
     """Stores code hashes and applies the resend policy, atomically per phone number."""
 
-    def __init__(self, redis: RedisClient) -> None:
+    def __init__(
+        self, redis: RedisClient, *, wait_replicas: int = 0, wait_timeout_ms: int = 1000
+    ) -> None:
         self.redis = redis
         self.scripts = CodeScripts(redis)
+        # Replicas that should have a code's issue or use before the answer
+        # (Settings.redis_wait_replicas; see the module docstring).
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+
+    async def _confirmed(
+        self,
+        script: LuaScript,
+        keys: Sequence[str],
+        args: Sequence[EncodableT],
+        *,
+        change: str,
+    ) -> Any:
+        """Run ``script``; when its reply says it changed something (its first
+        value is ``change``), wait for the replicas first."""
+        if not self.wait_replicas:
+            return await script(keys=keys, args=args)
+        reply, acked = await script.call_confirmed(
+            keys, args, replicas=self.wait_replicas, timeout_ms=self.wait_timeout_ms
+        )
+        if _s(reply[0]) == change and acked < self.wait_replicas:
+            _unconfirmed.occurred(change)
+        return reply
 
     @redis_edge
     async def issue(self, new: NewCode, now_ms: int) -> IssueOutcome:
         """Store ``new`` as the live code of its scope, replacing the previous one,
         unless the cooldown or a per-number cap forbids it."""
         k = new.keys
-        reply = await self.scripts.issue(
-            keys=[k.code(new.scope), k.cooldown(new.scope), k.sends, k.by_id(new.nonce)],
-            args=[
+        reply = await self._confirmed(
+            self.scripts.issue,
+            [k.code(new.scope), k.cooldown(new.scope), k.sends, k.by_id(new.nonce)],
+            [
                 k.prefix,
                 now_ms,
                 new.nonce,
@@ -103,6 +148,7 @@ class CodeStore:
                 new.per_day,
                 new.scope,
             ],
+            change=IssueKind.OK,
         )
         kind = IssueKind(_s(reply[0]))
         if kind is IssueKind.COOLDOWN:
@@ -136,8 +182,11 @@ class CodeStore:
         nonce: str,
         scope: str,
     ) -> VerifyOutcome:
-        reply = await self.scripts.verify(
-            keys=[key], args=[mode, keys.prefix, code_hash, now_ms, nonce, scope]
+        reply = await self._confirmed(
+            self.scripts.verify,
+            [key],
+            [mode, keys.prefix, code_hash, now_ms, nonce, scope],
+            change=CodeCheck.VERIFIED,
         )
         return VerifyOutcome(CodeCheck(_s(reply[0])), int(reply[1]))
 
