@@ -156,7 +156,8 @@ class ConnectFace:
     def __init__(self, *, max_body_bytes: int) -> None:
         self.max_body_bytes = max_body_bytes
         self._guard: RequestGuard | None = None
-        self._methods: dict[str, _Method | None] = {}
+        # Bounded: only paths of registered handlers are kept.
+        self._methods: dict[str, _Method] = {}
 
     def serve(self, guard: RequestGuard) -> None:
         """Answer calls with the handlers registered through ``guard``."""
@@ -170,8 +171,9 @@ class ConnectFace:
 
     def method(self, path: str) -> _Method | None:
         """The procedure at ``path``, or None: not an smsgate RPC."""
-        if path in self._methods:
-            return self._methods[path]
+        known = self._methods.get(path)
+        if known is not None:
+            return known
         assert self._guard is not None
         found: _Method | None = None
         handler = self._guard.handler(path)
@@ -186,12 +188,14 @@ class ConnectFace:
                     message_factory.GetMessageClass(desc.input_type),
                     handler.unary_stream is not None,
                 )
-        # Bounded: only paths of registered handlers are kept.
         if found is not None:
             self._methods[path] = found
         return found
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one HTTP request: what the protocol refuses first (before any
+        authentication, as gRPC refuses an unknown method or an oversized
+        message), then the call itself through the guarded handler."""
         request = Request(scope, receive)
         if self._guard is None:
             await _reply_error(send, grpc.StatusCode.UNAVAILABLE, "the server is starting")
