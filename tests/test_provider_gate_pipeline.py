@@ -1,6 +1,7 @@
 """Breakers and pacing through real servers and the vendor fakes: a Tencent that
 answers 5xx opens its breaker and routes go to Aliyun, servers on one Redis
-keep an account's rate at the fake, and /providers shows it all."""
+(in one process or two) keep an account's rate at the fake, and /providers
+shows it all."""
 
 from __future__ import annotations
 
@@ -15,14 +16,17 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from redis.asyncio import Redis
 from smsgate.v1 import message_pb2 as mpb
 from smsgate.v1 import sign_service_pb2 as spb
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import template_service_pb2 as tpb
 from smsgate_server.runtime import Running
+from smsgate_server.store.apps import AppStore
 from starlette.responses import Response
 
 from tests.conftest import ServerFactory
+from tests.processes import Servers
 from tests.test_vendor_pipeline import ENDED, Client, Connect
 from tests.vendor_fakes.aliyun import AliyunFake
 from tests.vendor_fakes.loopback import serve
@@ -277,25 +281,42 @@ async def test_providers_shows_each_account_and_no_secret(
         assert secret not in response.text
 
 
-async def test_two_servers_keep_an_accounts_rate_at_the_vendor(
-    make_server: ServerFactory, connect: Connect, tmp_path: Path
+async def test_two_server_processes_keep_an_accounts_rate_at_the_vendor(
+    servers: Servers, redis_url: str, tmp_path: Path
 ) -> None:
     rate, count = 30, 90
     async with vendors() as fakes:
         providers = fakes.providers_file(
             tmp_path / "providers.toml", tencent_extra=f"rate_messages_per_second = {rate}\n"
         )
-        servers = [
-            await make_server(provider="tencent", providers_file=providers) for _ in range(2)
-        ]
-        clients = [await connect(s) for s in servers]
-        await shipped_template(clients[0])
-        # One app, sending through both servers at once.
-        clients[1].token, clients[1].meta = clients[0].token, clients[0].meta
-        started = time.monotonic()
-        ids = await asyncio.gather(*(send(clients[i % 2], f"+86139{i:08d}") for i in range(count)))
-        for i, m in enumerate(ids):
-            await clients[i % 2].wait(m, DONE)
+        settings = {
+            "redis_url": redis_url,
+            "provider": "tencent",
+            "providers_file": str(providers),
+            "server_secret": "gate-test-secret-0123456789",
+        }
+        procs = [servers.spawn(tmp_path / f"data{i}", **settings) for i in range(2)]
+        # Blocking waits, in threads: the fakes answer on this loop meanwhile.
+        for proc in procs:
+            await asyncio.to_thread(proc.wait_serving)
+        redis = Redis.from_url(redis_url)
+        try:
+            token = (await AppStore(redis).create("gate-app")).token
+        finally:
+            await redis.aclose()
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{p.grpc_port}") for p in procs]
+        try:
+            clients = [Client(channel, token) for channel in channels]
+            await shipped_template(clients[0])
+            started = time.monotonic()
+            ids = await asyncio.gather(
+                *(send(clients[i % 2], f"+86139{i:08d}") for i in range(count))
+            )
+            for i, m in enumerate(ids):
+                await clients[i % 2].wait(m, DONE)
+        finally:
+            for channel in channels:
+                await channel.close()
 
     sent = sum(n for _, n in fakes.tencent.times)
     span = max(t for t, _ in fakes.tencent.times) - started
