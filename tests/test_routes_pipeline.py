@@ -8,10 +8,13 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import grpc
@@ -21,6 +24,8 @@ from smsgate.v1 import message_pb2 as mpb
 from smsgate.v1 import sign_service_pb2 as spb
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import template_service_pb2 as tpb
+from smsgate.v1 import usage_service_pb2 as upb
+from smsgate.v1 import usage_service_pb2_grpc
 from smsgate_server.providers.signing import twilio_signature
 from smsgate_server.runtime import Running, StartError
 from starlette.requests import Request
@@ -30,12 +35,15 @@ from tests.conftest import ServerFactory
 from tests.pipeline_support import wait_for_statuses
 from tests.test_buf_curl import buf_curl
 from tests.test_receipt_endpoints import beijing
-from tests.test_vendor_pipeline import CN, ENDED, US, Client, Connect
+from tests.test_vendor_pipeline import CN, ENDED, US, Client
 from tests.vendor_fakes.aliyun import AliyunFake
 from tests.vendor_fakes.loopback import serve
 from tests.vendor_fakes.tencent import TencentFake
 from tests.vendor_fakes.twilio import TwilioFake
 from tests.waiting import wait_until
+
+if TYPE_CHECKING:  # the async stub type exists only in the .pyi
+    from smsgate.v1.usage_service_pb2_grpc import UsageServiceAsyncStub
 
 S = mpb.MessageStatus
 TOKEN = "tok-0123456789abcdef"
@@ -44,16 +52,27 @@ SIGN = "阿里云短信测试"
 SIGN_REFUSED = "FailedOperation.SignatureIncorrectOrUnapproved"
 
 
+class RoutesClient(Client):
+    """One app's stubs on one server, with its usage."""
+
+    def __init__(self, channel: grpc.aio.Channel, token: str) -> None:
+        super().__init__(channel, token)
+        self.usage: UsageServiceAsyncStub = usage_service_pb2_grpc.UsageServiceStub(channel)
+
+
+Connect = Callable[[Running], Awaitable[RoutesClient]]
+
+
 @pytest.fixture
 async def connect() -> AsyncIterator[Connect]:
     """Opens a client of a fresh app on a server; its channel closes after the test."""
     channels: list[grpc.aio.Channel] = []
 
-    async def open_client(server: Running) -> Client:
+    async def open_client(server: Running) -> RoutesClient:
         token = (await server.apps.create("routes-app")).token
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
         channels.append(channel)
-        return Client(channel, token)
+        return RoutesClient(channel, token)
 
     yield open_client
     for channel in channels:
@@ -495,7 +514,11 @@ async def test_5000_through_the_working_vendor_of_a_route_with_zero_double_sends
 ) -> None:
     async with vendors() as fakes:
         fakes.tencent.call_error = SIGN_REFUSED
-        routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
+        routes = (
+            '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
+            '[prices.aliyun]\ncurrency = "CNY"\nCN = "0.045"\n'
+            '[prices.tencent]\ncurrency = "CNY"\nCN = "0.04"\n'
+        )
         # The Aliyun account's rate: 2,000 messages a second, a second's worth at once.
         rate = "rate_messages_per_second = 2000\nrate_burst_seconds = 1\n"
         server = await make_server(
@@ -544,6 +567,11 @@ async def test_5000_through_the_working_vendor_of_a_route_with_zero_double_sends
             what="5,000 messages DELIVERED",
             timeout=60,
         )
+        day = datetime.now(UTC).date()
+        usage = await client.usage.GetUsage(
+            upb.GetUsageRequest(start_date=str(day - timedelta(days=1)), end_date=str(day)),
+            metadata=client.meta,
+        )
 
     assert statuses == Counter({"MESSAGE_STATUS_DELIVERED": 5000})
     # Zero double sends: every number taken once, by Aliyun only.
@@ -552,6 +580,17 @@ async def test_5000_through_the_working_vendor_of_a_route_with_zero_double_sends
     # The account's rate held at the fake: 5,000 took at least 1.5 s after the burst.
     assert_paced(fakes.aliyun.taken, rate=2000, burst=2000)
     assert fakes.aliyun.taken[-1][0] - fakes.aliyun.taken[0][0] >= 1.4
+    # What it cost: 5,000 one-segment messages at Aliyun's price, none at Tencent's.
+    [total] = usage.totals
+    assert (total.currency_code, total.messages, Decimal(total.cost)) == (
+        "CNY",
+        5000,
+        Decimal("225"),
+    )
+    assert {(r.provider, r.status) for r in usage.rows if r.messages} == {
+        ("aliyun", S.MESSAGE_STATUS_SENT),
+        ("aliyun", S.MESSAGE_STATUS_DELIVERED),
+    }
 
 
 async def test_a_pace_wait_puts_the_message_back_in_the_queue_without_an_attempt(
