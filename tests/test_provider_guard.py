@@ -113,6 +113,10 @@ def test_a_call_with_no_verdict_for_anyone_is_a_fault() -> None:
 
 def test_an_account_refused_for_its_credentials_is_a_fault() -> None:
     assert judge_call([BAD_KEY, BAD_KEY]).failed
+    for code in ("20003", "HTTP_401", "SignatureDoesNotMatch", "InvalidAccessKeyId.NotFound"):
+        assert judge_call([RecipientResult(OutcomeClass.PERMANENT, "", code)]).failed, code
+    # One recipient's refusal beside it says nothing of the account.
+    assert not judge_call([BAD_KEY, BAD_NUMBER]).failed
 
 
 def test_refusals_of_some_recipients_are_the_vendor_working() -> None:

@@ -71,8 +71,11 @@ log = logging.getLogger("smsgate.dispatch")
 _redis_failed = RepeatedLog(log, "provider gate: redis unavailable", every=10.0)
 
 # Error codes that refuse the account itself (credentials, permissions), by
-# prefix: Tencent's families, Aliyun's codes, Twilio's 20003 (authenticate).
+# prefix: Tencent's families, Aliyun's codes, Twilio's 20003 (authenticate),
+# and an HTTP 401 or 403 whose body named no code.
 ACCOUNT_FAULTS = (
+    "HTTP_401",
+    "HTTP_403",
     "AuthFailure",
     "UnauthorizedOperation",
     "InvalidAccessKeyId",
