@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from smsgate_server.domain.errors import Unavailable
@@ -29,6 +30,9 @@ __all__ = [
 ]
 
 DAY_MS = 86_400_000
+# A group commit takes calls until it holds this many messages (a BatchSend
+# chunk may fill one alone): one script run stays short for Redis's other clients.
+GROUP_MAX_MESSAGES = 1000
 
 
 class Accepted(enum.StrEnum):
@@ -148,6 +152,24 @@ class Receipt:
     time_ms: int = 0
 
 
+@dataclass(slots=True)
+class _AcceptCall:
+    """One accept call waiting for its group's script run."""
+
+    keys: tuple[str, str, str]  # idempotency key, app index, batch list
+    args: list[Any]
+    messages: int
+    answer: asyncio.Future[AcceptOutcome]
+
+
+@dataclass(slots=True)
+class _AcceptGroup:
+    """Accept calls of one shard that share one script run."""
+
+    calls: list[_AcceptCall] = field(default_factory=list)
+    messages: int = 0
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -199,6 +221,10 @@ class MessageStore:
             + DAY_MS
         )
         self.clock = clock
+        # Group commit: per shard, the group of accept calls that the next
+        # loop turn runs, and the tasks running groups.
+        self._accepting: dict[int, _AcceptGroup] = {}
+        self._commits: set[asyncio.Task[None]] = set()
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -220,19 +246,23 @@ class MessageStore:
         remember: str = "",
         now_ms: int | None = None,
     ) -> AcceptOutcome:
-        """Store and queue (or schedule) ``messages`` atomically in one shard."""
+        """Store and queue (or schedule) ``messages`` atomically in one shard.
+
+        Calls for the same shard made in the same event-loop moment share one
+        script run (group commit): the round trip and redis-py's per-command
+        work are paid once per group. A call waits at most one loop turn for
+        others; each keeps its own atomicity, idempotency and answer."""
         keys = self.shard_keys[shard]
         now = self.now_ms() if now_ms is None else now_ms
         idem = keys.idempotency(app, request_id) if request_id else keys.prefix + "idem:-"
+        batch_key = keys.batch(app, batch_id) if batch_id else keys.prefix + "b:-"
         args: list[Any] = [
-            *self._common(keys, now),
             app,
             request_hash if request_id else "",
-            self._idempotency_ttl,
             batch_id,
             remember,
-            16,
-            self.horizon_ms,
+            now,
+            len(messages),
         ]
         for m in messages:
             args += [
@@ -253,23 +283,72 @@ class MessageStore:
                 m.sign,
                 m.vendor_ids_json,
             ]
-        batch_key = keys.batch(app, batch_id) if batch_id else keys.prefix + "b:-"
-        script_keys = [keys.events, idem, keys.queue, keys.due, keys.index(app), batch_key]
-        if not self.wait_replicas:
-            result = await self.scripts.accept(keys=script_keys, args=args)
-        else:
-            result, acked = await self.scripts.accept.call_confirmed(
-                script_keys, args, replicas=self.wait_replicas, timeout_ms=self.wait_timeout_ms
-            )
-            # A conflict wrote nothing: nothing to lose.
-            if acked < self.wait_replicas and _s(result[0]) != Accepted.CONFLICT:
-                raise Unavailable(
-                    f"stored, but {acked} of {self.wait_replicas} Redis replicas confirmed it "
-                    f"within {self.wait_timeout_ms} ms: a failover could lose it; retry with "
-                    "the same request_id"
+        loop = asyncio.get_running_loop()
+        call = _AcceptCall(
+            (idem, keys.index(app), batch_key), args, len(messages), loop.create_future()
+        )
+        group = self._accepting.get(shard)
+        if group is None or group.messages >= GROUP_MAX_MESSAGES:
+            group = self._accepting[shard] = _AcceptGroup()
+            # Runs on the next loop turn, with every call that joined by then.
+            task = loop.create_task(self._commit(shard, group))
+            self._commits.add(task)
+            task.add_done_callback(self._commits.discard)
+        group.calls.append(call)
+        group.messages += call.messages
+        return await call.answer
+
+    async def _commit(self, shard: int, group: _AcceptGroup) -> None:
+        """Run one group's accept script and answer each of its calls."""
+        if self._accepting.get(shard) is group:
+            del self._accepting[shard]
+        calls = group.calls
+        keys = self.shard_keys[shard]
+        script_keys = [keys.events, keys.queue, keys.due]
+        args: list[Any] = [
+            *self._common(keys, self.now_ms()),
+            16,
+            self.horizon_ms,
+            self._idempotency_ttl,
+        ]
+        for c in calls:
+            script_keys += c.keys
+            args += c.args
+        acked = self.wait_replicas
+        try:
+            if not self.wait_replicas:
+                result = await self.scripts.accept(keys=script_keys, args=args)
+            else:
+                result, acked = await self.scripts.accept.call_confirmed(
+                    script_keys, args, replicas=self.wait_replicas, timeout_ms=self.wait_timeout_ms
                 )
-        kind = Accepted(_s(result[0]))
-        return AcceptOutcome(kind, _s(result[1]) if len(result) > 1 else "")
+        except asyncio.CancelledError:
+            for c in calls:
+                c.answer.cancel()
+            raise
+        except Exception as exc:
+            # Each caller raises it (and its store edge maps it).
+            for c in calls:
+                if not c.answer.done():
+                    c.answer.set_exception(exc)
+            return
+        for i, c in enumerate(calls):
+            kind = Accepted(_s(result[2 * i]))
+            if c.answer.done():
+                # Its caller was cancelled: its messages are stored all the same,
+                # as when a cancellation lands while the script runs.
+                continue
+            if acked < self.wait_replicas and kind is not Accepted.CONFLICT:
+                # A conflict wrote nothing: nothing to lose.
+                c.answer.set_exception(
+                    Unavailable(
+                        f"stored, but {acked} of {self.wait_replicas} Redis replicas confirmed "
+                        f"it within {self.wait_timeout_ms} ms: a failover could lose it; retry "
+                        "with the same request_id"
+                    )
+                )
+            else:
+                c.answer.set_result(AcceptOutcome(kind, _s(result[2 * i + 1])))
 
     @redis_edge
     async def get(self, app: str, shard: int, message_id: str) -> StoredMessage | None:
