@@ -455,6 +455,22 @@ async def test_a_tencent_timeout_never_fails_over_and_ends_outcome_unknown(
     assert ended.attempts == 1
 
 
+async def test_an_unknown_outcome_ends_outcome_unknown_and_a_silent_receipt_only_expires(
+    make_server: ServerFactory, connect: Connect
+) -> None:
+    server = await make_server(receipt_timeout_seconds=0.5)
+    client = await connect(server)
+
+    # The simulator's numbers: no answer to the send; sent, and no receipt ever.
+    unknown = await client.wait(await client.text("+12025550104"), ENDED)
+    silent = await client.wait(await client.text("+12025550105"), ENDED)
+
+    assert (unknown.status, unknown.error.code) == (S.MESSAGE_STATUS_EXPIRED, "OUTCOME_UNKNOWN")
+    assert unknown.error.reason.startswith("simulator gave no answer (SIM_NO_ANSWER)")
+    assert (unknown.attempts, unknown.history[-1].detail) == (1, "OUTCOME_UNKNOWN")
+    assert (silent.status, silent.error.code) == (S.MESSAGE_STATUS_EXPIRED, "")
+
+
 # --- skipping what a vendor cannot send ----------------------------------------
 
 

@@ -23,8 +23,9 @@ for _, member in ipairs(late) do
   local st, batch = state(app, id)
   if st == SENT then
     local m = mkey(app, id)
-    local f = redis.call('HMGET', m, 'pid', 'ec', 'pv')
-    if (f[1] or '') == '' and (f[2] or '') ~= '' then
+    local f = redis.call('HMGET', m, 'pid', 'ec', 'pv', 'ery')
+    -- settle.lua's 'unknown' leaves no vendor id and an error not retried.
+    if (f[1] or '') == '' and (f[2] or '') ~= '' and f[4] ~= '1' then
       -- Its send got no answer (settle's 'unknown') and nothing was heard
       -- since: it may or may not have reached the phone. It was never sent
       -- again; say so rather than a bare expiry.
