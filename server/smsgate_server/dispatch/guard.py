@@ -68,6 +68,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("smsgate.dispatch")
+# Like the store's own: the error in words, no traceback (Redis being away is no bug).
 _redis_failed = RepeatedLog(log, "provider gate: redis unavailable", every=10.0)
 
 # Error codes that refuse the account itself (credentials, permissions), by
@@ -247,7 +248,7 @@ class RedisProviderGate:
         except Unavailable as exc:
             # Without Redis nothing is settled either; refusing every vendor
             # would only add a second failure to the first.
-            _redis_failed.occurred("usable", exc=exc)
+            _redis_failed.occurred("usable", error=repr(exc))
             return True
         self._remember(name, view)
         if view.probe:
@@ -286,7 +287,7 @@ class RedisProviderGate:
                 burst_seconds=account.burst_seconds,
             )
         except Unavailable as exc:
-            _redis_failed.occurred("pace", exc=exc)
+            _redis_failed.occurred("pace", error=repr(exc))
             return UNAVAILABLE_WAIT_SECONDS
         self._show_rate(name, account, answer.factor)
         if answer.wait_ms:
@@ -305,7 +306,7 @@ class RedisProviderGate:
                 self._show_rate(name, account, answer.factor)
         except Unavailable as exc:
             # One call's result lost to the breaker: it counts the next ones.
-            _redis_failed.occurred("record", exc=exc)
+            _redis_failed.occurred("record", error=repr(exc))
             return
         finally:
             self._probing.pop(name, None)
