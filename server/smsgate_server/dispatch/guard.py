@@ -19,10 +19,11 @@ update the cache at once.
 
 Probe. Half-open, the probe goes to one gate (one process) at a time, for a
 lease; within the process, to one call: ``usable`` refuses the provider to
-other callers, and ``pace`` asks any further call of the caller that got it to
-wait (``PROBE_WAIT_SECONDS``) until the probe's result is recorded. A caller that was handed
-the probe but never called (its route took another provider) holds it until
-the lease ends; so does one that died, after which any process may take it.
+other callers, and ``pace`` asks any further call of the caller that got it
+to wait (``PROBE_WAIT_SECONDS``) until the probe's result is recorded. A
+caller that was handed the probe but never called (its route took another
+provider) holds it until the lease ends; so does one that died, after which
+any process may take it.
 
 Pace. Per account, up to two token buckets (messages/s and calls/s of the
 providers file, each optional; an account with neither costs no Redis call),
