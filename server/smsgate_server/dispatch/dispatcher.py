@@ -162,7 +162,6 @@ class Dispatcher:
             routes,
             {name: p.capabilities for name, p in self.providers.items()},
             default=provider.name,
-            rng=self.rng,
         )
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._slots = asyncio.Semaphore(config.concurrency)
@@ -334,11 +333,12 @@ class Dispatcher:
 
     def _route(self, c: Claimed) -> RouteChoice:
         if not self.router.routed:
-            return self.router.route(c.app, c.phone, template=False, vendor_ids={})
+            return self.router.route(c.app, c.phone, key=c.id, template=False, vendor_ids={})
         vendor_ids = json.loads(c.vendor_ids_json) if c.vendor_ids_json else {}
         return self.router.route(
             c.app,
             c.phone,
+            key=c.id,
             template=bool(c.template_id),
             vendor_ids=vendor_ids,
             refused=c.refused_by().keys(),

@@ -1,7 +1,8 @@
 """Routes: which providers may send a message, in the order to try them.
 
 Pure: the router reads the routes of the providers file, the providers'
-capabilities and an injected random source, and answers for one message. The
+capabilities and a draw (by default fixed by the message id), and answers for
+one message. The
 dispatcher asks it once per claimed message, then groups the messages by the
 provider chosen, so vendor calls are made per provider as before.
 
@@ -9,22 +10,31 @@ A route is looked up by the message's app first (its routes win over the
 global ones), then globally; within each, the number's region (``CN``) before
 its calling code (``+1``) before ``default``. A route with weights draws its
 first provider by weight among those able to send the message; the rest
-follow in the route's order, for failover. With no routes at all, every
+follow in the route's order, for failover. The draw is a hash of the message
+id, not a fresh random number: a message routed again (a retry, or a re-claim
+after a worker died mid-call, when its first send's outcome is unknown) goes
+to the same provider, never blindly to a second one. With no routes at all, every
 message goes to the one default provider (``SMSGATE_PROVIDER``), as before
 routes existed.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Collection, Mapping, Sequence
+import hashlib
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from smsgate_server.domain.phone import country_code, region_of
 from smsgate_server.providers.base import Capabilities, ContentKind
 from smsgate_server.providers.providers_file import DEFAULT_DESTINATION, Route
 
-__all__ = ["RouteChoice", "Router"]
+__all__ = ["RouteChoice", "Router", "stable_draw"]
+
+
+def stable_draw(key: str) -> float:
+    """A number in [0, 1) fixed by ``key`` and spread evenly over keys."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +63,12 @@ class Router:
         capabilities: Mapping[str, Capabilities],
         *,
         default: str,
-        rng: random.Random | None = None,
+        draw: Callable[[str], float] = stable_draw,
     ) -> None:
         self.capabilities = dict(capabilities)
         self.default = default
-        self.rng = rng or random.Random()
+        # Maps a message's key to [0, 1): where it falls among a route's weights.
+        self.draw = draw
         self._routes = {(r.app, r.destination): r for r in routes}
         # Apps with routes of their own: every other app goes straight to the global ones.
         self._apps = {r.app for r in routes if r.app}
@@ -72,13 +83,14 @@ class Router:
         app: str,
         phone: str,
         *,
+        key: str,
         template: bool,
         vendor_ids: Mapping[str, str],
         refused: Collection[str] = (),
     ) -> RouteChoice:
-        """The providers for a message to ``phone`` (E.164) of ``app``, sent by
-        template (with the vendor template ids by provider) or as free text,
-        leaving out those in ``refused``."""
+        """The providers for message ``key`` (its id) to ``phone`` (E.164) of
+        ``app``, sent by template (with the vendor template ids by provider) or
+        as free text, leaving out those in ``refused``."""
         if not self._routes:
             # As before routes: the default provider takes everything, and says
             # itself what it cannot send.
@@ -101,7 +113,7 @@ class Router:
                 able.append(name)
                 weights.append(route.weights[i] if route.weights else 0)
         if len(able) > 1 and sum(weights) > 0:
-            first = self.rng.choices(range(len(able)), weights=weights)[0]
+            first = _weighted(weights, self.draw(key))
             able.insert(0, able.pop(first))
         return RouteChoice(label, tuple(able), tuple(skipped))
 
@@ -127,3 +139,13 @@ class Router:
             if not vendor_ids.get(name):
                 return "has no vendor template id for this template"
         return ""
+
+
+def _weighted(weights: Sequence[int], draw: float) -> int:
+    """The index whose share of the weights ``draw`` (in [0, 1)) falls in."""
+    point = draw * sum(weights)
+    for i, weight in enumerate(weights):
+        point -= weight
+        if point < 0:
+            return i
+    return max(i for i, w in enumerate(weights) if w > 0)
