@@ -19,6 +19,7 @@ from smsgate_server.providers.factory import (
     HttpClient,
     UnknownProviderError,
     open_provider,
+    open_providers,
 )
 from smsgate_server.providers.providers_file import ProvidersFileError
 from smsgate_server.providers.simulator import SimulatorProvider
@@ -106,3 +107,21 @@ async def test_a_bad_providers_file_stops_the_start_naming_the_key(tmp_path: Pat
     with pytest.raises(ProvidersFileError, match=r"providers\.twilio_us\.auth_token: required"):
         async with open_provider(settings):
             pass
+
+
+async def test_every_provider_a_route_names_is_opened_beside_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMSGATE_TEST_TWILIO_TOKEN", "token")
+    (tmp_path / "providers.toml").write_text(
+        TWILIO
+        + '[[routes]]\ndestination = "US"\nproviders = ["twilio_us", "simulator"]\n'
+        + '[[routes]]\ndestination = "default"\nproviders = ["simulator"]\n'
+    )
+    settings = Settings(providers_file=tmp_path / "providers.toml", data_dir=tmp_path)
+
+    async with open_providers(settings) as providers:
+        assert isinstance(providers.default, SimulatorProvider)
+        assert sorted(providers.by_name) == ["simulator", "twilio_us"]
+        assert isinstance(providers.by_name["twilio_us"], TwilioProvider)
+        assert [r.destination for r in providers.routes] == ["US", "default"]
