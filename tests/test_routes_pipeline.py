@@ -288,6 +288,7 @@ async def test_a_70_30_route_splits_2000_messages_within_tolerance(
 # --- failover ------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_a_permanent_refusal_at_tencent_fails_over_to_aliyun_with_both_attempts_in_history(
     make_server: ServerFactory, connect: Connect, tmp_path: Path
 ) -> None:
@@ -422,6 +423,7 @@ async def test_every_provider_refusing_fails_the_message_naming_each_code(
     assert f"tencent {SIGN_REFUSED}, aliyun isv.AMOUNT_NOT_ENOUGH" in message.error.reason
 
 
+@pytest.mark.cluster
 async def test_a_tencent_timeout_never_fails_over_and_ends_outcome_unknown(
     make_server: ServerFactory, connect: Connect, tmp_path: Path
 ) -> None:
