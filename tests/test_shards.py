@@ -26,6 +26,7 @@ from smsgate_server.store.leases import LeaseStore
 from tests.conftest import ServerFactory, server_settings
 from tests.pipeline_support import S, sent_counts, wait_for_statuses
 from tests.support import bearer
+from tests.test_watch import FULL_LIFE, collect, started
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -345,3 +346,50 @@ def _reading(readers: LeasedReaders) -> Callable[[], Awaitable[int]]:
         return int(readers.reading)
 
     return observe
+
+
+async def test_a_watch_resumes_across_a_shard_count_that_grew(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A token from before the growth names fewer shards: the stream goes on
+    with the events of every shard, the new ones from their start, each once."""
+    first = await start(server_settings(redis_url, tmp_path / "data", shards=2))
+    token = (await first.apps.create("resume")).token
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{first.grpc_port}") as channel:
+        sms = sms_grpc.SmsServiceStub(channel)
+        call = await started(sms.WatchStatus(pb.WatchStatusRequest(), metadata=bearer(token)))
+        before = await sms.SendSms(
+            pb.SendSmsRequest(phone_number="+14155550000", text="before"), metadata=bearer(token)
+        )
+        seen = await collect(call, until=len(FULL_LIFE))
+        call.cancel()
+    await first.stop()
+    assert [e.message_id for e in seen] == [before.message.id] * len(FULL_LIFE)
+
+    grown = await start(server_settings(redis_url, tmp_path / "data", shards=8))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grown.grpc_port}") as channel:
+            sms = sms_grpc.SmsServiceStub(channel)
+            ids = [
+                (
+                    await sms.SendSms(
+                        pb.SendSmsRequest(phone_number=f"+1415556{i:04d}", text="after"),
+                        metadata=bearer(token),
+                    )
+                ).message.id
+                for i in range(16)
+            ]
+            await wait_for_statuses(sms, token, ids, {S.MESSAGE_STATUS_DELIVERED})
+            resumed = sms.WatchStatus(
+                pb.WatchStatusRequest(resume_token=seen[-1].resume_token), metadata=bearer(token)
+            )
+            events = await collect(resumed, until=len(ids) * len(FULL_LIFE))
+            resumed.cancel()
+    finally:
+        await grown.stop()
+
+    assert {int(i[12:14], 16) for i in ids} - {0, 1}  # some in the added shards
+    by_message: dict[str, list[int]] = {}
+    for event in events:
+        by_message.setdefault(event.message_id, []).append(event.status)
+    assert by_message == {i: FULL_LIFE for i in ids}

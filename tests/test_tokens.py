@@ -127,11 +127,12 @@ def test_a_resume_token_of_the_largest_shard_count_fits() -> None:
     assert decode_token(SEALER, APP, token, 256) == positions
 
 
-def test_a_resume_token_opens_only_with_its_shard_count() -> None:
+def test_a_resume_token_of_fewer_shards_starts_the_added_ones_at_their_start() -> None:
     token = encode_token(SEALER, APP, ["1-0", "2-5"])
     assert decode_token(SEALER, APP, token, 2) == ["1-0", "2-5"]
-    with pytest.raises(InvalidToken, match="shard count"):
-        decode_token(SEALER, APP, token, 4)
+    assert decode_token(SEALER, APP, token, 4) == ["1-0", "2-5", "0-0", "0-0"]
+    with pytest.raises(InvalidToken, match="more shards"):
+        decode_token(SEALER, APP, token, 1)
 
 
 def test_a_resume_token_of_another_app_is_refused() -> None:

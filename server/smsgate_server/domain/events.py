@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from smsgate_server.domain.status import Status
 from smsgate_server.domain.tokens import InvalidToken, TokenKind, TokenSealer
 
-__all__ = ["StatusEvent", "decode_token", "encode_token", "stream_id_key"]
+__all__ = ["NEW_SHARD_START", "StatusEvent", "decode_token", "encode_token", "stream_id_key"]
+
+# The position a resume token gives a shard it predates: the stream's start.
+NEW_SHARD_START = "0-0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +50,16 @@ def encode_token(sealer: TokenSealer, app: str, positions: list[str]) -> str:
 
 
 def decode_token(sealer: TokenSealer, app: str, token: str, shards: int) -> list[str]:
-    """Positions from a resume token issued to ``app``; ValueError for any other."""
+    """Positions from a resume token issued to ``app``, one per shard of
+    ``shards``; ValueError for any other."""
     positions = sealer.open(TokenKind.RESUME, app, token).decode().split(",")
-    if len(positions) != shards:
-        raise InvalidToken("was issued by a server with a different shard count")
+    if len(positions) > shards:
+        raise InvalidToken(
+            "was issued by a server with more shards: resume on a server started since "
+            "SMSGATE_SHARDS grew"
+        )
     for p in positions:
         stream_id_key(p)  # raises ValueError when malformed
-    return positions
+    # Shards added since the token was issued (SMSGATE_SHARDS grew): its
+    # stream delivered none of their events, so it reads them from the start.
+    return positions + [NEW_SHARD_START] * (shards - len(positions))

@@ -34,7 +34,13 @@ from smsgate_server.domain.errors import (
     Reason,
     Unavailable,
 )
-from smsgate_server.domain.events import StatusEvent, decode_token, encode_token, stream_id_key
+from smsgate_server.domain.events import (
+    NEW_SHARD_START,
+    StatusEvent,
+    decode_token,
+    encode_token,
+    stream_id_key,
+)
 from smsgate_server.domain.message import StoredMessage
 from smsgate_server.domain.status import Status
 from smsgate_server.domain.tokens import TokenSealer
@@ -217,6 +223,8 @@ class WatchHub:
             ) from None
         horizon_ms = int(self.clock() * 1000) - self.retention_seconds * 1000
         for shard, position in enumerate(positions):
+            if position == NEW_SHARD_START:
+                continue  # a shard added since: read from its start, not "too old"
             first = await self.events.first_id(shard)
             behind = first is not None and stream_id_key(position) < stream_id_key(first)
             if behind and stream_id_key(position)[0] < horizon_ms:
