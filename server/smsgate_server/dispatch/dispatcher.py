@@ -184,7 +184,13 @@ class Dispatcher:
         # Providers that answer status queries get their lost receipts pulled.
         sources = {n: p for n, p in self.providers.items() if isinstance(p, StatusSource)}
         self.reconciler = (
-            Reconciler(store, sources, interval=config.reconcile_after, tick=config.sweep_interval)
+            Reconciler(
+                store,
+                sources,
+                interval=config.reconcile_after,
+                tick=config.sweep_interval,
+                shards=lambda: sorted(self.leases.owned),
+            )
             if sources
             else None
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from smsgate_server.dispatch.receipt_intake import ReceiptIntake
 from smsgate_server.domain.errors import Unavailable
@@ -50,8 +50,11 @@ class Reconciler:
         interval: float,
         tick: float,
         batch: int = RECONCILE_BATCH,
+        shards: Callable[[], Iterable[int]] | None = None,
     ) -> None:
         self.store = store
+        # The shards to look at each tick (the dispatcher's leased ones; all by default).
+        self.shards = shards or (lambda: range(store.shards))
         # One reconciler for every provider: the script that picks due messages
         # puts each back for the next interval, so a reconciler per provider
         # would take (and skip) the others' messages.
@@ -66,7 +69,7 @@ class Reconciler:
     async def run(self, stopping: asyncio.Event) -> None:
         """One batch per shard per tick until ``stopping`` is set."""
         while not stopping.is_set():
-            for shard in range(self.store.shards):
+            for shard in self.shards():
                 try:
                     await self.reconcile_shard(shard)
                 except asyncio.CancelledError:
