@@ -44,13 +44,14 @@ class DispatchQueue:
 
     @redis_edge
     async def ensure_groups(self) -> None:
-        """Create each shard's consumer group (idempotent)."""
-        for keys in self.keys:
-            try:
-                await self.redis.client.xgroup_create(keys.queue, GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+        """Create each shard's consumer group (idempotent), in one pipeline."""
+        async with self.redis.client.pipeline(transaction=False) as pipe:
+            for keys in self.keys:
+                pipe.xgroup_create(keys.queue, GROUP, id="0", mkstream=True)
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                raise reply
 
     async def read(self, shard: int, consumer: str, count: int) -> list[QueueEntry]:
         """New entries of one shard for ``consumer``, waiting up to ``READ_BLOCK_MS``."""
