@@ -90,3 +90,37 @@ async def test_calls_in_one_group_keep_their_own_answers_and_times(redis: Redis)
     created = {m.text: m.created_ms - clock.ms for m in stored if m is not None}
     # The retried and the conflicting call stored nothing; each call its own time.
     assert created == {"text 0": 0, "text 1": 0, "text 4": 7}
+
+
+async def connections_named(redis: Redis, name: str) -> int:
+    clients = await redis.client_list()
+    return sum(1 for c in clients if c.get("name") == name)
+
+
+async def test_concurrent_reads_share_one_pipeline_and_keep_to_their_app(
+    redis: Redis, redis_url: str
+) -> None:
+    clock = Clock(1_700_000_000_000)
+    writer = store_for(redis, Settings(), clock)
+    mine = [new(clock.ms, n) for n in range(20)]
+    await writer.accept(APP, 0, mine)
+    other = new(clock.ms, 99)
+    await writer.accept("ak_other", 0, [other])
+    # A client of its own: each pipeline (or lone command) in flight at once
+    # takes a connection of its pool.
+    reader = Redis.from_url(redis_url, client_name="group-reads")
+    try:
+        store = store_for(reader, Settings(), clock)
+        found = await asyncio.gather(
+            *(store.get(APP, 0, m.id) for m in mine),
+            store.get(APP, 0, other.id),
+            store.get("ak_other", 0, other.id),
+        )
+        assert await connections_named(redis, "group-reads") == 1
+    finally:
+        await reader.aclose()
+    assert [m.text if m else None for m in found] == [
+        *(f"text {n}" for n in range(20)),
+        None,  # another app's id reads as nothing
+        "text 99",
+    ]

@@ -163,6 +163,14 @@ class _AcceptCall:
 
 
 @dataclass(slots=True)
+class _Read:
+    """One ``get`` call waiting for its group's pipeline: (app, shard, id)."""
+
+    ref: tuple[str, int, str]
+    answer: asyncio.Future[StoredMessage | None]
+
+
+@dataclass(slots=True)
 class _AcceptGroup:
     """Accept calls of one shard that share one script run."""
 
@@ -225,6 +233,8 @@ class MessageStore:
         # loop turn runs, and the tasks running groups.
         self._accepting: dict[int, _AcceptGroup] = {}
         self._commits: set[asyncio.Task[None]] = set()
+        # The same for GetMessage reads: the ``get`` calls the next turn reads.
+        self._reading: list[_Read] = []
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -352,38 +362,70 @@ class MessageStore:
 
     @redis_edge
     async def get(self, app: str, shard: int, message_id: str) -> StoredMessage | None:
-        """One message with its history, or None (also for another app's id)."""
-        (found,) = await self.get_many(app, [(shard, message_id)])
-        return found
+        """One message with its history, or None (also for another app's id).
+
+        Reads made in the same event-loop moment share one pipeline (as accept
+        calls share a script run): at most one loop turn of waiting."""
+        loop = asyncio.get_running_loop()
+        read = _Read((app, shard, message_id), loop.create_future())
+        if not self._reading:
+            task = loop.create_task(self._read_group())
+            self._commits.add(task)
+            task.add_done_callback(self._commits.discard)
+        self._reading.append(read)
+        return await read.answer
+
+    async def _read_group(self) -> None:
+        """Read the messages of the waiting ``get`` calls in one pipeline."""
+        group, self._reading = self._reading, []
+        try:
+            found = await self._read([r.ref for r in group])
+        except asyncio.CancelledError:
+            for r in group:
+                r.answer.cancel()
+            raise
+        except Exception as exc:
+            # Each caller raises it (and its store edge maps it).
+            for r in group:
+                if not r.answer.done():
+                    r.answer.set_exception(exc)
+            return
+        for r, message in zip(group, found, strict=True):
+            if not r.answer.done():
+                r.answer.set_result(message)
 
     @redis_edge
     async def get_many(
         self, app: str, refs: Sequence[tuple[int, str]]
     ) -> list[StoredMessage | None]:
         """Messages by ``(shard, id)`` in one round trip; None where gone."""
+        return await self._read([(app, shard, message_id) for shard, message_id in refs])
+
+    async def _read(self, refs: Sequence[tuple[str, int, str]]) -> list[StoredMessage | None]:
+        """Messages by ``(app, shard, id)``; None where gone."""
         if not refs:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for shard, message_id in refs:
+            for app, shard, message_id in refs:
                 pipe.hgetall(self.shard_keys[shard].message(app, message_id))
             raw: list[dict[bytes, bytes]] = await pipe.execute()
         fields = [{k.decode(): v.decode() for k, v in f.items()} if f else None for f in raw]
         # A second round trip only for what is not in the hash: the text a
         # batch's recipients share, and the history list of a message accepted
         # before the history moved into the hash.
-        more: list[tuple[str, int, str]] = []
-        for (shard, message_id), d in zip(refs, fields, strict=True):
+        more: list[tuple[str, str, int, str]] = []
+        for (app, shard, message_id), d in zip(refs, fields, strict=True):
             if d is None:
                 continue
             if MessageField.RENDERED not in d and d.get(MessageField.BATCH):
-                more.append(("bt", shard, d[MessageField.BATCH]))
+                more.append(("bt", app, shard, d[MessageField.BATCH]))
             if MessageField.HISTORY not in d:
-                more.append(("h", shard, message_id))
-        found: dict[tuple[str, int, str], Any] = {}
+                more.append(("h", app, shard, message_id))
+        found: dict[tuple[str, str, int, str], Any] = {}
         if more:
             wanted = list(dict.fromkeys(more))
             async with self.redis.pipeline(transaction=False) as pipe:
-                for kind, shard, name in wanted:
+                for kind, app, shard, name in wanted:
                     keys = self.shard_keys[shard]
                     if kind == "bt":
                         pipe.get(keys.batch_text(app, name))
@@ -391,12 +433,12 @@ class MessageStore:
                         pipe.lrange(keys.history(app, name), 0, -1)
                 found = dict(zip(wanted, await pipe.execute(), strict=True))
         out: list[StoredMessage | None] = []
-        for (shard, message_id), d in zip(refs, fields, strict=True):
+        for (app, shard, message_id), d in zip(refs, fields, strict=True):
             if d is None:
                 out.append(None)
                 continue
-            shared = found.get(("bt", shard, d.get(MessageField.BATCH, "")))
-            legacy = found.get(("h", shard, message_id))
+            shared = found.get(("bt", app, shard, d.get(MessageField.BATCH, "")))
+            legacy = found.get(("h", app, shard, message_id))
             out.append(
                 _to_message(
                     message_id,

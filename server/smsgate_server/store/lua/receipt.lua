@@ -16,13 +16,13 @@ for i = 5, #ARGV, 6 do
     redis.call('ZREM', KEYS[2], app .. ':' .. id)
     local f = redis.call('HMGET', m, 'ut', 'pv', 'pid')
     -- The vendor's clock, kept between the SENT entry and now, so the
-    -- history stays in order whatever the skew.
+    -- history stays in order whatever the skew; without one, now, but never
+    -- before the SENT entry (its settle may have read the clock after this
+    -- call did, on another connection, and still run first).
+    local sent_at = tonumber(f[1] or '0')
     local at = tonumber(ARGV[i + 5])
-    if at == 0 then
-      at = nil
-    else
-      at = math.min(NOW, math.max(at, tonumber(f[1] or '0')))
-    end
+    if at == 0 then at = NOW end
+    at = math.max(sent_at, math.min(at, NOW))
     -- The provider's id led receipts here; this one ends the message, so the
     -- map is kept only while the vendor may repeat it (a repeat then finds
     -- the ended message and is ignored), not for the receipt timeout.
