@@ -376,6 +376,38 @@ async def test_routes_skip_a_provider_whose_breaker_opened(
     assert fakes.aliyun_numbers() == Counter({CN: 1, "+8613800138001": 1})
 
 
+async def test_a_route_whose_every_breaker_is_open_retries_then_fails_providers_unavailable(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        fakes.tencent.controls.server_errors = [502] * 100
+        routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent"]\n'
+        server = await make_server(
+            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes),
+            breaker_consecutive_failures=2,
+            max_attempts=4,
+            retry_base_seconds=0.01,
+            retry_max_seconds=0.02,
+        )
+        client = await connect(server)
+        await shipped_template(client)
+
+        reply = await client.sms.SendSms(
+            pb.SendSmsRequest(phone_number=CN, template=shipped()), metadata=client.meta
+        )
+        message = await client.wait(reply.message.id, ENDED)
+
+    # Two calls failed and opened the breaker; the last two attempts found it
+    # open and made no call.
+    assert 100 - len(fakes.tencent.controls.server_errors) == 2
+    assert (message.status, message.error.code, message.attempts) == (
+        S.MESSAGE_STATUS_FAILED,
+        "PROVIDERS_UNAVAILABLE",
+        4,
+    )
+    assert message.error.reason == "breaker open for tencent (gave up after 4 attempts)"
+
+
 async def test_a_refusal_about_the_recipient_ends_the_message_without_failover(
     make_server: ServerFactory, connect: Connect, tmp_path: Path
 ) -> None:

@@ -61,9 +61,6 @@ PROMOTE_BATCH = 500
 # longer one puts the chunk back in the due set: a backlog waits in Redis, not
 # in this process.
 PACE_SLEEP_MAX = 0.5
-# Messages whose route's providers all have their breaker open wait this long
-# (seconds, with jitter) before they are routed again.
-BREAKER_WAIT = 1.0
 # What ends a message no provider is left for (smsgate's own codes, beside the
 # vendors' in Message.error.code).
 NO_ROUTE = "NO_ROUTE"
@@ -154,6 +151,9 @@ class Dispatcher:
         self.providers: dict[str, Provider] = {provider.name: provider, **(providers or {})}
         # Breakers and pacing of the provider accounts (OpenGate: none).
         self.gate: ProviderGate = gate or OpenGate()
+        # Per provider, when this process's last chunk turned away by its pace
+        # is due back, plus that chunk's wait (ms): where the next one queues.
+        self._pace_horizon: dict[str, int] = {}
         self.config = config
         # Opens sealed texts (verification codes) for the provider, and only for it.
         self.texts = texts
@@ -375,12 +375,16 @@ class Dispatcher:
             return SendOutcome(c, Outcome.FAIL, "", "", ALL_PROVIDERS_REFUSED, reason, route=route)
         if not choice.candidates:
             return SendOutcome(c, Outcome.FAIL, "", "", NO_ROUTE, choice.why_none(), route=route)
-        if self._age(c) >= self.config.max_message_age:
-            reason = f"breaker open for {', '.join(choice.candidates)} until it was too old"
-            return SendOutcome(c, Outcome.FAIL, "", "", PROVIDERS_UNAVAILABLE, reason, route=route)
-        at_ms = self.store.now_ms() + int(BREAKER_WAIT * (1 + self.rng.random()) * 1000)
-        waits_for = ", ".join(choice.candidates) + " (breaker open)"
-        return SendOutcome(c, Outcome.DEFER, waits_for, retry_at_ms=at_ms, route=route)
+        # Every breaker of its route is open: as if each provider had failed
+        # the call, it is retried with backoff and counts an attempt, so a long
+        # outage ends it (as a vendor failing every call would) instead of
+        # routing it again every few seconds.
+        unavailable = RecipientResult(
+            OutcomeClass.RETRYABLE,
+            code=PROVIDERS_UNAVAILABLE,
+            reason=f"breaker open for {', '.join(choice.candidates)}",
+        )
+        return self._retry("", c, unavailable, route)
 
     async def _settle_unsent(self, shard: int, outcomes: list[SendOutcome]) -> None:
         try:
@@ -409,7 +413,7 @@ class Dispatcher:
             else:
                 wait = await self._pace(name, len(chunk))
                 if wait > 0:
-                    at_ms = self.store.now_ms() + int(wait * 1000)
+                    at_ms = self._paced_until(name, wait)
                     await self._settle(
                         shard,
                         [SendOutcome(c, Outcome.DEFER, name, retry_at_ms=at_ms) for c in claimed],
@@ -456,6 +460,19 @@ class Dispatcher:
                 return wait
             await asyncio.sleep(wait)
             slept += wait
+
+    def _paced_until(self, name: str, wait: float) -> int:
+        """When a chunk the pace of ``name`` had no room for comes back (ms).
+
+        The gate says when this chunk's tokens would be there, not counting the
+        other chunks it turned away meanwhile; spacing this process's deferred
+        chunks by their waits brings each back about when its turn comes,
+        rather than all at once to be turned away again."""
+        now_ms = self.store.now_ms()
+        wait_ms = int(wait * 1000)
+        at_ms = max(now_ms + wait_ms, self._pace_horizon.get(name, 0))
+        self._pace_horizon[name] = at_ms + wait_ms
+        return at_ms
 
     async def _record(self, name: str, results: list[RecipientResult]) -> None:
         try:
@@ -578,13 +595,16 @@ class Dispatcher:
                     c, Outcome.FAIL, name, "", ALL_PROVIDERS_REFUSED, reason, route=route
                 )
             return SendOutcome(c, Outcome.FAIL, name, "", r.code, r.reason, route=route)
-        now_ms = self.store.now_ms()
+        return self._retry(name, c, r, route)
+
+    def _retry(self, name: str, c: Claimed, r: RecipientResult, route: str) -> SendOutcome:
+        """Retry with backoff while attempts and age allow, else fail."""
         if c.attempts < self.config.max_attempts and self._age(c) < self.config.max_message_age:
             delay = retry_delay(
                 c.attempts, base=self.config.retry_base, cap=self.config.retry_max, rng=self.rng
             )
             # A throttle that names its window is waited out.
-            at_ms = now_ms + int(max(delay, r.retry_after) * 1000)
+            at_ms = self.store.now_ms() + int(max(delay, r.retry_after) * 1000)
             return SendOutcome(c, Outcome.RETRY, name, "", r.code, r.reason, at_ms, route=route)
         reason = f"{r.reason} (gave up after {c.attempts} attempts)"
         return SendOutcome(c, Outcome.FAIL, name, "", r.code, reason, route=route)

@@ -185,7 +185,7 @@ class DeliveryError(_message.Message):
     destination, or none of its providers can send this content),
     ALL_PROVIDERS_REFUSED (every provider of the route refused it; the reason
     names each one's code), PROVIDERS_UNAVAILABLE (every breaker of the route
-    stayed open until the message was too old), OUTCOME_UNKNOWN (EXPIRED: the
+    was open at each of its attempts), OUTCOME_UNKNOWN (EXPIRED: the
     provider never answered the send and no receipt or status query settled
     it, so it may or may not have reached the phone; it was never sent again),
     PROVIDER_TIMEOUT / PROVIDER_ERROR (no answer yet), NO_OUTCOME,
