@@ -147,7 +147,7 @@ class WatchHub:
         if self.reading:
             return
         shards = len(self.events.keys)
-        self.positions = [await self.events.last_id(s) for s in range(shards)]
+        self.positions = await self.events.last_ids()
         # One blocking read over every shard where Redis allows it (one
         # connection), else one per shard.
         groups = [tuple(range(shards))] if self.events.together else [(s,) for s in range(shards)]
@@ -222,10 +222,10 @@ class WatchHub:
                 "resume_token", str(exc), reason=Reason.INVALID_RESUME_TOKEN
             ) from None
         horizon_ms = int(self.clock() * 1000) - self.retention_seconds * 1000
-        for shard, position in enumerate(positions):
+        firsts = await self.events.first_ids()
+        for position, first in zip(positions, firsts, strict=True):
             if position == NEW_SHARD_START:
                 continue  # a shard added since: read from its start, not "too old"
-            first = await self.events.first_id(shard)
             behind = first is not None and stream_id_key(position) < stream_id_key(first)
             if behind and stream_id_key(position)[0] < horizon_ms:
                 raise OutOfRange(

@@ -52,25 +52,30 @@ class EventStore:
         self.keys = [ShardKeys(i) for i in range(shards)]
 
     @redis_edge
-    async def last_id(self, shard: int) -> str:
-        """A position just before the next event of a shard: the newest event's
+    async def last_ids(self) -> list[str]:
+        """Per shard, a position just before its next event: the newest event's
         id, or for an empty stream an id just before Redis's clock (every new
-        event id is later; "0-0" would look like a token from the distant past)."""
-        raw: Any = await self.redis.xrevrange(self.keys[shard].events, count=1)
-        if not raw:
-            seconds, micros = await self.redis.time()
-            return f"{int(seconds) * 1000 + int(micros) // 1000 - 1}-0"
-        entry_id = raw[0][0]
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        event id is later; "0-0" would look like a token from the distant
+        past). One pipeline for every shard."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys in self.keys:
+                pipe.xrevrange(keys.events, count=1)
+            newest: list[Any] = await pipe.execute()
+        if all(newest):
+            return [_text(raw[0][0]) for raw in newest]
+        seconds, micros = await self.redis.time()
+        before_now = f"{int(seconds) * 1000 + int(micros) // 1000 - 1}-0"
+        return [_text(raw[0][0]) if raw else before_now for raw in newest]
 
     @redis_edge
-    async def first_id(self, shard: int) -> str | None:
-        """Id of the oldest event still kept, or None when empty."""
-        raw: Any = await self.redis.xrange(self.keys[shard].events, count=1)
-        if not raw:
-            return None
-        entry_id = raw[0][0]
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    async def first_ids(self) -> list[str | None]:
+        """Per shard, the id of the oldest event still kept (None when empty),
+        in one pipeline."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys in self.keys:
+                pipe.xrange(keys.events, count=1)
+            oldest: list[Any] = await pipe.execute()
+        return [_text(raw[0][0]) if raw else None for raw in oldest]
 
     @redis_edge
     async def after(self, shard: int, after_id: str, count: int = 1000) -> list[StatusEvent]:
