@@ -708,18 +708,9 @@ async def test_buf_curl_sends_cn_through_tencent_and_us_through_twilio_both_deli
         cn, us = [await client.wait(i, {S.MESSAGE_STATUS_SENT}) for i in ids]
 
         # Each vendor reports delivery to its receipt endpoint.
-        [status] = fakes.tencent.sent
-        tencent_report = {
-            "user_receive_time": beijing(int(time.time() * 1000)),
-            "nationcode": "86",
-            "mobile": CN.removeprefix("+86"),
-            "report_status": "SUCCESS",
-            "errmsg": "DELIVRD",
-            "description": "用户短信送达成功",
-            "sid": status["SerialNo"],
-        }
+        tencent_reports = fakes.tencent.status_callbacks(since=0)
         reply = await post(
-            f"http://127.0.0.1:{server.http_port}/receipts/tencent/{TOKEN}", json=[tencent_report]
+            f"http://127.0.0.1:{server.http_port}/receipts/tencent/{TOKEN}", json=tencent_reports
         )
         assert reply.json() == {"result": 0, "errmsg": "OK"}
         form = {
