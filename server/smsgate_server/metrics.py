@@ -42,7 +42,8 @@ PROVIDER_SECONDS = Histogram(
 )
 SEND_OUTCOMES = Counter(
     "smsgate_send_outcomes_total",
-    "Messages handed to a provider, by outcome (sent, retry, fail).",
+    "Messages routed to a provider, by outcome (sent, unknown, retry, fail, failover, defer;"
+    " provider none: no provider could take it).",
     ["provider", "outcome"],
 )
 RECEIPTS = Counter(
