@@ -69,7 +69,13 @@ class Reconciler:
     async def run(self, stopping: asyncio.Event) -> None:
         """One batch per shard per tick until ``stopping`` is set."""
         while not stopping.is_set():
-            for shard in self.shards():
+            try:
+                due = await self.store.reconcile_due(list(self.shards()))
+            except Exception as exc:
+                bug = None if isinstance(exc, Unavailable) else exc
+                _failed.occurred(type(exc).__name__, exc=bug)
+                due = []  # the next tick tries again
+            for shard in due:
                 try:
                     await self.reconcile_shard(shard)
                 except asyncio.CancelledError:

@@ -620,6 +620,20 @@ class MessageStore:
         return int(result[0]), int(result[1])
 
     @redis_edge
+    async def reconcile_due(self, shards: Sequence[int]) -> list[int]:
+        """Those of ``shards`` with a SENT message due to be asked about now,
+        in one pipeline: an idle shard costs one cheap read per tick instead
+        of the reconcile script."""
+        if not shards:
+            return []
+        now = self.now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in shards:
+                pipe.zrangebyscore(self.shard_keys[shard].reconcile, "-inf", now, start=0, num=1)
+            found = await pipe.execute()
+        return [shard for shard, due in zip(shards, found, strict=True) if due]
+
+    @redis_edge
     async def claim_reconcile(
         self, shard: int, limit: int, interval_ms: int
     ) -> list[AwaitingReceipt]:
