@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import sms_service_pb2_grpc as sms_grpc
 from smsgate_server.dispatch.leases import LeasedReaders, ShardLeases
+from smsgate_server.domain.ids import shard_for_key
 from smsgate_server.runtime import Running, start
 from smsgate_server.store.connection import RedisConnection, connect
 from smsgate_server.store.keys import shard_count_key
@@ -393,3 +394,43 @@ async def test_a_watch_resumes_across_a_shard_count_that_grew(
     for event in events:
         by_message.setdefault(event.message_id, []).append(event.status)
     assert by_message == {i: FULL_LIFE for i in ids}
+
+
+async def test_a_request_retried_across_a_shard_count_that_grew_is_accepted_once(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A request id's shard depends on the count it is spread over: a retry
+    after the growth finds the first call's record in the shard it had then."""
+    first = await start(server_settings(redis_url, tmp_path / "data", shards=2))
+    app_token = (await first.apps.create("retry")).token
+    app = app_token.split(".", 1)[0]
+    # A request id whose shard differs between 2 and 8 shards.
+    request_id = next(
+        f"r-{i}"
+        for i in range(100)
+        if shard_for_key(f"{app}:r-{i}", 2) != shard_for_key(f"{app}:r-{i}", 8)
+    )
+    request = pb.SendSmsRequest(phone_number="+14155550100", text="once", request_id=request_id)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{first.grpc_port}") as channel:
+        accepted = await sms_grpc.SmsServiceStub(channel).SendSms(
+            request, metadata=bearer(app_token)
+        )
+    await first.stop()
+
+    grown = await start(server_settings(redis_url, tmp_path / "data", shards=8))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grown.grpc_port}") as channel:
+            retried = await sms_grpc.SmsServiceStub(channel).SendSms(
+                request, metadata=bearer(app_token)
+            )
+            other = await sms_grpc.SmsServiceStub(channel).SendSms(
+                pb.SendSmsRequest(
+                    phone_number="+14155550100", text="new", request_id=request_id + "-new"
+                ),
+                metadata=bearer(app_token),
+            )
+    finally:
+        await grown.stop()
+
+    assert retried.message.id == accepted.message.id
+    assert other.message.id != accepted.message.id

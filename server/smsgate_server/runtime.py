@@ -96,7 +96,7 @@ from smsgate_server.store.connection import (
 from smsgate_server.store.durability import read_durability
 from smsgate_server.store.embedded_redis import EmbeddedRedis, running_url
 from smsgate_server.store.events import EventStore
-from smsgate_server.store.layout import record_shard_count
+from smsgate_server.store.layout import ShardLayout, record_shard_count
 from smsgate_server.store.leases import LeaseStore
 from smsgate_server.store.messages import MessageStore
 from smsgate_server.store.optouts import OptOutStore
@@ -268,7 +268,8 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
     redis = await _redis(url, settings, stack)
     await _check_durability(redis, url, settings)
     # Every shard that may hold data (new messages go to settings.shards of them).
-    shards = await _shard_count(redis, url, settings)
+    layout = await _shard_layout(redis, settings)
+    shards = layout.shards
     await _check_replicas(redis, settings)
     await reached(StartStep.REDIS)
 
@@ -283,6 +284,8 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
         redis.client,
         shards=shards,
         write_shards=settings.shards,
+        grown_from=layout.grown_from,
+        grown_at_ms=layout.grown_at_ms,
         event_retention_seconds=settings.event_retention_seconds,
         message_retention_seconds=settings.message_retention_seconds,
         idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
@@ -489,20 +492,20 @@ async def _check_durability(redis: RedisConnection, url: str, settings: Settings
         )
 
 
-async def _shard_count(redis: RedisConnection, url: str, settings: Settings) -> int:
+async def _shard_layout(redis: RedisConnection, settings: Settings) -> ShardLayout:
     """The shards the data may use: the most ever recorded, raised to
     SMSGATE_SHARDS (growing is online; a lower count drains the shards above it)."""
     try:
-        shards = await record_shard_count(redis.client, settings.shards)
+        layout = await record_shard_count(redis.client, settings.shards)
     except Unavailable as exc:
         raise StartError(f"{exc}. Check SMSGATE_REDIS_URL.") from None
-    if shards > settings.shards:
+    if layout.shards > settings.shards:
         log.warning(
             "the data in Redis uses more shards than SMSGATE_SHARDS: new messages go to "
             "the first SMSGATE_SHARDS of them, all are read",
-            extra={"shards": shards, "SMSGATE_SHARDS": settings.shards},
+            extra={"shards": layout.shards, "SMSGATE_SHARDS": settings.shards},
         )
-    return shards
+    return layout
 
 
 def _receipt_routes(settings: Settings, store: MessageStore) -> list[Route]:

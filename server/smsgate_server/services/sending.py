@@ -203,6 +203,15 @@ class SendingService:
             return shard_for_key(f"{app}:{request_id}", self.store.write_shards)
         return secrets.randbelow(self.store.write_shards)
 
+    async def _request_shard(self, app: str, request_id: str) -> int:
+        """The shard of a new request; a retry of one accepted before the shard
+        count grew goes back to the shard it was given then (one look-up, only
+        for a while after a growth)."""
+        earlier = self.store.shard_before_growth(app, request_id) if request_id else None
+        if earlier is not None and await self.store.has_request(app, earlier, request_id):
+            return earlier
+        return self._shard(app, request_id)
+
     async def send(
         self, app: str, cmd: SendCommand, violations: Violations | None = None
     ) -> StoredMessage:
@@ -228,7 +237,7 @@ class SendingService:
                 sender=prototype.sender,
             )
             prototype = _templated(prototype, prepared, composed)
-        shard = self._shard(app, request_id)
+        shard = await self._request_shard(app, request_id)
         await self._admit(app, 1, shard, request_id)
         policy = self.policy.policy_for(cmd.policy) if self.policy else None
         check = await self._check_one(
@@ -497,7 +506,7 @@ class SendingService:
             kind = prepared.template.kind
             checked = self._compose_each(prepared, cmd, checked, prototype)
 
-        shard = self._shard(app, request_id)
+        shard = await self._request_shard(app, request_id)
         batch_id = new_batch_id(now, shard)
         pending = [
             c if isinstance(c, NewMessage) else dataclasses.replace(prototype, phone=c)

@@ -61,6 +61,7 @@ __all__ = [
     "replies_key",
     "revocations_channel",
     "shard_count_key",
+    "shard_growth_key",
     "verify_rate_key",
 ]
 
@@ -173,8 +174,15 @@ class TemplateField(enum.StrEnum):
 
 
 def shard_count_key() -> str:
-    """The shard count the data was written with, recorded at first start."""
+    """The most shards the data has used, recorded at first start and raised
+    when SMSGATE_SHARDS grows (store/layout.py)."""
     return f"{PREFIX}:{{layout}}:shards"
+
+
+def shard_growth_key() -> str:
+    """Hash of the last growth of the shard count: ``from`` (the count before),
+    ``at`` (ms); beside the count, so one script raises both."""
+    return f"{PREFIX}:{{layout}}:grown"
 
 
 def lease_keys() -> tuple[str, str]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smsgate_server.domain.errors import Unavailable
+from smsgate_server.domain.ids import shard_for_key
 from smsgate_server.domain.message import HistoryEntry, NewMessage, StoredMessage
 from smsgate_server.domain.status import Status
 from smsgate_server.store.connection import RedisClient
@@ -191,6 +192,8 @@ class MessageStore:
         *,
         shards: int,
         write_shards: int | None = None,
+        grown_from: int = 0,
+        grown_at_ms: int = 0,
         event_retention_seconds: int,
         message_retention_seconds: int,
         idempotency_ttl_seconds: int,
@@ -211,6 +214,10 @@ class MessageStore:
         # of them new messages go to (SMSGATE_SHARDS; store.layout).
         self.shards = shards
         self.write_shards = min(write_shards or shards, shards)
+        # The shard count before the last growth and when it grew (store.layout):
+        # a retry of a request accepted before may find its record there.
+        self._grown_from = grown_from
+        self._grown_at_ms = grown_at_ms
         self.shard_keys = [ShardKeys(i) for i in range(shards)]
         self._event_retention_ms = event_retention_seconds * 1000
         self._message_retention = message_retention_seconds
@@ -448,6 +455,18 @@ class MessageStore:
                 )
             )
         return out
+
+    def shard_before_growth(self, app: str, request_id: str) -> int | None:
+        """The shard a request id was given before the shard count last grew,
+        while its idempotency record may still live there; None when it never
+        grew, grew too long ago, or the shard is the same as now."""
+        if not self._grown_from or self._grown_from > self.shards:
+            return None
+        if self.now_ms() - self._grown_at_ms > self._idempotency_ttl * 1000:
+            return None
+        key = f"{app}:{request_id}"
+        earlier = shard_for_key(key, self._grown_from)
+        return earlier if earlier != shard_for_key(key, self.write_shards) else None
 
     @redis_edge
     async def has_request(self, app: str, shard: int, request_id: str) -> bool:
