@@ -15,6 +15,8 @@ import grpc
 import pytest
 import redis
 from google.protobuf.timestamp_pb2 import Timestamp
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import sms_service_pb2_grpc as sms_grpc
 from smsgate_server.dispatch.leases import LeasedReaders, ShardLeases
@@ -139,7 +141,7 @@ async def test_leases_are_given_up_locally_when_redis_cannot_renew_them(
     assert process.owned == frozenset(range(4))
     # From now on its renewals fail: nothing listens on port 1.
     process.store = LeaseStore(
-        redis.asyncio.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+        redis.asyncio.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
     )
 
     now[0] += 9.0
