@@ -89,8 +89,15 @@ class ShardLeases:
         sent = self.clock()
         try:
             share = await self.store.renew(self.process, shards=self.shards, ttl_ms=self.lease_ms)
-        except Unavailable as exc:
-            _renew_failed.occurred(type(exc).__name__)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Redis away is expected now and then; anything else is a bug, but
+            # either way the loop goes on: a renewal loop that died would
+            # leave this process reading nothing once its leases ran out.
+            _renew_failed.occurred(
+                type(exc).__name__, exc=None if isinstance(exc, Unavailable) else exc
+            )
             if self.owned and self.clock() >= self._valid_until:
                 log.warning("shard leases ran out", extra={"shards": len(self.owned)})
                 self._set(frozenset())
