@@ -24,6 +24,7 @@ from smsgate_server.runtime import Running, start
 from smsgate_server.store.embedded_redis import EmbeddedRedis
 
 from tests.cluster import LocalCluster
+from tests.pipeline_support import connect  # noqa: F401 - the vendor tests' client fixture
 from tests.processes import servers  # noqa: F401 - the process fixture, for every test module
 
 ServerFactory = Callable[..., Awaitable[Running]]

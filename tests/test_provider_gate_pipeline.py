@@ -15,19 +15,16 @@ from typing import Any
 
 import grpc
 import httpx
-import pytest
 from redis.asyncio import Redis
 from smsgate.v1 import message_pb2 as mpb
-from smsgate.v1 import sign_service_pb2 as spb
 from smsgate.v1 import sms_service_pb2 as pb
-from smsgate.v1 import template_service_pb2 as tpb
 from smsgate_server.runtime import Running
 from smsgate_server.store.apps import AppStore
 from starlette.responses import Response
 
 from tests.conftest import ServerFactory
+from tests.pipeline_support import ENDED, Client, Connect, shipped, shipped_template
 from tests.processes import Servers
-from tests.test_vendor_pipeline import ENDED, Client, Connect
 from tests.vendor_fakes.aliyun import AliyunFake
 from tests.vendor_fakes.loopback import serve
 from tests.vendor_fakes.tencent import TencentFake
@@ -36,7 +33,6 @@ from tests.waiting import wait_until
 S = mpb.MessageStatus
 # Handed to the vendor, or ended (the fakes send no receipts unless told).
 DONE = ENDED | {S.MESSAGE_STATUS_SENT}
-SIGN = "阿里云短信测试"
 
 
 @dataclass
@@ -80,47 +76,29 @@ async def vendors() -> AsyncIterator[Fakes]:
         yield fakes
 
 
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    channels: list[grpc.aio.Channel] = []
-
-    async def open_client(server: Running) -> Client:
-        token = (await server.apps.create("gate-app")).token
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-        channels.append(channel)
-        return Client(channel, token)
-
-    yield open_client
-    for channel in channels:
-        await channel.close()
-
-
-async def shipped_template(client: Client) -> None:
-    """A template both Chinese clouds know, under a sign both know."""
-    await client.signs.CreateSignName(
-        spb.CreateSignNameRequest(sign_name=spb.SignName(name=SIGN)), metadata=client.meta
+async def breaker_server(
+    make_server: ServerFactory, fakes: Fakes, tmp_path: Path, *, cooldown_seconds: float
+) -> Running:
+    """A server routing CN to Tencent then Aliyun, whose breakers open after two
+    failed calls (no breaker cache) and stay open ``cooldown_seconds``."""
+    providers = fakes.providers_file(
+        tmp_path / "providers.toml",
+        routes='[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n',
     )
-    await client.templates.CreateTemplate(
-        tpb.CreateTemplateRequest(
-            template=tpb.Template(
-                id="shipped",
-                kind=tpb.TEMPLATE_KIND_NOTIFICATION,
-                body="您的订单{order}已发货",
-                sign_name=SIGN,
-                provider_template_ids={"tencent": "1110001", "aliyun": "SMS_154950909"},
-            )
-        ),
-        metadata=client.meta,
+    return await make_server(
+        provider="tencent",
+        providers_file=providers,
+        breaker_consecutive_failures=2,
+        breaker_cooldown_seconds=cooldown_seconds,
+        breaker_cache_seconds=0,
+        retry_base_seconds=0.01,
+        retry_max_seconds=0.02,
     )
 
 
 async def send(client: Client, phone: str) -> str:
     reply = await client.sms.SendSms(
-        pb.SendSmsRequest(
-            phone_number=phone,
-            template=mpb.TemplateContent(template_id="shipped", params={"order": "A1"}),
-        ),
-        metadata=client.meta,
+        pb.SendSmsRequest(phone_number=phone, template=shipped()), metadata=client.meta
     )
     return reply.message.id
 
@@ -137,19 +115,7 @@ async def test_a_failing_vendor_opens_its_breaker_and_routes_skip_it(
 ) -> None:
     async with vendors() as fakes:
         fakes.tencent.controls.server_errors = [503] * 100
-        providers = fakes.providers_file(
-            tmp_path / "providers.toml",
-            routes='[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n',
-        )
-        server = await make_server(
-            provider="tencent",
-            providers_file=providers,
-            breaker_consecutive_failures=2,
-            breaker_cooldown_seconds=600,
-            breaker_cache_seconds=0,
-            retry_base_seconds=0.01,
-            retry_max_seconds=0.02,
-        )
+        server = await breaker_server(make_server, fakes, tmp_path, cooldown_seconds=600)
         client = await connect(server)
         await shipped_template(client)
 
@@ -183,19 +149,7 @@ async def test_after_the_cooldown_a_successful_probe_closes_the_breaker(
 ) -> None:
     async with vendors() as fakes:
         fakes.tencent.controls.server_errors = [503, 503]
-        providers = fakes.providers_file(
-            tmp_path / "providers.toml",
-            routes='[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n',
-        )
-        server = await make_server(
-            provider="tencent",
-            providers_file=providers,
-            breaker_consecutive_failures=2,
-            breaker_cooldown_seconds=1,
-            breaker_cache_seconds=0,
-            retry_base_seconds=0.01,
-            retry_max_seconds=0.02,
-        )
+        server = await breaker_server(make_server, fakes, tmp_path, cooldown_seconds=1)
         client = await connect(server)
         await shipped_template(client)
         opened = await client.wait(await send(client, "+8613800000001"), DONE)

@@ -13,16 +13,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlencode
 
-import grpc
 import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 from smsgate.v1 import message_pb2 as mpb
-from smsgate.v1 import sign_service_pb2 as spb
 from smsgate.v1 import sms_service_pb2 as pb
-from smsgate.v1 import template_service_pb2 as tpb
 from smsgate_server.dispatch.receipt_intake import ReceiptIntake
 from smsgate_server.providers.aliyun import aliyun_number
 from smsgate_server.providers.providers_file import ProvidersFileError, load_providers_file
@@ -45,7 +42,7 @@ from smsgate_server.store.messages import MessageStore
 from starlette.applications import Starlette
 
 from tests.conftest import ServerFactory
-from tests.test_vendor_pipeline import CN, US, Client, Connect
+from tests.pipeline_support import CN, US, Client, Connect, shipped, shipped_template
 from tests.vendor_fakes.aliyun import AliyunFake
 from tests.vendor_fakes.loopback import serve
 from tests.vendor_fakes.tencent import TencentFake
@@ -57,22 +54,6 @@ VECTORS = Path(__file__).parent / "vectors" / "signing.json"
 TOKEN = "tok-0123456789abcdef"
 BEIJING = timezone(timedelta(hours=8))
 PUBLIC = "https://sms.example.com/gw"
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    """Opens a client of a fresh app on a server; its channel closes after the test."""
-    channels: list[grpc.aio.Channel] = []
-
-    async def open_client(server: Running) -> Client:
-        token = (await server.apps.create("receipts-app")).token
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-        channels.append(channel)
-        return Client(channel, token)
-
-    yield open_client
-    for channel in channels:
-        await channel.close()
 
 
 @dataclass
@@ -111,27 +92,9 @@ async def receipts_metric(server: Running, provider: str, result: str) -> float:
 
 
 async def template_send(client: Client, vendor: str, vendor_template: str, sign: str) -> str:
-    await client.signs.CreateSignName(
-        spb.CreateSignNameRequest(sign_name=spb.SignName(name=sign)), metadata=client.meta
-    )
-    await client.templates.CreateTemplate(
-        tpb.CreateTemplateRequest(
-            template=tpb.Template(
-                id="shipped",
-                kind=tpb.TEMPLATE_KIND_NOTIFICATION,
-                body="您的订单{order}已发货",
-                sign_name=sign,
-                provider_template_ids={vendor: vendor_template},
-            )
-        ),
-        metadata=client.meta,
-    )
+    await shipped_template(client, sign=sign, provider_template_ids={vendor: vendor_template})
     reply = await client.sms.SendSms(
-        pb.SendSmsRequest(
-            phone_number=CN,
-            template=mpb.TemplateContent(template_id="shipped", params={"order": "A1"}),
-        ),
-        metadata=client.meta,
+        pb.SendSmsRequest(phone_number=CN, template=shipped()), metadata=client.meta
     )
     return reply.message.id
 

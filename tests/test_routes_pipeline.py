@@ -8,75 +8,48 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import urlencode
 
-import grpc
 import httpx
 import pytest
 from smsgate.v1 import message_pb2 as mpb
-from smsgate.v1 import sign_service_pb2 as spb
 from smsgate.v1 import sms_service_pb2 as pb
-from smsgate.v1 import template_service_pb2 as tpb
 from smsgate.v1 import usage_service_pb2 as upb
-from smsgate.v1 import usage_service_pb2_grpc
 from smsgate_server.providers.signing import twilio_signature
-from smsgate_server.runtime import Running, StartError
+from smsgate_server.runtime import StartError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from tests.conftest import ServerFactory
-from tests.pipeline_support import wait_for_statuses
+from tests.pipeline_support import (
+    CN,
+    ENDED,
+    US,
+    Client,
+    Connect,
+    shipped,
+    shipped_template,
+    wait_for_statuses,
+)
 from tests.test_buf_curl import buf_curl
 from tests.test_receipt_endpoints import beijing
-from tests.test_vendor_pipeline import CN, ENDED, US, Client
 from tests.vendor_fakes.aliyun import AliyunFake
 from tests.vendor_fakes.loopback import serve
 from tests.vendor_fakes.tencent import TencentFake
 from tests.vendor_fakes.twilio import TwilioFake
 from tests.waiting import wait_until
 
-if TYPE_CHECKING:  # the async stub type exists only in the .pyi
-    from smsgate.v1.usage_service_pb2_grpc import UsageServiceAsyncStub
-
 S = mpb.MessageStatus
 TOKEN = "tok-0123456789abcdef"
-SIGN = "阿里云短信测试"
 # A Tencent refusal about the account (its sign), not the recipient: fails over.
 SIGN_REFUSED = "FailedOperation.SignatureIncorrectOrUnapproved"
-
-
-class RoutesClient(Client):
-    """One app's stubs on one server, with its usage."""
-
-    def __init__(self, channel: grpc.aio.Channel, token: str) -> None:
-        super().__init__(channel, token)
-        self.usage: UsageServiceAsyncStub = usage_service_pb2_grpc.UsageServiceStub(channel)
-
-
-Connect = Callable[[Running], Awaitable[RoutesClient]]
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    """Opens a client of a fresh app on a server; its channel closes after the test."""
-    channels: list[grpc.aio.Channel] = []
-
-    async def open_client(server: Running) -> RoutesClient:
-        token = (await server.apps.create("routes-app")).token
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-        channels.append(channel)
-        return RoutesClient(channel, token)
-
-    yield open_client
-    for channel in channels:
-        await channel.close()
 
 
 @dataclass
@@ -171,31 +144,26 @@ async def vendors() -> AsyncIterator[Fakes]:
             controls.release()
 
 
-async def shipped_template(client: Client) -> None:
-    """A template with vendor ids at both Chinese clouds, under a sign both know."""
-    await client.signs.CreateSignName(
-        spb.CreateSignNameRequest(sign_name=spb.SignName(name=SIGN)), metadata=client.meta
-    )
-    await client.templates.CreateTemplate(
-        tpb.CreateTemplateRequest(
-            template=tpb.Template(
-                id="shipped",
-                kind=tpb.TEMPLATE_KIND_NOTIFICATION,
-                body="您的订单{order}已发货",
-                sign_name=SIGN,
-                provider_template_ids={"tencent": "1110001", "aliyun": "SMS_154950909"},
-            )
-        ),
-        metadata=client.meta,
-    )
-
-
-def shipped(order: str = "A1") -> mpb.TemplateContent:
-    return mpb.TemplateContent(template_id="shipped", params={"order": order})
-
-
 def cn_numbers(count: int) -> list[str]:
     return [f"+86138{i:08d}" for i in range(count)]
+
+
+async def routes_client(
+    make_server: ServerFactory,
+    connect: Connect,
+    fakes: Fakes,
+    tmp_path: Path,
+    routes: str,
+    **settings: Any,
+) -> Client:
+    """A client of a server whose providers file names the three fakes and
+    ``routes``, with the shipped template made; ``settings`` go to the server."""
+    server = await make_server(
+        providers_file=fakes.providers_file(tmp_path / "providers.toml", routes), **settings
+    )
+    client = await connect(server)
+    await shipped_template(client)
+    return client
 
 
 async def batch_send(client: Client, phones: list[str]) -> list[str]:
@@ -260,11 +228,7 @@ async def test_a_70_30_route_splits_2000_messages_within_tolerance(
             '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
             "weights = [70, 30]\n"
         )
-        server = await make_server(
-            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes)
-        )
-        client = await connect(server)
-        await shipped_template(client)
+        client = await routes_client(make_server, connect, fakes, tmp_path, routes)
         phones = cn_numbers(2000)
 
         await batch_send(client, phones)
@@ -295,11 +259,7 @@ async def test_a_permanent_refusal_at_tencent_fails_over_to_aliyun_with_both_att
     async with vendors() as fakes:
         fakes.tencent.call_error = SIGN_REFUSED
         routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
-        server = await make_server(
-            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes)
-        )
-        client = await connect(server)
-        await shipped_template(client)
+        client = await routes_client(make_server, connect, fakes, tmp_path, routes)
 
         reply = await client.sms.SendSms(
             pb.SendSmsRequest(phone_number=CN, template=shipped()), metadata=client.meta
@@ -350,14 +310,16 @@ async def test_routes_skip_a_provider_whose_breaker_opened(
         # Tencent's gateway fails every call: retried, until its breaker opens.
         fakes.tencent.controls.server_errors = [502] * 100
         routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
-        server = await make_server(
-            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes),
+        client = await routes_client(
+            make_server,
+            connect,
+            fakes,
+            tmp_path,
+            routes,
             breaker_consecutive_failures=2,
             retry_base_seconds=0.01,
             retry_max_seconds=0.02,
         )
-        client = await connect(server)
-        await shipped_template(client)
 
         first = await client.sms.SendSms(
             pb.SendSmsRequest(phone_number=CN, template=shipped()), metadata=client.meta
@@ -382,15 +344,17 @@ async def test_a_route_whose_every_breaker_is_open_retries_then_fails_providers_
     async with vendors() as fakes:
         fakes.tencent.controls.server_errors = [502] * 100
         routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent"]\n'
-        server = await make_server(
-            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes),
+        client = await routes_client(
+            make_server,
+            connect,
+            fakes,
+            tmp_path,
+            routes,
             breaker_consecutive_failures=2,
             max_attempts=4,
             retry_base_seconds=0.01,
             retry_max_seconds=0.02,
         )
-        client = await connect(server)
-        await shipped_template(client)
 
         reply = await client.sms.SendSms(
             pb.SendSmsRequest(phone_number=CN, template=shipped()), metadata=client.meta
@@ -414,11 +378,7 @@ async def test_a_refusal_about_the_recipient_ends_the_message_without_failover(
     async with vendors() as fakes:
         fakes.tencent.number_codes[CN] = "InvalidParameterValue.IncorrectPhoneNumber"
         routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
-        server = await make_server(
-            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes)
-        )
-        client = await connect(server)
-        await shipped_template(client)
+        client = await routes_client(make_server, connect, fakes, tmp_path, routes)
 
         reply = await client.sms.SendSms(
             pb.SendSmsRequest(phone_number=CN, template=shipped()), metadata=client.meta
@@ -437,11 +397,7 @@ async def test_every_provider_refusing_fails_the_message_naming_each_code(
         fakes.tencent.call_error = SIGN_REFUSED
         fakes.aliyun.call_error = ("isv.AMOUNT_NOT_ENOUGH", "账户余额不足")
         routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
-        server = await make_server(
-            providers_file=fakes.providers_file(tmp_path / "providers.toml", routes)
-        )
-        client = await connect(server)
-        await shipped_template(client)
+        client = await routes_client(make_server, connect, fakes, tmp_path, routes)
 
         reply = await client.sms.SendSms(
             pb.SendSmsRequest(phone_number=CN, template=shipped()), metadata=client.meta

@@ -40,17 +40,15 @@ from smsgate_server.store.usage import UsageStore
 
 from tests.chaos import free_port
 from tests.conftest import ServerFactory
-from tests.pipeline_support import TERMINAL, wait_for_statuses
+from tests.pipeline_support import TERMINAL, Client, shipped_template, wait_for_statuses
 from tests.processes import Servers
 from tests.support import bearer, details_of, readme_block, run_shell
 from tests.test_routes_pipeline import (
     SIGN_REFUSED,
     batch_send,
     cn_numbers,
-    shipped_template,
     vendors,
 )
-from tests.test_vendor_pipeline import Client
 from tests.waiting import wait_until_blocking
 
 if TYPE_CHECKING:  # the async stub types exist only in the .pyi

@@ -3,20 +3,11 @@ numbers, and Tencent and Twilio fakes named by a providers file."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import grpc
 import pytest
 from smsgate.v1 import message_pb2 as mpb
 from smsgate.v1 import sign_service_pb2 as spb
-from smsgate.v1 import (
-    sign_service_pb2_grpc,
-    sms_service_pb2_grpc,
-    template_service_pb2_grpc,
-    verification_service_pb2_grpc,
-)
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import template_service_pb2 as tpb
 from smsgate.v1 import verification_service_pb2 as vpb
@@ -24,67 +15,12 @@ from smsgate_server.providers.simulator import SimulatorProvider
 from smsgate_server.runtime import Running, StartError
 
 from tests.conftest import ServerFactory
-from tests.pipeline_support import wait_for_statuses
-from tests.support import bearer
+from tests.pipeline_support import CN, ENDED, US, Connect
 from tests.vendor_fakes.loopback import serve
 from tests.vendor_fakes.tencent import TencentFake
 from tests.vendor_fakes.twilio import TwilioFake
 
-if TYPE_CHECKING:  # the async stub type exists only in the .pyi
-    from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
-
 S = mpb.MessageStatus
-ENDED = {
-    S.MESSAGE_STATUS_DELIVERED,
-    S.MESSAGE_STATUS_UNDELIVERED,
-    S.MESSAGE_STATUS_FAILED,
-    S.MESSAGE_STATUS_EXPIRED,
-}
-CN = "+8613800138000"
-US = "+14155550123"
-
-
-class Client:
-    """One app's stubs on one server."""
-
-    def __init__(self, channel: grpc.aio.Channel, token: str) -> None:
-        self.token = token
-        self.meta = bearer(token)
-        self.sms: SmsServiceAsyncStub = sms_service_pb2_grpc.SmsServiceStub(channel)
-        self.templates = template_service_pb2_grpc.TemplateServiceStub(channel)
-        self.signs = sign_service_pb2_grpc.SignServiceStub(channel)
-        self.verification = verification_service_pb2_grpc.VerificationServiceStub(channel)
-
-    async def text(self, phone: str, text: str = "Your order has shipped") -> str:
-        reply = await self.sms.SendSms(
-            pb.SendSmsRequest(phone_number=phone, text=text), metadata=self.meta
-        )
-        return reply.message.id
-
-    async def wait(
-        self, message_id: str, statuses: set[mpb.MessageStatus.ValueType]
-    ) -> mpb.Message:
-        found = await wait_for_statuses(self.sms, self.token, [message_id], statuses)
-        return found[message_id]
-
-
-Connect = Callable[[Running], Awaitable[Client]]
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    """Opens a client of a fresh app on a server; its channel closes after the test."""
-    channels: list[grpc.aio.Channel] = []
-
-    async def open_client(server: Running) -> Client:
-        token = (await server.apps.create("vendor-app")).token
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
-        channels.append(channel)
-        return Client(channel, token)
-
-    yield open_client
-    for channel in channels:
-        await channel.close()
 
 
 def history(message: mpb.Message) -> list[mpb.MessageStatus.ValueType]:
