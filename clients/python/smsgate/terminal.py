@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Self, TextIO
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -46,53 +46,53 @@ def rich_console(stream: TextIO) -> Console | None:
     return Console(file=stream)
 
 
-class WaitProgress:
-    """How many of ``total`` messages reached a terminal status, by status: a
-    rich progress bar, a counter redrawn on one line of a plain terminal, or
-    nothing when ``stream`` is not a terminal."""
+class _Progress:
+    """A count of ``total`` redrawn as it grows: a rich progress bar labelled
+    ``_label``, a ``done/total <_verb> (counts)`` line redrawn on a plain
+    terminal, or nothing when ``stream`` is not a terminal or ``shown`` is False."""
 
-    def __init__(self, total: int, stream: TextIO) -> None:
+    _label = ""
+    _verb = ""
+    _elapsed = False  # a column of the time since the bar started
+
+    def __init__(self, total: int, stream: TextIO, *, shown: bool = True) -> None:
         self.total = total
         self.stream = stream
-        self.counts: Counter[str] = Counter()
-        self._console = rich_console(stream)
+        self._console = rich_console(stream) if shown else None
+        self._plain = shown and stream.isatty()
         self._bar: Progress | None = None
         self._task: TaskID | None = None
 
-    def __enter__(self) -> WaitProgress:
+    def __enter__(self) -> Self:
         if self._console is not None:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
                 Progress,
+                ProgressColumn,
                 TextColumn,
                 TimeElapsedColumn,
             )
 
-            self._bar = Progress(
-                TextColumn("waiting"),
+            columns: list[ProgressColumn] = [
+                TextColumn(self._label),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.fields[counts]}"),
-                console=self._console,
-            )
+            ]
+            if self._elapsed:
+                columns.append(TimeElapsedColumn())
+            columns.append(TextColumn("{task.fields[counts]}"))
+            self._bar = Progress(*columns, console=self._console)
             self._bar.start()
-            self._task = self._bar.add_task("waiting", total=self.total, counts="")
+            self._task = self._bar.add_task(self._label, total=self.total, counts="")
         return self
 
-    def finished(self, status: str) -> None:
-        """One more message reached ``status`` (DELIVERED, FAILED, ...)."""
-        self.counts[status] += 1
-        done = sum(self.counts.values())
+    def _show(self, done: int, counts: str) -> None:
         if self._bar is not None and self._task is not None:
-            self._bar.update(self._task, completed=done, counts=self.describe())
-        elif self.stream.isatty():
-            line = f"\r{done}/{self.total} done ({self.describe()})"
+            self._bar.update(self._task, completed=done, counts=counts)
+        elif self._plain:
+            line = f"\r{done}/{self.total} {self._verb} ({counts})"
             print(line, end="", file=self.stream, flush=True)
-
-    def describe(self) -> str:
-        return ", ".join(f"{n} {status.lower()}" for status, n in sorted(self.counts.items()))
 
     def __exit__(
         self,
@@ -102,59 +102,50 @@ class WaitProgress:
     ) -> None:
         if self._bar is not None:
             self._bar.stop()
-        elif self.stream.isatty():
+        elif self._plain:
             print(file=self.stream)
 
 
-class SendProgress:
+class WaitProgress(_Progress):
+    """How many of ``total`` messages reached a terminal status, by status: a
+    rich progress bar, a counter redrawn on one line of a plain terminal, or
+    nothing when ``stream`` is not a terminal."""
+
+    _label = "waiting"
+    _verb = "done"
+    _elapsed = True
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        super().__init__(total, stream)
+        self.counts: Counter[str] = Counter()
+
+    def finished(self, status: str) -> None:
+        """One more message reached ``status`` (DELIVERED, FAILED, ...)."""
+        self.counts[status] += 1
+        self._show(sum(self.counts.values()), self.describe())
+
+    def describe(self) -> str:
+        return ", ".join(f"{n} {status.lower()}" for status, n in sorted(self.counts.items()))
+
+
+class SendProgress(_Progress):
     """Recipients sent of ``total``, chunk by chunk, with how many were
     accepted and rejected: a rich progress bar, a counter line on a plain
     terminal, nothing when ``stream`` is not a terminal or ``total`` is 0."""
 
+    _label = "sending"
+    _verb = "sent"
+
     def __init__(self, total: int, stream: TextIO) -> None:
-        self.total = total
-        self.stream = stream
+        super().__init__(total, stream, shown=total > 0)
         self.accepted = self.rejected = 0
-        self._console = rich_console(stream) if total else None
-        self._bar: Progress | None = None
-        self._task: TaskID | None = None
-
-    def __enter__(self) -> SendProgress:
-        if self._console is not None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self._bar = Progress(
-                TextColumn("sending"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[counts]}"),
-                console=self._console,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task("sending", total=self.total, counts="")
-        return self
 
     def sent(self, accepted: int, rejected: int) -> None:
         """One more chunk answered."""
         self.accepted += accepted
         self.rejected += rejected
         counts = f"{self.accepted} accepted, {self.rejected} rejected"
-        done = self.accepted + self.rejected
-        if self._bar is not None and self._task is not None:
-            self._bar.update(self._task, completed=done, counts=counts)
-        elif self.total and self.stream.isatty():
-            print(f"\r{done}/{self.total} sent ({counts})", end="", file=self.stream, flush=True)
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-        elif self.total and self.stream.isatty():
-            print(file=self.stream)
+        self._show(self.accepted + self.rejected, counts)
 
 
 def batch_summary(
