@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import httpx
 
@@ -33,7 +33,13 @@ from smsgate_server.providers.base import (
     StatusQuery,
     VendorStatus,
 )
-from smsgate_server.providers.calls import CallFailed, references_tag, refuse_all, vendor_post
+from smsgate_server.providers.calls import (
+    CallFailed,
+    VendorEndpoint,
+    no_vendor_template,
+    references_tag,
+    refuse_all,
+)
 from smsgate_server.providers.signing import acs3_authorization, sha256_hex
 from smsgate_server.providers.vendor_time import BEIJING, beijing_ms
 
@@ -138,21 +144,15 @@ class AliyunProvider:
             MAX_SHARED, MAX_PERSONALIZED, ContentKind.TEMPLATE, regions
         )
         self._config = config
-        self._http = http
-        self._host = urlsplit(config.endpoint).netloc
-        self._slots = asyncio.Semaphore(concurrency)
-        self._timeout = timeout
+        self._endpoint = VendorEndpoint(
+            http, config.endpoint, vendor=name, concurrency=concurrency, timeout=timeout
+        )
         self._clock = clock
 
     async def send_batch(self, batch: OutboundBatch) -> list[RecipientResult]:
         template = batch.template_ids.get(self.name, "")
         if not template:
-            return refuse_all(
-                len(batch.recipients),
-                OutcomeClass.PERMANENT,
-                "NO_VENDOR_TEMPLATE",
-                f"no {self.name} template code for this template",
-            )
+            return no_vendor_template(self.name, len(batch.recipients), "template code")
         # Recipients sharing parameters go by SendSms; the rest by SendBatchSms.
         groups: dict[tuple[tuple[str, str], ...], list[int]] = defaultdict(list)
         for i, r in enumerate(batch.recipients):
@@ -229,7 +229,7 @@ class AliyunProvider:
         """One V3-signed call of ``action`` with ``form``: the answer's JSON."""
         payload = urlencode(form).encode()
         signed = {
-            "host": self._host,
+            "host": self._endpoint.host,
             "content-type": CONTENT_TYPE,
             "x-acs-action": action,
             "x-acs-version": VERSION,
@@ -246,14 +246,8 @@ class AliyunProvider:
             headers=signed,
             hashed_payload=signed["x-acs-content-sha256"],
         )
-        response, body = await vendor_post(
-            self._http,
-            self._config.endpoint,
-            vendor=self.name,
-            content=payload,
-            headers={**signed, "authorization": authorization, "accept": "application/json"},
-            timeout=self._timeout,
-            slots=self._slots,
+        response, body = await self._endpoint.post(
+            payload, {**signed, "authorization": authorization, "accept": "application/json"}
         )
         if response.is_success and "Code" not in body:
             raise CallFailed(OutcomeClass.UNKNOWN, "BAD_ANSWER", "no Code in the answer")

@@ -8,12 +8,21 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from smsgate_server.providers.base import OutcomeClass, RecipientResult
 
-__all__ = ["CallFailed", "references_tag", "refuse_all", "vendor_call", "vendor_post"]
+__all__ = [
+    "CallFailed",
+    "VendorEndpoint",
+    "no_vendor_template",
+    "references_tag",
+    "refuse_all",
+    "vendor_call",
+    "vendor_post",
+]
 
 log = logging.getLogger("smsgate.providers")
 
@@ -48,6 +57,17 @@ def refuse_all(
 ) -> list[RecipientResult]:
     """The same refusal for every recipient of a call."""
     return [RecipientResult(outcome, "", code, reason, retry_after)] * count
+
+
+def no_vendor_template(provider: str, count: int, what: str) -> list[RecipientResult]:
+    """Every recipient of a call refused for good: the message's template has no
+    ``what`` (the vendor's word: template id, template code) at ``provider``."""
+    return refuse_all(
+        count,
+        OutcomeClass.PERMANENT,
+        "NO_VENDOR_TEMPLATE",
+        f"no {provider} {what} for this template",
+    )
 
 
 def references_tag(references: Sequence[str], limit: int) -> str:
@@ -90,6 +110,41 @@ async def vendor_post(
         slots=slots,
         auth=auth,
     )
+
+
+class VendorEndpoint:
+    """One vendor API's URL, posted to through ``vendor_post`` with at most
+    ``concurrency`` calls at a time, each given ``timeout`` seconds."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        url: str,
+        *,
+        vendor: str,
+        concurrency: int,
+        timeout: float,
+    ) -> None:
+        self.url = url
+        self.host = urlsplit(url).netloc
+        self.vendor = vendor
+        self._http = http
+        self._slots = asyncio.Semaphore(concurrency)
+        self._timeout = timeout
+
+    async def post(
+        self, content: bytes, headers: Mapping[str, str]
+    ) -> tuple[httpx.Response, dict[str, Any]]:
+        """``vendor_post`` to this endpoint: the response and its JSON body."""
+        return await vendor_post(
+            self._http,
+            self.url,
+            vendor=self.vendor,
+            content=content,
+            headers=headers,
+            timeout=self._timeout,
+            slots=self._slots,
+        )
 
 
 async def vendor_call(

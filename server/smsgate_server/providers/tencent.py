@@ -14,7 +14,6 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -29,7 +28,12 @@ from smsgate_server.providers.base import (
     StatusQuery,
     VendorStatus,
 )
-from smsgate_server.providers.calls import CallFailed, references_tag, refuse_all, vendor_post
+from smsgate_server.providers.calls import (
+    CallFailed,
+    VendorEndpoint,
+    no_vendor_template,
+    references_tag,
+)
 from smsgate_server.providers.receipts import FIELD_LIMIT
 from smsgate_server.providers.signing import tc3_sign
 from smsgate_server.providers.vendor_time import beijing_ms
@@ -117,21 +121,15 @@ class TencentProvider:
         self.name = name
         self.capabilities = Capabilities(MAX_NUMBERS, 1, ContentKind.TEMPLATE, regions)
         self._config = config
-        self._http = http
-        self._host = urlsplit(config.endpoint).netloc
-        self._slots = asyncio.Semaphore(concurrency)
-        self._timeout = timeout
+        self._endpoint = VendorEndpoint(
+            http, config.endpoint, vendor=name, concurrency=concurrency, timeout=timeout
+        )
         self._clock = clock
 
     async def send_batch(self, batch: OutboundBatch) -> list[RecipientResult]:
         template_id = batch.template_ids.get(self.name, "")
         if not template_id:
-            return refuse_all(
-                len(batch.recipients),
-                OutcomeClass.PERMANENT,
-                "NO_VENDOR_TEMPLATE",
-                f"no {self.name} template id for this template",
-            )
+            return no_vendor_template(self.name, len(batch.recipients), "template id")
         # One parameter set per call: recipients with the same values go together.
         groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
         for i, r in enumerate(batch.recipients):
@@ -228,7 +226,7 @@ class TencentProvider:
         """One TC3-signed call of ``action``: its ``Response`` object."""
         payload = json.dumps(request, ensure_ascii=False).encode()
         timestamp = int(self._clock())
-        signed = {"content-type": CONTENT_TYPE, "host": self._host}
+        signed = {"content-type": CONTENT_TYPE, "host": self._endpoint.host}
         signature = tc3_sign(
             secret_id=self._config.secret_id,
             secret_key=self._config.secret_key,
@@ -245,15 +243,7 @@ class TencentProvider:
             "x-tc-timestamp": str(timestamp),
             "x-tc-region": self._config.region,
         }
-        _, body = await vendor_post(
-            self._http,
-            self._config.endpoint,
-            vendor=self.name,
-            content=payload,
-            headers=headers,
-            timeout=self._timeout,
-            slots=self._slots,
-        )
+        _, body = await self._endpoint.post(payload, headers)
         response = body.get("Response")
         if not isinstance(response, dict):
             raise CallFailed(OutcomeClass.UNKNOWN, "BAD_ANSWER", "no Response in the answer")
