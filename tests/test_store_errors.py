@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -13,6 +14,8 @@ from smsgate_server.domain.errors import Unavailable
 from smsgate_server.store.apps import AppStore
 from smsgate_server.store.connection import RedisConnection, connect
 from smsgate_server.store.keys import apps_index
+
+from tests.cluster import LocalCluster
 
 
 def closed_port() -> int:
@@ -66,4 +69,22 @@ async def test_a_redis_error_that_is_a_bug_is_not_mapped(redis_url: str) -> None
         with pytest.raises(ResponseError, match="WRONGTYPE"):
             await AppStore(connection.client).count()
     finally:
+        await connection.aclose()
+
+
+async def test_a_store_call_on_a_cluster_that_is_gone_is_unavailable(tmp_path: Path) -> None:
+    """Every node of the cluster stopped after the client read its layout:
+    the cluster client cannot re-read it, and the store says UNAVAILABLE (not
+    a bug's traceback per call)."""
+    cluster = LocalCluster(tmp_path / "cluster", masters=3, replicas_per_master=0)
+    url = cluster.start()
+    connection = await connect(url, pool_size=4)
+    try:
+        await AppStore(connection.client).count()
+        cluster.stop()
+        for _ in range(3):  # the first call may fail on a connection, later ones on the layout
+            with pytest.raises(Unavailable):
+                await AppStore(connection.client).count()
+    finally:
+        cluster.stop()
         await connection.aclose()

@@ -59,7 +59,7 @@ from smsgate_server.api.verification import VerificationServicer
 from smsgate_server.config import Role, Settings, parse_address
 from smsgate_server.dispatch.dispatcher import DispatchConfig, Dispatcher
 from smsgate_server.dispatch.guard import RedisProviderGate, gate_from_settings
-from smsgate_server.dispatch.leases import LEASE_SHARE_OF_VISIBILITY, ShardLeases
+from smsgate_server.dispatch.leases import ShardLeases, lease_seconds
 from smsgate_server.dispatch.receipt_intake import ReceiptIntake
 from smsgate_server.domain.codes import CodeSigner, parse_secret
 from smsgate_server.domain.errors import Unavailable
@@ -332,7 +332,7 @@ async def _start(settings: Settings, stack: AsyncExitStack, after_step: StepHook
                 LeaseStore(redis.client),
                 process=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
                 shards=shards,
-                lease_seconds=settings.visibility_timeout_seconds * LEASE_SHARE_OF_VISIBILITY,
+                lease_seconds=lease_seconds(settings.visibility_timeout_seconds),
             ),
         )
         # Registered first: stop() also releases a start that failed half-way.

@@ -72,6 +72,9 @@ SETTLE_RETRY_MAX = 1.0
 _settle_failed = RepeatedLog(
     log, "settle gave up; the entries will be re-claimed", every=5.0, level=logging.ERROR
 )
+_promote_check_failed = RepeatedLog(
+    log, "cannot read which shards have messages due", every=5.0, level=logging.ERROR
+)
 _optout_failed = RepeatedLog(
     log, "cannot add a number the vendor reports opted out", every=5.0, level=logging.WARNING
 )
@@ -283,11 +286,12 @@ class Dispatcher:
         while not self._stopping.is_set():
             try:
                 due = await self.queue.due_shards(sorted(self.leases.owned), self.store.now_ms())
-            except Unavailable:
+            except Exception as exc:
+                # Redis away is expected now and then; anything else is a bug.
+                _promote_check_failed.occurred(
+                    type(exc).__name__, exc=None if isinstance(exc, Unavailable) else exc
+                )
                 due = []  # the next tick tries again
-            except Exception:
-                log.exception("promote check failed")
-                due = []
             for shard in due:
                 try:
                     while True:

@@ -29,18 +29,28 @@ from smsgate_server.domain.errors import Unavailable
 from smsgate_server.logs import RepeatedLog
 from smsgate_server.store.leases import LeaseStore
 
-__all__ = ["LeasedReaders", "ShardGroup", "ShardLeases"]
+__all__ = ["LeasedReaders", "ShardGroup", "ShardLeases", "lease_seconds"]
 
 log = logging.getLogger("smsgate.dispatch")
 
-# The lease time as a share of the visibility timeout (see the module docstring).
+# The lease time as a share of the visibility timeout (see the module docstring),
+# and its floor: a very short visibility timeout (tests use a fraction of a
+# second) would have leases renewed every few milliseconds and lost to any
+# pause of the event loop.
 LEASE_SHARE_OF_VISIBILITY = 1 / 3
+MIN_LEASE_SECONDS = 1.0
 # Renewals per lease time: a renewal may fail twice before the lease runs out.
 RENEWALS_PER_LEASE = 3
 # How often the readers are checked against the leases when none changed.
 CHECK_SECONDS = 1.0
 
 _renew_failed = RepeatedLog(log, "cannot renew shard leases", every=5.0)
+
+
+def lease_seconds(visibility_timeout: float) -> float:
+    """How long a worker's shard leases last for a visibility timeout."""
+    return max(MIN_LEASE_SECONDS, visibility_timeout * LEASE_SHARE_OF_VISIBILITY)
+
 
 ShardGroup = Callable[[], tuple[int, ...]]
 """The shards one reader reads now; empty once it should stop."""

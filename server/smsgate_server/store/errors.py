@@ -28,12 +28,18 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 # Redis is down, unreachable, slow, loading its data or a read-only replica
-# after a failover: all pass, so the caller should retry.
+# after a failover; a cluster is down or has a slot no master serves: all
+# pass, so the caller should retry.
 _UNAVAILABLE = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
     redis_errors.ReadOnlyError,
+    redis_errors.ClusterDownError,
+    redis_errors.SlotNotCoveredError,
 )
+# The cluster client's own word for "no node of the cluster answers" (a plain
+# RedisClusterException, which otherwise means a bug such as a cross-slot call).
+_NO_NODE = "Redis Cluster cannot be connected"
 _failures = RepeatedLog(log, "redis unavailable", every=5.0)
 _full = RepeatedLog(log, "redis out of memory", every=5.0)
 # What a write refused by a full Redis asks the caller to wait.
@@ -52,6 +58,11 @@ def map_redis_errors() -> Iterator[None]:
     try:
         yield
     except _UNAVAILABLE as exc:
+        _failures.occurred(error=repr(exc))
+        raise Unavailable("storage is unavailable; retry") from exc
+    except redis_errors.RedisClusterException as exc:
+        if _NO_NODE not in str(exc):
+            raise
         _failures.occurred(error=repr(exc))
         raise Unavailable("storage is unavailable; retry") from exc
     except (AttributeError, TypeError) as exc:
