@@ -9,7 +9,7 @@ SMSGATE_SERVER_SECRET (generated when unset), each with its own data
 directory under .smsgate/replicas. Every line a process writes is printed
 with its name in front, like a Procfile runner. With --app, an app of that
 name is created first and its token printed. Ctrl-C (or SIGTERM) stops every
-process gracefully, workers last.
+process gracefully.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,22 +90,33 @@ def main() -> int:
         procs.append((name, proc))
         print(f"{name:<9}| started (pid {proc.pid}, gRPC 127.0.0.1:{grpc_port or 'any'})")
 
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    # SIGTERM stops it like Ctrl-C. (Not by setting an Event from the handler:
+    # that deadlocks when the signal lands while the main thread holds the
+    # Event's lock in wait().)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        while not stopping.wait(0.5):
-            for name, proc in procs:
-                if proc.poll() is not None:
-                    print(f"{name:<9}| exited with {proc.returncode}; stopping the others")
-                    stopping.set()
+        while all(proc.poll() is None for _, proc in procs):
+            time.sleep(0.5)
+        name, proc = next((n, p) for n, p in procs if p.poll() is not None)
+        print(f"{name:<9}| exited with {proc.returncode}; stopping the others")
     except KeyboardInterrupt:
         pass
-    # API processes first, so no call is accepted that no worker is left to send.
+    # All at once: each finishes its calls and sends within its grace period.
     for _, proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
+    for name, proc in procs:
+        try:
             proc.wait(30)
+        except subprocess.TimeoutExpired:
+            print(f"{name:<9}| did not stop in 30 s; killed")
+            proc.kill()
+            proc.wait()
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
