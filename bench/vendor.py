@@ -66,13 +66,9 @@ def _providers_file(root: Path, fake_port: int) -> Path:
     fake = TencentFake()
     path = root / "providers.toml"
     path.write_text(
-        "[providers.tencent]\n"
-        'type = "tencent"\n'
-        f'secret_id = "{fake.secret_id}"\n'
-        f'secret_key = "{fake.secret_key}"\n'
-        f'sdk_app_id = "{fake.sdk_app_id}"\n'
-        f'endpoint = "http://127.0.0.1:{fake_port}"\n'
-        f'receipt_token = "{RECEIPT_TOKEN}"\n'
+        fake.providers_section(
+            f"http://127.0.0.1:{fake_port}", f'receipt_token = "{RECEIPT_TOKEN}"\n'
+        )
     )
     return path
 

@@ -54,14 +54,9 @@ class Fakes:
 
     def providers_file(self, path: Path, *, tencent_extra: str = "", routes: str = "") -> Path:
         path.write_text(
-            '[providers.tencent]\ntype = "tencent"\n'
-            f'secret_id = "{self.tencent.secret_id}"\nsecret_key = "{self.tencent.secret_key}"\n'
-            f'sdk_app_id = "{self.tencent.sdk_app_id}"\nendpoint = "{self.urls["tencent"]}"\n'
-            + tencent_extra
-            + '[providers.aliyun]\ntype = "aliyun"\n'
-            f'access_key_id = "{self.aliyun.access_key_id}"\n'
-            f'access_key_secret = "{self.aliyun.access_key_secret}"\n'
-            f'endpoint = "{self.urls["aliyun"]}"\n' + routes,
+            self.tencent.providers_section(self.urls["tencent"], tencent_extra)
+            + self.aliyun.providers_section(self.urls["aliyun"])
+            + routes,
             encoding="utf-8",
         )
         return path

@@ -107,12 +107,7 @@ async def tencent(
     fake = TencentFake()
     async with serve(fake.app) as url:
         providers = tmp_path / "providers.toml"
-        providers.write_text(
-            '[providers.tencent]\ntype = "tencent"\n'
-            f'secret_id = "{fake.secret_id}"\nsecret_key = "{fake.secret_key}"\n'
-            f'sdk_app_id = "{fake.sdk_app_id}"\nendpoint = "{url}"\n'
-            f'receipt_token = "{TOKEN}"\n'
-        )
+        providers.write_text(fake.providers_section(url, f'receipt_token = "{TOKEN}"\n'))
         server = await make_server(provider="tencent", providers_file=providers)
         client = await connect(server)
         message_id = await template_send(client, "tencent", "1110001", "腾讯云")
@@ -298,10 +293,7 @@ async def twilio(
     async with serve(fake.app) as url:
         providers = tmp_path / "providers.toml"
         providers.write_text(
-            '[providers.twilio]\ntype = "twilio"\n'
-            f'account_sid = "{fake.account_sid}"\nauth_token = "{fake.auth_token}"\n'
-            f'from_number = "+15005550006"\nbase_url = "{url}"\n'
-            f'status_callback = "{PUBLIC}/receipts/twilio"\n'
+            fake.providers_section(url, f'status_callback = "{PUBLIC}/receipts/twilio"\n')
         )
         server = await make_server(
             provider="twilio", providers_file=providers, public_base_url=PUBLIC

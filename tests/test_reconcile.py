@@ -78,14 +78,7 @@ async def twilio(
     fake = TwilioFake()
     async with serve(fake.app) as url:
         providers = tmp_path / "providers.toml"
-        providers.write_text(
-            "[providers.twilio]\n"
-            'type = "twilio"\n'
-            f'account_sid = "{fake.account_sid}"\n'
-            f'auth_token = "{fake.auth_token}"\n'
-            'from_number = "+15005550006"\n'
-            f'base_url = "{url}"\n'
-        )
+        providers.write_text(fake.providers_section(url))
         server = await make_server(provider="twilio", providers_file=providers, **FAST)
         token = (await server.apps.create("reconcile-app")).token
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
@@ -152,15 +145,7 @@ async def test_twilio_a_send_of_unknown_outcome_is_found_by_number_and_time(
     fake.controls.stalled = True
     async with serve(fake.app) as url:
         providers = tmp_path / "providers.toml"
-        providers.write_text(
-            "[providers.twilio]\n"
-            'type = "twilio"\n'
-            f'account_sid = "{fake.account_sid}"\n'
-            f'auth_token = "{fake.auth_token}"\n'
-            'from_number = "+15005550006"\n'
-            f'base_url = "{url}"\n'
-            "timeout_seconds = 0.3\n"
-        )
+        providers.write_text(fake.providers_section(url, "timeout_seconds = 0.3\n"))
         server = await make_server(provider="twilio", providers_file=providers, **FAST)
         token = (await server.apps.create("unknown-app")).token
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
@@ -245,14 +230,7 @@ async def tencent(
     fake = TencentFake(templates={"1110001": 0})
     async with serve(fake.app) as url:
         providers = tmp_path / "providers.toml"
-        providers.write_text(
-            "[providers.tencent]\n"
-            'type = "tencent"\n'
-            f'secret_id = "{fake.secret_id}"\n'
-            f'secret_key = "{fake.secret_key}"\n'
-            f'sdk_app_id = "{fake.sdk_app_id}"\n'
-            f'endpoint = "{url}"\n'
-        )
+        providers.write_text(fake.providers_section(url))
         server = await make_server(provider="tencent", providers_file=providers, **FAST)
         token = (await server.apps.create("reconcile-app")).token
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
@@ -314,13 +292,7 @@ async def aliyun(
     fake = AliyunFake()
     async with serve(fake.app) as url:
         providers = tmp_path / "providers.toml"
-        providers.write_text(
-            "[providers.aliyun]\n"
-            'type = "aliyun"\n'
-            f'access_key_id = "{fake.access_key_id}"\n'
-            f'access_key_secret = "{fake.access_key_secret}"\n'
-            f'endpoint = "{url}"\n'
-        )
+        providers.write_text(fake.providers_section(url))
         server = await make_server(provider="aliyun", providers_file=providers, **FAST)
         token = (await server.apps.create("reconcile-app")).token
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:

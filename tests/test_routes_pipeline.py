@@ -99,19 +99,14 @@ class Fakes:
         aliyun_extra: str = "",
         twilio_extra: str = "",
     ) -> Path:
+        receipts = f'receipt_token = "{TOKEN}"\n'
         path.write_text(
-            '[providers.tencent]\ntype = "tencent"\n'
-            f'secret_id = "{self.tencent.secret_id}"\nsecret_key = "{self.tencent.secret_key}"\n'
-            f'sdk_app_id = "{self.tencent.sdk_app_id}"\nendpoint = "{self.urls["tencent"]}"\n'
-            f'receipt_token = "{TOKEN}"\ntimeout_seconds = {tencent_timeout}\n'
-            '[providers.aliyun]\ntype = "aliyun"\n'
-            f'access_key_id = "{self.aliyun.access_key_id}"\n'
-            f'access_key_secret = "{self.aliyun.access_key_secret}"\n'
-            f'endpoint = "{self.urls["aliyun"]}"\nreceipt_token = "{TOKEN}"\n{aliyun_extra}'
-            '[providers.twilio]\ntype = "twilio"\n'
-            f'account_sid = "{self.twilio.account_sid}"\n'
-            f'auth_token = "{self.twilio.auth_token}"\nfrom_number = "+15005550006"\n'
-            f'base_url = "{self.urls["twilio"]}"\n{twilio_extra}' + routes,
+            self.tencent.providers_section(
+                self.urls["tencent"], f"{receipts}timeout_seconds = {tencent_timeout}\n"
+            )
+            + self.aliyun.providers_section(self.urls["aliyun"], receipts + aliyun_extra)
+            + self.twilio.providers_section(self.urls["twilio"], twilio_extra)
+            + routes,
             encoding="utf-8",
         )
         return path

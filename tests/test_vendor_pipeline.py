@@ -198,14 +198,7 @@ async def test_free_text_goes_to_twilio(
     fake = TwilioFake()
     async with serve(fake.app) as url:
         providers = tmp_path / "providers.toml"
-        providers.write_text(
-            "[providers.twilio]\n"
-            'type = "twilio"\n'
-            f'account_sid = "{fake.account_sid}"\n'
-            f'auth_token = "{fake.auth_token}"\n'
-            'from_number = "+15005550006"\n'
-            f'base_url = "{url}"\n'
-        )
+        providers.write_text(fake.providers_section(url))
         server = await make_server(provider="twilio", providers_file=providers)
         client = await connect(server)
 

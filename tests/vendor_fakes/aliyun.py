@@ -65,6 +65,15 @@ class AliyunFake:
     details: list[dict[str, Any]] = field(default_factory=list)
     _nonces: set[str] = field(default_factory=set)
 
+    def providers_section(self, url: str, extra: str = "") -> str:
+        """The ``[providers.aliyun]`` table of a providers file sending to this
+        fake at ``url``, with ``extra`` lines (receipt_token, limits) after it."""
+        return (
+            '[providers.aliyun]\ntype = "aliyun"\n'
+            f'access_key_id = "{self.access_key_id}"\n'
+            f'access_key_secret = "{self.access_key_secret}"\nendpoint = "{url}"\n{extra}'
+        )
+
     @property
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/", self._handle, methods=["POST"])])

@@ -59,6 +59,15 @@ class TencentFake:
     reports: list[dict[str, Any]] = field(default_factory=list)
     pulls: int = 0
 
+    def providers_section(self, url: str, extra: str = "") -> str:
+        """The ``[providers.tencent]`` table of a providers file sending to this
+        fake at ``url``, with ``extra`` lines (receipt_token, limits) after it."""
+        return (
+            '[providers.tencent]\ntype = "tencent"\n'
+            f'secret_id = "{self.secret_id}"\nsecret_key = "{self.secret_key}"\n'
+            f'sdk_app_id = "{self.sdk_app_id}"\nendpoint = "{url}"\n{extra}'
+        )
+
     @property
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/", self._handle, methods=["POST"])])

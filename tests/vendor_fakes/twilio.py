@@ -50,6 +50,15 @@ class TwilioFake:
     fetches: list[str] = field(default_factory=list)
     lists: list[dict[str, str]] = field(default_factory=list)
 
+    def providers_section(self, url: str, extra: str = "") -> str:
+        """The ``[providers.twilio]`` table of a providers file sending to this
+        fake at ``url``, with ``extra`` lines (status_callback, limits) after it."""
+        return (
+            '[providers.twilio]\ntype = "twilio"\n'
+            f'account_sid = "{self.account_sid}"\nauth_token = "{self.auth_token}"\n'
+            f'from_number = "+15005550006"\nbase_url = "{url}"\n{extra}'
+        )
+
     @property
     def app(self) -> Starlette:
         return Starlette(
