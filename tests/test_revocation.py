@@ -7,6 +7,8 @@ refused the same way."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,6 +46,41 @@ async def answer(stub: SmsServiceAsyncStub, token: str) -> str:
     return "OK"
 
 
+def blocking_answer(stub: SmsServiceStub, token: str) -> str:
+    """``answer`` through a blocking stub (of a server process)."""
+    try:
+        stub.ListMessages(LIST, metadata=bearer(token), timeout=5)
+    except grpc.RpcError as err:
+        return str(err.code().name)
+    return "OK"
+
+
+@asynccontextmanager
+async def cached_stubs(
+    servers: list[Running], token: str
+) -> AsyncIterator[list[SmsServiceAsyncStub]]:
+    """A stub of each server, each server having ``token`` cached."""
+    async with AsyncExitStack() as stack:
+        stubs: list[SmsServiceAsyncStub] = []
+        for server in servers:
+            address = f"127.0.0.1:{server.grpc_port}"
+            channel = await stack.enter_async_context(grpc.aio.insecure_channel(address))
+            stubs.append(SmsServiceStub(channel))
+        for stub in stubs:
+            assert await answer(stub, token) == "OK"
+        yield stubs
+
+
+async def refused_by_all(stubs: list[SmsServiceAsyncStub], token: str, what: str) -> None:
+    """Waits until every stub's call with ``token`` is refused as UNAUTHENTICATED."""
+    for stub in stubs:
+        await wait_until(
+            lambda stub=stub: answer(stub, token),  # type: ignore[misc]
+            lambda code: code == "UNAUTHENTICATED",
+            what=what,
+        )
+
+
 def auth_cache(server: Running) -> TokenCache:
     assert isinstance(server.server, GuardedServer)
     return server.server.guard.cache
@@ -55,23 +92,12 @@ async def test_a_revoked_app_is_refused_by_every_replica_though_cached(
     first = await make_server(auth_cache_seconds=CACHE_SECONDS)
     second = await make_server(auth_cache_seconds=CACHE_SECONDS)
     creds = await first.apps.create("leaving")
-    async with (
-        grpc.aio.insecure_channel(f"127.0.0.1:{first.grpc_port}") as one,
-        grpc.aio.insecure_channel(f"127.0.0.1:{second.grpc_port}") as two,
-    ):
-        stubs: list[SmsServiceAsyncStub] = [SmsServiceStub(one), SmsServiceStub(two)]
-        for stub in stubs:  # both replicas have the token cached now
-            assert await answer(stub, creds.token) == "OK"
+    async with cached_stubs([first, second], creds.token) as stubs:
         assert auth_cache(second).get(creds.app_key, creds.app_secret) is not None
 
         assert await first.apps.revoke(creds.app_key)
 
-        for stub in stubs:
-            await wait_until(
-                lambda stub=stub: answer(stub, creds.token),  # type: ignore[misc]
-                lambda code: code == "UNAUTHENTICATED",
-                what="the revoked token to be refused",
-            )
+        await refused_by_all(stubs, creds.token, "the revoked token to be refused")
     assert not await first.apps.revoke(creds.app_key), "revoked twice"
 
 
@@ -81,24 +107,13 @@ async def test_a_rotated_secret_is_refused_by_every_replica_though_cached(
     first = await make_server(auth_cache_seconds=CACHE_SECONDS)
     second = await make_server(auth_cache_seconds=CACHE_SECONDS)
     old = await first.apps.create("rotating")
-    async with (
-        grpc.aio.insecure_channel(f"127.0.0.1:{first.grpc_port}") as one,
-        grpc.aio.insecure_channel(f"127.0.0.1:{second.grpc_port}") as two,
-    ):
-        stubs: list[SmsServiceAsyncStub] = [SmsServiceStub(one), SmsServiceStub(two)]
-        for stub in stubs:  # both replicas have the old token cached now
-            assert await answer(stub, old.token) == "OK"
-
+    async with cached_stubs([first, second], old.token) as stubs:
         new = await first.apps.rotate_secret(old.app_key)
 
         assert new is not None
         assert (new.app_key, new.token != old.token) == (old.app_key, True)
+        await refused_by_all(stubs, old.token, "the old secret to be refused")
         for stub in stubs:
-            await wait_until(
-                lambda stub=stub: answer(stub, old.token),  # type: ignore[misc]
-                lambda code: code == "UNAUTHENTICATED",
-                what="the old secret to be refused",
-            )
             assert await answer(stub, new.token) == "OK"
     assert await first.apps.rotate_secret("ak_" + "0" * 20) is None, "no such app"
 
@@ -144,18 +159,15 @@ def test_apps_revoke_refuses_the_token_on_the_running_server(
     creds = json.loads(created.stdout)
     stub = server.sms()
 
-    def code() -> str:
-        try:
-            stub.ListMessages(LIST, metadata=bearer(creds["token"]), timeout=5)
-        except grpc.RpcError as err:
-            return str(err.code().name)
-        return "OK"
-
-    assert code() == "OK"
+    assert blocking_answer(stub, creds["token"]) == "OK"
     done = servers.run(data_dir, "apps", "revoke", creds["app_key"])
     assert done.returncode == 0, done.stderr
     assert f"revoked {creds['app_key']}" in done.stdout
-    wait_until_blocking(code, lambda c: c == "UNAUTHENTICATED", what="the token to be refused")
+    wait_until_blocking(
+        lambda: blocking_answer(stub, creds["token"]),
+        lambda c: c == "UNAUTHENTICATED",
+        what="the token to be refused",
+    )
 
     again = servers.run(data_dir, "apps", "revoke", creds["app_key"])
     assert again.returncode == 1
@@ -170,24 +182,18 @@ def test_apps_rotate_secret_prints_a_new_token_and_refuses_the_old(
     server = servers.start(data_dir, AUTH_CACHE_SECONDS=str(CACHE_SECONDS))
     old = json.loads(servers.run(data_dir, "apps", "create", "demo", "--json").stdout)
     stub = server.sms()
-
-    def code(token: str) -> str:
-        try:
-            stub.ListMessages(LIST, metadata=bearer(token), timeout=5)
-        except grpc.RpcError as err:
-            return str(err.code().name)
-        return "OK"
-
-    assert code(old["token"]) == "OK"
+    assert blocking_answer(stub, old["token"]) == "OK"
     done = servers.run(data_dir, "apps", "rotate-secret", old["app_key"], "--json")
     assert done.returncode == 0, done.stderr
     new = json.loads(done.stdout)
     assert new["app_key"] == old["app_key"]
     assert new["token"] == f"{new['app_key']}.{new['app_secret']}" != old["token"]
     wait_until_blocking(
-        lambda: code(old["token"]), lambda c: c == "UNAUTHENTICATED", what="the old to be refused"
+        lambda: blocking_answer(stub, old["token"]),
+        lambda c: c == "UNAUTHENTICATED",
+        what="the old to be refused",
     )
-    assert code(new["token"]) == "OK"
+    assert blocking_answer(stub, new["token"]) == "OK"
 
     text = servers.run(data_dir, "apps", "rotate-secret", old["app_key"])
     assert text.returncode == 0, text.stderr
