@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -15,12 +15,6 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 from smsgate.v1 import message_pb2 as mpb
 from smsgate.v1 import sign_service_pb2 as spb
-from smsgate.v1 import (
-    sign_service_pb2_grpc,
-    sms_service_pb2_grpc,
-    template_service_pb2_grpc,
-    verification_service_pb2_grpc,
-)
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import template_service_pb2 as tpb
 from smsgate.v1 import verification_service_pb2 as vpb
@@ -30,30 +24,19 @@ from smsgate_server.runtime import Running
 from smsgate_server.store.keys import QueueField
 
 from tests.conftest import ServerFactory
-from tests.pipeline_support import wait_for_statuses
+from tests.pipeline_support import Client, wait_for_statuses
 from tests.processes import Servers
 from tests.support import Details, bearer, details_of
 from tests.test_verification import every_redis_value, handset_text
 from tests.waiting import wait_until_blocking
-
-if TYPE_CHECKING:  # the async stub type exists only in the .pyi
-    from smsgate.v1.sms_service_pb2_grpc import SmsServiceAsyncStub
 
 S = mpb.MessageStatus
 CN = "+8613800138000"
 US = "+14155552671"
 
 
-class Api:
-    """The stubs of one app on one server."""
-
-    def __init__(self, channel: grpc.aio.Channel, token: str) -> None:
-        self.token = token
-        self.meta = bearer(token)
-        self.sms: SmsServiceAsyncStub = sms_service_pb2_grpc.SmsServiceStub(channel)
-        self.templates = template_service_pb2_grpc.TemplateServiceStub(channel)
-        self.signs = sign_service_pb2_grpc.SignServiceStub(channel)
-        self.verification = verification_service_pb2_grpc.VerificationServiceStub(channel)
+class Api(Client):
+    """The stubs of one app on one server, with this file's shortcuts."""
 
     async def template(self, **fields: Any) -> tpb.Template:
         fields.setdefault("kind", tpb.TEMPLATE_KIND_NOTIFICATION)
