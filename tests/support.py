@@ -4,8 +4,12 @@ the README's sessions."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -56,7 +60,8 @@ def details_of(err: grpc.aio.AioRpcError) -> Details:
     return out
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 
 def readme_block(marker: str, fence: str = "sh") -> str:
@@ -78,3 +83,18 @@ async def run_shell(
     out, err = await asyncio.wait_for(process.communicate(), timeout=timeout)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+def bench_smoke(module: str, out: Path, *, timeout: float) -> Any:
+    """Runs ``python -m <module> --smoke --out <out>`` from the repository root;
+    the JSON it wrote (its output is the failure message if it fails)."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(out.read_text())

@@ -6,26 +6,14 @@ costs."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import bench_smoke
 
 
 def test_bench_cluster_smoke_run_measures_both_layouts(tmp_path: Path) -> None:
     out = tmp_path / "cluster.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.cluster", "--smoke", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    results = json.loads(out.read_text())["results"]
+    results = bench_smoke("bench.cluster", out, timeout=110)["results"]
     assert [r["layout"] for r in results] == ["standalone", "cluster"]
     for r in results:
         assert r["row"]["requests"] > 0

@@ -5,26 +5,14 @@ asserted; only that the machinery works and measured real calls."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import bench_smoke
 
 
 def test_bench_smoke_run_writes_echo_and_sendsms_rows(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    rows = {row["scenario"]: row for row in json.loads(out.read_text())["rows"]}
+    rows = {row["scenario"]: row for row in bench_smoke("bench", out, timeout=120)["rows"]}
     echo = next(row for name, row in rows.items() if name.startswith("echo@"))
     assert echo["requests"] > 0
     assert echo["errors"] == 0
