@@ -69,13 +69,25 @@ class Profile:
     # The footprint scenario: Redis bytes per message measured after this many
     # messages have been delivered.
     footprint_messages: int = 20_000
+    # The growth scenario: ListMessages of an app with 10 messages and with this many.
+    growth_messages: int = 100_000
 
 
-ALL = ("sendsms", "getmessage", "batchsend", "e2e", "verify", "watch", "noisy", "footprint")
+ALL = (
+    "sendsms",
+    "getmessage",
+    "batchsend",
+    "e2e",
+    "verify",
+    "watch",
+    "noisy",
+    "footprint",
+    "growth",
+)
 PROFILES = {
-    "full": Profile("full", 3.0, 15.0, 2, 20_000, 100, 500.0, ALL, 50_000),
-    "quick": Profile("quick", 1.0, 5.0, 2, 5_000, 20, 300.0, ALL, 20_000),
-    "smoke": Profile("smoke", 0.3, 1.0, 1, 200, 2, 50.0, ("sendsms",), 1_000),
+    "full": Profile("full", 3.0, 15.0, 2, 20_000, 100, 500.0, ALL, 50_000, 1_000_000),
+    "quick": Profile("quick", 1.0, 5.0, 2, 5_000, 20, 300.0, ALL, 20_000, 100_000),
+    "smoke": Profile("smoke", 0.3, 1.0, 1, 200, 2, 50.0, ("sendsms",), 1_000, 1_000),
 }
 CONCURRENCY = {
     "sendsms": 64,
@@ -88,6 +100,9 @@ CONCURRENCY = {
     "noisy": 4,
     # BatchSends of 1,000 in flight while the footprint's messages are accepted.
     "footprint": 4,
+    # ListMessages callers of the growth scenario: one, as an app may list one
+    # page at a time (SMSGATE_APP_MAX_CONCURRENT_QUERIES).
+    "growth": 1,
 }
 UNITS = {
     "echo": "req",
@@ -100,6 +115,7 @@ UNITS = {
     "noisy": "req",
     "listmessages": "req",
     "footprint": "byte/msg",
+    "growth": "req",
 }
 # The noisy-neighbour scenario: app A holds this many messages and this many
 # client processes loop ListMessages (no filter) over them.
@@ -853,6 +869,45 @@ def run_footprint(run: Run, servers: Servers, *, batched: bool) -> Row:
     return row
 
 
+# --- growth ------------------------------------------------------------------
+
+
+def run_growth(run: Run, servers: Servers) -> list[Row]:
+    """ListMessages (first page, no filter) of an app holding 10 messages and
+    of one holding ``growth_messages``, and the server's RSS with that many
+    accepted and not yet dispatched: what each grows with."""
+    p = run.profile
+    rows: list[Row] = []
+    for n in (10, p.growth_messages):
+        token = servers.create_app(f"growth-{n}")
+        began = time.monotonic()
+        asyncio.run(_seed(run.target, token, n))
+        seeded = time.monotonic() - began
+        backlog_rss = sample_tree(run.server_pid).rss_bytes
+        waited = settle(run.server_pid, 600)
+        spec = ClientSpec(
+            "listmessages", run.target, token, 0, CONCURRENCY["growth"], p.warmup, p.duration
+        )
+        m = run_clients(
+            run.ctx,
+            [spec],
+            server_pid=run.server_pid,
+            redis_pid=run.redis_pid,
+            window=(p.warmup, p.duration),
+            timeout=p.warmup + p.duration + 120,
+        )
+        row = Row(f"list@{n:,}", UNITS["growth"], CONCURRENCY["growth"], 1)
+        _fill(row, m, m.results[0].latencies, m.results[0].units, p.duration)
+        row.note = (
+            f"ListMessages (page of 50, no filter) of an app holding {n:,} messages; "
+            f"seeded by BatchSend of 10,000 in {seeded:.1f}s, server RSS "
+            f"{backlog_rss / 2**20:.0f} MB right after (the backlog queued in Redis), "
+            f"idle again after {waited:.0f}s"
+        )
+        rows.append(row)
+    return rows
+
+
 # --- output ----------------------------------------------------------------
 
 
@@ -1015,7 +1070,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 {
                     concurrency[s]
                     for s in profile.scenarios
-                    if s not in ("batchsend", "watch", "noisy", "footprint")
+                    if s not in ("batchsend", "watch", "noisy", "footprint", "growth")
                 },
                 reverse=True,
             ) or [concurrency["sendsms"]]
@@ -1058,6 +1113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     row = run_watch(run)
                 elif name == "noisy":
                     row = run_noisy(run, servers)
+                elif name == "growth":
+                    *smaller, row = run_growth(run, servers)
+                    rows += smaller
                 elif name == "footprint":
                     rows.append(run_footprint(run, servers, batched=False))
                     print(f"measured footprint-single: {rows[-1].rate:.0f} bytes/message")
@@ -1065,10 +1123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else:
                     row = run.timed(name, c)
                 base = echo.get(c) or echo[levels[0]]
-                if name not in ("watch", "noisy", "footprint"):  # not comparable with one call
+                if name not in ("watch", "noisy", "footprint", "growth"):  # not one call
                     row.echo_rate_ratio = _ratio(row.rate, base.rate)
                     row.echo_p99_ratio = _ratio(row.p99_ms, base.p99_ms)
-                if c not in echo and name not in ("watch", "noisy", "footprint"):
+                if c not in echo and name not in ("watch", "noisy", "footprint", "growth"):
                     row.note = (row.note + "; " if row.note else "") + f"ratios vs echo@{levels[0]}"
                 rows.append(row)
                 print(f"measured {name}: {row.rate:.0f} {row.unit}/s", flush=True)
