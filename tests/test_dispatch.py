@@ -264,6 +264,74 @@ async def test_a_reclaimed_message_out_of_attempts_fails(
     assert message.error.code == "NO_OUTCOME"
 
 
+async def test_a_reclaimed_message_handed_to_its_provider_is_never_sent_again(
+    make_server: ServerFactory, send_one: SendOne, tmp_path: Path
+) -> None:
+    api = await make_server(role="api")
+    stub, token, message_id = await send_one(api)
+    # A worker that died during its vendor call: the provider may have it.
+    shard = int(message_id[12:14], 16)
+    queue = DispatchQueue(api.redis, shards=api.settings.shards)
+    await queue.ensure_groups()
+    entries = await queue.read(shard, "dead-worker", 10)
+    claimed = await api.store.claim(
+        shard, entries, reclaimed=False, max_attempts=api.settings.max_attempts
+    )
+    assert await api.store.hand_over(shard, "simulator", claimed) == [True]
+
+    log = tmp_path / "worker-sim.log"
+    await make_server(
+        role="worker", sim_log=log, visibility_timeout_seconds=0.3, receipt_timeout_seconds=0.5
+    )
+    message = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
+    assert (message.status, message.error.code) == (S.MESSAGE_STATUS_EXPIRED, "OUTCOME_UNKNOWN")
+    assert sent_counts(log)[message_id] == 0
+    assert message.attempts == 1
+    assert [h.status for h in message.history] == [
+        S.MESSAGE_STATUS_QUEUED,
+        S.MESSAGE_STATUS_SENDING,
+        S.MESSAGE_STATUS_SENT,
+        S.MESSAGE_STATUS_EXPIRED,
+    ]
+    assert message.history[2].detail == "simulator outcome unknown"
+
+
+async def test_a_reclaimed_message_never_handed_to_a_provider_is_sent(
+    make_server: ServerFactory, send_one: SendOne, tmp_path: Path
+) -> None:
+    api = await make_server(role="api")
+    stub, token, message_id = await send_one(api)
+    # A worker that died after claiming, before its chunk's vendor call.
+    shard = int(message_id[12:14], 16)
+    queue = DispatchQueue(api.redis, shards=api.settings.shards)
+    await queue.ensure_groups()
+    entries = await queue.read(shard, "dead-worker", 10)
+    await api.store.claim(shard, entries, reclaimed=False, max_attempts=api.settings.max_attempts)
+
+    log = tmp_path / "worker-sim.log"
+    await make_server(role="worker", sim_log=log, visibility_timeout_seconds=0.3)
+    message = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
+    assert (message.status, message.attempts) == (S.MESSAGE_STATUS_DELIVERED, 2)
+    assert sent_counts(log)[message_id] == 1
+
+
+async def test_a_hand_over_after_a_reclaim_is_refused(
+    make_server: ServerFactory, send_one: SendOne
+) -> None:
+    api = await make_server(role="api")
+    _, _, message_id = await send_one(api)
+    shard = int(message_id[12:14], 16)
+    queue = DispatchQueue(api.redis, shards=api.settings.shards)
+    await queue.ensure_groups()
+    entries = await queue.read(shard, "slow-worker", 10)
+    late = await api.store.claim(shard, entries, reclaimed=False, max_attempts=5)
+    # Another worker re-claimed it meanwhile (one attempt more): the slow one
+    # may not send it any more.
+    again = await api.store.claim(shard, entries, reclaimed=True, max_attempts=5)
+    assert await api.store.hand_over(shard, "simulator", late) == [False]
+    assert await api.store.hand_over(shard, "simulator", again) == [True]
+
+
 async def test_a_receipt_that_outruns_its_send_outcome_waits_for_it(
     make_server: ServerFactory, send_one: SendOne
 ) -> None:

@@ -21,7 +21,7 @@ from smsgate_server.store.keys import (
 from smsgate_server.store.scripts import status_prelude
 
 LUA = resources.files("smsgate_server.store") / "lua"
-MESSAGE_SCRIPTS = ["accept", "cancel", "claim", "lib", "promote", "receipt", "settle"]
+MESSAGE_SCRIPTS = ["accept", "cancel", "claim", "hand_over", "lib", "promote", "receipt", "settle"]
 CODE_SCRIPTS = ["code_issue", "code_verify"]
 TEMPLATE_SCRIPTS = ["template_create", "template_delete", "template_update"]
 

@@ -66,11 +66,16 @@ PACE_SLEEP_MAX = 0.5
 NO_ROUTE = "NO_ROUTE"
 ALL_PROVIDERS_REFUSED = "ALL_PROVIDERS_REFUSED"
 PROVIDERS_UNAVAILABLE = "PROVIDERS_UNAVAILABLE"
+# A message whose vendor call was cut off (its worker stopped or died during it).
+SEND_CUT_OFF = "SEND_CUT_OFF"
 # A blip while storing outcomes is retried with this backoff (seconds).
 SETTLE_RETRY_BASE = 0.05
 SETTLE_RETRY_MAX = 1.0
 _settle_failed = RepeatedLog(
     log, "settle gave up; the entries will be re-claimed", every=5.0, level=logging.ERROR
+)
+_hand_over_failed = RepeatedLog(
+    log, "cannot record the provider of a chunk; not sent for now", every=5.0, level=logging.ERROR
 )
 _promote_check_failed = RepeatedLog(
     log, "cannot read which shards have messages due", every=5.0, level=logging.ERROR
@@ -314,7 +319,14 @@ class Dispatcher:
             shard, entries, reclaimed=reclaimed, max_attempts=self.config.max_attempts
         )
         self._held.update(c.entry for c in claimed)
-        routed = [(c, self._route(c)) for c in claimed]
+        # Handed to a provider by a worker that stored no outcome: that provider
+        # may have it, so it is settled as an unknown outcome, never routed again.
+        for name in {c.in_flight for c in claimed if c.in_flight}:
+            cut_off = [self._cut_off(name, c) for c in claimed if c.in_flight == name]
+            task = asyncio.create_task(self._settle_unsent(shard, cut_off))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        routed = [(c, self._route(c)) for c in claimed if not c.in_flight]
         usable = await self._usable({n for _, choice in routed for n in choice.candidates})
         # Messages of one app sharing sender, sign and template go to their
         # chosen provider together (each with its own text and params), up to
@@ -390,11 +402,26 @@ class Dispatcher:
         )
         return self._retry("", c, unavailable, route)
 
+    def _cut_off(self, name: str, c: Claimed, route: str = "") -> SendOutcome:
+        """The outcome of a message whose call to ``name`` may have gone out but
+        never answered here (its worker stopped or died): unknown."""
+        reason = f"the worker sending it to {name} stopped before the answer"
+        return SendOutcome(c, Outcome.UNKNOWN, name, "", SEND_CUT_OFF, reason, route=route)
+
+    def _reconcile_after_ms(self, name: str) -> int:
+        """When to ask ``name`` about a message it took without a receipt (0: never)."""
+        if self.reconciler is not None and name in self.reconciler.sources:
+            return self.reconciler.interval_ms
+        return 0
+
     async def _settle_unsent(self, shard: int, outcomes: list[SendOutcome]) -> None:
+        """Settle outcomes found without a call (by no provider, or one whose
+        call was cut off: all with ``outcomes[0].provider``)."""
         try:
+            name = outcomes[0].provider
             for o in outcomes:
-                SEND_OUTCOMES.labels("none", o.outcome).inc()
-            await self._settle(shard, outcomes, reconcile_after_ms=0)
+                SEND_OUTCOMES.labels(name or "none", o.outcome).inc()
+            await self._settle(shard, outcomes, reconcile_after_ms=self._reconcile_after_ms(name))
         finally:
             self._held.difference_update(o.claimed.entry for o in outcomes)
 
@@ -404,6 +431,7 @@ class Dispatcher:
 
     async def _send(self, shard: int, name: str, chunk: list[tuple[Claimed, RouteChoice]]) -> None:
         claimed = [c for c, _ in chunk]
+        entries = [c.entry for c in claimed]
         provider = self.providers[name]
         try:
             try:
@@ -418,13 +446,24 @@ class Dispatcher:
                 wait = await self._pace(name, len(chunk))
                 if wait > 0:
                     at_ms = self._paced_until(name, wait)
+                    SEND_OUTCOMES.labels(name, Outcome.DEFER).inc(len(claimed))
                     await self._settle(
                         shard,
                         [SendOutcome(c, Outcome.DEFER, name, retry_at_ms=at_ms) for c in claimed],
                         reconcile_after_ms=0,
                     )
                     return
-                results = await self._call_provider(provider, batch)
+                mine = await self._hand_over(shard, name, chunk)
+                if len(mine) < len(chunk):
+                    if not mine:
+                        return
+                    chunk, claimed = mine, [c for c, _ in mine]
+                    batch = self._batch(claimed)
+                try:
+                    results = await self._call_provider(provider, batch)
+                except asyncio.CancelledError:
+                    await self._settle_cut_off(shard, name, chunk)
+                    raise
                 await self._record(name, results)
             outcomes = [
                 self._outcome(name, c, choice, r)
@@ -434,17 +473,47 @@ class Dispatcher:
                 SEND_OUTCOMES.labels(name, o.outcome).inc()
             # First: once a message shows it failed as unsubscribed, the list has the number.
             await self._opt_out(c for c, r in zip(claimed, results, strict=True) if r.opted_out)
-            await self._settle(
-                shard,
-                outcomes,
-                reconcile_after_ms=(
-                    self.reconciler.interval_ms
-                    if self.reconciler is not None and name in self.reconciler.sources
-                    else 0
-                ),
-            )
+            await self._settle(shard, outcomes, reconcile_after_ms=self._reconcile_after_ms(name))
         finally:
-            self._held.difference_update(c.entry for c in claimed)
+            self._held.difference_update(entries)
+
+    async def _hand_over(
+        self, shard: int, name: str, chunk: list[tuple[Claimed, RouteChoice]]
+    ) -> list[tuple[Claimed, RouteChoice]]:
+        """Record ``name`` on the chunk's messages before its call (one round
+        trip per chunk): those still this worker's to send. Unrecorded, none
+        is sent: their entries are re-claimed and routed again later."""
+        try:
+            mine = await self.store.hand_over(shard, name, [c for c, _ in chunk])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _hand_over_failed.occurred(
+                type(exc).__name__, exc=None if isinstance(exc, Unavailable) else exc
+            )
+            return []
+        return [member for member, ok in zip(chunk, mine, strict=True) if ok]
+
+    async def _settle_cut_off(
+        self, shard: int, name: str, chunk: list[tuple[Claimed, RouteChoice]]
+    ) -> None:
+        """stop() cancelled a call that may have reached ``name``: store it as
+        an unknown outcome now, shielded from the cancellation (if this fails,
+        the re-claim finds the in-flight provider and does the same)."""
+        outcomes = [
+            self._cut_off(name, c, f"{choice.label}: {name}" if choice.label else "")
+            for c, choice in chunk
+        ]
+        for o in outcomes:
+            SEND_OUTCOMES.labels(name, o.outcome).inc()
+        try:
+            await asyncio.shield(
+                self.store.settle(
+                    shard, outcomes, reconcile_after_ms=self._reconcile_after_ms(name)
+                )
+            )
+        except Exception as exc:
+            _settle_failed.occurred(type(exc).__name__, messages=len(outcomes))
 
     async def _pace(self, name: str, messages: int) -> float:
         """0.0 once the pace of ``name`` has room for one call of ``messages``

@@ -110,6 +110,10 @@ class MessageField(enum.StrEnum):
     # Providers of its route that refused it, as "name code" joined by ',':
     # the next claim routes it past them (failover).
     REFUSED = "rf"
+    # The provider a worker is handing it to now (set just before the vendor
+    # call, cleared when the outcome is stored): a re-claim that finds it knows
+    # that provider may have the message, and never routes it elsewhere.
+    IN_FLIGHT = "ip"
 
 
 class EventField(enum.StrEnum):

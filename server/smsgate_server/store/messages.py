@@ -103,6 +103,9 @@ class Claimed:
     vendor_ids_json: str = ""
     # Providers that refused it so far: "name code" joined by ','.
     refused: str = ""
+    # Re-claimed after a worker handed it to this provider and stored no
+    # outcome (``hand_over``): the provider may have it; never send it again.
+    in_flight: str = ""
 
     def refused_by(self) -> dict[str, str]:
         """The providers that refused it, with the code each gave."""
@@ -569,9 +572,22 @@ class MessageStore:
                 sign=_s(r[13]),
                 vendor_ids_json=_s(r[14]),
                 refused=_s(r[15]) if len(r) > 15 else "",
+                in_flight=_s(r[16]) if len(r) > 16 else "",
             )
             for r in rows
         ]
+
+    @redis_edge
+    async def hand_over(self, shard: int, provider: str, claimed: Sequence[Claimed]) -> list[bool]:
+        """Record ``provider`` as having the claimed messages, just before its
+        call; per message False when it is not this worker's to send any more
+        (re-claimed by another since)."""
+        keys = self.shard_keys[shard]
+        args: list[Any] = [*self._common(keys, self.now_ms()), provider]
+        for c in claimed:
+            args += [f"{c.app}:{c.id}", c.attempts]
+        result = await self.scripts.hand_over(keys=[keys.events], args=args)
+        return [int(x) == 1 for x in result]
 
     @redis_edge
     async def settle(

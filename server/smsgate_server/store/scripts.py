@@ -140,6 +140,7 @@ class Scripts:
         self.accept = message_script("accept")
         self.claim = message_script("claim")
         self.settle = message_script("settle")
+        self.hand_over = message_script("hand_over")
         self.receipt = message_script("receipt")
         self.promote = message_script("promote")
         self.reconcile = message_script("reconcile")

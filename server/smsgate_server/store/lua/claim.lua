@@ -6,14 +6,20 @@
 -- attempts, created ms, batch, send_at ms, sensitive ('1': rendered and
 -- params are sealed), template id, template params json, sign name, vendor
 -- template ids json (the last four '' for free text), providers that refused
--- it ("name code" joined by ',')}. Entries of gone, canceled or finished messages are acknowledged
--- and dropped here; a re-claimed message out of attempts fails.
+-- it ("name code" joined by ','), the in-flight provider}. Entries of gone,
+-- canceled or finished messages are acknowledged and dropped here; a
+-- re-claimed message out of attempts fails.
+-- A re-claimed SENDING message with an in-flight provider ('ip', hand_over.lua)
+-- was handed to that provider by a worker that never stored the outcome: it
+-- is returned as it is (no attempt counted, no history) with that provider,
+-- for the dispatcher to settle as an unknown outcome, never to send again.
 local group, reclaimed, max_attempts = ARGV[5], ARGV[6] == '1', tonumber(ARGV[7])
 local out = {}
 for i = 8, #ARGV, 2 do
   local entry, app, id = ARGV[i], split(ARGV[i + 1])
   local st, batch = state(app, id)
-  local spent = st == SENDING and reclaimed
+  local inflight = st == SENDING and reclaimed and redis.call('HGET', mkey(app, id), 'ip') or ''
+  local spent = inflight == '' and st == SENDING and reclaimed
     and tonumber(redis.call('HGET', mkey(app, id), 'at') or 0) >= max_attempts
   local ex = tonumber(redis.call('HGET', mkey(app, id), 'ex') or 0) or 0
   if st == QUEUED and ex > 0 and NOW >= ex then
@@ -28,7 +34,8 @@ for i = 8, #ARGV, 2 do
     redis.call('XACK', KEYS[2], group, entry)
     redis.call('XDEL', KEYS[2], entry)
   elseif st == QUEUED or (reclaimed and st == SENDING) then
-    local attempts = redis.call('HINCRBY', mkey(app, id), 'at', 1)
+    local attempts = inflight ~= '' and tonumber(redis.call('HGET', mkey(app, id), 'at') or 0)
+      or redis.call('HINCRBY', mkey(app, id), 'at', 1)
     local v = redis.call('HMGET', mkey(app, id), 'p', 'r', 'snd', 'ct', 'b', 'sa', 'sen',
       'tp', 'pa', 'sn', 'vt', 'rf')
     -- accept.lua stores only fields that are set: a missing one is empty, and
@@ -37,9 +44,9 @@ for i = 8, #ARGV, 2 do
     if not v[2] then
       v[2] = v[5] ~= '' and redis.call('GET', P .. 'bt:' .. app .. ':' .. v[5]) or ''
     end
-    enter(app, id, v[5], st, SENDING, 'attempt ' .. attempts)
+    if inflight == '' then enter(app, id, v[5], st, SENDING, 'attempt ' .. attempts) end
     out[#out + 1] = {entry, app, id, v[1], v[2], v[3], attempts, v[4], v[5], v[6], v[7],
-      v[8] or '', v[9] or '', v[10] or '', v[11] or '', v[12] or ''}
+      v[8] or '', v[9] or '', v[10] or '', v[11] or '', v[12] or '', inflight}
   else
     redis.call('XACK', KEYS[2], group, entry)
     redis.call('XDEL', KEYS[2], entry)

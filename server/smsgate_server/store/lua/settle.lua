@@ -12,6 +12,7 @@
 -- route has another: it is queued again at once, the provider recorded in
 -- 'rf' so the next claim routes past it. 'defer': the provider's pace had no
 -- room; it waits in the due set until retry-at, and the attempt is given back.
+-- Every outcome clears the in-flight provider ('ip', hand_over.lua).
 -- Returns the number of messages whose status changed.
 local group, deadline, pmttl = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local ask = tonumber(ARGV[8])
@@ -28,6 +29,7 @@ for i = 9, #ARGV, 10 do
   local st, batch = state(app, id)
   if st == SENDING then
     local m = mkey(app, id)
+    redis.call('HDEL', m, 'ip')
     local again = outcome == 'retry' or outcome == 'failover' or outcome == 'defer'
     if not again and redis.call('HGET', m, 'sen') == '1' then
       -- A provider has the secret now (or never will): keep no copy.
