@@ -22,8 +22,10 @@ import pytest
 from smsgate.v1 import message_pb2 as mpb
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import usage_service_pb2 as upb
+from smsgate_server.providers.base import OutcomeClass, RecipientResult
 from smsgate_server.providers.signing import twilio_signature
 from smsgate_server.runtime import StartError
+from smsgate_server.store.queue import DispatchQueue
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -438,6 +440,93 @@ async def test_a_tencent_timeout_never_fails_over_and_ends_outcome_unknown(
     assert (ended.status, ended.error.code) == (S.MESSAGE_STATUS_EXPIRED, "OUTCOME_UNKNOWN")
     assert "may or may not have reached the phone" in ended.error.reason
     assert ended.attempts == 1
+
+
+async def test_a_send_cut_off_at_tencent_never_goes_to_aliyun_when_tencents_breaker_opens(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        fakes.tencent.controls.stalled = True
+        routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
+        settings: dict[str, Any] = {
+            "providers_file": fakes.providers_file(tmp_path / "providers.toml", routes),
+            "breaker_consecutive_failures": 1,
+            "receipt_timeout_seconds": 2.0,
+            "reconcile_after_seconds": 0.5,
+        }
+        api = await make_server(role="api", **settings)
+        client = await connect(api)
+        await shipped_template(client)
+        first = await make_server(role="worker", **settings)
+        reply = await client.sms.SendSms(
+            pb.SendSmsRequest(phone_number=CN, template=shipped()), metadata=client.meta
+        )
+        await wait_until(
+            lambda: asyncio.sleep(0, len(fakes.tencent.calls)), what="the call at Tencent"
+        )
+        # Meanwhile a timeout at Tencent (another call's, as the gate records it)
+        # opens its breaker; then the worker stops with the call still out.
+        assert first.dispatcher is not None
+        timeout = RecipientResult(OutcomeClass.UNKNOWN, "", "PROVIDER_TIMEOUT")
+        await first.dispatcher.gate.record("tencent", [timeout])
+        assert await first.dispatcher.gate.usable(["tencent", "aliyun"]) == ["aliyun"]
+        await first.stop()
+
+        await make_server(role="worker", **settings)
+        ended = await client.wait(reply.message.id, ENDED)
+
+    # Tencent may have it: Aliyun never got it.
+    assert len(fakes.tencent.calls) == 1
+    assert fakes.aliyun.calls == []
+    assert (ended.status, ended.error.code, ended.provider) == (
+        S.MESSAGE_STATUS_EXPIRED,
+        "OUTCOME_UNKNOWN",
+        "tencent",
+    )
+    assert ended.history[2].detail == "tencent outcome unknown (route CN: tencent)"
+    assert ended.attempts == 1
+
+
+async def test_a_reclaimed_message_handed_to_tencent_stays_there_with_its_breaker_open(
+    make_server: ServerFactory, connect: Connect, tmp_path: Path
+) -> None:
+    async with vendors() as fakes:
+        routes = '[[routes]]\ndestination = "CN"\nproviders = ["tencent", "aliyun"]\n'
+        settings: dict[str, Any] = {
+            "providers_file": fakes.providers_file(tmp_path / "providers.toml", routes),
+            "breaker_consecutive_failures": 1,
+            "receipt_timeout_seconds": 2.0,
+            "reconcile_after_seconds": 0.5,
+            "visibility_timeout_seconds": 0.3,
+        }
+        api = await make_server(role="api", **settings)
+        client = await connect(api)
+        await shipped_template(client)
+        reply = await client.sms.SendSms(
+            pb.SendSmsRequest(phone_number=CN, template=shipped()), metadata=client.meta
+        )
+        # A worker that died during its Tencent call, whose breaker opened since.
+        message_id = reply.message.id
+        shard = int(message_id[12:14], 16)
+        queue = DispatchQueue(api.redis, shards=api.settings.shards)
+        await queue.ensure_groups()
+        entries = await queue.read(shard, "dead-worker", 10)
+        claimed = await api.store.claim(shard, entries, reclaimed=False, max_attempts=5)
+        assert await api.store.hand_over(shard, "tencent", claimed) == [True]
+        worker = await make_server(role="worker", **settings)
+        assert worker.dispatcher is not None
+        timeout = RecipientResult(OutcomeClass.UNKNOWN, "", "PROVIDER_TIMEOUT")
+        await worker.dispatcher.gate.record("tencent", [timeout])
+
+        ended = await client.wait(message_id, ENDED)
+
+    assert fakes.tencent.calls == []
+    assert fakes.aliyun.calls == []
+    assert (ended.status, ended.error.code, ended.provider) == (
+        S.MESSAGE_STATUS_EXPIRED,
+        "OUTCOME_UNKNOWN",
+        "tencent",
+    )
 
 
 async def test_an_unknown_outcome_ends_outcome_unknown_and_a_silent_receipt_only_expires(

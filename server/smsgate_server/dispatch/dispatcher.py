@@ -229,8 +229,9 @@ class Dispatcher:
             await asyncio.wait(self._inflight, timeout=grace)
             await cancel_and_wait(self._inflight, timeout=2.0)
         await self.leases.release()
-        # What was cancelled stays pending in the stream; another worker (or
-        # this one after a restart) re-claims it.
+        # A cancelled vendor call was settled as an unknown outcome (shielded);
+        # what was cancelled before its call stays pending in the stream, and
+        # another worker (or this one after a restart) re-claims it.
 
     # --- reading -------------------------------------------------------
 

@@ -11,11 +11,14 @@ global ones), then globally; within each, the number's region (``CN``) before
 its calling code (``+1``) before ``default``. A route with weights draws its
 first provider by weight among those able to send the message; the rest
 follow in the route's order, for failover. The draw is a hash of the message
-id, not a fresh random number: a message routed again (a retry, or a re-claim
-after a worker died mid-call, when its first send's outcome is unknown) goes
-to the same provider, never blindly to a second one. With no routes at all, every
-message goes to the one default provider (``SMSGATE_PROVIDER``), as before
-routes existed.
+id, not a fresh random number: a message routed again (a retry) starts at the
+same provider. A message a provider may have is never routed at all: the
+dispatcher records the provider just before each vendor call, and a re-claimed
+message carrying that record (its worker died or stopped mid-call) is settled
+as an unknown outcome at that provider, whatever the breakers say, never sent
+to a second one (nor again to the same one: no vendor of ours deduplicates).
+With no routes at all, every message goes to the one default provider
+(``SMSGATE_PROVIDER``), as before routes existed.
 """
 
 from __future__ import annotations
