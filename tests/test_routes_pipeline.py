@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from smsgate.v1 import message_pb2 as mpb
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import usage_service_pb2 as upb
@@ -207,6 +208,12 @@ def assert_paced(taken: list[tuple[float, int]], rate: float, burst: float) -> N
             total += count
             allowed = burst + rate * (end - start + 0.05)
             assert total <= allowed, f"{total} messages in {end - start:.3f} s (allowed {allowed})"
+
+
+def deferrals_counted() -> float:
+    """This process's count of Twilio sends put off by its pace (metrics)."""
+    labels = {"provider": "twilio", "outcome": "defer"}
+    return REGISTRY.get_sample_value("smsgate_send_outcomes_total", labels) or 0.0
 
 
 async def post(url: str, **kwargs: object) -> httpx.Response:
@@ -696,6 +703,7 @@ async def test_a_pace_wait_puts_the_message_back_in_the_queue_without_an_attempt
         )
         client = await connect(server)
         phones = [f"+1415555{i:04d}" for i in range(3)]
+        deferred = deferrals_counted()
 
         ids = [await client.text(phone) for phone in phones]
         sent = await wait_for_statuses(
@@ -709,6 +717,7 @@ async def test_a_pace_wait_puts_the_message_back_in_the_queue_without_an_attempt
     assert [m.attempts for m in sent.values()] == [1, 1, 1]
     waited = [h.detail for m in sent.values() for h in m.history if "waits for twilio" in h.detail]
     assert len(waited) >= 2
+    assert deferrals_counted() - deferred == len(waited)
 
 
 # --- issue 12, done when -----------------------------------------------------------
