@@ -66,7 +66,8 @@ PACE_SLEEP_MAX = 0.5
 NO_ROUTE = "NO_ROUTE"
 ALL_PROVIDERS_REFUSED = "ALL_PROVIDERS_REFUSED"
 PROVIDERS_UNAVAILABLE = "PROVIDERS_UNAVAILABLE"
-# A message whose vendor call was cut off (its worker stopped or died during it).
+# A message whose vendor call was cut off: its worker stopped or died during
+# it, or could not store the answer (then its re-claim finds the provider).
 SEND_CUT_OFF = "SEND_CUT_OFF"
 # A blip while storing outcomes is retried with this backoff (seconds).
 SETTLE_RETRY_BASE = 0.05
@@ -405,8 +406,8 @@ class Dispatcher:
 
     def _cut_off(self, name: str, c: Claimed, route: str = "") -> SendOutcome:
         """The outcome of a message whose call to ``name`` may have gone out but
-        never answered here (its worker stopped or died): unknown."""
-        reason = f"the worker sending it to {name} stopped before the answer"
+        whose answer was never stored: unknown."""
+        reason = f"no answer stored for its call to {name} (its worker stopped or lost Redis)"
         return SendOutcome(c, Outcome.UNKNOWN, name, "", SEND_CUT_OFF, reason, route=route)
 
     def _reconcile_after_ms(self, name: str) -> int:
