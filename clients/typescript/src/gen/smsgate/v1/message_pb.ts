@@ -88,7 +88,7 @@ export type DeliveryError = Message$1<"smsgate.v1.DeliveryError"> & {
    * was open at each of its attempts), OUTCOME_UNKNOWN (EXPIRED: the
    * provider never answered the send and no receipt or status query settled
    * it, so it may or may not have reached the phone; it was never sent again),
-   * PROVIDER_TIMEOUT / PROVIDER_ERROR (no answer yet), NO_OUTCOME,
+   * PROVIDER_TIMEOUT / PROVIDER_ERROR / SEND_CUT_OFF (no answer yet), NO_OUTCOME,
    * NO_VENDOR_TEMPLATE.
    *
    * @generated from field: string code = 1;
