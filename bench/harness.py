@@ -895,6 +895,7 @@ def run_growth(run: Run, servers: Servers) -> list[Row]:
             redis_pid=run.redis_pid,
             window=(p.warmup, p.duration),
             timeout=p.warmup + p.duration + 120,
+            profile_to=run.py_spy_dir / f"list@{n}.txt" if run.py_spy_dir else None,
         )
         row = Row(f"list@{n:,}", UNITS["growth"], CONCURRENCY["growth"], 1)
         _fill(row, m, m.results[0].latencies, m.results[0].units, p.duration)
