@@ -126,6 +126,32 @@ async def test_a_process_that_stops_hands_its_shards_over_at_once(
     assert staying.owned == frozenset(range(8))
 
 
+async def test_a_worker_on_the_old_shard_count_and_one_on_the_new_leave_no_shard_unleased(
+    connection: RedisConnection,
+) -> None:
+    """A rolling restart after growing from 8 to 64 shards: the old worker
+    reads only the 8 it knows, the new one the rest (above its share once they
+    stayed free for a lease), and neither gives up what the other cannot take."""
+    old, new = leases(connection, "old", 8), leases(connection, "new", 64)
+    await settle([old, new])
+
+    async def renewed() -> list[frozenset[int]]:
+        await settle([old, new], rounds=1)
+        return [old.owned, new.owned]
+
+    old_owned, new_owned = await wait_until(
+        renewed,
+        lambda shares: shares[0] | shares[1] == frozenset(range(64)),
+        what="every shard to be leased",
+    )
+    assert old_owned.isdisjoint(new_owned)
+    assert old_owned <= frozenset(range(8))
+    # Stable: renewals over two more lease times hand nothing back and forth.
+    for _ in range(6):
+        await asyncio.sleep(LEASE_SECONDS / 3)
+        assert await renewed() == [old_owned, new_owned]
+
+
 async def test_leases_are_given_up_locally_when_redis_cannot_renew_them(
     connection: RedisConnection,
 ) -> None:

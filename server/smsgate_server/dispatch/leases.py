@@ -8,7 +8,8 @@ the others give up what they hold above the new share; a process that dies
 stops renewing, and its shards are taken by the others once its leases run
 out: the lease time is a third of the visibility timeout, so a dead process's
 shards have a new reader (which re-claims its pending entries) well within
-the visibility timeout.
+the visibility timeout. A process started before the shard count grew leases
+only the shards it knows; the others take the rest (``store.leases``).
 
 Leases are about cost, not safety: two processes reading one shard for a
 moment (a lease handed over while the old owner's blocking read is still

@@ -54,6 +54,7 @@ __all__ = [
     "apps_index",
     "breaker_key",
     "lease_keys",
+    "lease_state_keys",
     "optouts_key",
     "pace_key",
     "policy_prefix",
@@ -193,6 +194,12 @@ def lease_keys() -> tuple[str, str]:
     """The dispatchers' shard leases, in one slot: a sorted set of live
     processes by heartbeat expiry and a hash of shard -> "process expiry_ms"."""
     return f"{PREFIX}:{{leases}}:members", f"{PREFIX}:{{leases}}:owners"
+
+
+def lease_state_keys() -> tuple[str, str]:
+    """Beside ``lease_keys``, in the same slot: a hash of process -> the shard
+    count it knows, and one of shard -> since when it has had no owner (ms)."""
+    return f"{PREFIX}:{{leases}}:counts", f"{PREFIX}:{{leases}}:free"
 
 
 def app_key(app: str) -> str:

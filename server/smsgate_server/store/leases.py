@@ -3,8 +3,11 @@
 One script per call (``lua/leases.lua``) renews the caller's heartbeat, drops
 processes whose heartbeat ran out, and settles the caller's share of the
 shards: it keeps what it holds up to ``ceil(shards / live processes)``, gives
-up the rest, and takes shards whose lease ran out. All of it lives in one
-slot (``{leases}``), so the script runs unchanged on a cluster.
+up the rest, and takes shards whose lease ran out. ``shards`` is the largest
+count a live process knows: one started before the count grew leases only
+the shards it knows, and a shard nobody took within their shares for a whole
+lease goes to a process that knows it, above its share. All of it lives in
+one slot (``{leases}``), so the script runs unchanged on a cluster.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from importlib import resources
 
 from smsgate_server.store.connection import RedisClient
 from smsgate_server.store.errors import redis_edge
-from smsgate_server.store.keys import lease_keys
+from smsgate_server.store.keys import lease_keys, lease_state_keys
 from smsgate_server.store.scripts import LuaScript
 
 __all__ = ["LeaseStore", "Share"]
@@ -34,7 +37,7 @@ class LeaseStore:
     def __init__(self, redis: RedisClient) -> None:
         source = resources.files("smsgate_server.store") / "lua" / "leases.lua"
         self._script = LuaScript(redis, source.read_text())
-        self._keys = list(lease_keys())
+        self._keys = [*lease_keys(), *lease_state_keys()]
 
     @redis_edge
     async def renew(self, process: str, *, shards: int, ttl_ms: int) -> Share:
