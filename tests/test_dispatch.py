@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ import grpc
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from smsgate.v1 import message_pb2
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1.sms_service_pb2_grpc import SmsServiceStub
 from smsgate_server.config import Settings
@@ -22,7 +24,13 @@ from smsgate_server.store.messages import Outcome, SendOutcome
 from smsgate_server.store.queue import DispatchQueue
 
 from tests.conftest import ServerFactory
-from tests.pipeline_support import TERMINAL, S, sent_counts, wait_for_statuses
+from tests.pipeline_support import (
+    TERMINAL,
+    S,
+    describe_statuses,
+    sent_counts,
+    wait_for_statuses,
+)
 from tests.support import bearer
 from tests.waiting import wait_until
 
@@ -217,15 +225,14 @@ async def test_a_provider_call_past_its_timeout_is_sent_once_with_an_unknown_out
 async def test_a_worker_never_reclaims_what_it_is_still_sending(
     make_server: ServerFactory, tmp_path: Path
 ) -> None:
-    # One send at a time, each 150 ms: entries wait longer than the 0.25 s
-    # visibility timeout between being read and being settled.
-    log = tmp_path / "sim.log"
-    server = await make_server(
-        sim_latency_ms=150, visibility_timeout_seconds=0.25, dispatch_concurrency=1,
-        sim_log=log,
-    )  # fmt: skip
-    token = (await server.apps.create("a")).token
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+    # Sixteen messages queued on one shard before the worker starts: its first
+    # read takes them all, and sent one at a time (one number a call, one call
+    # at a time, 150 ms each) the later ones are held well past the 1 s
+    # visibility timeout, across re-claim rounds (every 0.5 s). A slower
+    # machine only holds them longer.
+    api = await make_server(role="api", shards=1)
+    token = (await api.apps.create("a")).token
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{api.grpc_port}") as channel:
         stub: SmsServiceAsyncStub = SmsServiceStub(channel)
         ids = [
             (
@@ -234,14 +241,46 @@ async def test_a_worker_never_reclaims_what_it_is_still_sending(
                     metadata=bearer(token),
                 )
             ).message.id
-            for i in range(8)
+            for i in range(16)
         ]
-        final = await wait_for_statuses(stub, token, ids, TERMINAL, timeout=20)
-    assert {m.status for m in final.values()} == {S.MESSAGE_STATUS_DELIVERED}
-    # Handed to the provider once each. (Attempts may exceed 1 on a loaded
-    # machine: a call past the provider timeout is retried, but a timed-out
-    # simulator call never delivers, so it is not counted as sent.)
-    assert set(sent_counts(log).values()) == {1}
+        log = tmp_path / "sim.log"
+        await make_server(
+            role="worker", shards=1, sim_latency_ms=150, sim_max_batch=1,
+            visibility_timeout_seconds=1.0, dispatch_concurrency=1, sim_log=log,
+        )  # fmt: skip
+        # Sent, each ends DELIVERED. A call past the provider timeout (0.8 s,
+        # only on a machine stalled that long) ends SENT, an unknown outcome
+        # that waits for its receipt: done here too, and never a re-claim.
+        final = await wait_until(
+            lambda: get_messages(stub, token, ids),
+            lambda messages: all(m.status in TERMINAL or timed_out(m) for m in messages.values()),
+            what="16 messages DELIVERED (or SENT past the provider timeout)",
+            timeout=30,
+            describe=lambda messages: describe_statuses({i: m.status for i, m in messages.items()}),
+        )
+    # Claimed once each: a re-claim would have counted a second attempt (or,
+    # once handed to the simulator, settled it SEND_CUT_OFF) and sent it again.
+    assert [m.attempts for m in final.values()] == [1] * 16
+    delivered = {i for i, m in final.items() if m.status == S.MESSAGE_STATUS_DELIVERED}
+    assert delivered | {i for i, m in final.items() if timed_out(m)} == set(ids)
+    # Handed to the provider once each (a call cut off by the timeout never
+    # reached the simulator's log).
+    assert sent_counts(log) == Counter(dict.fromkeys(delivered, 1))
+
+
+def timed_out(message: message_pb2.Message) -> bool:
+    """Whether ``message`` ended SENT because its provider call ran out of time."""
+    return (message.status, message.error.code) == (S.MESSAGE_STATUS_SENT, "PROVIDER_TIMEOUT")
+
+
+async def get_messages(
+    stub: SmsServiceAsyncStub, token: str, ids: list[str]
+) -> dict[str, message_pb2.Message]:
+    """Each of ``ids`` as GetMessage returns it now."""
+    replies = await asyncio.gather(
+        *(stub.GetMessage(pb.GetMessageRequest(message_id=i), metadata=bearer(token)) for i in ids)
+    )
+    return {r.message.id: r.message for r in replies}
 
 
 async def test_a_reclaimed_message_out_of_attempts_fails(
