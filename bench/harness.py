@@ -71,6 +71,9 @@ class Profile:
     footprint_messages: int = 20_000
     # The growth scenario: ListMessages of an app with 10 messages and with this many.
     growth_messages: int = 100_000
+    # The resume scenario: status events a WatchStatus resumes over (a
+    # 10-minute gap at 1,000 events/s is 600,000).
+    resume_events: int = 60_000
 
 
 ALL = (
@@ -83,11 +86,12 @@ ALL = (
     "noisy",
     "footprint",
     "growth",
+    "resume",
 )
 PROFILES = {
-    "full": Profile("full", 3.0, 15.0, 2, 20_000, 100, 500.0, ALL, 50_000, 1_000_000),
-    "quick": Profile("quick", 1.0, 5.0, 2, 5_000, 20, 300.0, ALL, 20_000, 100_000),
-    "smoke": Profile("smoke", 0.3, 1.0, 1, 200, 2, 50.0, ("sendsms",), 1_000, 1_000),
+    "full": Profile("full", 3.0, 15.0, 2, 20_000, 100, 500.0, ALL, 50_000, 1_000_000, 600_000),
+    "quick": Profile("quick", 1.0, 5.0, 2, 5_000, 20, 300.0, ALL, 20_000, 100_000, 60_000),
+    "smoke": Profile("smoke", 0.3, 1.0, 1, 200, 2, 50.0, ("sendsms",), 1_000, 1_000, 1_000),
 }
 CONCURRENCY = {
     "sendsms": 64,
@@ -103,6 +107,8 @@ CONCURRENCY = {
     # ListMessages callers of the growth scenario: one, as an app may list one
     # page at a time (SMSGATE_APP_MAX_CONCURRENT_QUERIES).
     "growth": 1,
+    # One WatchStatus resuming.
+    "resume": 1,
 }
 UNITS = {
     "echo": "req",
@@ -116,6 +122,7 @@ UNITS = {
     "listmessages": "req",
     "footprint": "byte/msg",
     "growth": "req",
+    "resume": "event",
 }
 # The noisy-neighbour scenario: app A holds this many messages and this many
 # client processes loop ListMessages (no filter) over them.
@@ -909,6 +916,77 @@ def run_growth(run: Run, servers: Servers) -> list[Row]:
     return rows
 
 
+# --- resume ------------------------------------------------------------------
+
+
+async def _resume(
+    target: str, token: str, n: int, r: redis.Redis, app: str, server_pid: int
+) -> dict[str, float]:
+    """Take a resume token, let ``n`` status events pass (BatchSends, each
+    message four events, all ended), then resume: the catch-up's figures."""
+    md = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(target) as ch:
+        sms: Any = sms_grpc.SmsServiceStub(ch)
+        call = sms.WatchStatus(sms_service_pb2.WatchStatusRequest(), metadata=md)
+        await sms.SendSms(
+            sms_service_pb2.SendSmsRequest(phone_number=phone(95, 0), text=TEXT), metadata=md
+        )
+        first = await call.read()
+        call.cancel()
+        messages = max(1, n // 4)
+        await _seed(target, token, messages)
+        await asyncio.to_thread(_wait_ended, r, app, 600)
+        want = 4 * messages + 3  # the first message's own later events too
+        cpu = sample_tree(server_pid).cpu_seconds
+        got, began = 0, time.monotonic()
+        resumed = sms.WatchStatus(
+            sms_service_pb2.WatchStatusRequest(resume_token=first.event.resume_token), metadata=md
+        )
+        first_at = 0.0
+        try:
+            async with asyncio.timeout(600):
+                while got < want:
+                    event = await resumed.read()
+                    if event is grpc.aio.EOF:
+                        break
+                    if not got:
+                        first_at = time.monotonic() - began
+                    got += 1
+        finally:
+            resumed.cancel()
+        took = time.monotonic() - began
+        cpu = sample_tree(server_pid).cpu_seconds - cpu
+        return {"events": got, "want": want, "seconds": took, "first": first_at, "cpu": cpu}
+
+
+def run_resume(run: Run, servers: Servers) -> Row:
+    """WatchStatus resumed from a token taken before ``resume_events`` status
+    events of its app: how long the catch-up takes and what it costs."""
+    n = run.profile.resume_events
+    token = servers.create_app("resume")
+    parsed = parse_token(token)
+    assert parsed is not None
+    r = redis.Redis.from_url(servers.redis.url)
+    try:
+        settle(run.server_pid, 60)
+        got = asyncio.run(_resume(run.target, token, n, r, parsed[0], run.server_pid))
+        after = sample_tree(run.server_pid)
+    finally:
+        r.close()
+    row = Row("resume", UNITS["resume"], CONCURRENCY["resume"], 1)
+    row.units = int(got["events"])
+    row.rate = got["events"] / got["seconds"] if got["seconds"] else 0.0
+    row.server_rss_mb = after.rss_bytes / 2**20
+    row.server_cpu_pct = 100 * got["cpu"] / got["seconds"] if got["seconds"] else 0.0
+    row.note = (
+        f"resumed over {int(got['want']):,} events of its app (BatchSend of 10,000, all ended): "
+        f"{int(got['events']):,} read in {got['seconds']:.1f}s, first after "
+        f"{got['first'] * 1000:.0f} ms; server CPU during the catch-up {got['cpu']:.1f}s "
+        f"({got['cpu'] * 1e6 / max(1, got['events']):.0f} us per event)"
+    )
+    return row
+
+
 # --- output ----------------------------------------------------------------
 
 
@@ -1071,7 +1149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 {
                     concurrency[s]
                     for s in profile.scenarios
-                    if s not in ("batchsend", "watch", "noisy", "footprint", "growth")
+                    if s not in ("batchsend", "watch", "noisy", "footprint", "growth", "resume")
                 },
                 reverse=True,
             ) or [concurrency["sendsms"]]
@@ -1114,6 +1192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     row = run_watch(run)
                 elif name == "noisy":
                     row = run_noisy(run, servers)
+                elif name == "resume":
+                    row = run_resume(run, servers)
                 elif name == "growth":
                     *smaller, row = run_growth(run, servers)
                     rows += smaller
@@ -1124,10 +1204,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else:
                     row = run.timed(name, c)
                 base = echo.get(c) or echo[levels[0]]
-                if name not in ("watch", "noisy", "footprint", "growth"):  # not one call
+                if name not in ("watch", "noisy", "footprint", "growth", "resume"):  # not one call
                     row.echo_rate_ratio = _ratio(row.rate, base.rate)
                     row.echo_p99_ratio = _ratio(row.p99_ms, base.p99_ms)
-                if c not in echo and name not in ("watch", "noisy", "footprint", "growth"):
+                if c not in echo and name not in (
+                    "watch",
+                    "noisy",
+                    "footprint",
+                    "growth",
+                    "resume",
+                ):
                     row.note = (row.note + "; " if row.note else "") + f"ratios vs echo@{levels[0]}"
                 rows.append(row)
                 print(f"measured {name}: {row.rate:.0f} {row.unit}/s", flush=True)
