@@ -321,10 +321,13 @@ class Watch:
         """
         positions, wanted, app = self.positions, self.wanted, self.sub.app
         tokens = self.hub.tokens
-        # First what happened since the token, straight from the streams...
+        # First what happened since the token, straight from the streams. Only
+        # a resume has any: a watch from the live readers' positions finds in
+        # its buffer every event since, and reading the streams meanwhile (a
+        # round trip per shard) would leave that buffer to fill and overflow.
         slot = self.catchup = self._catchup_slot()
         try:
-            for shard in range(len(positions)):
+            for shard in range(len(positions) if self.resumed else 0):
                 while True:
                     batch = await self.hub.events.after(shard, positions[shard], CATCHUP_READ)
                     for event in batch:
