@@ -1,8 +1,10 @@
 """A replica's dispatcher, reduced to its pace: takes one-message calls of the
 account ``tencent`` as fast as its gate lets it, on Redis's clock, for a while,
-then prints how many went (test_provider_guard.py runs two at once). It
-prints ``ready`` once connected and starts on a line on its stdin, so two
-drivers run at the same time however long each took to start.
+then prints how many went, when it started and when the last went
+(``time.monotonic()``, one clock for every process of the machine;
+test_provider_guard.py runs two at once). It prints ``ready`` once connected
+and starts on a line on its stdin, so two drivers run at the same time
+however long each took to start.
 
 Usage: python -m tests.pace_driver REDIS_URL MESSAGES_PER_SECOND SECONDS
 """
@@ -18,7 +20,7 @@ from smsgate_server.store.connection import connect
 from smsgate_server.store.provider_guard import BreakerPolicy, PacePolicy, ProviderGuardStore
 
 
-async def main(url: str, rate: float, seconds: float) -> int:
+async def main(url: str, rate: float, seconds: float) -> str:
     redis = await connect(url, pool_size=4)
     try:
         store = ProviderGuardStore(
@@ -32,14 +34,15 @@ async def main(url: str, rate: float, seconds: float) -> int:
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
         went = 0
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        started = last = time.monotonic()
+        while time.monotonic() < started + seconds:
             wait = await gate.pace("tencent", 1)
             if wait:
                 await asyncio.sleep(wait)
             else:
                 went += 1
-        return went
+                last = time.monotonic()
+        return f"{went} {started} {last}"
     finally:
         await redis.aclose()
 
