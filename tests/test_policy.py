@@ -24,6 +24,13 @@ from smsgate.v1 import template_service_pb2 as tpb
 from smsgate.v1 import verification_service_pb2 as vpb
 from smsgate_server.cli import main as cli_main
 from smsgate_server.config import Settings
+from smsgate_server.domain.errors import (
+    QuotaExceeded,
+    RateLimited,
+    Reason,
+    SmsgateError,
+    Unavailable,
+)
 from smsgate_server.domain.policy import (
     PolicyOverrides,
     QuietHours,
@@ -204,6 +211,100 @@ async def test_what_a_request_that_was_not_stored_counted_is_given_back(
     # Had the count stayed, this would be SAME_CONTENT_TOO_SOON.
     assert (await send_text(capped, CN, "second text")).id
     await fails(send_text(capped, CN, "second text"))
+
+
+async def test_a_retry_answered_from_the_record_keeps_the_first_calls_counts(
+    make_api: ApiFactory,
+) -> None:
+    api = await make_api(policy_app_daily_cap=1)
+    first = await send_text(api, CN, "Your order shipped", request_id="r-1")
+    assert (await send_text(api, CN, "Your order shipped", request_id="r-1")).id == first.id
+
+    details = await fails(send_text(api, CN2, "Your parcel is out"))
+
+    assert details.reason == "APP_DAILY_CAP"
+
+
+async def listed(api: Api) -> int:
+    reply = await api.sms.ListMessages(pb.ListMessagesRequest(), metadata=api.meta)
+    return len(reply.messages)
+
+
+async def test_a_send_stored_but_not_confirmed_by_a_replica_stays_counted(
+    make_api: ApiFactory, redis_kind: str
+) -> None:
+    """On the standalone Redis (no replica) every accept is stored and none is
+    confirmed: each answers UNAVAILABLE, yet is sent, so it must count."""
+    if redis_kind == "cluster":
+        pytest.skip("every cluster master has a replica: accepts are confirmed")
+    api = await make_api(policy_app_daily_cap=1, redis_wait_replicas=1, redis_wait_timeout_ms=50)
+
+    first = await fails(send_text(api, CN, "Your order shipped", request_id="r-1"))
+    retried = await fails(send_text(api, CN, "Your order shipped", request_id="r-1"))
+    same = await fails(send_text(api, CN, "Your order shipped"))
+    other = await fails(send_text(api, CN2, "Your parcel is out"))
+
+    for unconfirmed in (first, retried):
+        assert unconfirmed.code == grpc.StatusCode.UNAVAILABLE
+        assert unconfirmed.reason == "UNAVAILABLE"
+        assert unconfirmed.message.startswith("stored, but 0 of 1 Redis replicas confirmed")
+    assert same.reason == "SAME_CONTENT_TOO_SOON"
+    assert other.reason == "APP_DAILY_CAP"
+    assert await listed(api) == 1
+
+
+async def test_a_batch_stored_but_not_confirmed_by_a_replica_stays_counted(
+    make_api: ApiFactory, redis_kind: str
+) -> None:
+    if redis_kind == "cluster":
+        pytest.skip("every cluster master has a replica: accepts are confirmed")
+    api = await make_api(policy_app_daily_cap=2, redis_wait_replicas=1, redis_wait_timeout_ms=50)
+
+    unconfirmed = await fails(batch(api, [CN, CN2], text="Your parcel is out"))
+    other = await fails(send_text(api, CN3, "Your order shipped"))
+
+    assert unconfirmed.code == grpc.StatusCode.UNAVAILABLE
+    assert other.reason == "APP_DAILY_CAP"
+    assert await listed(api) == 2
+
+
+async def send_failing_once(
+    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch, failure: SmsgateError
+) -> SendingService:
+    """A service under an app daily cap of 1 whose first accept raises ``failure``."""
+    sending, store = await clocked_service(
+        redis_client, Clock(datetime.now(UTC)), policy_app_daily_cap=1
+    )
+
+    async def fail(*args: Any, **kwargs: Any) -> Any:
+        raise failure
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "accept", fail)
+        with pytest.raises(type(failure)):
+            await sending.send("app", SendCommand(phone=CN, text="Your order shipped"))
+    return sending
+
+
+async def test_a_send_redis_refused_as_full_gives_back_what_it_counted(
+    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = RateLimited("full", retry_after=5.0, reason=Reason.STORAGE_FULL)
+    sending = await send_failing_once(redis_client, monkeypatch, full)
+
+    assert (await sending.send("app", SendCommand(phone=CN2, text="Your parcel is out"))).id
+
+
+async def test_a_send_whose_redis_call_failed_keeps_what_it_counted(
+    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The connection was lost after the script was sent: it may have run.
+    lost = Unavailable("storage is unavailable; retry")
+    sending = await send_failing_once(redis_client, monkeypatch, lost)
+
+    with pytest.raises(QuotaExceeded) as refused:
+        await sending.send("app", SendCommand(phone=CN2, text="Your parcel is out"))
+    assert refused.value.reason is Reason.APP_DAILY_CAP
 
 
 # --- the app's daily cap ---------------------------------------------------

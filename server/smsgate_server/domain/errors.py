@@ -13,6 +13,7 @@
     ├── OutOfRange             OUT_OF_RANGE
     ├── Aborted                ABORTED
     └── Unavailable            UNAVAILABLE
+        └── StoredUnconfirmed  UNAVAILABLE (stored, no replica confirmed it in time)
 
 Every error carries a ``Reason`` that reaches clients in
 ``google.rpc.ErrorInfo`` (domain ``smsgate.v1``); the proto enum
@@ -37,6 +38,7 @@ __all__ = [
     "RateLimited",
     "Reason",
     "SmsgateError",
+    "StoredUnconfirmed",
     "Unauthenticated",
     "Unavailable",
 ]
@@ -208,3 +210,9 @@ class Unavailable(SmsgateError):
 
     def __init__(self, message: str, *, reason: Reason = Reason.UNAVAILABLE) -> None:
         super().__init__(message, reason=reason)
+
+
+class StoredUnconfirmed(Unavailable):
+    """Stored, but fewer replicas than asked confirmed it in time: a failover
+    could still lose it. Answered as any Unavailable (retry with the same
+    request_id), yet what was stored stays counted: it will be sent."""

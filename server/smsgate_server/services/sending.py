@@ -27,6 +27,7 @@ from smsgate_server.domain.errors import (
     RateLimited,
     Reason,
     SmsgateError,
+    Unavailable,
 )
 from smsgate_server.domain.ids import new_batch_id, new_message_id, shard_for_key, shard_of_id
 from smsgate_server.domain.message import HistoryEntry, NewMessage, StoredMessage
@@ -270,11 +271,14 @@ class SendingService:
                 remember=message.id,
                 now_ms=now,
             )
-        except SmsgateError:
-            await _refund(check, [0])
+        except SmsgateError as exc:
+            if _stored_nothing(exc):
+                await _refund(check, [0])
             raise
         if outcome.kind != "new":
-            # Stored by an earlier call (which counted it), or not at all.
+            # Stored by an earlier call, or not at all. This gives back only what
+            # this call counted: a retry gets the earlier call's verdicts again,
+            # counting nothing, so the earlier call's counts stay.
             await _refund(check, [0])
         if outcome.kind == "conflict":
             raise _request_id_reused(request_id)
@@ -559,12 +563,14 @@ class SendingService:
                     remember=batch_id + ";" + ",".join(chunk_ids),
                     now_ms=now,
                 )  # fmt: skip
-            except SmsgateError:
-                # This chunk and those after it were not stored.
-                await _refund(check, admitted[i:])
+            except SmsgateError as exc:
+                # The chunks after this one were not stored; this one perhaps
+                # was (see _stored_nothing).
+                unstored = i if _stored_nothing(exc) else i + ACCEPT_CHUNK
+                await _refund_unstored(check, admitted, unstored, request_id)
                 raise
             if outcome.kind == "conflict":
-                await _refund(check, admitted[i:])
+                await _refund_unstored(check, admitted, i, request_id)
                 raise _request_id_reused(request_id)
             if outcome.kind == "dup":
                 await _refund(check, admitted[i : i + ACCEPT_CHUNK])
@@ -812,6 +818,27 @@ async def _refund(check: PolicyCheck | None, indexes: list[int]) -> None:
         return
     with contextlib.suppress(SmsgateError):
         await check.refund(indexes)
+
+
+def _stored_nothing(exc: SmsgateError) -> bool:
+    """Whether an accept that raised ``exc`` is known to have stored nothing (a
+    refusal such as STORAGE_FULL). Not so for Unavailable: StoredUnconfirmed is
+    stored, and a Redis failure may come after the script ran. What may be
+    stored will be sent, so its counts stay: counting too many (until the
+    counters expire) is the safer mistake."""
+    return not isinstance(exc, Unavailable)
+
+
+async def _refund_unstored(
+    check: PolicyCheck | None, admitted: list[int], first: int, request_id: str
+) -> None:
+    """Give back the counts of a batch's messages from ``first`` on, which this
+    call did not store. With a request id only from the first (``first`` 0):
+    once a chunk of the request is stored, its retry gets the policy's verdicts
+    again and stores the rest without counting them, so their counts stay."""
+    if request_id and first:
+        return
+    await _refund(check, admitted[first:])
 
 
 def _request_hash(fingerprint: bytes, request_id: str) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from smsgate_server.domain.errors import Unavailable
+from smsgate_server.domain.errors import StoredUnconfirmed
 from smsgate_server.domain.ids import shard_for_key
 from smsgate_server.domain.message import HistoryEntry, NewMessage, StoredMessage
 from smsgate_server.domain.status import Status
@@ -271,7 +271,12 @@ class MessageStore:
         Calls for the same shard made in the same event-loop moment share one
         script run (group commit): the round trip and redis-py's per-command
         work are paid once per group. A call waits at most one loop turn for
-        others; each keeps its own atomicity, idempotency and answer."""
+        others; each keeps its own atomicity, idempotency and answer.
+
+        Raises StoredUnconfirmed when stored but not confirmed by enough
+        replicas in time, Unavailable when Redis failed (the script may have
+        run or not), RateLimited (STORAGE_FULL) when Redis refused the write
+        (nothing stored)."""
         keys = self.shard_keys[shard]
         now = self.now_ms() if now_ms is None else now_ms
         idem = keys.idempotency(app, request_id) if request_id else keys.prefix + "idem:-"
@@ -361,7 +366,7 @@ class MessageStore:
             if acked < self.wait_replicas and kind is not Accepted.CONFLICT:
                 # A conflict wrote nothing: nothing to lose.
                 c.answer.set_exception(
-                    Unavailable(
+                    StoredUnconfirmed(
                         f"stored, but {acked} of {self.wait_replicas} Redis replicas confirmed "
                         f"it within {self.wait_timeout_ms} ms: a failover could lose it; retry "
                         "with the same request_id"
