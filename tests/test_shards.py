@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -215,6 +216,69 @@ async def test_two_workers_each_read_their_share_and_deliver_everything_once(
     for worker, sent in zip(workers, counts, strict=True):
         assert worker.dispatcher is not None
         assert {int(i[12:14], 16) for i in sent} <= worker.dispatcher.leases.owned
+
+
+async def test_a_worker_that_joins_a_busy_one_sends_none_of_its_messages_again(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """One dispatch slot, slow vendor calls of one message each: the first
+    worker reads no more than its slots carry, so nothing it holds outlives
+    the visibility timeout and the worker that joins (taking half the shards)
+    re-claims none of it."""
+    await _busy_worker_joined(
+        make_server, tmp_path, senders=[""] * 20, visibility_timeout_seconds=3, sim_max_batch=1
+    )
+
+
+async def test_entries_waiting_for_a_slot_longer_than_the_visibility_timeout_stay_their_reader_s(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A read of a call's worth (200 here) that turns out to be 16 calls
+    of one message each (16 senders) waits for one slot longer than the
+    visibility timeout: its idle time is kept fresh, so the worker that joins
+    re-claims none of it."""
+    await _busy_worker_joined(
+        make_server,
+        tmp_path,
+        senders=[f"Acme{i}" for i in range(16)],
+        visibility_timeout_seconds=2,
+        sim_max_batch=200,
+    )
+
+
+async def _busy_worker_joined(
+    make_server: ServerFactory, tmp_path: Path, *, senders: list[str], **settings: Any
+) -> None:
+    """Send a message per sender to a worker with one slot and slow calls
+    over two shards, start a second worker a moment later, and check each
+    message was claimed once, sent once and delivered."""
+    logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
+    slow = {"shards": 2, "dispatch_concurrency": 1, "sim_latency_ms": 700, **settings}
+    first = await make_server(sim_log=logs[0], **slow)
+    token = (await first.apps.create("busy")).token
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{first.grpc_port}") as channel:
+        sms = sms_grpc.SmsServiceStub(channel)
+        ids = [
+            (
+                await sms.SendSms(
+                    pb.SendSmsRequest(
+                        phone_number=f"+1415555{i:04d}", text="busy", sender_id=sender
+                    ),
+                    metadata=bearer(token),
+                )
+            ).message.id
+            for i, sender in enumerate(senders)
+        ]
+        # It joins once the first has read what it could.
+        await asyncio.sleep(1.0)
+        await make_server(role="worker", sim_log=logs[1], **slow)
+        messages = await wait_for_statuses(
+            sms, token, ids, {S.MESSAGE_STATUS_DELIVERED}, timeout=20
+        )
+
+    # Each claimed once (never re-claimed from a live worker), sent once.
+    assert {i: (m.attempts, m.error.code) for i, m in messages.items()} == {i: (1, "") for i in ids}
+    assert sent_counts(logs[0]) + sent_counts(logs[1]) == Counter({i: 1 for i in ids})
 
 
 def _handed_over(workers: list[Running]) -> Callable[[], Awaitable[bool]]:

@@ -30,6 +30,7 @@ from smsgate_server.dispatch.leases import LeasedReaders, ShardGroup, ShardLease
 from smsgate_server.dispatch.receipts import ReceiptQueue
 from smsgate_server.dispatch.reconcile import Reconciler
 from smsgate_server.dispatch.routing import RouteChoice, Router
+from smsgate_server.dispatch.slots import Lent, Slots
 from smsgate_server.domain.errors import Unavailable
 from smsgate_server.domain.sealed_text import TextCipher, UnreadableText
 from smsgate_server.logs import RepeatedLog
@@ -57,6 +58,8 @@ log = logging.getLogger("smsgate.dispatch")
 DEAD_CONSUMER_MS = 3_600_000
 # Due messages queued (and overdue receipts expired) per script call.
 PROMOTE_BATCH = 500
+# The most queue entries one read asks for.
+READ_MAX = 1000
 # A pace wait up to this long (seconds) is slept through, holding the slot; a
 # longer one puts the chunk back in the due set: a backlog waits in Redis, not
 # in this process.
@@ -77,6 +80,9 @@ _settle_failed = RepeatedLog(
 )
 _hand_over_failed = RepeatedLog(
     log, "cannot record the provider of a chunk; not sent for now", every=5.0, level=logging.ERROR
+)
+_keep_failed = RepeatedLog(
+    log, "cannot keep held entries from being re-claimed", every=5.0, level=logging.WARNING
 )
 _promote_check_failed = RepeatedLog(
     log, "cannot read which shards have messages due", every=5.0, level=logging.ERROR
@@ -173,7 +179,9 @@ class Dispatcher:
             default=provider.name,
         )
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self._slots = asyncio.Semaphore(config.concurrency)
+        self._slots = Slots(config.concurrency)
+        # Entries read per slot taken: what one call of the default provider carries.
+        self._per_call = max(1, provider.capabilities.max_recipients)
         self._inflight: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -190,6 +198,11 @@ class Dispatcher:
                 p.set_receipt_sink(self.receipt_queues[name].receive)
         # Queue entries this process is sending now: never re-claimed by itself.
         self._held: set[str] = set()
+        # Entries read or re-claimed and not settled yet, by (shard, entry id),
+        # with when their idle time was last reset (_keep_loop); those not
+        # claimed yet (so not in _held).
+        self._in_hand: dict[tuple[int, str], float] = {}
+        self._unclaimed: set[tuple[int, str]] = set()
         # Providers that answer status queries get their lost receipts pulled.
         sources = {n: p for n, p in self.providers.items() if isinstance(p, StatusSource)}
         self.reconciler = (
@@ -210,6 +223,7 @@ class Dispatcher:
         self._tasks.append(asyncio.create_task(self.leases.run(self._stopping), name="leases"))
         self._tasks.append(asyncio.create_task(self.readers.run(self._stopping), name="readers"))
         self._tasks.append(asyncio.create_task(self._reclaim_loop(), name="reclaim"))
+        self._tasks.append(asyncio.create_task(self._keep_loop(), name="keep"))
         self._tasks.append(asyncio.create_task(self._promote_loop(), name="promote"))
         for name, receipts in self.receipt_queues.items():
             self._tasks.append(
@@ -238,17 +252,32 @@ class Dispatcher:
 
     async def _read_loop(self, group: ShardGroup) -> None:
         """Read the queues of ``group()`` in one blocking call at a time, until
-        the group is empty (its leases went elsewhere)."""
-        while not self._stopping.is_set() and (shards := group()):
+        the group is empty (its leases went elsewhere).
+
+        Slots first, then only what they carry (a call's worth of entries per
+        slot), so nothing read waits long for a call; every reader draws on
+        the same slots. A reader whose last read found nothing takes one slot
+        (others may need them while it waits on an empty queue), one that found
+        some its part of those free."""
+        found, turn = True, 0
+        while not self._stopping.is_set() and group():
+            lent: Lent | None = None
+            shards: tuple[int, ...] = ()
             try:
-                # Wait for a free slot, then read as many as are free.
-                await self._slots.acquire()
-                self._slots.release()
-                room = max(1, min(256, self.config.concurrency - len(self._inflight)))
-                # Per shard: every shard may answer; at least a few each.
-                count = max(16, -(-room // len(shards)))
-                for shard, entries in await self.queue.read_many(shards, self.consumer, count):
-                    await self._take(shard, entries, reclaimed=False)
+                part = -(-self._slots.free // max(1, self.readers.reading)) if found else 1
+                lent = await self._slots.lend(max(1, min(part, READ_MAX // self._per_call)))
+                if not (shards := group()):
+                    continue
+                budget = min(READ_MAX, lent.count * self._per_call)
+                if budget < len(shards):
+                    # Fewer entries than shards: that many shards per read, in turn.
+                    start, turn = turn % len(shards), turn + budget
+                    shards = (shards[start:] + shards[:start])[:budget]
+                count = -(-budget // len(shards))
+                read = await self.queue.read_many(shards, self.consumer, count)
+                found = bool(read)
+                for shard, entries in read:
+                    await self._take_in_hand(shard, entries, reclaimed=False, slots=lent)
             except asyncio.CancelledError:
                 raise
             except Unavailable:
@@ -257,6 +286,54 @@ class Dispatcher:
             except Exception:
                 log.exception("queue read failed", extra={"shards": len(shards)})
                 await asyncio.sleep(1.0)
+            finally:
+                if lent is not None:
+                    lent.give_back()
+
+    async def _take_in_hand(
+        self,
+        shard: int,
+        entries: Sequence[QueueEntry],
+        *,
+        reclaimed: bool,
+        slots: Lent | None = None,
+    ) -> None:
+        """``_take``, with the entries kept from being re-claimed until they are
+        settled (``_keep_loop``)."""
+        now = time.monotonic()
+        keys = [(shard, entry) for entry, _ in entries]
+        self._in_hand.update(dict.fromkeys(keys, now))
+        self._unclaimed.update(keys)
+        try:
+            await self._take(shard, entries, reclaimed=reclaimed, slots=slots)
+        finally:
+            self._unclaimed.difference_update(keys)
+
+    async def _keep_loop(self) -> None:
+        """Reset the idle time of the entries this process holds (read, waiting
+        for a slot, being sent or settled) every quarter of the visibility
+        timeout, so none is re-claimed from a live worker, however long it
+        waits; a dead worker's run out and are re-claimed."""
+        interval = max(self.config.visibility_timeout / 4, 0.05)
+        while not self._stopping.is_set():
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            due: dict[int, list[str]] = defaultdict(list)
+            for key, since in list(self._in_hand.items()):
+                shard, entry = key
+                if key not in self._unclaimed and entry not in self._held:
+                    del self._in_hand[key]
+                elif now - since >= interval:
+                    due[shard].append(entry)
+                    self._in_hand[key] = now
+            for shard, entry_ids in due.items():
+                try:
+                    await self.queue.keep(shard, self.consumer, entry_ids)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    bug = None if isinstance(exc, Unavailable) else exc
+                    _keep_failed.occurred(type(exc).__name__, exc=bug)
 
     async def _reclaim_loop(self) -> None:
         interval = max(self.config.visibility_timeout / 2, 0.05)
@@ -276,7 +353,7 @@ class Dispatcher:
                                 "re-claimed entries of a dead worker",
                                 extra={"shard": shard, "count": len(entries)},
                             )
-                            await self._take(shard, entries, reclaimed=True)
+                            await self._take_in_hand(shard, entries, reclaimed=True)
                         if start == "0-0":
                             break
                     await self.queue.forget_consumers(
@@ -316,7 +393,14 @@ class Dispatcher:
 
     # --- sending -------------------------------------------------------
 
-    async def _take(self, shard: int, entries: Sequence[QueueEntry], *, reclaimed: bool) -> None:
+    async def _take(
+        self,
+        shard: int,
+        entries: Sequence[QueueEntry],
+        *,
+        reclaimed: bool,
+        slots: Lent | None = None,
+    ) -> None:
         claimed = await self.store.claim(
             shard, entries, reclaimed=reclaimed, max_attempts=self.config.max_attempts
         )
@@ -350,7 +434,7 @@ class Dispatcher:
             size = max(1, self.providers[name].capabilities.max_recipients)
             for i in range(0, len(members), size):
                 chunk = members[i : i + size]
-                await self._slots.acquire()
+                await (slots or self._slots).acquire()
                 task = asyncio.create_task(self._send(shard, name, chunk))
                 self._inflight.add(task)
                 task.add_done_callback(self._done)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from importlib import resources
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -13,6 +14,7 @@ from redis.typing import KeyT, StreamIdT
 from smsgate_server.store.connection import READ_BLOCK_MS, RedisConnection
 from smsgate_server.store.errors import redis_edge
 from smsgate_server.store.keys import GROUP, QueueField, ShardKeys
+from smsgate_server.store.scripts import LuaScript
 
 __all__ = ["DispatchQueue", "QueueEntry"]
 
@@ -27,6 +29,8 @@ def _s(value: Any) -> str:
 
 
 _MEMBER = QueueField.MEMBER.encode()
+# Entry ids per keep script call (Lua's unpack has a limit).
+_KEEP_BATCH = 1000
 
 
 class DispatchQueue:
@@ -36,6 +40,8 @@ class DispatchQueue:
     def __init__(self, redis: RedisConnection, *, shards: int) -> None:
         self.redis = redis
         self.keys = [ShardKeys(i) for i in range(shards)]
+        source = resources.files("smsgate_server.store") / "lua" / "keep.lua"
+        self._keep = LuaScript(redis.client, source.read_text())
 
     @property
     def cluster(self) -> bool:
@@ -115,6 +121,17 @@ class DispatchQueue:
             (_s(e[0]), _s(e[1][_MEMBER])) for e in reply[1] if e and e[1] and _MEMBER in e[1]
         ]
         return _s(reply[0]), entries
+
+    @redis_edge
+    async def keep(self, shard: int, consumer: str, entry_ids: Sequence[str]) -> int:
+        """Reset the idle time of those of ``entry_ids`` ``consumer`` still
+        holds, so no one re-claims them while it works on them; returns how
+        many it still held."""
+        kept = 0
+        for i in range(0, len(entry_ids), _KEEP_BATCH):
+            batch = entry_ids[i : i + _KEEP_BATCH]
+            kept += int(await self._keep([self.keys[shard].queue], [GROUP, consumer, *batch]))
+        return kept
 
     @redis_edge
     async def forget_consumers(self, shard: int, *, keep: str, idle_ms: int) -> int:
