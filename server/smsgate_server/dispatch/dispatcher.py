@@ -254,58 +254,80 @@ class Dispatcher:
         """Read the queues of ``group()`` in one blocking call at a time, until
         the group is empty (its leases went elsewhere).
 
-        Slots first, then only what they carry (a call's worth of entries per
-        slot), so nothing read waits long for a call; every reader draws on
-        the same slots. A reader whose last read found nothing takes one slot
-        (others may need them while it waits on an empty queue), one that found
-        some its part of those free."""
-        found, turn = True, 0
-        while not self._stopping.is_set() and group():
-            lent: Lent | None = None
-            shards: tuple[int, ...] = ()
-            try:
-                part = -(-self._slots.free // max(1, self.readers.reading)) if found else 1
-                lent = await self._slots.lend(max(1, min(part, READ_MAX // self._per_call)))
-                if not (shards := group()):
-                    continue
-                budget = min(READ_MAX, lent.count * self._per_call)
-                if budget < len(shards):
-                    # Fewer entries than shards: that many shards per read, in turn.
-                    start, turn = turn % len(shards), turn + budget
-                    shards = (shards[start:] + shards[:start])[:budget]
-                count = -(-budget // len(shards))
-                read = await self.queue.read_many(shards, self.consumer, count)
-                found = bool(read)
-                for shard, entries in read:
-                    await self._take_in_hand(shard, entries, reclaimed=False, slots=lent)
-            except asyncio.CancelledError:
-                raise
-            except Unavailable:
-                # Logged, with a count, where the store mapped it.
-                await asyncio.sleep(1.0)
-            except Exception:
-                log.exception("queue read failed", extra={"shards": len(shards)})
-                await asyncio.sleep(1.0)
-            finally:
-                if lent is not None:
-                    lent.give_back()
-
-    async def _take_in_hand(
-        self,
-        shard: int,
-        entries: Sequence[QueueEntry],
-        *,
-        reclaimed: bool,
-        slots: Lent | None = None,
-    ) -> None:
-        """``_take``, with the entries kept from being re-claimed until they are
-        settled (``_keep_loop``)."""
-        now = time.monotonic()
-        keys = [(shard, entry) for entry, _ in entries]
-        self._in_hand.update(dict.fromkeys(keys, now))
-        self._unclaimed.update(keys)
+        Slots first, then claim only what they carry (a call's worth of
+        entries per slot), so nothing claimed waits long for a call; every
+        reader draws on the same slots. A reader whose last read found
+        nothing takes one slot (others may need them while it waits on an
+        empty queue), one that found some its part of those free. A read of
+        many shards asks each for a part of ``READ_MAX``; what it got beyond
+        the slots waits here unclaimed, kept fresh, and is claimed first as
+        slots come free."""
+        unclaimed: list[tuple[int, QueueEntry]] = []
+        found = True
         try:
-            await self._take(shard, entries, reclaimed=reclaimed, slots=slots)
+            while not self._stopping.is_set() and (unclaimed or group()):
+                lent: Lent | None = None
+                shards: tuple[int, ...] = ()
+                try:
+                    part = -(-self._slots.free // max(1, self.readers.reading))
+                    part = part if found or unclaimed else 1
+                    lent = await self._slots.lend(max(1, min(part, READ_MAX // self._per_call)))
+                    budget = min(READ_MAX, lent.count * self._per_call)
+                    if not unclaimed:
+                        if not (shards := group()):
+                            continue
+                        unclaimed = await self._read(shards, budget)
+                        found = bool(unclaimed)
+                    taken, unclaimed = unclaimed[:budget], unclaimed[budget:]
+                    by_shard: dict[int, list[QueueEntry]] = defaultdict(list)
+                    for shard, entry in taken:
+                        by_shard[shard].append(entry)
+                    try:
+                        for shard, entries in by_shard.items():
+                            await self._take(shard, entries, reclaimed=False, slots=lent)
+                    finally:
+                        # Claimed ones are kept fresh as held; the others are re-claimed.
+                        self._unclaimed.difference_update((s, e) for s, (e, _) in taken)
+                except asyncio.CancelledError:
+                    raise
+                except Unavailable:
+                    # Logged, with a count, where the store mapped it.
+                    await asyncio.sleep(1.0)
+                except Exception:
+                    log.exception("queue read failed", extra={"shards": len(shards)})
+                    await asyncio.sleep(1.0)
+                finally:
+                    if lent is not None:
+                        lent.give_back()
+        finally:
+            self._unclaimed.difference_update((s, e) for s, (e, _) in unclaimed)
+
+    async def _read(self, shards: tuple[int, ...], budget: int) -> list[tuple[int, QueueEntry]]:
+        """New entries of ``shards``: up to ``budget`` of one shard, a part of
+        ``READ_MAX`` of each of many (at least one each), kept fresh from now."""
+        count = max(1, min(budget, READ_MAX // len(shards)))
+        read = [
+            (shard, entry)
+            for shard, entries in await self.queue.read_many(shards, self.consumer, count)
+            for entry in entries
+        ]
+        self._hold((shard, entry) for shard, (entry, _) in read)
+        return read
+
+    def _hold(self, keys: Iterable[tuple[int, str]]) -> None:
+        """Keep these entries (shard, id), not claimed yet, from being re-claimed."""
+        now = time.monotonic()
+        for key in keys:
+            self._in_hand[key] = now
+            self._unclaimed.add(key)
+
+    async def _take_reclaimed(self, shard: int, entries: Sequence[QueueEntry]) -> None:
+        """``_take`` of re-claimed entries, kept from being re-claimed again
+        until they are settled (``_keep_loop``)."""
+        keys = [(shard, entry) for entry, _ in entries]
+        self._hold(keys)
+        try:
+            await self._take(shard, entries, reclaimed=True)
         finally:
             self._unclaimed.difference_update(keys)
 
@@ -353,7 +375,7 @@ class Dispatcher:
                                 "re-claimed entries of a dead worker",
                                 extra={"shard": shard, "count": len(entries)},
                             )
-                            await self._take_in_hand(shard, entries, reclaimed=True)
+                            await self._take_reclaimed(shard, entries)
                         if start == "0-0":
                             break
                     await self.queue.forget_consumers(
