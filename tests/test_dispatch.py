@@ -225,11 +225,11 @@ async def test_a_provider_call_past_its_timeout_is_sent_once_with_an_unknown_out
 async def test_a_worker_never_reclaims_what_it_is_still_sending(
     make_server: ServerFactory, tmp_path: Path
 ) -> None:
-    # Sixteen messages queued on one shard before the worker starts: its first
-    # read takes them all, and sent one at a time (one number a call, one call
-    # at a time, 150 ms each) the later ones are held well past the 1 s
-    # visibility timeout, across re-claim rounds (every 0.5 s). A slower
-    # machine only holds them longer.
+    # Sixteen messages queued on one shard before the worker starts, each from
+    # its own sender: its first read takes them all (a call's worth), and as
+    # sixteen calls (one per sender) through one slot, 150 ms each, the later
+    # ones are held well past the 1 s visibility timeout, across re-claim
+    # rounds (every 0.5 s). A slower machine only holds them longer.
     api = await make_server(role="api", shards=1)
     token = (await api.apps.create("a")).token
     async with grpc.aio.insecure_channel(f"127.0.0.1:{api.grpc_port}") as channel:
@@ -237,7 +237,9 @@ async def test_a_worker_never_reclaims_what_it_is_still_sending(
         ids = [
             (
                 await stub.SendSms(
-                    pb.SendSmsRequest(phone_number=f"+1415555{i:04d}", text=f"t{i}"),
+                    pb.SendSmsRequest(
+                        phone_number=f"+1415555{i:04d}", text=f"t{i}", sender_id=f"Acme{i}"
+                    ),
                     metadata=bearer(token),
                 )
             ).message.id
@@ -245,8 +247,8 @@ async def test_a_worker_never_reclaims_what_it_is_still_sending(
         ]
         log = tmp_path / "sim.log"
         await make_server(
-            role="worker", shards=1, sim_latency_ms=150, sim_max_batch=1,
-            visibility_timeout_seconds=1.0, dispatch_concurrency=1, sim_log=log,
+            role="worker", shards=1, sim_latency_ms=150, visibility_timeout_seconds=1.0,
+            dispatch_concurrency=1, sim_log=log,
         )  # fmt: skip
         # Sent, each ends DELIVERED. A call past the provider timeout (0.8 s,
         # only on a machine stalled that long) ends SENT, an unknown outcome
