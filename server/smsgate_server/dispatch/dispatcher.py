@@ -58,8 +58,14 @@ log = logging.getLogger("smsgate.dispatch")
 DEAD_CONSUMER_MS = 3_600_000
 # Due messages queued (and overdue receipts expired) per script call.
 PROMOTE_BATCH = 500
-# The most queue entries one read asks for.
+# The most queue entries one read claims (what its slots carry, at most).
 READ_MAX = 1000
+# The most entries one read of many shards (one Redis) asks for, a part of it
+# of each shard: a vendor call carries messages of one shard, so a larger part
+# makes larger calls (about 60 messages per call for 5,000 over 64 shards,
+# against 15 with a part of READ_MAX); what the slots cannot carry waits in
+# the reader, unclaimed and kept fresh.
+READ_AHEAD = 4000
 # A pace wait up to this long (seconds) is slept through, holding the slot; a
 # longer one puts the chunk back in the due set: a backlog waits in Redis, not
 # in this process.
@@ -259,7 +265,7 @@ class Dispatcher:
         reader draws on the same slots. A reader whose last read found
         nothing takes one slot (others may need them while it waits on an
         empty queue), one that found some its part of those free. A read of
-        many shards asks each for a part of ``READ_MAX``; what it got beyond
+        many shards asks each for a part of ``READ_AHEAD``; what it got beyond
         the slots waits here unclaimed, kept fresh, and is claimed first as
         slots come free."""
         unclaimed: list[tuple[int, QueueEntry]] = []
@@ -304,8 +310,8 @@ class Dispatcher:
 
     async def _read(self, shards: tuple[int, ...], budget: int) -> list[tuple[int, QueueEntry]]:
         """New entries of ``shards``: up to ``budget`` of one shard, a part of
-        ``READ_MAX`` of each of many (at least one each), kept fresh from now."""
-        count = max(1, min(budget, READ_MAX // len(shards)))
+        ``READ_AHEAD`` of each of many (at least one each), kept fresh from now."""
+        count = max(1, min(budget, READ_AHEAD // len(shards)))
         read = [
             (shard, entry)
             for shard, entries in await self.queue.read_many(shards, self.consumer, count)
