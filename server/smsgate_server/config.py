@@ -20,6 +20,9 @@ from smsgate_server.redis_urls import is_cluster_url, parse_cluster_url
 __all__ = ["Role", "Settings", "parse_address", "unknown_variables"]
 
 ENV_PREFIX = "SMSGATE_"
+# SMSGATE_SHARDS when unset (0), by kind of Redis (Settings.shards).
+CLUSTER_SHARDS = 64
+STANDALONE_SHARDS = 4
 # SMSGATE_* names that are no server setting but may share its environment:
 # the clients' (smsgate.Connection.from_env, the TypeScript client's fromEnv)
 # and, with the prefix TEST_, the test suite's.
@@ -91,10 +94,13 @@ class Settings(BaseSettings):
     # thousand calls/s.
     processes: int = Field(default=1, ge=1, le=64)
 
-    # Redis layout. Data served with another shard count than it was written
-    # with would strand messages: the first start records the count in Redis,
-    # later starts with another one are refused (store/layout.py).
-    shards: int = Field(default=64, ge=1, le=256)
+    # Redis layout: the shards (queues, one hash tag each) new messages are
+    # spread over; 0 picks 64 on a cluster (well above its masters, so slots
+    # spread over every node) and 4 on one Redis server, where more shards only
+    # make vendor calls smaller and reads wider (bench/RESULTS.md: 64 shards cut
+    # end-to-end delivered/s by a third there). Raising it later is online; the
+    # largest count ever used is recorded in Redis (store/layout.py).
+    shards: int = Field(default=0, ge=0, le=256)
     redis_pool_size: int = Field(default=64, ge=4, le=4096)
     # Redis replicates asynchronously: a master that fails right after a write
     # takes it along. Accepting waits until this many replicas have the messages
@@ -312,6 +318,13 @@ class Settings(BaseSettings):
                 "SMSGATE_RECONCILE_AFTER_SECONDS must be below SMSGATE_RECEIPT_TIMEOUT_SECONDS"
                 " (the vendor is asked before a message without receipt expires)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _default_shards(self) -> Settings:
+        if self.shards == 0:
+            cluster = self.redis_url is not None and is_cluster_url(self.redis_url)
+            self.shards = CLUSTER_SHARDS if cluster else STANDALONE_SHARDS
         return self
 
     @model_validator(mode="after")
