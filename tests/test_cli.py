@@ -262,7 +262,7 @@ def test_version_names_the_server_and_client_packages(servers: Servers, data_dir
     [
         ("GRPC_ADDRESS", "nonsense"),
         ("HTTP_ADDRESS", "127.0.0.1:99999"),
-        ("SHARDS", "0"),
+        ("SHARDS", "-1"),
         ("LOG_LEVEL", "loud"),
         ("REDIS_URL", "http://127.0.0.1:6379"),
         ("SIM_FAILURE_RATE", "2"),

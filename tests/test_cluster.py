@@ -101,6 +101,15 @@ def test_a_cluster_url_names_its_seed_nodes() -> None:
     assert Settings(redis_url="redis+cluster://a:7000", redis_wait_replicas=0).wait_replicas == 0
 
 
+def test_the_default_shard_count_follows_the_kind_of_redis() -> None:
+    # Many shards spread slots over a cluster's masters; on one server they
+    # only make vendor calls smaller (bench/RESULTS.md).
+    assert Settings(redis_url="redis+cluster://a:7000").shards == 64
+    assert Settings(redis_url="redis://a:6379/0").shards == 4
+    assert Settings().shards == 4
+    assert Settings(redis_url="redis+cluster://a:7000", shards=8).shards == 8
+
+
 def test_a_cluster_urls_password_is_not_shown() -> None:
     url = "redis+cluster://user:s3cret@10.0.0.1:7000,10.0.0.2:7000"
     assert redact_url(url) == "redis+cluster://user:***@10.0.0.1:7000,10.0.0.2:7000"
