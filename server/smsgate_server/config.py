@@ -323,8 +323,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _default_shards(self) -> Settings:
         if self.shards == 0:
-            cluster = self.redis_url is not None and is_cluster_url(self.redis_url)
-            self.shards = CLUSTER_SHARDS if cluster else STANDALONE_SHARDS
+            self.shards = CLUSTER_SHARDS if self.on_cluster else STANDALONE_SHARDS
         return self
 
     @model_validator(mode="after")
@@ -350,7 +349,12 @@ class Settings(BaseSettings):
         """Replicas an accepted message must reach before the call answers OK."""
         if self.redis_wait_replicas is not None:
             return self.redis_wait_replicas
-        return 1 if self.redis_url is not None and is_cluster_url(self.redis_url) else 0
+        return 1 if self.on_cluster else 0
+
+    @property
+    def on_cluster(self) -> bool:
+        """SMSGATE_REDIS_URL names a Redis Cluster."""
+        return self.redis_url is not None and is_cluster_url(self.redis_url)
 
     @property
     def embedded_redis(self) -> bool:
