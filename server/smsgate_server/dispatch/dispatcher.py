@@ -31,7 +31,8 @@ from smsgate_server.dispatch.receipts import ReceiptQueue
 from smsgate_server.dispatch.reconcile import Reconciler
 from smsgate_server.dispatch.routing import RouteChoice, Router
 from smsgate_server.dispatch.slots import Lent, Slots
-from smsgate_server.domain.errors import Unavailable
+from smsgate_server.domain.errors import Reason, Unavailable
+from smsgate_server.domain.policy import OPTED_OUT
 from smsgate_server.domain.sealed_text import TextCipher, UnreadableText
 from smsgate_server.logs import RepeatedLog
 from smsgate_server.metrics import PROVIDER_CALLS, PROVIDER_SECONDS, SEND_OUTCOMES
@@ -78,6 +79,8 @@ PROVIDERS_UNAVAILABLE = "PROVIDERS_UNAVAILABLE"
 # A message whose vendor call was cut off: its worker stopped or died during
 # it, or could not store the answer (then its re-claim finds the provider).
 SEND_CUT_OFF = "SEND_CUT_OFF"
+# A marketing message whose number's opt-out could not be read before its call.
+OPT_OUT_UNCHECKED = "OPT_OUT_UNCHECKED"
 # A blip while storing outcomes is retried with this backoff (seconds).
 SETTLE_RETRY_BASE = 0.05
 SETTLE_RETRY_MAX = 1.0
@@ -95,6 +98,9 @@ _promote_check_failed = RepeatedLog(
 )
 _optout_failed = RepeatedLog(
     log, "cannot add a number the vendor reports opted out", every=5.0, level=logging.WARNING
+)
+_optout_check_failed = RepeatedLog(
+    log, "cannot read opt-outs before sending marketing; retried", every=5.0, level=logging.WARNING
 )
 _gate_failed = RepeatedLog(
     log, "provider gate unanswered; calls go ahead unguarded", every=5.0, level=logging.WARNING
@@ -433,6 +439,8 @@ class Dispatcher:
             shard, entries, reclaimed=reclaimed, max_attempts=self.config.max_attempts
         )
         self._held.update(c.entry for c in claimed)
+        if any(c.marketing for c in claimed):
+            claimed = await self._drop_opted_out(shard, claimed)
         # Handed to a provider by a worker that stored no outcome: that provider
         # may have it, so it is settled as an unknown outcome, never routed again.
         for name in {c.in_flight for c in claimed if c.in_flight}:
@@ -466,6 +474,40 @@ class Dispatcher:
                 task = asyncio.create_task(self._send(shard, name, chunk))
                 self._inflight.add(task)
                 task.add_done_callback(self._done)
+
+    async def _drop_opted_out(self, shard: int, claimed: list[Claimed]) -> list[Claimed]:
+        """``claimed`` less its marketing messages whose number opted out since
+        they were accepted (while held for quiet hours, scheduled or retried):
+        those end FAILED, never sent. One round trip; a lookup that fails
+        retries them later, as the list is what an opt-out must be able to trust."""
+        marketing = [c for c in claimed if c.marketing and not c.in_flight]
+        if self.optouts is None or not marketing:
+            return claimed
+        try:
+            listed = await self.optouts.opted_out_of((c.app, c.phone) for c in marketing)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _optout_check_failed.occurred(
+                type(exc).__name__, exc=None if isinstance(exc, Unavailable) else exc
+            )
+            unchecked = RecipientResult(
+                OutcomeClass.RETRYABLE, code=OPT_OUT_UNCHECKED, reason="cannot read the opt-outs"
+            )
+            ended = [self._retry("", c, unchecked, "") for c in marketing]
+        else:
+            ended = [
+                SendOutcome(c, Outcome.FAIL, "", "", Reason.RECIPIENT_OPTED_OUT.value, OPTED_OUT)
+                for c in marketing
+                if (c.app, c.phone) in listed
+            ]
+        if not ended:
+            return claimed
+        task = asyncio.create_task(self._settle_unsent(shard, ended))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        gone = {o.claimed.entry for o in ended}
+        return [c for c in claimed if c.entry not in gone]
 
     def _route(self, c: Claimed) -> RouteChoice:
         if not self.router.routed:

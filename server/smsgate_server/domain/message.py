@@ -39,6 +39,10 @@ class NewMessage:
     # domain.encoding.Encoding of ``rendered`` (0: not recorded): with
     # ``segments``, what the vendor bills.
     encoding: int = 0
+    # A marketing message (a marketing template, or free text named marketing):
+    # its recipient's opt-out is checked again just before it is sent, as a
+    # STOP may arrive while it is held for quiet hours or scheduled.
+    marketing: bool = False
 
 
 @dataclass(frozen=True, slots=True)

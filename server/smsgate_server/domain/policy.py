@@ -29,6 +29,7 @@ from phonenumbers import timezone as phone_timezone
 from smsgate_server.domain.templates import TemplateKind
 
 __all__ = [
+    "OPTED_OUT",
     "SERVER_POLICY",
     "PolicyOverrides",
     "QuietHours",
@@ -43,6 +44,9 @@ _CLOCK = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 # Numbers whose zones are remembered per process; beyond, the oldest go.
 ZONE_CACHE_NUMBERS = 4096
 _OFF = "off"
+# Why a marketing message to an opted-out number is refused at accept, or
+# failed unsent when the number opted out while it waited (the dispatcher).
+OPTED_OUT = "the recipient opted out of the app's marketing messages"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,10 @@ content is rendered and before the messages are stored:
 
 The kind of a message: a verification code's (sent by the verification
 service, ``sensitive``) is VERIFICATION, a template's is the template's kind,
-and free text is a NOTIFICATION: the API has no kind for it, and treating it
-as marketing would hold and refuse transactional texts. Marketing that must
-honour opt-outs and quiet hours goes through a MARKETING template.
+and free text's the kind the request names, else NOTIFICATION (treating it as
+marketing would hold and refuse transactional texts). A marketing message is
+stored as such: the dispatcher checks its recipient's opt-out again just
+before sending it, as the number may opt out while it is held.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from smsgate_server.domain.errors import (
     SmsgateError,
 )
 from smsgate_server.domain.policy import (
+    OPTED_OUT,
     PolicyOverrides,
     QuietHours,
     SendPolicy,
@@ -57,7 +59,6 @@ POLICY_CHUNK = 1_000
 # Apps whose daily-cap warning was logged, remembered per process (for one
 # day each); beyond this many the oldest are forgotten (and may log again).
 WARNED_APPS = 10_000
-_OPTED_OUT = "the recipient opted out of the app's marketing messages"
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +225,7 @@ class SendingPolicy:
         if verdict is Verdict.ADMITTED:
             return None
         if verdict is Verdict.OPTED_OUT:
-            return FailedPrecondition(_OPTED_OUT, reason=Reason.RECIPIENT_OPTED_OUT)
+            return FailedPrecondition(OPTED_OUT, reason=Reason.RECIPIENT_OPTED_OUT)
         if verdict is Verdict.SAME_CONTENT:
             return QuotaExceeded(
                 [

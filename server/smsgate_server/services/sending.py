@@ -251,6 +251,7 @@ class SendingService:
             sensitive=cmd.sensitive,
             expire_at_ms=cmd.expire_at_ms,
             send_at_ms=self._hold_until(policy, kind, phone, prototype.send_at_ms, now),
+            marketing=kind is TemplateKind.MARKETING,
         )
         if message.sensitive:
             # Sealed before it leaves this process: Redis, its append-only file
@@ -543,6 +544,7 @@ class SendingService:
                 send_at_ms=self._hold_until(
                     policy, kind, pending[i].phone, pending[i].send_at_ms, now
                 ),
+                marketing=kind is TemplateKind.MARKETING,
             )
             for i in admitted
         ]

@@ -106,6 +106,8 @@ class Claimed:
     # Re-claimed after a worker handed it to this provider and stored no
     # outcome (``hand_over``): the provider may have it; never send it again.
     in_flight: str = ""
+    # A marketing message: the dispatcher checks its recipient's opt-out first.
+    marketing: bool = False
 
     def refused_by(self) -> dict[str, str]:
         """The providers that refused it, with the code each gave."""
@@ -307,6 +309,7 @@ class MessageStore:
                 m.template_version,
                 m.sign,
                 m.vendor_ids_json,
+                "1" if m.marketing else "",
             ]
         loop = asyncio.get_running_loop()
         call = _AcceptCall(
@@ -332,7 +335,7 @@ class MessageStore:
         script_keys = [keys.events, keys.queue, keys.due]
         args: list[Any] = [
             *self._common(keys, self.now_ms()),
-            16,
+            17,
             self.horizon_ms,
             self._idempotency_ttl,
         ]
@@ -578,6 +581,7 @@ class MessageStore:
                 vendor_ids_json=_s(r[14]),
                 refused=_s(r[15]) if len(r) > 15 else "",
                 in_flight=_s(r[16]) if len(r) > 16 else "",
+                marketing=len(r) > 17 and _s(r[17]) == "1",
             )
             for r in rows
         ]

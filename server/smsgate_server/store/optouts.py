@@ -7,7 +7,7 @@ change is one command (``ZADD NX``, ``ZREM``): nothing to read first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from smsgate_server.store.connection import RedisClient
 from smsgate_server.store.errors import redis_edge
@@ -39,6 +39,27 @@ class OptOutStore:
             return set()
         scores = await self.redis.zmscore(optouts_key(app), list(phones))
         return {phone for phone, score in zip(phones, scores, strict=True) if score is not None}
+
+    @redis_edge
+    async def opted_out_of(self, recipients: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which ``(app, phone)`` pairs are opted out, for any number of apps in
+        one round trip (each app's list is in its own slot: a pipeline, not a
+        script)."""
+        by_app: dict[str, list[str]] = {}
+        for app, phone in recipients:
+            by_app.setdefault(app, []).append(phone)
+        if not by_app:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for app, phones in by_app.items():
+                pipe.zmscore(optouts_key(app), phones)
+            replies = await pipe.execute()
+        return {
+            (app, phone)
+            for (app, phones), scores in zip(by_app.items(), replies, strict=True)
+            for phone, score in zip(phones, scores, strict=True)
+            if score is not None
+        }
 
     @redis_edge
     async def page(self, app: str, after: str, limit: int) -> tuple[list[str], str]:

@@ -11,9 +11,9 @@
 -- per message: id, phone, text, template
 -- id, params json, rendered, segments, send_at ms, sender, labels json,
 -- sensitive ('1' or ''), expire-at ms (0: never), encoding, template version,
--- sign name, vendor ids json (the last three only with a template id, which
+-- sign name, vendor ids json (those three only with a template id, which
 -- the message counts toward its template's uses until it is handed to a
--- provider: lib.lua).
+-- provider: lib.lua), marketing ('1' or '').
 -- Returns per call two values: 'new', '' | 'dup', remembered result |
 -- 'conflict', ''. A call whose messages exist already is a 'dup' of itself,
 -- with its own result to remember.
@@ -89,7 +89,7 @@ local function accept(idem, index, blist, a, n)
     hset_present(m, 'b', batch, 'p', ARGV[i + 1], 'tx', text, 'tp', ARGV[i + 3],
       'pa', ARGV[i + 4], 'r', rendered, 'sg', ARGV[i + 6], 'ct', NOW, 'sa', send_at,
       'snd', ARGV[i + 8], 'lb', ARGV[i + 9], 'sen', ARGV[i + 10], 'ex', ARGV[i + 11],
-      'en', ARGV[i + 12])
+      'en', ARGV[i + 12], 'mk', ARGV[i + 16])
     if ARGV[i + 3] ~= '' then
       hset_present(m, 'tv', ARGV[i + 13], 'sn', ARGV[i + 14], 'vt', ARGV[i + 15])
       redis.call('INCR', P .. 'tu:' .. app .. ':' .. ARGV[i + 3])

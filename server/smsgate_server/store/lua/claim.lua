@@ -6,9 +6,9 @@
 -- attempts, created ms, batch, send_at ms, sensitive ('1': rendered and
 -- params are sealed), template id, template params json, sign name, vendor
 -- template ids json (the last four '' for free text), providers that refused
--- it ("name code" joined by ','), the in-flight provider}. Entries of gone,
--- canceled or finished messages are acknowledged and dropped here; a
--- re-claimed message out of attempts fails.
+-- it ("name code" joined by ','), the in-flight provider, marketing ('1' or
+-- '')}. Entries of gone, canceled or finished messages are acknowledged and
+-- dropped here; a re-claimed message out of attempts fails.
 -- A re-claimed SENDING message with an in-flight provider ('ip', hand_over.lua)
 -- was handed to that provider by a worker that never stored the outcome: it
 -- is returned as it is (no attempt counted, no history) with that provider,
@@ -37,7 +37,7 @@ for i = 8, #ARGV, 2 do
     local attempts = inflight ~= '' and tonumber(redis.call('HGET', mkey(app, id), 'at') or 0)
       or redis.call('HINCRBY', mkey(app, id), 'at', 1)
     local v = redis.call('HMGET', mkey(app, id), 'p', 'r', 'snd', 'ct', 'b', 'sa', 'sen',
-      'tp', 'pa', 'sn', 'vt', 'rf')
+      'tp', 'pa', 'sn', 'vt', 'rf', 'mk')
     -- accept.lua stores only fields that are set: a missing one is empty, and
     -- a batch recipient without a text of its own has the batch's.
     v[3], v[5], v[6] = v[3] or '', v[5] or '', v[6] or '0'
@@ -46,7 +46,7 @@ for i = 8, #ARGV, 2 do
     end
     if inflight == '' then enter(app, id, v[5], st, SENDING, 'attempt ' .. attempts) end
     out[#out + 1] = {entry, app, id, v[1], v[2], v[3], attempts, v[4], v[5], v[6], v[7],
-      v[8] or '', v[9] or '', v[10] or '', v[11] or '', v[12] or '', inflight}
+      v[8] or '', v[9] or '', v[10] or '', v[11] or '', v[12] or '', inflight, v[13] or ''}
   else
     redis.call('XACK', KEYS[2], group, entry)
     redis.call('XDEL', KEYS[2], entry)
