@@ -89,7 +89,9 @@ export type DeliveryError = Message$1<"smsgate.v1.DeliveryError"> & {
    * provider never answered the send and no receipt or status query settled
    * it, so it may or may not have reached the phone; it was never sent again),
    * PROVIDER_TIMEOUT / PROVIDER_ERROR / SEND_CUT_OFF (no answer yet), NO_OUTCOME,
-   * NO_VENDOR_TEMPLATE.
+   * NO_VENDOR_TEMPLATE, RECIPIENT_OPTED_OUT (a marketing message whose number
+   * opted out while it waited to be sent: never sent), OPT_OUT_UNCHECKED (the
+   * opt-out list could not be read before sending a marketing message: retried).
    *
    * @generated from field: string code = 1;
    */
