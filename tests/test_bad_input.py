@@ -8,6 +8,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_reflection.v1alpha.reflection_pb2 import (
+    ServerReflectionRequest,
+    ServerReflectionResponse,
+)
 from smsgate.v1 import sms_service_pb2 as pb
 from smsgate_server.domain.events import encode_token
 from smsgate_server.runtime import Running
@@ -156,3 +160,34 @@ async def test_an_undecodable_health_check_is_malformed_request(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await check(TRUNCATED_VARINT)
     assert details_of(caught.value).reason == "MALFORMED_REQUEST"
+
+
+async def test_an_undecodable_health_watch_is_malformed_request(
+    channel: grpc.aio.Channel,
+) -> None:
+    watch: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+        "/grpc.health.v1.Health/Watch"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in watch(TRUNCATED_VARINT):
+            pass
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
+
+
+async def test_an_undecodable_reflection_request_is_malformed_request(
+    channel: grpc.aio.Channel,
+) -> None:
+    # A good request first: the stream answers it, then ends at the bad one.
+    info: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    )
+    list_services = ServerReflectionRequest(list_services="").SerializeToString()
+    call = info(iter([list_services, TRUNCATED_VARINT]))
+    answers = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for answer in call:
+            answers.append(ServerReflectionResponse.FromString(answer))
+    details = details_of(caught.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
+    assert [a.WhichOneof("message_response") for a in answers] == ["list_services_response"]

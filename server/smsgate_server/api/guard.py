@@ -109,26 +109,61 @@ def _check_decoded(request: Any, method: str) -> None:
         raise InvalidArgument(request.violation, reason=Reason.MALFORMED_REQUEST)
 
 
-def _open_unary(method: str, handler: Handler) -> Handler:
-    """An open unary method (health Check) whose undecodable bodies are
-    MALFORMED_REQUEST too; no credentials, no metrics. Open streams (health
-    Watch, reflection) are left as grpc provides them."""
+def _open(method: str, handler: Handler) -> Handler:
+    """An open method (health Check and Watch, reflection) whose undecodable
+    bodies are MALFORMED_REQUEST too, without forking the libraries that serve
+    them; no credentials, no metrics."""
     name = method.rsplit("/", 1)[-1]
-    inner: Any = handler.unary_unary
+    tolerant = _tolerant(handler.request_deserializer)
+    serializer = handler.response_serializer
+    if handler.unary_unary is not None:
+        inner: Any = handler.unary_unary
 
-    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            _check_decoded(request, name)
-        except InvalidArgument as exc:
-            _fail(context, exc, name)
-            return None
-        return await inner(request, context)
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                _check_decoded(request, name)
+            except InvalidArgument as exc:
+                _fail(context, exc, name)
+                return None
+            return await inner(request, context)
 
-    return grpc.unary_unary_rpc_method_handler(
-        unary,
-        request_deserializer=_tolerant(handler.request_deserializer),
-        response_serializer=handler.response_serializer,
-    )
+        return grpc.unary_unary_rpc_method_handler(unary, tolerant, serializer)
+    if handler.unary_stream is not None:
+        inner_stream: Any = handler.unary_stream
+
+        async def stream(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            try:
+                _check_decoded(request, name)
+            except InvalidArgument as exc:
+                _fail(context, exc, name)
+                return
+            async for item in inner_stream(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(stream, tolerant, serializer)
+    if handler.stream_stream is not None:
+        inner_streams: Any = handler.stream_stream
+
+        async def streams(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            # The library's loop reads the requests: a bad one ends the call
+            # through it, with the status set here.
+            async def checked() -> AsyncIterator[Any]:
+                async for request in requests:
+                    _check_decoded(request, name)
+                    yield request
+
+            try:
+                async for item in inner_streams(checked(), context):
+                    yield item
+            except InvalidArgument as exc:
+                _fail(context, exc, name)
+
+        return grpc.stream_stream_rpc_method_handler(streams, tolerant, serializer)
+    return handler
 
 
 def current_app() -> App:
@@ -229,15 +264,13 @@ class RequestGuard:
 
     def guard_handler(self, method: str, handler: Handler) -> Handler:
         """The guarded form of ``handler`` (open methods only answer undecodable
-        unary bodies)."""
+        bodies)."""
         wrapped = self._wrapped.get(method)
         if wrapped is None:
             if not method.startswith(_OPEN_PREFIXES):
                 wrapped = self._wrap(method, handler)
-            elif handler.unary_unary is not None:
-                wrapped = _open_unary(method, handler)
             else:
-                wrapped = handler
+                wrapped = _open(method, handler)
             self._wrapped[method] = wrapped
         return wrapped
 
