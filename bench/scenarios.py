@@ -84,6 +84,19 @@ class SendSmsOp(Op):
         return 1
 
 
+class PolicySendOp(Op):
+    """SendSms with free text to a new number each call: an app whose sending
+    policy keeps its per-number caps runs the policy's script for every send
+    and never meets a cap (one request built per call: ~2 us of the client)."""
+
+    async def __call__(self, n: int) -> int:
+        request = sms_service_pb2.SendSmsRequest(
+            phone_number=phone(self.client, n, "135"), text=TEXT
+        )
+        await self.sms.SendSms(request, metadata=self.metadata)
+        return 1
+
+
 class GetMessageOp(Op):
     """GetMessage of one of 256 messages this client sent in setup."""
 
@@ -169,6 +182,8 @@ class VerifyPairOp(Op):
 OPS: dict[str, type[Op]] = {
     "echo": EchoOp,
     "sendsms": SendSmsOp,
+    "sendsms-api": SendSmsOp,
+    "sendsms-policy": PolicySendOp,
     "getmessage": GetMessageOp,
     "listmessages": ListMessagesOp,
     "batchsend": BatchSendOp,
