@@ -218,11 +218,13 @@ class Servers:
         assert self.redis.process is not None
         return self.redis.process.pid
 
-    def start_echo(self, *, via_redis: bool = False) -> tuple[str, int]:
+    def start_echo(self, *, via_redis: bool = False, grouped: bool = False) -> tuple[str, int]:
         port = free_port()
         cmd = [sys.executable, "-m", "bench.echo_server", str(port)]
         if via_redis:
             cmd += ["--redis", self.redis.url]
+            if grouped:
+                cmd.append("--group")
         if self.uvloop:
             cmd.append("--uvloop")
         self.echo = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent)
@@ -368,6 +370,8 @@ class Measured:
     redis_cpu_pct: float
     window: float
     worker_cpu_pct: float = 0.0
+    # Script runs (EVALSHA/EVAL) Redis counted in the window (with redis_url).
+    redis_scripts: int = 0
 
 
 def run_clients(
@@ -380,6 +384,7 @@ def run_clients(
     timeout: float,
     profile_to: Path | None = None,
     worker_pid: int | None = None,
+    redis_url: str = "",
 ) -> Measured:
     """Start one process per spec, start them together, sample the server (and
     a worker-role process beside it) during the measured window
@@ -413,6 +418,7 @@ def run_clients(
         s0 = sample_tree(server_pid)
         r0 = sample_tree(redis_pid) if redis_pid else None
         w0 = sample_tree(worker_pid) if worker_pid else None
+        c0 = _scripts_run(redis_url)
         spy = _py_spy(server_pid, window[1], profile_to) if profile_to and window else None
         t0 = time.monotonic()
         rss_max = s0.rss_bytes
@@ -421,6 +427,7 @@ def run_clients(
         s1: TreeSample | None = None
         r1: TreeSample | None = None
         w1: TreeSample | None = None
+        c1 = c0
         t1 = 0.0
         while len(collected) < len(specs):
             if time.monotonic() > deadline:
@@ -434,10 +441,12 @@ def run_clients(
                 s1, t1 = sample_tree(server_pid), now
                 r1 = sample_tree(redis_pid) if redis_pid else None
                 w1 = sample_tree(worker_pid) if worker_pid else None
+                c1 = _scripts_run(redis_url)
         if s1 is None:
             s1, t1 = sample_tree(server_pid), time.monotonic()
             r1 = sample_tree(redis_pid) if redis_pid else None
             w1 = sample_tree(worker_pid) if worker_pid else None
+            c1 = _scripts_run(redis_url)
         rss_max = max(rss_max, s1.rss_bytes)
         if spy is not None:
             spy.wait(30)
@@ -457,7 +466,17 @@ def run_clients(
         redis_cpu_pct=cpu_percent(r0, r1, elapsed) if r0 and r1 else 0.0,
         window=elapsed,
         worker_cpu_pct=cpu_percent(w0, w1, elapsed) if w0 and w1 else 0.0,
+        redis_scripts=c1 - c0,
     )
+
+
+def _scripts_run(url: str) -> int:
+    """Script runs (EVALSHA and EVAL) the Redis at ``url`` has counted; 0 without one."""
+    if not url:
+        return 0
+    with redis.Redis.from_url(url) as r:
+        stats = r.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
 
 
 def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
@@ -507,6 +526,8 @@ class Run:
     server_pid: int = 0
     redis_pid: int | None = None
     py_spy_dir: Path | None = None
+    # Set: timed rows count the script runs per unit on this Redis.
+    redis_url: str = ""
 
     def specs(self, scenario: str, concurrency: int, **kw: Any) -> list[ClientSpec]:
         n = min(self.clients, concurrency)
@@ -546,6 +567,7 @@ class Run:
                 else None
             ),
             worker_pid=worker_pid,
+            redis_url=self.redis_url,
         )
         lat = [x for r in m.results for x in r.latencies]
         units = sum(r.units for r in m.results)
@@ -558,6 +580,12 @@ class Run:
                 row.note += (
                     f"; worker process CPU {row.worker_cpu_pct:.0f}% "
                     f"({row.worker_cpu_pct * 1e4 / row.rate:.0f} us/{row.unit})"
+                )
+            if m.redis_scripts and row.requests:
+                # Over calls, not units: how far concurrent calls shared a script run.
+                row.note += (
+                    f"; {m.redis_scripts / row.requests:.2f} Redis script runs per call "
+                    "(every process's)"
                 )
         return row
 
@@ -1265,7 +1293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="smsgate-bench-") as tmp:
         servers = Servers(Path(tmp), uvloop=args.loop == "uvloop", server_env=server_env)
         try:
-            servers.start_redis()
+            run.redis_url = servers.start_redis()
             run.redis_pid = None
             # 1. The ceiling, at every concurrency a scenario uses.
             levels = sorted(
@@ -1284,15 +1312,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"measured echo@{c}: {echo[c].rate:.0f} req/s", flush=True)
             servers.stop_echo()
             if not args.smoke:
-                # The floor of an RPC that makes one Redis round trip.
-                run.target, run.server_pid = servers.start_echo(via_redis=True)
-                run.redis_pid = servers.redis_pid
-                row = run.timed("echo", levels[0], name=f"echo+redis@{levels[0]}")
-                row.echo_rate_ratio = _ratio(row.rate, echo[levels[0]].rate)
-                row.echo_p99_ratio = _ratio(row.p99_ms, echo[levels[0]].p99_ms)
-                rows.append(row)
-                print(f"measured {row.scenario}: {row.rate:.0f} req/s", flush=True)
-                servers.stop_echo()
+                # The floor of an RPC that makes one Redis round trip, then of
+                # one whose concurrent calls share it (SendSms's group commit).
+                for grouped in (False, True):
+                    run.target, run.server_pid = servers.start_echo(via_redis=True, grouped=grouped)
+                    run.redis_pid = servers.redis_pid
+                    label = "echo+group" if grouped else "echo+redis"
+                    row = run.timed("echo", levels[0], name=f"{label}@{levels[0]}")
+                    row.echo_rate_ratio = _ratio(row.rate, echo[levels[0]].rate)
+                    row.echo_p99_ratio = _ratio(row.p99_ms, echo[levels[0]].p99_ms)
+                    rows.append(row)
+                    print(f"measured {row.scenario}: {row.rate:.0f} req/s", flush=True)
+                    servers.stop_echo()
 
             # 2. smsgate.
             run.target, run.server_pid = servers.start_smsgate()
