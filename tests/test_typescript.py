@@ -1,6 +1,7 @@
 """The TypeScript client (clients/typescript): its generated code is fresh, its
 tests (``node --test``) pass against a live ``smsgate-server`` that they may ask
-to restart, and the README's TypeScript session works when pasted."""
+to restart, and against one whose vendor account sends replies to their app,
+and the README's TypeScript session works when pasted."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ from tests.conftest import ServerFactory
 from tests.processes import ServerProcess, Servers
 from tests.test_cli import dev_token
 from tests.test_tls import pki  # noqa: F401 - the CA and certificates fixture
+from tests.test_watch_replies import (
+    TOKEN,
+    Apps,
+    apps,  # noqa: F401 - the replies server fixture
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "clients" / "typescript"
@@ -100,7 +106,7 @@ def test_typescript_client_against_a_server_it_restarts(
     log = tmp_path / "node-test.log"
     with log.open("wb") as out:
         tests = subprocess.Popen(
-            [str(NODE), "--test", "--test-reporter=spec", "dist/test/"],
+            [str(NODE), "--test", "--test-reporter=spec", "dist/test/client.test.js"],
             cwd=PACKAGE,
             env=env,
             stdout=out,
@@ -124,6 +130,27 @@ def test_typescript_client_against_a_server_it_restarts(
     assert tests.returncode == 0, output
     assert restarted is not None, f"the watch test never asked for a restart:\n{output}"
     assert re.search(r"^\S+ skipped 0$", output, re.MULTILINE), output
+
+
+async def test_typescript_client_watches_replies(built: Path, apps: Apps) -> None:  # noqa: F811
+    assert NODE is not None
+    server = apps.server
+    env = dict(
+        os.environ,
+        SMSGATE_TARGET=f"127.0.0.1:{server.grpc_port}",
+        SMSGATE_TOKEN=apps.tokens["a"],
+        SMSGATE_TEST_INBOUND_URL=f"http://127.0.0.1:{server.http_port}/inbound/tencent/{TOKEN}",
+    )
+    # The server runs in this event loop: node must not block it.
+    node = await asyncio.create_subprocess_exec(
+        NODE, "--test", "--test-reporter=spec", "dist/test/replies.test.js", cwd=PACKAGE,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(node.communicate(), 90)
+    output = out.decode()
+
+    assert node.returncode == 0, output
+    assert re.search(r"^\S+ pass 3$", output, re.MULTILINE), output
 
 
 def test_readme_typescript_session_works_when_pasted(

@@ -1,12 +1,14 @@
 /**
  * A small typed client for smsgate: auth attached once, `send`, `get`,
  * `watch` that reconnects and resumes from its last token, `waitFor` a status,
- * and errors with their google.rpc details decoded (SmsgateError).
+ * `watchReplies` (the same for the app's replies), `getUsage`, and errors
+ * with their google.rpc details decoded (SmsgateError).
  *
- * It speaks gRPC over HTTP/2 through Connect for Node; the generated
- * `SmsService` client stays reachable as `client.sms` for every other call.
+ * It speaks gRPC over HTTP/2 through Connect for Node; the generated clients
+ * stay reachable as `client.sms`, `client.inbound` and `client.usage` for
+ * every other call.
  */
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -27,12 +29,14 @@ import {
   type QuotaFailure_Violation,
 } from "./gen/google/rpc/error_details_pb.js";
 import { type Message, MessageStatus, type StatusEvent } from "./gen/smsgate/v1/message_pb.js";
+import { InboundService, type Reply } from "./gen/smsgate/v1/inbound_service_pb.js";
 import {
   type BatchSendResponse,
   BatchSendRequestSchema,
   SmsService,
   SendSmsRequestSchema,
 } from "./gen/smsgate/v1/sms_service_pb.js";
+import { type GetUsageResponse, UsageService } from "./gen/smsgate/v1/usage_service_pb.js";
 
 /** The statuses a message never leaves. */
 export const TERMINAL: ReadonlySet<MessageStatus> = new Set([
@@ -91,6 +95,19 @@ export interface WatchFilter {
   batchId?: string;
   statuses?: MessageStatus[];
   resumeToken?: string;
+}
+
+/** Where a reply watch starts, where it keeps its place, and what stops it. */
+export interface ReplyWatchOptions {
+  /** Start after the reply of this token (a `ReplyWatch.resumeToken` kept earlier). */
+  resumeToken?: string;
+  /**
+   * A file to start from (when no `resumeToken` is given) and to save the token
+   * in: where the stream starts once it is open, then each reply's once the
+   * caller asks for the next, so a program that restarts misses no reply.
+   */
+  tokenFile?: string;
+  signal?: AbortSignal;
 }
 
 /** A failed call: the gRPC code and the google.rpc details the server sent. */
@@ -218,10 +235,85 @@ export class StatusWatch implements AsyncIterable<StatusEvent> {
   }
 }
 
+/** The resume token saved in `path`; empty when there is none yet. */
+function loadToken(path: string | undefined): string {
+  return path && existsSync(path) ? readFileSync(path, "utf8").trim() : "";
+}
+
+/** Replaces the token in `path` atomically: a crash leaves the old or the new one. */
+function saveToken(path: string, token: string): void {
+  const partial = `${path}.partial`;
+  writeFileSync(partial, token);
+  renameSync(partial, path);
+}
+
+/**
+ * The app's replies (mobile-originated SMS) as they arrive, for ever: after
+ * an UNAVAILABLE (a server restart, a cut connection) or a stream that ends,
+ * it reconnects after the last reply the caller finished with, so none is
+ * missed or repeated. Other errors end it, among them OUT_OF_RANGE for a token
+ * whose replies were dropped and INVALID_ARGUMENT for a token not of this app.
+ * `resumeToken` is where it stands: the token of the last reply the caller
+ * asked past (it comes again to a watch resumed before that).
+ */
+export class ReplyWatch implements AsyncIterable<Reply> {
+  resumeToken: string;
+  /** Reconnections so far. */
+  reconnects = 0;
+  private readonly tokenFile: string | undefined;
+  private readonly signal: AbortSignal | undefined;
+
+  constructor(
+    private readonly inbound: Client<typeof InboundService>,
+    options: ReplyWatchOptions = {},
+  ) {
+    this.tokenFile = options.tokenFile;
+    this.signal = options.signal;
+    this.resumeToken = options.resumeToken || loadToken(options.tokenFile);
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<Reply> {
+    let failures = 0;
+    let retryAfterMs: number | undefined;
+    while (!this.signal?.aborted) {
+      try {
+        const request = { resumeToken: this.resumeToken };
+        for await (const response of this.inbound.watchReplies(request, { signal: this.signal })) {
+          failures = 0;
+          // The first response only says where the stream starts.
+          if (response.reply !== undefined) yield response.reply;
+          // The caller asked for the next one: done with this reply.
+          this.resumeToken = response.resumeToken;
+          if (this.tokenFile) saveToken(this.tokenFile, this.resumeToken);
+        }
+      } catch (err) {
+        if (this.signal?.aborted) return;
+        const error = SmsgateError.from(err);
+        if (!RESUMABLE.has(error.code)) throw error;
+        retryAfterMs = error.retryAfterMs;
+      }
+      const backoff = Math.min(MAX_BACKOFF_MS, 100 * 2 ** failures) * Math.random();
+      failures += 1;
+      await sleep(retryAfterMs ?? backoff, this.signal);
+      retryAfterMs = undefined;
+      this.reconnects += 1;
+    }
+  }
+}
+
+/** A day as the server's usage dates are written: `YYYY-MM-DD`, in UTC for a Date. */
+function usageDate(day: Date | string): string {
+  return typeof day === "string" ? day : day.toISOString().slice(0, 10);
+}
+
 /** An smsgate client for one app. */
 export class SmsgateClient {
   /** The generated client, with auth attached: every RPC of SmsService. */
   readonly sms: Client<typeof SmsService>;
+  /** The same for InboundService (the app's replies). */
+  readonly inbound: Client<typeof InboundService>;
+  /** The same for UsageService. */
+  readonly usage: Client<typeof UsageService>;
 
   constructor(options: ClientOptions) {
     const auth: Interceptor = (next) => (request) => {
@@ -233,10 +325,10 @@ export class SmsgateClient {
     const baseUrl = /^https?:\/\//.test(target) ? target : `${scheme}://${target}`;
     const { ca, cert, key, serverName } = typeof tls === "object" ? tls : ({} as TlsOptions);
     const nodeOptions = { ca, cert, key, servername: serverName };
-    this.sms = createClient(
-      SmsService,
-      createGrpcTransport({ baseUrl, interceptors: [auth], nodeOptions }),
-    );
+    const transport = createGrpcTransport({ baseUrl, interceptors: [auth], nodeOptions });
+    this.sms = createClient(SmsService, transport);
+    this.inbound = createClient(InboundService, transport);
+    this.usage = createClient(UsageService, transport);
   }
 
   /**
@@ -326,6 +418,24 @@ export class SmsgateClient {
   /** Status events matching `filter`, resumed across disconnects; stop it with `signal`. */
   watch(filter: WatchFilter = {}, signal?: AbortSignal): StatusWatch {
     return new StatusWatch(this.sms, filter, signal);
+  }
+
+  /**
+   * The app's replies as they arrive, resumed across disconnects (see
+   * ReplyWatch); with `tokenFile`, across restarts of the program too.
+   */
+  watchReplies(options: ReplyWatchOptions = {}): ReplyWatch {
+    return new ReplyWatch(this.inbound, options);
+  }
+
+  /**
+   * The app's messages, segments and cost per day (UTC) from `start` to `end`
+   * (included; `start` alone: that one day), at most 93 days. A day is a
+   * `YYYY-MM-DD` string or a Date (its UTC day).
+   */
+  getUsage(start: Date | string, end?: Date | string): Promise<GetUsageResponse> {
+    const request = { startDate: usageDate(start), endDate: usageDate(end ?? start) };
+    return mapErrors(() => this.usage.getUsage(request));
   }
 
   /**

@@ -126,6 +126,25 @@ test("several bad fields come back as one violation each", async () => {
   assert.deepEqual(error.fieldViolations.map((v) => v.field).sort(), ["phone_number", "text"]);
 });
 
+test("getUsage counts today's delivered messages; a bad day names its field", async () => {
+  const sent = await client.send(PHONE, "counted");
+  await client.waitFor(sent.id, { timeoutMs: 10_000 });
+  const today = new Date().toISOString().slice(0, 10);
+
+  const usage = await client.getUsage(new Date());
+
+  const delivered = usage.rows.filter((r) => r.status === MessageStatus.DELIVERED);
+  assert.ok(delivered.length > 0, `no DELIVERED row in ${JSON.stringify(usage.rows.map((r) => r.status))}`);
+  assert.ok(delivered.every((r) => r.date === today && r.messages >= 1n));
+  const error = await client.getUsage(today, "1999-01-01").catch((err: unknown) => err);
+  assert.ok(error instanceof SmsgateError);
+  assert.equal(error.code, Code.InvalidArgument);
+  assert.deepEqual(
+    error.fieldViolations.map((v) => v.field),
+    ["end_date"],
+  );
+});
+
 test("a wrong token is UNAUTHENTICATED with reason INVALID_CREDENTIALS", async () => {
   const stranger = new SmsgateClient({ target: process.env.SMSGATE_TARGET!, token: "wrong" });
   const error = await stranger.send(PHONE, "hi").catch((err: unknown) => err);
