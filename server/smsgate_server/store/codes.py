@@ -28,6 +28,7 @@ from redis.typing import EncodableT
 from smsgate_server.logs import RepeatedLog
 from smsgate_server.store.connection import RedisClient
 from smsgate_server.store.errors import redis_edge
+from smsgate_server.store.grouping import GroupedScripts
 from smsgate_server.store.keys import CodeKeys, verify_rate_key
 from smsgate_server.store.scripts import CodeScripts, LuaScript
 
@@ -104,6 +105,10 @@ class CodeStore:
     ) -> None:
         self.redis = redis
         self.scripts = CodeScripts(redis)
+        # Code calls of other callers made in the same loop moment share one
+        # pipeline (store/grouping.py): at 32 concurrent callers redis-py's
+        # per-command work was most of a code's cost.
+        self.grouped = GroupedScripts(redis)
         # Replicas that should have a code's issue or use before the answer
         # (Settings.redis_wait_replicas; see the module docstring).
         self.wait_replicas = wait_replicas
@@ -120,7 +125,7 @@ class CodeStore:
         """Run ``script``; when its reply says it changed something (its first
         value is ``change``), wait for the replicas first."""
         if not self.wait_replicas:
-            return await script(keys=keys, args=args)
+            return await self.grouped(script, keys, args)
         reply, acked = await script.call_confirmed(
             keys, args, replicas=self.wait_replicas, timeout_ms=self.wait_timeout_ms
         )
@@ -201,8 +206,8 @@ class CodeStore:
         and then refused here would already have replaced the live code,
         started the cooldown and counted against the number's caps."""
         window = now_ms // WINDOW_MS
-        taken = await self.scripts.rate_window(
-            keys=[verify_rate_key(app, window)], args=["take", limit, 2 * WINDOW_MS]
+        taken = await self.grouped(
+            self.scripts.rate_window, [verify_rate_key(app, window)], ["take", limit, 2 * WINDOW_MS]
         )
         return 0 if int(taken) else (window + 1) * WINDOW_MS - now_ms
 
