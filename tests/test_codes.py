@@ -72,6 +72,18 @@ def test_every_symbol_of_an_alphabet_turns_up(alphabet: Alphabet) -> None:
     assert min(counts.values()) > 10_000 / len(alphabet.symbols) / 2
 
 
+@pytest.mark.parametrize("alphabet", list(Alphabet))
+def test_every_position_of_a_code_is_uniform(alphabet: Alphabet) -> None:
+    # A code is one draw written out symbol by symbol: a slip there would bias
+    # one position (the first, the last) while the pooled counts looked fine.
+    codes = [generate_code(MAX_LENGTH, alphabet) for _ in range(4000)]
+    for position in range(MAX_LENGTH):
+        counts = Counter(code[position] for code in codes)
+        assert set(counts) == set(alphabet.symbols), position
+        # About 160-400 each; half of that is over six standard deviations off.
+        assert min(counts.values()) > 4000 / len(alphabet.symbols) / 2, (position, counts)
+
+
 def test_alphanumeric_codes_have_no_look_alikes() -> None:
     symbols = Alphabet.ALPHANUMERIC.symbols
     assert not set(symbols) & set("0O1IL2Z5S8B")

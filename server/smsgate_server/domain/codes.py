@@ -17,7 +17,6 @@ Everything secret derives from one server secret (``CodeSigner``):
 from __future__ import annotations
 
 import enum
-import hashlib
 import hmac
 import re
 import secrets
@@ -70,7 +69,17 @@ class Alphabet(enum.Enum):
 
 def generate_code(length: int, alphabet: Alphabet) -> str:
     """``length`` symbols of ``alphabet``, each drawn uniformly with ``secrets``."""
-    return "".join(secrets.choice(alphabet.symbols) for _ in range(length))
+    symbols = alphabet.symbols
+    base = len(symbols)
+    # One draw, uniform over every code of this length, written in base
+    # ``base``: each symbol is as uniform and independent as with one draw per
+    # symbol, for one call into the OS instead of ``length`` (a third of the cost).
+    n = secrets.randbelow(base**length)
+    out = []
+    for _ in range(length):
+        n, i = divmod(n, base)
+        out.append(symbols[i])
+    return "".join(out)
 
 
 def normalize_code(text: str) -> str:
@@ -148,7 +157,8 @@ class CodeSigner:
     def _mac(key: bytes, *parts: str) -> str:
         # NUL never occurs in app keys, phone numbers, tags or codes, so the
         # joined parts are unambiguous.
-        return hmac.new(key, "\0".join(parts).encode(), hashlib.sha256).hexdigest()
+        # hmac.digest is the one-shot C path: about half of hmac.new's cost.
+        return hmac.digest(key, "\0".join(parts).encode(), "sha256").hex()
 
     def phone_tag(self, app: str, phone: str) -> str:
         """64 bits that stand for ``phone`` of ``app`` in key names and ids."""
