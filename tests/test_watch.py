@@ -370,3 +370,46 @@ async def test_streams_are_read_only_while_someone_watches(
     events = await collect(again, until=4)
     again.cancel()
     assert {e.message_id for e in events} == set(fresh)
+
+
+async def test_a_token_ahead_of_the_live_readers_skips_the_events_up_to_it(
+    sms: SmsServiceAsyncStub, token: str, server: Running
+) -> None:
+    # As a token issued by another server process whose readers were ahead.
+    ahead = sealed(server, token, ["99999999999999-0"] * server.settings.shards)
+    watch = await started(
+        sms.WatchStatus(pb.WatchStatusRequest(resume_token=ahead), metadata=bearer(token))
+    )
+    observer = await started(sms.WatchStatus(pb.WatchStatusRequest(), metadata=bearer(token)))
+    await send(sms, token, 1)
+    assert len(await collect(observer, until=4)) == 4
+    observer.cancel()
+    with pytest.raises(TimeoutError):
+        await collect(watch, until=1, timeout=0.5)
+
+
+async def test_live_watches_share_tokens_within_an_app_and_never_across_apps(
+    sms: SmsServiceAsyncStub, token: str, server: Running
+) -> None:
+    other = (await server.apps.create("other")).token
+    calls = [
+        await started(sms.WatchStatus(pb.WatchStatusRequest(), metadata=bearer(t)))
+        for t in (token, token, other)
+    ]
+    await send(sms, token, 1)
+    await send(sms, other, 1)
+    mine, mine_too, theirs = [await collect(call, until=4) for call in calls]
+    for call in calls:
+        call.cancel()
+    assert [e.resume_token for e in mine] == [e.resume_token for e in mine_too]
+    assert {e.message_id for e in mine} != {e.message_id for e in theirs}
+    # Each app's last token resumes for it alone.
+    for events, own, foreign in ((mine, token, other), (theirs, other, token)):
+        last = events[-1].resume_token
+        ok = sms.WatchStatus(pb.WatchStatusRequest(resume_token=last), metadata=bearer(own))
+        with pytest.raises(TimeoutError):
+            await collect(ok, until=1, timeout=0.3)
+        wrong = sms.WatchStatus(pb.WatchStatusRequest(resume_token=last), metadata=bearer(foreign))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await collect(wrong, until=1)
+        assert details_of(caught.value).reason == "INVALID_RESUME_TOKEN"

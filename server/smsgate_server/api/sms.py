@@ -10,12 +10,12 @@ from smsgate.v1 import sms_service_pb2 as pb
 from smsgate.v1 import sms_service_pb2_grpc as pb_grpc
 
 from smsgate_server.api.convert import (
-    event_to_proto,
     message_to_proto,
     ms_from_timestamp,
     snapshot_to_proto,
 )
 from smsgate_server.api.guard import current_app
+from smsgate_server.api.watch_events import EventResponses
 from smsgate_server.domain.errors import InvalidArgument
 from smsgate_server.domain.status import Status
 from smsgate_server.domain.validation import MAX_STATUSES, Violations, check_count, check_id
@@ -35,6 +35,7 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
     def __init__(self, sending: SendingService, hub: WatchHub) -> None:
         self.sending = sending
         self.hub = hub
+        self.responses = EventResponses()
 
     async def SendSms(self, request: pb.SendSmsRequest, context: Context) -> pb.SendSmsResponse:
         violations = Violations()
@@ -168,7 +169,7 @@ class SmsServicer(pb_grpc.SmsServiceServicer):
                 for message in snapshot:
                     yield pb.WatchStatusResponse(event=snapshot_to_proto(message, start))
             async for event, token in watch.events(shown):
-                yield pb.WatchStatusResponse(event=event_to_proto(event, token))
+                yield self.responses.get(event, token)
         finally:
             # Also on cancellation (client gone), which must propagate.
             watch.close()

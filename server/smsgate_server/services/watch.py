@@ -66,6 +66,9 @@ log = logging.getLogger("smsgate.watch")
 # Events per read while catching up from a resume token: a read's events are
 # decoded in one go, holding the event loop, and they are every app's events.
 CATCHUP_READ = 200
+# Resume tokens the hub keeps sealed for its live subscribers (see
+# WatchHub.token): past this many it forgets them all and starts again.
+SEALED_TOKENS = 1024
 # The end markers a subscriber's queue may hold last.
 CLOSING = "closing"
 OVERFLOW = "overflow"
@@ -140,6 +143,20 @@ class WatchHub:
     _opening: str | None = None
     # Bounds the catch-ups an app runs at once (None: unbounded).
     admission: Admission | None = None
+    # Resume tokens by (app, positions), for live subscribers (see token()).
+    _sealed: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def token(self, app: str, positions: list[str]) -> str:
+        """The resume token of ``app`` at ``positions``. Live subscribers of an
+        app that watch alike stand at the same positions after each event, so
+        one seal (an HMAC) serves all of them instead of one each."""
+        key = (app, ",".join(positions))
+        token = self._sealed.get(key)
+        if token is None:
+            if len(self._sealed) >= SEALED_TOKENS:
+                self._sealed.clear()
+            token = self._sealed[key] = encode_token(self.tokens, app, positions)
+        return token
 
     async def _ensure_reading(self) -> None:
         """Start the shard readers if they stopped for lack of subscribers,
@@ -296,6 +313,11 @@ class Watch:
     # Whether it starts behind the live readers (a resume), decided when it is
     # made: the readers move on while the stream starts.
     resumed: bool = field(init=False, default=False)
+    # Whether it starts exactly at the readers' positions (no token, or a token
+    # of where they stand): then its buffer holds every event after its
+    # positions and nothing else. A token can also be ahead of them (issued by
+    # another server process), and then events up to it are skipped.
+    at_readers: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         live = self.hub.positions
@@ -304,6 +326,7 @@ class Watch:
             for shard, p in enumerate(self.positions)
             if shard < len(live)
         )
+        self.at_readers = self.positions == live
 
     def start_token(self) -> str:
         """The token of where this watch starts: a resume from it receives
@@ -339,16 +362,18 @@ class Watch:
         finally:
             if slot is not None:
                 slot.release()
-        # ...then live events, skipping what the catch-up already covered.
+        # ...then live events, skipping what the catch-up (or a token ahead of
+        # the readers) already covered.
+        hub, check = self.hub, not self.at_readers
         while True:
             item = await self.sub.queue.get()
             if isinstance(item, str):
-                raise self.hub._ending(item)
-            if stream_id_key(item.stream_id) <= stream_id_key(positions[item.shard]):
+                raise hub._ending(item)
+            if check and stream_id_key(item.stream_id) <= stream_id_key(positions[item.shard]):
                 continue
             positions[item.shard] = item.stream_id
             if _wanted(item, wanted, shown):
-                yield item, encode_token(tokens, app, positions)
+                yield item, hub.token(app, positions)
 
     def _catchup_slot(self) -> QuerySlot | None:
         """An expensive-call slot of the app for a resume: its catch-up reads
