@@ -5,6 +5,7 @@ and messages written in the previous layout still read and moved."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
@@ -185,3 +186,68 @@ async def test_a_message_stored_in_the_previous_layout_reads_and_moves_on(
     ]
     # Its history list ends with the message, not before.
     assert 0 < await redis.ttl(keys.history(APP, old_id)) <= Settings().message_retention_seconds
+
+
+async def test_the_app_index_is_compact_chunks_that_page_newest_first(redis: Redis) -> None:
+    clock = Clock(1_700_000_000_000)
+    store = store_for(redis, Settings(), clock)
+    keys = store.shard_keys[0]
+    accepted: list[str] = []
+    # 300 messages over 3 ms, in calls of 100, each call's ids in random order.
+    for _ in range(3):
+        batch = [new(clock.ms, phone=f"+1415555{i:04d}") for i in range(100)]
+        await store.accept(APP, 0, batch, batch_id=f"b{clock.ms}")
+        accepted += [m.id for m in batch]
+        clock.ms += 1
+
+    assert await chunk_sizes(redis, keys.index(APP)) == [120, 120, 60]
+    # Another replica's clock: ids older than the newest chunk join the chunk
+    # that covers them, which splits rather than outgrow the compact encoding.
+    late = [new(clock.ms - 3, phone=f"+1415556{i:04d}") for i in range(10)]
+    await store.accept(APP, 0, late)
+    accepted += [m.id for m in late]
+    assert await chunk_sizes(redis, keys.index(APP)) == [120, 10, 120, 60]
+    assert await paged(store) == sorted(accepted, reverse=True)
+
+    gone = accepted[::7]
+    await store.forget(APP, [(0, i) for i in gone])
+    assert await paged(store) == sorted(set(accepted) - set(gone), reverse=True)
+
+
+async def chunk_sizes(redis: Redis, index: str) -> list[int]:
+    """How many ids each chunk of an index holds, oldest chunk first; each
+    chunk in Redis's compact encoding."""
+    sizes = []
+    for name in cast(list[bytes], await redis.zrange(index, 0, -1)):
+        chunk = f"{index}:{name.decode()}"
+        assert await redis.object("encoding", chunk) in (b"ziplist", b"listpack")
+        sizes.append(await redis.zcard(chunk))
+    return sizes
+
+
+async def paged(store: MessageStore) -> list[str]:
+    """Every id of APP, by pages of 50 below a cursor."""
+    seen: list[str] = []
+    below = "~"
+    while page := (await store.index_pages(APP, below=below, at_least="", limit=50))[0]:
+        seen += page
+        below = page[-1]
+    return seen
+
+
+async def test_ids_indexed_before_the_chunks_still_list_and_are_forgotten(redis: Redis) -> None:
+    clock = Clock(1_700_000_000_000)
+    store = store_for(redis, Settings(), clock)
+    keys = store.shard_keys[0]
+    # What accept.lua wrote before the chunks: one sorted set of every id.
+    legacy = [new_message_id(clock.ms - 2 * k, 0) for k in range(1, 4)]
+    await redis.zadd(keys.legacy_index(APP), {i: 0 for i in legacy})
+    fresh = [new(clock.ms), new(clock.ms + 1)]
+    await store.accept(APP, 0, fresh)
+
+    (ids,) = await store.index_pages(APP, below="~", at_least="", limit=4)
+    assert ids == [fresh[1].id, fresh[0].id, legacy[0], legacy[1]]
+
+    await store.forget(APP, [(0, legacy[0]), (0, fresh[1].id)])
+    (ids,) = await store.index_pages(APP, below="~", at_least="", limit=10)
+    assert ids == [fresh[0].id, legacy[1], legacy[2]]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import cast
 
 import pytest
 from redis.asyncio import Redis
@@ -85,8 +84,8 @@ async def test_calls_in_one_group_keep_their_own_answers_and_times(redis: Redis)
     assert retried == AcceptOutcome(Accepted.DUPLICATE, "r0")
     assert conflicting.kind is Accepted.CONFLICT
     assert later.kind is Accepted.NEW
-    ids = cast(list[bytes], await redis.zrange(store.shard_keys[0].index(APP), 0, -1))
-    stored = await store.get_many(APP, [(0, i.decode()) for i in ids])
+    (ids,) = await store.index_pages(APP, below="~", at_least="", limit=100)
+    stored = await store.get_many(APP, [(0, i) for i in ids])
     created = {m.text: m.created_ms - clock.ms for m in stored if m is not None}
     # The retried and the conflicting call stored nothing; each call its own time.
     assert created == {"text 0": 0, "text 1": 0, "text 4": 7}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
@@ -48,20 +49,36 @@ async def test_index_and_batch_entries_do_not_outlive_their_messages(redis: Redi
     )  # fmt: skip
     old = message(clock.ms)
     await store.accept("ak", 0, [old], batch_id="b1", now_ms=clock.ms)
-    index = store.shard_keys[0].index("ak")
-    assert await redis.zrange(index, 0, -1) == [old.id.encode()]
+    assert await listed(store) == [old.id]
     assert 0 < await redis.pttl(store.shard_keys[0].batch("ak", "b1")) <= 40 * DAY_MS
+    # Fill the first index chunk, so the next message starts a chunk of its own.
+    await store.accept("ak", 0, [message(clock.ms) for _ in range(119)], now_ms=clock.ms)
+    (first_chunk,) = cast(list[bytes], await redis.zrange(store.shard_keys[0].index("ak"), 0, -1))
 
     clock.ms += 30 * DAY_MS  # still within scheduling + retention: kept
     recent = message(clock.ms)
     await store.accept("ak", 0, [recent], now_ms=clock.ms)
-    assert len(await redis.zrange(index, 0, -1)) == 2
+    assert len(await listed(store)) == 121
 
-    clock.ms += 10 * DAY_MS  # past every lifetime of the first message
+    clock.ms += 10 * DAY_MS  # past every lifetime of the first messages
     await store.accept("ak", 0, [message(clock.ms)], now_ms=clock.ms)
-    kept = await redis.zrange(index, 0, -1)
-    assert old.id.encode() not in kept
-    assert recent.id.encode() in kept
+    kept = await listed(store)
+    assert old.id not in kept
+    assert recent.id in kept
+    assert len(kept) == 2
+
+    # Once the next chunk is past the horizon too, the first chunk is gone.
+    clock.ms += 40 * DAY_MS
+    await store.accept("ak", 0, [message(clock.ms)], now_ms=clock.ms)
+    chunk = store.shard_keys[0].index("ak") + ":" + first_chunk.decode()
+    assert not await redis.exists(chunk)
+    assert len(await listed(store)) == 1
+
+
+async def listed(store: MessageStore) -> list[str]:
+    """Every id of app "ak" the index lists, newest first."""
+    (ids,) = await store.index_pages("ak", below="~", at_least="", limit=1000)
+    return ids
 
 
 def store_for(redis: Redis, settings: Settings, clock: Clock) -> MessageStore:

@@ -115,6 +115,9 @@ class MessageField(enum.StrEnum):
     # call, cleared when the outcome is stored): a re-claim that finds it knows
     # that provider may have the message, and never routes it elsewhere.
     IN_FLIGHT = "ip"
+    # '1' for a marketing message: its recipient's opt-out is checked again
+    # just before it is sent (dispatch.dispatcher).
+    MARKETING = "mk"
 
 
 class EventField(enum.StrEnum):
@@ -302,8 +305,16 @@ class ShardKeys:
         return f"{self.prefix}h:{app}:{message_id}"
 
     def index(self, app: str) -> str:
-        """The app's message ids in this shard, all scored 0 so they sort by id,
-        which starts with the creation time (``ZREVRANGEBYLEX`` pages newest first)."""
+        """The app's message ids in this shard, in chunks: a sorted set of chunk
+        names (the lowest id each may hold), every chunk a sorted set of up to
+        120 ids at ``<index>:<name>``, all scored 0 so they sort by id, which
+        starts with the creation time. Small enough for Redis's compact
+        encoding (accept.lua writes it, index_read.lua pages it newest first)."""
+        return f"{self.prefix}ix:{app}"
+
+    def legacy_index(self, app: str) -> str:
+        """The app's ids in one sorted set, as written before the chunked
+        ``index``: still read and pruned, never added to."""
         return f"{self.prefix}idx:{app}"
 
     def batch(self, app: str, batch_id: str) -> str:

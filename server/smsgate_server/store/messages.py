@@ -511,19 +511,33 @@ class MessageStore:
         """Per shard, up to ``limit`` of the app's ids, newest first, with
         ``at_least <= id < below`` (ids sort by creation time); one pipeline
         for every shard."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for keys in self.shard_keys:
-                pipe.zrevrangebylex(keys.index(app), f"({below}", f"[{at_least}", 0, limit)
-            raw = await pipe.execute()
+        # Ids older than the horizon belong to messages long gone; accept.lua
+        # drops them a whole chunk at a time, so a chunk may still hold some.
+        floor = f"{max(self.now_ms() - self.horizon_ms, 0):012x}"
+        at_least = max(at_least, floor)
+        raw = await self.scripts.index_read.run_many(
+            [
+                ((keys.index(app), keys.legacy_index(app)), (below, at_least, limit))
+                for keys in self.shard_keys
+            ]
+        )
         return [[_s(x) for x in ids] for ids in raw]
 
     @redis_edge
     async def forget(self, app: str, refs: Sequence[tuple[int, str]]) -> None:
         """Drop index entries of messages whose retention ran out."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for shard, message_id in refs:
-                pipe.zrem(self.shard_keys[shard].index(app), message_id)
-            await pipe.execute()
+        by_shard: dict[int, list[str]] = {}
+        for shard, message_id in refs:
+            by_shard.setdefault(shard, []).append(message_id)
+        await self.scripts.index_forget.run_many(
+            [
+                (
+                    (self.shard_keys[shard].index(app), self.shard_keys[shard].legacy_index(app)),
+                    ids,
+                )
+                for shard, ids in by_shard.items()
+            ]
+        )
 
     @redis_edge
     async def batch_ids(self, app: str, shard: int, batch_id: str) -> list[str]:

@@ -13,11 +13,13 @@ had. So every call tries EVALSHA and, on NOSCRIPT, sends the source with EVAL
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
@@ -98,6 +100,26 @@ class LuaScript:
         except NoScriptError:
             return await self.redis.eval(self.source, len(keys), *keys, *args)
 
+    async def run_many(
+        self, calls: Sequence[tuple[Sequence[str], Sequence[EncodableT]]]
+    ) -> list[Any]:
+        """Run the script once per ``(keys, args)`` in one pipeline (one round
+        trip); the calls a node answers NOSCRIPT run again with EVAL. A
+        cluster client pipelines no scripts: there they run side by side."""
+        if not isinstance(self.redis, Redis):
+            return list(await asyncio.gather(*(self(keys, args) for keys, args in calls)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(self.sha, len(keys), *keys, *args)
+            replies = list(await pipe.execute(raise_on_error=False))
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                keys, args = calls[i]
+                replies[i] = await self.redis.eval(self.source, len(keys), *keys, *args)
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
+
     async def call_confirmed(
         self,
         keys: Sequence[str],
@@ -145,6 +167,9 @@ class Scripts:
         self.promote = message_script("promote")
         self.reconcile = message_script("reconcile")
         self.cancel = message_script("cancel")
+        # The app index's reads and prunes (no status moves: no lib.lua).
+        self.index_read = LuaScript(redis, _source("index_read"))
+        self.index_forget = LuaScript(redis, _source("index_forget"))
 
 
 class CodeScripts:

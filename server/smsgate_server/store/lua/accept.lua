@@ -34,10 +34,21 @@ local function hset_present(key, ...)
   redis.call('HSET', key, unpack(kept))
 end
 
+-- Per app index key, the ids this script run adds to it (index_add, below),
+-- in the order the apps came.
+local INDEXED, INDEX_ORDER = {}, {}
+
 -- One call: its keys, and its arguments from ARGV[a] on (the first message at
 -- ARGV[a + 6], n of them). Returns its answer.
 local function accept(idem, index, blist, a, n)
   local app, rhash, batch, remember = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  -- Its ids join the app's index after every call's messages are stored.
+  local indexed = INDEXED[index]
+  if not indexed then
+    indexed = {}
+    INDEXED[index] = indexed
+    INDEX_ORDER[#INDEX_ORDER + 1] = index
+  end
   -- Each call keeps its own time (its messages' ids and creation times carry
   -- it); lib.lua's enter() reads NOW.
   NOW = tonumber(ARGV[a + 4])
@@ -60,9 +71,6 @@ local function accept(idem, index, blist, a, n)
     end
     redis.call('SET', idem, rhash .. '|' .. remember, 'EX', ttl)
   end
-  -- Ids start with their creation time in hex: index entries older than the
-  -- horizon belong to messages long gone.
-  redis.call('ZREMRANGEBYLEX', index, '-', '(' .. string.format('%012x', math.max(NOW - horizon, 0)))
   -- A batch's text is stored once per shard (bt:<app>:<batch>, read by
   -- claim.lua and store/messages.py), not in each recipient's hash: messages
   -- whose text is the batch's have no 'r' (nor 'tx'). The first text accepted
@@ -94,7 +102,7 @@ local function accept(idem, index, blist, a, n)
       hset_present(m, 'tv', ARGV[i + 13], 'sn', ARGV[i + 14], 'vt', ARGV[i + 15])
       redis.call('INCR', P .. 'tu:' .. app .. ':' .. ARGV[i + 3])
     end
-    redis.call('ZADD', index, 0, id)
+    indexed[#indexed + 1] = id
     if batch ~= '' then redis.call('RPUSH', blist, id) end
     if send_at > NOW then
       redis.call('ZADD', KEYS[3], send_at, app .. ':' .. id)
@@ -108,6 +116,106 @@ local function accept(idem, index, blist, a, n)
   return 'new', ''
 end
 
+-- The app index of this shard (ShardKeys.index) is a directory of chunks: a
+-- sorted set of chunk names, each the lowest id its chunk may hold, and per
+-- chunk (<index>:<name>) a sorted set of up to CHUNK ids, all scored 0 so they
+-- sort by id, which starts with the creation time. A chunk holds the ids from
+-- its name up to the next chunk's name. So small, every chunk keeps Redis's
+-- compact encoding (zset-max-ziplist-entries, 128 by default): about 30 bytes
+-- an id instead of about 110 in one big sorted set (a skiplist node and a dict
+-- entry each). store/lua/index_read.lua pages it newest first.
+local CHUNK = 120
+
+local function zadd_ids(key, ids, from, to)
+  local args = {}
+  for j = from, to do
+    args[#args + 1] = 0
+    args[#args + 1] = ids[j]
+  end
+  if #args > 0 then redis.call('ZADD', key, unpack(args)) end
+end
+
+-- Write sorted `ids` (from `from` on) as new chunks of dir, after the id `after`
+-- (the highest of the chunk before them). Each is named by its first id's
+-- millisecond when that is above `after`, else by the id: ids of that
+-- millisecond whose random part sorts lower, coming later, then still belong
+-- to it rather than overfilling the chunk before.
+local function new_chunks(dir, ids, from, after)
+  for p = from, #ids, CHUNK do
+    local ms = string.sub(ids[p], 1, 12)
+    local name = ms > after and ms or ids[p]
+    redis.call('ZADD', dir, 0, name)
+    zadd_ids(dir .. ':' .. name, ids, p, math.min(p + CHUNK - 1, #ids))
+    after = ids[math.min(p + CHUNK - 1, #ids)]
+  end
+end
+
+-- Add `ids` (this group's, of one app) to the index `dir`: each to the chunk
+-- that covers it (the one with the highest name not above it). A chunk that
+-- would hold more than CHUNK ids is split, so none outgrows the compact
+-- encoding whatever order ids come in (ids of concurrent calls interleave).
+-- Chunks wholly older than the horizon (the next one starts before it) go.
+local function index_add(dir, ids)
+  local cut = '(' .. string.format('%012x', math.max(NOW - horizon, 0))
+  local old = redis.call('ZRANGEBYLEX', dir, '-', cut, 'LIMIT', 0, 8)
+  for j = 1, #old - 1 do
+    redis.call('DEL', dir .. ':' .. old[j])
+    redis.call('ZREM', dir, old[j])
+  end
+  table.sort(ids)
+  local j = 1
+  while j <= #ids do
+    local name = redis.call('ZREVRANGEBYLEX', dir, '[' .. ids[j], '-', 'LIMIT', 0, 1)[1]
+    if not name then
+      -- Below every chunk (or the first one): chunks of their own, up to the lowest.
+      local bound = redis.call('ZRANGEBYLEX', dir, '-', '+', 'LIMIT', 0, 1)[1]
+      local group = {}
+      while j <= #ids and (not bound or ids[j] < bound) do
+        group[#group + 1] = ids[j]
+        j = j + 1
+      end
+      new_chunks(dir, group, 1, '')
+    else
+      local bound = redis.call('ZRANGEBYLEX', dir, '(' .. name, '+', 'LIMIT', 0, 1)[1]
+      local group = {}
+      while j <= #ids and (not bound or ids[j] < bound) do
+        group[#group + 1] = ids[j]
+        j = j + 1
+      end
+      local chunk = dir .. ':' .. name
+      local card = redis.call('ZCARD', chunk)
+      if card + #group <= CHUNK then
+        zadd_ids(chunk, group, 1, #group)
+      else
+        local highest = redis.call('ZREVRANGE', chunk, 0, 0)[1] or ''
+        if group[1] > highest then
+          -- Newer than all it holds (the usual case): fill it, then new chunks.
+          local room = math.max(CHUNK - card, 0)
+          zadd_ids(chunk, group, 1, room)
+          if room > 0 then highest = group[room] end
+          new_chunks(dir, group, room + 1, highest)
+        else
+          -- Interleaved with what it holds: merge, and write it again as chunks.
+          local stored = redis.call('ZRANGE', chunk, 0, -1)
+          local merged, x, y = {}, 1, 1
+          while x <= #stored or y <= #group do
+            if y > #group or (x <= #stored and stored[x] < group[y]) then
+              merged[#merged + 1] = stored[x]
+              x = x + 1
+            else
+              merged[#merged + 1] = group[y]
+              y = y + 1
+            end
+          end
+          redis.call('DEL', chunk)
+          zadd_ids(chunk, merged, 1, CHUNK)
+          new_chunks(dir, merged, CHUNK + 1, merged[CHUNK])
+        end
+      end
+    end
+  end
+end
+
 local out = {}
 local a, k = 8, 4
 while a <= #ARGV do
@@ -116,5 +224,8 @@ while a <= #ARGV do
   out[#out + 1] = kind
   out[#out + 1] = remembered
   a, k = a + 6 + n * F, k + 3
+end
+for _, dir in ipairs(INDEX_ORDER) do
+  if #INDEXED[dir] > 0 then index_add(dir, INDEXED[dir]) end
 end
 return out
