@@ -551,6 +551,28 @@ async def test_a_batch_holds_each_recipient_by_its_own_local_time(
     assert london.status is Status.QUEUED
 
 
+async def test_the_app_daily_cap_follows_the_clock_into_the_next_day_and_back(
+    redis_client: aioredis.Redis,
+) -> None:
+    # The day is computed once and reused until it ends: this holds it to the clock.
+    clock = Clock(datetime(2026, 3, 2, 23, 59, 0, tzinfo=UTC))
+    sending, _ = await clocked_service(redis_client, clock, policy_app_daily_cap=1)
+    text = "Your order shipped"
+
+    await sending.send("app", SendCommand(phone=CN, text=text))
+    with pytest.raises(QuotaExceeded) as refused:
+        await sending.send("app", SendCommand(phone=CN2, text=text))
+    assert refused.value.reason is Reason.APP_DAILY_CAP
+
+    clock.now = datetime(2026, 3, 3, 0, 0, 0, tzinfo=UTC).timestamp()
+    assert (await sending.send("app", SendCommand(phone=CN2, text=text))).id
+
+    clock.now = datetime(2026, 3, 2, 23, 59, 30, tzinfo=UTC).timestamp()
+    with pytest.raises(QuotaExceeded) as again:
+        await sending.send("app", SendCommand(phone=CN3, text=text))
+    assert again.value.reason is Reason.APP_DAILY_CAP
+
+
 # --- the domain rules ------------------------------------------------------
 
 

@@ -147,6 +147,10 @@ class SendingPolicy:
         self.clock = clock
         # app -> the day its warning was logged
         self._warned: dict[str, int] = {}
+        # The policy day last computed: (day, when it was computed, when it
+        # ends), in ms; reused for any moment in between, so a send does not
+        # pay policy_day's datetime arithmetic (about 5 us) each time.
+        self._day: tuple[int, int, int] = (0, 0, 0)
 
     def policy_for(self, own: PolicyOverrides) -> SendPolicy:
         """An app's policy: the server's with the app's own values."""
@@ -170,7 +174,7 @@ class SendingPolicy:
         optouts = kind is TemplateKind.MARKETING
         if not recipients or not (optouts or same_content or per_day or policy.daily_cap):
             return PolicyCheck([None] * len(recipients))
-        day, day_left_ms = policy_day(int(self.clock() * 1000), self.settings.day_zone)
+        day, day_left_ms = self._policy_day(int(self.clock() * 1000))
         check = PolicyCheck([], self.store, app)
         # In chunks: one script call does not hold Redis for long. Each chunk
         # of a request with an id remembers its verdicts under its own id.
@@ -203,6 +207,16 @@ class SendingPolicy:
             if policy.daily_cap:
                 self._observe_daily(app, day, taken.app_today, policy.daily_cap)
         return check
+
+    def _policy_day(self, now_ms: int) -> tuple[int, int]:
+        """``policy_day(now_ms)`` in the server's day zone."""
+        day, since_ms, end_ms = self._day
+        if since_ms <= now_ms < end_ms:
+            # The same day as when computed (the clock may also step back).
+            return day, end_ms - now_ms
+        day, left_ms = policy_day(now_ms, self.settings.day_zone)
+        self._day = (day, now_ms, now_ms + left_ms)
+        return day, left_ms
 
     def hold_until(self, policy: SendPolicy, kind: TemplateKind, phone: str, due_ms: int) -> int:
         """When a message of ``kind`` to ``phone`` due at ``due_ms`` may go:
