@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
+import socket
 
 import pytest
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from smsgate_server.dispatch.receipts import ReceiptQueue
 from smsgate_server.logs import RepeatedLog
+from smsgate_server.store.messages import MessageStore
+
+from tests.waiting import wait_until
 
 
 class Clock:
@@ -57,3 +68,40 @@ def test_only_the_first_line_of_an_interval_carries_the_traceback(
                 repeated.occurred("KeyError", exc=exc)
     assert len(caplog.records) == 1
     assert caplog.records[0].exc_info is not None
+
+
+async def test_receipts_kept_through_a_redis_outage_log_one_line_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Nothing listens on the port: every batch fails at once, and its receipts
+    # come back for another try a few at a time, each retry a batch of its own.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # No retries inside redis-py: each batch fails at once.
+    client = aioredis.Redis(host="127.0.0.1", port=port, retry=Retry(NoBackoff(), 0))
+    store = MessageStore(
+        client, shards=1, event_retention_seconds=60, message_retention_seconds=60,
+        idempotency_ttl_seconds=60, receipt_timeout_seconds=60, schedule_max_days=1,
+        max_message_age_seconds=60,
+    )  # fmt: skip
+    queue = ReceiptQueue(store, "outage-test", rng=random.Random(1))
+    for i in range(20):
+        queue.receive(f"vendor-{i}", True, "", "")
+    tried = REGISTRY.get_sample_value
+    labels = {"provider": "outage-test", "result": "early"}
+    stopping = asyncio.Event()
+    with caplog.at_level(logging.WARNING, "smsgate.dispatch"):
+        running = asyncio.create_task(queue.run(stopping))
+        # Sixty failed tries: the first batch, then the retries, a few at a time.
+        await wait_until(
+            lambda: asyncio.sleep(0, tried("smsgate_receipts_total", labels) or 0.0),
+            lambda early: early >= 60,
+            what="sixty failed tries of the receipts",
+        )
+        stopping.set()
+        await running
+    await client.aclose()
+
+    lines = [r for r in caplog.records if r.getMessage() == "receipts not stored yet"]
+    assert [getattr(r, "count", 0) for r in lines] == [1]

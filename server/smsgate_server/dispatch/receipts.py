@@ -15,7 +15,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from smsgate_server.dispatch.backoff import retry_delay
+from smsgate_server.domain.errors import Unavailable
 from smsgate_server.domain.ids import shard_of_id
+from smsgate_server.logs import RepeatedLog
 from smsgate_server.metrics import RECEIPTS
 from smsgate_server.store.messages import MessageStore, Receipt, ReceiptResult
 
@@ -30,6 +32,9 @@ BATCH = 500
 TRIES = 20
 RETRY_BASE = 0.05
 RETRY_MAX = 2.0
+# Redis away fails every batch, and the retried receipts come back a few at a
+# time: one line per interval with the count of failed batches, not one each.
+_not_stored = RepeatedLog(log, "receipts not stored yet", every=5.0)
 
 
 @dataclass(eq=False, slots=True)
@@ -76,10 +81,10 @@ class ReceiptQueue:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # Redis away: keep them and try again shortly.
-                log.warning(
-                    "receipts not stored yet", extra={"error": repr(exc), "count": len(batch)}
-                )
+                # Redis away: keep them and try again shortly. Anything else
+                # is a bug: its traceback goes with the line.
+                bug = None if isinstance(exc, Unavailable) else exc
+                _not_stored.occurred(type(exc).__name__, exc=bug, receipts=len(batch))
                 for item in batch:
                     self._retry(item)
 
