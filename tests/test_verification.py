@@ -463,6 +463,46 @@ async def test_the_apps_per_minute_cap_is_refused_with_retry_info(
         assert details.retry_delay is not None and 0 < details.retry_delay <= 60
 
 
+@pytest.mark.cluster
+async def test_concurrent_codes_of_many_numbers_each_verify_once(
+    verification: VerificationServiceAsyncStub, token: str
+) -> None:
+    # Calls made together share a pipeline (store/grouping.py); on the cluster
+    # each number's scripts go to its own slot's node.
+    phones = [f"+1415555{i:04d}" for i in range(30)]
+    issued = await asyncio.gather(*(generate(verification, token, phone_number=p) for p in phones))
+    checks = await asyncio.gather(
+        *(verify(verification, token, i.code, verification_id=i.verification_id) for i in issued),
+        *(
+            verify(verification, token, wrong(i.code), phone_number=p, scope="login")
+            for i, p in zip(issued, phones, strict=True)
+        ),
+    )
+    assert [c.result for c in checks[:30]] == [R.VERIFICATION_RESULT_VERIFIED] * 30
+    # The wrong codes raced the right ones: each met its number's code live or gone.
+    assert {c.result for c in checks[30:]} <= {
+        R.VERIFICATION_RESULT_INCORRECT,
+        R.VERIFICATION_RESULT_EXPIRED_OR_NOT_FOUND,
+    }
+
+
+@pytest.mark.cluster
+async def test_concurrent_codes_beyond_the_apps_per_minute_cap_issue_exactly_the_cap(
+    make_server: ServerFactory,
+) -> None:
+    running, channel, stub = await serve_with_channel(make_server)
+    async with channel:
+        token = (await running.apps.create("a", verify_per_minute=7)).token
+        await wait_for_a_fresh_minute()
+        replies = await asyncio.gather(
+            *(generate(stub, token, phone_number=f"+1415555{i:04d}") for i in range(20)),
+            return_exceptions=True,
+        )
+        refused = [r for r in replies if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(replies) - len(refused) == 7
+        assert {details_of(r).reason for r in refused} == {"APP_VERIFY_RATE_LIMITED"}
+
+
 async def test_the_server_wide_per_minute_cap_applies_to_apps_without_their_own(
     make_server: ServerFactory,
 ) -> None:
