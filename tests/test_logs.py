@@ -70,6 +70,17 @@ def test_only_the_first_line_of_an_interval_carries_the_traceback(
     assert caplog.records[0].exc_info is not None
 
 
+def test_an_expected_failure_is_a_warning_and_a_bug_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The fault suite counts error lines: a Redis outage it causes must add none.
+    repeated = RepeatedLog(logging.getLogger("test.level"), "failed", every=5, clock=Clock())
+    with caplog.at_level(logging.WARNING, "test.level"):
+        repeated.occurred("Unavailable")
+        repeated.occurred("KeyError", exc=KeyError("x"))
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.ERROR]
+
+
 async def test_receipts_kept_through_a_redis_outage_log_one_line_with_a_count(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -71,7 +71,11 @@ class RepeatedLog:
     """Logs one event that may repeat (Redis down, a bad request body, a bug hit
     by every call) at most once per ``every`` seconds for each kind, with how
     many occurrences the line stands for; the traceback of an exception goes
-    with the first of each interval only."""
+    with the first of each interval only.
+
+    An occurrence with an exception is a bug and is logged at ERROR at least;
+    one without (an outage the code expects and recovers from) at ``level``.
+    So ``error`` lines mean something to fix, as the fault suite counts them."""
 
     # Kinds are chosen by code (method names, exception types), but a bound
     # keeps a bug from turning this into a leak.
@@ -107,7 +111,8 @@ class RepeatedLog:
         if len(self._kinds) >= self.MAX_KINDS and kind not in self._kinds:
             self._kinds.clear()
         self._kinds[kind] = (0, now + self.every)
-        self.logger.log(self.level, self.event, exc_info=exc, extra={**fields, "count": count})
+        level = max(self.level, logging.ERROR) if exc is not None else self.level
+        self.logger.log(level, self.event, exc_info=exc, extra={**fields, "count": count})
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:

@@ -84,18 +84,16 @@ OPT_OUT_UNCHECKED = "OPT_OUT_UNCHECKED"
 # A blip while storing outcomes is retried with this backoff (seconds).
 SETTLE_RETRY_BASE = 0.05
 SETTLE_RETRY_MAX = 1.0
-_settle_failed = RepeatedLog(
-    log, "settle gave up; the entries will be re-claimed", every=5.0, level=logging.ERROR
-)
+# Redis away is a warning (it is expected, and recovered from); a bug, logged
+# with its exception, is an error (logs.RepeatedLog).
+_settle_failed = RepeatedLog(log, "settle gave up; the entries will be re-claimed", every=5.0)
 _hand_over_failed = RepeatedLog(
-    log, "cannot record the provider of a chunk; not sent for now", every=5.0, level=logging.ERROR
+    log, "cannot record the provider of a chunk; not sent for now", every=5.0
 )
 _keep_failed = RepeatedLog(
     log, "cannot keep held entries from being re-claimed", every=5.0, level=logging.WARNING
 )
-_promote_check_failed = RepeatedLog(
-    log, "cannot read which shards have messages due", every=5.0, level=logging.ERROR
-)
+_promote_check_failed = RepeatedLog(log, "cannot read which shards have messages due", every=5.0)
 _optout_failed = RepeatedLog(
     log, "cannot add a number the vendor reports opted out", every=5.0, level=logging.WARNING
 )
