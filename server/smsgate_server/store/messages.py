@@ -7,7 +7,7 @@ import enum
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from smsgate_server.domain.errors import StoredUnconfirmed
 from smsgate_server.domain.ids import shard_for_key
@@ -423,10 +423,18 @@ class MessageStore:
         """Messages by ``(app, shard, id)``; None where gone."""
         if not refs:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for app, shard, message_id in refs:
-                pipe.hgetall(self.shard_keys[shard].message(app, message_id))
-            raw: list[dict[bytes, bytes]] = await pipe.execute()
+        raw: list[dict[bytes, bytes]]
+        if len(refs) == 1:
+            # The usual GetMessage group (grpc.aio hands over one call per loop
+            # turn): a plain command costs ~15 us less than a pipeline of one.
+            app, shard, message_id = refs[0]
+            one = await self.redis.hgetall(self.shard_keys[shard].message(app, message_id))
+            raw = [cast(dict[bytes, bytes], one)]
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for app, shard, message_id in refs:
+                    pipe.hgetall(self.shard_keys[shard].message(app, message_id))
+                raw = await pipe.execute()
         fields = [{k.decode(): v.decode() for k, v in f.items()} if f else None for f in raw]
         # A second round trip only for what is not in the hash: the text a
         # batch's recipients share, and the history list of a message accepted
