@@ -158,6 +158,8 @@ class Row:
     max_ms: float = 0.0
     errors: int = 0
     error_codes: dict[str, int] = field(default_factory=dict)
+    # The first message a client saw of each code.
+    error_details: dict[str, str] = field(default_factory=dict)
     server_cpu_pct: float = 0.0
     server_rss_mb: float = 0.0
     redis_cpu_pct: float = 0.0
@@ -507,6 +509,9 @@ def _fill(row: Row, m: Measured, latencies: list[float], units: int, seconds: fl
     row.max_ms = (latencies[-1] if latencies else 0.0) * 1000
     row.errors = sum(errors.values())
     row.error_codes = errors
+    for r in m.results:
+        for code, detail in r.error_details.items():
+            row.error_details.setdefault(code, detail)
     row.server_cpu_pct = m.server_cpu_pct
     row.server_rss_mb = m.server_rss_max / 2**20
     row.redis_cpu_pct = m.redis_cpu_pct
@@ -1228,6 +1233,8 @@ def print_table(rows: list[Row]) -> None:
             print(f"{'':<12}  {r.note}")
         if r.error_codes:
             print(f"{'':<12}  errors: {r.error_codes}")
+        for code, detail in r.error_details.items():
+            print(f"{'':<12}  first {code}: {detail}")
 
 
 # --- main --------------------------------------------------------------------

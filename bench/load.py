@@ -69,6 +69,8 @@ class ClientResult:
     errors: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
+    # The first message seen of each error code (what a table of counts hides).
+    error_details: dict[str, str] = field(default_factory=dict)
     first_start: float = 0.0
     last_end: float = 0.0
     failure: str = ""
@@ -87,6 +89,12 @@ def _error_name(exc: BaseException) -> str:
     if isinstance(exc, Unverified):
         return f"UNVERIFIED_{exc}"
     return type(exc).__name__
+
+
+def _error_detail(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return str(exc.details() or "")[:200]
+    return str(exc)[:200]
 
 
 async def _timed(op: Op, spec: ClientSpec, win: _Window, out: ClientResult) -> None:
@@ -110,6 +118,7 @@ async def _timed(op: Op, spec: ClientSpec, win: _Window, out: ClientResult) -> N
             except (grpc.aio.AioRpcError, Unverified) as exc:
                 if win.open <= time.monotonic() < win.close:
                     errors[_error_name(exc)] += 1
+                    out.error_details.setdefault(_error_name(exc), _error_detail(exc))
                 await asyncio.sleep(0.01)
                 continue
             t1 = time.monotonic()
