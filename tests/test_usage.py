@@ -406,7 +406,9 @@ async def test_the_python_clients_read_the_usage(
 async def test_lib_lua_finds_the_country_the_prefix_table_gives(redis_url: str) -> None:
     # lib.lua's own country_of, run by Redis on example numbers of every region.
     lib = (Path(scripts.__file__).parent / "lua" / "lib.lua").read_text()
-    country_of = lib[lib.index("local COUNTRIES\n") : lib.index("local function count_usage")]
+    country_of = lib[
+        lib.index("local function country_of") : lib.index("local function count_usage")
+    ]
     numbers = sorted(
         {
             phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)

@@ -75,14 +75,20 @@ def status_prelude() -> str:
 
 
 def country_prelude() -> str:
-    """Lua ``country_prefixes()``, the table of ``domain.country_prefixes``, and
-    ``COUNTRY_PREFIX_DIGITS``. A function, so only a script that counts usage
-    builds the table (lib.lua), once per call."""
-    entries = ", ".join(f"['{k}'] = '{v}'" for k, v in sorted(country_prefixes().items()))
+    """Lua ``COUNTRY_PREFIXES`` and ``COUNTRY_PREFIX_DIGITS`` from
+    ``domain.country_prefixes``: by first digit d and length n (key d * 10 + n),
+    the prefixes with their regions run together ('1204CA1226CA...'), where a
+    plain search for an n-digit prefix can only match at a record's start. 25
+    short strings rather than a table of 300 prefixes, which a script would
+    build again on each call (~6 us of Redis CPU per call that counts usage)."""
+    groups: dict[int, list[str]] = {}
+    for prefix, region in sorted(country_prefixes().items()):
+        groups.setdefault(int(prefix[0]) * 10 + len(prefix), []).append(prefix + region)
+    entries = ", ".join(f"[{k}] = '{''.join(items)}'" for k, items in sorted(groups.items()))
     return (
         "-- Generated from domain/country_prefixes.py by store/scripts.py.\n"
         f"local COUNTRY_PREFIX_DIGITS = {MAX_PREFIX_DIGITS}\n"
-        f"local function country_prefixes() return {{{entries}}} end\n"
+        f"local COUNTRY_PREFIXES = {{{entries}}}\n"
     )
 
 

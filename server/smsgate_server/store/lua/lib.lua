@@ -54,12 +54,14 @@ end
 -- start from the providers file.
 -- The provider is the one settle.lua stored ('pv') before the move.
 local USAGE_DAY_MS, USAGE_RETAIN = 86400000, 400 * 86400
-local COUNTRIES
+-- The region of the longest known prefix of a number, longest first
+-- (scripts.py, country_prelude: records of n digits and a 2-letter region).
 local function country_of(phone)
-  if not COUNTRIES then COUNTRIES = country_prefixes() end
+  local first = (string.byte(phone, 2) or 48) - 48
   for n = math.min(#phone - 1, COUNTRY_PREFIX_DIGITS), 1, -1 do
-    local region = COUNTRIES[string.sub(phone, 2, n + 1)]
-    if region then return region end
+    local known = COUNTRY_PREFIXES[first * 10 + n]
+    local at = known and string.find(known, string.sub(phone, 2, n + 1), 1, true)
+    if at then return string.sub(known, at + n, at + n + 1) end
   end
   return 'ZZ'
 end
