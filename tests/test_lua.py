@@ -61,9 +61,15 @@ def literal_fields(source: str) -> set[str]:
         names += args[1:]
     for args in calls(source, "XADD"):
         names += args[args.index("'*'") + 1 :: 2]
-    # accept.lua's HSET of only the fields that are set.
-    for args in calls(source, "HSET", call="hset_present("):
+    # accept.lua's fields that are set, for one HSET.
+    for args in calls(source, "HSET", call="present("):
         names += args[1::2]
+    # Field lists read or written at once: claim.lua's FIELDS, the pairs a
+    # script gives enter() to set.
+    for args in calls(source, "", call="FIELDS = {"):
+        names += args
+    for args in calls(source, "", call="set = {"):
+        names += args[0::2]
     return {n.strip("'") for n in names if re.fullmatch(r"'[a-z_]+'", n)}
 
 

@@ -21,9 +21,10 @@ local F, horizon, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 
 -- Only what is not empty (or 0) is stored: readers take a missing field as
 -- its empty value, and every field written costs bytes for the message's life.
-local function hset_present(key, ...)
+-- Adds the pairs to `kept`, for the one HSET that stores the message with its
+-- first status (lib.lua's enter()).
+local function present(kept, ...)
   local f, n = {...}, select('#', ...)
-  local kept = {}
   for k = 1, n, 2 do
     local v = f[k + 1]
     if v ~= '' and v ~= '0' and v ~= 0 then
@@ -31,7 +32,7 @@ local function hset_present(key, ...)
       kept[#kept + 1] = v
     end
   end
-  redis.call('HSET', key, unpack(kept))
+  return kept
 end
 
 -- Per app index key, the ids this script run adds to it (index_add, below),
@@ -87,6 +88,8 @@ local function accept(idem, index, blist, a, n)
       redis.call('SET', bt, shared, 'PX', horizon)
     end
   end
+  -- Per template id, how many of the call's messages use it; the ids, for the batch list.
+  local uses, listed = {}, {}
   for i = first, first + (n - 1) * F, F do
     local id, send_at = ARGV[i], tonumber(ARGV[i + 7])
     local m = mkey(app, id)
@@ -94,25 +97,34 @@ local function accept(idem, index, blist, a, n)
     if shared and rendered == shared and ARGV[i + 10] ~= '1' then rendered = '' end
     -- Free text is its own rendering: stored once.
     if text == ARGV[i + 5] then text = '' end
-    hset_present(m, 'b', batch, 'p', ARGV[i + 1], 'tx', text, 'tp', ARGV[i + 3],
+    local kept = present({}, 'b', batch, 'p', ARGV[i + 1], 'tx', text, 'tp', ARGV[i + 3],
       'pa', ARGV[i + 4], 'r', rendered, 'sg', ARGV[i + 6], 'ct', NOW, 'sa', send_at,
       'snd', ARGV[i + 8], 'lb', ARGV[i + 9], 'sen', ARGV[i + 10], 'ex', ARGV[i + 11],
       'en', ARGV[i + 12], 'mk', ARGV[i + 16])
-    if ARGV[i + 3] ~= '' then
-      hset_present(m, 'tv', ARGV[i + 13], 'sn', ARGV[i + 14], 'vt', ARGV[i + 15])
-      redis.call('INCR', P .. 'tu:' .. app .. ':' .. ARGV[i + 3])
+    local tp = ARGV[i + 3]
+    if tp ~= '' then
+      present(kept, 'tv', ARGV[i + 13], 'sn', ARGV[i + 14], 'vt', ARGV[i + 15])
+      uses[tp] = (uses[tp] or 0) + 1
     end
     indexed[#indexed + 1] = id
-    if batch ~= '' then redis.call('RPUSH', blist, id) end
+    listed[#listed + 1] = id
+    -- One HSET stores the fields with the first status (enter()); the call
+    -- counts its messages as live at once, below.
+    local known = {counted = true, set = kept}
     if send_at > NOW then
       redis.call('ZADD', KEYS[3], send_at, app .. ':' .. id)
-      enter(app, id, batch, NEW, SCHEDULED, '')
+      enter(app, id, batch, NEW, SCHEDULED, '', nil, nil, nil, known)
     else
       redis.call('XADD', KEYS[2], '*', 'm', app .. ':' .. id)
-      enter(app, id, batch, NEW, QUEUED, '')
+      enter(app, id, batch, NEW, QUEUED, '', nil, nil, nil, known)
     end
   end
-  if batch ~= '' then redis.call('PEXPIRE', blist, horizon) end
+  if n > 0 then redis.call('INCRBY', P .. 'live:' .. app, n) end
+  for tp, count in pairs(uses) do redis.call('INCRBY', P .. 'tu:' .. app .. ':' .. tp, count) end
+  if batch ~= '' and n > 0 then
+    redis.call('RPUSH', blist, unpack(listed))
+    redis.call('PEXPIRE', blist, horizon)
+  end
   return 'new', ''
 end
 

@@ -14,39 +14,53 @@
 -- is returned as it is (no attempt counted, no history) with that provider,
 -- for the dispatcher to settle as an unknown outcome, never to send again.
 local group, reclaimed, max_attempts = ARGV[5], ARGV[6] == '1', tonumber(ARGV[7])
+-- Every field this script needs, read once per message (enter() is given the
+-- history, creation time and sensitivity from the same read).
+local FIELDS = {'st', 'b', 'ip', 'at', 'ex', 'p', 'r', 'snd', 'ct', 'sa', 'sen', 'tp', 'pa',
+  'sn', 'vt', 'rf', 'mk', 'hs'}
+-- A batch's shared text, read once per script run.
+local texts = {}
 local out = {}
 for i = 8, #ARGV, 2 do
   local entry, app, id = ARGV[i], split(ARGV[i + 1])
-  local st, batch = state(app, id)
-  local inflight = st == SENDING and reclaimed and redis.call('HGET', mkey(app, id), 'ip') or ''
-  local spent = inflight == '' and st == SENDING and reclaimed
-    and tonumber(redis.call('HGET', mkey(app, id), 'at') or 0) >= max_attempts
-  local ex = tonumber(redis.call('HGET', mkey(app, id), 'ex') or 0) or 0
+  local v = redis.call('HMGET', mkey(app, id), unpack(FIELDS))
+  local st, batch = tonumber(v[1]), v[2] or ''
+  local known = {hs = v[18], ct = v[9], sen = v[11]}
+  local inflight = st == SENDING and reclaimed and (v[3] or '') or ''
+  local at = tonumber(v[4] or 0) or 0
+  local spent = inflight == '' and st == SENDING and reclaimed and at >= max_attempts
+  local ex = tonumber(v[5] or 0) or 0
   if st == QUEUED and ex > 0 and NOW >= ex then
     -- Too late to be of use (an expired verification code): never sent.
-    enter(app, id, batch, st, EXPIRED, 'expired before sending')
+    enter(app, id, batch, st, EXPIRED, 'expired before sending', nil, nil, nil, known)
     redis.call('XACK', KEYS[2], group, entry)
     redis.call('XDEL', KEYS[2], entry)
   elseif spent then
     local reason = 'no outcome after ' .. max_attempts .. ' attempts'
-    redis.call('HSET', mkey(app, id), 'ec', 'NO_OUTCOME', 'er', reason, 'ery', 0)
-    enter(app, id, batch, st, FAILED, 'NO_OUTCOME', 'NO_OUTCOME', reason)
+    known.set = {'ec', 'NO_OUTCOME', 'er', reason, 'ery', 0}
+    enter(app, id, batch, st, FAILED, 'NO_OUTCOME', 'NO_OUTCOME', reason, nil, known)
     redis.call('XACK', KEYS[2], group, entry)
     redis.call('XDEL', KEYS[2], entry)
   elseif st == QUEUED or (reclaimed and st == SENDING) then
-    local attempts = inflight ~= '' and tonumber(redis.call('HGET', mkey(app, id), 'at') or 0)
-      or redis.call('HINCRBY', mkey(app, id), 'at', 1)
-    local v = redis.call('HMGET', mkey(app, id), 'p', 'r', 'snd', 'ct', 'b', 'sa', 'sen',
-      'tp', 'pa', 'sn', 'vt', 'rf', 'mk')
+    local attempts = inflight ~= '' and at or at + 1
     -- accept.lua stores only fields that are set: a missing one is empty, and
     -- a batch recipient without a text of its own has the batch's.
-    v[3], v[5], v[6] = v[3] or '', v[5] or '', v[6] or '0'
-    if not v[2] then
-      v[2] = v[5] ~= '' and redis.call('GET', P .. 'bt:' .. app .. ':' .. v[5]) or ''
+    local rendered = v[7]
+    if not rendered then
+      rendered = ''
+      if batch ~= '' then
+        local ref = app .. ':' .. batch
+        texts[ref] = texts[ref] or redis.call('GET', P .. 'bt:' .. ref) or ''
+        rendered = texts[ref]
+      end
     end
-    if inflight == '' then enter(app, id, v[5], st, SENDING, 'attempt ' .. attempts) end
-    out[#out + 1] = {entry, app, id, v[1], v[2], v[3], attempts, v[4], v[5], v[6], v[7],
-      v[8] or '', v[9] or '', v[10] or '', v[11] or '', v[12] or '', inflight, v[13] or ''}
+    if inflight == '' then
+      known.set = {'at', attempts}
+      enter(app, id, batch, st, SENDING, 'attempt ' .. attempts, nil, nil, nil, known)
+    end
+    out[#out + 1] = {entry, app, id, v[6], rendered, v[8] or '', attempts, v[9], batch,
+      v[10] or '0', v[11], v[12] or '', v[13] or '', v[14] or '', v[15] or '', v[16] or '',
+      inflight, v[17] or ''}
   else
     redis.call('XACK', KEYS[2], group, entry)
     redis.call('XDEL', KEYS[2], entry)

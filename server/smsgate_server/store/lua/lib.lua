@@ -128,7 +128,12 @@ end
 -- key per message instead of two, and short enough for the hash to stay in
 -- Redis's compact encoding. Messages accepted before 'hs' existed keep their
 -- history list (h:<app>:<id>) to the end.
-local function enter(app, id, batch, from, status, detail, ecode, ereason, at)
+--
+-- `known` (optional) saves reads and writes of the hash: the caller's read of
+-- its 'hs', 'ct' and 'sen' (nil where absent, as HMGET gives them), and `set`,
+-- more field/value pairs for the one HSET that stores the move. Being
+-- accepted, `known.counted` says the caller counted the message as live.
+local function enter(app, id, batch, from, status, detail, ecode, ereason, at, known)
   if not ALLOWED[status][from] then
     error('illegal transition ' .. from .. ' -> ' .. status .. ' of ' .. id)
   end
@@ -136,17 +141,23 @@ local function enter(app, id, batch, from, status, detail, ecode, ereason, at)
   local t = at or NOW
   local hs, ct = '', NOW
   if from == NEW then
-    redis.call('INCR', P .. 'live:' .. app)
+    if not (known and known.counted) then redis.call('INCR', P .. 'live:' .. app) end
+  elseif known then
+    hs, ct = known.hs, tonumber(known.ct) or 0
   else
     local f = redis.call('HMGET', m, 'hs', 'ct')
     hs, ct = f[1], tonumber(f[2]) or 0
   end
+  local set = known and known.set or {}
+  local n = #set
+  set[n + 1], set[n + 2], set[n + 3], set[n + 4] = 'st', status, 'ut', t
   if hs then
     -- A line per change: a detail never breaks one (vendors' words may hold anything).
     local line = status .. '|' .. (t - ct) .. '|' .. (string.gsub(detail, '\n', ' '))
-    redis.call('HSET', m, 'st', status, 'ut', t, 'hs', hs == '' and line or hs .. '\n' .. line)
+    set[n + 5], set[n + 6] = 'hs', hs == '' and line or hs .. '\n' .. line
+    redis.call('HSET', m, unpack(set))
   else
-    redis.call('HSET', m, 'st', status, 'ut', t)
+    redis.call('HSET', m, unpack(set))
     redis.call('RPUSH', h, status .. '|' .. t .. '|' .. detail)
   end
   if USES_TEMPLATE[from] and not USES_TEMPLATE[status] then template_released(app, m) end
@@ -159,7 +170,9 @@ local function enter(app, id, batch, from, status, detail, ecode, ereason, at)
     trimmed = true
   end
   if TERMINAL[status] then
-    if redis.call('HGET', m, 'sen') == '1' then
+    local sen
+    if known then sen = known.sen else sen = redis.call('HGET', m, 'sen') end
+    if sen == '1' then
       -- A verification code: no copy outlives the message's active life.
       redis.call('HSET', m, 'tx', '', 'r', '', 'pa', '')
     end

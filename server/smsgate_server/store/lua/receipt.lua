@@ -10,11 +10,13 @@ local REPEAT_WINDOW = 600
 local out = {}
 for i = 5, #ARGV, 6 do
   local app, id, code = ARGV[i], ARGV[i + 1], ARGV[i + 3]
-  local st, batch = state(app, id)
+  local m = mkey(app, id)
+  -- One read for this script and enter() (history, creation time, sensitivity).
+  local f = redis.call('HMGET', m, 'ut', 'pv', 'pid', 'st', 'b', 'hs', 'ct', 'sen')
+  local st, batch = tonumber(f[4]), f[5] or ''
+  local known = {hs = f[6], ct = f[7], sen = f[8]}
   if st == SENT then
-    local m = mkey(app, id)
     redis.call('ZREM', KEYS[2], app .. ':' .. id)
-    local f = redis.call('HMGET', m, 'ut', 'pv', 'pid')
     -- The vendor's clock, kept between the SENT entry and now, so the
     -- history stays in order whatever the skew; without one, now, but never
     -- before the SENT entry (its settle may have read the clock after this
@@ -30,10 +32,10 @@ for i = 5, #ARGV, 6 do
       redis.call('EXPIRE', P .. 'pm:' .. (f[2] or '') .. ':' .. f[3], REPEAT_WINDOW)
     end
     if ARGV[i + 2] == '1' then
-      enter(app, id, batch, st, DELIVERED, code, nil, nil, at)
+      enter(app, id, batch, st, DELIVERED, code, nil, nil, at, known)
     else
-      redis.call('HSET', m, 'ec', code, 'er', ARGV[i + 4], 'ery', 0)
-      enter(app, id, batch, st, UNDELIVERED, code, code, ARGV[i + 4], at)
+      known.set = {'ec', code, 'er', ARGV[i + 4], 'ery', 0}
+      enter(app, id, batch, st, UNDELIVERED, code, code, ARGV[i + 4], at, known)
     end
     out[#out + 1] = 1
   elseif st == SENDING then
