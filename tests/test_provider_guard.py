@@ -265,6 +265,69 @@ async def test_a_probe_nobody_reports_is_free_again_after_its_lease(
     assert await alive.usable(["tencent"]) == ["tencent"]
 
 
+async def window(gate: RedisProviderGate, name: str) -> tuple[int, int, int]:
+    """The breaker's (calls, failures) in its window and its run of failures."""
+    (status,) = await gate.status([name])
+    b = status.breaker
+    return b.window_calls, b.window_failures, b.consecutive_failures
+
+
+async def test_successes_of_a_closed_breaker_wait_and_go_with_the_next_failure(
+    redis: RedisConnection, clock: Clock
+) -> None:
+    gate = make_gate(redis, clock, cache_seconds=0.25)
+    assert await gate.usable(["tencent"]) == ["tencent"]  # seen closed
+    await gate.record("tencent", [OK])  # the first goes at once
+    for _ in range(3):
+        await gate.record("tencent", [OK])
+    assert await window(gate, "tencent") == (1, 0, 0)
+    await gate.record("tencent", [DOWN])
+    assert await window(gate, "tencent") == (5, 1, 1)
+
+
+async def test_waiting_successes_go_once_the_cache_time_has_passed(
+    redis: RedisConnection, clock: Clock
+) -> None:
+    gate = make_gate(redis, clock, cache_seconds=0.25)
+    assert await gate.usable(["tencent"]) == ["tencent"]
+    await gate.record("tencent", [OK])
+    await gate.record("tencent", [OK])
+    clock.advance(0.25)
+    await gate.record("tencent", [OK])  # it and the one waiting
+    assert await window(gate, "tencent") == (3, 0, 0)
+    # With no call after it, a waiting success goes by itself (a loop timer).
+    await gate.record("tencent", [OK])
+    seen = await window(gate, "tencent")
+    for _ in range(100):
+        if seen == (4, 0, 0):
+            break
+        await asyncio.sleep(0.01)
+        seen = await window(gate, "tencent")
+    assert seen == (4, 0, 0), f"the waiting success never reached Redis: {seen}"
+
+
+async def test_a_success_waiting_between_failures_breaks_their_run(
+    redis: RedisConnection, clock: Clock
+) -> None:
+    gate = make_gate(redis, clock, cache_seconds=0.25)
+    assert await gate.usable(["tencent"]) == ["tencent"]
+    for result in (DOWN, DOWN, OK, DOWN, DOWN):
+        await gate.record("tencent", [result])
+    # Three failures (the breaker's threshold), but never three in a row.
+    assert await gate.usable(["tencent"]) == ["tencent"]
+    assert await window(gate, "tencent") == (5, 4, 2)
+
+
+async def test_the_probes_success_is_counted_at_once(redis: RedisConnection, clock: Clock) -> None:
+    prober = make_gate(redis, clock, cache_seconds=0.25)
+    other = make_gate(redis, clock)
+    await open_breaker(prober, "tencent")
+    clock.advance(BREAKER.cooldown_ms / 1000)
+    assert await prober.usable(["tencent"]) == ["tencent"]
+    await prober.record("tencent", [OK])
+    assert await other.usable(["tencent"]) == ["tencent"]
+
+
 # --- pacing --------------------------------------------------------------
 
 

@@ -139,8 +139,11 @@ class ProviderGuardStore:
         return BreakerView(BreakerState(int(state)), bool(int(probe)), int(steady), int(now))
 
     @redis_edge
-    async def record(self, provider: str, token: str, *, failed: bool, code: str) -> BreakerView:
-        """Count one call's result; the breaker as it is after it."""
+    async def record(
+        self, provider: str, token: str, *, failed: bool, code: str, earlier: int = 0
+    ) -> BreakerView:
+        """Count one call's result, after ``earlier`` successful calls not
+        counted yet (a closed breaker only); the breaker as it is after it."""
         p = self.breaker
         state, opened, until, now = await self.scripts.breaker_record(
             keys=[breaker_key(provider)],
@@ -154,6 +157,7 @@ class ProviderGuardStore:
                 p.min_calls,
                 p.failure_rate,
                 p.cooldown_ms,
+                earlier,
             ],
         )
         steady = max(int(until) - int(now), 0)

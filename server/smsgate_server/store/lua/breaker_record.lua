@@ -4,7 +4,9 @@
 -- when the call failed, ARGV[4] its error code ('' when it did not fail),
 -- ARGV[5] failures in a row that open it, ARGV[6] the window (ms), ARGV[7]
 -- calls the window needs before its rate counts, ARGV[8] the failure rate that
--- opens it (0-1], ARGV[9] cooldown (ms).
+-- opens it (0-1], ARGV[9] cooldown (ms), ARGV[10] (optional) successful calls
+-- that ended before this one and were not recorded yet (dispatch/guard.py
+-- sends a closed breaker's successes in bulk): counted first, closed only.
 -- Closed: the call counts in the window (WINDOW_SLOTS buckets of a tenth of it,
 -- fields wb<i> bucket number, wc<i> calls, wf<i> failures, reused in turn, so
 -- the hash never grows) and in the run of failures (cf); either threshold
@@ -69,9 +71,15 @@ local slot = bucket % WINDOW_SLOTS
 if tonumber(redis.call('HGET', KEYS[1], 'wb' .. slot)) ~= bucket then
   redis.call('HSET', KEYS[1], 'wb' .. slot, bucket, 'wc' .. slot, 0, 'wf' .. slot, 0)
 end
-redis.call('HINCRBY', KEYS[1], 'wc' .. slot, 1)
+local earlier = tonumber(ARGV[10] or '0') or 0
+redis.call('HINCRBY', KEYS[1], 'wc' .. slot, 1 + earlier)
 local run = 0
-if failed then
+if failed and earlier > 0 then
+  -- The successes before it ended any run of failures: this one starts a new run.
+  redis.call('HINCRBY', KEYS[1], 'wf' .. slot, 1)
+  redis.call('HSET', KEYS[1], 'cf', 1)
+  run = 1
+elseif failed then
   redis.call('HINCRBY', KEYS[1], 'wf' .. slot, 1)
   run = redis.call('HINCRBY', KEYS[1], 'cf', 1)
 elseif (tonumber(b[4]) or 0) ~= 0 then
