@@ -98,7 +98,7 @@ local function accept(idem, index, blist, a, n)
     -- Free text is its own rendering: stored once.
     if text == ARGV[i + 5] then text = '' end
     local kept = present({}, 'b', batch, 'p', ARGV[i + 1], 'tx', text, 'tp', ARGV[i + 3],
-      'pa', ARGV[i + 4], 'r', rendered, 'sg', ARGV[i + 6], 'ct', NOW, 'sa', send_at,
+      'pa', ARGV[i + 4], 'r', rendered, 'sg', ARGV[i + 6], 'ct', ARGV[a + 4], 'sa', ARGV[i + 7],
       'snd', ARGV[i + 8], 'lb', ARGV[i + 9], 'sen', ARGV[i + 10], 'ex', ARGV[i + 11],
       'en', ARGV[i + 12], 'mk', ARGV[i + 16])
     local tp = ARGV[i + 3]
@@ -141,7 +141,7 @@ local CHUNK = 120
 local function zadd_ids(key, ids, from, to)
   local args = {}
   for j = from, to do
-    args[#args + 1] = 0
+    args[#args + 1] = '0'
     args[#args + 1] = ids[j]
   end
   if #args > 0 then redis.call('ZADD', key, unpack(args)) end

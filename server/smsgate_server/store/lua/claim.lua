@@ -55,8 +55,8 @@ for i = 8, #ARGV, 2 do
       end
     end
     if inflight == '' then
-      known.set = {'at', attempts}
-      enter(app, id, batch, st, SENDING, 'attempt ' .. attempts, nil, nil, nil, known)
+      known.set = {'at', digits(attempts)}
+      enter(app, id, batch, st, SENDING, 'attempt ' .. digits(attempts), nil, nil, nil, known)
     end
     out[#out + 1] = {entry, app, id, v[6], rendered, v[8] or '', attempts, v[9], batch,
       v[10] or '0', v[11], v[12] or '', v[13] or '', v[14] or '', v[15] or '', v[16] or '',
