@@ -66,6 +66,27 @@ async def test_a_lone_accept_runs_at_once(redis: Redis) -> None:
     assert await script_runs(redis) - before in (1, 2)  # EVALSHA, and EVAL when not loaded
 
 
+async def test_a_group_whose_first_caller_is_cancelled_still_answers_the_others(
+    redis: Redis,
+) -> None:
+    clock = Clock(1_700_000_000_000)
+    store = store_for(redis, Settings(), clock)
+    await accept_one(store, clock.ms, 0)  # the script is loaded
+    first = asyncio.create_task(accept_one(store, clock.ms, 1))
+    others = [asyncio.create_task(accept_one(store, clock.ms, n)) for n in (2, 3)]
+    await asyncio.sleep(0)  # the first opened the group, the others joined it
+    first.cancel()
+
+    outcomes = await asyncio.gather(*others)
+
+    assert [o.kind for o in outcomes] == [Accepted.NEW, Accepted.NEW]
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    # The cancelled caller's message went with the group, as a caller
+    # cancelled while its script runs may find it stored.
+    assert await redis.xlen(store.shard_keys[0].queue) == 4
+
+
 async def test_calls_in_one_group_keep_their_own_answers_and_times(redis: Redis) -> None:
     clock = Clock(1_700_000_000_000)
     store = store_for(redis, Settings(), clock)

@@ -316,15 +316,32 @@ class MessageStore:
             (idem, keys.index(app), batch_key), args, len(messages), loop.create_future()
         )
         group = self._accepting.get(shard)
-        if group is None or group.messages >= GROUP_MAX_MESSAGES:
-            group = self._accepting[shard] = _AcceptGroup()
-            # Runs on the next loop turn, with every call that joined by then.
-            task = loop.create_task(self._commit(shard, group))
-            self._commits.add(task)
-            task.add_done_callback(self._commits.discard)
+        if group is not None and group.messages < GROUP_MAX_MESSAGES:
+            group.calls.append(call)
+            group.messages += call.messages
+            return await call.answer
+        # This call opens a group and gives others one loop turn to join it.
+        group = self._accepting[shard] = _AcceptGroup()
         group.calls.append(call)
         group.messages += call.messages
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            self._commit_in_task(shard, group)  # the others' calls go on
+            raise
+        if len(group.calls) == 1:
+            # Alone (as most are in role all at a moderate rate): run here,
+            # without a task of its own and the loop turn its answer took.
+            await self._commit(shard, group)
+            return call.answer.result()
+        # Shared: in a task, so no caller's cancellation stops the others'.
+        self._commit_in_task(shard, group)
         return await call.answer
+
+    def _commit_in_task(self, shard: int, group: _AcceptGroup) -> None:
+        task = asyncio.get_running_loop().create_task(self._commit(shard, group))
+        self._commits.add(task)
+        task.add_done_callback(self._commits.discard)
 
     async def _commit(self, shard: int, group: _AcceptGroup) -> None:
         """Run one group's accept script and answer each of its calls."""
