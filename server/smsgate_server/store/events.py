@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +18,8 @@ from smsgate_server.store.keys import EventField, ShardKeys
 
 __all__ = ["EventStore"]
 
+log = logging.getLogger("smsgate.events")
+
 
 # An id made by domain/ids.py: its first 12 hex digits are its creation ms,
 # the next 2 its shard (lib.lua's packed_event() tests the same shape).
@@ -25,12 +28,17 @@ _BATCH_TAIL = 12
 _PACKED = EventField.PACKED.encode()
 
 
-def _event(shard: int, entry_id: bytes | str, f: dict[bytes, bytes]) -> StatusEvent:
-    stream_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+# A packed event split at its first seven separators (see packed_event()).
+_Parts = list[bytes]
+
+
+def _parts(f: dict[bytes, bytes]) -> _Parts | None:
     packed = f.get(_PACKED)
-    if packed is None:
-        return _fields_event(shard, stream_id, f)
-    status, time, app, mid, batch, ecode_len, ereason_len, texts = packed.split(b"|", 7)
+    return None if packed is None else packed.split(b"|", 7)
+
+
+def _packed_event(shard: int, stream_id: str, parts: _Parts, app: str) -> StatusEvent:
+    status, time, _, mid, batch, ecode_len, ereason_len, texts = parts
     message_id = mid.decode()
     time_ms = int(time)
     if _MADE_ID.fullmatch(message_id):
@@ -43,7 +51,7 @@ def _event(shard: int, entry_id: bytes | str, f: dict[bytes, bytes]) -> StatusEv
     return StatusEvent(
         shard=shard,
         stream_id=stream_id,
-        app=app.decode(),
+        app=app,
         message_id=message_id,
         batch_id=batch.decode(),
         status=Status(int(status)),
@@ -89,6 +97,59 @@ class EventStore:
         self.redis = redis
         self.reader = reader
         self.keys = [ShardKeys(i) for i in range(shards)]
+        # Per shard, the app of each number events name (lib.lua's
+        # app_number()): never changes once given, so kept for good; bounded
+        # by the apps that ever sent in the shard.
+        self._apps: list[dict[bytes, str]] = [{} for _ in range(shards)]
+        self._unknown_apps = 0
+
+    async def _events(
+        self, rows: list[tuple[int, bytes | str, dict[bytes, bytes]]]
+    ) -> list[StatusEvent]:
+        """Events of raw stream entries (shard, entry id, fields), asking Redis
+        once for the app numbers this process has not seen yet."""
+        split = [
+            (shard, _text(entry_id), fields, _parts(fields)) for shard, entry_id, fields in rows
+        ]
+        missing: dict[int, set[bytes]] = {}
+        for shard, _, _, parts in split:
+            if parts is not None and parts[2].isdigit() and parts[2] not in self._apps[shard]:
+                missing.setdefault(shard, set()).add(parts[2])
+        if missing:
+            await self._learn_apps(missing)
+        out = []
+        for shard, stream_id, fields, parts in split:
+            if parts is None:
+                out.append(_fields_event(shard, stream_id, fields))
+                continue
+            app = parts[2]
+            if app.isdigit():
+                # An unknown number (its map deleted by hand) names no app: no
+                # subscriber gets the event, and readers still move past it.
+                name = self._apps[shard].get(app, "")
+                if not name:
+                    self._unknown_apps += 1
+                    if self._unknown_apps in (1, 10, 100) or self._unknown_apps % 1000 == 0:
+                        log.warning(
+                            "events of an unknown app number skipped",
+                            extra={"count": self._unknown_apps, "shard": shard},
+                        )
+            else:
+                name = app.decode()  # packed before app numbers
+            out.append(_packed_event(shard, stream_id, parts, name))
+        return out
+
+    async def _learn_apps(self, missing: dict[int, set[bytes]]) -> None:
+        """Read the apps of ``missing`` numbers from their shards' maps."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            asked = [(shard, sorted(numbers)) for shard, numbers in missing.items()]
+            for shard, numbers in asked:
+                pipe.hmget(self.keys[shard].app_numbers, [b"#" + n for n in numbers])
+            replies: list[Any] = await pipe.execute()
+        for (shard, numbers), apps in zip(asked, replies, strict=True):
+            for number, app in zip(numbers, apps, strict=True):
+                if app is not None:
+                    self._apps[shard][number] = _text(app)
 
     @redis_edge
     async def last_ids(self) -> list[str]:
@@ -122,7 +183,7 @@ class EventStore:
         raw: Any = await self.redis.xrange(
             self.keys[shard].events, f"({after_id}", "+", count=count
         )
-        return [_event(shard, entry_id, fields) for entry_id, fields in raw]
+        return await self._events([(shard, entry_id, fields) for entry_id, fields in raw])
 
     @property
     def together(self) -> bool:
@@ -142,8 +203,10 @@ class EventStore:
         }
         raw: Any = await self.reader.xread(streams, count=count, block=block_ms)
         shard_of = {self.keys[shard].events: shard for shard in positions}
-        return [
-            _event(shard_of[_text(stream)], entry_id, fields)
-            for stream, entries in raw or ()
-            for entry_id, fields in entries
-        ]
+        return await self._events(
+            [
+                (shard_of[_text(stream)], entry_id, fields)
+                for stream, entries in raw or ()
+                for entry_id, fields in entries
+            ]
+        )

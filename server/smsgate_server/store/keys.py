@@ -296,6 +296,12 @@ class ShardKeys:
         """Stream of status events of every app in this shard."""
         return self.prefix + "ev"
 
+    @property
+    def app_numbers(self) -> str:
+        """Hash of the numbers events name apps by: app -> number and
+        ``#<number>`` -> app; ``#`` is the last number given (lib.lua)."""
+        return self.prefix + "an"
+
     def message(self, app: str, message_id: str) -> str:
         return f"{self.prefix}m:{app}:{message_id}"
 
