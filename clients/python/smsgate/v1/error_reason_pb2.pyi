@@ -145,9 +145,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_RECIPIENT_OPTED_OUT: _ErrorReason.ValueType  # 47
     """FAILED_PRECONDITION. The recipient opted out of the app's marketing
-    messages (OptOutService, or a STOP reply): a marketing template is not
-    sent to it. Verification and notification templates still are. In a
-    batch, only that recipient is refused.
+    messages (OptOutService, or a STOP reply): a marketing message (a
+    marketing template, or free text of kind marketing) is not sent to it.
+    Verification and notification messages still are. In a batch, only that
+    recipient is refused. A marketing message accepted before the number
+    opted out (held for quiet hours, scheduled) ends FAILED with this as its
+    error code instead of being sent.
     """
     ERROR_REASON_ETAG_MISMATCH: _ErrorReason.ValueType  # 45
     """ABORTED. The `etag` of an update or delete is not the template's latest
@@ -366,9 +369,12 @@ ERROR_REASON_TOO_MANY_SIGN_NAMES: ErrorReason.ValueType  # 44
 """
 ERROR_REASON_RECIPIENT_OPTED_OUT: ErrorReason.ValueType  # 47
 """FAILED_PRECONDITION. The recipient opted out of the app's marketing
-messages (OptOutService, or a STOP reply): a marketing template is not
-sent to it. Verification and notification templates still are. In a
-batch, only that recipient is refused.
+messages (OptOutService, or a STOP reply): a marketing message (a
+marketing template, or free text of kind marketing) is not sent to it.
+Verification and notification messages still are. In a batch, only that
+recipient is refused. A marketing message accepted before the number
+opted out (held for quiet hours, scheduled) ends FAILED with this as its
+error code instead of being sent.
 """
 ERROR_REASON_ETAG_MISMATCH: ErrorReason.ValueType  # 45
 """ABORTED. The `etag` of an update or delete is not the template's latest

@@ -290,9 +290,12 @@ export enum ErrorReason {
 
   /**
    * FAILED_PRECONDITION. The recipient opted out of the app's marketing
-   * messages (OptOutService, or a STOP reply): a marketing template is not
-   * sent to it. Verification and notification templates still are. In a
-   * batch, only that recipient is refused.
+   * messages (OptOutService, or a STOP reply): a marketing message (a
+   * marketing template, or free text of kind marketing) is not sent to it.
+   * Verification and notification messages still are. In a batch, only that
+   * recipient is refused. A marketing message accepted before the number
+   * opted out (held for quiet hours, scheduled) ends FAILED with this as its
+   * error code instead of being sent.
    *
    * @generated from enum value: ERROR_REASON_RECIPIENT_OPTED_OUT = 47;
    */
