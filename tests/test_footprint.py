@@ -10,7 +10,7 @@ from typing import cast
 import pytest
 from redis.asyncio import Redis
 from smsgate_server.config import Settings
-from smsgate_server.domain.ids import new_message_id
+from smsgate_server.domain.ids import new_batch_id, new_message_id
 from smsgate_server.domain.message import NewMessage
 from smsgate_server.domain.status import Status
 from smsgate_server.store.connection import RedisConnection
@@ -251,3 +251,32 @@ async def test_ids_indexed_before_the_chunks_still_list_and_are_forgotten(redis:
     await store.forget(APP, [(0, legacy[0]), (0, fresh[1].id)])
     (ids,) = await store.index_pages(APP, below="~", at_least="", limit=10)
     assert ids == [fresh[0].id, legacy[1], legacy[2]]
+
+
+async def test_what_the_id_says_is_not_stored_again_and_reads_back(
+    redis: Redis, queue: DispatchQueue
+) -> None:
+    clock = Clock(1_700_000_000_000)
+    store = store_for(redis, Settings(), clock)
+    batch_id = new_batch_id(clock.ms, 0)
+    sent = [new(clock.ms, phone=f"+1415555010{i}") for i in range(2)]
+    await store.accept(APP, 0, sent, batch_id=batch_id)
+
+    key = store.shard_keys[0].message(APP, sent[0].id)
+    # The creation time is the id's; the batch id shares its first 14 digits.
+    assert await redis.hget(key, MessageField.CREATED) is None
+    assert await redis.hget(key, MessageField.BATCH) == batch_id[14:].encode()
+    entries = await queue.read(0, "w1", 100)
+    claimed = await store.claim(0, entries, reclaimed=False, max_attempts=3)
+    assert {(c.batch_id, c.created_ms, c.rendered) for c in claimed} == {(batch_id, clock.ms, TEXT)}
+    clock.ms += 5
+    await store.settle(0, [SendOutcome(c, Outcome.SENT, "sim", f"pid-{c.id}") for c in claimed])
+    clock.ms += 5
+    await store.apply_receipts(0, [Receipt(APP, c.id, True) for c in claimed])
+
+    got = await store.get_many(APP, [(0, m.id) for m in sent])
+    assert [(m.batch_id, m.created_ms, m.status) for m in got if m] == [
+        (batch_id, clock.ms - 10, Status.DELIVERED)
+    ] * 2
+    assert got[0] is not None
+    assert [h.time_ms - clock.ms for h in got[0].history] == [-10, -10, -5, 0]

@@ -452,7 +452,12 @@ class MessageStore:
                 for app, shard, message_id in refs:
                     pipe.hgetall(self.shard_keys[shard].message(app, message_id))
                 raw = await pipe.execute()
-        fields = [{k.decode(): v.decode() for k, v in f.items()} if f else None for f in raw]
+        fields = [
+            _with_id_parts(message_id, {k.decode(): v.decode() for k, v in f.items()})
+            if f
+            else None
+            for (_, _, message_id), f in zip(refs, raw, strict=True)
+        ]
         # A second round trip only for what is not in the hash: the text a
         # batch's recipients share, and the history list of a message accepted
         # before the history moved into the hash.
@@ -765,6 +770,19 @@ class MessageStore:
 # Status by its number as stored: a dict look-up, cheaper than Status(int(...))
 # for every message and history entry a listing reads.
 _STATUS_OF = {str(s.value): s for s in Status}
+
+
+def _with_id_parts(message_id: str, d: dict[str, str]) -> dict[str, str]:
+    """``d`` with what accept.lua leaves out because the id says it (lib.lua's
+    created_of, batch_of): the creation time when it is the id's, and the
+    first 14 digits (creation ms and shard) of a batch id made with the id."""
+    if len(message_id) == 26:
+        if MessageField.CREATED not in d:
+            d[MessageField.CREATED] = str(int(message_id[:12], 16))
+        batch = d.get(MessageField.BATCH)
+        if batch is not None and len(batch) == 12:
+            d[MessageField.BATCH] = message_id[:14] + batch
+    return d
 
 
 def _history(d: dict[str, str], created_ms: int, legacy: list[str] | None) -> list[HistoryEntry]:

@@ -90,6 +90,7 @@ local function accept(idem, index, blist, a, n)
   end
   -- Per template id, how many of the call's messages use it; the ids, for the batch list.
   local uses, listed = {}, {}
+  local created = string.format('%012x', NOW)
   for i = first, first + (n - 1) * F, F do
     local id, send_at = ARGV[i], tonumber(ARGV[i + 7])
     local m = mkey(app, id)
@@ -97,8 +98,14 @@ local function accept(idem, index, blist, a, n)
     if shared and rendered == shared and ARGV[i + 10] ~= '1' then rendered = '' end
     -- Free text is its own rendering: stored once.
     if text == ARGV[i + 5] then text = '' end
-    local kept = present({}, 'b', batch, 'p', ARGV[i + 1], 'tx', text, 'tp', ARGV[i + 3],
-      'pa', ARGV[i + 4], 'r', rendered, 'sg', ARGV[i + 6], 'ct', ARGV[a + 4], 'sa', ARGV[i + 7],
+    -- What the id says is not stored again (lib.lua's created_of, batch_of).
+    local ct, b = ARGV[a + 4], batch
+    if #id == 26 and string.sub(id, 1, 12) == created then ct = '' end
+    if #id == 26 and #batch == 26 and string.sub(batch, 1, 14) == string.sub(id, 1, 14) then
+      b = string.sub(batch, 15)
+    end
+    local kept = present({}, 'b', b, 'p', ARGV[i + 1], 'tx', text, 'tp', ARGV[i + 3],
+      'pa', ARGV[i + 4], 'r', rendered, 'sg', ARGV[i + 6], 'ct', ct, 'sa', ARGV[i + 7],
       'snd', ARGV[i + 8], 'lb', ARGV[i + 9], 'sen', ARGV[i + 10], 'ex', ARGV[i + 11],
       'en', ARGV[i + 12], 'mk', ARGV[i + 16])
     local tp = ARGV[i + 3]

@@ -24,7 +24,7 @@ local out = {}
 for i = 8, #ARGV, 2 do
   local entry, app, id = ARGV[i], split(ARGV[i + 1])
   local v = redis.call('HMGET', mkey(app, id), unpack(FIELDS))
-  local st, batch = tonumber(v[1]), v[2] or ''
+  local st, batch = tonumber(v[1]), batch_of(id, v[2])
   local known = {hs = v[18], ct = v[9], sen = v[11]}
   local inflight = st == SENDING and reclaimed and (v[3] or '') or ''
   local at = tonumber(v[4] or 0) or 0
@@ -58,7 +58,8 @@ for i = 8, #ARGV, 2 do
       known.set = {'at', digits(attempts)}
       enter(app, id, batch, st, SENDING, 'attempt ' .. digits(attempts), nil, nil, nil, known)
     end
-    out[#out + 1] = {entry, app, id, v[6], rendered, v[8] or '', attempts, v[9], batch,
+    out[#out + 1] = {entry, app, id, v[6], rendered, v[8] or '', attempts,
+      digits(created_of(id, v[9])), batch,
       v[10] or '0', v[11], v[12] or '', v[13] or '', v[14] or '', v[15] or '', v[16] or '',
       inflight, v[17] or ''}
   else

@@ -14,6 +14,19 @@ local trimmed = false
 local function mkey(app, id) return P .. 'm:' .. app .. ':' .. id end
 local function hkey(app, id) return P .. 'h:' .. app .. ':' .. id end
 
+-- A message id made by domain/ids.py starts with its creation ms (12 hex
+-- digits) and its shard (2), so accept.lua leaves out of the hash what the id
+-- already says: the creation time ('ct') when it is the id's, and all but the
+-- last 12 digits of a batch id ('b') made in the same ms and shard. These give
+-- them back (store/messages.py does the same).
+local function created_of(id, ct)
+  return tonumber(ct) or tonumber(string.sub(id, 1, 12), 16) or 0
+end
+local function batch_of(id, b)
+  if b and #b == 12 and #id == 26 then return string.sub(id, 1, 14) .. b end
+  return b or ''
+end
+
 -- The app's held-message count of this shard (store/quota.py reads it): 'live'
 -- counts messages not yet terminal, exactly (accepted here, ended here, and a
 -- live message never expires); 'done:<bucket>' counts those that ended in one
@@ -181,10 +194,10 @@ local function enter(app, id, batch, from, status, detail, ecode, ereason, at, k
   if from == NEW then
     if not (known and known.counted) then redis.call('INCR', P .. 'live:' .. app) end
   elseif known then
-    hs, ct = known.hs, tonumber(known.ct) or 0
+    hs, ct = known.hs, created_of(id, known.ct)
   else
     local f = redis.call('HMGET', m, 'hs', 'ct')
-    hs, ct = f[1], tonumber(f[2]) or 0
+    hs, ct = f[1], created_of(id, f[2])
   end
   local set = known and known.set or {}
   local n = #set
@@ -225,7 +238,7 @@ end
 local function state(app, id)
   local v = redis.call('HMGET', mkey(app, id), 'st', 'b')
   if not v[1] then return nil end
-  return tonumber(v[1]), v[2] or ''
+  return tonumber(v[1]), batch_of(id, v[2])
 end
 
 -- 'app:id' -> app, id (app keys never contain ':').

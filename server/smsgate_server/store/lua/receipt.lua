@@ -13,7 +13,7 @@ for i = 5, #ARGV, 6 do
   local m = mkey(app, id)
   -- One read for this script and enter() (history, creation time, sensitivity).
   local f = redis.call('HMGET', m, 'ut', 'pv', 'pid', 'st', 'b', 'hs', 'ct', 'sen')
-  local st, batch = tonumber(f[4]), f[5] or ''
+  local st, batch = tonumber(f[4]), batch_of(id, f[5])
   local known = {hs = f[6], ct = f[7], sen = f[8]}
   if st == SENT then
     redis.call('ZREM', KEYS[2], app .. ':' .. id)
