@@ -222,11 +222,14 @@ export const ListOptOutsResponseSchema: GenMessage<ListOptOutsResponse> = /*@__P
  * Keeps the app's opt-out list: the phone numbers that asked to receive no
  * more marketing from it.
  *
- * A send by a MARKETING template to a number on the list is refused:
- * SendSms with FAILED_PRECONDITION (RECIPIENT_OPTED_OUT), BatchSend with
- * that reason in the recipient's result, the other recipients sent.
- * Verification and notification templates, and free text, are still sent.
- * Numbers land on the list through AddOptOut, and when a vendor refuses a
+ * A marketing send (a MARKETING template, or free text of kind MARKETING) to
+ * a number on the list is refused: SendSms with FAILED_PRECONDITION
+ * (RECIPIENT_OPTED_OUT), BatchSend with that reason in the recipient's
+ * result, the other recipients sent. The list holds at send time too: a
+ * marketing message accepted before its number was listed (held for quiet
+ * hours, scheduled) ends FAILED with error code RECIPIENT_OPTED_OUT, unsent.
+ * Verification and notification messages are still sent. Numbers land on
+ * the list through AddOptOut, a STOP reply, and when a vendor refuses a
  * message because the number unsubscribed from it.
  *
  * @generated from service smsgate.v1.OptOutService
