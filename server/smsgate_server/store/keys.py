@@ -125,7 +125,7 @@ class EventField(enum.StrEnum):
     (``PACKED``, lib.lua's packed_event()), or for events written before it
     (read until they age out of the retention) a field per value."""
 
-    PACKED = "e"  # status|time|app|id|batch|#ecode|#ereason|ecode ereason detail
+    PACKED = "e"  # status|time|app number|id|batch|#ecode|#ereason|ecode ereason detail
     APP = "a"  # the app's key
     MESSAGE = "m"  # the message id
     BATCH = "b"  # the batch id ('' when sent alone)
