@@ -107,7 +107,8 @@ class CodeStore:
         self.scripts = CodeScripts(redis)
         # Code calls of other callers made in the same loop moment share one
         # pipeline (store/grouping.py): at 32 concurrent callers redis-py's
-        # per-command work was most of a code's cost.
+        # per-command work was most of a code's cost. Not with a replica wait:
+        # WAIT must follow each call's own writes on its own connection.
         self.grouped = GroupedScripts(redis)
         # Replicas that should have a code's issue or use before the answer
         # (Settings.redis_wait_replicas; see the module docstring).
