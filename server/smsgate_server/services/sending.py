@@ -537,10 +537,14 @@ class SendingService:
             ]
         # The policy's index of each message stored (refused ones are not).
         admitted = [i for i in range(len(pending)) if check is None or check.refusals[i] is None]
+        # Ids in request order are ascending, so each chunk's ids follow the
+        # last one's in the app index and fill its newest chunk (accept.lua)
+        # instead of interleaving with them.
+        new_ids = iter(sorted(new_message_id(now, shard) for _ in admitted))
         messages = [
             dataclasses.replace(
                 pending[i],
-                id=new_message_id(now, shard),
+                id=next(new_ids),
                 send_at_ms=self._hold_until(
                     policy, kind, pending[i].phone, pending[i].send_at_ms, now
                 ),
