@@ -22,6 +22,7 @@ import queue
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -790,11 +791,14 @@ def run_watch(run: Run) -> Row:
     return row
 
 
-def run_sendsms_api(run: Run, servers: Servers) -> Row:
+def run_sendsms_api(run: Run, servers: Servers) -> tuple[Row, Row]:
     """SendSms against a server in role ``api`` while a process in role
     ``worker`` (same Redis) dispatches what it accepts: the layout the goal
-    names. The role-``all`` server is stopped meanwhile and started again
-    after, so no third process dispatches or shares the cores."""
+    names. Then again with the worker stopped (SIGSTOP) for the run, as if it
+    had cores of its own: the api process's own ceiling on this machine (what
+    it accepted meanwhile waits in Redis and is dispatched after SIGCONT).
+    The role-``all`` server is stopped meanwhile and started again after, so
+    no third process dispatches or shares the cores."""
     servers.stop_smsgate()
     try:
         target, api_pid = servers.start_smsgate(role="api")
@@ -802,10 +806,16 @@ def run_sendsms_api(run: Run, servers: Servers) -> Row:
         split = replace(run, target=target, server_pid=api_pid)
         row = split.timed("sendsms-api", CONCURRENCY["sendsms-api"], worker_pid=worker_pid)
         row.note += "; role api, one worker-role process dispatching"
+        os.kill(worker_pid, signal.SIGSTOP)
+        try:
+            alone = split.timed("sendsms-api", CONCURRENCY["sendsms-api"], "sendsms-api-alone")
+        finally:
+            os.kill(worker_pid, signal.SIGCONT)
+        alone.note += "; role api, its worker process stopped during the run (as if on other cores)"
     finally:
         servers.stop_smsgate()
         run.target, run.server_pid = servers.start_smsgate()
-    return row
+    return row, alone
 
 
 def run_sendsms_policy(run: Run, servers: Servers) -> Row:
@@ -1209,7 +1219,7 @@ def goals(rows: list[Row]) -> list[tuple[str, str, bool]]:
 
 def print_table(rows: list[Row]) -> None:
     head = (
-        f"{'scenario':<12}{'conc':>5} {'rate/s':>10} {'unit':<10}{'x echo':>7}"
+        f"{'scenario':<18}{'conc':>5} {'rate/s':>10} {'unit':<10}{'x echo':>7}"
         f"{'p50ms':>8}{'p90ms':>8}{'p99ms':>8}{'maxms':>8}{'p99 x':>7}"
         f"{'errors':>7}{'srvCPU%':>8}{'RSS MB':>8}{'redis%':>7}"
     )
@@ -1217,24 +1227,24 @@ def print_table(rows: list[Row]) -> None:
     print("-" * len(head))
     for r in rows:
         if r.skipped:
-            print(f"{r.scenario:<12}skipped: {r.skipped}")
+            print(f"{r.scenario:<18}skipped: {r.skipped}")
             continue
 
         def fmt(x: float | None) -> str:
             return "" if x is None else f"{x:.2f}"
 
         print(
-            f"{r.scenario:<12}{r.concurrency:>5} {r.rate:>10.0f} {r.unit:<10}"
+            f"{r.scenario:<18}{r.concurrency:>5} {r.rate:>10.0f} {r.unit:<10}"
             f"{fmt(r.echo_rate_ratio):>7}{r.p50_ms:>8.2f}{r.p90_ms:>8.2f}{r.p99_ms:>8.2f}"
             f"{r.max_ms:>8.1f}{fmt(r.echo_p99_ratio):>7}{r.errors:>7}"
             f"{r.server_cpu_pct:>8.0f}{r.server_rss_mb:>8.1f}{r.redis_cpu_pct:>7.0f}"
         )
         if r.note:
-            print(f"{'':<12}  {r.note}")
+            print(f"{'':<18}  {r.note}")
         if r.error_codes:
-            print(f"{'':<12}  errors: {r.error_codes}")
+            print(f"{'':<18}  errors: {r.error_codes}")
         for code, detail in r.error_details.items():
-            print(f"{'':<12}  first {code}: {detail}")
+            print(f"{'':<18}  first {code}: {detail}")
 
 
 # --- main --------------------------------------------------------------------
@@ -1341,6 +1351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             built = asyncio.run(_probe_async(run.target, run.token))
             for name in profile.scenarios:
                 c = concurrency[name]
+                # Rows a scenario measures beside its own (ratios vs the same echo).
+                extra: list[Row] = []
                 if built.get(name):
                     rows.append(Row(name, UNITS[name], c, 0, skipped=built[name]))
                     print(f"skipped {name}: {built[name]}", flush=True)
@@ -1358,7 +1370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 elif name == "resume":
                     row = run_resume(run, servers)
                 elif name == "sendsms-api":
-                    row = run_sendsms_api(run, servers)
+                    row, alone = run_sendsms_api(run, servers)
+                    extra.append(alone)
                 elif name == "sendsms-policy":
                     row = run_sendsms_policy(run, servers)
                 elif name == "growth":
@@ -1384,6 +1397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     row.note = (row.note + "; " if row.note else "") + f"ratios vs echo@{levels[0]}"
                 rows.append(row)
                 print(f"measured {name}: {row.rate:.0f} {row.unit}/s", flush=True)
+                for more in extra:
+                    more.echo_rate_ratio = _ratio(more.rate, base.rate)
+                    more.echo_p99_ratio = _ratio(more.p99_ms, base.p99_ms)
+                    rows.append(more)
+                    print(f"measured {more.scenario}: {more.rate:.0f} {more.unit}/s", flush=True)
         finally:
             servers.stop()
 

@@ -38,3 +38,8 @@ def test_bench_smoke_run_measures_sendsms_against_an_api_process_with_a_worker_a
     # The worker-role process beside it dispatched what the api process accepted.
     assert api["worker_cpu_pct"] > 0
     assert "role api" in api["note"]
+    # Then again with the worker stopped: the api process on its own.
+    alone = rows["sendsms-api-alone"]
+    assert alone["requests"] > 0
+    assert alone["errors"] == 0
+    assert alone["worker_cpu_pct"] == 0
