@@ -42,4 +42,3 @@ def test_bench_smoke_run_measures_sendsms_against_an_api_process_with_a_worker_a
     alone = rows["sendsms-api-alone"]
     assert alone["requests"] > 0
     assert alone["errors"] == 0
-    assert alone["worker_cpu_pct"] == 0
