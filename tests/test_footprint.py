@@ -266,6 +266,9 @@ async def test_what_the_id_says_is_not_stored_again_and_reads_back(
     # The creation time is the id's; the batch id shares its first 14 digits.
     assert await redis.hget(key, MessageField.CREATED) is None
     assert await redis.hget(key, MessageField.BATCH) == batch_id[14:].encode()
+    listed = await redis.lrange(store.shard_keys[0].batch(APP, batch_id), 0, -1)
+    assert listed == [m.id[14:].encode() for m in sent]
+    assert await store.batch_ids(APP, 0, batch_id) == [m.id for m in sent]
     entries = await queue.read(0, "w1", 100)
     claimed = await store.claim(0, entries, reclaimed=False, max_attempts=3)
     assert {(c.batch_id, c.created_ms, c.rendered) for c in claimed} == {(batch_id, clock.ms, TEXT)}

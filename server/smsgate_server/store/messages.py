@@ -573,7 +573,10 @@ class MessageStore:
     async def batch_ids(self, app: str, shard: int, batch_id: str) -> list[str]:
         """The message ids of a batch in request order (empty when unknown)."""
         raw = await self.redis.lrange(self.shard_keys[shard].batch(app, batch_id), 0, -1)
-        return [_s(x) for x in raw]
+        # accept.lua lists an id made in the batch id's ms and shard by the 12
+        # digits after them; lists written before hold whole ids.
+        head = batch_id[:14]
+        return [head + i if len(i) == 12 else i for i in map(_s, raw)]
 
     @redis_edge
     async def cancel(self, app: str, shard: int, ids: Sequence[str]) -> list[int]:

@@ -114,7 +114,9 @@ local function accept(idem, index, blist, a, n)
       uses[tp] = (uses[tp] or 0) + 1
     end
     indexed[#indexed + 1] = id
-    listed[#listed + 1] = id
+    -- The batch list keeps what is not the batch id's: its random 12 digits
+    -- when the id shares the batch id's ms and shard (store/messages.py).
+    listed[#listed + 1] = b ~= batch and string.sub(id, 15) or id
     -- One HSET stores the fields with the first status (enter()); the call
     -- counts its messages as live at once, below.
     local known = {counted = true, set = kept}
