@@ -161,13 +161,13 @@ end
 -- millisecond when that is above `after`, else by the id: ids of that
 -- millisecond whose random part sorts lower, coming later, then still belong
 -- to it rather than overfilling the chunk before.
-local function new_chunks(dir, ids, from, after)
-  for p = from, #ids, CHUNK do
+local function new_chunks(dir, ids, from, after, size)
+  for p = from, #ids, size do
     local ms = string.sub(ids[p], 1, 12)
     local name = ms > after and ms or ids[p]
     redis.call('ZADD', dir, 0, name)
-    zadd_ids(dir .. ':' .. name, ids, p, math.min(p + CHUNK - 1, #ids))
-    after = ids[math.min(p + CHUNK - 1, #ids)]
+    zadd_ids(dir .. ':' .. name, ids, p, math.min(p + size - 1, #ids))
+    after = ids[math.min(p + size - 1, #ids)]
   end
 end
 
@@ -195,7 +195,7 @@ local function index_add(dir, ids)
         group[#group + 1] = ids[j]
         j = j + 1
       end
-      new_chunks(dir, group, 1, '')
+      new_chunks(dir, group, 1, '', CHUNK)
     else
       local bound = redis.call('ZRANGEBYLEX', dir, '(' .. name, '+', 'LIMIT', 0, 1)[1]
       local group = {}
@@ -214,7 +214,7 @@ local function index_add(dir, ids)
           local room = math.max(CHUNK - card, 0)
           zadd_ids(chunk, group, 1, room)
           if room > 0 then highest = group[room] end
-          new_chunks(dir, group, room + 1, highest)
+          new_chunks(dir, group, room + 1, highest, CHUNK)
         else
           -- Interleaved with what it holds: merge, and write it again as chunks.
           local stored = redis.call('ZRANGE', chunk, 0, -1)
@@ -228,9 +228,12 @@ local function index_add(dir, ids)
               y = y + 1
             end
           end
+          -- Equal parts three quarters full: room for more ids that interleave
+          -- (a full part would be written again for each few that come).
+          local size = math.ceil(#merged / math.ceil(#merged / (CHUNK * 3 / 4)))
           redis.call('DEL', chunk)
-          zadd_ids(chunk, merged, 1, CHUNK)
-          new_chunks(dir, merged, CHUNK + 1, merged[CHUNK])
+          zadd_ids(chunk, merged, 1, size)
+          new_chunks(dir, merged, size + 1, merged[size], size)
         end
       end
     end
