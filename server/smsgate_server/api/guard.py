@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -109,6 +110,20 @@ def _check_decoded(request: Any, method: str) -> None:
         raise InvalidArgument(request.violation, reason=Reason.MALFORMED_REQUEST)
 
 
+async def _answer(result: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Run a library's streaming handler from inside a coroutine handler.
+
+    grpc.aio takes either kind: a coroutine that writes with ``context.write``
+    (grpc_health's Watch) or an async generator that yields (reflection). The
+    wrapper is always a coroutine, so it awaits the first kind and writes what
+    the second yields."""
+    if inspect.isawaitable(result):
+        await result
+        return
+    async for item in result:
+        await context.write(item)
+
+
 def _open(method: str, handler: Handler) -> Handler:
     """An open method (health Check and Watch, reflection) whose undecodable
     bodies are MALFORMED_REQUEST too, without forking the libraries that serve
@@ -131,16 +146,13 @@ def _open(method: str, handler: Handler) -> Handler:
     if handler.unary_stream is not None:
         inner_stream: Any = handler.unary_stream
 
-        async def stream(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             try:
                 _check_decoded(request, name)
             except InvalidArgument as exc:
                 _fail(context, exc, name)
                 return
-            async for item in inner_stream(request, context):
-                yield item
+            await _answer(inner_stream(request, context), context)
 
         return grpc.unary_stream_rpc_method_handler(stream, tolerant, serializer)
     if handler.stream_stream is not None:
@@ -148,7 +160,7 @@ def _open(method: str, handler: Handler) -> Handler:
 
         async def streams(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
+        ) -> None:
             # The library's loop reads the requests: a bad one ends the call
             # through it, with the status set here.
             async def checked() -> AsyncIterator[Any]:
@@ -157,8 +169,7 @@ def _open(method: str, handler: Handler) -> Handler:
                     yield request
 
             try:
-                async for item in inner_streams(checked(), context):
-                    yield item
+                await _answer(inner_streams(checked(), context), context)
             except InvalidArgument as exc:
                 _fail(context, exc, name)
 
