@@ -283,3 +283,22 @@ async def test_what_the_id_says_is_not_stored_again_and_reads_back(
     ] * 2
     assert got[0] is not None
     assert [h.time_ms - clock.ms for h in got[0].history] == [-10, -10, -5, 0]
+
+
+async def test_a_detail_with_a_line_break_stays_one_history_line(
+    redis: Redis, queue: DispatchQueue
+) -> None:
+    clock = Clock(1_700_000_000_000)
+    store = store_for(redis, Settings(), clock)
+    sent = new(clock.ms)
+    await store.accept(APP, 0, [sent])
+    entries = await queue.read(0, "w1", 100)
+    (claimed,) = await store.claim(0, entries, reclaimed=False, max_attempts=3)
+    await store.settle(0, [SendOutcome(claimed, Outcome.SENT, "sim", "p1")])
+    # A vendor's code may hold anything, a line break too.
+    await store.apply_receipts(0, [Receipt(APP, sent.id, False, "E\n7", "bad\nnumber")])
+
+    (got,) = await store.get_many(APP, [(0, sent.id)])
+    assert got is not None
+    assert [(h.status, h.detail) for h in got.history][-1] == (Status.UNDELIVERED, "E 7")
+    assert got.error_code == "E\n7"

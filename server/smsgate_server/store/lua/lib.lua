@@ -188,7 +188,7 @@ local function enter(app, id, batch, from, status, detail, ecode, ereason, at, k
   if not ALLOWED[status][from] then
     error('illegal transition ' .. from .. ' -> ' .. status .. ' of ' .. id)
   end
-  local m, h = mkey(app, id), hkey(app, id)
+  local m = mkey(app, id)
   local t = at or NOW
   local hs, ct = '', NOW
   if from == NEW then
@@ -204,12 +204,14 @@ local function enter(app, id, batch, from, status, detail, ecode, ereason, at, k
   set[n + 1], set[n + 2], set[n + 3], set[n + 4] = 'st', digits(status), 'ut', digits(t)
   if hs then
     -- A line per change: a detail never breaks one (vendors' words may hold anything).
-    local line = digits(status) .. '|' .. digits(t - ct) .. '|' .. (string.gsub(detail, '\n', ' '))
+    local said = detail
+    if string.find(said, '\n', 1, true) then said = string.gsub(said, '\n', ' ') end
+    local line = digits(status) .. '|' .. digits(t - ct) .. '|' .. said
     set[n + 5], set[n + 6] = 'hs', hs == '' and line or hs .. '\n' .. line
     redis.call('HSET', m, unpack(set))
   else
     redis.call('HSET', m, unpack(set))
-    redis.call('RPUSH', h, status .. '|' .. t .. '|' .. detail)
+    redis.call('RPUSH', hkey(app, id), status .. '|' .. t .. '|' .. detail)
   end
   if USES_TEMPLATE[from] and not USES_TEMPLATE[status] then template_released(app, m) end
   local event = packed_event(app, id, batch, status, t, detail, ecode or '', ereason or '')
@@ -228,7 +230,7 @@ local function enter(app, id, batch, from, status, detail, ecode, ereason, at, k
       redis.call('HSET', m, 'tx', '', 'r', '', 'pa', '')
     end
     redis.call('EXPIRE', m, RETAIN)
-    if not hs then redis.call('EXPIRE', h, RETAIN) end
+    if not hs then redis.call('EXPIRE', hkey(app, id), RETAIN) end
     held_ended(app)
   end
   if status == SENT or TERMINAL[status] then count_usage(app, m, status, t) end
