@@ -356,6 +356,36 @@ async def test_a_reclaimed_message_never_handed_to_a_provider_is_sent(
     assert sent_counts(log)[message_id] == 1
 
 
+async def test_a_message_its_claim_handed_to_the_provider_is_never_sent_again(
+    make_server: ServerFactory, send_one: SendOne, tmp_path: Path
+) -> None:
+    api = await make_server(role="api")
+    stub, token, message_id = await send_one(api)
+    # The claim itself records the provider (no routes, nothing between the
+    # claim and the call); the worker died during its vendor call.
+    shard = int(message_id[12:14], 16)
+    queue = DispatchQueue(api.redis, shards=api.settings.shards)
+    await queue.ensure_groups()
+    entries = await queue.read(shard, "dead-worker", 10)
+    (claimed,) = await api.store.claim(
+        shard,
+        entries,
+        reclaimed=False,
+        max_attempts=api.settings.max_attempts,
+        hand_to="simulator",
+    )
+    assert claimed.in_flight == ""  # a fresh claim: this worker's to send
+
+    log = tmp_path / "worker-sim.log"
+    await make_server(
+        role="worker", sim_log=log, visibility_timeout_seconds=0.3, receipt_timeout_seconds=0.5
+    )
+    message = (await wait_for_statuses(stub, token, [message_id], TERMINAL))[message_id]
+    assert (message.status, message.error.code) == (S.MESSAGE_STATUS_EXPIRED, "OUTCOME_UNKNOWN")
+    assert sent_counts(log)[message_id] == 0
+    assert message.attempts == 1
+
+
 async def test_a_hand_over_after_a_reclaim_is_refused(
     make_server: ServerFactory, send_one: SendOne
 ) -> None:

@@ -36,6 +36,11 @@ class ProviderGate(Protocol):
         """What one call to ``name`` returned, one result per recipient."""
         ...
 
+    def unpaced(self, name: str) -> bool:
+        """Whether ``name`` has no pace: ``pace`` then answers without Redis
+        and never asks a call to wait but for a probe's verdict."""
+        ...
+
 
 class OpenGate:
     """No breaker, no pace: every provider usable, every call at once."""
@@ -48,3 +53,6 @@ class OpenGate:
 
     async def record(self, name: str, results: Sequence[RecipientResult]) -> None:
         return None
+
+    def unpaced(self, name: str) -> bool:
+        return True

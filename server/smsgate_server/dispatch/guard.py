@@ -355,6 +355,10 @@ class RedisProviderGate:
             )
         self._remember(name, view)
 
+    def unpaced(self, name: str) -> bool:
+        account = self.paces.get(name)
+        return account is None or not account.limited
+
     def _may_wait(self, name: str) -> bool:
         """Whether a success of ``name`` may wait to be counted: its breaker
         was last seen closed and this process holds no probe of it."""

@@ -597,14 +597,18 @@ class MessageStore:
         *,
         reclaimed: bool,
         max_attempts: int,
+        hand_to: str = "",
     ) -> list[Claimed]:
-        """Move the messages of queue entries ``(entry id, 'app:id')`` to SENDING."""
+        """Move the messages of queue entries ``(entry id, 'app:id')`` to SENDING;
+        with ``hand_to``, also record that provider as having them (``hand_over``
+        in the same step)."""
         keys = self.shard_keys[shard]
         args: list[Any] = [
             *self._common(keys, self.now_ms()),
             GROUP,
             "1" if reclaimed else "0",
             max_attempts,
+            hand_to,
         ]
         for entry, member in entries:
             args += [entry, member]

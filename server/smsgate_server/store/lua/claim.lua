@@ -1,7 +1,9 @@
 -- A worker took queue entries: move each live message to SENDING.
 -- KEYS[2] queue stream. ARGV[5] consumer group, ARGV[6] 1 when the entries were
 -- re-claimed from a dead worker (then SENDING -> SENDING is allowed), ARGV[7]
--- the most attempts, then pairs: entry id, 'app:id'.
+-- the most attempts, ARGV[8] the provider the messages go to ('' when not
+-- known yet; else recorded as in flight here, as hand_over.lua would, saving
+-- its round trip), then pairs: entry id, 'app:id'.
 -- Returns, per message to send: {entry, app, id, phone, rendered, sender,
 -- attempts, created ms, batch, send_at ms, sensitive ('1': rendered and
 -- params are sealed), template id, template params json, sign name, vendor
@@ -14,6 +16,7 @@
 -- is returned as it is (no attempt counted, no history) with that provider,
 -- for the dispatcher to settle as an unknown outcome, never to send again.
 local group, reclaimed, max_attempts = ARGV[5], ARGV[6] == '1', tonumber(ARGV[7])
+local handed = ARGV[8]
 -- Every field this script needs, read once per message (enter() is given the
 -- history, creation time and sensitivity from the same read).
 local FIELDS = {'st', 'b', 'ip', 'at', 'ex', 'p', 'r', 'snd', 'ct', 'sa', 'sen', 'tp', 'pa',
@@ -21,7 +24,7 @@ local FIELDS = {'st', 'b', 'ip', 'at', 'ex', 'p', 'r', 'snd', 'ct', 'sa', 'sen',
 -- A batch's shared text, read once per script run.
 local texts = {}
 local out = {}
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   local entry, app, id = ARGV[i], split(ARGV[i + 1])
   local v = redis.call('HMGET', mkey(app, id), unpack(FIELDS))
   local st, batch = tonumber(v[1]), batch_of(id, v[2])
@@ -56,6 +59,7 @@ for i = 8, #ARGV, 2 do
     end
     if inflight == '' then
       known.set = {'at', digits(attempts)}
+      if handed ~= '' then known.set[3], known.set[4] = 'ip', handed end
       enter(app, id, batch, st, SENDING, 'attempt ' .. digits(attempts), nil, nil, nil, known)
     end
     out[#out + 1] = {entry, app, id, v[6], rendered, v[8] or '', attempts,
