@@ -134,6 +134,8 @@ async def test_apps_are_numbered_per_shard_and_read_back_by_key(redis: Redis) ->
     )
     assert [(e.app, e.message_id) for e in events] == [(APP, "m1"), (other, "m2"), (APP, "m1")]
     numbers = await redis.hgetall(ShardKeys(0).app_numbers)
+    generation = numbers.pop(b"@")  # new with the last number given
+    assert isinstance(generation, bytes) and generation.endswith(b"/2")
     assert numbers == {
         APP.encode(): b"1",
         b"#1": APP.encode(),

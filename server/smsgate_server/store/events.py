@@ -10,6 +10,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.typing import KeyT, StreamIdT
 
+from smsgate_server.domain.errors import Unavailable
 from smsgate_server.domain.events import StatusEvent
 from smsgate_server.domain.status import Status
 from smsgate_server.store.connection import RedisClient
@@ -26,6 +27,12 @@ log = logging.getLogger("smsgate.events")
 _MADE_ID = re.compile(r"[0-9a-f]{26}")
 _BATCH_TAIL = 12
 _PACKED = EventField.PACKED.encode()
+# The field of a shard's app-number map that changes with every number given
+# (lib.lua's app_number()).
+_GENERATION = b"@"
+# Reads of one shard in a row that may find its numbering changing before
+# ``after`` gives up (each change is an app numbered, or the map lost).
+_READ_TRIES = 5
 
 
 # A packed event split at its first seven separators (see packed_event()).
@@ -98,35 +105,60 @@ class EventStore:
         self.reader = reader
         self.keys = [ShardKeys(i) for i in range(shards)]
         # Per shard, the app of each number events name (lib.lua's
-        # app_number()): never changes once given, so kept for good; bounded
-        # by the apps that ever sent in the shard.
+        # app_number()), learned under the map's generation beside it: a number
+        # keeps its app only while the map keeps its generation (Redis may lose
+        # the map and number apps again), so a new generation empties the
+        # shard's cache. Bounded by the apps that ever sent in the shard.
         self._apps: list[dict[bytes, str]] = [{} for _ in range(shards)]
+        self._generations: list[bytes | None] = [None] * shards
         self._unknown_apps = 0
 
+    def _forget_apps(self) -> None:
+        """Drop every number learned: after a failed read the connection may
+        lead to another server (a restart, a failover) whose numbering differs;
+        the generation would tell, and re-learning costs one read."""
+        self._apps = [{} for _ in self.keys]
+        self._generations = [None] * len(self.keys)
+
+    def _numbering(self, shard: int, generation: bytes) -> dict[bytes, str]:
+        """The shard's learned numbers, emptied first when they were learned
+        under another generation of its map."""
+        if self._generations[shard] != generation:
+            self._generations[shard] = generation
+            self._apps[shard] = {}
+        return self._apps[shard]
+
     async def _events(
-        self, rows: list[tuple[int, bytes | str, dict[bytes, bytes]]]
-    ) -> list[StatusEvent]:
-        """Events of raw stream entries (shard, entry id, fields), asking Redis
-        once for the app numbers this process has not seen yet."""
+        self,
+        rows: list[tuple[int, bytes | str, dict[bytes, bytes]]],
+        generations: Mapping[int, bytes],
+    ) -> tuple[list[StatusEvent], set[int]]:
+        """Events of raw stream entries (shard, entry id, fields) read while each
+        shard's map had the generation in ``generations``, asking Redis once
+        for the app numbers not learned yet; and the shards whose map changed
+        since the read, whose events are left out (read them again)."""
         split = [
             (shard, _text(entry_id), fields, _parts(fields)) for shard, entry_id, fields in rows
         ]
+        numbering = {shard: self._numbering(shard, g) for shard, g in generations.items()}
         missing: dict[int, set[bytes]] = {}
         for shard, _, _, parts in split:
-            if parts is not None and parts[2].isdigit() and parts[2] not in self._apps[shard]:
+            if parts is not None and parts[2].isdigit() and parts[2] not in numbering[shard]:
                 missing.setdefault(shard, set()).add(parts[2])
-        if missing:
-            await self._learn_apps(missing)
+        changed = await self._learn_apps(missing, generations, numbering) if missing else set()
         out = []
         for shard, stream_id, fields, parts in split:
+            if shard in changed:
+                continue
             if parts is None:
                 out.append(_fields_event(shard, stream_id, fields))
                 continue
             app = parts[2]
             if app.isdigit():
-                # An unknown number (its map deleted by hand) names no app: no
-                # subscriber gets the event, and readers still move past it.
-                name = self._apps[shard].get(app, "")
+                # A number its map does not hold (the map lost, or deleted by
+                # hand) names no app, and is never guessed: no subscriber gets
+                # the event, and readers still move past it.
+                name = numbering[shard].get(app, "")
                 if not name:
                     self._unknown_apps += 1
                     if self._unknown_apps in (1, 10, 100) or self._unknown_apps % 1000 == 0:
@@ -137,19 +169,35 @@ class EventStore:
             else:
                 name = app.decode()  # packed before app numbers
             out.append(_packed_event(shard, stream_id, parts, name))
-        return out
+        return out, changed
 
-    async def _learn_apps(self, missing: dict[int, set[bytes]]) -> None:
-        """Read the apps of ``missing`` numbers from their shards' maps."""
+    async def _learn_apps(
+        self,
+        missing: dict[int, set[bytes]],
+        generations: Mapping[int, bytes],
+        numbering: Mapping[int, dict[bytes, str]],
+    ) -> set[int]:
+        """Read the apps of ``missing`` numbers from their shards' maps into
+        ``numbering``, each with the map's generation in the same command; the
+        shards whose generation is no longer the one their events were read
+        under (nothing learned from them). Into the dicts given, not the
+        current ones: another read may have moved a shard to another
+        generation meanwhile."""
         async with self.redis.pipeline(transaction=False) as pipe:
             asked = [(shard, sorted(numbers)) for shard, numbers in missing.items()]
             for shard, numbers in asked:
-                pipe.hmget(self.keys[shard].app_numbers, [b"#" + n for n in numbers])
+                fields = [_GENERATION] + [b"#" + n for n in numbers]
+                pipe.hmget(self.keys[shard].app_numbers, fields)
             replies: list[Any] = await pipe.execute()
-        for (shard, numbers), apps in zip(asked, replies, strict=True):
+        changed: set[int] = set()
+        for (shard, numbers), (generation, *apps) in zip(asked, replies, strict=True):
+            if (generation or b"") != generations[shard]:
+                changed.add(shard)
+                continue
             for number, app in zip(numbers, apps, strict=True):
                 if app is not None:
-                    self._apps[shard][number] = _text(app)
+                    numbering[shard][number] = _text(app)
+        return changed
 
     @redis_edge
     async def last_ids(self) -> list[str]:
@@ -180,10 +228,26 @@ class EventStore:
     @redis_edge
     async def after(self, shard: int, after_id: str, count: int = 1000) -> list[StatusEvent]:
         """Events of a shard strictly after ``after_id``, oldest first."""
-        raw: Any = await self.redis.xrange(
-            self.keys[shard].events, f"({after_id}", "+", count=count
-        )
-        return await self._events([(shard, entry_id, fields) for entry_id, fields in raw])
+        keys = self.keys[shard]
+        for _ in range(_READ_TRIES):
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.hget(keys.app_numbers, _GENERATION)
+                    pipe.xrange(keys.events, f"({after_id}", "+", count=count)
+                    pipe.hget(keys.app_numbers, _GENERATION)
+                    before, raw, generation = await pipe.execute()
+            except Exception:
+                self._forget_apps()
+                raise
+            if before != generation:
+                continue  # numbers given (or lost) while reading: read again
+            events, changed = await self._events(
+                [(shard, entry_id, fields) for entry_id, fields in raw],
+                {shard: generation or b""},
+            )
+            if not changed:
+                return events
+        raise Unavailable("the app numbers of the events kept changing; retry")
 
     @property
     def together(self) -> bool:
@@ -201,12 +265,37 @@ class EventStore:
         streams: dict[KeyT, StreamIdT] = {
             self.keys[shard].events: after for shard, after in positions.items()
         }
-        raw: Any = await self.reader.xread(streams, count=count, block=block_ms)
-        shard_of = {self.keys[shard].events: shard for shard in positions}
-        return await self._events(
+        maps = [self.keys[shard].app_numbers for shard in positions]
+        # The maps' generations before and after the read, on its connection:
+        # equal, nothing was numbered (or lost) while it waited, and the events
+        # name apps as the map does now.
+        try:
+            async with self.reader.pipeline(transaction=False) as pipe:
+                for key in maps:
+                    pipe.hget(key, _GENERATION)
+                pipe.xread(streams, count=count, block=block_ms)
+                for key in maps:
+                    pipe.hget(key, _GENERATION)
+                replies: list[Any] = await pipe.execute()
+        except Exception:
+            self._forget_apps()
+            raise
+        before, raw, after = replies[: len(maps)], replies[len(maps)], replies[len(maps) + 1 :]
+        # A shard whose map changed meanwhile gives nothing this time: its
+        # position stays, and the next read returns its events again.
+        generations = {
+            shard: generation or b""
+            for shard, was, generation in zip(positions, before, after, strict=True)
+            if was == generation
+        }
+        shard_of = {self.keys[shard].events: shard for shard in generations}
+        events, _ = await self._events(
             [
-                (shard_of[_text(stream)], entry_id, fields)
+                (shard_of[key], entry_id, fields)
                 for stream, entries in raw or ()
+                if (key := _text(stream)) in shard_of
                 for entry_id, fields in entries
-            ]
+            ],
+            generations,
         )
+        return events

@@ -299,7 +299,8 @@ class ShardKeys:
     @property
     def app_numbers(self) -> str:
         """Hash of the numbers events name apps by: app -> number and
-        ``#<number>`` -> app; ``#`` is the last number given (lib.lua)."""
+        ``#<number>`` -> app; ``#`` is the last number given, ``@`` the
+        generation, new with every number given (lib.lua)."""
         return self.prefix + "an"
 
     def message(self, app: str, message_id: str) -> str:

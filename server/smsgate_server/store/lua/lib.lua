@@ -117,6 +117,13 @@ end
 -- given. Numbers are never reused or removed (one pair per app that ever sent
 -- in the shard), so an event always names the app that wrote it. An app key is
 -- never all digits, so readers tell a number from a key of the layout before.
+-- Redis can still lose the hash, or its last numbers (a restart without
+-- persistence, the last second of an everysec AOF, a failover to a replica
+-- that missed them, FLUSHALL), and then give a lost number to another app: so
+-- every number given also writes the map's generation '@', the server's time
+-- in us and the number, which no numbering that lost this write can show.
+-- Readers keep what they learned only while '@' stays the one they read it
+-- under, and read '@' around every read of events.
 local APP_NUMBERS = {}
 local function app_number(app)
   local n = APP_NUMBERS[app]
@@ -125,7 +132,8 @@ local function app_number(app)
     n = redis.call('HGET', map, app)
     if not n then
       n = string.format('%d', redis.call('HINCRBY', map, '#', 1))
-      redis.call('HSET', map, app, n, '#' .. n, app)
+      local t = redis.call('TIME')
+      redis.call('HSET', map, app, n, '#' .. n, app, '@', t[1] .. '.' .. t[2] .. '/' .. n)
     end
     APP_NUMBERS[app] = n
   end
