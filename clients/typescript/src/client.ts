@@ -29,7 +29,11 @@ import {
   type QuotaFailure_Violation,
 } from "./gen/google/rpc/error_details_pb.js";
 import { type Message, MessageStatus, type StatusEvent } from "./gen/smsgate/v1/message_pb.js";
-import { InboundService, type Reply } from "./gen/smsgate/v1/inbound_service_pb.js";
+import {
+  InboundService,
+  type Reply,
+  type WatchRepliesResponse,
+} from "./gen/smsgate/v1/inbound_service_pb.js";
 import {
   type BatchSendResponse,
   BatchSendRequestSchema,
@@ -183,6 +187,44 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /**
+ * The reconnect loop of both watches: it opens a stream with `open` (which
+ * reads the watch's last token) and yields what `each` makes of every item.
+ * After a RESUMABLE error or a stream that ends it waits (the server's
+ * RetryInfo delay, else full jitter growing while reconnects bring no item)
+ * and opens another, counting it in `watch.reconnects`. An abort ends it;
+ * other errors are thrown as SmsgateError. `each` runs inside the same `try`
+ * as the stream, so what it throws is handled as the stream's errors are.
+ */
+async function* resumable<R, T>(
+  watch: { reconnects: number },
+  signal: AbortSignal | undefined,
+  open: () => AsyncIterable<R>,
+  each: (item: R) => Iterable<T>,
+): AsyncGenerator<T, void, undefined> {
+  let failures = 0;
+  let retryAfterMs: number | undefined;
+  while (!signal?.aborted) {
+    try {
+      for await (const item of open()) {
+        failures = 0;
+        yield* each(item);
+      }
+      // A stream the server ended (it should not) is reconnected as a cut one.
+    } catch (err) {
+      if (signal?.aborted) return;
+      const error = SmsgateError.from(err);
+      if (!RESUMABLE.has(error.code)) throw error;
+      retryAfterMs = error.retryAfterMs;
+    }
+    const backoff = Math.min(MAX_BACKOFF_MS, 100 * 2 ** failures) * Math.random();
+    failures += 1;
+    await sleep(retryAfterMs ?? backoff, signal);
+    retryAfterMs = undefined;
+    watch.reconnects += 1;
+  }
+}
+
+/**
  * A status stream that survives disconnects: iterate it for events; after an
  * UNAVAILABLE (a server restart, a cut connection) or a stream that ends, it
  * reconnects with the last event's token, so no event is lost or repeated.
@@ -204,33 +246,18 @@ export class StatusWatch implements AsyncIterable<StatusEvent> {
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<StatusEvent> {
-    let failures = 0;
-    let retryAfterMs: number | undefined;
-    while (!this.signal?.aborted) {
-      try {
-        const request = { ...this.filter, resumeToken: this.resumeToken };
-        for await (const { event } of this.sms.watchStatus(request, {
-          signal: this.signal,
-          onHeader: this.onOpen,
-        })) {
-          if (event === undefined) continue;
-          failures = 0;
-          this.resumeToken = event.resumeToken;
-          yield event;
-        }
-        // A stream the server ended (it should not) is reconnected as a cut one.
-      } catch (err) {
-        if (this.signal?.aborted) return;
-        const error = SmsgateError.from(err);
-        if (!RESUMABLE.has(error.code)) throw error;
-        retryAfterMs = error.retryAfterMs;
-      }
-      // Full jitter, growing while reconnects bring no event.
-      const backoff = Math.min(MAX_BACKOFF_MS, 100 * 2 ** failures) * Math.random();
-      failures += 1;
-      await sleep(retryAfterMs ?? backoff, this.signal);
-      retryAfterMs = undefined;
-      this.reconnects += 1;
+    yield* resumable(this, this.signal, () => this.events(), (event) => {
+      this.resumeToken = event.resumeToken;
+      return [event];
+    });
+  }
+
+  /** One stream from the last token: its events (a response without one is no progress). */
+  private async *events(): AsyncGenerator<StatusEvent> {
+    const request = { ...this.filter, resumeToken: this.resumeToken };
+    const options = { signal: this.signal, onHeader: this.onOpen };
+    for await (const { event } of this.sms.watchStatus(request, options)) {
+      if (event !== undefined) yield event;
     }
   }
 }
@@ -273,31 +300,18 @@ export class ReplyWatch implements AsyncIterable<Reply> {
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<Reply> {
-    let failures = 0;
-    let retryAfterMs: number | undefined;
-    while (!this.signal?.aborted) {
-      try {
-        const request = { resumeToken: this.resumeToken };
-        for await (const response of this.inbound.watchReplies(request, { signal: this.signal })) {
-          failures = 0;
-          // The first response only says where the stream starts.
-          if (response.reply !== undefined) yield response.reply;
-          // The caller asked for the next one: done with this reply.
-          this.resumeToken = response.resumeToken;
-          if (this.tokenFile) saveToken(this.tokenFile, this.resumeToken);
-        }
-      } catch (err) {
-        if (this.signal?.aborted) return;
-        const error = SmsgateError.from(err);
-        if (!RESUMABLE.has(error.code)) throw error;
-        retryAfterMs = error.retryAfterMs;
-      }
-      const backoff = Math.min(MAX_BACKOFF_MS, 100 * 2 ** failures) * Math.random();
-      failures += 1;
-      await sleep(retryAfterMs ?? backoff, this.signal);
-      retryAfterMs = undefined;
-      this.reconnects += 1;
-    }
+    const open = () =>
+      this.inbound.watchReplies({ resumeToken: this.resumeToken }, { signal: this.signal });
+    yield* resumable(this, this.signal, open, (response) => this.take(response));
+  }
+
+  /** A response's reply, if any; once the caller asks past it, its token is kept (and saved). */
+  private *take(response: WatchRepliesResponse): Generator<Reply> {
+    // The first response only says where the stream starts.
+    if (response.reply !== undefined) yield response.reply;
+    // The caller asked for the next one: done with this reply.
+    this.resumeToken = response.resumeToken;
+    if (this.tokenFile) saveToken(this.tokenFile, this.resumeToken);
   }
 }
 
