@@ -318,6 +318,40 @@ async def test_a_success_waiting_between_failures_breaks_their_run(
     assert await window(gate, "tencent") == (5, 4, 2)
 
 
+async def test_a_late_success_does_not_break_a_run_other_replicas_recorded_after_it(
+    redis: RedisConnection, clock: Clock
+) -> None:
+    late, other = make_gate(redis, clock, cache_seconds=0.25), make_gate(redis, clock)
+    assert await late.usable(["tencent"]) == ["tencent"]
+    await late.record("tencent", [OK])  # counted at once
+    await late.record("tencent", [OK])  # waits
+    # Every call after that success fails: three in a row, two of them elsewhere.
+    await other.record("tencent", [DOWN])
+    await other.record("tencent", [DOWN])
+    await late.record("tencent", [DOWN])  # takes the waiting success along first
+    assert await other.usable(["tencent"]) == [], await window(other, "tencent")
+
+
+async def test_a_success_the_timer_sends_late_leaves_the_failures_after_it_in_the_run(
+    redis: RedisConnection, clock: Clock
+) -> None:
+    late, other = make_gate(redis, clock, cache_seconds=0.25), make_gate(redis, clock)
+    assert await late.usable(["tencent"]) == ["tencent"]
+    await late.record("tencent", [OK])
+    await late.record("tencent", [OK])  # waits for the loop timer
+    await other.record("tencent", [DOWN])
+    await other.record("tencent", [DOWN])
+    seen = await window(other, "tencent")
+    for _ in range(100):
+        if seen[0] == 4:
+            break
+        await asyncio.sleep(0.01)
+        seen = await window(other, "tencent")
+    assert seen == (4, 2, 2), f"after the waiting success reached Redis: {seen}"
+    await other.record("tencent", [DOWN])
+    assert await other.usable(["tencent"]) == [], await window(other, "tencent")
+
+
 async def test_the_probes_success_is_counted_at_once(redis: RedisConnection, clock: Clock) -> None:
     prober = make_gate(redis, clock, cache_seconds=0.25)
     other = make_gate(redis, clock)

@@ -24,6 +24,11 @@ last seen closed; a success of a breaker seen closed waits (at most
 moment in one script call, so a steady flow of good calls costs a few Redis
 calls a second instead of one per vendor call. A failure takes the
 successes before it along, so this process's calls count in their order.
+Successes that waited end a run of failures only up to the newest failure
+this process had heard of when the last of them ended (every breaker answer
+carries the count of failures recorded): failures other processes recorded
+while they waited stay in the run, so a late success cannot keep a breaker
+from opening.
 
 Probe. Half-open, the probe goes to one gate (one process) at a time, for a
 lease; within the process, to one call: ``usable`` refuses the provider to
@@ -236,6 +241,10 @@ class RedisProviderGate:
         # were last sent (module docstring, "Successes in bulk").
         self._successes: dict[str, int] = {}
         self._sent_at: dict[str, float] = {}
+        # The failures each breaker had recorded as its last answer here said,
+        # and as they stood when the newest waiting success ended.
+        self._failures: dict[str, int] = {}
+        self._failures_before: dict[str, int] = {}
         self._flushes: set[asyncio.Task[None]] = set()
 
     async def usable(self, names: Sequence[str]) -> list[str]:
@@ -280,6 +289,7 @@ class RedisProviderGate:
         elif view.probe:
             trust = 0.0  # the probe's result decides; ask again after it
         self._seen[name] = _Seen(view.state, self.monotonic() + trust)
+        self._failures[name] = view.failures
         BREAKER_STATE.labels(name).set(int(view.state))
 
     async def pace(self, name: str, messages: int) -> float:
@@ -312,13 +322,14 @@ class RedisProviderGate:
     async def record(self, name: str, results: Sequence[RecipientResult]) -> None:
         verdict = judge_call(results)
         if not (verdict.failed or verdict.throttled) and self._may_wait(name):
-            self._successes[name] = self._successes.get(name, 0) + 1
             wait = self._sent_at.get(name, -math.inf) + self.cache_seconds - self.monotonic()
             if wait > 0:
+                self._successes[name] = self._successes.get(name, 0) + 1
+                self._failures_before[name] = self._failures.get(name, 0)
                 if self._successes[name] == 1:
                     asyncio.get_running_loop().call_later(wait, self._flush_later, name)
                 return
-            await self._count(name, None)  # this call is one of the waiting successes
+            await self._count(name, verdict)  # now, with those waiting
             return
         try:
             await self._count(name, verdict)
@@ -328,16 +339,24 @@ class RedisProviderGate:
 
     async def _count(self, name: str, verdict: CallVerdict | None) -> None:
         """Send ``name``'s waiting successes to its breaker, then ``verdict``
-        (None: the successes alone)."""
+        of a call that ended now (None: the successes alone)."""
         earlier = self._successes.pop(name, 0)
+        seen: int | None = self._failures_before.pop(name, None)
         if verdict is None:
             if not earlier:
                 return
             verdict, earlier = CallVerdict(False, "", False), earlier - 1
+        elif not verdict.failed:
+            seen = None  # this call is the newest success, and it ended now
         self._sent_at[name] = self.monotonic()
         try:
             view = await self.store.record(
-                name, self.token, failed=verdict.failed, code=verdict.code, earlier=earlier
+                name,
+                self.token,
+                failed=verdict.failed,
+                code=verdict.code,
+                earlier=earlier,
+                seen=seen,
             )
             account = self.paces.get(name)
             if verdict.throttled and account is not None and account.limited:

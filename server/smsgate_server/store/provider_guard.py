@@ -57,13 +57,16 @@ class BreakerPolicy:
 @dataclass(frozen=True, slots=True)
 class BreakerView:
     """What a breaker answered: its state, whether the caller holds the probe,
-    how long (ms) the answer stands for sure (0: unknown) and Redis's time (ms)."""
+    how long (ms) the answer stands for sure (0: unknown), Redis's time (ms),
+    and how many failures it has recorded so far (a sequence number: a result
+    of a call that ended after this answer came is later than all of them)."""
 
     state: BreakerState
     probe: bool
     steady_ms: int
     now_ms: int
     opened: bool = False
+    failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,20 +135,32 @@ class ProviderGuardStore:
     async def check(self, provider: str, token: str) -> BreakerView:
         """Whether the breaker lets a call of ``token``'s holder through; half-open,
         it gives the probe to ``token`` when nobody else holds it."""
-        state, probe, steady, now = await self.scripts.breaker_check(
+        state, probe, steady, now, failures = await self.scripts.breaker_check(
             keys=[breaker_key(provider)],
             args=[self._now(), token, self.breaker.probe_lease_ms],
         )
-        return BreakerView(BreakerState(int(state)), bool(int(probe)), int(steady), int(now))
+        return BreakerView(
+            BreakerState(int(state)), bool(int(probe)), int(steady), int(now), False, int(failures)
+        )
 
     @redis_edge
     async def record(
-        self, provider: str, token: str, *, failed: bool, code: str, earlier: int = 0
+        self,
+        provider: str,
+        token: str,
+        *,
+        failed: bool,
+        code: str,
+        earlier: int = 0,
+        seen: int | None = None,
     ) -> BreakerView:
         """Count one call's result, after ``earlier`` successful calls not
-        counted yet (a closed breaker only); the breaker as it is after it."""
+        counted yet (a closed breaker only); the breaker as it is after it.
+        ``seen``: the ``failures`` of the last answer before the newest of the
+        successes (the earlier ones, and this call when it did not fail) ended;
+        only failures up to it are before them (None: they ended now)."""
         p = self.breaker
-        state, opened, until, now = await self.scripts.breaker_record(
+        state, opened, until, now, failures = await self.scripts.breaker_record(
             keys=[breaker_key(provider)],
             args=[
                 self._now(),
@@ -158,10 +173,13 @@ class ProviderGuardStore:
                 p.failure_rate,
                 p.cooldown_ms,
                 earlier,
+                "" if seen is None else seen,
             ],
         )
         steady = max(int(until) - int(now), 0)
-        return BreakerView(BreakerState(int(state)), False, steady, int(now), bool(int(opened)))
+        return BreakerView(
+            BreakerState(int(state)), False, steady, int(now), bool(int(opened)), int(failures)
+        )
 
     @redis_edge
     async def take(
