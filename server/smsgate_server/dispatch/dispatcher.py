@@ -696,7 +696,8 @@ class Dispatcher:
                 )
             )
         except Exception as exc:
-            _settle_failed.occurred(type(exc).__name__, messages=len(outcomes))
+            bug = None if isinstance(exc, Unavailable) else exc
+            _settle_failed.occurred(type(exc).__name__, exc=bug, messages=len(outcomes))
 
     async def _pace(self, name: str, messages: int) -> float:
         """0.0 once the pace of ``name`` has room for one call of ``messages``
