@@ -12,6 +12,7 @@ process on one injected clock."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,9 @@ from zoneinfo import ZoneInfo
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from smsgate.v1 import message_pb2 as mpb
 from smsgate.v1 import opt_out_service_pb2 as opb
 from smsgate.v1 import opt_out_service_pb2_grpc
@@ -29,6 +33,7 @@ from smsgate.v1 import template_service_pb2 as tpb
 from smsgate.v1 import verification_service_pb2 as vpb
 from smsgate_server.config import Settings
 from smsgate_server.dispatch.dispatcher import DispatchConfig, Dispatcher
+from smsgate_server.domain.message import StoredMessage
 from smsgate_server.domain.policy import OPTED_OUT
 from smsgate_server.domain.sealed_text import TextCipher
 from smsgate_server.domain.status import Status
@@ -235,3 +240,82 @@ async def test_marketing_held_for_quiet_hours_fails_unsent_if_the_number_opts_ou
     assert (promo_out.error_code, promo_out.error_reason) == ("RECIPIENT_OPTED_OUT", OPTED_OUT)
     assert promo_in.status is notification.status is Status.DELIVERED
     assert set(sent_counts(log)) == {held_in, order}
+
+
+async def test_marketing_whose_opt_outs_cannot_be_read_waits_without_spending_attempts(
+    redis: RedisConnection, tmp_path: Path
+) -> None:
+    # One attempt allowed: a lookup failure that spent it would end the message.
+    settings = Settings(
+        policy_same_content_seconds=0, policy_per_number_day=0, policy_quiet_hours="off",
+        max_attempts=1, retry_base_seconds=0.05, retry_max_seconds=0.1,
+    )  # fmt: skip
+    store = MessageStore(
+        redis.client, shards=2, event_retention_seconds=3600, message_retention_seconds=86_400,
+        idempotency_ttl_seconds=3600, receipt_timeout_seconds=3600, schedule_max_days=35,
+        max_message_age_seconds=86_400,
+    )  # fmt: skip
+    await SignStore(redis.client).create("app", "Acme", now_ms=0, make_default=True)
+    templates = TemplateStore(redis.client, idempotency_ttl_seconds=3600)
+    await templates.create(
+        "app", Template(id="promo", version=1, kind=TemplateKind.MARKETING, body="Sale today")
+    )
+    sending = SendingService(
+        store, SendLimits.from_settings(settings), TokenSealer(b"k" * 32),
+        texts=TextCipher(b"k" * 32), composer=Composer(templates, SignStore(redis.client)),
+        policy=SendingPolicy(
+            PolicyStore(redis.client), PolicySettings.from_settings(settings), b"s" * 32
+        ),
+    )  # fmt: skip
+    command = SendCommand(phone=IN, text="", template=TemplateRef("promo"))
+    promo = (await sending.send("app", command)).id
+    log = tmp_path / "sim.log"
+
+    def dispatcher(optouts: OptOutStore) -> Dispatcher:
+        return Dispatcher(
+            store,
+            DispatchQueue(redis, shards=2),
+            SimulatorProvider(latency_ms=0, receipt_delay_ms=0, log_path=log),
+            config=DispatchConfig.from_settings(settings),
+            texts=TextCipher(b"k" * 32),
+            optouts=optouts,
+        )
+
+    def unchecked(message: StoredMessage) -> int:
+        return sum("OPT_OUT_UNCHECKED" in h.detail for h in message.history)
+
+    # The opt-outs' Redis is away (nothing listens on its port; no retries).
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    away = Redis(host="127.0.0.1", port=port, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+    blind = dispatcher(OptOutStore(away))
+    await blind.start()
+    try:
+        seen = await wait_until(
+            lambda: sending.get("app", promo),
+            lambda m: m.status.terminal or unchecked(m) >= 3,
+            what="the message checked three times",
+            describe=lambda m: f"{m.status.name}, {[h.detail for h in m.history]}",
+        )
+    finally:
+        await blind.stop(grace=1.0)
+        await away.aclose()
+    assert not seen.status.terminal, (seen.error_code, seen.error_reason)
+    assert seen.attempts <= 1
+    assert sent_counts(log) == {}  # never sent unchecked
+
+    # Once the list can be read, it goes, on its one attempt.
+    sighted = dispatcher(OptOutStore(redis.client))
+    await sighted.start()
+    try:
+        final = await wait_until(
+            lambda: sending.get("app", promo),
+            lambda m: m.status.terminal,
+            what="the message to end",
+            describe=lambda m: m.status.name,
+        )
+    finally:
+        await sighted.stop(grace=1.0)
+    assert (final.status, final.attempts) == (Status.DELIVERED, 1)
+    assert set(sent_counts(log)) == {promo}

@@ -482,7 +482,8 @@ class Dispatcher:
         """``claimed`` less its marketing messages whose number opted out since
         they were accepted (while held for quiet hours, scheduled or retried):
         those end FAILED, never sent. One round trip; a lookup that fails
-        retries them later, as the list is what an opt-out must be able to trust."""
+        checks them again later (``_unchecked``), as the list is what an opt-out
+        must be able to trust."""
         marketing = [c for c in claimed if c.marketing and not c.in_flight]
         if self.optouts is None or not marketing:
             return claimed
@@ -494,10 +495,7 @@ class Dispatcher:
             _optout_check_failed.occurred(
                 type(exc).__name__, exc=None if isinstance(exc, Unavailable) else exc
             )
-            unchecked = RecipientResult(
-                OutcomeClass.RETRYABLE, code=OPT_OUT_UNCHECKED, reason="cannot read the opt-outs"
-            )
-            ended = [self._retry("", c, unchecked, "") for c in marketing]
+            ended = [self._unchecked(c) for c in marketing]
         else:
             ended = [
                 SendOutcome(c, Outcome.FAIL, "", "", Reason.RECIPIENT_OPTED_OUT.value, OPTED_OUT)
@@ -575,6 +573,24 @@ class Dispatcher:
             reason=f"breaker open for {', '.join(choice.candidates)}",
         )
         return self._retry("", c, unavailable, route)
+
+    def _unchecked(self, c: Claimed) -> SendOutcome:
+        """The outcome of a marketing message whose opt-out could not be read:
+        never tried, it waits with its attempt given back (like a call the pace
+        deferred), so an outage of the opt-outs' Redis alone cannot use up its
+        attempts; checked again after a wait as long as its age at most, until
+        it is too old to send (then it fails, as a retry would)."""
+        reason = "cannot read the opt-outs"
+        age = self._age(c)
+        if age >= self.config.max_message_age:
+            reason += f" (gave up after {int(age)} s)"
+            return SendOutcome(c, Outcome.FAIL, "", "", OPT_OUT_UNCHECKED, reason)
+        # Full jitter over [0, its age], within the retry bounds: a long outage
+        # re-checks each message a few times, not every second.
+        longest = min(self.config.retry_max, max(self.config.retry_base, age))
+        delay = retry_delay(1, base=longest, cap=longest, rng=self.rng)
+        at_ms = self.store.now_ms() + int(delay * 1000)
+        return SendOutcome(c, Outcome.DEFER, "", "", OPT_OUT_UNCHECKED, reason, at_ms)
 
     def _cut_off(self, name: str, c: Claimed, route: str = "") -> SendOutcome:
         """The outcome of a message whose call to ``name`` may have gone out but

@@ -11,7 +11,9 @@
 -- 'failover': the provider refused it for good (or throttled it) and its
 -- route has another: it is queued again at once, the provider recorded in
 -- 'rf' so the next claim routes past it. 'defer': the provider's pace had no
--- room; it waits in the due set until retry-at, and the attempt is given back.
+-- room (or, provider '', something before the call, error code given, could
+-- not be checked); it waits in the due set until retry-at, and the attempt is
+-- given back.
 -- Every outcome clears the in-flight provider ('ip', hand_over.lua).
 -- Returns the number of messages whose status changed.
 local group, deadline, pmttl = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -65,7 +67,12 @@ for i = 9, #ARGV, 10 do
       local at = tonumber(ARGV[i + 8])
       redis.call('HINCRBY', m, 'at', -1)
       redis.call('ZADD', KEYS[3], at, app .. ':' .. id)
-      enter(app, id, batch, st, QUEUED, 'waits for ' .. provider .. ' until ' .. at .. via)
+      local why = 'for ' .. provider
+      if provider == '' then
+        redis.call('HSET', m, 'ec', ecode, 'er', ereason, 'ery', 1)
+        why = 'after ' .. ecode
+      end
+      enter(app, id, batch, st, QUEUED, 'waits ' .. why .. ' until ' .. at .. via)
     else
       redis.call('HSET', m, 'pv', provider, 'ec', ecode, 'er', ereason, 'ery', 0)
       local by = provider ~= '' and (provider .. ' ') or ''
