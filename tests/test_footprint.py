@@ -4,6 +4,7 @@ and messages written in the previous layout still read and moved."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -251,6 +252,66 @@ async def test_ids_indexed_before_the_chunks_still_list_and_are_forgotten(redis:
     await store.forget(APP, [(0, legacy[0]), (0, fresh[1].id)])
     (ids,) = await store.index_pages(APP, below="~", at_least="", limit=10)
     assert ids == [fresh[0].id, legacy[1], legacy[2]]
+
+
+@pytest.mark.parametrize("touch", ["accept", "list"])
+async def test_the_index_written_before_the_chunks_expires_with_its_newest_id(
+    redis: Redis, touch: str
+) -> None:
+    clock = Clock(1_700_000_000_000)
+    store = store_for(redis, Settings(), clock)
+    legacy = store.shard_keys[0].legacy_index(APP)
+    horizon = store.horizon_ms
+    # Never added to since the chunks: ids long gone and ids of a minute ago.
+    gone = [new_message_id(clock.ms - horizon - k, 0) for k in range(1, 4)]
+    kept = [new_message_id(clock.ms - 60_000 - k, 0) for k in range(3)]
+    await redis.zadd(legacy, {i: 0 for i in gone + kept})
+
+    if touch == "accept":
+        await store.accept(APP, 0, [new(clock.ms)])
+    else:
+        await store.index_pages(APP, below="~", at_least="", limit=10)
+    left = [x.decode() for x in cast(list[bytes], await redis.zrange(legacy, 0, -1))]
+    assert left == sorted(kept)
+    # It lives as long as its newest id's message can, not longer.
+    assert horizon - 60_000 - 1_000 < await redis.pttl(legacy) <= horizon - 60_000
+
+
+async def test_the_index_written_before_the_chunks_goes_when_read_past_its_newest_id(
+    redis: Redis,
+) -> None:
+    clock = Clock(1_700_000_000_000)
+    store = store_for(redis, Settings(), clock)
+    legacy = store.shard_keys[0].legacy_index(APP)
+    await redis.zadd(legacy, {new_message_id(clock.ms - k, 0): 0 for k in range(3)})
+    clock.ms += store.horizon_ms
+
+    assert await store.index_pages(APP, below="~", at_least="", limit=10) == [[]]
+    assert await redis.exists(legacy) == 0
+
+
+async def test_an_idle_apps_index_expires_with_its_newest_message(redis: Redis) -> None:
+    clock = Clock(1_700_000_000_000)
+    store = store_for(redis, Settings(), clock)
+    index = store.shard_keys[0].index(APP)
+    # Messages that can exist 0.25 s more (a full chunk), and 1 s more.
+    soon = clock.ms - store.horizon_ms + 250
+    await store.accept(APP, 0, [new(soon, phone=f"+1415555{i:04d}") for i in range(120)])
+    later = [new(soon + 750, phone=f"+1415556{i:04d}") for i in range(5)]
+    await store.accept(APP, 0, later)
+    first, second = (x.decode() for x in cast(list[bytes], await redis.zrange(index, 0, -1)))
+    assert 0 < await redis.pttl(f"{index}:{first}") <= 250
+    assert 750 < await redis.pttl(index) <= 1_000
+
+    # The older chunk went first: reads skip it and the directory drops its name.
+    await asyncio.sleep(0.6)
+    (ids,) = await store.index_pages(APP, below="~", at_least="", limit=1_000)
+    assert ids == sorted((m.id for m in later), reverse=True)
+    assert [x.decode() for x in cast(list[bytes], await redis.zrange(index, 0, -1))] == [second]
+
+    # Then the rest: nothing of the app's index is left.
+    await asyncio.sleep(0.6)
+    assert await redis.exists(index, f"{index}:{second}") == 0
 
 
 async def test_what_the_id_says_is_not_stored_again_and_reads_back(

@@ -543,11 +543,12 @@ class MessageStore:
         for every shard."""
         # Ids older than the horizon belong to messages long gone; accept.lua
         # drops them a whole chunk at a time, so a chunk may still hold some.
+        # The script also trims the index written before the chunks by it.
         floor = f"{max(self.now_ms() - self.horizon_ms, 0):012x}"
         at_least = max(at_least, floor)
         raw = await self.scripts.index_read.run_many(
             [
-                ((keys.index(app), keys.legacy_index(app)), (below, at_least, limit))
+                ((keys.index(app), keys.legacy_index(app)), (below, at_least, limit, floor))
                 for keys in self.shard_keys
             ]
         )

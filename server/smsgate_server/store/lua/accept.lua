@@ -35,9 +35,10 @@ local function present(kept, ...)
   return kept
 end
 
--- Per app index key, the ids this script run adds to it (index_add, below),
--- in the order the apps came.
-local INDEXED, INDEX_ORDER = {}, {}
+-- Per app index key, the ids this script run adds to it (index_add, below)
+-- and the app's single sorted set written before the chunks
+-- (ShardKeys.legacy_index), in the order the apps came.
+local INDEXED, INDEX_ORDER, LEGACY = {}, {}, {}
 
 -- One call: its keys, and its arguments from ARGV[a] on (the first message at
 -- ARGV[a + 6], n of them). Returns its answer.
@@ -49,6 +50,7 @@ local function accept(idem, index, blist, a, n)
     indexed = {}
     INDEXED[index] = indexed
     INDEX_ORDER[#INDEX_ORDER + 1] = index
+    LEGACY[index] = P .. 'idx:' .. app
   end
   -- Each call keeps its own time (its messages' ids and creation times carry
   -- it); lib.lua's enter() reads NOW.
@@ -145,7 +147,20 @@ end
 -- compact encoding (zset-max-ziplist-entries, 128 by default): about 30 bytes
 -- an id instead of about 110 in one big sorted set (a skiplist node and a dict
 -- entry each). store/lua/index_read.lua pages it newest first.
+-- Each chunk written expires when the newest id written to it can no longer
+-- be a message's (the horizon past that id's time), and the directory with
+-- the newest id written to any: the index of an app that stops sending goes
+-- by itself. Ids are made when they are written (the call's NOW), so each
+-- write pushes the expiry to about the horizon from then, past every id
+-- written before. Older chunks go before the directory, which may name them
+-- a while: readers skip and drop such a name (index_read.lua), ids that come
+-- for it start the chunk again.
 local CHUNK = 120
+
+-- Per chunk this run wrote to (its key), the highest id written to it.
+local WRITTEN = {}
+-- Whether this run started a chunk.
+local STARTED = false
 
 local function zadd_ids(key, ids, from, to)
   local args = {}
@@ -153,7 +168,31 @@ local function zadd_ids(key, ids, from, to)
     args[#args + 1] = '0'
     args[#args + 1] = ids[j]
   end
-  if #args > 0 then redis.call('ZADD', key, unpack(args)) end
+  if #args > 0 then
+    redis.call('ZADD', key, unpack(args))
+    if not WRITTEN[key] or WRITTEN[key] < ids[to] then WRITTEN[key] = ids[to] end
+  end
+end
+
+-- How long (ms) after NOW the message of `id` can still exist.
+local function life_of(id)
+  return tonumber(string.sub(id, 1, 12), 16) + horizon - NOW
+end
+
+-- The app's single sorted set of ids written before the chunks
+-- (ShardKeys.legacy_index) is never added to: its ids past the horizon go,
+-- and the key expires with its newest (index_read.lua does the same). Done
+-- when a chunk starts: the first time sets the expiry for good.
+local function prune_legacy(key)
+  local newest = redis.call('ZREVRANGE', key, 0, 0)[1]
+  if not newest then return end
+  local left = life_of(newest)
+  if left <= 0 then
+    redis.call('DEL', key)
+    return
+  end
+  redis.call('PEXPIRE', key, left)
+  redis.call('ZREMRANGEBYLEX', key, '-', '(' .. string.format('%012x', math.max(NOW - horizon, 0)))
 end
 
 -- Write sorted `ids` (from `from` on) as new chunks of dir, after the id `after`
@@ -166,6 +205,7 @@ local function new_chunks(dir, ids, from, after, size)
     local ms = string.sub(ids[p], 1, 12)
     local name = ms > after and ms or ids[p]
     redis.call('ZADD', dir, 0, name)
+    STARTED = true
     zadd_ids(dir .. ':' .. name, ids, p, math.min(p + size - 1, #ids))
     after = ids[math.min(p + size - 1, #ids)]
   end
@@ -238,6 +278,17 @@ local function index_add(dir, ids)
       end
     end
   end
+  -- Each chunk written lives as long as the newest id written to it can be
+  -- a message's, the directory as long as the newest of them. (Ids already
+  -- past the horizon leave the expiry as it was: they are never read.)
+  local longest = 0
+  for key, top in pairs(WRITTEN) do
+    local left = life_of(top)
+    if left > 0 then redis.call('PEXPIRE', key, left) end
+    longest = math.max(longest, left)
+  end
+  WRITTEN = {}
+  if longest > 0 then redis.call('PEXPIRE', dir, longest) end
 end
 
 local out = {}
@@ -250,6 +301,10 @@ while a <= #ARGV do
   a, k = a + 6 + n * F, k + 3
 end
 for _, dir in ipairs(INDEX_ORDER) do
-  if #INDEXED[dir] > 0 then index_add(dir, INDEXED[dir]) end
+  if #INDEXED[dir] > 0 then
+    STARTED = false
+    index_add(dir, INDEXED[dir])
+    if STARTED then prune_legacy(LEGACY[dir]) end
+  end
 end
 return out
