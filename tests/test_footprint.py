@@ -314,6 +314,27 @@ async def test_an_idle_apps_index_expires_with_its_newest_message(redis: Redis) 
     assert await redis.exists(index, f"{index}:{second}") == 0
 
 
+@pytest.mark.parametrize("skew_ms,per_ms", [(3, 1), (3, 4)])
+async def test_chunks_stay_nearly_full_when_replica_clocks_differ_by_a_few_ms(
+    redis: Redis, skew_ms: int, per_ms: int
+) -> None:
+    clock = Clock(1_700_000_000_000)
+    store = store_for(redis, Settings(), clock)
+    total = 0
+    while total < 1_500:
+        for _ in range(per_ms):
+            # Two replicas' calls alternate, the second's clock behind.
+            await store.accept(APP, 0, [new(clock.ms, phone="+14155550101")])
+            await store.accept(APP, 0, [new(clock.ms - skew_ms, phone="+14155550102")])
+            total += 2
+        clock.ms += 1
+    sizes = await chunk_sizes(redis, store.shard_keys[0].index(APP))
+    assert sum(sizes) == total
+    # Was 60 or less: each chunk's end split in two when the late ids came.
+    assert total / len(sizes) >= 95, sizes
+    assert len(await paged(store)) == total
+
+
 async def test_what_the_id_says_is_not_stored_again_and_reads_back(
     redis: Redis, queue: DispatchQueue
 ) -> None:

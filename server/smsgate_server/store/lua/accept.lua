@@ -211,10 +211,29 @@ local function new_chunks(dir, ids, from, after, size)
   end
 end
 
+-- Move sorted `ids` (from `from` on: above `after`, the highest id the chunk
+-- before keeps, and below `name`) into the chunk `name` of dir, which holds
+-- `card` ids and has room for them: the chunk is renamed down to the first of
+-- them, by its millisecond when that is above `after` (as new_chunks names).
+-- Replicas whose clocks differ by a few ms interleave ids at every chunk's
+-- end; moving the chunk's lower bound down keeps the chunk before full
+-- instead of splitting it into small chunks.
+local function spill(dir, name, card, ids, from, after)
+  local ms = string.sub(ids[from], 1, 12)
+  local lower = ms > after and ms or ids[from]
+  local chunk, moved = dir .. ':' .. name, dir .. ':' .. lower
+  if card > 0 then redis.call('RENAME', chunk, moved) end
+  WRITTEN[chunk] = nil
+  redis.call('ZREM', dir, name)
+  redis.call('ZADD', dir, 0, lower)
+  zadd_ids(moved, ids, from, #ids)
+end
+
 -- Add `ids` (this group's, of one app) to the index `dir`: each to the chunk
 -- that covers it (the one with the highest name not above it). A chunk that
--- would hold more than CHUNK ids is split, so none outgrows the compact
--- encoding whatever order ids come in (ids of concurrent calls interleave).
+-- would hold more than CHUNK ids passes its newest ids to the next chunk when
+-- that has room, else is split, so none outgrows the compact encoding
+-- whatever order ids come in (ids of concurrent calls interleave).
 -- Chunks wholly older than the horizon (the next one starts before it) go.
 local function index_add(dir, ids)
   local cut = '(' .. string.format('%012x', math.max(NOW - horizon, 0))
@@ -249,12 +268,35 @@ local function index_add(dir, ids)
         zadd_ids(chunk, group, 1, #group)
       else
         local highest = redis.call('ZREVRANGE', chunk, 0, 0)[1] or ''
+        local next_card = bound and redis.call('ZCARD', dir .. ':' .. bound)
+        -- Its ids from the millisecond of the first new one on, which go
+        -- with the new ones to the next chunk (or a new one) if that leaves
+        -- it three quarters full: the usual interleaving, a few ms of
+        -- another replica's ids.
+        local ms = string.sub(group[1], 1, 12)
+        local tail = {}
+        if group[1] < highest then tail = redis.call('ZRANGEBYLEX', chunk, '[' .. ms, '+') end
         if group[1] > highest then
-          -- Newer than all it holds (the usual case): fill it, then new chunks.
+          -- Newer than all it holds (the usual case): fill it, then the next
+          -- chunk or new chunks.
           local room = math.max(CHUNK - card, 0)
           zadd_ids(chunk, group, 1, room)
           if room > 0 then highest = group[room] end
-          new_chunks(dir, group, room + 1, highest, CHUNK)
+          if bound and next_card + #group - room <= CHUNK then
+            spill(dir, bound, next_card, group, room + 1, highest)
+          else
+            new_chunks(dir, group, room + 1, highest, CHUNK)
+          end
+        elseif card - #tail >= CHUNK * 3 / 4
+            and (not bound or next_card + #tail + #group <= CHUNK) then
+          redis.call('ZREMRANGEBYLEX', chunk, '[' .. ms, '+')
+          for _, id in ipairs(group) do tail[#tail + 1] = id end
+          table.sort(tail)
+          if bound then
+            spill(dir, bound, next_card, tail, 1, '')
+          else
+            new_chunks(dir, tail, 1, '', CHUNK)
+          end
         else
           -- Interleaved with what it holds: merge, and write it again as chunks.
           local stored = redis.call('ZRANGE', chunk, 0, -1)
