@@ -105,8 +105,8 @@ def test_the_default_shard_count_follows_the_kind_of_redis() -> None:
     # Many shards spread slots over a cluster's masters; on one server they
     # only make vendor calls smaller (bench/RESULTS.md).
     assert Settings(redis_url="redis+cluster://a:7000").shards == 64
-    assert Settings(redis_url="redis://a:6379/0").shards == 4
-    assert Settings().shards == 4
+    assert Settings(redis_url="redis://a:6379/0").shards == 16
+    assert Settings().shards == 16
     assert Settings(redis_url="redis+cluster://a:7000", shards=8).shards == 8
 
 

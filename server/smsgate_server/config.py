@@ -22,7 +22,7 @@ __all__ = ["Role", "Settings", "parse_address", "unknown_variables"]
 ENV_PREFIX = "SMSGATE_"
 # SMSGATE_SHARDS when unset (0), by kind of Redis (Settings.shards).
 CLUSTER_SHARDS = 64
-STANDALONE_SHARDS = 4
+STANDALONE_SHARDS = 16
 # SMSGATE_* names that are no server setting but may share its environment:
 # the clients' (smsgate.Connection.from_env, the TypeScript client's fromEnv)
 # and, with the prefix TEST_, the test suite's.
@@ -96,9 +96,11 @@ class Settings(BaseSettings):
 
     # Redis layout: the shards (queues, one hash tag each) new messages are
     # spread over; 0 picks 64 on a cluster (well above its masters, so slots
-    # spread over every node) and 4 on one Redis server, where more shards only
-    # make vendor calls smaller and reads wider (bench/RESULTS.md: 64 shards cut
-    # end-to-end delivered/s by a third there). Raising it later is online; the
+    # spread over every node) and 16 on one Redis server: there 64 shards make
+    # vendor calls smaller and cut end-to-end delivered/s by a third, and 4 put
+    # so many messages in each accept script that BatchSend halved (quick bench,
+    # 2026-11-26: 12,000-12,400 recipients/s at 4, 19,200-20,600 at 16, with
+    # end-to-end and watch lag alike; bench/RESULTS.md). Raising it later is online; the
     # largest count ever used is recorded in Redis (store/layout.py).
     shards: int = Field(default=0, ge=0, le=256)
     redis_pool_size: int = Field(default=64, ge=4, le=4096)
