@@ -736,7 +736,9 @@ def run_e2e(run: Run, watch_built: bool, batch: int) -> Row:
     watched = next((r for r in m.results if r.index == len(specs) - 1), None)
     if watch_built and watched is not None and watched.units >= len(ids):
         done_at = watched.last_end
-        how = "WatchStatus"
+        how = "WatchStatus" + (
+            f", resumed {watched.resumes}x after SUBSCRIBER_TOO_SLOW" if watched.resumes else ""
+        )
     else:
         if watched is not None:
             # The watcher fell behind or was cut off: it does not decide.
