@@ -124,6 +124,17 @@ async def _answer(result: Any, context: grpc.aio.ServicerContext[Any, Any]) -> N
         await context.write(item)
 
 
+def _refused(request: Any, context: grpc.aio.ServicerContext[Any, Any], name: str) -> bool:
+    """Whether ``request`` could not be decoded; if so the call's status says
+    MALFORMED_REQUEST."""
+    try:
+        _check_decoded(request, name)
+    except InvalidArgument as exc:
+        _fail(context, exc, name)
+        return True
+    return False
+
+
 def _open(method: str, handler: Handler) -> Handler:
     """An open method (health Check and Watch, reflection) whose undecodable
     bodies are MALFORMED_REQUEST too, without forking the libraries that serve
@@ -135,10 +146,7 @@ def _open(method: str, handler: Handler) -> Handler:
         inner: Any = handler.unary_unary
 
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                _check_decoded(request, name)
-            except InvalidArgument as exc:
-                _fail(context, exc, name)
+            if _refused(request, context, name):
                 return None
             return await inner(request, context)
 
@@ -147,12 +155,8 @@ def _open(method: str, handler: Handler) -> Handler:
         inner_stream: Any = handler.unary_stream
 
         async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            try:
-                _check_decoded(request, name)
-            except InvalidArgument as exc:
-                _fail(context, exc, name)
-                return
-            await _answer(inner_stream(request, context), context)
+            if not _refused(request, context, name):
+                await _answer(inner_stream(request, context), context)
 
         return grpc.unary_stream_rpc_method_handler(stream, tolerant, serializer)
     if handler.stream_stream is not None:
